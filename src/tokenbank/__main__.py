@@ -1,0 +1,3 @@
+from tokenbank.cli import main
+
+main()

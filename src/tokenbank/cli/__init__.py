@@ -1,0 +1,327 @@
+"""The ``tokenbank`` command: a thin shell that parses, calls one service function, prints."""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tokenbank import ledger, migrations, users
+from tokenbank.config import Settings
+from tokenbank.db import Database, connect
+from tokenbank.errors import TokenbankError
+
+app = typer.Typer(
+    help="tokenbank: prepaid tokens for AI apps.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,  # locals may hold secrets
+)
+db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
+users_app = typer.Typer(help="Users and their wallets.", no_args_is_help=True)
+ledger_app = typer.Typer(help="Ledger maintenance.", no_args_is_help=True)
+holds_app = typer.Typer(help="Holds (reserved tokens).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(users_app, name="users")
+app.add_typer(ledger_app, name="ledger")
+app.add_typer(holds_app, name="holds")
+
+T = TypeVar("T")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+#: Exit status for each error code; anything unlisted exits 1.
+EXIT_CODES = {
+    "validation_error": 2,
+    "not_found": 3,
+    "insufficient_tokens": 4,
+    "idempotency_conflict": 5,
+    "user_exists": 6,
+    "email_taken": 6,
+    "refund_exceeds_spend": 7,
+    "not_refundable": 7,
+    "hold_not_pending": 8,
+    "configuration_error": 9,
+}
+
+
+@dataclass
+class Context:
+    settings: Settings
+    _db: Database | None = None
+
+    @property
+    def db(self) -> Database:
+        if self._db is None:
+            self._db = connect(self.settings.database_url, pool_size=4)
+        return self._db
+
+
+def _context(ctx: typer.Context) -> Context:
+    obj = ctx.find_root().obj
+    assert isinstance(obj, Context)
+    return obj
+
+
+@app.callback()
+def _main(ctx: typer.Context) -> None:
+    ctx.obj = Context(settings=Settings())
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Turn domain errors into a readable message and a stable exit status."""
+    try:
+        yield
+    except TokenbankError as exc:
+        _fail(exc)
+
+
+def _fail(exc: TokenbankError) -> NoReturn:
+    message = str(exc)
+    if isinstance(exc, ledger.InsufficientTokens):
+        message = (
+            f"Insufficient tokens: user {exc.user_id!r} has {exc.available} available,"
+            f" {exc.requested} needed. Nothing was spent."
+        )
+    err.print(f"[bold red]error[/] ({exc.code}): {message}", highlight=False)
+    raise typer.Exit(EXIT_CODES.get(exc.code, 1))
+
+
+def _json(value: Any) -> str:
+    def default(obj: object) -> object:
+        if isinstance(obj, datetime):
+            return obj.isoformat()
+        raise TypeError(type(obj).__name__)
+
+    return json.dumps(value, default=default, indent=2, ensure_ascii=False)
+
+
+def _run(ctx: typer.Context, work: Callable[[Any], T]) -> T:
+    with _errors(), _context(ctx).db.transaction() as conn:
+        return work(conn)
+
+
+# --- db ---------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade(ctx: typer.Context, revision: str = "head") -> None:
+    """Apply migrations up to REVISION (default: the newest)."""
+    db = _context(ctx).db
+    with _errors():
+        migrations.upgrade(db, revision)
+    out.print(f"database at revision {migrations.current_revision(db)}")
+
+
+@db_app.command("check")
+def db_check(ctx: typer.Context) -> None:
+    """Fail unless the database is at the newest revision and matches the models."""
+    db = _context(ctx).db
+    try:
+        migrations.check(db)
+    except Exception as exc:  # alembic raises its own CommandError family
+        err.print(f"[bold red]error[/]: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    out.print(f"database at revision {migrations.current_revision(db)}; models match migrations")
+
+
+# --- users ------------------------------------------------------------------------------
+
+
+@users_app.command("create")
+def users_create(
+    ctx: typer.Context,
+    user_id: str,
+    email: Annotated[str | None, typer.Option(help="Email address.")] = None,
+    name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+) -> None:
+    """Create a user and their wallet."""
+    user = _run(ctx, lambda conn: users.create_user(conn, user_id=user_id, email=email, name=name))
+    out.print(f"created user {user.id}" + (f" <{user.email}>" if user.email else ""))
+
+
+# --- tokens -----------------------------------------------------------------------------
+
+
+@app.command()
+def grant(
+    ctx: typer.Context,
+    user_id: str,
+    amount: int,
+    reason: Annotated[str, typer.Option(help="Why the tokens are granted (kept on the transfer).")],
+    key: Annotated[
+        str | None, typer.Option(help="Idempotency key; rerunning with it grants once.")
+    ] = None,
+) -> None:
+    """Grant AMOUNT free tokens to USER_ID."""
+    key = key or f"grant-{uuid.uuid4()}"
+    receipt = _run(
+        ctx,
+        lambda conn: ledger.credit(
+            conn,
+            user_id=user_id,
+            amount=amount,
+            kind=ledger.TransferKind.GRANT,
+            idempotency_key=key,
+            description=reason,
+        ),
+    )
+    note = " (already granted with this key; nothing changed)" if receipt.replayed else ""
+    out.print(
+        f"granted {receipt.amount} tokens to {user_id}: transfer {receipt.transfer_id},"
+        f" balance {receipt.balance}, key {key}{note}",
+        highlight=False,
+    )
+
+
+@app.command()
+def spend(
+    ctx: typer.Context,
+    user_id: str,
+    amount: int,
+    key: Annotated[str, typer.Option(help="Idempotency key; rerunning with it spends once.")],
+    description: Annotated[str | None, typer.Option(help="What the tokens paid for.")] = None,
+) -> None:
+    """Spend AMOUNT tokens of USER_ID; fails, changing nothing, if they are not there."""
+    receipt = _run(
+        ctx,
+        lambda conn: ledger.spend(
+            conn, user_id=user_id, amount=amount, idempotency_key=key, description=description
+        ),
+    )
+    note = " (already spent with this key; nothing changed)" if receipt.replayed else ""
+    out.print(
+        f"spent {receipt.amount} tokens of {user_id}: transfer {receipt.transfer_id},"
+        f" balance {receipt.balance}{note}",
+        highlight=False,
+    )
+
+
+@app.command()
+def refund(
+    ctx: typer.Context,
+    transfer_id: int,
+    key: Annotated[str, typer.Option(help="Idempotency key; rerunning with it refunds once.")],
+    amount: Annotated[
+        int | None, typer.Option(help="Tokens to give back (default: all not yet refunded).")
+    ] = None,
+    reason: Annotated[str | None, typer.Option(help="Why the spend is refunded.")] = None,
+) -> None:
+    """Give back all or part of spend TRANSFER_ID."""
+    receipt = _run(
+        ctx,
+        lambda conn: ledger.refund(
+            conn, transfer_id=transfer_id, amount=amount, idempotency_key=key, description=reason
+        ),
+    )
+    out.print(
+        f"refunded {receipt.amount} tokens to {receipt.user_id}: transfer {receipt.transfer_id},"
+        f" balance {receipt.balance}",
+        highlight=False,
+    )
+
+
+@app.command()
+def balance(
+    ctx: typer.Context,
+    user_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show USER_ID's balance."""
+    with _errors(), _context(ctx).db.read() as conn:
+        result = ledger.balance(conn, user_id=user_id)
+    if as_json:
+        out.print_json(_json({**asdict(result), "balance": result.balance}))
+        return
+    table = Table(title=f"Balance of {user_id}", show_header=False)
+    for label, value in (
+        ("available", result.available),
+        ("held", result.held),
+        ("total purchased", result.total_purchased),
+        ("total granted", result.total_granted),
+        ("total spent", result.total_spent),
+    ):
+        table.add_row(label, f"{value:,}")
+    out.print(table)
+
+
+@app.command()
+def history(
+    ctx: typer.Context,
+    user_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    limit: Annotated[int, typer.Option(help="How many lines.")] = 50,
+    kind: Annotated[
+        list[ledger.TransferKind] | None, typer.Option(help="Only these kinds (repeatable).")
+    ] = None,
+    before: Annotated[
+        int | None, typer.Option(help="Cursor from a previous page: older lines only.")
+    ] = None,
+) -> None:
+    """Show USER_ID's transfers, newest first."""
+    with _errors(), _context(ctx).db.read() as conn:
+        page = ledger.history(conn, user_id=user_id, limit=limit, before=before, kinds=kind)
+    if as_json:
+        items = [asdict(item) for item in page.items]
+        out.print_json(_json({"items": items, "next_cursor": page.next_cursor}))
+        return
+    table = Table(title=f"History of {user_id}")
+    for column in ("when", "kind", "amount", "balance", "transfer", "description"):
+        table.add_column(column, justify="right" if column in ("amount", "balance") else "left")
+    for item in page.items:
+        table.add_row(
+            item.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            item.kind.value,
+            f"{item.amount:+,}",
+            f"{item.balance_after:,}",
+            str(item.transfer_id),
+            item.description or "",
+        )
+    out.print(table)
+    if page.next_cursor is not None:
+        out.print(f"more: --before {page.next_cursor}")
+
+
+# --- holds and ledger maintenance --------------------------------------------------------
+
+
+@holds_app.command("expire")
+def holds_expire(ctx: typer.Context) -> None:
+    """Release every hold whose deadline has passed."""
+    total = 0
+    while expired := _run(ctx, lambda conn: ledger.expire_holds(conn, limit=1000)):
+        total += expired
+    out.print(f"expired {total} holds")
+
+
+@ledger_app.command("verify")
+def ledger_verify(ctx: typer.Context) -> None:
+    """Check every ledger invariant; exit 1 with a report if one fails."""
+    with _errors(), _context(ctx).db.read() as conn:
+        report = ledger.verify(conn)
+    for check in report.checks:
+        mark = "[green]ok[/]" if check.ok else f"[bold red]FAILED ({check.problem_count})[/]"
+        out.print(f"{mark}  {check.name}: {check.description}", highlight=False)
+        for problem in check.problems:
+            out.print(f"      - {problem}", highlight=False)
+    summary = f"{report.accounts} accounts, {report.transfers} transfers, {report.entries} entries"
+    if not report.ok:
+        err.print(f"[bold red]ledger verification failed[/] ({summary})")
+        raise typer.Exit(1)
+    out.print(f"ledger verified ({summary})")
+
+
+def main() -> None:
+    app(prog_name="tokenbank")
+    sys.exit(0)

@@ -1,0 +1,156 @@
+"""Engines for SQLite and PostgreSQL, and the one commit point: ``Database.transaction()``.
+
+Service functions take the ``Connection`` a transaction yields; they execute and may flush,
+but they never commit. Whoever opened the transaction (a request, a CLI command, an inbox
+worker) decides when the unit of work ends.
+
+PostgreSQL runs at READ COMMITTED: conditional updates (``... WHERE balance >= n``) and
+constraints carry the invariants, and a hot wallet does not pay SERIALIZABLE's retries.
+
+SQLite allows one writer at a time. Every write transaction starts with ``BEGIN IMMEDIATE``
+(a deferred transaction that reads and then writes can fail with SQLITE_BUSY whatever the
+busy timeout) and, inside one process, writers queue on a lock instead of in SQLite's busy
+handler, whose sleep back-off put p99 latency at 0.4 to 0.9 s when measured on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+
+from tokenbank.errors import ConfigurationError
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+Dialect = Literal["sqlite", "postgresql"]
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def json_dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+
+
+def normalize_url(url: str) -> sa.URL:
+    """Accept the usual spellings and pin the PostgreSQL driver to psycopg 3."""
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise ConfigurationError(f"not a database URL: {url!r}") from exc
+    backend = parsed.get_backend_name()
+    if backend in ("postgres", "postgresql"):
+        return parsed.set(drivername="postgresql+psycopg")
+    if backend == "sqlite":
+        return parsed.set(drivername="sqlite")
+    raise ConfigurationError(f"unsupported database {backend!r}: use sqlite:/// or postgresql://")
+
+
+@dataclass(eq=False)
+class Database:
+    """Two engines over one database: ``engine`` for writes, ``read_engine`` for reads."""
+
+    url: sa.URL
+    engine: Engine
+    read_engine: Engine
+    _write_lock: threading.Lock | None = field(default=None, repr=False)
+
+    @property
+    def dialect(self) -> Dialect:
+        return "postgresql" if self.engine.dialect.name == "postgresql" else "sqlite"
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """Run a unit of work: commit when the block ends, roll back if it raises."""
+        if self._write_lock is None:
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        with self._write_lock, self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read-only connection that never waits behind writers.
+
+        On PostgreSQL each statement is its own snapshot (autocommit: no BEGIN/COMMIT round
+        trips); on SQLite a deferred transaction gives one snapshot for the whole block.
+        """
+        with self.read_engine.connect() as conn:
+            yield conn
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+        self.read_engine.dispose()
+
+
+def connect(url: str, *, pool_size: int = 16) -> Database:
+    """Open the database named by ``url`` (``sqlite:///path`` or ``postgresql://...``)."""
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        return _connect_postgresql(parsed, pool_size=pool_size)
+    return _connect_sqlite(parsed, pool_size=pool_size)
+
+
+def _connect_postgresql(url: sa.URL, *, pool_size: int) -> Database:
+    engine = sa.create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_timeout=30,
+        isolation_level="READ COMMITTED",
+        json_serializer=json_dumps,
+    )
+    read_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+    return Database(url=url, engine=engine, read_engine=read_engine)
+
+
+def _connect_sqlite(url: sa.URL, *, pool_size: int) -> Database:
+    if url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    else:
+        raise ConfigurationError("SQLite needs a file: an in-memory database is not shared")
+
+    def make(begin: str) -> Engine:
+        engine = sa.create_engine(
+            url, pool_size=pool_size, max_overflow=0, json_serializer=json_dumps
+        )
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we emit BEGIN ourselves
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")  # a commit survives power loss
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            conn.exec_driver_sql(begin)
+
+        return engine
+
+    return Database(
+        url=url,
+        engine=make("BEGIN IMMEDIATE"),
+        read_engine=make("BEGIN"),
+        _write_lock=threading.Lock(),
+    )

@@ -1,0 +1,65 @@
+"""The ledger: wallets, immutable transfers and their entries, and holds.
+
+Every function takes a ``Connection`` inside a transaction opened by the caller
+(``Database.transaction()``) and never commits. This package imports nothing from the web,
+CLI, billing or payments packages.
+"""
+
+from tokenbank.ledger.accounts import open_wallet, wallet_exists
+from tokenbank.ledger.errors import (
+    HoldNotPending,
+    IdempotencyConflict,
+    InsufficientTokens,
+    InvalidArgument,
+    LedgerError,
+    NotFound,
+    NotRefundable,
+    RefundExceedsSpend,
+    UnknownHold,
+    UnknownTransfer,
+    UnknownUser,
+)
+from tokenbank.ledger.holds import Hold, expire_holds, get_hold, hold, post_hold, void_hold
+from tokenbank.ledger.journal import Receipt
+from tokenbank.ledger.models import HoldStatus, SystemAccount, TransferKind
+from tokenbank.ledger.reads import Balance, HistoryItem, HistoryPage, Transfer, balance, get_transfer, history
+from tokenbank.ledger.transfers import credit, refund, spend
+from tokenbank.ledger.verify import VerifyReport, verify
+
+__all__ = [
+    "Balance",
+    "HistoryItem",
+    "HistoryPage",
+    "Hold",
+    "HoldNotPending",
+    "HoldStatus",
+    "IdempotencyConflict",
+    "InsufficientTokens",
+    "InvalidArgument",
+    "LedgerError",
+    "NotFound",
+    "NotRefundable",
+    "Receipt",
+    "RefundExceedsSpend",
+    "SystemAccount",
+    "Transfer",
+    "TransferKind",
+    "UnknownHold",
+    "UnknownTransfer",
+    "UnknownUser",
+    "VerifyReport",
+    "balance",
+    "credit",
+    "expire_holds",
+    "get_hold",
+    "get_transfer",
+    "history",
+    "hold",
+    "open_wallet",
+    "post_hold",
+    "refund",
+    "spend",
+    "verify",
+    "void_hold",
+    "wallet_exists",
+]

@@ -1,0 +1,334 @@
+"""Holds: tokens reserved before work whose cost is not known yet (a streaming model call).
+
+A hold raises the wallet's ``held`` amount and moves nothing. It ends exactly once:
+posted (a spend of at most the held amount, the rest released), voided, or expired at its
+deadline. Every change to a hold happens while its wallet row is locked, so a hold's status
+and the wallet's ``held`` total always change together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from itertools import groupby
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Row
+
+from tokenbank.columns import utcnow
+from tokenbank.ledger.errors import (
+    HoldNotPending,
+    IdempotencyConflict,
+    InsufficientTokens,
+    InvalidArgument,
+    UnknownHold,
+)
+from tokenbank.ledger.journal import (
+    Receipt,
+    check_amount,
+    check_description,
+    check_key,
+    check_metadata,
+    check_user_id,
+    record_transfer,
+    wallet_id,
+)
+from tokenbank.ledger.models import (
+    HoldStatus,
+    SystemAccount,
+    TransferKind,
+    accounts,
+    entries,
+    holds,
+)
+
+DEFAULT_TTL_SECONDS = 900
+MAX_TTL_SECONDS = 7 * 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    id: int
+    user_id: str
+    amount: int
+    status: HoldStatus
+    idempotency_key: str
+    description: str | None
+    metadata: dict[str, Any] | None
+    expires_at: datetime
+    created_at: datetime
+    resolved_at: datetime | None
+    posted_amount: int | None
+    transfer_id: int | None
+    replayed: bool = False
+
+
+_hold_columns = (
+    holds.c.id,
+    accounts.c.user_id,
+    holds.c.account_id,
+    holds.c.amount,
+    holds.c.status,
+    holds.c.idempotency_key,
+    holds.c.description,
+    holds.c.metadata,
+    holds.c.expires_at,
+    holds.c.created_at,
+    holds.c.resolved_at,
+    holds.c.posted_amount,
+    holds.c.transfer_id,
+)
+_select_hold = sa.select(*_hold_columns).join(accounts, accounts.c.id == holds.c.account_id)
+
+
+def _to_hold(row: Row[Any], *, replayed: bool = False) -> Hold:
+    return Hold(
+        id=row.id,
+        user_id=row.user_id,
+        amount=row.amount,
+        status=HoldStatus(row.status),
+        idempotency_key=row.idempotency_key,
+        description=row.description,
+        metadata=row.metadata,
+        expires_at=row.expires_at,
+        created_at=row.created_at,
+        resolved_at=row.resolved_at,
+        posted_amount=row.posted_amount,
+        transfer_id=row.transfer_id,
+        replayed=replayed,
+    )
+
+
+def get_hold(conn: Connection, *, hold_id: int) -> Hold:
+    row = conn.execute(_select_hold.where(holds.c.id == hold_id)).first()
+    if row is None:
+        raise UnknownHold(hold_id)
+    return _to_hold(row)
+
+
+_insert_hold = {
+    name: dialect.insert(holds)
+    .on_conflict_do_nothing(index_elements=["idempotency_key"])
+    .returning(holds.c.id)
+    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
+}
+
+
+def hold(
+    conn: Connection,
+    *,
+    user_id: str,
+    amount: int,
+    idempotency_key: str,
+    ttl_seconds: int = DEFAULT_TTL_SECONDS,
+    description: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> Hold:
+    """Reserve ``amount`` tokens of ``user_id`` until ``ttl_seconds`` from now."""
+    user_id = check_user_id(user_id)
+    amount = check_amount(amount)
+    key = check_key(idempotency_key)
+    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int):
+        raise InvalidArgument("ttl_seconds", "must be a whole number of seconds")
+    if not 1 <= ttl_seconds <= MAX_TTL_SECONDS:
+        raise InvalidArgument("ttl_seconds", f"must be between 1 and {MAX_TTL_SECONDS}")
+    description = check_description(description)
+    metadata = check_metadata(metadata)
+    now = now or utcnow()
+
+    account_id = wallet_id(conn, user_id, lock=True)
+    existing = conn.execute(_select_hold.where(holds.c.idempotency_key == key)).first()
+    if existing is not None:
+        asked = (user_id, amount, description, metadata)
+        stored = (existing.user_id, existing.amount, existing.description, existing.metadata)
+        if asked != stored:
+            raise IdempotencyConflict(key, "a hold with other parameters")
+        return _to_hold(existing, replayed=True)
+
+    reserve = (
+        sa.update(accounts)
+        .where(accounts.c.id == account_id, accounts.c.balance - accounts.c.held >= amount)
+        .values(held=accounts.c.held + amount)
+        .returning(accounts.c.held)
+    )
+    if conn.execute(reserve).first() is None:
+        if not release_expired(conn, account_id=account_id, now=now) or (
+            conn.execute(reserve).first() is None
+        ):
+            raise InsufficientTokens(
+                user_id, requested=amount, available=_available(conn, account_id)
+            )
+    hold_id = conn.execute(
+        _insert_hold[conn.dialect.name],
+        {
+            "idempotency_key": key,
+            "account_id": account_id,
+            "amount": amount,
+            "status": HoldStatus.PENDING.value,
+            "description": description,
+            "metadata": metadata,
+            "expires_at": now + timedelta(seconds=ttl_seconds),
+            "created_at": now,
+        },
+    ).scalar()
+    if hold_id is None:
+        raise IdempotencyConflict(key, "the key belongs to another wallet's hold")
+    return get_hold(conn, hold_id=hold_id)
+
+
+def _available(conn: Connection, account_id: int) -> int:
+    query = sa.select(accounts.c.balance - accounts.c.held).where(accounts.c.id == account_id)
+    return int(conn.execute(query).scalar_one())
+
+
+def _lock_hold(conn: Connection, hold_id: int) -> Row[Any]:
+    """Lock the hold's wallet, then read the hold: its status can only change under that lock."""
+    account_id = conn.execute(sa.select(holds.c.account_id).where(holds.c.id == hold_id)).scalar()
+    if account_id is None:
+        raise UnknownHold(hold_id)
+    conn.execute(sa.select(accounts.c.id).where(accounts.c.id == account_id).with_for_update())
+    return conn.execute(_select_hold.where(holds.c.id == hold_id)).one()
+
+
+def post_hold(
+    conn: Connection, *, hold_id: int, amount: int, now: datetime | None = None
+) -> Receipt:
+    """Spend ``amount`` (at most the held amount) and release the rest of the hold.
+
+    Posting the same hold again with the same amount returns the first result.
+    """
+    amount = check_amount(amount)
+    now = now or utcnow()
+    current = _lock_hold(conn, hold_id)
+    status = HoldStatus(current.status)
+    if status is HoldStatus.POSTED:
+        if current.posted_amount != amount:
+            raise IdempotencyConflict(
+                current.idempotency_key, f"hold {hold_id} was posted for {current.posted_amount}"
+            )
+        balance_after = conn.execute(
+            sa.select(entries.c.balance_after).where(
+                entries.c.transfer_id == current.transfer_id,
+                entries.c.account_id == current.account_id,
+            )
+        ).scalar_one()
+        return Receipt(
+            transfer_id=current.transfer_id,
+            kind=TransferKind.SPEND,
+            user_id=current.user_id,
+            amount=amount,
+            balance=balance_after,
+            replayed=True,
+        )
+    if status is not HoldStatus.PENDING:
+        raise HoldNotPending(hold_id, status.value)
+    if current.expires_at <= now:
+        raise HoldNotPending(hold_id, HoldStatus.EXPIRED.value)
+    if amount > current.amount:
+        raise InvalidArgument("amount", f"must be at most the {current.amount} tokens held")
+
+    balance = conn.execute(
+        sa.update(accounts)
+        .where(accounts.c.id == current.account_id)
+        .values(
+            balance=accounts.c.balance - amount,
+            held=accounts.c.held - current.amount,
+            total_spent=accounts.c.total_spent + amount,
+        )
+        .returning(accounts.c.balance)
+    ).scalar_one()
+    transfer_id = record_transfer(
+        conn,
+        key=f"@hold/{hold_id}/post",
+        kind=TransferKind.SPEND,
+        debit_account_id=current.account_id,
+        credit_account_id=SystemAccount.CONSUMPTION,
+        amount=amount,
+        wallet_id=current.account_id,
+        wallet_balance=balance,
+        description=current.description,
+        metadata=current.metadata,
+        event_at=now,
+        now=now,
+    )
+    conn.execute(
+        sa.update(holds)
+        .where(holds.c.id == hold_id)
+        .values(
+            status=HoldStatus.POSTED.value,
+            posted_amount=amount,
+            transfer_id=transfer_id,
+            resolved_at=now,
+        )
+    )
+    return Receipt(
+        transfer_id=transfer_id,
+        kind=TransferKind.SPEND,
+        user_id=current.user_id,
+        amount=amount,
+        balance=balance,
+    )
+
+
+def void_hold(conn: Connection, *, hold_id: int, now: datetime | None = None) -> Hold:
+    """Release a pending hold in full. Voiding a voided hold returns it unchanged."""
+    now = now or utcnow()
+    current = _lock_hold(conn, hold_id)
+    status = HoldStatus(current.status)
+    if status is HoldStatus.VOIDED:
+        return _to_hold(current, replayed=True)
+    if status is not HoldStatus.PENDING:
+        raise HoldNotPending(hold_id, status.value)
+    _release(conn, [current], status=HoldStatus.VOIDED, now=now)
+    return get_hold(conn, hold_id=hold_id)
+
+
+def _release(
+    conn: Connection, pending: list[Row[Any]], *, status: HoldStatus, now: datetime
+) -> int:
+    """End pending holds of one locked wallet without spending; returns how many ended."""
+    released = conn.execute(
+        sa.update(holds)
+        .where(holds.c.id.in_([h.id for h in pending]), holds.c.status == HoldStatus.PENDING.value)
+        .values(status=status.value, resolved_at=now)
+        .returning(holds.c.amount)
+    ).scalars().all()
+    if released:
+        conn.execute(
+            sa.update(accounts)
+            .where(accounts.c.id == pending[0].account_id)
+            .values(held=accounts.c.held - sum(released))
+        )
+    return len(released)
+
+
+_stale = (
+    sa.select(holds.c.id, holds.c.account_id)
+    .where(holds.c.status == HoldStatus.PENDING.value, holds.c.expires_at <= sa.bindparam("now"))
+    .order_by(holds.c.account_id, holds.c.id)
+)
+
+
+def release_expired(conn: Connection, *, account_id: int, now: datetime) -> int:
+    """Expire the wallet's holds whose deadline has passed (the wallet is already locked)."""
+    stale = list(conn.execute(_stale.where(holds.c.account_id == account_id), {"now": now}))
+    return _release(conn, stale, status=HoldStatus.EXPIRED, now=now) if stale else 0
+
+
+def expire_holds(conn: Connection, *, now: datetime | None = None, limit: int = 1000) -> int:
+    """Expire up to ``limit`` holds past their deadline; returns how many were expired.
+
+    Wallets are locked in ascending id order, the same order everyone else uses, so this
+    sweep cannot deadlock with spends or with another sweep.
+    """
+    now = now or utcnow()
+    stale = list(conn.execute(_stale.limit(limit), {"now": now}))
+    expired = 0
+    for account_id, group in groupby(stale, key=lambda row: row.account_id):
+        conn.execute(sa.select(accounts.c.id).where(accounts.c.id == account_id).with_for_update())
+        expired += _release(conn, list(group), status=HoldStatus.EXPIRED, now=now)
+    return expired
+

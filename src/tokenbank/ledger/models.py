@@ -1,0 +1,167 @@
+"""Ledger tables: accounts, transfers, entries and holds.
+
+A wallet is the only account with a stored, locked balance. System accounts (where tokens
+come from and go to) keep no balance row: their balance is the sum of their entries, so no
+spend ever waits on a row that another user's spend also touches.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import sqlalchemy as sa
+
+from tokenbank.columns import Id, Json, UtcDateTime
+from tokenbank.db import metadata
+
+
+class AccountKind(enum.StrEnum):
+    WALLET = "wallet"
+    SYSTEM = "system"
+
+
+class SystemAccount(enum.IntEnum):
+    """System accounts have fixed ids, created by the first migration."""
+
+    PURCHASES = 1
+    GRANTS = 2
+    BONUSES = 3
+    CONSUMPTION = 4
+    REFUNDS = 5
+    EXPIRY = 6
+
+    @property
+    def code(self) -> str:
+        return f"system:{self.name.lower()}"
+
+
+class TransferKind(enum.StrEnum):
+    PURCHASE = "purchase"
+    BONUS = "bonus"
+    GRANT = "grant"
+    SPEND = "spend"
+    REFUND = "refund"
+    CLAWBACK = "clawback"
+    EXPIRY = "expiry"
+
+
+class HoldStatus(enum.StrEnum):
+    PENDING = "pending"
+    POSTED = "posted"
+    VOIDED = "voided"
+    EXPIRED = "expired"
+
+
+def _in(column: str, values: type[enum.StrEnum]) -> str:
+    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
+
+
+MAX_KEY_LENGTH = 255
+
+accounts = sa.Table(
+    "accounts",
+    metadata,
+    sa.Column("id", Id, sa.Identity(start=1000), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("code", sa.String(64), nullable=True, unique=True),
+    sa.Column("user_id", sa.String(MAX_KEY_LENGTH), nullable=True, unique=True),
+    # Wallets only: tokens owned (including held ones) and tokens reserved by pending holds.
+    sa.Column("balance", sa.BigInteger, nullable=True),
+    sa.Column("held", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("total_purchased", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("total_granted", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("total_spent", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.CheckConstraint(_in("kind", AccountKind), name="kind"),
+    sa.CheckConstraint(
+        "(kind = 'wallet' AND user_id IS NOT NULL AND code IS NULL AND balance IS NOT NULL)"
+        " OR (kind = 'system' AND user_id IS NULL AND code IS NOT NULL AND balance IS NULL)",
+        name="shape",
+    ),
+    # The no-overdraft rule, enforced by the database as well as by the code.
+    sa.CheckConstraint("held >= 0 AND (balance IS NULL OR balance >= held)", name="not_negative"),
+    sa.CheckConstraint(
+        "total_purchased >= 0 AND total_granted >= 0 AND total_spent >= 0", name="totals"
+    ),
+)
+
+transfers = sa.Table(
+    "transfers",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("idempotency_key", sa.String(MAX_KEY_LENGTH), nullable=False, unique=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("debit_account_id", Id, sa.ForeignKey("accounts.id"), nullable=False),
+    sa.Column("credit_account_id", Id, sa.ForeignKey("accounts.id"), nullable=False),
+    sa.Column("amount", sa.BigInteger, nullable=False),
+    sa.Column("description", sa.Text, nullable=True),
+    sa.Column("metadata", Json, nullable=True),
+    sa.Column("refund_of_id", Id, sa.ForeignKey("transfers.id"), nullable=True, index=True),
+    sa.Column("event_at", UtcDateTime, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.CheckConstraint(_in("kind", TransferKind), name="kind"),
+    sa.CheckConstraint("amount > 0", name="amount_positive"),
+    sa.CheckConstraint("debit_account_id <> credit_account_id", name="two_accounts"),
+    sa.CheckConstraint(
+        "(kind = 'refund' AND refund_of_id IS NOT NULL)"
+        " OR (kind <> 'refund' AND refund_of_id IS NULL)",
+        name="refund_link",
+    ),
+)
+
+entries = sa.Table(
+    "entries",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("transfer_id", Id, sa.ForeignKey("transfers.id"), nullable=False, index=True),
+    sa.Column("account_id", Id, sa.ForeignKey("accounts.id"), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("amount", sa.BigInteger, nullable=False),
+    # The wallet's balance right after this entry; NULL for system accounts (no stored balance).
+    sa.Column("balance_after", sa.BigInteger, nullable=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.CheckConstraint("amount <> 0", name="amount_nonzero"),
+    sa.Index("ix_entries_account_history", "account_id", "id"),
+    sa.Index("ix_entries_account_kind_history", "account_id", "kind", "id"),
+)
+
+holds = sa.Table(
+    "holds",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("idempotency_key", sa.String(MAX_KEY_LENGTH), nullable=False, unique=True),
+    sa.Column("account_id", Id, sa.ForeignKey("accounts.id"), nullable=False),
+    sa.Column("amount", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("description", sa.Text, nullable=True),
+    sa.Column("metadata", Json, nullable=True),
+    sa.Column("expires_at", UtcDateTime, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("resolved_at", UtcDateTime, nullable=True),
+    sa.Column("posted_amount", sa.BigInteger, nullable=True),
+    sa.Column("transfer_id", Id, sa.ForeignKey("transfers.id"), nullable=True, unique=True),
+    sa.CheckConstraint(_in("status", HoldStatus), name="status"),
+    sa.CheckConstraint("amount > 0", name="amount_positive"),
+    sa.CheckConstraint(
+        "(status = 'pending' AND resolved_at IS NULL) OR (status <> 'pending' AND resolved_at IS NOT NULL)",
+        name="resolved",
+    ),
+    sa.CheckConstraint(
+        "(status = 'posted' AND transfer_id IS NOT NULL AND posted_amount > 0"
+        " AND posted_amount <= amount)"
+        " OR (status <> 'posted' AND transfer_id IS NULL AND posted_amount IS NULL)",
+        name="posting",
+    ),
+    sa.Index(
+        "ix_holds_pending_expiry",
+        "expires_at",
+        postgresql_where=sa.text("status = 'pending'"),
+        sqlite_where=sa.text("status = 'pending'"),
+    ),
+    sa.Index(
+        "ix_holds_pending_account",
+        "account_id",
+        postgresql_where=sa.text("status = 'pending'"),
+        sqlite_where=sa.text("status = 'pending'"),
+    ),
+)

@@ -1,0 +1,188 @@
+"""Reading a wallet: its balance, its history, one transfer."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from tokenbank.columns import utcnow
+from tokenbank.ledger.errors import InvalidArgument, UnknownTransfer, UnknownUser
+from tokenbank.ledger.journal import check_user_id
+from tokenbank.ledger.models import HoldStatus, TransferKind, accounts, entries, holds, transfers
+
+MAX_PAGE = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    """``available`` can be spent now; ``held`` is reserved by pending holds."""
+
+    user_id: str
+    available: int
+    held: int
+    total_purchased: int
+    total_granted: int
+    total_spent: int
+
+    @property
+    def balance(self) -> int:
+        return self.available + self.held
+
+
+# Holds past their deadline are released lazily; a read already treats them as released.
+_stale_held = (
+    sa.select(sa.cast(sa.func.coalesce(sa.func.sum(holds.c.amount), 0), sa.BigInteger))
+    .where(
+        holds.c.account_id == accounts.c.id,
+        holds.c.status == HoldStatus.PENDING.value,
+        holds.c.expires_at <= sa.bindparam("now"),
+    )
+    .scalar_subquery()
+)
+_balance = sa.select(
+    accounts.c.balance,
+    accounts.c.held,
+    accounts.c.total_purchased,
+    accounts.c.total_granted,
+    accounts.c.total_spent,
+    _stale_held.label("stale"),
+).where(accounts.c.user_id == sa.bindparam("user_id"))
+
+
+def balance(conn: Connection, *, user_id: str, now: datetime | None = None) -> Balance:
+    row = conn.execute(_balance, {"user_id": user_id, "now": now or utcnow()}).first()
+    if row is None:
+        raise UnknownUser(user_id)
+    held = row.held - row.stale
+    return Balance(
+        user_id=user_id,
+        available=row.balance - held,
+        held=held,
+        total_purchased=row.total_purchased,
+        total_granted=row.total_granted,
+        total_spent=row.total_spent,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryItem:
+    """One line of a wallet's history: a transfer seen from the wallet's side."""
+
+    entry_id: int
+    transfer_id: int
+    kind: TransferKind
+    amount: int  # signed: positive credits the wallet, negative debits it
+    balance_after: int
+    description: str | None
+    metadata: dict[str, Any] | None
+    refund_of_id: int | None
+    idempotency_key: str
+    event_at: datetime
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    items: list[HistoryItem]
+    next_cursor: int | None  # pass as ``before`` for the next (older) page
+
+
+_history = (
+    sa.select(
+        entries.c.id,
+        entries.c.transfer_id,
+        entries.c.kind,
+        entries.c.amount,
+        entries.c.balance_after,
+        transfers.c.description,
+        transfers.c.metadata,
+        transfers.c.refund_of_id,
+        transfers.c.idempotency_key,
+        transfers.c.event_at,
+        transfers.c.created_at,
+    )
+    .join(transfers, transfers.c.id == entries.c.transfer_id)
+    .order_by(entries.c.id.desc())
+)
+
+
+def history(
+    conn: Connection,
+    *,
+    user_id: str,
+    limit: int = 50,
+    before: int | None = None,
+    kinds: Collection[TransferKind] | None = None,
+) -> HistoryPage:
+    """Newest first. Keyset pagination on the entry id: a wallet's entries are written while
+    its row is locked, so ids grow in commit order and pages stay stable under new writes."""
+    check_user_id(user_id)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+        raise InvalidArgument("limit", f"must be between 1 and {MAX_PAGE}")
+    account_id = conn.execute(
+        sa.select(accounts.c.id).where(accounts.c.user_id == user_id)
+    ).scalar()
+    if account_id is None:
+        raise UnknownUser(user_id)
+    query = _history.where(entries.c.account_id == account_id).limit(limit + 1)
+    if before is not None:
+        query = query.where(entries.c.id < before)
+    if kinds:
+        query = query.where(entries.c.kind.in_([TransferKind(k).value for k in kinds]))
+    rows = conn.execute(query).all()
+    items = [
+        HistoryItem(
+            entry_id=row.id,
+            transfer_id=row.transfer_id,
+            kind=TransferKind(row.kind),
+            amount=row.amount,
+            balance_after=row.balance_after,
+            description=row.description,
+            metadata=row.metadata,
+            refund_of_id=row.refund_of_id,
+            idempotency_key=row.idempotency_key,
+            event_at=row.event_at,
+            created_at=row.created_at,
+        )
+        for row in rows[:limit]
+    ]
+    return HistoryPage(items=items, next_cursor=items[-1].entry_id if len(rows) > limit else None)
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    id: int
+    idempotency_key: str
+    kind: TransferKind
+    debit_account_id: int
+    credit_account_id: int
+    amount: int
+    description: str | None
+    metadata: dict[str, Any] | None
+    refund_of_id: int | None
+    event_at: datetime
+    created_at: datetime
+
+
+def get_transfer(conn: Connection, *, transfer_id: int) -> Transfer:
+    row = conn.execute(sa.select(transfers).where(transfers.c.id == transfer_id)).first()
+    if row is None:
+        raise UnknownTransfer(transfer_id)
+    return Transfer(
+        id=row.id,
+        idempotency_key=row.idempotency_key,
+        kind=TransferKind(row.kind),
+        debit_account_id=row.debit_account_id,
+        credit_account_id=row.credit_account_id,
+        amount=row.amount,
+        description=row.description,
+        metadata=row.metadata,
+        refund_of_id=row.refund_of_id,
+        event_at=row.event_at,
+        created_at=row.created_at,
+    )

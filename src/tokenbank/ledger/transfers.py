@@ -1,0 +1,358 @@
+"""Credits, spends and refunds: the transfers that move tokens in and out of a wallet.
+
+On PostgreSQL a credit or a spend is one statement: the conditional wallet update, the
+transfer and both entries, so the wallet row stays locked for that statement and the commit
+only. The key check inside it covers every replay that arrives after the first one
+committed; two copies racing each other meet at the transfer's unique key, where the loser
+inserts nothing, gives its debit back and returns the winner's result.
+
+On SQLite writers are already serialised, so the same steps run as plain statements.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from tokenbank.columns import utcnow
+from tokenbank.db import json_dumps
+from tokenbank.ledger.errors import (
+    IdempotencyConflict,
+    InsufficientTokens,
+    InvalidArgument,
+    NotRefundable,
+    RefundExceedsSpend,
+    UnknownTransfer,
+)
+from tokenbank.ledger.holds import release_expired
+from tokenbank.ledger.journal import (
+    Receipt,
+    Request,
+    check_amount,
+    check_description,
+    check_event_at,
+    check_key,
+    check_metadata,
+    check_user_id,
+    record_transfer,
+    replay,
+    wallet_id,
+)
+from tokenbank.ledger.models import SystemAccount, TransferKind, accounts, transfers
+
+#: Where each kind of credit comes from, and which wallet total it counts towards.
+CREDIT_SOURCES: dict[TransferKind, tuple[SystemAccount, str]] = {
+    TransferKind.PURCHASE: (SystemAccount.PURCHASES, "total_purchased"),
+    TransferKind.BONUS: (SystemAccount.BONUSES, "total_purchased"),
+    TransferKind.GRANT: (SystemAccount.GRANTS, "total_granted"),
+}
+
+
+def _one_statement(*, spend: bool, total: str) -> sa.TextClause:
+    """The whole transfer as one PostgreSQL statement (see the module docstring)."""
+    sign, guard = ("-", "AND balance - held >= CAST(:amount AS BIGINT)") if spend else ("+", "")
+    wallet_side = "debit" if spend else "credit"
+    system_side = "credit" if spend else "debit"
+    return sa.text(f"""
+WITH w AS (
+    UPDATE accounts
+       SET balance = balance {sign} CAST(:amount AS BIGINT),
+           {total} = {total} + CAST(:amount AS BIGINT)
+     WHERE user_id = :user_id {guard}
+       AND NOT EXISTS (SELECT 1 FROM transfers WHERE idempotency_key = :key)
+ RETURNING id, balance
+), t AS (
+    INSERT INTO transfers (idempotency_key, kind, {wallet_side}_account_id,
+                           {system_side}_account_id, amount, description, metadata,
+                           event_at, created_at)
+    SELECT :key, :kind, w.id, CAST(:system_id AS BIGINT), CAST(:amount AS BIGINT),
+           :description, CAST(:metadata AS JSONB), :event_at, :now
+      FROM w
+        ON CONFLICT (idempotency_key) DO NOTHING
+ RETURNING id
+), e AS (
+    INSERT INTO entries (transfer_id, account_id, kind, amount, balance_after, created_at)
+    SELECT t.id, w.id, :kind, {sign}CAST(:amount AS BIGINT), w.balance, :now FROM t, w
+     UNION ALL
+    SELECT t.id, CAST(:system_id AS BIGINT), :kind, {"+" if spend else "-"}CAST(:amount AS BIGINT),
+           NULL, :now FROM t
+)
+SELECT w.id AS account_id, w.balance, t.id AS transfer_id FROM w LEFT JOIN t ON true
+""")
+
+
+_SPEND_PG = _one_statement(spend=True, total="total_spent")
+_CREDIT_PG = {total: _one_statement(spend=False, total=total) for _, total in CREDIT_SOURCES.values()}
+
+
+def _move(
+    conn: Connection,
+    request: Request,
+    *,
+    amount: int,
+    system: SystemAccount,
+    total: str,
+    spend: bool,
+    now: datetime,
+) -> Receipt | None:
+    """Apply ``request`` if its key is new (and, for a spend, the tokens are there).
+
+    Returns None when nothing was applied, leaving the reason to the caller.
+    """
+    event_at = request.event_at or now
+    if conn.dialect.name == "postgresql":
+        row = conn.execute(
+            _SPEND_PG if spend else _CREDIT_PG[total],
+            {
+                "amount": amount,
+                "user_id": request.user_id,
+                "key": request.key,
+                "kind": request.kind.value,
+                "system_id": int(system),
+                "description": request.description,
+                "metadata": None if request.metadata is None else json_dumps(request.metadata),
+                "event_at": event_at,
+                "now": now,
+            },
+        ).first()
+        if row is None:
+            return None
+        if row.transfer_id is None:
+            # A racing copy with the same key committed first: give the change back.
+            balance = accounts.c.balance
+            conn.execute(
+                sa.update(accounts)
+                .where(accounts.c.id == row.account_id)
+                .values(
+                    {
+                        "balance": balance + amount if spend else balance - amount,
+                        total: accounts.c[total] - amount,
+                    }
+                )
+            )
+            return None
+        return Receipt(
+            transfer_id=row.transfer_id,
+            kind=request.kind,
+            user_id=request.user_id,
+            amount=amount,
+            balance=row.balance,
+        )
+
+    if (receipt := replay(conn, request)) is not None:
+        return receipt
+    balance = accounts.c.balance
+    update = sa.update(accounts).where(accounts.c.user_id == request.user_id)
+    if spend:
+        update = update.where(balance - accounts.c.held >= amount)
+    row = conn.execute(
+        update.values(
+            {
+                "balance": balance - amount if spend else balance + amount,
+                total: accounts.c[total] + amount,
+            }
+        ).returning(accounts.c.id, accounts.c.balance)
+    ).first()
+    if row is None:
+        return None
+    transfer_id = record_transfer(
+        conn,
+        key=request.key,
+        kind=request.kind,
+        debit_account_id=row.id if spend else system,
+        credit_account_id=system if spend else row.id,
+        amount=amount,
+        wallet_id=row.id,
+        wallet_balance=row.balance,
+        description=request.description,
+        metadata=request.metadata,
+        event_at=event_at,
+        now=now,
+    )
+    return Receipt(
+        transfer_id=transfer_id,
+        kind=request.kind,
+        user_id=request.user_id,
+        amount=amount,
+        balance=row.balance,
+    )
+
+
+def _unapplied(conn: Connection, request: Request) -> Receipt:
+    """Explain why nothing was applied: a replay, or else an unknown wallet."""
+    if (receipt := replay(conn, request)) is not None:
+        return receipt
+    wallet_id(conn, request.user_id)  # raises UnknownUser
+    # The key was taken and released by a transaction that rolled back: nothing to replay.
+    raise IdempotencyConflict(request.key, "another operation with this key is in progress")
+
+
+def credit(
+    conn: Connection,
+    *,
+    user_id: str,
+    amount: int,
+    kind: TransferKind,
+    idempotency_key: str,
+    description: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    event_at: datetime | None = None,
+    now: datetime | None = None,
+) -> Receipt:
+    """Add tokens to a wallet: a purchase, the bonus that came with it, or a grant."""
+    if kind not in CREDIT_SOURCES:
+        raise InvalidArgument("kind", f"a credit is one of {', '.join(CREDIT_SOURCES)}")
+    request = Request(
+        key=check_key(idempotency_key),
+        kind=kind,
+        user_id=check_user_id(user_id),
+        amount=check_amount(amount),
+        description=check_description(description),
+        metadata=check_metadata(metadata),
+        event_at=check_event_at(event_at),
+    )
+    system, total = CREDIT_SOURCES[kind]
+    now = now or utcnow()
+    receipt = _move(conn, request, amount=amount, system=system, total=total, spend=False, now=now)
+    return receipt or _unapplied(conn, request)
+
+
+def spend(
+    conn: Connection,
+    *,
+    user_id: str,
+    amount: int,
+    idempotency_key: str,
+    description: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    event_at: datetime | None = None,
+    now: datetime | None = None,
+) -> Receipt:
+    """Take ``amount`` tokens from the wallet's available balance, or raise
+    ``InsufficientTokens`` and change nothing."""
+    request = Request(
+        key=check_key(idempotency_key),
+        kind=TransferKind.SPEND,
+        user_id=check_user_id(user_id),
+        amount=check_amount(amount),
+        description=check_description(description),
+        metadata=check_metadata(metadata),
+        event_at=check_event_at(event_at),
+    )
+    now = now or utcnow()
+
+    def attempt() -> Receipt | None:
+        return _move(
+            conn,
+            request,
+            amount=amount,
+            system=SystemAccount.CONSUMPTION,
+            total="total_spent",
+            spend=True,
+            now=now,
+        )
+
+    if (receipt := attempt() or replay(conn, request)) is not None:
+        return receipt
+    account_id = wallet_id(conn, request.user_id, lock=True)
+    # Holds past their deadline still count as held until released; release them and retry.
+    if release_expired(conn, account_id=account_id, now=now) and (receipt := attempt()):
+        return receipt
+    if (receipt := replay(conn, request)) is not None:
+        return receipt
+    available = conn.execute(
+        sa.select(accounts.c.balance - accounts.c.held).where(accounts.c.id == account_id)
+    ).scalar_one()
+    raise InsufficientTokens(request.user_id, requested=amount, available=int(available))
+
+
+def refund(
+    conn: Connection,
+    *,
+    transfer_id: int,
+    idempotency_key: str,
+    amount: int | None = None,
+    description: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> Receipt:
+    """Give back all or part of a spend (a failed generation, say), never more than it took.
+
+    With no ``amount``, refunds whatever of the spend has not been refunded yet.
+    """
+    key = check_key(idempotency_key)
+    if amount is not None:
+        amount = check_amount(amount)
+    description = check_description(description)
+    metadata = check_metadata(metadata)
+    now = now or utcnow()
+
+    original = conn.execute(
+        sa.select(transfers.c.kind, transfers.c.amount, transfers.c.debit_account_id).where(
+            transfers.c.id == transfer_id
+        )
+    ).first()
+    if original is None:
+        raise UnknownTransfer(transfer_id)
+    if original.kind != TransferKind.SPEND:
+        raise NotRefundable(transfer_id, original.kind)
+    account_id = original.debit_account_id
+    # Lock the wallet first: every refund of this spend then sees the ones before it.
+    user_id = conn.execute(
+        sa.select(accounts.c.user_id).where(accounts.c.id == account_id).with_for_update()
+    ).scalar_one()
+    request = Request(
+        key=key,
+        kind=TransferKind.REFUND,
+        user_id=user_id,
+        amount=amount,
+        description=description,
+        metadata=metadata,
+        event_at=None,
+        refund_of_id=transfer_id,
+    )
+    if (receipt := replay(conn, request)) is not None:
+        return receipt
+    refunded = conn.execute(
+        sa.select(sa.func.coalesce(sa.func.sum(transfers.c.amount), 0)).where(
+            transfers.c.refund_of_id == transfer_id
+        )
+    ).scalar_one()
+    refundable = original.amount - int(refunded)
+    give_back = refundable if amount is None else amount
+    if give_back <= 0 or give_back > refundable:
+        raise RefundExceedsSpend(transfer_id, requested=give_back, refundable=refundable)
+    balance = conn.execute(
+        sa.update(accounts)
+        .where(accounts.c.id == account_id)
+        .values(
+            balance=accounts.c.balance + give_back,
+            total_spent=accounts.c.total_spent - give_back,
+        )
+        .returning(accounts.c.balance)
+    ).scalar_one()
+    refund_id = record_transfer(
+        conn,
+        key=key,
+        kind=TransferKind.REFUND,
+        debit_account_id=SystemAccount.CONSUMPTION,
+        credit_account_id=account_id,
+        amount=give_back,
+        wallet_id=account_id,
+        wallet_balance=balance,
+        description=description,
+        metadata=metadata,
+        event_at=now,
+        now=now,
+        refund_of_id=transfer_id,
+    )
+    return Receipt(
+        transfer_id=refund_id,
+        kind=TransferKind.REFUND,
+        user_id=user_id,
+        amount=give_back,
+        balance=balance,
+    )

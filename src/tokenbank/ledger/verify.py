@@ -1,0 +1,184 @@
+"""``verify``: recompute the ledger's invariants from its rows and report every breach.
+
+The code and the database constraints keep these true; verify is the independent check an
+operator runs (``tokenbank ledger verify``) and every test suite runs after its work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+MAX_PROBLEMS_SHOWN = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    description: str
+    problems: list[str] = field(default_factory=list)
+    problem_count: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.problem_count == 0
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    checks: list[Check]
+    accounts: int
+    transfers: int
+    entries: int
+
+    @property
+    def ok(self) -> bool:
+        return all(check.ok for check in self.checks)
+
+
+# Each check is a query that returns one row per breach, and how to describe the row.
+_CHECKS: list[tuple[str, str, str, str]] = [
+    (
+        "wallet_balances",
+        "each wallet's balance equals the sum of its entries",
+        """
+        SELECT a.user_id, a.balance, COALESCE(s.total, 0) AS total
+          FROM accounts a
+          LEFT JOIN (SELECT account_id, SUM(amount) AS total FROM entries GROUP BY account_id) s
+                 ON s.account_id = a.id
+         WHERE a.kind = 'wallet' AND a.balance <> COALESCE(s.total, 0)
+        """,
+        "wallet {user_id}: balance {balance}, entries sum to {total}",
+    ),
+    (
+        "running_balances",
+        "each wallet entry records the balance right after it",
+        """
+        SELECT * FROM (
+            SELECT e.id, e.balance_after,
+                   SUM(e.amount) OVER (PARTITION BY e.account_id ORDER BY e.id) AS running
+              FROM entries e JOIN accounts a ON a.id = e.account_id
+             WHERE a.kind = 'wallet') r
+         WHERE r.balance_after IS NULL OR r.balance_after <> r.running
+        """,
+        "entry {id}: balance_after {balance_after}, running sum {running}",
+    ),
+    (
+        "transfers_balance",
+        "every transfer is two entries: -amount on its debit account, +amount on its credit",
+        """
+        SELECT t.id, COUNT(e.id) AS n
+          FROM transfers t LEFT JOIN entries e ON e.transfer_id = t.id
+         GROUP BY t.id, t.amount, t.debit_account_id, t.credit_account_id
+        HAVING COUNT(e.id) <> 2
+            OR SUM(CASE WHEN e.account_id = t.debit_account_id AND e.amount = -t.amount
+                        THEN 1 ELSE 0 END) <> 1
+            OR SUM(CASE WHEN e.account_id = t.credit_account_id AND e.amount = t.amount
+                        THEN 1 ELSE 0 END) <> 1
+        """,
+        "transfer {id}: {n} entries that do not mirror it",
+    ),
+    (
+        "ledger_sums_to_zero",
+        "all entries together sum to zero",
+        "SELECT total FROM (SELECT COALESCE(SUM(amount), 0) AS total FROM entries) s"
+        " WHERE total <> 0",
+        "entries sum to {total}",
+    ),
+    (
+        "wallets_not_negative",
+        "no wallet below zero, nor holding more than it has",
+        """
+        SELECT user_id, balance, held FROM accounts
+         WHERE kind = 'wallet' AND (balance < 0 OR held < 0 OR held > balance)
+        """,
+        "wallet {user_id}: balance {balance}, held {held}",
+    ),
+    (
+        "holds_consistent",
+        "each wallet's held amount equals the sum of its pending holds",
+        """
+        SELECT a.user_id, a.held, COALESCE(h.pending, 0) AS pending
+          FROM accounts a
+          LEFT JOIN (SELECT account_id, SUM(amount) AS pending FROM holds
+                      WHERE status = 'pending' GROUP BY account_id) h ON h.account_id = a.id
+         WHERE a.kind = 'wallet' AND a.held <> COALESCE(h.pending, 0)
+        """,
+        "wallet {user_id}: held {held}, pending holds sum to {pending}",
+    ),
+    (
+        "posted_holds",
+        "each posted hold is one spend of its posted amount from its wallet",
+        """
+        SELECT h.id, h.posted_amount, t.amount, t.kind
+          FROM holds h LEFT JOIN transfers t ON t.id = h.transfer_id
+         WHERE h.status = 'posted'
+           AND (t.id IS NULL OR t.kind <> 'spend' OR t.amount <> h.posted_amount
+                OR t.debit_account_id <> h.account_id)
+        """,
+        "hold {id}: posted {posted_amount}, transfer {kind} of {amount}",
+    ),
+    (
+        "refunds_within_spends",
+        "no spend is refunded for more than it took",
+        """
+        SELECT s.id, s.amount, SUM(r.amount) AS refunded
+          FROM transfers s JOIN transfers r ON r.refund_of_id = s.id
+         GROUP BY s.id, s.amount, s.kind, s.debit_account_id
+        HAVING SUM(r.amount) > s.amount OR s.kind <> 'spend'
+            OR MIN(r.credit_account_id) <> s.debit_account_id
+            OR MAX(r.credit_account_id) <> s.debit_account_id
+        """,
+        "spend {id} of {amount}: refunded {refunded}",
+    ),
+    (
+        "wallet_totals",
+        "each wallet's purchased, granted and spent totals match its transfers",
+        """
+        SELECT a.user_id, a.total_purchased, a.total_granted, a.total_spent,
+               COALESCE(x.purchased, 0) AS purchased, COALESCE(x.granted, 0) AS granted,
+               COALESCE(x.spent, 0) AS spent
+          FROM accounts a
+          LEFT JOIN (
+              SELECT e.account_id,
+                     SUM(CASE WHEN e.kind IN ('purchase', 'bonus') THEN e.amount ELSE 0 END)
+                         AS purchased,
+                     SUM(CASE WHEN e.kind = 'grant' THEN e.amount ELSE 0 END) AS granted,
+                     SUM(CASE WHEN e.kind IN ('spend', 'refund') THEN -e.amount ELSE 0 END)
+                         AS spent
+                FROM entries e GROUP BY e.account_id) x ON x.account_id = a.id
+         WHERE a.kind = 'wallet'
+           AND (a.total_purchased <> COALESCE(x.purchased, 0)
+                OR a.total_granted <> COALESCE(x.granted, 0)
+                OR a.total_spent <> COALESCE(x.spent, 0))
+        """,
+        "wallet {user_id}: totals {total_purchased}/{total_granted}/{total_spent},"
+        " transfers say {purchased}/{granted}/{spent}",
+    ),
+]
+
+
+def verify(conn: Connection) -> VerifyReport:
+    checks = []
+    for name, description, query, template in _CHECKS:
+        rows = conn.execute(sa.text(query)).mappings().all()
+        checks.append(
+            Check(
+                name=name,
+                description=description,
+                problems=[template.format(**row) for row in rows[:MAX_PROBLEMS_SHOWN]],
+                problem_count=len(rows),
+            )
+        )
+    counts = conn.execute(
+        sa.text(
+            "SELECT (SELECT COUNT(*) FROM accounts) AS accounts,"
+            " (SELECT COUNT(*) FROM transfers) AS transfers,"
+            " (SELECT COUNT(*) FROM entries) AS entries"
+        )
+    ).one()
+    return VerifyReport(
+        checks=checks, accounts=counts.accounts, transfers=counts.transfers, entries=counts.entries
+    )

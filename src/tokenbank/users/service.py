@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from tokenbank import ledger
+from tokenbank.columns import utcnow
+from tokenbank.errors import TokenbankError
+from tokenbank.ledger.errors import InvalidArgument
+from tokenbank.ledger.journal import check_user_id
+from tokenbank.users.models import users
+
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+
+
+class UserExists(TokenbankError):
+    code = "user_exists"
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__(f"user {user_id!r} already exists")
+        self.user_id = user_id
+
+
+class EmailTaken(TokenbankError):
+    code = "email_taken"
+
+    def __init__(self, email: str) -> None:
+        super().__init__(f"email {email!r} belongs to another user")
+        self.email = email
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: str
+    email: str | None
+    name: str | None
+    created_at: datetime
+
+
+def _check_email(email: str | None) -> str | None:
+    if email is None:
+        return None
+    email = email.strip().lower()
+    if len(email) > 320 or not _EMAIL.match(email):
+        raise InvalidArgument("email", "must be an email address")
+    return email
+
+
+def _check_name(name: str | None) -> str | None:
+    if name is not None and (len(name) > 200 or not name.isprintable()):
+        raise InvalidArgument("name", "must be at most 200 printable characters")
+    return name
+
+
+def create_user(
+    conn: Connection,
+    *,
+    user_id: str,
+    email: str | None = None,
+    name: str | None = None,
+    now: datetime | None = None,
+) -> User:
+    """Create a user and the wallet their tokens live in."""
+    user_id = check_user_id(user_id)
+    email = _check_email(email)
+    name = _check_name(name)
+    now = now or utcnow()
+    if conn.execute(sa.select(users.c.id).where(users.c.id == user_id)).first() is not None:
+        raise UserExists(user_id)
+    if email is not None and (
+        conn.execute(sa.select(users.c.id).where(users.c.email == email)).first() is not None
+    ):
+        raise EmailTaken(email)
+    ledger.open_wallet(conn, user_id=user_id, now=now)
+    conn.execute(
+        sa.insert(users).values(
+            id=user_id, email=email, name=name, created_at=now, updated_at=now
+        )
+    )
+    return User(id=user_id, email=email, name=name, created_at=now)
+
+
+def get_user(conn: Connection, *, user_id: str) -> User:
+    row = conn.execute(sa.select(users).where(users.c.id == user_id)).first()
+    if row is None:
+        raise ledger.UnknownUser(user_id)
+    return User(id=row.id, email=row.email, name=row.name, created_at=row.created_at)

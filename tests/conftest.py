@@ -1,0 +1,123 @@
+"""Databases for the tests: every ledger test runs on SQLite and on PostgreSQL.
+
+PostgreSQL comes from ``TOKENBANK_TEST_DATABASE_URL`` when set (a scratch database is
+created in that server and dropped afterwards); otherwise from a throwaway server started
+from the local PostgreSQL binaries (as ``nobody`` when running as root); otherwise the
+PostgreSQL half is skipped, loudly, unless ``TOKENBANK_REQUIRE_POSTGRES=1``, which turns the
+skip into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from tests.postgres import PostgresUnavailable, ephemeral_postgres, scratch_database
+from tokenbank import ledger, migrations
+from tokenbank.db import Database, connect
+from tokenbank.ledger.models import SystemAccount, accounts
+
+BACKENDS = ["sqlite", "postgresql"]
+TABLES = ("holds", "entries", "transfers", "users", "accounts")
+EPOCH = datetime(2026, 11, 21, tzinfo=UTC)
+
+
+@contextmanager
+def _postgres_server() -> Iterator[str]:
+    if url := os.environ.get("TOKENBANK_TEST_DATABASE_URL"):
+        yield url
+    else:
+        with ephemeral_postgres() as url:
+            yield url
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A migrated scratch database, shared by the session and emptied before each test."""
+    with ExitStack() as stack:
+        try:
+            server = stack.enter_context(_postgres_server())
+            url = stack.enter_context(scratch_database(server))
+        except PostgresUnavailable as exc:
+            reason = f"PostgreSQL tests NOT RUN: {exc}"
+            if os.environ.get("TOKENBANK_REQUIRE_POSTGRES") == "1":
+                pytest.fail(f"{reason} (TOKENBANK_REQUIRE_POSTGRES=1)", pytrace=False)
+            pytest.skip(reason)
+        db = connect(url, pool_size=2)
+        migrations.upgrade(db)
+        db.dispose()
+        yield url
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "tokenbank.db"
+    db = connect(f"sqlite:///{path}", pool_size=2)
+    migrations.upgrade(db)
+    db.dispose()
+    return path
+
+
+def reset_postgres(db: Database) -> None:
+    with db.transaction() as conn:
+        conn.execute(sa.text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+        conn.execute(
+            sa.insert(accounts),
+            [
+                {"id": int(a), "kind": "system", "code": a.code, "created_at": EPOCH}
+                for a in SystemAccount
+            ],
+        )
+
+
+DatabaseFactory = Callable[[], Database]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def fresh_database(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[DatabaseFactory]:
+    """A factory of empty, migrated databases (one per call) on the chosen backend."""
+    opened: list[Database] = []
+
+    def make() -> Database:
+        for db in opened:
+            db.dispose()
+        if backend == "sqlite":
+            template: Path = request.getfixturevalue("sqlite_template")
+            path = tmp_path / f"tokenbank-{uuid.uuid4().hex[:8]}.db"
+            shutil.copy(template, path)
+            db = connect(f"sqlite:///{path}", pool_size=32)
+        else:
+            url: str = request.getfixturevalue("postgres_url")
+            db = connect(url, pool_size=32)
+            reset_postgres(db)
+        opened.append(db)
+        return db
+
+    yield make
+    for db in opened:
+        db.dispose()
+
+
+@pytest.fixture
+def db(fresh_database: DatabaseFactory) -> Iterator[Database]:
+    """An empty ledger; after the test, ``verify`` must still pass."""
+    database = fresh_database()
+    yield database
+    with database.read() as conn:
+        report = ledger.verify(conn)
+    assert report.ok, [c for c in report.checks if not c.ok]
