@@ -4,11 +4,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from tests.ledger.factories import wallet
 from tokenbank import ledger
 from tokenbank.db import Database
 from tokenbank.ledger import HoldStatus, TransferKind
-
-from tests.ledger.factories import wallet
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
@@ -63,7 +62,9 @@ def test_post_spends_at_most_the_hold_and_releases_the_rest(db: Database) -> Non
     with pytest.raises(ledger.HoldNotPending), db.transaction() as conn:
         ledger.void_hold(conn, hold_id=held.id, now=T0)
     with db.transaction() as conn:  # a posted hold's spend can be refunded like any spend
-        assert ledger.refund(conn, transfer_id=receipt.transfer_id, idempotency_key="r").amount == 45
+        assert (
+            ledger.refund(conn, transfer_id=receipt.transfer_id, idempotency_key="r").amount == 45
+        )
 
 
 def test_void_releases_everything_once(db: Database) -> None:

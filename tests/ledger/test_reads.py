@@ -2,11 +2,10 @@ from __future__ import annotations
 
 import pytest
 
+from tests.ledger.factories import wallet
 from tokenbank import ledger
 from tokenbank.db import Database
 from tokenbank.ledger import TransferKind
-
-from tests.ledger.factories import wallet
 
 
 def test_history_is_newest_first_with_keyset_pages(db: Database) -> None:

@@ -5,12 +5,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
+from tests.ledger.factories import wallet
 from tokenbank import ledger
 from tokenbank.db import Database
 from tokenbank.ledger import TransferKind
 from tokenbank.ledger.models import SystemAccount, entries, transfers
-
-from tests.ledger.factories import wallet
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
@@ -48,7 +47,12 @@ def test_credit_moves_tokens_from_its_system_account(
             metadata={"order": 7},
             event_at=T0,
         )
-    assert (receipt.kind, receipt.amount, receipt.balance, receipt.replayed) == (kind, 500, 500, False)
+    assert (receipt.kind, receipt.amount, receipt.balance, receipt.replayed) == (
+        kind,
+        500,
+        500,
+        False,
+    )
     with db.read() as conn:
         balance = ledger.balance(conn, user_id="alice")
         transfer = ledger.get_transfer(conn, transfer_id=receipt.transfer_id)
@@ -60,7 +64,11 @@ def test_credit_moves_tokens_from_its_system_account(
     assert balance.available == 500
     assert getattr(balance, total) == 500
     assert transfer.debit_account_id == system
-    assert (transfer.description, transfer.metadata, transfer.event_at) == ("pack", {"order": 7}, T0)
+    assert (transfer.description, transfer.metadata, transfer.event_at) == (
+        "pack",
+        {"order": 7},
+        T0,
+    )
     assert [(a, n, b) for a, n, b in sides] == [
         (int(system), -500, None),
         (transfer.credit_account_id, 500, 500),
@@ -162,9 +170,7 @@ def test_unknownwallet(db: Database) -> None:
 
 
 @pytest.mark.parametrize("amount", [0, -5, 1.5, True, "10", 10**12 + 1, None])
-def test_bad_amounts_are_refused_before_touching_the_database(
-    db: Database, amount: object
-) -> None:
+def test_bad_amounts_are_refused_before_touching_the_database(db: Database, amount: object) -> None:
     wallet(db, tokens=100)
     with pytest.raises(ledger.InvalidArgument) as bad, db.transaction() as conn:
         ledger.spend(conn, user_id="alice", amount=amount, idempotency_key="s1")  # type: ignore[arg-type]
@@ -185,7 +191,7 @@ def test_bad_amounts_are_refused_before_touching_the_database(
         ("metadata", {"n": float("nan")}),
         ("metadata", {"big": "x" * 5000}),
         ("metadata", ["not", "an", "object"]),
-        ("event_at", datetime(2026, 1, 1)),  # noqa: DTZ001 - naive on purpose
+        ("event_at", datetime(2026, 1, 1)),
     ],
 )
 def test_bad_arguments_are_refused(db: Database, field: str, value: object) -> None:
@@ -199,9 +205,7 @@ def test_bad_arguments_are_refused(db: Database, field: str, value: object) -> N
 def test_credit_refuses_debit_kinds(db: Database) -> None:
     wallet(db)
     with pytest.raises(ledger.InvalidArgument, match="kind"), db.transaction() as conn:
-        ledger.credit(
-            conn, user_id="alice", amount=1, kind=TransferKind.SPEND, idempotency_key="x"
-        )
+        ledger.credit(conn, user_id="alice", amount=1, kind=TransferKind.SPEND, idempotency_key="x")
 
 
 def test_refund_full_partial_and_never_more_than_spent(db: Database) -> None:

@@ -9,11 +9,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tokenbank import ledger
-from tokenbank.db import Database
-
 from tests.conftest import DatabaseFactory
 from tests.ledger.factories import wallet
+from tokenbank import ledger
+from tokenbank.db import Database
 
 
 def _populated(fresh_database: DatabaseFactory) -> Database:
@@ -48,7 +47,7 @@ def test_a_healthy_ledger_passes(fresh_database: DatabaseFactory) -> None:
     assert (report.transfers, report.entries) == (4, 8)
 
 
-DAMAGE: list[tuple[str, Callable[[Connection], None]]] = [
+DAMAGE: list[tuple[str, Callable[[Connection], object]]] = [
     (
         "wallet_balances",
         lambda c: c.execute(sa.text("UPDATE accounts SET balance = balance + 1, held = held")),
@@ -69,9 +68,7 @@ DAMAGE: list[tuple[str, Callable[[Connection], None]]] = [
     ),
     (
         "posted_holds",
-        lambda c: c.execute(
-            sa.text("UPDATE holds SET posted_amount = 14 WHERE status = 'posted'")
-        ),
+        lambda c: c.execute(sa.text("UPDATE holds SET posted_amount = 14 WHERE status = 'posted'")),
     ),
     (
         "refunds_within_spends",
@@ -86,7 +83,7 @@ DAMAGE: list[tuple[str, Callable[[Connection], None]]] = [
 
 @pytest.mark.parametrize(("check", "damage"), DAMAGE, ids=[name for name, _ in DAMAGE])
 def test_damage_is_reported(
-    fresh_database: DatabaseFactory, check: str, damage: Callable[[Connection], None]
+    fresh_database: DatabaseFactory, check: str, damage: Callable[[Connection], object]
 ) -> None:
     db = _populated(fresh_database)
     with db.transaction() as conn:

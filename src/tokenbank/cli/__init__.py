@@ -66,6 +66,10 @@ class Context:
             self._db = connect(self.settings.database_url, pool_size=4)
         return self._db
 
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.dispose()
+
 
 def _context(ctx: typer.Context) -> Context:
     obj = ctx.find_root().obj
@@ -76,6 +80,7 @@ def _context(ctx: typer.Context) -> Context:
 @app.callback()
 def _main(ctx: typer.Context) -> None:
     ctx.obj = Context(settings=Settings())
+    ctx.call_on_close(ctx.obj.close)
 
 
 @contextmanager

@@ -22,7 +22,15 @@ from tokenbank.ledger.errors import (
 from tokenbank.ledger.holds import Hold, expire_holds, get_hold, hold, post_hold, void_hold
 from tokenbank.ledger.journal import Receipt
 from tokenbank.ledger.models import HoldStatus, SystemAccount, TransferKind
-from tokenbank.ledger.reads import Balance, HistoryItem, HistoryPage, Transfer, balance, get_transfer, history
+from tokenbank.ledger.reads import (
+    Balance,
+    HistoryItem,
+    HistoryPage,
+    Transfer,
+    balance,
+    get_transfer,
+    history,
+)
 from tokenbank.ledger.transfers import credit, refund, spend
 from tokenbank.ledger.verify import VerifyReport, verify
 

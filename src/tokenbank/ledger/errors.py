@@ -58,7 +58,9 @@ class IdempotencyConflict(LedgerError):
     code = "idempotency_conflict"
 
     def __init__(self, key: str, detail: str) -> None:
-        super().__init__(f"idempotency key {key!r} was already used with other parameters: {detail}")
+        super().__init__(
+            f"idempotency key {key!r} was already used with other parameters: {detail}"
+        )
         self.key = key
         self.detail = detail
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import groupby
-from typing import Any
+from typing import Any, Unpack
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -43,6 +43,8 @@ from tokenbank.ledger.models import (
     entries,
     holds,
 )
+
+AnyRow = Row[Unpack[tuple[Any, ...]]]
 
 DEFAULT_TTL_SECONDS = 900
 MAX_TTL_SECONDS = 7 * 24 * 3600
@@ -83,7 +85,7 @@ _hold_columns = (
 _select_hold = sa.select(*_hold_columns).join(accounts, accounts.c.id == holds.c.account_id)
 
 
-def _to_hold(row: Row[Any], *, replayed: bool = False) -> Hold:
+def _to_hold(row: AnyRow, *, replayed: bool = False) -> Hold:
     return Hold(
         id=row.id,
         user_id=row.user_id,
@@ -154,13 +156,13 @@ def hold(
         .values(held=accounts.c.held + amount)
         .returning(accounts.c.held)
     )
-    if conn.execute(reserve).first() is None:
-        if not release_expired(conn, account_id=account_id, now=now) or (
-            conn.execute(reserve).first() is None
-        ):
-            raise InsufficientTokens(
-                user_id, requested=amount, available=_available(conn, account_id)
-            )
+    reserved = conn.execute(reserve).first() is not None or (
+        # Holds past their deadline still count until released; release them and retry.
+        release_expired(conn, account_id=account_id, now=now) > 0
+        and conn.execute(reserve).first() is not None
+    )
+    if not reserved:
+        raise InsufficientTokens(user_id, requested=amount, available=_available(conn, account_id))
     hold_id = conn.execute(
         _insert_hold[conn.dialect.name],
         {
@@ -184,7 +186,7 @@ def _available(conn: Connection, account_id: int) -> int:
     return int(conn.execute(query).scalar_one())
 
 
-def _lock_hold(conn: Connection, hold_id: int) -> Row[Any]:
+def _lock_hold(conn: Connection, hold_id: int) -> AnyRow:
     """Lock the hold's wallet, then read the hold: its status can only change under that lock."""
     account_id = conn.execute(sa.select(holds.c.account_id).where(holds.c.id == hold_id)).scalar()
     if account_id is None:
@@ -287,15 +289,21 @@ def void_hold(conn: Connection, *, hold_id: int, now: datetime | None = None) ->
 
 
 def _release(
-    conn: Connection, pending: list[Row[Any]], *, status: HoldStatus, now: datetime
+    conn: Connection, pending: list[AnyRow], *, status: HoldStatus, now: datetime
 ) -> int:
     """End pending holds of one locked wallet without spending; returns how many ended."""
-    released = conn.execute(
-        sa.update(holds)
-        .where(holds.c.id.in_([h.id for h in pending]), holds.c.status == HoldStatus.PENDING.value)
-        .values(status=status.value, resolved_at=now)
-        .returning(holds.c.amount)
-    ).scalars().all()
+    released = (
+        conn.execute(
+            sa.update(holds)
+            .where(
+                holds.c.id.in_([h.id for h in pending]), holds.c.status == HoldStatus.PENDING.value
+            )
+            .values(status=status.value, resolved_at=now)
+            .returning(holds.c.amount)
+        )
+        .scalars()
+        .all()
+    )
     if released:
         conn.execute(
             sa.update(accounts)
@@ -331,4 +339,3 @@ def expire_holds(conn: Connection, *, now: datetime | None = None, limit: int = 
         conn.execute(sa.select(accounts.c.id).where(accounts.c.id == account_id).with_for_update())
         expired += _release(conn, list(group), status=HoldStatus.EXPIRED, now=now)
     return expired
-

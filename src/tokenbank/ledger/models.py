@@ -143,7 +143,8 @@ holds = sa.Table(
     sa.CheckConstraint(_in("status", HoldStatus), name="status"),
     sa.CheckConstraint("amount > 0", name="amount_positive"),
     sa.CheckConstraint(
-        "(status = 'pending' AND resolved_at IS NULL) OR (status <> 'pending' AND resolved_at IS NOT NULL)",
+        "(status = 'pending' AND resolved_at IS NULL)"
+        " OR (status <> 'pending' AND resolved_at IS NOT NULL)",
         name="resolved",
     ),
     sa.CheckConstraint(

@@ -56,6 +56,7 @@ def _one_statement(*, spend: bool, total: str) -> sa.TextClause:
     sign, guard = ("-", "AND balance - held >= CAST(:amount AS BIGINT)") if spend else ("+", "")
     wallet_side = "debit" if spend else "credit"
     system_side = "credit" if spend else "debit"
+    # Only the fixed fragments above are formatted in; every value is a bound parameter.
     return sa.text(f"""
 WITH w AS (
     UPDATE accounts
@@ -81,11 +82,13 @@ WITH w AS (
            NULL, :now FROM t
 )
 SELECT w.id AS account_id, w.balance, t.id AS transfer_id FROM w LEFT JOIN t ON true
-""")
+""")  # noqa: S608
 
 
 _SPEND_PG = _one_statement(spend=True, total="total_spent")
-_CREDIT_PG = {total: _one_statement(spend=False, total=total) for _, total in CREDIT_SOURCES.values()}
+_CREDIT_PG = {
+    total: _one_statement(spend=False, total=total) for _, total in CREDIT_SOURCES.values()
+}
 
 
 def _move(

@@ -10,9 +10,7 @@ users = sa.Table(
     "users",
     metadata,
     # The host app's own id for the user; the wallet is keyed by the same string.
-    sa.Column(
-        "id", sa.String(MAX_KEY_LENGTH), sa.ForeignKey("accounts.user_id"), primary_key=True
-    ),
+    sa.Column("id", sa.String(MAX_KEY_LENGTH), sa.ForeignKey("accounts.user_id"), primary_key=True),
     sa.Column("email", sa.String(320), nullable=True, unique=True),  # stored lower-cased
     sa.Column("name", sa.String(200), nullable=True),
     sa.Column("created_at", UtcDateTime, nullable=False),

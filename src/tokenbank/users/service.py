@@ -77,9 +77,7 @@ def create_user(
         raise EmailTaken(email)
     ledger.open_wallet(conn, user_id=user_id, now=now)
     conn.execute(
-        sa.insert(users).values(
-            id=user_id, email=email, name=name, created_at=now, updated_at=now
-        )
+        sa.insert(users).values(id=user_id, email=email, name=name, created_at=now, updated_at=now)
     )
     return User(id=user_id, email=email, name=name, created_at=now)
 

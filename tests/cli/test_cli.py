@@ -1,0 +1,89 @@
+"""The operator CLI, run as users run it: settings from the environment, real databases."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from tokenbank import ledger
+from tokenbank.cli import app
+from tokenbank.db import Database
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def tokenbank(db: Database) -> object:
+    env = {"TOKENBANK_DATABASE_URL": db.url.render_as_string(hide_password=False)}
+
+    def run(*args: str, code: int = 0) -> str:
+        result = runner.invoke(app, list(args), env=env)
+        assert result.exit_code == code, result.output
+        return result.output
+
+    return run
+
+
+def test_a_tour(tokenbank: object, db: Database) -> None:
+    run = tokenbank
+    assert "alice" in run("users", "create", "alice", "--email", "Alice@Example.com")  # type: ignore[operator]
+    assert "user_exists" in run("users", "create", "alice", code=6)  # type: ignore[operator]
+    granted = run("grant", "alice", "100", "--reason", "welcome", "--key", "g1")  # type: ignore[operator]
+    assert "granted 100 tokens" in granted and "balance 100" in granted
+    again = run("grant", "alice", "100", "--reason", "welcome", "--key", "g1")  # type: ignore[operator]
+    assert "nothing changed" in again
+    assert "balance 70" in run("spend", "alice", "30", "--key", "s1", "--description", "chat")  # type: ignore[operator]
+    refused = run("spend", "alice", "71", "--key", "s2", code=4)  # type: ignore[operator]
+    assert "Insufficient tokens" in refused and "70 available" in refused
+    balance = json.loads(run("balance", "alice", "--json"))  # type: ignore[operator]
+    assert balance == {
+        "user_id": "alice",
+        "available": 70,
+        "held": 0,
+        "total_purchased": 0,
+        "total_granted": 100,
+        "total_spent": 30,
+        "balance": 70,
+    }
+    assert "available" in run("balance", "alice")  # type: ignore[operator]
+    history = json.loads(run("history", "alice", "--json"))  # type: ignore[operator]
+    assert [(i["kind"], i["amount"]) for i in history["items"]] == [("spend", -30), ("grant", 100)]
+    assert history["next_cursor"] is None
+    assert "chat" in run("history", "alice")  # type: ignore[operator]
+    spends = json.loads(run("history", "alice", "--json", "--kind", "spend"))  # type: ignore[operator]
+    transfer_id = spends["items"][0]["transfer_id"]
+    assert "refunded 10" in run("refund", str(transfer_id), "--key", "r1", "--amount", "10")  # type: ignore[operator]
+    assert "ledger verified" in run("ledger", "verify")  # type: ignore[operator]
+    assert "expired 0 holds" in run("holds", "expire")  # type: ignore[operator]
+    with db.read() as conn:
+        assert ledger.balance(conn, user_id="alice").available == 80
+
+
+def test_errors_have_exit_codes(tokenbank: object) -> None:
+    run = tokenbank
+    assert "not_found" in run("spend", "ghost", "1", "--key", "k", code=3)  # type: ignore[operator]
+    assert "not_found" in run("balance", "ghost", code=3)  # type: ignore[operator]
+    run("users", "create", "bob")  # type: ignore[operator]
+    assert "validation_error" in run("spend", "bob", "0", "--key", "k", code=2)  # type: ignore[operator]
+    run("grant", "bob", "5", "--reason", "r", "--key", "same")  # type: ignore[operator]
+    assert "idempotency_conflict" in run("spend", "bob", "5", "--key", "same", code=5)  # type: ignore[operator]
+
+
+def test_db_commands(tokenbank: object) -> None:
+    run = tokenbank
+    assert "revision 0001" in run("db", "upgrade")  # type: ignore[operator]
+    assert "models match migrations" in run("db", "check")  # type: ignore[operator]
+
+
+def test_verify_fails_with_a_report(tokenbank: object, db: Database) -> None:
+    run = tokenbank
+    run("users", "create", "carol")  # type: ignore[operator]
+    run("grant", "carol", "5", "--reason", "r")  # type: ignore[operator]
+    with db.transaction() as conn:
+        conn.exec_driver_sql("UPDATE accounts SET balance = 6 WHERE user_id = 'carol'")
+    report = run("ledger", "verify", code=1)  # type: ignore[operator]
+    assert "FAILED" in report and "wallet carol: balance 6, entries sum to 5" in report
+    with db.transaction() as conn:  # leave the ledger sound for the fixture's own check
+        conn.exec_driver_sql("UPDATE accounts SET balance = 5 WHERE user_id = 'carol'")
