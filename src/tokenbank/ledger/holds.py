@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import groupby
-from typing import Any, Unpack
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -44,7 +44,7 @@ from tokenbank.ledger.models import (
     holds,
 )
 
-AnyRow = Row[Unpack[tuple[Any, ...]]]
+AnyRow = Row[*tuple[Any, ...]]
 
 DEFAULT_TTL_SECONDS = 900
 MAX_TTL_SECONDS = 7 * 24 * 3600
@@ -288,9 +288,7 @@ def void_hold(conn: Connection, *, hold_id: int, now: datetime | None = None) ->
     return get_hold(conn, hold_id=hold_id)
 
 
-def _release(
-    conn: Connection, pending: list[AnyRow], *, status: HoldStatus, now: datetime
-) -> int:
+def _release(conn: Connection, pending: list[AnyRow], *, status: HoldStatus, now: datetime) -> int:
     """End pending holds of one locked wallet without spending; returns how many ended."""
     released = (
         conn.execute(
