@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from tokenbank.columns import utcnow
-from tokenbank.db import json_dumps
+from tokenbank.db import Statement, driver_datetime, json_dumps
 from tokenbank.ledger.errors import (
     IdempotencyConflict,
     InsufficientTokens,
@@ -51,13 +51,13 @@ CREDIT_SOURCES: dict[TransferKind, tuple[SystemAccount, str]] = {
 }
 
 
-def _one_statement(*, spend: bool, total: str) -> sa.TextClause:
+def _postgres_statement(*, spend: bool, total: str) -> Statement:
     """The whole transfer as one PostgreSQL statement (see the module docstring)."""
     sign, guard = ("-", "AND balance - held >= CAST(:amount AS BIGINT)") if spend else ("+", "")
-    wallet_side = "debit" if spend else "credit"
-    system_side = "credit" if spend else "debit"
+    wallet_side, system_side = ("debit", "credit") if spend else ("credit", "debit")
     # Only the fixed fragments above are formatted in; every value is a bound parameter.
-    return sa.text(f"""
+    return Statement(
+        sa.text(f"""
 WITH w AS (
     UPDATE accounts
        SET balance = balance {sign} CAST(:amount AS BIGINT),
@@ -81,14 +81,64 @@ WITH w AS (
     SELECT t.id, CAST(:system_id AS BIGINT), :kind, {"+" if spend else "-"}CAST(:amount AS BIGINT),
            NULL, :now FROM t
 )
-SELECT w.id AS account_id, w.balance, t.id AS transfer_id FROM w LEFT JOIN t ON true
+SELECT w.id, w.balance, t.id FROM w LEFT JOIN t ON true
 """)  # noqa: S608
+    )
 
 
-_SPEND_PG = _one_statement(spend=True, total="total_spent")
-_CREDIT_PG = {
-    total: _one_statement(spend=False, total=total) for _, total in CREDIT_SOURCES.values()
-}
+def _sqlite_statements(*, spend: bool, total: str) -> tuple[Statement, Statement, Statement]:
+    """The same transfer as three statements; SQLite has already serialised the writers."""
+    sign, guard = ("-", "AND balance - held >= :amount") if spend else ("+", "")
+    wallet_side, system_side = ("debit", "credit") if spend else ("credit", "debit")
+    debit_wallet = "-" if spend else ""
+    credit_wallet = "" if spend else "-"
+    return (
+        Statement(
+            sa.text(f"""
+UPDATE accounts
+   SET balance = balance {sign} :amount, {total} = {total} + :amount
+ WHERE user_id = :user_id {guard}
+   AND NOT EXISTS (SELECT 1 FROM transfers WHERE idempotency_key = :key)
+RETURNING id, balance""")  # noqa: S608
+        ),
+        Statement(
+            sa.text(f"""
+INSERT INTO transfers (idempotency_key, kind, {wallet_side}_account_id, {system_side}_account_id,
+                       amount, description, metadata, event_at, created_at)
+VALUES (:key, :kind, :wallet_id, :system_id, :amount, :description, :metadata, :event_at, :now)
+RETURNING id""")  # noqa: S608
+        ),
+        Statement(
+            sa.text(f"""
+INSERT INTO entries (transfer_id, account_id, kind, amount, balance_after, created_at)
+VALUES (:transfer_id, :wallet_id, :kind, {debit_wallet}:amount, :balance, :now),
+       (:transfer_id, :system_id, :kind, {credit_wallet}:amount, NULL, :now)""")
+        ),
+    )
+
+
+_TOTALS = {total for _, total in CREDIT_SOURCES.values()}
+POSTGRES_SPEND = _postgres_statement(spend=True, total="total_spent")
+SQLITE_SPEND = _sqlite_statements(spend=True, total="total_spent")
+_POSTGRES_CREDIT = {total: _postgres_statement(spend=False, total=total) for total in _TOTALS}
+_SQLITE_CREDIT = {total: _sqlite_statements(spend=False, total=total) for total in _TOTALS}
+
+
+def transfer_params(
+    conn: Connection, request: Request, *, amount: int, system: SystemAccount, now: datetime
+) -> dict[str, Any]:
+    """Bound values for the spend and credit statements."""
+    return {
+        "amount": amount,
+        "user_id": request.user_id,
+        "key": request.key,
+        "kind": request.kind.value,
+        "system_id": int(system),
+        "description": request.description,
+        "metadata": None if request.metadata is None else json_dumps(request.metadata),
+        "event_at": driver_datetime(conn, request.event_at or now),
+        "now": driver_datetime(conn, now),
+    }
 
 
 def _move(
@@ -105,82 +155,42 @@ def _move(
 
     Returns None when nothing was applied, leaving the reason to the caller.
     """
-    event_at = request.event_at or now
+    params = transfer_params(conn, request, amount=amount, system=system, now=now)
     if conn.dialect.name == "postgresql":
-        row = conn.execute(
-            _SPEND_PG if spend else _CREDIT_PG[total],
-            {
-                "amount": amount,
-                "user_id": request.user_id,
-                "key": request.key,
-                "kind": request.kind.value,
-                "system_id": int(system),
-                "description": request.description,
-                "metadata": None if request.metadata is None else json_dumps(request.metadata),
-                "event_at": event_at,
-                "now": now,
-            },
-        ).first()
-        if row is None:
+        statement = POSTGRES_SPEND if spend else _POSTGRES_CREDIT[total]
+        rows = statement.rows(conn, params)
+        if not rows:
             return None
-        if row.transfer_id is None:
+        account_id, balance, transfer_id = rows[0]
+        if transfer_id is None:
             # A racing copy with the same key committed first: give the change back.
-            balance = accounts.c.balance
             conn.execute(
                 sa.update(accounts)
-                .where(accounts.c.id == row.account_id)
+                .where(accounts.c.id == account_id)
                 .values(
                     {
-                        "balance": balance + amount if spend else balance - amount,
+                        "balance": accounts.c.balance + (amount if spend else -amount),
                         total: accounts.c[total] - amount,
                     }
                 )
             )
             return None
-        return Receipt(
-            transfer_id=row.transfer_id,
-            kind=request.kind,
-            user_id=request.user_id,
-            amount=amount,
-            balance=row.balance,
-        )
-
-    if (receipt := replay(conn, request)) is not None:
-        return receipt
-    balance = accounts.c.balance
-    update = sa.update(accounts).where(accounts.c.user_id == request.user_id)
-    if spend:
-        update = update.where(balance - accounts.c.held >= amount)
-    row = conn.execute(
-        update.values(
-            {
-                "balance": balance - amount if spend else balance + amount,
-                total: accounts.c[total] + amount,
-            }
-        ).returning(accounts.c.id, accounts.c.balance)
-    ).first()
-    if row is None:
-        return None
-    transfer_id = record_transfer(
-        conn,
-        key=request.key,
-        kind=request.kind,
-        debit_account_id=row.id if spend else system,
-        credit_account_id=system if spend else row.id,
-        amount=amount,
-        wallet_id=row.id,
-        wallet_balance=row.balance,
-        description=request.description,
-        metadata=request.metadata,
-        event_at=event_at,
-        now=now,
-    )
+    else:
+        update, insert_transfer, insert_entries = SQLITE_SPEND if spend else _SQLITE_CREDIT[total]
+        rows = update.rows(conn, params)
+        if not rows:
+            return None
+        account_id, balance = rows[0]
+        params["wallet_id"], params["balance"] = account_id, balance
+        ((params["transfer_id"],),) = insert_transfer.rows(conn, params)
+        insert_entries.rows(conn, params)
+        transfer_id = params["transfer_id"]
     return Receipt(
         transfer_id=transfer_id,
         kind=request.kind,
         user_id=request.user_id,
         amount=amount,
-        balance=row.balance,
+        balance=balance,
     )
 
 

@@ -1,0 +1,379 @@
+"""Ledger spend throughput, in process, against bare-driver baselines measured in the same run.
+
+    make bench                      # or: python -m bench.ledger --seconds 3 [--only sqlite]
+
+For SQLite (a temporary file) and PostgreSQL (``TOKENBANK_BENCH_DATABASE_URL``, else
+``TOKENBANK_TEST_DATABASE_URL``, else postgresql://postgres@127.0.0.1:5432/test; a scratch
+database is created there and dropped afterwards), with 1, 4 and 16 worker threads, on one
+hot wallet and spread over 10,000 wallets, it measures spends per second of:
+
+* tokenbank: ``with db.transaction() as conn: ledger.spend(conn, ...)``;
+* (a) the bare driver (sqlite3 / psycopg) sending exactly the SQL a tokenbank spend sends
+  (the same statement objects, compiled by the same dialect, with the same transaction
+  boundaries and, on SQLite, the same in-process writer lock);
+* (b) the minimal spend: a conditional ``UPDATE ... RETURNING`` plus one insert with a
+  unique key into two bare tables (one autocommit statement on PostgreSQL).
+
+It prints each point with the ratios tokenbank/(a) and tokenbank/(b), then the lowest
+tokenbank/(a) and each backend's hot-wallet throughput at 16 workers over 4 workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sqlite3
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
+from sqlalchemy.dialects.sqlite import pysqlite as sqlite_dialect
+
+from tokenbank import ledger, migrations
+from tokenbank.columns import utcnow
+from tokenbank.config import Settings
+from tokenbank.db import Database, Statement, connect
+from tokenbank.ledger import SystemAccount, TransferKind
+from tokenbank.ledger.transfers import POSTGRES_SPEND, SQLITE_SPEND
+
+WALLETS = 10_000
+WORKERS = (1, 4, 16)
+SEED_TOKENS = 10**11
+
+Spend = Callable[[str, str], None]  # (user_id, idempotency_key)
+SpendFactory = Callable[[], Spend]  # one per worker thread
+
+
+@dataclass(frozen=True)
+class Point:
+    backend: str
+    wallets: str
+    workers: int
+    tokenbank: float
+    exact_sql: float
+    minimal: float
+
+
+def users_for(wallets: str) -> list[str]:
+    return ["u0"] if wallets == "hot" else [f"u{n}" for n in range(WALLETS)]
+
+
+def measure(make: SpendFactory, *, workers: int, users: list[str], seconds: float) -> float:
+    """Spends per second of ``workers`` threads running flat out for ``seconds``."""
+    spends = [make() for _ in range(workers)]
+    counts = [0] * workers
+    start = threading.Barrier(workers + 1)
+    stop = threading.Event()
+    prefix = uuid.uuid4().hex[:8]
+
+    def work(n: int) -> None:
+        spend, rng = spends[n], random.Random(n)
+        start.wait()
+        done = 0
+        while not stop.is_set():
+            spend(rng.choice(users), f"{prefix}-{n}-{done}")
+            done += 1
+        counts[n] = done
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(workers)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    began = time.perf_counter()
+    time.sleep(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    return sum(counts) / (time.perf_counter() - began)
+
+
+def seed(db: Database) -> None:
+    with db.transaction() as conn:
+        for user in users_for("spread"):
+            ledger.open_wallet(conn, user_id=user)
+            ledger.credit(
+                conn,
+                user_id=user,
+                amount=SEED_TOKENS,
+                kind=TransferKind.GRANT,
+                idempotency_key=f"seed-{user}",
+            )
+
+
+def tokenbank_spend(db: Database) -> SpendFactory:
+    def make() -> Spend:
+        def spend(user_id: str, key: str) -> None:
+            with db.transaction() as conn:
+                ledger.spend(conn, user_id=user_id, amount=1, idempotency_key=key)
+
+        return spend
+
+    return make
+
+
+def spend_params(dialect: str, user_id: str, key: str) -> dict[str, Any]:
+    """The values tokenbank binds for a spend of 1 token (ledger.transfers.transfer_params)."""
+    now = utcnow()
+    stamp: Any = now.strftime("%Y-%m-%d %H:%M:%S.%f") if dialect == "sqlite" else now
+    return {
+        "amount": 1,
+        "user_id": user_id,
+        "key": key,
+        "kind": "spend",
+        "system_id": int(SystemAccount.CONSUMPTION),
+        "description": None,
+        "metadata": None,
+        "event_at": stamp,
+        "now": stamp,
+    }
+
+
+def compiled(statement: Statement, dialect: sa.Dialect) -> tuple[str, tuple[str, ...] | None]:
+    return statement._compile(dialect)
+
+
+def _args(sql: tuple[str, tuple[str, ...] | None], values: dict[str, Any]) -> Any:
+    names = sql[1]
+    return values if names is None else tuple(values[n] for n in names)
+
+
+# --- SQLite --------------------------------------------------------------------------------
+
+
+def sqlite_connection(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=30000", "foreign_keys=ON"):
+        conn.execute(f"PRAGMA {pragma}")
+    return conn
+
+
+def sqlite_exact(path: Path) -> SpendFactory:
+    """BEGIN IMMEDIATE, tokenbank's three spend statements, COMMIT, under a writer lock."""
+    lock = threading.Lock()
+    dialect = sqlite_dialect.dialect()
+    update, insert_transfer, insert_entries = (compiled(s, dialect) for s in SQLITE_SPEND)
+
+    def make() -> Spend:
+        conn = sqlite_connection(path)
+
+        def spend(user_id: str, key: str) -> None:
+            values = spend_params("sqlite", user_id, key)
+            with lock:
+                conn.execute("BEGIN IMMEDIATE")
+                ((values["wallet_id"], values["balance"]),) = conn.execute(
+                    update[0], _args(update, values)
+                ).fetchall()
+                ((values["transfer_id"],),) = conn.execute(
+                    insert_transfer[0], _args(insert_transfer, values)
+                ).fetchall()
+                conn.execute(insert_entries[0], _args(insert_entries, values)).fetchall()
+                conn.execute("COMMIT")
+
+        return spend
+
+    return make
+
+
+MINIMAL_ACCOUNTS = (
+    "CREATE TABLE bench_accounts (id TEXT PRIMARY KEY, balance BIGINT NOT NULL"
+    " CHECK (balance >= 0))"
+)
+MINIMAL_ENTRIES = (
+    "CREATE TABLE bench_entries (id {serial} PRIMARY KEY, account_id TEXT NOT NULL,"
+    " amount BIGINT NOT NULL, idempotency_key TEXT NOT NULL UNIQUE, created_at {ts} NOT NULL)"
+)
+
+
+def sqlite_minimal(path: Path) -> SpendFactory:
+    setup = sqlite_connection(path)
+    setup.execute(MINIMAL_ACCOUNTS)
+    setup.execute(MINIMAL_ENTRIES.format(serial="INTEGER", ts="TEXT"))
+    setup.executemany(
+        "INSERT INTO bench_accounts VALUES (?, ?)",
+        [(u, SEED_TOKENS) for u in users_for("spread")],
+    )
+    setup.close()
+    lock = threading.Lock()
+
+    def make() -> Spend:
+        conn = sqlite_connection(path)
+
+        def spend(user_id: str, key: str) -> None:
+            with lock:
+                conn.execute("BEGIN IMMEDIATE")
+                row = conn.execute(
+                    "UPDATE bench_accounts SET balance = balance - 1"
+                    " WHERE id = ? AND balance >= 1 RETURNING balance",
+                    (user_id,),
+                ).fetchone()
+                assert row is not None
+                conn.execute(
+                    "INSERT INTO bench_entries (account_id, amount, idempotency_key, created_at)"
+                    " VALUES (?, -1, ?, datetime('now'))",
+                    (user_id, key),
+                )
+                conn.execute("COMMIT")
+
+        return spend
+
+    return make
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------
+
+
+def postgres_exact(url: str) -> SpendFactory:
+    """tokenbank's one spend statement inside the transaction psycopg opens, then COMMIT."""
+    sql, _ = compiled(POSTGRES_SPEND, psycopg_dialect.dialect())
+
+    def make() -> Spend:
+        conn = psycopg.connect(url)
+
+        def spend(user_id: str, key: str) -> None:
+            row = conn.execute(sql, spend_params("postgresql", user_id, key)).fetchone()
+            assert row is not None
+            conn.commit()
+
+        return spend
+
+    return make
+
+
+def postgres_minimal(url: str) -> SpendFactory:
+    with psycopg.connect(url, autocommit=True) as setup:
+        setup.execute(MINIMAL_ACCOUNTS)
+        setup.execute(MINIMAL_ENTRIES.format(serial="BIGSERIAL", ts="TIMESTAMPTZ"))
+        with setup.cursor() as cursor, cursor.copy("COPY bench_accounts FROM STDIN") as copy:
+            for user in users_for("spread"):
+                copy.write_row((user, SEED_TOKENS))
+
+    def make() -> Spend:
+        conn = psycopg.connect(url, autocommit=True)
+
+        def spend(user_id: str, key: str) -> None:
+            row = conn.execute(
+                "WITH u AS (UPDATE bench_accounts SET balance = balance - 1"
+                " WHERE id = %s AND balance >= 1 RETURNING id)"
+                " INSERT INTO bench_entries (account_id, amount, idempotency_key, created_at)"
+                " SELECT id, -1, %s, now() FROM u RETURNING id",
+                (user_id, key),
+            ).fetchone()
+            assert row is not None
+
+        return spend
+
+    return make
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    server = (
+        os.environ.get("TOKENBANK_BENCH_DATABASE_URL")
+        or os.environ.get("TOKENBANK_TEST_DATABASE_URL")
+        or "postgresql://postgres@127.0.0.1:5432/test"
+    )
+    admin = sa.make_url(server).set(drivername="postgresql").render_as_string(False)
+    name = f"tokenbank_bench_{os.getpid()}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield sa.make_url(admin).set(database=name).render_as_string(False)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+def run_backend(
+    backend: str, url: str, exact: SpendFactory, minimal: SpendFactory, seconds: float
+) -> list[Point]:
+    db = connect(url, pool_size=Settings().database_pool_size)  # the default a deployment runs
+    points = []
+    for wallets in ("hot", "spread"):
+        users = users_for(wallets)
+        for workers in WORKERS:
+            rates = [
+                measure(make, workers=workers, users=users, seconds=seconds)
+                for make in (tokenbank_spend(db), exact, minimal)
+            ]
+            point = Point(backend, wallets, workers, *rates)
+            points.append(point)
+            print_point(point)
+    with db.read() as conn:
+        report = ledger.verify(conn)
+    assert report.ok, [c for c in report.checks if not c.ok]
+    db.dispose()
+    return points
+
+
+def prepare(url: str) -> None:
+    db = connect(url, pool_size=2)
+    migrations.upgrade(db)
+    seed(db)
+    db.dispose()
+
+
+def print_point(p: Point) -> None:
+    print(
+        f"{p.backend:<10} {p.wallets:<6} {p.workers:>3}  {p.tokenbank:>9,.0f}"
+        f"  {p.exact_sql:>9,.0f}  {p.minimal:>9,.0f}"
+        f"  {p.tokenbank / p.exact_sql:>7.2f}x  {p.tokenbank / p.minimal:>7.2f}x",
+        flush=True,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="tokenbank ledger spend benchmark")
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of each measurement")
+    parser.add_argument("--only", choices=["sqlite", "postgresql"], help="one backend only")
+    args = parser.parse_args()
+    print(
+        f"{'backend':<10} {'wallets':<6} {'w':>3}  {'tokenbank':>9}  {'(a) SQL':>9}"
+        f"  {'(b) min':>9}  {'vs (a)':>8}  {'vs (b)':>8}"
+    )
+    points: list[Point] = []
+    if args.only in (None, "sqlite"):
+        with tempfile.TemporaryDirectory(prefix="tokenbank-bench-") as scratch:
+            path = Path(scratch) / "bench.db"
+            url = f"sqlite:///{path}"
+            prepare(url)
+            points += run_backend(
+                "sqlite", url, sqlite_exact(path), sqlite_minimal(path), args.seconds
+            )
+    if args.only in (None, "postgresql"):
+        with postgres_database() as url:
+            prepare(url)
+            points += run_backend(
+                "postgresql", url, postgres_exact(url), postgres_minimal(url), args.seconds
+            )
+    print()
+    worst = min(points, key=lambda p: p.tokenbank / p.exact_sql)
+    print(
+        f"lowest tokenbank/(a): {worst.tokenbank / worst.exact_sql:.2f}x"
+        f" ({worst.backend}, {worst.wallets}, {worst.workers} workers); target >= 0.70x"
+    )
+    for backend in sorted({p.backend for p in points}):
+        hot = {
+            p.workers: p.tokenbank for p in points if p.backend == backend and p.wallets == "hot"
+        }
+        print(
+            f"{backend}: hot wallet at 16 workers / 4 workers = {hot[16] / hot[4]:.2f}x;"
+            " target >= 0.80x"
+        )
+
+
+if __name__ == "__main__":
+    main()
