@@ -234,7 +234,7 @@ def sqlite_minimal(path: Path) -> SpendFactory:
 
 def postgres_exact(url: str) -> SpendFactory:
     """tokenbank's one spend statement inside the transaction psycopg opens, then COMMIT."""
-    sql, _ = compiled(POSTGRES_SPEND, psycopg_dialect.dialect())
+    sql, _ = compiled(POSTGRES_SPEND, psycopg_dialect.dialect())  # type: ignore[no-untyped-call]
 
     def make() -> Spend:
         conn = psycopg.connect(url)

@@ -112,7 +112,7 @@ RETURNING id""")  # noqa: S608
             sa.text(f"""
 INSERT INTO entries (transfer_id, account_id, kind, amount, balance_after, created_at)
 VALUES (:transfer_id, :wallet_id, :kind, {debit_wallet}:amount, :balance, :now),
-       (:transfer_id, :system_id, :kind, {credit_wallet}:amount, NULL, :now)""")
+       (:transfer_id, :system_id, :kind, {credit_wallet}:amount, NULL, :now)""")  # noqa: S608
         ),
     )
 
