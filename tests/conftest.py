@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import settings
 
 from tests.postgres import PostgresUnavailable, ephemeral_postgres, scratch_database
 from tokenbank import ledger, migrations
@@ -121,3 +122,17 @@ def db(fresh_database: DatabaseFactory) -> Iterator[Database]:
     with database.read() as conn:
         report = ledger.verify(conn)
     assert report.ok, [c for c in report.checks if not c.ok]
+
+
+# Property tests explore new examples on every local run; CI replays a fixed sequence.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    skipped = terminalreporter.stats.get("skipped", [])
+    if any("PostgreSQL tests NOT RUN" in str(report.longrepr) for report in skipped):
+        terminalreporter.write_sep(
+            "!", "PostgreSQL tests were SKIPPED: only the SQLite half ran", red=True, bold=True
+        )

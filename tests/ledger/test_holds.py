@@ -116,6 +116,18 @@ def test_an_expired_hold_cannot_be_posted_even_before_the_sweep(db: Database) ->
     assert late.value.status == "expired"
 
 
+def test_voiding_after_the_deadline_ends_the_hold_as_expired(db: Database) -> None:
+    wallet(db, tokens=100)
+    held = _hold(db, 30, ttl=10)
+    with db.transaction() as conn:
+        ended = ledger.void_hold(conn, hold_id=held.id, now=T0 + timedelta(seconds=10))
+    assert ended.status is HoldStatus.EXPIRED
+    assert not ended.replayed
+    with db.transaction() as conn:
+        assert ledger.void_hold(conn, hold_id=held.id, now=T0 + timedelta(seconds=20)).replayed
+    assert _balance(db).available == 100
+
+
 def test_a_spend_releases_expired_holds_it_needs(db: Database) -> None:
     wallet(db, tokens=100)
     _hold(db, 90, ttl=10)

@@ -90,6 +90,7 @@ def make_machine(fresh_database: DatabaseFactory) -> type[RuleBasedStateMachine]
 
         @rule(target=done, user=st.sampled_from(USERS), amount=st.integers(1, 60))
         def spend(self, user: str, amount: int) -> Done:
+            self._expire_in_model(user)  # expired holds count as released
             key = self._key()
             try:
                 with self.db.transaction() as conn:
@@ -216,11 +217,11 @@ def make_machine(fresh_database: DatabaseFactory) -> type[RuleBasedStateMachine]
                 with self.db.transaction() as conn:
                     ledger.void_hold(conn, hold_id=held.id, now=self.now)
             except ledger.HoldNotPending:
-                assert held.id not in self.pending
+                assert held.id not in self.pending  # it was posted
                 return
-            self.pending.pop(held.id)
-            self.model.held[held.user_id] -= held.amount
-            self.model.available[held.user_id] += held.amount
+            if self.pending.pop(held.id, None) is not None:
+                self.model.held[held.user_id] -= held.amount
+                self.model.available[held.user_id] += held.amount
 
         @rule(seconds=st.integers(1, 90))
         def time_passes(self, seconds: int) -> None:

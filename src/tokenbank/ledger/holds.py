@@ -276,15 +276,20 @@ def post_hold(
 
 
 def void_hold(conn: Connection, *, hold_id: int, now: datetime | None = None) -> Hold:
-    """Release a pending hold in full. Voiding a voided hold returns it unchanged."""
+    """Release a pending hold in full.
+
+    Voiding is "make sure these tokens are free again": a hold already voided or expired is
+    returned unchanged, and a pending hold past its deadline ends as expired.
+    """
     now = now or utcnow()
     current = _lock_hold(conn, hold_id)
     status = HoldStatus(current.status)
-    if status is HoldStatus.VOIDED:
+    if status in (HoldStatus.VOIDED, HoldStatus.EXPIRED):
         return _to_hold(current, replayed=True)
     if status is not HoldStatus.PENDING:
         raise HoldNotPending(hold_id, status.value)
-    _release(conn, [current], status=HoldStatus.VOIDED, now=now)
+    ending = HoldStatus.EXPIRED if current.expires_at <= now else HoldStatus.VOIDED
+    _release(conn, [current], status=ending, now=now)
     return get_hold(conn, hold_id=hold_id)
 
 
