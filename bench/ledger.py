@@ -48,10 +48,11 @@ from tokenbank.ledger.transfers import POSTGRES_SPEND, SQLITE_SPEND
 
 WALLETS = 10_000
 WORKERS = (1, 4, 16)
+ROUNDS = 3
 SEED_TOKENS = 10**11
 
 Spend = Callable[[str, str], None]  # (user_id, idempotency_key)
-SpendFactory = Callable[[], Spend]  # one per worker thread
+SpendFactory = Callable[[int], Spend]  # the spend function of worker n
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def users_for(wallets: str) -> list[str]:
 
 def measure(make: SpendFactory, *, workers: int, users: list[str], seconds: float) -> float:
     """Spends per second of ``workers`` threads running flat out for ``seconds``."""
-    spends = [make() for _ in range(workers)]
+    spends = [make(n) for n in range(workers)]
     counts = [0] * workers
     start = threading.Barrier(workers + 1)
     stop = threading.Event()
@@ -111,7 +112,7 @@ def seed(db: Database) -> None:
 
 
 def tokenbank_spend(db: Database) -> SpendFactory:
-    def make() -> Spend:
+    def make(_: int) -> Spend:
         def spend(user_id: str, key: str) -> None:
             with db.transaction() as conn:
                 ledger.spend(conn, user_id=user_id, amount=1, idempotency_key=key)
@@ -163,8 +164,10 @@ def sqlite_exact(path: Path) -> SpendFactory:
     dialect = sqlite_dialect.dialect()
     update, insert_transfer, insert_entries = (compiled(s, dialect) for s in SQLITE_SPEND)
 
-    def make() -> Spend:
-        conn = sqlite_connection(path)
+    conns: dict[int, sqlite3.Connection] = {}
+
+    def make(n: int) -> Spend:
+        conn = conns[n] if n in conns else conns.setdefault(n, sqlite_connection(path))
 
         def spend(user_id: str, key: str) -> None:
             values = spend_params("sqlite", user_id, key)
@@ -204,9 +207,10 @@ def sqlite_minimal(path: Path) -> SpendFactory:
     )
     setup.close()
     lock = threading.Lock()
+    conns: dict[int, sqlite3.Connection] = {}
 
-    def make() -> Spend:
-        conn = sqlite_connection(path)
+    def make(n: int) -> Spend:
+        conn = conns[n] if n in conns else conns.setdefault(n, sqlite_connection(path))
 
         def spend(user_id: str, key: str) -> None:
             with lock:
@@ -236,8 +240,10 @@ def postgres_exact(url: str) -> SpendFactory:
     """tokenbank's one spend statement inside the transaction psycopg opens, then COMMIT."""
     sql, _ = compiled(POSTGRES_SPEND, psycopg_dialect.dialect())  # type: ignore[no-untyped-call]
 
-    def make() -> Spend:
-        conn = psycopg.connect(url)
+    conns: dict[int, psycopg.Connection[Any]] = {}
+
+    def make(n: int) -> Spend:
+        conn = conns[n] if n in conns else conns.setdefault(n, psycopg.connect(url))
 
         def spend(user_id: str, key: str) -> None:
             row = conn.execute(sql, spend_params("postgresql", user_id, key)).fetchone()
@@ -257,8 +263,12 @@ def postgres_minimal(url: str) -> SpendFactory:
             for user in users_for("spread"):
                 copy.write_row((user, SEED_TOKENS))
 
-    def make() -> Spend:
-        conn = psycopg.connect(url, autocommit=True)
+    conns: dict[int, psycopg.Connection[Any]] = {}
+
+    def make(n: int) -> Spend:
+        conn = (
+            conns[n] if n in conns else conns.setdefault(n, psycopg.connect(url, autocommit=True))
+        )
 
         def spend(user_id: str, key: str) -> None:
             row = conn.execute(
@@ -305,10 +315,15 @@ def run_backend(
     for wallets in ("hot", "spread"):
         users = users_for(wallets)
         for workers in WORKERS:
-            rates = [
-                measure(make, workers=workers, users=users, seconds=seconds)
-                for make in (tokenbank_spend(db), exact, minimal)
-            ]
+            # Interleave short slices of the three, so drift (checkpoints, autovacuum, the
+            # machine's other work) falls on all of them alike.
+            totals = [0.0, 0.0, 0.0]
+            for _ in range(ROUNDS):
+                for n, make in enumerate((tokenbank_spend(db), exact, minimal)):
+                    totals[n] += measure(
+                        make, workers=workers, users=users, seconds=seconds / ROUNDS
+                    )
+            rates = [total / ROUNDS for total in totals]
             point = Point(backend, wallets, workers, *rates)
             points.append(point)
             print_point(point)
@@ -337,7 +352,9 @@ def print_point(p: Point) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="tokenbank ledger spend benchmark")
-    parser.add_argument("--seconds", type=float, default=3.0, help="length of each measurement")
+    parser.add_argument(
+        "--seconds", type=float, default=4.5, help="time spent measuring each variant at a point"
+    )
     parser.add_argument("--only", choices=["sqlite", "postgresql"], help="one backend only")
     args = parser.parse_args()
     print(
