@@ -124,6 +124,29 @@ class Request:
     event_at: datetime | None  # only compared when the caller set it
     refund_of_id: int | None = None
 
+    @classmethod
+    def checked(
+        cls,
+        *,
+        key: object,
+        kind: TransferKind,
+        user_id: object,
+        amount: object,
+        description: object,
+        metadata: object,
+        event_at: object,
+    ) -> Request:
+        """A request from caller input, every field validated."""
+        return cls(
+            key=check_key(key),
+            kind=kind,
+            user_id=check_user_id(user_id),
+            amount=check_amount(amount),
+            description=check_description(description),
+            metadata=check_metadata(metadata),
+            event_at=check_event_at(event_at),
+        )
+
 
 _stored = (
     sa.select(

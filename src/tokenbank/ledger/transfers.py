@@ -33,10 +33,8 @@ from tokenbank.ledger.journal import (
     Request,
     check_amount,
     check_description,
-    check_event_at,
     check_key,
     check_metadata,
-    check_user_id,
     record_transfer,
     replay,
     wallet_id,
@@ -218,14 +216,14 @@ def credit(
     """Add tokens to a wallet: a purchase, the bonus that came with it, or a grant."""
     if kind not in CREDIT_SOURCES:
         raise InvalidArgument("kind", f"a credit is one of {', '.join(CREDIT_SOURCES)}")
-    request = Request(
-        key=check_key(idempotency_key),
+    request = Request.checked(
+        key=idempotency_key,
         kind=kind,
-        user_id=check_user_id(user_id),
-        amount=check_amount(amount),
-        description=check_description(description),
-        metadata=check_metadata(metadata),
-        event_at=check_event_at(event_at),
+        user_id=user_id,
+        amount=amount,
+        description=description,
+        metadata=metadata,
+        event_at=event_at,
     )
     system, total = CREDIT_SOURCES[kind]
     now = now or utcnow()
@@ -246,14 +244,14 @@ def spend(
 ) -> Receipt:
     """Take ``amount`` tokens from the wallet's available balance, or raise
     ``InsufficientTokens`` and change nothing."""
-    request = Request(
-        key=check_key(idempotency_key),
+    request = Request.checked(
+        key=idempotency_key,
         kind=TransferKind.SPEND,
-        user_id=check_user_id(user_id),
-        amount=check_amount(amount),
-        description=check_description(description),
-        metadata=check_metadata(metadata),
-        event_at=check_event_at(event_at),
+        user_id=user_id,
+        amount=amount,
+        description=description,
+        metadata=metadata,
+        event_at=event_at,
     )
     now = now or utcnow()
 
