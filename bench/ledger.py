@@ -7,7 +7,8 @@ For SQLite (a temporary file) and PostgreSQL (``TOKENBANK_BENCH_DATABASE_URL``, 
 database is created there and dropped afterwards), with 1, 4 and 16 worker threads, on one
 hot wallet and spread over 10,000 wallets, it measures spends per second of:
 
-* tokenbank: ``with db.transaction() as conn: ledger.spend(conn, ...)``;
+* tokenbank: ``with db.autocommit() as conn: ledger.spend(conn, ...)``, the unit of work
+  for one ledger operation (on SQLite the same as ``db.transaction()``);
 * (a) the bare driver (sqlite3 / psycopg) sending exactly the SQL a tokenbank spend sends
   (the same statement objects, compiled by the same dialect, with the same transaction
   boundaries and, on SQLite, the same in-process writer lock);
@@ -114,7 +115,7 @@ def seed(db: Database) -> None:
 def tokenbank_spend(db: Database) -> SpendFactory:
     def make(_: int) -> Spend:
         def spend(user_id: str, key: str) -> None:
-            with db.transaction() as conn:
+            with db.autocommit(wallet=user_id) as conn:
                 ledger.spend(conn, user_id=user_id, amount=1, idempotency_key=key)
 
         return spend
@@ -237,18 +238,19 @@ def sqlite_minimal(path: Path) -> SpendFactory:
 
 
 def postgres_exact(url: str) -> SpendFactory:
-    """tokenbank's one spend statement inside the transaction psycopg opens, then COMMIT."""
-    sql, _ = compiled(POSTGRES_SPEND, psycopg_dialect.dialect())  # type: ignore[no-untyped-call]
+    """tokenbank's one spend statement, autocommitted, as ``Database.autocommit()`` runs it."""
+    sql, _ = compiled(POSTGRES_SPEND[True], psycopg_dialect.dialect())  # type: ignore[no-untyped-call]
 
     conns: dict[int, psycopg.Connection[Any]] = {}
 
     def make(n: int) -> Spend:
-        conn = conns[n] if n in conns else conns.setdefault(n, psycopg.connect(url))
+        conn = (
+            conns[n] if n in conns else conns.setdefault(n, psycopg.connect(url, autocommit=True))
+        )
 
         def spend(user_id: str, key: str) -> None:
             row = conn.execute(sql, spend_params("postgresql", user_id, key)).fetchone()
             assert row is not None
-            conn.commit()
 
         return spend
 

@@ -13,13 +13,14 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from hypothesis import settings
+from sqlalchemy.engine import Connection
 
 from tests.postgres import PostgresUnavailable, ephemeral_postgres, scratch_database
 from tokenbank import ledger, migrations
@@ -136,3 +137,13 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_sep(
             "!", "PostgreSQL tests were SKIPPED: only the SQLite half ran", red=True, bold=True
         )
+
+
+Unit = Callable[[], AbstractContextManager[Connection]]
+
+
+@pytest.fixture(params=["transaction", "autocommit"])
+def unit(request: pytest.FixtureRequest, db: Database) -> Unit:
+    """The two kinds of unit of work a ledger call runs in (``Database.autocommit()`` is the
+    one-operation unit; on SQLite both are the same transaction)."""
+    return db.transaction if request.param == "transaction" else db.autocommit

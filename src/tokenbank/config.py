@@ -24,9 +24,9 @@ class Settings(BaseSettings):
 
     env: Literal["development", "production"] = "development"
     database_url: str = f"sqlite:///{DEFAULT_VAR_DIR / 'tokenbank.db'}"
-    # Connections per process. More writers than the machine can run at once only queue on
-    # locks: on 2 cores a hot wallet lost a quarter of its throughput from 4 to 16 writers.
-    database_pool_size: int = Field(default=5, ge=1, le=512)
+    # Connections per pool, per process (PostgreSQL: one pool for transactions, one for
+    # reads and one-operation units). See docs/benchmarks.md for how it was chosen.
+    database_pool_size: int = Field(default=16, ge=1, le=512)
     public_url: str = "http://127.0.0.1:8000"
     secret_key: SecretStr | None = None
     var_dir: Path = DEFAULT_VAR_DIR

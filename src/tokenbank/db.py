@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -74,8 +74,35 @@ class Statement:
         args = params if names is None else tuple(params[name] for name in names)
         driver = conn.connection.driver_connection
         assert driver is not None
-        rows: list[tuple[Any, ...]] = driver.execute(sql, args).fetchall()
+        try:
+            rows: list[tuple[Any, ...]] = driver.execute(sql, args).fetchall()
+        except conn.dialect.loaded_dbapi.IntegrityError as exc:
+            raise sa.exc.IntegrityError(sql, args, exc) from exc
         return rows
+
+
+def commits_alone(conn: Connection) -> bool:
+    """True when a statement executed now on ``conn`` is its own transaction: an autocommit
+    connection (``Database.autocommit()``) with no transaction open (see ``atomic()``)."""
+    driver: Any = conn.connection.driver_connection
+    return bool(getattr(driver, "autocommit", False)) and driver.pgconn.transaction_status == 0
+
+
+@contextmanager
+def atomic(conn: Connection) -> Iterator[None]:
+    """Make a multi-statement step atomic, whatever kind of unit ``conn`` belongs to.
+
+    Inside ``Database.transaction()`` the step is already part of the caller's transaction
+    and this does nothing. On an autocommit connection it wraps the step in a transaction of
+    its own, which commits when the step ends and rolls back if it raises.
+    """
+    if not commits_alone(conn):
+        yield
+        return
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    with driver.transaction():
+        yield
 
 
 def driver_datetime(conn: Connection, value: datetime) -> Any:
@@ -99,27 +126,70 @@ def normalize_url(url: str) -> sa.URL:
     raise ConfigurationError(f"unsupported database {backend!r}: use sqlite:/// or postgresql://")
 
 
+class WalletGate:
+    """Lets one unit of work per wallet at a time go to the database from this process.
+
+    PostgreSQL keeps a row locked until its commit is flushed, and writers queued on one row
+    cost more than they add: measured here, a hot wallet lost a third of its throughput from
+    4 to 16 concurrent writers. Units of work on the same wallet wait here instead, without
+    holding a connection, while other wallets go on in parallel. It orders requests within a
+    process only; correctness never depends on it (the row lock and the constraints decide).
+    Wallets share one of ``stripes`` locks by hash, so two busy wallets rarely wait on each
+    other.
+    """
+
+    def __init__(self, stripes: int = 1024) -> None:
+        self._locks = [threading.Lock() for _ in range(stripes)]
+
+    def __call__(self, wallet: str) -> threading.Lock:
+        return self._locks[hash(wallet) % len(self._locks)]
+
+
 @dataclass(eq=False)
 class Database:
-    """Two engines over one database: ``engine`` for writes, ``read_engine`` for reads."""
+    """Two engines over one database: ``engine`` for transactions; ``read_engine`` for reads
+    and, on PostgreSQL, for autocommit units (``autocommit()``). Each has its own pool."""
 
     url: sa.URL
     engine: Engine
     read_engine: Engine
     _write_lock: threading.Lock | None = field(default=None, repr=False)
+    _gate: WalletGate = field(default_factory=WalletGate, repr=False)
 
     @property
     def dialect(self) -> Dialect:
         return "postgresql" if self.engine.dialect.name == "postgresql" else "sqlite"
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection]:
-        """Run a unit of work: commit when the block ends, roll back if it raises."""
-        if self._write_lock is None:
-            with self.engine.begin() as conn:
+    def transaction(self, *, wallet: str | None = None) -> Iterator[Connection]:
+        """Run a unit of work: commit when the block ends, roll back if it raises.
+
+        ``wallet``: the user whose wallet the work changes, if one; see ``WalletGate``.
+        """
+        if self._write_lock is not None:  # SQLite: every writer already waits here
+            with self._write_lock, self.engine.begin() as conn:
                 yield conn
             return
-        with self._write_lock, self.engine.begin() as conn:
+        with self._gated(wallet), self.engine.begin() as conn:
+            yield conn
+
+    def _gated(self, wallet: str | None) -> AbstractContextManager[object]:
+        return nullcontext() if wallet is None else self._gate(wallet)
+
+    @contextmanager
+    def autocommit(self, *, wallet: str | None = None) -> Iterator[Connection]:
+        """A unit of work that is one ledger operation, such as a single spend.
+
+        On PostgreSQL a credit or a spend is then one autocommitted statement: one round
+        trip, and the wallet row is locked only while the server executes and flushes it.
+        The ledger makes its rarer multi-statement steps atomic itself (``atomic()``). On
+        SQLite this is ``transaction()``: writers are serialised either way.
+        """
+        if self._write_lock is not None:
+            with self.transaction() as conn:
+                yield conn
+            return
+        with self._gated(wallet), self.read_engine.connect() as conn:
             yield conn
 
     @contextmanager
@@ -154,8 +224,18 @@ def _connect_postgresql(url: sa.URL, *, pool_size: int) -> Database:
         isolation_level="READ COMMITTED",
         json_serializer=json_dumps,
     )
-    read_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
-    return Database(url=url, engine=engine, read_engine=read_engine)
+    # A pool of its own: switching a pooled connection in and out of autocommit costs two
+    # driver calls per checkout, a fifth of a spend's CPU when profiled.
+    autocommit_engine = sa.create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_timeout=30,
+        isolation_level="AUTOCOMMIT",
+        pool_reset_on_return=None,  # nothing to roll back: atomic() always ends its transaction
+        json_serializer=json_dumps,
+    )
+    return Database(url=url, engine=engine, read_engine=autocommit_engine)
 
 
 def _connect_sqlite(url: sa.URL, *, pool_size: int) -> Database:

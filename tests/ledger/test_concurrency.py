@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from tests.conftest import Unit
 from tests.ledger.factories import wallet
 from tokenbank import ledger
 from tokenbank.db import Database
@@ -45,11 +46,11 @@ def _outcome(result: object) -> str:
     return "ok"
 
 
-def test_100_concurrent_spends_of_1_on_50_tokens(db: Database) -> None:
+def test_100_concurrent_spends_of_1_on_50_tokens(db: Database, unit: Unit) -> None:
     wallet(db, tokens=50)
 
     def spend(i: int) -> ledger.Receipt:
-        with db.transaction() as conn:
+        with unit() as conn:
             return ledger.spend(conn, user_id="alice", amount=1, idempotency_key=f"s{i}")
 
     outcomes = Counter(_outcome(r) for r in _all_at_once(100, spend))
@@ -85,11 +86,11 @@ def test_100_spends_from_4_processes(db: Database) -> None:
         assert ledger.balance(conn, user_id="alice").available == 0
 
 
-def test_one_spend_key_sent_20_times_at_once_has_one_effect(db: Database) -> None:
+def test_one_spend_key_sent_20_times_at_once_has_one_effect(db: Database, unit: Unit) -> None:
     wallet(db, tokens=100)
 
     def spend(_: int) -> ledger.Receipt:
-        with db.transaction() as conn:
+        with unit() as conn:
             return ledger.spend(conn, user_id="alice", amount=7, idempotency_key="same")
 
     results = _all_at_once(20, spend)
@@ -102,11 +103,11 @@ def test_one_spend_key_sent_20_times_at_once_has_one_effect(db: Database) -> Non
         assert ledger.balance(conn, user_id="alice").available == 93
 
 
-def test_one_credit_key_sent_20_times_at_once_credits_once(db: Database) -> None:
+def test_one_credit_key_sent_20_times_at_once_credits_once(db: Database, unit: Unit) -> None:
     wallet(db)
 
     def credit(_: int) -> ledger.Receipt:
-        with db.transaction() as conn:
+        with unit() as conn:
             return ledger.credit(
                 conn,
                 user_id="alice",
@@ -123,13 +124,13 @@ def test_one_credit_key_sent_20_times_at_once_credits_once(db: Database) -> None
         assert ledger.balance(conn, user_id="alice").total_purchased == 500
 
 
-def test_concurrent_refunds_never_exceed_the_spend(db: Database) -> None:
+def test_concurrent_refunds_never_exceed_the_spend(db: Database, unit: Unit) -> None:
     wallet(db, tokens=100)
-    with db.transaction() as conn:
+    with unit() as conn:
         spent = ledger.spend(conn, user_id="alice", amount=10, idempotency_key="s")
 
     def refund(i: int) -> ledger.Receipt:
-        with db.transaction() as conn:
+        with unit() as conn:
             return ledger.refund(
                 conn, transfer_id=spent.transfer_id, amount=3, idempotency_key=f"r{i}"
             )
@@ -143,13 +144,13 @@ def test_concurrent_refunds_never_exceed_the_spend(db: Database) -> None:
         assert ledger.balance(conn, user_id="alice").available == 99
 
 
-def test_concurrent_holds_and_posts_keep_held_consistent(db: Database) -> None:
+def test_concurrent_holds_and_posts_keep_held_consistent(db: Database, unit: Unit) -> None:
     wallet(db, tokens=100)
 
     def hold_then_settle(i: int) -> str:
-        with db.transaction() as conn:
+        with unit() as conn:
             held = ledger.hold(conn, user_id="alice", amount=10, idempotency_key=f"h{i}")
-        with db.transaction() as conn:
+        with unit() as conn:
             if i % 2:
                 ledger.post_hold(conn, hold_id=held.id, amount=5)
             else:
@@ -164,7 +165,9 @@ def test_concurrent_holds_and_posts_keep_held_consistent(db: Database) -> None:
     assert balance.available == 100 - 5 * balance.total_spent // 5
 
 
-def test_a_replay_that_waited_on_the_first_spends_lock_returns_its_result(db: Database) -> None:
+def test_a_replay_that_waited_on_the_first_spends_lock_returns_its_result(
+    db: Database, unit: Unit
+) -> None:
     """The replay starts while the first spend is still uncommitted, so it cannot see the key
     yet; it must still end with the first result and no second debit."""
     wallet(db, tokens=100)
@@ -172,7 +175,7 @@ def test_a_replay_that_waited_on_the_first_spends_lock_returns_its_result(db: Da
 
     def replay() -> None:
         try:
-            with db.transaction() as conn:
+            with unit() as conn:
                 results.append(ledger.spend(conn, user_id="alice", amount=5, idempotency_key="k"))
         except Exception as exc:
             results.append(exc)

@@ -4,6 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from tests.conftest import Unit
 from tests.ledger.factories import wallet
 from tokenbank import ledger
 from tokenbank.db import Database
@@ -37,12 +38,12 @@ def test_a_hold_reserves_tokens_without_moving_them(db: Database) -> None:
         ledger.hold(conn, user_id="alice", amount=31, idempotency_key="h2", now=T0)
 
 
-def test_post_spends_at_most_the_hold_and_releases_the_rest(db: Database) -> None:
+def test_post_spends_at_most_the_hold_and_releases_the_rest(db: Database, unit: Unit) -> None:
     wallet(db, tokens=100)
     held = _hold(db, 70)
-    with pytest.raises(ledger.InvalidArgument), db.transaction() as conn:
+    with pytest.raises(ledger.InvalidArgument), unit() as conn:
         ledger.post_hold(conn, hold_id=held.id, amount=71, now=T0)
-    with db.transaction() as conn:
+    with unit() as conn:
         receipt = ledger.post_hold(conn, hold_id=held.id, amount=45, now=T0)
     assert (receipt.kind, receipt.amount, receipt.balance) == (TransferKind.SPEND, 45, 55)
     balance = _balance(db)
@@ -54,28 +55,28 @@ def test_post_spends_at_most_the_hold_and_releases_the_rest(db: Database) -> Non
         45,
         receipt.transfer_id,
     )
-    with db.transaction() as conn:  # the same post again: the first result
+    with unit() as conn:  # the same post again: the first result
         again = ledger.post_hold(conn, hold_id=held.id, amount=45, now=T0)
     assert again.replayed and (again.transfer_id, again.balance) == (receipt.transfer_id, 55)
-    with pytest.raises(ledger.IdempotencyConflict), db.transaction() as conn:
+    with pytest.raises(ledger.IdempotencyConflict), unit() as conn:
         ledger.post_hold(conn, hold_id=held.id, amount=44, now=T0)
-    with pytest.raises(ledger.HoldNotPending), db.transaction() as conn:
+    with pytest.raises(ledger.HoldNotPending), unit() as conn:
         ledger.void_hold(conn, hold_id=held.id, now=T0)
-    with db.transaction() as conn:  # a posted hold's spend can be refunded like any spend
+    with unit() as conn:  # a posted hold's spend can be refunded like any spend
         assert (
             ledger.refund(conn, transfer_id=receipt.transfer_id, idempotency_key="r").amount == 45
         )
 
 
-def test_void_releases_everything_once(db: Database) -> None:
+def test_void_releases_everything_once(db: Database, unit: Unit) -> None:
     wallet(db, tokens=100)
     held = _hold(db, 70)
-    with db.transaction() as conn:
+    with unit() as conn:
         voided = ledger.void_hold(conn, hold_id=held.id, now=T0)
     assert voided.status is HoldStatus.VOIDED and not voided.replayed
-    with db.transaction() as conn:
+    with unit() as conn:
         assert ledger.void_hold(conn, hold_id=held.id, now=T0).replayed
-    with pytest.raises(ledger.HoldNotPending) as not_pending, db.transaction() as conn:
+    with pytest.raises(ledger.HoldNotPending) as not_pending, unit() as conn:
         ledger.post_hold(conn, hold_id=held.id, amount=1, now=T0)
     assert not_pending.value.status == "voided"
     assert _balance(db).available == 100
@@ -91,20 +92,20 @@ def test_hold_replay_and_conflict(db: Database) -> None:
         _hold(db, 71)
 
 
-def test_expiry_releases_holds_past_their_deadline(db: Database) -> None:
+def test_expiry_releases_holds_past_their_deadline(db: Database, unit: Unit) -> None:
     wallet(db, tokens=100)
     short = _hold(db, 30, key="short", ttl=10)
     long = _hold(db, 30, key="long", ttl=100)
     later = T0 + timedelta(seconds=10)
     # Reads already treat an expired hold as released, before any sweep.
     assert (_balance(db, later).available, _balance(db, later).held) == (70, 30)
-    with db.transaction() as conn:
+    with unit() as conn:
         assert ledger.expire_holds(conn, now=later) == 1
         assert ledger.expire_holds(conn, now=later) == 0
     with db.read() as conn:
         assert ledger.get_hold(conn, hold_id=short.id).status is HoldStatus.EXPIRED
         assert ledger.get_hold(conn, hold_id=long.id).status is HoldStatus.PENDING
-    with pytest.raises(ledger.HoldNotPending), db.transaction() as conn:
+    with pytest.raises(ledger.HoldNotPending), unit() as conn:
         ledger.post_hold(conn, hold_id=short.id, amount=1, now=later)
 
 
@@ -128,10 +129,10 @@ def test_voiding_after_the_deadline_ends_the_hold_as_expired(db: Database) -> No
     assert _balance(db).available == 100
 
 
-def test_a_spend_releases_expired_holds_it_needs(db: Database) -> None:
+def test_a_spend_releases_expired_holds_it_needs(db: Database, unit: Unit) -> None:
     wallet(db, tokens=100)
     _hold(db, 90, ttl=10)
-    with db.transaction() as conn:
+    with unit() as conn:
         receipt = ledger.spend(
             conn, user_id="alice", amount=50, idempotency_key="s1", now=T0 + timedelta(seconds=10)
         )
@@ -139,10 +140,10 @@ def test_a_spend_releases_expired_holds_it_needs(db: Database) -> None:
     assert _balance(db).held == 0
 
 
-def test_a_hold_releases_expired_holds_it_needs(db: Database) -> None:
+def test_a_hold_releases_expired_holds_it_needs(db: Database, unit: Unit) -> None:
     wallet(db, tokens=100)
     _hold(db, 90, ttl=10)
-    with db.transaction() as conn:
+    with unit() as conn:
         fresh = ledger.hold(
             conn,
             user_id="alice",

@@ -58,7 +58,7 @@ class HeldTokens:
     expires_at: datetime
 
 
-def make_machine(fresh_database: DatabaseFactory) -> type[RuleBasedStateMachine]:
+def make_machine(fresh_database: DatabaseFactory, unit: str) -> type[RuleBasedStateMachine]:
     class LedgerMachine(RuleBasedStateMachine):
         done = Bundle("done")
         holds = Bundle("holds")
@@ -66,11 +66,12 @@ def make_machine(fresh_database: DatabaseFactory) -> type[RuleBasedStateMachine]
         def __init__(self) -> None:
             super().__init__()
             self.db: Database = fresh_database()
+            self.unit = self.db.transaction if unit == "transaction" else self.db.autocommit
             self.model = Model()
             self.now = T0
             self.serial = 0
             self.pending: dict[int, HeldTokens] = {}
-            with self.db.transaction() as conn:
+            with self.unit() as conn:
                 for user in USERS:
                     ledger.open_wallet(conn, user_id=user)
 
@@ -81,7 +82,7 @@ def make_machine(fresh_database: DatabaseFactory) -> type[RuleBasedStateMachine]
         @rule(target=done, user=st.sampled_from(USERS), amount=st.integers(1, 50))
         def credit(self, user: str, amount: int) -> Done:
             key = self._key()
-            with self.db.transaction() as conn:
+            with self.unit() as conn:
                 r = ledger.credit(
                     conn, user_id=user, amount=amount, kind=TransferKind.GRANT, idempotency_key=key
                 )
@@ -93,7 +94,7 @@ def make_machine(fresh_database: DatabaseFactory) -> type[RuleBasedStateMachine]
             self._expire_in_model(user)  # expired holds count as released
             key = self._key()
             try:
-                with self.db.transaction() as conn:
+                with self.unit() as conn:
                     r = ledger.spend(
                         conn, user_id=user, amount=amount, idempotency_key=key, now=self.now
                     )
@@ -110,7 +111,7 @@ def make_machine(fresh_database: DatabaseFactory) -> type[RuleBasedStateMachine]
         def replay(self, earlier: Done) -> None:
             if earlier.kind == "refused":
                 return
-            with self.db.transaction() as conn:
+            with self.unit() as conn:
                 if earlier.kind == "grant":
                     r = ledger.credit(
                         conn,
@@ -135,7 +136,7 @@ def make_machine(fresh_database: DatabaseFactory) -> type[RuleBasedStateMachine]
             if earlier.kind == "refused":
                 return
             try:
-                with self.db.transaction() as conn:
+                with self.unit() as conn:
                     ledger.spend(
                         conn,
                         user_id=earlier.user_id,
@@ -153,7 +154,7 @@ def make_machine(fresh_database: DatabaseFactory) -> type[RuleBasedStateMachine]
                 return
             left = self.model.refundable[earlier.transfer_id]
             try:
-                with self.db.transaction() as conn:
+                with self.unit() as conn:
                     r = ledger.refund(
                         conn,
                         transfer_id=earlier.transfer_id,
@@ -176,7 +177,7 @@ def make_machine(fresh_database: DatabaseFactory) -> type[RuleBasedStateMachine]
         def hold(self, user: str, amount: int, ttl: int) -> HeldTokens:
             self._expire_in_model(user)
             try:
-                with self.db.transaction() as conn:
+                with self.unit() as conn:
                     h = ledger.hold(
                         conn,
                         user_id=user,
@@ -199,7 +200,7 @@ def make_machine(fresh_database: DatabaseFactory) -> type[RuleBasedStateMachine]
                 return
             amount = max(1, int(held.amount * fraction))
             try:
-                with self.db.transaction() as conn:
+                with self.unit() as conn:
                     r = ledger.post_hold(conn, hold_id=held.id, amount=amount, now=self.now)
             except ledger.HoldNotPending:
                 assert held.id not in self.pending or held.expires_at <= self.now
@@ -214,7 +215,7 @@ def make_machine(fresh_database: DatabaseFactory) -> type[RuleBasedStateMachine]
             if held.id == 0:
                 return
             try:
-                with self.db.transaction() as conn:
+                with self.unit() as conn:
                     ledger.void_hold(conn, hold_id=held.id, now=self.now)
             except ledger.HoldNotPending:
                 assert held.id not in self.pending  # it was posted
@@ -229,7 +230,7 @@ def make_machine(fresh_database: DatabaseFactory) -> type[RuleBasedStateMachine]
 
         @rule()
         def sweep(self) -> None:
-            with self.db.transaction() as conn:
+            with self.unit() as conn:
                 ledger.expire_holds(conn, now=self.now)
             for user in USERS:
                 self._expire_in_model(user)
@@ -268,8 +269,11 @@ def make_machine(fresh_database: DatabaseFactory) -> type[RuleBasedStateMachine]
 
 
 @pytest.mark.slow
-def test_ledger_matches_the_model(fresh_database: DatabaseFactory, backend: str) -> None:
-    machine = make_machine(fresh_database)
+@pytest.mark.parametrize("unit", ["transaction", "autocommit"])
+def test_ledger_matches_the_model(fresh_database: DatabaseFactory, backend: str, unit: str) -> None:
+    if backend == "sqlite" and unit == "autocommit":
+        pytest.skip("on SQLite Database.autocommit() is Database.transaction()")
+    machine = make_machine(fresh_database, unit)
     run_state_machine_as_test(
         machine,
         settings=settings(

@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
+from tests.conftest import Unit
 from tests.ledger.factories import wallet
 from tokenbank import ledger
 from tokenbank.db import Database
@@ -75,12 +76,12 @@ def test_credit_moves_tokens_from_its_system_account(
     ]
 
 
-def test_spend_takes_tokens_and_refuses_an_overdraft(db: Database) -> None:
+def test_spend_takes_tokens_and_refuses_an_overdraft(db: Database, unit: Unit) -> None:
     wallet(db, tokens=100)
-    with db.transaction() as conn:
+    with unit() as conn:
         receipt = ledger.spend(conn, user_id="alice", amount=60, idempotency_key="s1")
     assert (receipt.amount, receipt.balance, receipt.kind) == (60, 40, TransferKind.SPEND)
-    with pytest.raises(ledger.InsufficientTokens) as refused, db.transaction() as conn:
+    with pytest.raises(ledger.InsufficientTokens) as refused, unit() as conn:
         ledger.spend(conn, user_id="alice", amount=41, idempotency_key="s2")
     assert (refused.value.requested, refused.value.available) == (41, 40)
     assert refused.value.code == "insufficient_tokens"
@@ -88,19 +89,21 @@ def test_spend_takes_tokens_and_refuses_an_overdraft(db: Database) -> None:
         balance = ledger.balance(conn, user_id="alice")
         assert (balance.available, balance.total_spent) == (40, 60)
         assert conn.execute(sa.select(sa.func.count()).select_from(transfers)).scalar() == 2
-    with db.transaction() as conn:  # the refused key was not burnt
+    with unit() as conn:  # the refused key was not burnt
         assert ledger.spend(conn, user_id="alice", amount=40, idempotency_key="s2").balance == 0
 
 
-def test_spend_replay_returns_the_first_result_without_a_second_effect(db: Database) -> None:
+def test_spend_replay_returns_the_first_result_without_a_second_effect(
+    db: Database, unit: Unit
+) -> None:
     wallet(db, tokens=100)
-    with db.transaction() as conn:
+    with unit() as conn:
         first = ledger.spend(
             conn, user_id="alice", amount=30, idempotency_key="s1", metadata={"model": "m"}
         )
-    with db.transaction() as conn:
+    with unit() as conn:
         ledger.spend(conn, user_id="alice", amount=50, idempotency_key="s2")
-    with db.transaction() as conn:
+    with unit() as conn:
         again = ledger.spend(
             conn, user_id="alice", amount=30, idempotency_key="s1", metadata={"model": "m"}
         )
@@ -208,30 +211,30 @@ def test_credit_refuses_debit_kinds(db: Database) -> None:
         ledger.credit(conn, user_id="alice", amount=1, kind=TransferKind.SPEND, idempotency_key="x")
 
 
-def test_refund_full_partial_and_never_more_than_spent(db: Database) -> None:
+def test_refund_full_partial_and_never_more_than_spent(db: Database, unit: Unit) -> None:
     wallet(db, tokens=100)
-    with db.transaction() as conn:
+    with unit() as conn:
         spent = ledger.spend(conn, user_id="alice", amount=40, idempotency_key="s1")
-    with db.transaction() as conn:
+    with unit() as conn:
         part = ledger.refund(
             conn, transfer_id=spent.transfer_id, amount=15, idempotency_key="r1", description="x"
         )
     assert (part.kind, part.amount, part.balance) == (TransferKind.REFUND, 15, 75)
-    with pytest.raises(ledger.RefundExceedsSpend) as too_much, db.transaction() as conn:
+    with pytest.raises(ledger.RefundExceedsSpend) as too_much, unit() as conn:
         ledger.refund(conn, transfer_id=spent.transfer_id, amount=26, idempotency_key="r2")
     assert (too_much.value.requested, too_much.value.refundable) == (26, 25)
-    with db.transaction() as conn:
+    with unit() as conn:
         rest = ledger.refund(conn, transfer_id=spent.transfer_id, idempotency_key="r3")
     assert (rest.amount, rest.balance) == (25, 100)
-    with pytest.raises(ledger.RefundExceedsSpend), db.transaction() as conn:
+    with pytest.raises(ledger.RefundExceedsSpend), unit() as conn:
         ledger.refund(conn, transfer_id=spent.transfer_id, idempotency_key="r4")
-    with db.transaction() as conn:  # replays of both refunds: no new effect
+    with unit() as conn:  # replays of both refunds: no new effect
         assert ledger.refund(conn, transfer_id=spent.transfer_id, idempotency_key="r3").replayed
         replay = ledger.refund(
             conn, transfer_id=spent.transfer_id, amount=15, idempotency_key="r1", description="x"
         )
         assert replay.replayed and replay.transfer_id == part.transfer_id
-    with pytest.raises(ledger.IdempotencyConflict), db.transaction() as conn:
+    with pytest.raises(ledger.IdempotencyConflict), unit() as conn:
         ledger.refund(conn, transfer_id=spent.transfer_id, amount=16, idempotency_key="r1")
     with db.read() as conn:
         balance = ledger.balance(conn, user_id="alice")

@@ -18,6 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 
 from tokenbank.columns import utcnow
+from tokenbank.db import atomic
 from tokenbank.ledger.errors import (
     HoldNotPending,
     IdempotencyConflict,
@@ -141,6 +142,30 @@ def hold(
     metadata = check_metadata(metadata)
     now = now or utcnow()
 
+    with atomic(conn):
+        return _reserve(
+            conn,
+            user_id=user_id,
+            amount=amount,
+            key=key,
+            expires_at=now + timedelta(seconds=ttl_seconds),
+            description=description,
+            metadata=metadata,
+            now=now,
+        )
+
+
+def _reserve(
+    conn: Connection,
+    *,
+    user_id: str,
+    amount: int,
+    key: str,
+    expires_at: datetime,
+    description: str | None,
+    metadata: dict[str, Any] | None,
+    now: datetime,
+) -> Hold:
     account_id = wallet_id(conn, user_id, lock=True)
     existing = conn.execute(_select_hold.where(holds.c.idempotency_key == key)).first()
     if existing is not None:
@@ -172,7 +197,7 @@ def hold(
             "status": HoldStatus.PENDING.value,
             "description": description,
             "metadata": metadata,
-            "expires_at": now + timedelta(seconds=ttl_seconds),
+            "expires_at": expires_at,
             "created_at": now,
         },
     ).scalar()
@@ -203,7 +228,11 @@ def post_hold(
     Posting the same hold again with the same amount returns the first result.
     """
     amount = check_amount(amount)
-    now = now or utcnow()
+    with atomic(conn):
+        return _post(conn, hold_id=hold_id, amount=amount, now=now or utcnow())
+
+
+def _post(conn: Connection, *, hold_id: int, amount: int, now: datetime) -> Receipt:
     current = _lock_hold(conn, hold_id)
     status = HoldStatus(current.status)
     if status is HoldStatus.POSTED:
@@ -282,15 +311,16 @@ def void_hold(conn: Connection, *, hold_id: int, now: datetime | None = None) ->
     returned unchanged, and a pending hold past its deadline ends as expired.
     """
     now = now or utcnow()
-    current = _lock_hold(conn, hold_id)
-    status = HoldStatus(current.status)
-    if status in (HoldStatus.VOIDED, HoldStatus.EXPIRED):
-        return _to_hold(current, replayed=True)
-    if status is not HoldStatus.PENDING:
-        raise HoldNotPending(hold_id, status.value)
-    ending = HoldStatus.EXPIRED if current.expires_at <= now else HoldStatus.VOIDED
-    _release(conn, [current], status=ending, now=now)
-    return get_hold(conn, hold_id=hold_id)
+    with atomic(conn):
+        current = _lock_hold(conn, hold_id)
+        status = HoldStatus(current.status)
+        if status in (HoldStatus.VOIDED, HoldStatus.EXPIRED):
+            return _to_hold(current, replayed=True)
+        if status is not HoldStatus.PENDING:
+            raise HoldNotPending(hold_id, status.value)
+        ending = HoldStatus.EXPIRED if current.expires_at <= now else HoldStatus.VOIDED
+        _release(conn, [current], status=ending, now=now)
+        return get_hold(conn, hold_id=hold_id)
 
 
 def _release(conn: Connection, pending: list[AnyRow], *, status: HoldStatus, now: datetime) -> int:
@@ -324,7 +354,8 @@ _stale = (
 
 
 def release_expired(conn: Connection, *, account_id: int, now: datetime) -> int:
-    """Expire the wallet's holds whose deadline has passed (the wallet is already locked)."""
+    """Expire the wallet's holds whose deadline has passed; the caller has locked the wallet
+    in a transaction (``atomic``)."""
     stale = list(conn.execute(_stale.where(holds.c.account_id == account_id), {"now": now}))
     return _release(conn, stale, status=HoldStatus.EXPIRED, now=now) if stale else 0
 
@@ -339,6 +370,9 @@ def expire_holds(conn: Connection, *, now: datetime | None = None, limit: int = 
     stale = list(conn.execute(_stale.limit(limit), {"now": now}))
     expired = 0
     for account_id, group in groupby(stale, key=lambda row: row.account_id):
-        conn.execute(sa.select(accounts.c.id).where(accounts.c.id == account_id).with_for_update())
-        expired += _release(conn, list(group), status=HoldStatus.EXPIRED, now=now)
+        with atomic(conn):
+            conn.execute(
+                sa.select(accounts.c.id).where(accounts.c.id == account_id).with_for_update()
+            )
+            expired += _release(conn, list(group), status=HoldStatus.EXPIRED, now=now)
     return expired

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from tokenbank.columns import utcnow
-from tokenbank.db import Statement, driver_datetime, json_dumps
+from tokenbank.db import Statement, atomic, commits_alone, driver_datetime, json_dumps
 from tokenbank.ledger.errors import (
     IdempotencyConflict,
     InsufficientTokens,
@@ -49,9 +49,15 @@ CREDIT_SOURCES: dict[TransferKind, tuple[SystemAccount, str]] = {
 }
 
 
-def _postgres_statement(*, spend: bool, total: str) -> Statement:
-    """The whole transfer as one PostgreSQL statement (see the module docstring)."""
+def _postgres_statement(*, spend: bool, total: str, alone: bool) -> Statement:
+    """The whole transfer as one PostgreSQL statement (see the module docstring).
+
+    ``alone``: the statement is its own transaction. A racing copy of the key then fails the
+    whole statement (its entries get no transfer id: NOT NULL), so nothing of it commits;
+    inside a transaction it inserts no entries, and the caller gives the debit back.
+    """
     sign, guard = ("-", "AND balance - held >= CAST(:amount AS BIGINT)") if spend else ("+", "")
+    pairs = "w LEFT JOIN t ON true" if alone else "t, w"
     wallet_side, system_side = ("debit", "credit") if spend else ("credit", "debit")
     # Only the fixed fragments above are formatted in; every value is a bound parameter.
     return Statement(
@@ -74,10 +80,10 @@ WITH w AS (
  RETURNING id
 ), e AS (
     INSERT INTO entries (transfer_id, account_id, kind, amount, balance_after, created_at)
-    SELECT t.id, w.id, :kind, {sign}CAST(:amount AS BIGINT), w.balance, :now FROM t, w
+    SELECT t.id, w.id, :kind, {sign}CAST(:amount AS BIGINT), w.balance, :now FROM {pairs}
      UNION ALL
     SELECT t.id, CAST(:system_id AS BIGINT), :kind, {"+" if spend else "-"}CAST(:amount AS BIGINT),
-           NULL, :now FROM t
+           NULL, :now FROM {pairs}
 )
 SELECT w.id, w.balance, t.id FROM w LEFT JOIN t ON true
 """)  # noqa: S608
@@ -115,10 +121,19 @@ VALUES (:transfer_id, :wallet_id, :kind, {debit_wallet}:amount, :balance, :now),
     )
 
 
+NOT_NULL_VIOLATION = "23502"
 _TOTALS = {total for _, total in CREDIT_SOURCES.values()}
-POSTGRES_SPEND = _postgres_statement(spend=True, total="total_spent")
+#: Indexed by ``alone`` (see ``_postgres_statement``).
+POSTGRES_SPEND = {
+    alone: _postgres_statement(spend=True, total="total_spent", alone=alone)
+    for alone in (False, True)
+}
+_POSTGRES_CREDIT = {
+    (total, alone): _postgres_statement(spend=False, total=total, alone=alone)
+    for total in _TOTALS
+    for alone in (False, True)
+}
 SQLITE_SPEND = _sqlite_statements(spend=True, total="total_spent")
-_POSTGRES_CREDIT = {total: _postgres_statement(spend=False, total=total) for total in _TOTALS}
 _SQLITE_CREDIT = {total: _sqlite_statements(spend=False, total=total) for total in _TOTALS}
 
 
@@ -155,8 +170,14 @@ def _move(
     """
     params = transfer_params(conn, request, amount=amount, system=system, now=now)
     if conn.dialect.name == "postgresql":
-        statement = POSTGRES_SPEND if spend else _POSTGRES_CREDIT[total]
-        rows = statement.rows(conn, params)
+        alone = commits_alone(conn)
+        statement = POSTGRES_SPEND[alone] if spend else _POSTGRES_CREDIT[total, alone]
+        try:
+            rows = statement.rows(conn, params)
+        except sa.exc.IntegrityError as exc:
+            if alone and getattr(exc.orig, "sqlstate", None) == NOT_NULL_VIOLATION:
+                return None  # a racing copy of the key won; nothing of this one committed
+            raise
         if not rows:
             return None
         account_id, balance, transfer_id = rows[0]
@@ -268,15 +289,16 @@ def spend(
 
     if (receipt := attempt() or replay(conn, request)) is not None:
         return receipt
-    account_id = wallet_id(conn, request.user_id, lock=True)
-    # Holds past their deadline still count as held until released; release them and retry.
-    if release_expired(conn, account_id=account_id, now=now) and (receipt := attempt()):
-        return receipt
-    if (receipt := replay(conn, request)) is not None:
-        return receipt
-    available = conn.execute(
-        sa.select(accounts.c.balance - accounts.c.held).where(accounts.c.id == account_id)
-    ).scalar_one()
+    with atomic(conn):
+        account_id = wallet_id(conn, request.user_id, lock=True)
+        # Holds past their deadline still count until released; release them and retry.
+        if release_expired(conn, account_id=account_id, now=now) and (receipt := attempt()):
+            return receipt
+        if (receipt := replay(conn, request)) is not None:
+            return receipt
+        available = conn.execute(
+            sa.select(accounts.c.balance - accounts.c.held).where(accounts.c.id == account_id)
+        ).scalar_one()
     raise InsufficientTokens(request.user_id, requested=amount, available=int(available))
 
 
@@ -301,6 +323,28 @@ def refund(
     metadata = check_metadata(metadata)
     now = now or utcnow()
 
+    with atomic(conn):
+        return _refund(
+            conn,
+            transfer_id=transfer_id,
+            key=key,
+            amount=amount,
+            description=description,
+            metadata=metadata,
+            now=now,
+        )
+
+
+def _refund(
+    conn: Connection,
+    *,
+    transfer_id: int,
+    key: str,
+    amount: int | None,
+    description: str | None,
+    metadata: dict[str, Any] | None,
+    now: datetime,
+) -> Receipt:
     original = conn.execute(
         sa.select(transfers.c.kind, transfers.c.amount, transfers.c.debit_account_id).where(
             transfers.c.id == transfer_id

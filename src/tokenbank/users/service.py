@@ -9,6 +9,7 @@ from sqlalchemy.engine import Connection
 
 from tokenbank import ledger
 from tokenbank.columns import utcnow
+from tokenbank.db import atomic
 from tokenbank.errors import TokenbankError
 from tokenbank.ledger.errors import InvalidArgument
 from tokenbank.ledger.journal import check_user_id
@@ -69,16 +70,19 @@ def create_user(
     email = _check_email(email)
     name = _check_name(name)
     now = now or utcnow()
-    if conn.execute(sa.select(users.c.id).where(users.c.id == user_id)).first() is not None:
-        raise UserExists(user_id)
-    if email is not None and (
-        conn.execute(sa.select(users.c.id).where(users.c.email == email)).first() is not None
-    ):
-        raise EmailTaken(email)
-    ledger.open_wallet(conn, user_id=user_id, now=now)
-    conn.execute(
-        sa.insert(users).values(id=user_id, email=email, name=name, created_at=now, updated_at=now)
-    )
+    with atomic(conn):
+        if conn.execute(sa.select(users.c.id).where(users.c.id == user_id)).first() is not None:
+            raise UserExists(user_id)
+        if email is not None and (
+            conn.execute(sa.select(users.c.id).where(users.c.email == email)).first() is not None
+        ):
+            raise EmailTaken(email)
+        ledger.open_wallet(conn, user_id=user_id, now=now)
+        conn.execute(
+            sa.insert(users).values(
+                id=user_id, email=email, name=name, created_at=now, updated_at=now
+            )
+        )
     return User(id=user_id, email=email, name=name, created_at=now)
 
 
