@@ -84,8 +84,10 @@ class Statement:
 def commits_alone(conn: Connection) -> bool:
     """True when a statement executed now on ``conn`` is its own transaction: an autocommit
     connection (``Database.autocommit()``) with no transaction open (see ``atomic()``)."""
+    if conn.dialect.name != "postgresql":
+        return False  # SQLite units are always BEGIN IMMEDIATE transactions
     driver: Any = conn.connection.driver_connection
-    return bool(getattr(driver, "autocommit", False)) and driver.pgconn.transaction_status == 0
+    return bool(driver.autocommit) and driver.pgconn.transaction_status == 0
 
 
 @contextmanager
