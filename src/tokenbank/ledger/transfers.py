@@ -1,10 +1,12 @@
 """Credits, spends and refunds: the transfers that move tokens in and out of a wallet.
 
 On PostgreSQL a credit or a spend is one statement: the conditional wallet update, the
-transfer and both entries, so the wallet row stays locked for that statement and the commit
-only. The key check inside it covers every replay that arrives after the first one
-committed; two copies racing each other meet at the transfer's unique key, where the loser
-inserts nothing, gives its debit back and returns the winner's result.
+transfer and both entries. In a one-operation unit (``Database.autocommit()``) it is its own
+transaction, so the wallet row is locked only while the server runs and flushes it. The key
+check inside it covers every replay that arrives after the first one committed; two copies
+racing each other meet at the transfer's unique key, where the loser applies nothing (on its
+own it fails whole; inside a transaction it gives its debit back) and returns the winner's
+result.
 
 On SQLite writers are already serialised, so the same steps run as plain statements.
 """
