@@ -29,7 +29,7 @@ from tokenbank.db import Database, connect
 from tokenbank.ledger.models import SystemAccount, accounts
 
 BACKENDS = ["sqlite", "postgresql"]
-TABLES = ("holds", "entries", "transfers", "users", "accounts")
+TABLES = ("api_keys", "holds", "entries", "transfers", "users", "accounts")
 EPOCH = datetime(2026, 11, 21, tzinfo=UTC)
 
 

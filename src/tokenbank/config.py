@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     public_url: str = "http://127.0.0.1:8000"
     secret_key: SecretStr | None = None
     var_dir: Path = DEFAULT_VAR_DIR
+    api_key_cache_seconds: float = Field(default=5.0, ge=0, le=300)
     default_hold_ttl_seconds: int = Field(default=900, ge=1, le=7 * 24 * 3600)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

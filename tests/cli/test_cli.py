@@ -73,7 +73,7 @@ def test_errors_have_exit_codes(tokenbank: object) -> None:
 
 def test_db_commands(tokenbank: object) -> None:
     run = tokenbank
-    assert "revision 0001" in run("db", "upgrade")  # type: ignore[operator]
+    assert "revision 0002" in run("db", "upgrade")  # type: ignore[operator]
     assert "models match migrations" in run("db", "check")  # type: ignore[operator]
 
 

@@ -12,13 +12,17 @@ from datetime import datetime
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
+import uvicorn
 from rich.console import Console
 from rich.table import Table
 
-from tokenbank import ledger, migrations, users
+from tokenbank import apikeys, ledger, migrations, users
+from tokenbank.apikeys import Scope
 from tokenbank.config import Settings
 from tokenbank.db import Database, connect
 from tokenbank.errors import TokenbankError
+from tokenbank.logs import configure_logging
+from tokenbank.web.app import create_app
 
 app = typer.Typer(
     help="tokenbank: prepaid tokens for AI apps.",
@@ -30,10 +34,12 @@ db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 users_app = typer.Typer(help="Users and their wallets.", no_args_is_help=True)
 ledger_app = typer.Typer(help="Ledger maintenance.", no_args_is_help=True)
 holds_app = typer.Typer(help="Holds (reserved tokens).", no_args_is_help=True)
+apikeys_app = typer.Typer(help="API keys for host apps.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(holds_app, name="holds")
+app.add_typer(apikeys_app, name="apikeys")
 
 T = TypeVar("T")
 
@@ -296,6 +302,84 @@ def history(
     out.print(table)
     if page.next_cursor is not None:
         out.print(f"more: --before {page.next_cursor}")
+
+
+# --- the service and its API keys ----------------------------------------------------------
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+) -> None:
+    """Run the HTTP service (uvicorn)."""
+    settings = _context(ctx).settings
+    configure_logging(settings.log_level)
+    if workers == 1:
+        uvicorn.run(
+            create_app(settings),
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+        )
+        return
+    uvicorn.run(
+        "tokenbank.web.app:app_from_environment",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+@apikeys_app.command("create")
+def apikeys_create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Option(help="What the key is for.")],
+    scope: Annotated[
+        list[Scope] | None, typer.Option(help="read, spend or admin (repeatable; default spend).")
+    ] = None,
+) -> None:
+    """Create an API key and print it once; only its hash is stored."""
+    scopes = scope or [Scope.SPEND]
+    key, secret = _run(ctx, lambda conn: apikeys.create_key(conn, name=name, scopes=scopes))
+    out.print(
+        f"API key {key.id} ({key.name}, scopes: {' '.join(sorted(key.scopes))}):", highlight=False
+    )
+    out.print(secret, highlight=False)
+    err.print("Store it now: it is not shown again.")
+
+
+@apikeys_app.command("list")
+def apikeys_list(ctx: typer.Context) -> None:
+    """List API keys (never their secrets)."""
+    with _errors(), _context(ctx).db.read() as conn:
+        keys = apikeys.list_keys(conn)
+    table = Table(title="API keys")
+    for column in ("id", "name", "prefix", "scopes", "created", "revoked"):
+        table.add_column(column)
+    for key in keys:
+        table.add_row(
+            str(key.id),
+            key.name,
+            key.prefix + "...",
+            " ".join(sorted(key.scopes)),
+            key.created_at.strftime("%Y-%m-%d %H:%M"),
+            key.revoked_at.strftime("%Y-%m-%d %H:%M") if key.revoked_at else "",
+        )
+    out.print(table)
+
+
+@apikeys_app.command("revoke")
+def apikeys_revoke(ctx: typer.Context, key_id: int) -> None:
+    """Revoke API key KEY_ID; requests with it fail within seconds."""
+    key = _run(ctx, lambda conn: apikeys.revoke_key(conn, key_id=key_id))
+    out.print(f"revoked API key {key.id} ({key.name})")
 
 
 # --- holds and ledger maintenance --------------------------------------------------------

@@ -1,6 +1,13 @@
 """People who own wallets: the host app's users (addressed by its own id) and, later,
 users who sign in to tokenbank's pages. Calls the ledger to open their wallets."""
 
-from tokenbank.users.service import EmailTaken, User, UserExists, create_user, get_user
+from tokenbank.users.service import (
+    EmailTaken,
+    User,
+    UserExists,
+    create_user,
+    get_user,
+    upsert_user,
+)
 
-__all__ = ["EmailTaken", "User", "UserExists", "create_user", "get_user"]
+__all__ = ["EmailTaken", "User", "UserExists", "create_user", "get_user", "upsert_user"]

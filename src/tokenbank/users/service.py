@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from tokenbank import ledger
@@ -91,3 +92,40 @@ def get_user(conn: Connection, *, user_id: str) -> User:
     if row is None:
         raise ledger.UnknownUser(user_id)
     return User(id=row.id, email=row.email, name=row.name, created_at=row.created_at)
+
+
+_upsert = {
+    name: dialect.insert(users)
+    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
+}
+
+
+def upsert_user(
+    conn: Connection,
+    *,
+    user_id: str,
+    email: str | None = None,
+    name: str | None = None,
+    now: datetime | None = None,
+) -> User:
+    """Create the user (and wallet) if new, else update the fields given; safe to repeat."""
+    user_id = check_user_id(user_id)
+    email = _check_email(email)
+    name = _check_name(name)
+    now = now or utcnow()
+    with atomic(conn):
+        if email is not None:
+            owner = conn.execute(sa.select(users.c.id).where(users.c.email == email)).scalar()
+            if owner is not None and owner != user_id:
+                raise EmailTaken(email)
+        ledger.open_wallet(conn, user_id=user_id, now=now)
+        insert = _upsert[conn.dialect.name].values(
+            id=user_id, email=email, name=name, created_at=now, updated_at=now
+        )
+        changes = {"updated_at": insert.excluded.updated_at}
+        if email is not None:
+            changes["email"] = insert.excluded.email
+        if name is not None:
+            changes["name"] = insert.excluded.name
+        conn.execute(insert.on_conflict_do_update(index_elements=["id"], set_=changes))
+        return get_user(conn, user_id=user_id)

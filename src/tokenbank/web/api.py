@@ -1,0 +1,278 @@
+"""The JSON API under /api/v1: parse, authorise, call one service function, render."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import StreamingResponse
+
+from tokenbank import ledger, users
+from tokenbank.apikeys.service import ApiKey, Scope
+from tokenbank.db import Database
+from tokenbank.ledger import TransferKind
+from tokenbank.web.auth import requires
+from tokenbank.web.observe import Metrics
+from tokenbank.web.schemas import (
+    BalanceOut,
+    GrantIn,
+    HoldIn,
+    HoldOut,
+    PostIn,
+    ReceiptOut,
+    RefundIn,
+    SpendIn,
+    TransactionOut,
+    TransactionsOut,
+    UserIn,
+    UserOut,
+)
+
+UserId = Annotated[str, Path(min_length=1, max_length=255, description="The host app's user id.")]
+Reader = Annotated[ApiKey, Depends(requires(Scope.READ))]
+Spender = Annotated[ApiKey, Depends(requires(Scope.SPEND))]
+Admin = Annotated[ApiKey, Depends(requires(Scope.ADMIN))]
+Kinds = Annotated[list[TransferKind] | None, Query(description="Only these kinds.")]
+Cursor = Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$", description="next_cursor")]
+
+PROBLEMS: dict[int | str, dict[str, Any]] = {
+    status: {"description": text, "content": {"application/problem+json": {}}}
+    for status, text in (
+        (401, "Missing, unknown or revoked API key"),
+        (403, "The key lacks the scope"),
+        (404, "No such user, transfer or hold"),
+        (409, "Idempotency conflict, or the operation no longer applies"),
+        (413, "Request too large"),
+        (422, "Invalid request"),
+    )
+}
+SPEND_PROBLEMS = {**PROBLEMS, 402: {"description": "Insufficient tokens (with buy_url)"}}
+CSV_COLUMNS = ("created_at", "kind", "amount", "balance_after", "description", "transfer_id")
+
+
+def _receipt(receipt: ledger.Receipt) -> ReceiptOut:
+    return ReceiptOut(
+        transfer_id=receipt.transfer_id,
+        kind=receipt.kind.value,
+        user_id=receipt.user_id,
+        amount=receipt.amount,
+        balance=receipt.balance,
+        replayed=receipt.replayed,
+    )
+
+
+def _hold(hold: ledger.Hold) -> HoldOut:
+    return HoldOut(
+        hold_id=hold.id,
+        user_id=hold.user_id,
+        amount=hold.amount,
+        status=hold.status.value,
+        expires_at=hold.expires_at,
+        created_at=hold.created_at,
+        resolved_at=hold.resolved_at,
+        posted_amount=hold.posted_amount,
+        transfer_id=hold.transfer_id,
+        replayed=hold.replayed,
+    )
+
+
+def _transaction(item: ledger.HistoryItem) -> TransactionOut:
+    return TransactionOut(
+        transfer_id=item.transfer_id,
+        kind=item.kind.value,
+        amount=item.amount,
+        balance_after=item.balance_after,
+        description=item.description,
+        metadata=item.metadata,
+        refund_of=item.refund_of_id,
+        idempotency_key=item.idempotency_key,
+        event_at=item.event_at,
+        created_at=item.created_at,
+    )
+
+
+def build_router(  # noqa: PLR0915 - one closure per route
+    *, db: Database, metrics: Metrics, default_hold_ttl: int
+) -> APIRouter:
+    router = APIRouter(prefix="/api/v1", responses=PROBLEMS)
+
+    @router.put("/users/{user_id}", tags=["users"])
+    def put_user(user_id: UserId, body: UserIn, _: Spender) -> UserOut:
+        """Create the user and their wallet, or update their email and name."""
+        with db.autocommit(wallet=user_id) as conn:
+            user = users.upsert_user(conn, user_id=user_id, email=body.email, name=body.name)
+        return UserOut(
+            user_id=user.id, email=user.email, name=user.name, created_at=user.created_at
+        )
+
+    @router.get("/users/{user_id}/balance", tags=["tokens"])
+    def get_balance(user_id: UserId, _: Reader) -> BalanceOut:
+        with db.read() as conn:
+            balance = ledger.balance(conn, user_id=user_id)
+        return BalanceOut(
+            user_id=user_id,
+            available=balance.available,
+            held=balance.held,
+            balance=balance.balance,
+            total_purchased=balance.total_purchased,
+            total_granted=balance.total_granted,
+            total_spent=balance.total_spent,
+        )
+
+    @router.post(
+        "/users/{user_id}/spend", status_code=201, tags=["tokens"], responses=SPEND_PROBLEMS
+    )
+    def spend(user_id: UserId, body: SpendIn, _: Spender) -> ReceiptOut:
+        """Spend tokens now. 402 ``insufficient_tokens`` changes nothing."""
+        with db.autocommit(wallet=user_id) as conn:
+            receipt = ledger.spend(
+                conn,
+                user_id=user_id,
+                amount=body.amount,
+                idempotency_key=body.idempotency_key,
+                description=body.description,
+                metadata=body.metadata,
+            )
+        if not receipt.replayed:
+            metrics.spends.inc()
+            metrics.tokens_spent.inc(receipt.amount)
+        return _receipt(receipt)
+
+    @router.post(
+        "/users/{user_id}/holds", status_code=201, tags=["holds"], responses=SPEND_PROBLEMS
+    )
+    def create_hold(user_id: UserId, body: HoldIn, _: Spender) -> HoldOut:
+        """Reserve tokens before work whose cost is not known yet; post or void it after."""
+        with db.autocommit(wallet=user_id) as conn:
+            hold = ledger.hold(
+                conn,
+                user_id=user_id,
+                amount=body.amount,
+                idempotency_key=body.idempotency_key,
+                ttl_seconds=body.ttl_seconds or default_hold_ttl,
+                description=body.description,
+                metadata=body.metadata,
+            )
+        return _hold(hold)
+
+    @router.post("/holds/{hold_id}/post", tags=["holds"])
+    def post_hold(hold_id: int, body: PostIn, _: Spender) -> ReceiptOut:
+        """Spend at most the held amount and release the rest. Repeating it is safe."""
+        with db.autocommit() as conn:
+            receipt = ledger.post_hold(conn, hold_id=hold_id, amount=body.amount)
+        if not receipt.replayed:
+            metrics.spends.inc()
+            metrics.tokens_spent.inc(receipt.amount)
+        return _receipt(receipt)
+
+    @router.post("/holds/{hold_id}/void", tags=["holds"])
+    def void_hold(hold_id: int, _: Spender) -> HoldOut:
+        """Release the hold in full. Repeating it is safe."""
+        with db.autocommit() as conn:
+            return _hold(ledger.void_hold(conn, hold_id=hold_id))
+
+    @router.post("/transfers/{transfer_id}/refund", status_code=201, tags=["tokens"])
+    def refund(transfer_id: int, body: RefundIn, _: Spender) -> ReceiptOut:
+        """Give back all (no amount) or part of a spend, such as a failed generation."""
+        with db.autocommit() as conn:
+            receipt = ledger.refund(
+                conn,
+                transfer_id=transfer_id,
+                amount=body.amount,
+                idempotency_key=body.idempotency_key,
+                description=body.reason,
+            )
+        return _receipt(receipt)
+
+    @router.post("/users/{user_id}/grants", status_code=201, tags=["tokens"])
+    def grant(user_id: UserId, body: GrantIn, _: Admin) -> ReceiptOut:
+        """Give free tokens (admin keys only)."""
+        with db.autocommit(wallet=user_id) as conn:
+            receipt = ledger.credit(
+                conn,
+                user_id=user_id,
+                amount=body.amount,
+                kind=TransferKind.GRANT,
+                idempotency_key=body.idempotency_key,
+                description=body.reason,
+            )
+        if not receipt.replayed:
+            metrics.credits.labels("grant").inc()
+        return _receipt(receipt)
+
+    @router.get("/users/{user_id}/transactions", tags=["tokens"])
+    def transactions(
+        user_id: UserId,
+        _: Reader,
+        kind: Kinds = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        cursor: Cursor = None,
+    ) -> TransactionsOut:
+        """Newest first, in pages that stay stable while new transactions arrive."""
+        with db.read() as conn:
+            page = ledger.history(
+                conn,
+                user_id=user_id,
+                limit=limit,
+                before=None if cursor is None else int(cursor),
+                kinds=kind,
+            )
+        return TransactionsOut(
+            items=[_transaction(item) for item in page.items],
+            next_cursor=None if page.next_cursor is None else str(page.next_cursor),
+        )
+
+    @router.get(
+        "/users/{user_id}/transactions.csv",
+        tags=["tokens"],
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/csv": {}}}},
+    )
+    def transactions_csv(user_id: UserId, _: Reader, kind: Kinds = None) -> StreamingResponse:
+        """Every transaction as CSV, newest first, streamed page by page."""
+        with db.read() as conn:
+            first = ledger.history(conn, user_id=user_id, limit=500, kinds=kind)
+
+        def lines() -> Iterator[str]:
+            buffer = io.StringIO()
+            writer = csv.writer(buffer)
+            writer.writerow(CSV_COLUMNS)
+            page = first
+            while True:
+                for item in page.items:
+                    writer.writerow(
+                        (
+                            item.created_at.isoformat(),
+                            item.kind.value,
+                            item.amount,
+                            item.balance_after,
+                            item.description or "",
+                            item.transfer_id,
+                        )
+                    )
+                yield buffer.getvalue()
+                buffer.seek(0)
+                buffer.truncate()
+                if page.next_cursor is None:
+                    return
+                with db.read() as conn:
+                    page = ledger.history(
+                        conn, user_id=user_id, limit=500, before=page.next_cursor, kinds=kind
+                    )
+
+        filename = f"transactions-{user_id}.csv".replace('"', "")
+        return StreamingResponse(
+            lines(),
+            media_type="text/csv; charset=utf-8",
+            headers={"content-disposition": f'attachment; filename="{filename}"'},
+        )
+
+    return router
+
+
+def request_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics

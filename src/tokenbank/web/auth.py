@@ -1,0 +1,71 @@
+"""API key authentication with scopes.
+
+Verified keys are remembered for a few seconds, so the hot path does not pay a database
+round trip per request; a key revoked through the CLI stops working within that time (in this
+process at once, if revoked here).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Awaitable, Callable
+
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+
+from tokenbank.apikeys.service import ApiKey, InvalidApiKey, Scope, authenticate, hash_key
+from tokenbank.db import Database
+from tokenbank.web.problems import Forbidden
+
+
+class KeyCache:
+    def __init__(self, db: Database, *, ttl_seconds: float) -> None:
+        self._db = db
+        self._ttl = ttl_seconds
+        self._known: dict[str, tuple[ApiKey, float]] = {}
+        self._lock = threading.Lock()
+
+    def _lookup(self, secret: str) -> ApiKey:
+        with self._db.read() as conn:
+            return authenticate(conn, secret=secret)
+
+    async def verify(self, secret: str) -> ApiKey:
+        digest = hash_key(secret)
+        hit = self._known.get(digest)
+        if hit is not None and hit[1] > time.monotonic():
+            return hit[0]
+        key = await run_in_threadpool(self._lookup, secret)
+        with self._lock:
+            if len(self._known) > 10_000:  # bounded: unknown secrets are never stored
+                self._known.clear()
+            self._known[digest] = (key, time.monotonic() + self._ttl)
+        return key
+
+    def forget(self, key_id: int) -> None:
+        with self._lock:
+            for digest, (key, _) in list(self._known.items()):
+                if key.id == key_id:
+                    del self._known[digest]
+
+
+def bearer_secret(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, secret = header.partition(" ")
+    if scheme.lower() != "bearer" or not secret:
+        raise InvalidApiKey
+    return secret.strip()
+
+
+def requires(scope: Scope) -> Callable[[Request], Awaitable[ApiKey]]:
+    """A dependency: the request's API key, which must allow ``scope``."""
+
+    async def dependency(request: Request) -> ApiKey:
+        cache: KeyCache = request.app.state.keys
+        key = await cache.verify(bearer_secret(request))
+        if not key.allows(scope):
+            raise Forbidden(f"this API key lacks the {scope.value!r} scope")
+        return key
+
+    dependency.__name__ = f"requires_{scope.value}"
+    return dependency

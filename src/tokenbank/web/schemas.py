@@ -1,0 +1,126 @@
+"""Request and response bodies of the JSON API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+from tokenbank.ledger.journal import MAX_AMOUNT, MAX_DESCRIPTION_LENGTH
+from tokenbank.ledger.models import MAX_KEY_LENGTH
+
+Amount = Annotated[StrictInt, Field(gt=0, le=MAX_AMOUNT, description="Whole tokens.")]
+Key = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_KEY_LENGTH,
+        description="Idempotency key: the same key and body return the first result.",
+    ),
+]
+Description = Annotated[str | None, Field(default=None, max_length=MAX_DESCRIPTION_LENGTH)]
+Metadata = Annotated[
+    dict[str, Any] | None, Field(default=None, description="Up to 4 KB of JSON, kept as given.")
+]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class UserIn(Body):
+    email: Annotated[str | None, Field(default=None, max_length=320)] = None
+    name: Annotated[str | None, Field(default=None, max_length=200)] = None
+
+
+class UserOut(BaseModel):
+    user_id: str
+    email: str | None
+    name: str | None
+    created_at: datetime
+
+
+class BalanceOut(BaseModel):
+    user_id: str
+    available: int = Field(description="Tokens that can be spent now.")
+    held: int = Field(description="Tokens reserved by pending holds.")
+    balance: int = Field(description="available + held.")
+    total_purchased: int
+    total_granted: int
+    total_spent: int
+
+
+class SpendIn(Body):
+    amount: Amount
+    idempotency_key: Key
+    description: Description = None
+    metadata: Metadata = None
+
+
+class ReceiptOut(BaseModel):
+    transfer_id: int
+    kind: str
+    user_id: str
+    amount: int
+    balance: int = Field(description="The wallet's balance right after this transfer.")
+    replayed: bool = Field(description="True when this repeats the first result of the key.")
+
+
+class HoldIn(Body):
+    amount: Amount
+    idempotency_key: Key
+    ttl_seconds: Annotated[StrictInt | None, Field(default=None, gt=0, le=7 * 24 * 3600)] = None
+    description: Description = None
+    metadata: Metadata = None
+
+
+class HoldOut(BaseModel):
+    hold_id: int
+    user_id: str
+    amount: int
+    status: str
+    expires_at: datetime
+    created_at: datetime
+    resolved_at: datetime | None
+    posted_amount: int | None
+    transfer_id: int | None
+    replayed: bool
+
+
+class PostIn(Body):
+    amount: Amount
+
+
+class RefundIn(Body):
+    idempotency_key: Key
+    amount: Annotated[StrictInt | None, Field(default=None, gt=0, le=MAX_AMOUNT)] = None
+    reason: Description = None
+
+
+class GrantIn(Body):
+    amount: Amount
+    reason: Annotated[str, Field(min_length=1, max_length=MAX_DESCRIPTION_LENGTH)]
+    idempotency_key: Key
+
+
+class TransactionOut(BaseModel):
+    transfer_id: int
+    kind: str
+    amount: int = Field(description="Signed: positive credits the wallet.")
+    balance_after: int
+    description: str | None
+    metadata: dict[str, Any] | None
+    refund_of: int | None
+    idempotency_key: str
+    event_at: datetime
+    created_at: datetime
+
+
+class TransactionsOut(BaseModel):
+    items: list[TransactionOut]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for older transactions.")
+
+
+class Health(BaseModel):
+    status: str

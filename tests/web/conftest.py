@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tokenbank import apikeys
+from tokenbank.apikeys import Scope
+from tokenbank.config import Settings
+from tokenbank.db import Database
+from tokenbank.web.app import create_app
+
+SETTINGS = Settings(
+    database_url="sqlite:///unused.db", public_url="https://tokens.example", api_key_cache_seconds=0
+)
+
+
+@pytest.fixture
+def client(db: Database) -> Iterator[TestClient]:
+    with TestClient(create_app(SETTINGS, db=db)) as test_client:
+        yield test_client
+
+
+def make_key(db: Database, *scopes: Scope) -> dict[str, str]:
+    with db.transaction() as conn:
+        _, secret = apikeys.create_key(conn, name="test", scopes=scopes)
+    return {"Authorization": f"Bearer {secret}"}
+
+
+@pytest.fixture
+def admin(db: Database) -> dict[str, str]:
+    return make_key(db, Scope.ADMIN)
+
+
+@pytest.fixture
+def spender(db: Database) -> dict[str, str]:
+    return make_key(db, Scope.SPEND)
+
+
+@pytest.fixture
+def reader(db: Database) -> dict[str, str]:
+    return make_key(db, Scope.READ)
