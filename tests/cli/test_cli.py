@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -12,6 +19,7 @@ from tokenbank.cli import app
 from tokenbank.db import Database
 
 runner = CliRunner()
+TOKENBANK = str(Path(sys.executable).with_name("tokenbank"))
 
 
 @pytest.fixture
@@ -87,3 +95,46 @@ def test_verify_fails_with_a_report(tokenbank: object, db: Database) -> None:
     assert "FAILED" in report and "wallet carol: balance 6, entries sum to 5" in report
     with db.transaction() as conn:  # leave the ledger sound for the fixture's own check
         conn.exec_driver_sql("UPDATE accounts SET balance = 5 WHERE user_id = 'carol'")
+
+
+def test_apikeys_commands(tokenbank: object) -> None:
+    run = tokenbank
+    created = run("apikeys", "create", "--name", "my-app", "--scope", "read", "--scope", "spend")  # type: ignore[operator]
+    secret = next(line for line in created.splitlines() if line.startswith("tb_"))
+    assert len(secret) > 40
+    listing = run("apikeys", "list")  # type: ignore[operator]
+    assert "my-app" in listing
+    assert secret not in listing
+    assert "revoked API key 1" in run("apikeys", "revoke", "1")  # type: ignore[operator]
+    assert "not_found" in run("apikeys", "revoke", "99", code=3)  # type: ignore[operator]
+
+
+def test_serve_answers_http(tmp_path: Path) -> None:
+    """`tokenbank serve` as a real process, on the embedded database."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "TOKENBANK_DATABASE_URL": f"sqlite:///{tmp_path / 'tb.db'}"}
+    subprocess.run([TOKENBANK, "db", "upgrade"], env=env, check=True, capture_output=True)
+    server = subprocess.Popen(
+        [TOKENBANK, "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz") as response:
+                    assert json.loads(response.read()) == {"status": "ready"}
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.2)
+    finally:
+        server.terminate()
+        output, _ = server.communicate(timeout=10)
+    first_line = json.loads(output.decode().splitlines()[0])
+    assert (first_line["route"], first_line["status"]) == ("/readyz", 200)
+    assert first_line["request_id"]
