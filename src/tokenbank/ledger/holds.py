@@ -28,6 +28,7 @@ from tokenbank.ledger.errors import (
 )
 from tokenbank.ledger.journal import (
     Receipt,
+    available_tokens,
     check_amount,
     check_description,
     check_key,
@@ -187,7 +188,9 @@ def _reserve(
         and conn.execute(reserve).first() is not None
     )
     if not reserved:
-        raise InsufficientTokens(user_id, requested=amount, available=_available(conn, account_id))
+        raise InsufficientTokens(
+            user_id, requested=amount, available=available_tokens(conn, account_id)
+        )
     hold_id = conn.execute(
         _insert_hold[conn.dialect.name],
         {
@@ -204,11 +207,6 @@ def _reserve(
     if hold_id is None:
         raise IdempotencyConflict(key, "the key belongs to another wallet's hold")
     return get_hold(conn, hold_id=hold_id)
-
-
-def _available(conn: Connection, account_id: int) -> int:
-    query = sa.select(accounts.c.balance - accounts.c.held).where(accounts.c.id == account_id)
-    return int(conn.execute(query).scalar_one())
 
 
 def _lock_hold(conn: Connection, hold_id: int) -> AnyRow:

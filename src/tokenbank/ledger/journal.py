@@ -211,6 +211,12 @@ def wallet_id(conn: Connection, user_id: str, *, lock: bool = False) -> int:
     return int(found)
 
 
+def available_tokens(conn: Connection, account_id: int) -> int:
+    """What the wallet can spend now: its balance less what pending holds reserve."""
+    query = sa.select(accounts.c.balance - accounts.c.held).where(accounts.c.id == account_id)
+    return int(conn.execute(query).scalar_one())
+
+
 _insert_transfer = {
     name: dialect.insert(transfers)
     .on_conflict_do_nothing(index_elements=["idempotency_key"])

@@ -33,6 +33,7 @@ from tokenbank.ledger.holds import release_expired
 from tokenbank.ledger.journal import (
     Receipt,
     Request,
+    available_tokens,
     check_amount,
     check_description,
     check_key,
@@ -298,10 +299,8 @@ def spend(
             return receipt
         if (receipt := replay(conn, request)) is not None:
             return receipt
-        available = conn.execute(
-            sa.select(accounts.c.balance - accounts.c.held).where(accounts.c.id == account_id)
-        ).scalar_one()
-    raise InsufficientTokens(request.user_id, requested=amount, available=int(available))
+        available = available_tokens(conn, account_id)
+    raise InsufficientTokens(request.user_id, requested=amount, available=available)
 
 
 def refund(

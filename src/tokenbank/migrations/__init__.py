@@ -37,5 +37,6 @@ def current_revision(db: Database) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-def is_current(db: Database) -> bool:
-    return current_revision(db) == head_revision(db)
+def is_current(db: Database, head: str | None = None) -> bool:
+    """Whether the database is at ``head`` (default: the newest revision shipped)."""
+    return current_revision(db) == (head or head_revision(db))

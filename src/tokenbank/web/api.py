@@ -7,7 +7,7 @@ import io
 from collections.abc import Iterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import StreamingResponse
 
 from tokenbank import ledger, users
@@ -271,8 +271,3 @@ def build_router(  # noqa: PLR0915 - one closure per route
         )
 
     return router
-
-
-def request_metrics(request: Request) -> Metrics:
-    metrics: Metrics = request.app.state.metrics
-    return metrics

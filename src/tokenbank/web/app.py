@@ -27,6 +27,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
     """The service, on ``db`` or on the database the settings name."""
     database = db or connect(settings.database_url, pool_size=settings.database_pool_size)
     metrics = Metrics()
+    head = migrations.head_revision(database)  # read once: the shipped migrations do not change
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -61,7 +62,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
         try:
             with database.read() as conn:
                 conn.execute(sa.text("SELECT 1"))
-            current = migrations.is_current(database)
+            current = migrations.is_current(database, head)
         except sa.exc.SQLAlchemyError as exc:
             return problems.problem(503, "not_ready", f"database unreachable: {type(exc).__name__}")
         if not current:
