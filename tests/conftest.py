@@ -29,7 +29,17 @@ from tokenbank.db import Database, connect
 from tokenbank.ledger.models import SystemAccount, accounts
 
 BACKENDS = ["sqlite", "postgresql"]
-TABLES = ("api_keys", "holds", "entries", "transfers", "users", "accounts")
+TABLES = (
+    "rate_limits",
+    "portal_links",
+    "sessions",
+    "api_keys",
+    "holds",
+    "entries",
+    "transfers",
+    "users",
+    "accounts",
+)
 EPOCH = datetime(2026, 11, 21, tzinfo=UTC)
 
 

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tokenbank.errors import ConfigurationError
+
 DEFAULT_VAR_DIR = Path("var")
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 class Settings(BaseSettings):
@@ -34,6 +40,18 @@ class Settings(BaseSettings):
     default_hold_ttl_seconds: int = Field(default=900, ge=1, le=7 * 24 * 3600)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    # Accounts on the web pages.
+    session_days: int = Field(default=14, ge=1, le=365)
+    portal_link_seconds: int = Field(default=300, ge=10, le=3600)
+    # Rate limits in the ``limits`` notation; counted in the database by default, so every
+    # process shares them. Any ``limits`` storage URI (``redis://...``) works as well.
+    login_limit_per_ip: str = "30/10 minutes"
+    login_limit_per_account: str = "10/10 minutes"
+    register_limit_per_ip: str = "10/hour"
+    rate_limit_storage: str = "database"
+    # Proxies whose X-Forwarded-For is believed (uvicorn's forwarded_allow_ips).
+    forwarded_allow_ips: str = "127.0.0.1"
+
     stripe_secret_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("STRIPE_SECRET_KEY")
     )
@@ -46,3 +64,75 @@ class Settings(BaseSettings):
     stripe_api_base: str | None = Field(
         default=None, validation_alias=AliasChoices("STRIPE_API_BASE")
     )
+
+    @property
+    def secure_cookies(self) -> bool:
+        """``Secure`` cookies everywhere but a development server on this machine."""
+        host = urlsplit(self.public_url).hostname or ""
+        return self.env == "production" or host not in LOCAL_HOSTS
+
+
+_PLACEHOLDERS = ("change", "placeholder", "example", "secret", "xxxx", "todo", "your")
+
+
+def looks_like_placeholder(value: str, *, min_length: int = 16) -> bool:
+    lowered = value.strip().lower()
+    return len(lowered) < min_length or any(word in lowered for word in _PLACEHOLDERS)
+
+
+def with_secrets(settings: Settings) -> Settings:
+    """The settings with every secret present, or ``ConfigurationError``.
+
+    In development a missing secret key is generated once and kept in ``var_dir``, so
+    sessions survive restarts and every worker process shares it. Production never invents
+    a secret: it refuses to start with one missing or left as a placeholder.
+    """
+    if settings.env == "production":
+        problems = []
+        key = settings.secret_key
+        if key is None or looks_like_placeholder(key.get_secret_value(), min_length=32):
+            problems.append("TOKENBANK_SECRET_KEY (at least 32 random characters)")
+        for name, value in (
+            ("STRIPE_SECRET_KEY", settings.stripe_secret_key),
+            ("STRIPE_WEBHOOK_SECRET", settings.stripe_webhook_secret),
+        ):
+            if value is None or _stripe_placeholder(value.get_secret_value()):
+                problems.append(name)
+        if settings.stripe_publishable_key is not None and _stripe_placeholder(
+            settings.stripe_publishable_key
+        ):
+            problems.append("STRIPE_PUBLISHABLE_KEY")
+        if problems:
+            raise ConfigurationError(
+                "production needs real secrets; missing or placeholder: " + ", ".join(problems)
+            )
+        return settings
+    if settings.secret_key is not None:
+        return settings
+    return settings.model_copy(update={"secret_key": SecretStr(_kept_secret(settings.var_dir))})
+
+
+def _stripe_placeholder(value: str) -> bool:
+    # Stripe's keys carry a prefix (sk_live_, whsec_...) before the random part.
+    return looks_like_placeholder(value.partition("_")[2].partition("_")[2] or value, min_length=8)
+
+
+def _kept_secret(var_dir: Path) -> str:
+    path = var_dir / "secret_key"
+    var_dir.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        # Written aside, then linked into place: a racing worker sees the whole key or none.
+        draft = var_dir / f".secret_key.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(secrets.token_urlsafe(48) + "\n")
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    value = path.read_text().strip()
+    if len(value) < 32:
+        raise ConfigurationError(f"{path} holds fewer than 32 characters")
+    return value

@@ -9,16 +9,24 @@ from tokenbank import apikeys
 from tokenbank.apikeys import Scope
 from tokenbank.config import Settings
 from tokenbank.db import Database
+from tokenbank.identity import Passwords
 from tokenbank.web.app import create_app
 
 SETTINGS = Settings(
-    database_url="sqlite:///unused.db", public_url="https://tokens.example", api_key_cache_seconds=0
+    database_url="sqlite:///unused.db",
+    public_url="https://tokens.example",
+    api_key_cache_seconds=0,
+    secret_key="test-only-key-0123456789abcdef0123456789",
 )
+#: Real argon2id at its cheapest, so tests that sign in many times stay fast.
+PASSWORDS = Passwords(memory_kib=1024, passes=1)
 
 
 @pytest.fixture
 def client(db: Database) -> Iterator[TestClient]:
-    with TestClient(create_app(SETTINGS, db=db)) as test_client:
+    with TestClient(
+        create_app(SETTINGS, db=db, passwords=PASSWORDS), base_url="https://tokens.example"
+    ) as test_client:
         yield test_client
 
 

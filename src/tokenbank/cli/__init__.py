@@ -16,9 +16,9 @@ import uvicorn
 from rich.console import Console
 from rich.table import Table
 
-from tokenbank import apikeys, ledger, migrations, users
+from tokenbank import apikeys, identity, ledger, migrations, users
 from tokenbank.apikeys import Scope
-from tokenbank.config import Settings
+from tokenbank.config import Settings, with_secrets
 from tokenbank.db import Database, connect
 from tokenbank.errors import TokenbankError
 from tokenbank.logs import configure_logging
@@ -154,12 +154,87 @@ def db_check(ctx: typer.Context) -> None:
 def users_create(
     ctx: typer.Context,
     user_id: str,
-    email: Annotated[str | None, typer.Option(help="Email address.")] = None,
+    email: Annotated[str | None, typer.Option(help="Email address (to sign in with).")] = None,
     name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+    admin: Annotated[bool, typer.Option("--admin", help="May see every user's data.")] = False,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read a password from standard input.")
+    ] = False,
+    ask_password: Annotated[
+        bool, typer.Option("--ask-password", help="Prompt for a password.")
+    ] = False,
 ) -> None:
-    """Create a user and their wallet."""
-    user = _run(ctx, lambda conn: users.create_user(conn, user_id=user_id, email=email, name=name))
-    out.print(f"created user {user.id}" + (f" <{user.email}>" if user.email else ""))
+    """Create a user and their wallet; with a password they can sign in to the pages."""
+    hashed = _password_hash(password_stdin, ask_password)
+
+    def work(conn: Any) -> users.User:
+        user = users.create_user(conn, user_id=user_id, email=email, name=name)
+        if hashed is not None:
+            identity.set_password(conn, user_id=user.id, password_hash=hashed)
+        if admin:
+            identity.set_admin(conn, user_id=user.id, admin=True)
+        return user
+
+    user = _run(ctx, work)
+    what = "admin user" if admin else "user"
+    out.print(f"created {what} {user.id}" + (f" <{user.email}>" if user.email else ""))
+
+
+@users_app.command("password")
+def users_password(
+    ctx: typer.Context,
+    user_id: str,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+    ] = False,
+) -> None:
+    """Set a user's password (prompted unless --password-stdin) and sign them out everywhere."""
+    hashed = _password_hash(password_stdin, ask=not password_stdin)
+    assert hashed is not None
+
+    def work(conn: Any) -> int:
+        identity.set_password(conn, user_id=user_id, password_hash=hashed)
+        return identity.revoke_sessions(conn, user_id=user_id)
+
+    ended = _run(ctx, work)
+    out.print(f"password set for {user_id}; {ended} session(s) signed out")
+
+
+@users_app.command("admin")
+def users_admin(
+    ctx: typer.Context,
+    user_id: str,
+    revoke: Annotated[bool, typer.Option("--revoke", help="Take admin rights away.")] = False,
+) -> None:
+    """Make a user an admin (or, with --revoke, no longer one)."""
+    _run(ctx, lambda conn: identity.set_admin(conn, user_id=user_id, admin=not revoke))
+    out.print(f"{user_id} is {'no longer' if revoke else 'now'} an admin")
+
+
+@users_app.command("sign-out")
+def users_sign_out(ctx: typer.Context, user_id: str) -> None:
+    """End every session of a user (their browsers must sign in again)."""
+    ended = _run(ctx, lambda conn: identity.revoke_sessions(conn, user_id=user_id))
+    out.print(f"{ended} session(s) of {user_id} signed out")
+
+
+@app.command()
+def sweep(ctx: typer.Context) -> None:
+    """Delete expired portal links, ended sessions and old rate-limit counters."""
+    removed = _run(ctx, identity.sweep)
+    out.print(", ".join(f"{count} {what.replace('_', ' ')}" for what, count in removed.items()))
+
+
+def _password_hash(stdin: bool, ask: bool) -> str | None:
+    """Hash before any transaction opens: argon2 is deliberately slow."""
+    if stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    elif ask:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        return None
+    with _errors():
+        return identity.Passwords().hash(password)
 
 
 # --- tokens -----------------------------------------------------------------------------
@@ -315,26 +390,24 @@ def serve(
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
 ) -> None:
     """Run the HTTP service (uvicorn)."""
-    settings = _context(ctx).settings
+    with _errors():
+        settings = with_secrets(_context(ctx).settings)
     configure_logging(settings.log_level)
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": "warning",
+        "access_log": False,
+        "proxy_headers": True,
+        "forwarded_allow_ips": settings.forwarded_allow_ips,
+    }
     if workers == 1:
-        uvicorn.run(
-            create_app(settings),
-            host=host,
-            port=port,
-            log_level="warning",
-            access_log=False,
-        )
+        with _errors():
+            application = create_app(settings)
+        uvicorn.run(application, **options)
         return
-    uvicorn.run(
-        "tokenbank.web.app:app_from_environment",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level="warning",
-        access_log=False,
-    )
+    # Each worker process builds its own app from the environment (and the same ./var key).
+    uvicorn.run("tokenbank.web.app:app_from_environment", factory=True, workers=workers, **options)
 
 
 @apikeys_app.command("create")

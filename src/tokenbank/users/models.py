@@ -13,6 +13,9 @@ users = sa.Table(
     sa.Column("id", sa.String(MAX_KEY_LENGTH), sa.ForeignKey("accounts.user_id"), primary_key=True),
     sa.Column("email", sa.String(320), nullable=True, unique=True),  # stored lower-cased
     sa.Column("name", sa.String(200), nullable=True),
+    # Only users who sign in to the pages with a password have one (argon2id, PHC string).
+    sa.Column("password_hash", sa.String(255), nullable=True),
+    sa.Column("is_admin", sa.Boolean(), nullable=False, server_default=sa.false()),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
 )

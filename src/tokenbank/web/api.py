@@ -5,14 +5,16 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Body, Depends, Path, Query
 from fastapi.responses import StreamingResponse
 
-from tokenbank import ledger, users
+from tokenbank import identity, ledger, users
 from tokenbank.apikeys.service import ApiKey, Scope
 from tokenbank.db import Database
+from tokenbank.identity import SignedIn
 from tokenbank.ledger import TransferKind
 from tokenbank.web.auth import requires
 from tokenbank.web.observe import Metrics
@@ -21,6 +23,8 @@ from tokenbank.web.schemas import (
     GrantIn,
     HoldIn,
     HoldOut,
+    PortalIn,
+    PortalOut,
     PostIn,
     ReceiptOut,
     RefundIn,
@@ -32,9 +36,9 @@ from tokenbank.web.schemas import (
 )
 
 UserId = Annotated[str, Path(min_length=1, max_length=255, description="The host app's user id.")]
-Reader = Annotated[ApiKey, Depends(requires(Scope.READ))]
-Spender = Annotated[ApiKey, Depends(requires(Scope.SPEND))]
-Admin = Annotated[ApiKey, Depends(requires(Scope.ADMIN))]
+Reader = Annotated[ApiKey | SignedIn, Depends(requires(Scope.READ, signed_in_users=True))]
+Spender = Annotated[ApiKey | SignedIn, Depends(requires(Scope.SPEND))]
+Admin = Annotated[ApiKey | SignedIn, Depends(requires(Scope.ADMIN))]
 Kinds = Annotated[list[TransferKind] | None, Query(description="Only these kinds.")]
 Cursor = Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$", description="next_cursor")]
 
@@ -95,7 +99,12 @@ def _transaction(item: ledger.HistoryItem) -> TransactionOut:
 
 
 def build_router(  # noqa: PLR0915 - one closure per route
-    *, db: Database, metrics: Metrics, default_hold_ttl: int
+    *,
+    db: Database,
+    metrics: Metrics,
+    default_hold_ttl: int,
+    public_url: str,
+    portal_link_ttl: timedelta,
 ) -> APIRouter:
     router = APIRouter(prefix="/api/v1", responses=PROBLEMS)
 
@@ -107,6 +116,21 @@ def build_router(  # noqa: PLR0915 - one closure per route
         return UserOut(
             user_id=user.id, email=user.email, name=user.name, created_at=user.created_at
         )
+
+    @router.post("/users/{user_id}/portal-sessions", status_code=201, tags=["users"])
+    def portal_session(
+        user_id: UserId, _: Spender, body: Annotated[PortalIn | None, Body()] = None
+    ) -> PortalOut:
+        """A one-time link, valid for minutes, that signs the user in to tokenbank's pages
+        (balance, history, buying tokens). Send the user's browser to ``url``."""
+        with db.transaction() as conn:
+            token, expires_at = identity.create_portal_link(
+                conn,
+                user_id=user_id,
+                next_path=(body or PortalIn()).return_path,
+                ttl=portal_link_ttl,
+            )
+        return PortalOut(url=f"{public_url}/portal/{token}", expires_at=expires_at)
 
     @router.get("/users/{user_id}/balance", tags=["tokens"])
     def get_balance(user_id: UserId, _: Reader) -> BalanceOut:

@@ -4,27 +4,39 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
+from pathlib import Path
 
 import sqlalchemy as sa
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from tokenbank import __version__, migrations
-from tokenbank.config import Settings
+from tokenbank import __version__, identity, migrations
+from tokenbank.config import Settings, with_secrets
 from tokenbank.db import Database, connect
+from tokenbank.errors import ConfigurationError
+from tokenbank.identity import Passwords, Throttle
 from tokenbank.logs import configure_logging
-from tokenbank.web import problems
-from tokenbank.web.api import build_router
+from tokenbank.web import api, pages, problems
 from tokenbank.web.auth import KeyCache
+from tokenbank.web.browser import Browsers
 from tokenbank.web.observe import Metrics, Observe
 from tokenbank.web.schemas import Health
 
 MAX_BODY_BYTES = 64 * 1024
 
 
-def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
-    """The service, on ``db`` or on the database the settings name."""
+def create_app(
+    settings: Settings, *, db: Database | None = None, passwords: Passwords | None = None
+) -> FastAPI:
+    """The service, on ``db`` or on the database the settings name.
+
+    ``settings`` must hold the secret key (``with_secrets`` at the entrypoint sees to it).
+    """
+    if settings.secret_key is None:
+        raise ConfigurationError("no secret key: pass the settings through with_secrets()")
     database = db or connect(settings.database_url, pool_size=settings.database_pool_size)
     metrics = Metrics()
     head = migrations.head_revision(database)  # read once: the shipped migrations do not change
@@ -44,6 +56,21 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
     app.state.db = database
     app.state.metrics = metrics
     app.state.keys = KeyCache(database, ttl_seconds=settings.api_key_cache_seconds)
+    browsers = Browsers(
+        db=database,
+        secret=settings.secret_key.get_secret_value().encode(),
+        secure=settings.secure_cookies,
+        session_ttl=timedelta(days=settings.session_days),
+    )
+    app.state.browsers = browsers
+    throttle = Throttle(
+        identity.storage_for(settings.rate_limit_storage, database),
+        {
+            "login_ip": settings.login_limit_per_ip,
+            "login_account": settings.login_limit_per_account,
+            "register_ip": settings.register_limit_per_ip,
+        },
+    )
     problems.install(
         app,
         buy_url=f"{settings.public_url.rstrip('/')}/pricing",
@@ -76,15 +103,25 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(
-        build_router(
-            db=database, metrics=metrics, default_hold_ttl=settings.default_hold_ttl_seconds
+        api.build_router(
+            db=database,
+            metrics=metrics,
+            default_hold_ttl=settings.default_hold_ttl_seconds,
+            public_url=settings.public_url.rstrip("/"),
+            portal_link_ttl=timedelta(seconds=settings.portal_link_seconds),
         )
     )
+    app.include_router(
+        pages.build_router(
+            db=database, browsers=browsers, passwords=passwords or Passwords(), throttle=throttle
+        )
+    )
+    app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     return app
 
 
 def app_from_environment() -> FastAPI:
     """For ``uvicorn --factory`` with several workers: each reads the settings itself."""
-    settings = Settings()
+    settings = with_secrets(Settings())
     configure_logging(settings.log_level)
     return create_app(settings)

@@ -16,6 +16,8 @@ from starlette.concurrency import run_in_threadpool
 
 from tokenbank.apikeys.service import ApiKey, InvalidApiKey, Scope, authenticate, hash_key
 from tokenbank.db import Database
+from tokenbank.identity import SignedIn
+from tokenbank.web.browser import Browsers
 from tokenbank.web.problems import Forbidden
 
 
@@ -57,10 +59,24 @@ def bearer_secret(request: Request) -> str:
     return secret.strip()
 
 
-def requires(scope: Scope) -> Callable[[Request], Awaitable[ApiKey]]:
-    """A dependency: the request's API key, which must allow ``scope``."""
+def requires(
+    scope: Scope, *, signed_in_users: bool = False
+) -> Callable[[Request], Awaitable[ApiKey | SignedIn]]:
+    """A dependency: the request's API key, which must allow ``scope``.
 
-    async def dependency(request: Request) -> ApiKey:
+    With ``signed_in_users`` (read-only routes about one user) a browser session works too,
+    but only for the user it belongs to, or for an admin user: no reading another user's
+    data by changing the id in the URL.
+    """
+
+    async def dependency(request: Request) -> ApiKey | SignedIn:
+        if signed_in_users and "authorization" not in request.headers:
+            browsers: Browsers = request.app.state.browsers
+            user = await browsers.signed_in(request)
+            if user is not None:
+                if not user.is_admin and request.path_params.get("user_id") != user.user_id:
+                    raise Forbidden("you can only see your own tokens")
+                return user
         cache: KeyCache = request.app.state.keys
         key = await cache.verify(bearer_secret(request))
         if not key.allows(scope):

@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from tokenbank import ledger, users
+from tokenbank import identity, ledger, users
 from tokenbank.apikeys.service import InvalidApiKey, UnknownApiKey
 from tokenbank.errors import TokenbankError
 
@@ -24,13 +24,10 @@ class Forbidden(TokenbankError):
     code = "forbidden"
 
 
-class RateLimited(TokenbankError):
-    code = "rate_limited"
-
-
 #: Domain error -> HTTP status. The first matching class (in order) wins.
 STATUS: list[tuple[type[TokenbankError], int]] = [
     (InvalidApiKey, 401),
+    (identity.InvalidCredentials, 401),
     (Forbidden, 403),
     (ledger.InsufficientTokens, 402),
     (ledger.NotFound, 404),
@@ -42,7 +39,8 @@ STATUS: list[tuple[type[TokenbankError], int]] = [
     (ledger.HoldNotPending, 409),
     (users.UserExists, 409),
     (users.EmailTaken, 409),
-    (RateLimited, 429),
+    (identity.InvalidPortalLink, 400),
+    (identity.RateLimited, 429),
 ]
 
 _TITLES = {
@@ -60,7 +58,9 @@ _TITLES = {
 }
 
 
-def problem(status: int, code: str, detail: str, **extra: Any) -> JSONResponse:
+def problem(
+    status: int, code: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
     body = {
         "type": f"about:blank#{code}",
         "title": _TITLES.get(status, "Error"),
@@ -69,7 +69,8 @@ def problem(status: int, code: str, detail: str, **extra: Any) -> JSONResponse:
         "detail": detail,
         **extra,
     }
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if status == 401:
+        headers = {"WWW-Authenticate": "Bearer", **(headers or {})}
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
@@ -89,6 +90,8 @@ def install(app: FastAPI, *, buy_url: str, on_refusal: Callable[[str], None]) ->
             extra = {"available": exc.available, "requested": exc.requested, "buy_url": buy_url}
         elif isinstance(exc, ledger.InvalidArgument):
             extra = {"field": exc.field}
+        elif isinstance(exc, identity.RateLimited):
+            extra = {"headers": {"Retry-After": str(exc.retry_after)}}
         return problem(status_of(exc), exc.code, str(exc), **extra)
 
     async def invalid(_: Request, exc: Exception) -> JSONResponse:

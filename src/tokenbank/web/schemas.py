@@ -124,3 +124,20 @@ class TransactionsOut(BaseModel):
 
 class Health(BaseModel):
     status: str
+
+
+class PortalIn(Body):
+    return_path: Annotated[
+        str,
+        Field(
+            default="/dashboard",
+            min_length=1,
+            max_length=500,
+            description="Where the link lands, a path on tokenbank's site.",
+        ),
+    ] = "/dashboard"
+
+
+class PortalOut(BaseModel):
+    url: str = Field(description="One-time sign-in link; hand it to the user's browser.")
+    expires_at: datetime

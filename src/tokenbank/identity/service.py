@@ -1,0 +1,290 @@
+"""Registration, sign-in, sessions and portal links.
+
+Functions that hash or verify a password take the ``Database`` rather than a connection:
+argon2 takes tens of milliseconds, and that work must happen outside any transaction (on
+SQLite a write transaction holds the one write lock).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from tokenbank import users
+from tokenbank.columns import utcnow
+from tokenbank.db import Database
+from tokenbank.errors import TokenbankError
+from tokenbank.identity.models import portal_links, rate_limits, sessions
+from tokenbank.identity.passwords import Passwords
+from tokenbank.ledger.errors import InvalidArgument, UnknownUser
+from tokenbank.users.models import users as users_table
+
+Via = Literal["password", "registration", "portal"]
+
+
+class InvalidCredentials(TokenbankError):
+    code = "invalid_credentials"
+
+    def __init__(self) -> None:
+        super().__init__("wrong email or password")
+
+
+class InvalidPortalLink(TokenbankError):
+    code = "invalid_link"
+
+    def __init__(self) -> None:
+        super().__init__("this sign-in link is invalid, expired or already used")
+
+
+@dataclass(frozen=True, slots=True)
+class SignedIn:
+    """The user behind a live session."""
+
+    session_id: str
+    user_id: str
+    email: str | None
+    name: str | None
+    is_admin: bool
+    has_password: bool
+    expires_at: datetime
+
+
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_user_id() -> str:
+    return "u_" + secrets.token_hex(8)
+
+
+# --- registration and passwords ---------------------------------------------------------
+
+
+def register(
+    db: Database,
+    *,
+    email: str,
+    password: str,
+    passwords: Passwords,
+    session_ttl: timedelta,
+    name: str | None = None,
+) -> tuple[users.User, str]:
+    """Create a user who signs in with email and password; returns them and a session token."""
+    hashed = passwords.hash(password)  # validates the password before anything is written
+    with db.transaction() as conn:
+        user = users.create_user(conn, user_id=new_user_id(), email=email, name=name)
+        set_password(conn, user_id=user.id, password_hash=hashed)
+        token = open_session(conn, user_id=user.id, via="registration", ttl=session_ttl)
+    return user, token
+
+
+def sign_in(
+    db: Database, *, email: str, password: str, passwords: Passwords, session_ttl: timedelta
+) -> str:
+    """A new session token, or ``InvalidCredentials`` (the same for an unknown email)."""
+    email = email.strip().lower()
+    with db.read() as conn:
+        row = conn.execute(
+            sa.select(users_table.c.id, users_table.c.password_hash).where(
+                users_table.c.email == email
+            )
+        ).first()
+    matches, rehashed = passwords.verify(password, None if row is None else row.password_hash)
+    if row is None or not matches:
+        raise InvalidCredentials
+    with db.transaction() as conn:
+        if rehashed is not None:
+            set_password(conn, user_id=row.id, password_hash=rehashed)
+        return open_session(conn, user_id=row.id, via="password", ttl=session_ttl)
+
+
+def change_password(
+    db: Database, *, signed_in: SignedIn, current: str, new: str, passwords: Passwords
+) -> int:
+    """Set a new password and sign out every other session; returns how many were revoked.
+
+    A user who has no password yet (signed in through a portal link) sets one without it.
+    """
+    if signed_in.has_password:
+        with db.read() as conn:
+            stored = conn.execute(
+                sa.select(users_table.c.password_hash).where(users_table.c.id == signed_in.user_id)
+            ).scalar()
+        if not passwords.verify(current, stored)[0]:
+            raise InvalidCredentials
+    hashed = passwords.hash(new)
+    with db.transaction() as conn:
+        set_password(conn, user_id=signed_in.user_id, password_hash=hashed)
+        return revoke_sessions(conn, user_id=signed_in.user_id, keep=signed_in.session_id)
+
+
+def set_password(conn: Connection, *, user_id: str, password_hash: str) -> None:
+    _update_user(conn, user_id, password_hash=password_hash, updated_at=utcnow())
+
+
+def set_admin(conn: Connection, *, user_id: str, admin: bool) -> None:
+    _update_user(conn, user_id, is_admin=admin, updated_at=utcnow())
+
+
+def _update_user(conn: Connection, user_id: str, **values: object) -> None:
+    updated = conn.execute(
+        sa.update(users_table).where(users_table.c.id == user_id).values(**values)
+    )
+    if updated.rowcount != 1:
+        raise UnknownUser(user_id)
+
+
+# --- sessions ----------------------------------------------------------------------------
+
+
+def open_session(
+    conn: Connection, *, user_id: str, via: Via, ttl: timedelta, now: datetime | None = None
+) -> str:
+    """A new session; returns the token for the cookie (only its digest is stored)."""
+    now = now or utcnow()
+    token = secrets.token_urlsafe(32)
+    conn.execute(
+        sa.insert(sessions).values(
+            id=digest(token), user_id=user_id, via=via, created_at=now, expires_at=now + ttl
+        )
+    )
+    return token
+
+
+def session_user(conn: Connection, *, token: str, now: datetime | None = None) -> SignedIn | None:
+    """The signed-in user for a cookie token, or None when it is unknown, expired or revoked."""
+    if not token or len(token) > 100:
+        return None
+    row = conn.execute(
+        sa.select(
+            sessions.c.id,
+            sessions.c.expires_at,
+            users_table.c.id.label("user_id"),
+            users_table.c.email,
+            users_table.c.name,
+            users_table.c.is_admin,
+            users_table.c.password_hash.is_not(None).label("has_password"),
+        )
+        .join(users_table, users_table.c.id == sessions.c.user_id)
+        .where(
+            sessions.c.id == digest(token),
+            sessions.c.revoked_at.is_(None),
+            sessions.c.expires_at > (now or utcnow()),
+        )
+    ).first()
+    if row is None:
+        return None
+    return SignedIn(
+        session_id=row.id,
+        user_id=row.user_id,
+        email=row.email,
+        name=row.name,
+        is_admin=bool(row.is_admin),
+        has_password=bool(row.has_password),
+        expires_at=row.expires_at,
+    )
+
+
+def revoke_session(conn: Connection, *, session_id: str, now: datetime | None = None) -> None:
+    conn.execute(
+        sa.update(sessions)
+        .where(sessions.c.id == session_id, sessions.c.revoked_at.is_(None))
+        .values(revoked_at=now or utcnow())
+    )
+
+
+def revoke_sessions(
+    conn: Connection, *, user_id: str, keep: str | None = None, now: datetime | None = None
+) -> int:
+    """Sign the user out everywhere (but the session ``keep``); returns how many ended."""
+    query = sa.update(sessions).where(
+        sessions.c.user_id == user_id, sessions.c.revoked_at.is_(None)
+    )
+    if keep is not None:
+        query = query.where(sessions.c.id != keep)
+    return conn.execute(query.values(revoked_at=now or utcnow())).rowcount
+
+
+# --- portal links ------------------------------------------------------------------------
+
+
+def check_next_path(path: object) -> str:
+    """Only a path on this site: never another origin (an open redirect)."""
+    if (
+        not isinstance(path, str)
+        or not path.startswith("/")
+        or path.startswith("//")
+        or "\\" in path
+        or len(path) > 500
+        or not path.isprintable()
+    ):
+        raise InvalidArgument("return_path", "must be a path on this site, such as /dashboard")
+    return path
+
+
+def create_portal_link(
+    conn: Connection, *, user_id: str, next_path: str, ttl: timedelta, now: datetime | None = None
+) -> tuple[str, datetime]:
+    """A one-time token that signs ``user_id`` in; returns it and when it expires."""
+    next_path = check_next_path(next_path)
+    users.get_user(conn, user_id=user_id)  # UnknownUser if there is none
+    now = now or utcnow()
+    token = secrets.token_urlsafe(32)
+    conn.execute(
+        sa.insert(portal_links).values(
+            id=digest(token),
+            user_id=user_id,
+            next_path=next_path,
+            created_at=now,
+            expires_at=now + ttl,
+        )
+    )
+    return token, now + ttl
+
+
+def redeem_portal_link(
+    conn: Connection, *, token: str, now: datetime | None = None
+) -> tuple[str, str]:
+    """Use the link up: returns its user and path. A second use, a forged or an expired
+    token is ``InvalidPortalLink``; one conditional UPDATE decides, so two racing uses
+    cannot both win."""
+    now = now or utcnow()
+    if not token or len(token) > 100:
+        raise InvalidPortalLink
+    row = conn.execute(
+        sa.update(portal_links)
+        .where(
+            portal_links.c.id == digest(token),
+            portal_links.c.used_at.is_(None),
+            portal_links.c.expires_at > now,
+        )
+        .values(used_at=now)
+        .returning(portal_links.c.user_id, portal_links.c.next_path)
+    ).first()
+    if row is None:
+        raise InvalidPortalLink
+    return row.user_id, row.next_path
+
+
+def sweep(conn: Connection, *, now: datetime | None = None) -> dict[str, int]:
+    """Delete what can no longer be used: expired links, ended sessions, old counters."""
+    now = now or utcnow()
+    return {
+        "portal_links": conn.execute(
+            sa.delete(portal_links).where(portal_links.c.expires_at <= now)
+        ).rowcount,
+        "sessions": conn.execute(
+            sa.delete(sessions).where(
+                sa.or_(sessions.c.expires_at <= now, sessions.c.revoked_at.is_not(None))
+            )
+        ).rowcount,
+        "rate_limits": conn.execute(
+            sa.delete(rate_limits).where(rate_limits.c.expires_at <= now)
+        ).rowcount,
+    }

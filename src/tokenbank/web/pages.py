@@ -1,0 +1,285 @@
+"""The pages behind a browser session: sign-up, sign-in, sign-out, account, dashboard and
+portal links. Each handler parses the form, checks CSRF and limits, calls one service
+function and renders or redirects (303, so a reload never resubmits)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
+
+from tokenbank import identity, ledger, users
+from tokenbank.db import Database
+from tokenbank.errors import TokenbankError
+from tokenbank.identity import InvalidCredentials, Passwords, RateLimited, SignedIn, Throttle
+from tokenbank.identity.passwords import MIN_LENGTH
+from tokenbank.web.browser import Browsers
+
+TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
+HOME = "/dashboard"
+
+#: Sent with every page: no framing, no leaking URLs (portal tokens) to other sites.
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+Text = Annotated[str, Form(max_length=320)]
+Secret = Annotated[str, Form(max_length=1024)]
+Csrf = Annotated[str, Form(max_length=128)]
+
+
+def _client_ip(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _safe_next(path: str | None) -> str:
+    try:
+        return identity.check_next_path(path) if path else HOME
+    except ledger.InvalidArgument:
+        return HOME
+
+
+def build_router(  # noqa: PLR0915 - one closure per route
+    *, db: Database, browsers: Browsers, passwords: Passwords, throttle: Throttle
+) -> APIRouter:
+    router = APIRouter(include_in_schema=False, default_response_class=HTMLResponse)
+
+    async def render(
+        request: Request, template: str, status: int = 200, **context: Any
+    ) -> Response:
+        token, fresh = browsers.csrf_token(request)
+        response = TEMPLATES.TemplateResponse(
+            request,
+            template,
+            {
+                "user": await browsers.signed_in(request),
+                "csrf_token": token,
+                "min_password": MIN_LENGTH,
+                **context,
+            },
+            status_code=status,
+            headers=PAGE_HEADERS,
+        )
+        if fresh is not None:
+            browsers.keep_csrf_anchor(response, fresh)
+        return response
+
+    def redirect(path: str) -> RedirectResponse:
+        return RedirectResponse(path, status_code=303, headers=PAGE_HEADERS)
+
+    async def refused(
+        request: Request, exc: TokenbankError, template: str, **context: Any
+    ) -> Response:
+        if isinstance(exc, RateLimited):
+            response = await render(
+                request,
+                template,
+                429,
+                error=f"Too many attempts. Try again in {exc.retry_after} seconds.",
+                **context,
+            )
+            response.headers["Retry-After"] = str(exc.retry_after)
+            return response
+        status = 401 if isinstance(exc, InvalidCredentials) else 422
+        if isinstance(exc, users.EmailTaken):
+            status = 409
+        return await render(request, template, status, error=_sentence(exc), **context)
+
+    async def forbidden(request: Request) -> Response:
+        return await render(
+            request,
+            "message.html",
+            403,
+            heading="This form has expired",
+            message="Reload the page and try again.",
+        )
+
+    async def require_user(request: Request) -> SignedIn | RedirectResponse:
+        user = await browsers.signed_in(request)
+        if user is None:
+            return redirect(f"/login?next={request.url.path}")
+        return user
+
+    @router.get("/")
+    async def home(request: Request) -> Response:
+        return redirect(HOME if await browsers.signed_in(request) else "/login")
+
+    @router.get("/login")
+    async def login_form(request: Request, next: str | None = None) -> Response:
+        if await browsers.signed_in(request):
+            return redirect(_safe_next(next))
+        return await render(request, "login.html", next=_safe_next(next))
+
+    @router.post("/login")
+    async def login(
+        request: Request,
+        email: Text,
+        password: Secret,
+        csrf_token: Csrf = "",
+        next: Annotated[str, Form(max_length=500)] = HOME,
+    ) -> Response:
+        if not browsers.csrf_valid(request, csrf_token):
+            return await forbidden(request)
+        try:
+            await run_in_threadpool(throttle.hit, "login_ip", _client_ip(request))
+            await run_in_threadpool(throttle.hit, "login_account", email.strip().lower())
+            token = await run_in_threadpool(
+                identity.sign_in,
+                db,
+                email=email,
+                password=password,
+                passwords=passwords,
+                session_ttl=browsers.session_ttl,
+            )
+        except TokenbankError as exc:
+            return await refused(request, exc, "login.html", email=email, next=_safe_next(next))
+        response = redirect(_safe_next(next))
+        browsers.start_session(response, token)
+        return response
+
+    @router.get("/register")
+    async def register_form(request: Request) -> Response:
+        if await browsers.signed_in(request):
+            return redirect(HOME)
+        return await render(request, "register.html")
+
+    @router.post("/register")
+    async def register(
+        request: Request,
+        email: Text,
+        password: Secret,
+        csrf_token: Csrf = "",
+        name: Annotated[str, Form(max_length=200)] = "",
+    ) -> Response:
+        if not browsers.csrf_valid(request, csrf_token):
+            return await forbidden(request)
+        try:
+            await run_in_threadpool(throttle.hit, "register_ip", _client_ip(request))
+            _, token = await run_in_threadpool(
+                identity.register,
+                db,
+                email=email,
+                password=password,
+                name=name or None,
+                passwords=passwords,
+                session_ttl=browsers.session_ttl,
+            )
+        except TokenbankError as exc:
+            return await refused(request, exc, "register.html", email=email, name=name)
+        response = redirect(HOME)
+        browsers.start_session(response, token)
+        return response
+
+    @router.post("/logout")
+    async def logout(request: Request, csrf_token: Csrf = "") -> Response:
+        if not browsers.csrf_valid(request, csrf_token):
+            return await forbidden(request)
+        user = await browsers.signed_in(request)
+        if user is not None:
+            await run_in_threadpool(_revoke, db, user.session_id)
+        response = redirect("/login")
+        browsers.end_session(response)
+        return response
+
+    @router.get("/account")
+    async def account(request: Request, changed: bool = False) -> Response:
+        user = await require_user(request)
+        if isinstance(user, Response):
+            return user
+        notice = "Password saved. Other sessions were signed out." if changed else None
+        return await render(request, "account.html", notice=notice)
+
+    @router.post("/account/password")
+    async def change_password(
+        request: Request,
+        new_password: Secret,
+        csrf_token: Csrf = "",
+        current_password: Secret = "",
+    ) -> Response:
+        if not browsers.csrf_valid(request, csrf_token):
+            return await forbidden(request)
+        user = await require_user(request)
+        if isinstance(user, Response):
+            return user
+        try:
+            await run_in_threadpool(throttle.hit, "login_account", user.email or user.user_id)
+            await run_in_threadpool(
+                identity.change_password,
+                db,
+                signed_in=user,
+                current=current_password,
+                new=new_password,
+                passwords=passwords,
+            )
+        except TokenbankError as exc:
+            return await refused(request, exc, "account.html")
+        return redirect("/account?changed=1")
+
+    @router.get("/dashboard")
+    async def dashboard(request: Request) -> Response:
+        user = await require_user(request)
+        if isinstance(user, Response):
+            return user
+        balance, page = await run_in_threadpool(_overview, db, user.user_id)
+        return await render(request, "dashboard.html", balance=balance, history=page.items)
+
+    @router.get("/portal/{token}")
+    async def portal(request: Request, token: str) -> Response:
+        """A host app's one-time link: sign its user in and go where the link says."""
+        try:
+            session, next_path = await run_in_threadpool(_redeem, db, browsers, token)
+        except identity.InvalidPortalLink as exc:
+            return await render(
+                request,
+                "message.html",
+                400,
+                heading="This link cannot be used",
+                message=str(exc).capitalize() + ". Ask the app that sent you for a new one.",
+                link="/login",
+                link_text="Sign in instead",
+            )
+        previous = await browsers.signed_in(request)
+        if previous is not None:
+            await run_in_threadpool(_revoke, db, previous.session_id)
+        response = redirect(next_path)
+        browsers.start_session(response, session)
+        return response
+
+    return router
+
+
+def _sentence(exc: TokenbankError) -> str:
+    if isinstance(exc, ledger.InvalidArgument):
+        field, _, message = str(exc).partition(": ")
+        return f"{field.replace('_', ' ').capitalize()} {message}."
+    text = str(exc)
+    return text[:1].upper() + text[1:] + "."
+
+
+def _revoke(db: Database, session_id: str) -> None:
+    with db.transaction() as conn:
+        identity.revoke_session(conn, session_id=session_id)
+
+
+def _overview(db: Database, user_id: str) -> tuple[ledger.Balance, ledger.HistoryPage]:
+    with db.read() as conn:
+        return ledger.balance(conn, user_id=user_id), ledger.history(conn, user_id=user_id, limit=5)
+
+
+def _redeem(db: Database, browsers: Browsers, token: str) -> tuple[str, str]:
+    with db.transaction() as conn:
+        user_id, next_path = identity.redeem_portal_link(conn, token=token)
+        session = identity.open_session(
+            conn, user_id=user_id, via="portal", ttl=browsers.session_ttl
+        )
+    return session, next_path
