@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import re
-
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from tokenbank import ledger
+from tokenbank import identity, ledger
 from tokenbank.cli import app
 from tokenbank.db import Database
 
@@ -28,8 +28,8 @@ TOKENBANK = str(Path(sys.executable).with_name("tokenbank"))
 def tokenbank(db: Database) -> object:
     env = {"TOKENBANK_DATABASE_URL": db.url.render_as_string(hide_password=False)}
 
-    def run(*args: str, code: int = 0) -> str:
-        result = runner.invoke(app, list(args), env=env)
+    def run(*args: str, code: int = 0, stdin: str | None = None) -> str:
+        result = runner.invoke(app, list(args), env=env, input=stdin)
         assert result.exit_code == code, result.output
         return result.output
 
@@ -116,7 +116,11 @@ def test_serve_answers_http(tmp_path: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {**os.environ, "TOKENBANK_DATABASE_URL": f"sqlite:///{tmp_path / 'tb.db'}"}
+    env = {
+        **os.environ,
+        "TOKENBANK_DATABASE_URL": f"sqlite:///{tmp_path / 'tb.db'}",
+        "TOKENBANK_VAR_DIR": str(tmp_path / "var"),
+    }
     subprocess.run([TOKENBANK, "db", "upgrade"], env=env, check=True, capture_output=True)
     server = subprocess.Popen(
         [TOKENBANK, "serve", "--port", str(port)],
@@ -137,6 +141,58 @@ def test_serve_answers_http(tmp_path: Path) -> None:
     finally:
         server.terminate()
         output, _ = server.communicate(timeout=10)
+    key = tmp_path / "var" / "secret_key"  # development: generated once, private
+    assert key.stat().st_mode & 0o777 == 0o600 and len(key.read_text().strip()) >= 32
     first_line = json.loads(output.decode().splitlines()[0])
     assert (first_line["route"], first_line["status"]) == ("/readyz", 200)
     assert first_line["request_id"]
+
+
+def test_production_refuses_to_serve_without_secrets(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "TOKENBANK_ENV": "production",
+        "TOKENBANK_DATABASE_URL": f"sqlite:///{tmp_path / 'tb.db'}",
+        "TOKENBANK_SECRET_KEY": "change-me",
+    }
+    result = subprocess.run(
+        [TOKENBANK, "serve"], env=env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 9
+    assert "TOKENBANK_SECRET_KEY" in result.stderr and "STRIPE_SECRET_KEY" in result.stderr
+
+
+def test_admin_users_and_sessions(tokenbank: object, db: Database) -> None:
+    run = tokenbank
+    created = run(  # type: ignore[operator]
+        "users",
+        "create",
+        "root",
+        "--email",
+        "root@example.com",
+        "--admin",
+        "--password-stdin",
+        stdin="a long admin password\n",
+    )
+    assert "created admin user root" in created
+    passwords = identity.Passwords()
+    token = identity.sign_in(
+        db,
+        email="root@example.com",
+        password="a long admin password",
+        passwords=passwords,
+        session_ttl=timedelta(days=1),
+    )
+    with db.read() as conn:
+        who = identity.session_user(conn, token=token)
+    assert who is not None and who.is_admin
+    short = run("users", "password", "root", "--password-stdin", stdin="short\n", code=2)  # type: ignore[operator]
+    assert "password" in short
+    changed = run("users", "password", "root", "--password-stdin", stdin="another long one\n")  # type: ignore[operator]
+    assert "1 session(s) signed out" in changed
+    with db.read() as conn:
+        assert identity.session_user(conn, token=token) is None
+    assert "no longer an admin" in run("users", "admin", "root", "--revoke")  # type: ignore[operator]
+    assert "not_found" in run("users", "admin", "ghost", code=3)  # type: ignore[operator]
+    assert "0 session(s) of root signed out" in run("users", "sign-out", "root")  # type: ignore[operator]
+    assert "sessions" in run("sweep")  # type: ignore[operator]

@@ -1,0 +1,69 @@
+"""Settings and secrets: development generates and keeps them, production insists on them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from tokenbank.config import Settings, with_secrets
+from tokenbank.errors import ConfigurationError
+
+REAL = {
+    "secret_key": "Jv3q9nq2u6ZrC0bT1pWm8sYd4kF7hL5xA-QeR_tUo2c",
+    "stripe_secret_key": "sk_live_51Pq8rTzYxWvUtSrQpOnMlKjIh",
+    "stripe_webhook_secret": "whsec_9aB3cD5eF7gH1iJ3kL5mN7oP9q",
+    "public_url": "https://tokens.example",
+}
+
+
+def _settings(**values: Any) -> Settings:
+    return Settings.model_validate(values)
+
+
+def test_development_generates_one_key_and_keeps_it(tmp_path: Path) -> None:
+    first = with_secrets(_settings(var_dir=tmp_path / "var"))
+    again = with_secrets(_settings(var_dir=tmp_path / "var"))
+    assert first.secret_key is not None and again.secret_key is not None
+    key = first.secret_key.get_secret_value()
+    assert len(key) >= 32 and key == again.secret_key.get_secret_value()
+    assert (tmp_path / "var" / "secret_key").stat().st_mode & 0o777 == 0o600
+    assert list((tmp_path / "var").iterdir()) == [tmp_path / "var" / "secret_key"]
+
+
+def test_development_uses_a_given_key(tmp_path: Path) -> None:
+    given = with_secrets(_settings(var_dir=tmp_path, secret_key="mine-" + "k" * 40))
+    assert given.secret_key == SecretStr("mine-" + "k" * 40)
+    assert not (tmp_path / "secret_key").exists()
+
+
+def test_production_accepts_real_secrets() -> None:
+    settings = with_secrets(_settings(env="production", **REAL))
+    assert settings.secure_cookies
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("secret_key", None),
+        ("secret_key", "change-me-please-change-me-please-change-me"),
+        ("secret_key", "too-short-to-be-random"),
+        ("stripe_secret_key", None),
+        ("stripe_secret_key", "sk_live_xxxxxxxxxxxxxxxx"),
+        ("stripe_webhook_secret", "whsec_your_secret_here"),
+        ("stripe_webhook_secret", None),
+    ],
+)
+def test_production_refuses_missing_or_placeholder_secrets(field: str, value: str | None) -> None:
+    values = {**REAL, field: value}
+    with pytest.raises(ConfigurationError) as caught:
+        with_secrets(_settings(env="production", **{k: v for k, v in values.items() if v}))
+    assert "production needs real secrets" in str(caught.value)
+
+
+def test_secure_cookies_outside_localhost() -> None:
+    assert not _settings(public_url="http://127.0.0.1:8000").secure_cookies
+    assert not _settings(public_url="http://localhost:8000").secure_cookies
+    assert _settings(public_url="https://tokens.example").secure_cookies

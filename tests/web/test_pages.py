@@ -1,0 +1,304 @@
+"""Accounts on the pages, and the security around them: cookies, CSRF, brute force, IDOR,
+portal links. On SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from tests.web.conftest import PASSWORDS, SETTINGS
+from tokenbank import identity, users
+from tokenbank.db import Database
+from tokenbank.users.models import users as users_table
+from tokenbank.web.app import create_app
+
+PASSWORD = "correct horse battery"
+
+
+def _csrf(client: TestClient, path: str = "/login") -> str:
+    page = client.get(path)
+    assert page.status_code == 200, page.text
+    found = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page.text)
+    assert found, page.text
+    return found.group(1)
+
+
+def _register(client: TestClient, email: str = "ann@example.com") -> Any:
+    token = _csrf(client, "/register")
+    return client.post(
+        "/register",
+        data={"email": email, "password": PASSWORD, "csrf_token": token},
+        follow_redirects=False,
+    )
+
+
+def _login(client: TestClient, email: str, password: str = PASSWORD) -> Any:
+    token = _csrf(client)
+    return client.post(
+        "/login",
+        data={"email": email, "password": password, "csrf_token": token},
+        follow_redirects=False,
+    )
+
+
+def _user_id(client: TestClient) -> str:
+    page = client.get("/account")
+    assert page.status_code == 200
+    session = client.cookies.get("tb_session")
+    assert session
+    return _signed_in_id(client, session)
+
+
+def _signed_in_id(client: TestClient, token: str) -> str:
+    db: Database = client.app.state.db  # type: ignore[attr-defined]
+    with db.read() as conn:
+        who = identity.session_user(conn, token=token)
+    assert who is not None
+    return who.user_id
+
+
+def test_register_sets_a_safe_session_cookie(client: TestClient) -> None:
+    response = _register(client)
+    assert response.status_code == 303 and response.headers["location"] == "/dashboard"
+    cookie = response.headers["set-cookie"]
+    assert "tb_session=" in cookie
+    for flag in ("HttpOnly", "Secure", "SameSite=lax", "Path=/"):
+        assert flag.lower() in cookie.lower(), cookie
+    dashboard = client.get("/dashboard")
+    assert dashboard.status_code == 200
+    assert "available" in dashboard.text
+    assert dashboard.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in dashboard.headers["content-security-policy"]
+
+
+def test_cookies_are_not_secure_on_a_local_development_server(db: Database) -> None:
+    local = SETTINGS.model_copy(update={"public_url": "http://127.0.0.1:8000"})
+    with TestClient(create_app(local, db=db, passwords=PASSWORDS)) as client:
+        response = _register(client)
+    assert response.status_code == 303
+    assert "secure" not in response.headers["set-cookie"].lower()
+
+
+def test_pages_need_a_session(client: TestClient) -> None:
+    for path in ("/dashboard", "/account"):
+        response = client.get(path, follow_redirects=False)
+        assert response.status_code == 303
+        assert response.headers["location"] == f"/login?next={path}"
+
+
+def test_login_logout(client: TestClient) -> None:
+    _register(client)
+    client.cookies.clear()
+    wrong = _login(client, "ann@example.com", "not the password")
+    assert wrong.status_code == 401 and "Wrong email or password" in wrong.text
+    assert "tb_session" not in client.cookies
+    right = _login(client, "ANN@example.com")
+    assert right.status_code == 303
+    session = client.cookies.get("tb_session")
+    assert session
+    token = _csrf(client, "/dashboard")
+    out = client.post("/logout", data={"csrf_token": token}, follow_redirects=False)
+    assert out.status_code == 303 and out.headers["location"] == "/login"
+    # The session is revoked on the server, not just forgotten by the browser.
+    client.cookies.set("tb_session", session)
+    assert client.get("/dashboard", follow_redirects=False).status_code == 303
+
+
+@pytest.mark.parametrize("token", [None, "", "0" * 64, "forged"])
+def test_forms_refuse_a_missing_or_wrong_csrf_token(
+    client: TestClient, db: Database, token: str | None
+) -> None:
+    _csrf(client, "/register")  # the browser holds the pre-sign-in cookie
+    data = {"email": "eve@example.com", "password": PASSWORD}
+    if token is not None:
+        data["csrf_token"] = token
+    response = client.post("/register", data=data, follow_redirects=False)
+    assert response.status_code == 403 and "expired" in response.text
+    with db.read() as conn:
+        assert conn.execute(sa.select(users_table.c.id)).first() is None  # nothing written
+
+
+def test_csrf_token_from_another_browser_is_refused(client: TestClient, db: Database) -> None:
+    _register(client)
+    victim_page_token = _csrf(client, "/account")
+    with TestClient(client.app, base_url="https://tokens.example") as attacker:
+        attacker_token = _csrf(attacker, "/login")
+    assert attacker_token != victim_page_token
+    # A forged cross-site form: the victim's cookies, the attacker's token.
+    response = client.post(
+        "/account/password",
+        data={
+            "csrf_token": attacker_token,
+            "current_password": PASSWORD,
+            "new_password": "attacker chose this",
+        },
+    )
+    assert response.status_code == 403
+    client.cookies.clear()
+    assert _login(client, "ann@example.com").status_code == 303  # unchanged
+
+
+def test_password_change_signs_out_other_browsers(client: TestClient) -> None:
+    _register(client)
+    with TestClient(client.app, base_url="https://tokens.example") as laptop:
+        assert _login(laptop, "ann@example.com").status_code == 303
+        token = _csrf(client, "/account")
+        wrong = client.post(
+            "/account/password",
+            data={"csrf_token": token, "current_password": "nope nope", "new_password": "x" * 12},
+        )
+        assert wrong.status_code == 401
+        changed = client.post(
+            "/account/password",
+            data={
+                "csrf_token": token,
+                "current_password": PASSWORD,
+                "new_password": "a brand new secret",
+            },
+            follow_redirects=False,
+        )
+        assert changed.status_code == 303
+        assert client.get("/account").status_code == 200  # this browser stays in
+        assert laptop.get("/dashboard", follow_redirects=False).status_code == 303
+    client.cookies.clear()
+    assert _login(client, "ann@example.com", "a brand new secret").status_code == 303
+
+
+def test_brute_force_is_slowed_per_account(client: TestClient) -> None:
+    _register(client)
+    client.cookies.clear()
+    statuses = [_login(client, "ann@example.com", f"guess {n:04d}").status_code for n in range(10)]
+    assert statuses == [401] * 10
+    blocked = _login(client, "ann@example.com")  # even the right password waits
+    assert blocked.status_code == 429
+    assert 0 < int(blocked.headers["retry-after"]) <= 600
+    assert "Too many attempts" in blocked.text
+    assert "tb_session" not in client.cookies
+    # Another account is not locked by the attack on this one.
+    _register(client, "bob@example.com")
+    client.cookies.clear()
+    assert _login(client, "bob@example.com").status_code == 303
+
+
+def test_brute_force_is_slowed_per_ip(db: Database) -> None:
+    tight = SETTINGS.model_copy(update={"login_limit_per_ip": "5/10 minutes"})
+    with TestClient(
+        create_app(tight, db=db, passwords=PASSWORDS), base_url="https://tokens.example"
+    ) as client:
+        statuses = [
+            _login(client, f"user{n}@example.com", "guess guess").status_code for n in range(6)
+        ]
+    assert statuses == [401] * 5 + [429]
+
+
+def test_registration_is_limited_per_ip(db: Database) -> None:
+    tight = SETTINGS.model_copy(update={"register_limit_per_ip": "2/hour"})
+    with TestClient(
+        create_app(tight, db=db, passwords=PASSWORDS), base_url="https://tokens.example"
+    ) as client:
+        statuses = []
+        for n in range(3):
+            client.cookies.clear()
+            statuses.append(_register(client, f"u{n}@example.com").status_code)
+    assert statuses == [303, 303, 429]
+
+
+def test_register_errors_are_shown_on_the_form(client: TestClient) -> None:
+    _register(client)
+    client.cookies.clear()
+    taken = _register(client)
+    assert taken.status_code == 409 and "belongs to another user" in taken.text
+    token = _csrf(client, "/register")
+    short = client.post(
+        "/register", data={"email": "c@example.com", "password": "short", "csrf_token": token}
+    )
+    assert short.status_code == 422 and "Password must be 10 to 256" in short.text
+
+
+# --- another user's data (IDOR) ---------------------------------------------------------
+
+
+def test_a_user_reads_only_their_own_tokens(
+    client: TestClient, db: Database, admin: dict[str, str]
+) -> None:
+    _register(client, "bob@example.com")
+    bob = _user_id(client)
+    client.cookies.clear()
+    _register(client)
+    ann = _user_id(client)
+    own = client.get(f"/api/v1/users/{ann}/balance")
+    assert own.status_code == 200 and own.json()["user_id"] == ann
+    for path in (
+        f"/api/v1/users/{bob}/balance",
+        f"/api/v1/users/{bob}/transactions",
+        f"/api/v1/users/{bob}/transactions.csv",
+        "/api/v1/users/nobody/balance",
+    ):
+        response = client.get(path)
+        assert response.status_code == 403, path
+        assert response.json()["code"] == "forbidden"
+    # A session never reaches state-changing API routes: those need an API key.
+    spend = client.post(f"/api/v1/users/{ann}/spend", json={"amount": 1, "idempotency_key": "k"})
+    assert spend.status_code == 401
+
+
+def test_an_admin_user_may_read_anyone(client: TestClient, db: Database) -> None:
+    _register(client, "bob@example.com")
+    bob = _user_id(client)
+    client.cookies.clear()
+    _register(client, "root@example.com")
+    root = _user_id(client)
+    with db.transaction() as conn:
+        identity.set_admin(conn, user_id=root, admin=True)
+    assert client.get(f"/api/v1/users/{bob}/balance").status_code == 200
+
+
+# --- portal links ---------------------------------------------------------------------------
+
+
+def _portal(client: TestClient, key: dict[str, str], user_id: str, **body: Any) -> Any:
+    return client.post(f"/api/v1/users/{user_id}/portal-sessions", json=body, headers=key)
+
+
+def test_portal_link_signs_the_user_in_once(
+    client: TestClient, db: Database, spender: dict[str, str]
+) -> None:
+    with db.transaction() as conn:
+        users.create_user(conn, user_id="host-42", email="h@host.io")
+    created = _portal(client, spender, "host-42", return_path="/account")
+    assert created.status_code == 201, created.text
+    url = created.json()["url"]
+    assert url.startswith("https://tokens.example/portal/")
+    path = url.removeprefix("https://tokens.example")
+    landed = client.get(path, follow_redirects=False)
+    assert landed.status_code == 303 and landed.headers["location"] == "/account"
+    assert "tb_session" in client.cookies
+    assert _user_id(client) == "host-42"
+    client.cookies.clear()
+    reused = client.get(path, follow_redirects=False)
+    assert reused.status_code == 400 and "cannot be used" in reused.text
+    assert "tb_session" not in client.cookies
+    tampered = client.get(path[:-2] + "xy", follow_redirects=False)
+    assert tampered.status_code == 400
+
+
+def test_portal_link_defaults_and_checks(
+    client: TestClient, db: Database, spender: dict[str, str], reader: dict[str, str]
+) -> None:
+    with db.transaction() as conn:
+        users.create_user(conn, user_id="host-42")
+    plain = client.post("/api/v1/users/host-42/portal-sessions", headers=spender)
+    assert plain.status_code == 201
+    landed = client.get(
+        plain.json()["url"].removeprefix("https://tokens.example"), follow_redirects=False
+    )
+    assert landed.headers["location"] == "/dashboard"
+    assert _portal(client, reader, "host-42").status_code == 403
+    assert _portal(client, {}, "host-42").status_code == 401
+    assert _portal(client, spender, "ghost").json()["code"] == "not_found"
+    outside = _portal(client, spender, "host-42", return_path="https://evil.example/")
+    assert outside.status_code == 422 and outside.json()["code"] == "validation_error"
