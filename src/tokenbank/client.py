@@ -1,0 +1,457 @@
+"""A typed Python client for tokenbank's HTTP API.
+
+    bank = TokenBank("https://tokens.example.com", api_key="tb_...")
+    with bank.hold("user-42", 2_000) as hold:   # reserve the most a call may cost
+        reply = call_the_model(...)
+        hold.post(reply.usage.total_tokens)     # spend what it did cost, release the rest
+
+Every write carries an idempotency key (one is made up when you pass none), so the client
+retries a request whose answer was lost without risking a second effect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+
+__all__ = [
+    "ApiError",
+    "Balance",
+    "Forbidden",
+    "Hold",
+    "IdempotencyConflict",
+    "InsufficientTokens",
+    "InvalidRequest",
+    "NotFound",
+    "RateLimited",
+    "Receipt",
+    "TokenBank",
+    "Transaction",
+    "TransactionPage",
+    "Unauthorized",
+]
+
+RETRY_STATUSES = frozenset({502, 503, 504})
+
+
+# --- errors ------------------------------------------------------------------------------
+
+
+class ApiError(Exception):
+    """A problem+json answer: ``status``, the stable ``code`` and the ``detail`` text."""
+
+    def __init__(self, status: int, code: str, detail: str, body: dict[str, Any]) -> None:
+        super().__init__(f"{status} {code}: {detail}")
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.body = body
+
+
+class InsufficientTokens(ApiError):
+    """402: nothing was spent. ``buy_url`` is where the user can buy more."""
+
+    @property
+    def available(self) -> int:
+        return int(self.body.get("available", 0))
+
+    @property
+    def requested(self) -> int:
+        return int(self.body.get("requested", 0))
+
+    @property
+    def buy_url(self) -> str | None:
+        return self.body.get("buy_url")
+
+
+class IdempotencyConflict(ApiError):
+    """409: the key was used before with other parameters."""
+
+
+class NotFound(ApiError):
+    pass
+
+
+class Unauthorized(ApiError):
+    """401: missing, unknown or revoked API key."""
+
+
+class Forbidden(ApiError):
+    """403: the key lacks the scope."""
+
+
+class RateLimited(ApiError):
+    pass
+
+
+class InvalidRequest(ApiError):
+    """422: the request breaks a rule (an amount of zero, a key too long...)."""
+
+
+_ERRORS: dict[str, type[ApiError]] = {
+    "insufficient_tokens": InsufficientTokens,
+    "idempotency_conflict": IdempotencyConflict,
+    "not_found": NotFound,
+    "unauthorized": Unauthorized,
+    "forbidden": Forbidden,
+    "rate_limited": RateLimited,
+    "validation_error": InvalidRequest,
+}
+
+
+# --- results -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    user_id: str
+    available: int
+    held: int
+    balance: int
+    total_purchased: int
+    total_granted: int
+    total_spent: int
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    transfer_id: int
+    kind: str
+    user_id: str
+    amount: int
+    balance: int
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    transfer_id: int
+    kind: str
+    amount: int
+    balance_after: int
+    description: str | None
+    metadata: dict[str, Any] | None
+    refund_of: int | None
+    idempotency_key: str
+    event_at: datetime
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionPage:
+    items: list[Transaction]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class HoldState:
+    hold_id: int
+    user_id: str
+    amount: int
+    status: str
+    expires_at: datetime
+    posted_amount: int | None
+    transfer_id: int | None
+
+
+def _receipt(body: dict[str, Any]) -> Receipt:
+    return Receipt(**{name: body[name] for name in Receipt.__slots__})
+
+
+def _hold_state(body: dict[str, Any]) -> HoldState:
+    return HoldState(
+        hold_id=body["hold_id"],
+        user_id=body["user_id"],
+        amount=body["amount"],
+        status=body["status"],
+        expires_at=datetime.fromisoformat(body["expires_at"]),
+        posted_amount=body["posted_amount"],
+        transfer_id=body["transfer_id"],
+    )
+
+
+def _transaction(body: dict[str, Any]) -> Transaction:
+    return Transaction(
+        transfer_id=body["transfer_id"],
+        kind=body["kind"],
+        amount=body["amount"],
+        balance_after=body["balance_after"],
+        description=body["description"],
+        metadata=body["metadata"],
+        refund_of=body["refund_of"],
+        idempotency_key=body["idempotency_key"],
+        event_at=datetime.fromisoformat(body["event_at"]),
+        created_at=datetime.fromisoformat(body["created_at"]),
+    )
+
+
+# --- holds -------------------------------------------------------------------------------
+
+
+class Hold:
+    """Tokens reserved for work whose cost is not known yet.
+
+    As a context manager: the hold is placed on entry; ``post(actual)`` spends what the
+    work cost and releases the rest; if the block raises (or ends without posting), the
+    hold is voided and every token comes back.
+    """
+
+    def __init__(
+        self, bank: TokenBank, user_id: str, amount: int, key: str, body: dict[str, Any]
+    ) -> None:
+        self._bank = bank
+        self.user_id = user_id
+        self.amount = amount
+        self.idempotency_key = key
+        self._body = body
+        self.state: HoldState | None = None
+        self.receipt: Receipt | None = None
+
+    @property
+    def hold_id(self) -> int:
+        if self.state is None:
+            raise RuntimeError("the hold is placed when the with block starts")
+        return self.state.hold_id
+
+    def place(self) -> HoldState:
+        self.state = _hold_state(
+            self._bank._request("POST", f"/users/{self.user_id}/holds", json=self._body)
+        )
+        return self.state
+
+    def post(self, amount: int) -> Receipt:
+        """Spend ``amount`` (at most the held amount) and release the rest."""
+        self.receipt = _receipt(
+            self._bank._request("POST", f"/holds/{self.hold_id}/post", json={"amount": amount})
+        )
+        return self.receipt
+
+    def void(self) -> HoldState:
+        """Release the hold in full."""
+        self.state = _hold_state(self._bank._request("POST", f"/holds/{self.hold_id}/void"))
+        return self.state
+
+    def __enter__(self) -> Self:
+        self.place()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self.receipt is not None:
+            return
+        if exc is None:
+            self.void()
+            return
+        # The block's own error matters more; a hold left behind expires at its deadline.
+        with contextlib.suppress(ApiError, httpx.HTTPError):
+            self.void()
+
+
+# --- the client --------------------------------------------------------------------------
+
+
+class TokenBank:
+    """tokenbank's API, for a host app's server. Thread-safe; reuse one per process."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = 10.0,
+        retries: int = 2,
+        http: httpx.Client | None = None,
+    ) -> None:
+        self._retries = retries
+        self._http = http or httpx.Client(timeout=timeout)
+        self._owns_http = http is None
+        self._base = base_url.rstrip("/") + "/api/v1"
+        self._headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
+
+    def close(self) -> None:
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # users and balances
+
+    def upsert_user(
+        self, user_id: str, *, email: str | None = None, name: str | None = None
+    ) -> dict[str, Any]:
+        """Create the user and their wallet, or update email and name. Safe to repeat."""
+        body = {k: v for k, v in (("email", email), ("name", name)) if v is not None}
+        return self._request("PUT", f"/users/{user_id}", json=body)
+
+    def balance(self, user_id: str) -> Balance:
+        body = self._request("GET", f"/users/{user_id}/balance")
+        return Balance(**{name: body[name] for name in Balance.__slots__})
+
+    def portal_url(self, user_id: str, *, return_path: str = "/dashboard") -> str:
+        """A one-time link, valid for minutes, that signs the user in to the pages."""
+        body = self._request(
+            "POST", f"/users/{user_id}/portal-sessions", json={"return_path": return_path}
+        )
+        return str(body["url"])
+
+    # tokens
+
+    def spend(
+        self,
+        user_id: str,
+        amount: int,
+        *,
+        idempotency_key: str | None = None,
+        description: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Receipt:
+        """Spend now; ``InsufficientTokens`` when the user has too few (nothing is spent)."""
+        body = {
+            "amount": amount,
+            "idempotency_key": idempotency_key or _new_key("spend"),
+            "description": description,
+            "metadata": metadata,
+        }
+        return _receipt(self._request("POST", f"/users/{user_id}/spend", json=body))
+
+    def grant(
+        self, user_id: str, amount: int, *, reason: str, idempotency_key: str | None = None
+    ) -> Receipt:
+        """Give free tokens (the key needs the ``admin`` scope)."""
+        body = {
+            "amount": amount,
+            "reason": reason,
+            "idempotency_key": idempotency_key or _new_key("grant"),
+        }
+        return _receipt(self._request("POST", f"/users/{user_id}/grants", json=body))
+
+    def refund(
+        self,
+        transfer_id: int,
+        *,
+        amount: int | None = None,
+        idempotency_key: str | None = None,
+        reason: str | None = None,
+    ) -> Receipt:
+        """Give back all (no ``amount``) or part of a spend."""
+        body = {
+            "amount": amount,
+            "idempotency_key": idempotency_key or _new_key("refund"),
+            "reason": reason,
+        }
+        return _receipt(self._request("POST", f"/transfers/{transfer_id}/refund", json=body))
+
+    def hold(
+        self,
+        user_id: str,
+        amount: int,
+        *,
+        idempotency_key: str | None = None,
+        ttl_seconds: int | None = None,
+        description: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Hold:
+        """A hold to use as a context manager (see ``Hold``)."""
+        key = idempotency_key or _new_key("hold")
+        body = {
+            "amount": amount,
+            "idempotency_key": key,
+            "ttl_seconds": ttl_seconds,
+            "description": description,
+            "metadata": metadata,
+        }
+        return Hold(self, user_id, amount, key, body)
+
+    # history
+
+    def history(
+        self,
+        user_id: str,
+        *,
+        kinds: Sequence[str] | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> TransactionPage:
+        """One page, newest first; pass ``next_cursor`` back for older transactions."""
+        params: list[tuple[str, str | int | float | bool | None]] = [("limit", limit)]
+        params += [("kind", kind) for kind in kinds or ()]
+        if cursor is not None:
+            params.append(("cursor", cursor))
+        body = self._request("GET", f"/users/{user_id}/transactions", params=params)
+        return TransactionPage(
+            items=[_transaction(item) for item in body["items"]],
+            next_cursor=body["next_cursor"],
+        )
+
+    def iter_history(
+        self, user_id: str, *, kinds: Sequence[str] | None = None, page_size: int = 200
+    ) -> Iterator[Transaction]:
+        """Every transaction, newest first, fetched page by page."""
+        cursor: str | None = None
+        while True:
+            page = self.history(user_id, kinds=kinds, limit=page_size, cursor=cursor)
+            yield from page.items
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    # plumbing
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: dict[str, Any] | None = None,
+        params: list[tuple[str, str | int | float | bool | None]] | None = None,
+    ) -> dict[str, Any]:
+        if json is not None:
+            json = {key: value for key, value in json.items() if value is not None}
+        for attempt in range(self._retries + 1):
+            try:
+                response = self._http.request(
+                    method, self._base + path, json=json, params=params, headers=self._headers
+                )
+            except httpx.TransportError:
+                if attempt == self._retries:
+                    raise
+            else:
+                if response.status_code not in RETRY_STATUSES or attempt == self._retries:
+                    return _answer(response)
+            time.sleep(0.1 * 2**attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _answer(response: httpx.Response) -> dict[str, Any]:
+    if response.is_success:
+        body: dict[str, Any] = response.json()
+        return body
+    try:
+        problem = response.json()
+    except ValueError:
+        problem = {}
+    if not isinstance(problem, dict):
+        problem = {}
+    code = str(problem.get("code", "http_error"))
+    detail = str(problem.get("detail", response.reason_phrase))
+    raise _ERRORS.get(code, ApiError)(response.status_code, code, detail, problem)
+
+
+def _new_key(kind: str) -> str:
+    return f"{kind}-{uuid.uuid4()}"

@@ -1,0 +1,144 @@
+"""``tokenbank.client.TokenBank`` against the service over real HTTP (uvicorn, loopback)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.web.conftest import make_key
+from tokenbank.apikeys import Scope
+from tokenbank.client import (
+    ApiError,
+    Forbidden,
+    IdempotencyConflict,
+    InsufficientTokens,
+    InvalidRequest,
+    NotFound,
+    TokenBank,
+    Unauthorized,
+)
+from tokenbank.db import Database
+
+
+def _bank(db: Database, live_url: str, scope: Scope = Scope.ADMIN, **options: object) -> TokenBank:
+    secret = make_key(db, scope)["Authorization"].removeprefix("Bearer ")
+    return TokenBank(live_url, secret, **options)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def bank(db: Database, live_url: str) -> Iterator[TokenBank]:
+    with _bank(db, live_url) as bank:
+        bank.upsert_user("alice", email="alice@example.com")
+        bank.grant("alice", 1000, reason="welcome", idempotency_key="welcome-alice")
+        yield bank
+
+
+def test_spend_balance_refund_history(bank: TokenBank) -> None:
+    receipt = bank.spend("alice", 300, idempotency_key="chat-1", description="chat")
+    assert (receipt.kind, receipt.amount, receipt.balance, receipt.replayed) == (
+        "spend",
+        300,
+        700,
+        False,
+    )
+    assert bank.spend("alice", 300, idempotency_key="chat-1", description="chat").replayed
+    with pytest.raises(IdempotencyConflict):
+        bank.spend("alice", 301, idempotency_key="chat-1")
+    refund = bank.refund(receipt.transfer_id, amount=100, reason="failed generation")
+    assert refund.balance == 800
+    balance = bank.balance("alice")
+    assert (balance.available, balance.total_granted, balance.total_spent) == (800, 1000, 200)
+    page = bank.history("alice", limit=2)
+    assert [item.kind for item in page.items] == ["refund", "spend"]
+    assert page.next_cursor is not None
+    everything = list(bank.iter_history("alice", page_size=1))
+    assert [item.kind for item in everything] == ["refund", "spend", "grant"]
+    assert [item.kind for item in bank.iter_history("alice", kinds=["grant"])] == ["grant"]
+
+
+def test_errors_are_typed(bank: TokenBank, db: Database, live_url: str) -> None:
+    with pytest.raises(InsufficientTokens) as short:
+        bank.spend("alice", 5000)
+    assert (short.value.status, short.value.available, short.value.requested) == (402, 1000, 5000)
+    assert short.value.buy_url == "https://tokens.example/pricing"
+    with pytest.raises(NotFound):
+        bank.balance("nobody")
+    with pytest.raises(InvalidRequest):
+        bank.spend("alice", 0)
+    with pytest.raises(Unauthorized), TokenBank(live_url, "tb_wrong") as stranger:
+        stranger.balance("alice")
+    with _bank(db, live_url, Scope.READ) as reader:
+        assert reader.balance("alice").available == 1000
+        with pytest.raises(Forbidden):
+            reader.spend("alice", 1)
+    assert isinstance(short.value, ApiError) and short.value.code == "insufficient_tokens"
+
+
+def test_hold_posts_what_the_work_cost(bank: TokenBank) -> None:
+    with bank.hold("alice", 400, idempotency_key="gen-1") as hold:
+        assert bank.balance("alice").held == 400
+        receipt = hold.post(250)
+    assert receipt.amount == 250
+    balance = bank.balance("alice")
+    assert (balance.available, balance.held) == (750, 0)
+
+
+def test_hold_is_voided_when_the_block_raises(bank: TokenBank) -> None:
+    class ModelDown(Exception):
+        pass
+
+    with pytest.raises(ModelDown), bank.hold("alice", 400) as hold:
+        assert bank.balance("alice").held == 400
+        raise ModelDown
+    assert hold.state is not None and hold.state.status == "voided"
+    balance = bank.balance("alice")
+    assert (balance.available, balance.held) == (1000, 0)
+
+
+def test_hold_without_a_post_is_released(bank: TokenBank) -> None:
+    with bank.hold("alice", 100) as hold:
+        pass
+    assert hold.state is not None and hold.state.status == "voided"
+    assert bank.balance("alice").held == 0
+
+
+def test_hold_refused_when_short(bank: TokenBank) -> None:
+    ran = False
+    with pytest.raises(InsufficientTokens), bank.hold("alice", 10_000):
+        ran = True
+    assert not ran
+
+
+class DropFirst(httpx.HTTPTransport):
+    """Loses the first answer after the server has acted: the case retries exist for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropped = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if self.dropped == 0:
+            self.dropped += 1
+            response.close()
+            raise httpx.ReadError("connection reset", request=request)
+        return response
+
+
+def test_a_lost_answer_is_retried_with_the_same_key(db: Database, live_url: str) -> None:
+    transport = DropFirst()
+    secret = make_key(db, Scope.SPEND)["Authorization"].removeprefix("Bearer ")
+    with _bank(db, live_url) as admin, httpx.Client(transport=transport) as http:
+        admin.upsert_user("bob")
+        admin.grant("bob", 100, reason="welcome")
+        receipt = TokenBank(live_url, secret, http=http).spend("bob", 30)
+        assert transport.dropped == 1
+        assert receipt.replayed  # the retry found the first spend
+        assert admin.balance("bob").available == 70  # spent once
+
+
+def test_portal_url(bank: TokenBank) -> None:
+    url = bank.portal_url("alice", return_path="/account")
+    assert url.startswith("https://tokens.example/portal/")
