@@ -254,3 +254,18 @@ def test_operations_endpoints(client: TestClient, spender: dict[str, str]) -> No
     _problem(client.delete("/healthz"), 405, "method_not_allowed")
     schema = client.get("/openapi.json").json()
     assert "/api/v1/users/{user_id}/spend" in schema["paths"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"description": "a\x00b"}, {"metadata": {"k\x00": 1}}, {"metadata": {"k": ["\x00"]}}],
+)
+def test_nul_characters_are_refused_not_a_500(
+    client: TestClient, admin: dict[str, str], spender: dict[str, str], extra: dict[str, Any]
+) -> None:
+    _user(client, spender)
+    _grant(client, admin, 10)
+    body = {"amount": 1, "idempotency_key": "nul", **extra}
+    response = client.post("/api/v1/users/alice/spend", json=body, headers=spender)
+    _problem(response, 422, "validation_error")
+    assert client.get("/api/v1/users/a%00b/balance", headers=spender).status_code == 422

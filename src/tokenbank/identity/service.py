@@ -89,6 +89,8 @@ def sign_in(
 ) -> str:
     """A new session token, or ``InvalidCredentials`` (the same for an unknown email)."""
     email = email.strip().lower()
+    if "\x00" in email:  # no stored email has one, and PostgreSQL cannot compare it
+        raise InvalidCredentials
     with db.read() as conn:
         row = conn.execute(
             sa.select(users_table.c.id, users_table.c.password_hash).where(

@@ -84,6 +84,8 @@ def check_description(description: object) -> str | None:
         raise InvalidArgument("description", "must be a string")
     if len(description) > MAX_DESCRIPTION_LENGTH:
         raise InvalidArgument("description", f"must be at most {MAX_DESCRIPTION_LENGTH} characters")
+    if "\x00" in description:  # PostgreSQL text cannot hold NUL
+        raise InvalidArgument("description", "must not contain NUL characters")
     return description
 
 
@@ -99,8 +101,20 @@ def check_metadata(metadata: object) -> dict[str, Any] | None:
         raise InvalidArgument("metadata", f"must be plain JSON ({exc})") from None
     if len(encoded.encode()) > MAX_METADATA_BYTES:
         raise InvalidArgument("metadata", f"must encode to at most {MAX_METADATA_BYTES} bytes")
+    if _holds_nul(metadata):  # PostgreSQL's JSONB cannot hold NUL
+        raise InvalidArgument("metadata", "must not contain NUL characters")
     loaded: dict[str, Any] = json.loads(encoded)
     return loaded
+
+
+def _holds_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, Mapping):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_holds_nul(item) for item in value)
+    return False
 
 
 def check_event_at(event_at: object) -> datetime | None:

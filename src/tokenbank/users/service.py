@@ -16,7 +16,7 @@ from tokenbank.ledger.errors import InvalidArgument
 from tokenbank.ledger.journal import check_user_id
 from tokenbank.users.models import users
 
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+_EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]{1,64}@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$")
 
 
 class UserExists(TokenbankError):

@@ -35,7 +35,16 @@ from tokenbank.web.schemas import (
     UserOut,
 )
 
-UserId = Annotated[str, Path(min_length=1, max_length=255, description="The host app's user id.")]
+UserId = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=255,
+        pattern=r"^[^\x00-\x20\x7f/]+$",
+        description="The host app's user id.",
+    ),
+]
+RowId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 Reader = Annotated[ApiKey | SignedIn, Depends(requires(Scope.READ, signed_in_users=True))]
 Spender = Annotated[ApiKey | SignedIn, Depends(requires(Scope.SPEND))]
 Admin = Annotated[ApiKey | SignedIn, Depends(requires(Scope.ADMIN))]
@@ -45,6 +54,7 @@ Cursor = Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$", description="next
 PROBLEMS: dict[int | str, dict[str, Any]] = {
     status: {"description": text, "content": {"application/problem+json": {}}}
     for status, text in (
+        (400, "Unreadable request body"),
         (401, "Missing, unknown or revoked API key"),
         (403, "The key lacks the scope"),
         (404, "No such user, transfer or hold"),
@@ -183,7 +193,7 @@ def build_router(  # noqa: PLR0915 - one closure per route
         return _hold(hold)
 
     @router.post("/holds/{hold_id}/post", tags=["holds"])
-    def post_hold(hold_id: int, body: PostIn, _: Spender) -> ReceiptOut:
+    def post_hold(hold_id: RowId, body: PostIn, _: Spender) -> ReceiptOut:
         """Spend at most the held amount and release the rest. Repeating it is safe."""
         with db.autocommit() as conn:
             receipt = ledger.post_hold(conn, hold_id=hold_id, amount=body.amount)
@@ -193,13 +203,13 @@ def build_router(  # noqa: PLR0915 - one closure per route
         return _receipt(receipt)
 
     @router.post("/holds/{hold_id}/void", tags=["holds"])
-    def void_hold(hold_id: int, _: Spender) -> HoldOut:
+    def void_hold(hold_id: RowId, _: Spender) -> HoldOut:
         """Release the hold in full. Repeating it is safe."""
         with db.autocommit() as conn:
             return _hold(ledger.void_hold(conn, hold_id=hold_id))
 
     @router.post("/transfers/{transfer_id}/refund", status_code=201, tags=["tokens"])
-    def refund(transfer_id: int, body: RefundIn, _: Spender) -> ReceiptOut:
+    def refund(transfer_id: RowId, body: RefundIn, _: Spender) -> ReceiptOut:
         """Give back all (no amount) or part of a spend, such as a failed generation."""
         with db.autocommit() as conn:
             receipt = ledger.refund(
