@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+PORT   ?= 8000
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
@@ -18,16 +19,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
-run: install ## Prepare the embedded SQLite ledger under ./var and show where to go next
-	$(BIN)/tokenbank db upgrade
-	$(BIN)/tokenbank ledger verify
+run: install ## Start tokenbank at http://127.0.0.1:8000 on the embedded SQLite database (./var)
+	@$(BIN)/tokenbank db upgrade
 	@echo ""
-	@echo "tokenbank's ledger is ready in ./var/tokenbank.db. Try:"
-	@echo "  $(BIN)/tokenbank users create alice --email alice@example.com"
-	@echo "  $(BIN)/tokenbank grant alice 1000 --reason welcome"
-	@echo "  $(BIN)/tokenbank spend alice 250 --key first-chat"
-	@echo "  $(BIN)/tokenbank balance alice"
-	@echo "  $(BIN)/tokenbank history alice"
+	@echo "tokenbank is starting at http://127.0.0.1:$(PORT)  (API docs: http://127.0.0.1:$(PORT)/docs)"
+	@echo "In another terminal, create an API key for your app and try it:"
+	@echo "  $(BIN)/tokenbank apikeys create --name my-app --scope admin"
+	@echo "  curl -X PUT -H 'Authorization: Bearer tb_...' -H 'Content-Type: application/json' \\"
+	@echo "       -d '{\"email\": \"alice@example.com\"}' http://127.0.0.1:$(PORT)/api/v1/users/alice"
+	@echo "Sign up in the browser at http://127.0.0.1:$(PORT)/register. Stop with Ctrl-C."
+	@echo ""
+	$(BIN)/tokenbank serve --host 127.0.0.1 --port $(PORT)
 
 test: install ## Run the test suite (SQLite and PostgreSQL)
 	$(BIN)/pytest
