@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -269,3 +271,40 @@ def test_nul_characters_are_refused_not_a_500(
     response = client.post("/api/v1/users/alice/spend", json=body, headers=spender)
     _problem(response, 422, "validation_error")
     assert client.get("/api/v1/users/a%00b/balance", headers=spender).status_code == 422
+
+
+def test_concurrent_spends_over_http(
+    live_url: str, admin: dict[str, str], spender: dict[str, str]
+) -> None:
+    """Through the whole service (on PostgreSQL, the asyncio fast path): no overdraft, and
+    one key sent many times at once has one effect."""
+    with httpx.Client(base_url=live_url, headers=admin) as http:
+        assert http.put("/api/v1/users/carol", json={}).status_code == 200
+        grant = {"amount": 50, "reason": "r", "idempotency_key": "g"}
+        assert http.post("/api/v1/users/carol/grants", json=grant).status_code == 201
+
+    def spend(key: str) -> tuple[int, Any]:
+        with httpx.Client(base_url=live_url, headers=spender) as http:
+            response = http.post(
+                "/api/v1/users/carol/spend", json={"amount": 1, "idempotency_key": key}
+            )
+            return response.status_code, response.json()
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(spend, [f"k{n}" for n in range(70)]))
+        same = list(pool.map(spend, ["dup"] * 20))
+    statuses = sorted(status for status, _ in results)
+    assert statuses == [201] * 50 + [402] * 20
+    with httpx.Client(base_url=live_url, headers=spender) as http:
+        balance = http.get("/api/v1/users/carol/balance").json()
+    assert (balance["available"], balance["total_spent"]) == (0, 50)
+    # "dup" came after the money ran out: every copy gets the same refusal.
+    assert {status for status, _ in same} == {402}
+    with httpx.Client(base_url=live_url, headers=admin) as http:
+        more = {"amount": 5, "reason": "r", "idempotency_key": "g2"}
+        assert http.post("/api/v1/users/carol/grants", json=more).status_code == 201
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        again = list(pool.map(spend, ["dup2"] * 20))
+    assert {status for status, _ in again} == {201}
+    assert len({body["transfer_id"] for _, body in again}) == 1
+    assert sum(not body["replayed"] for _, body in again) == 1

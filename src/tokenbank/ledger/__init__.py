@@ -28,10 +28,11 @@ from tokenbank.ledger.reads import (
     HistoryPage,
     Transfer,
     balance,
+    balance_async,
     get_transfer,
     history,
 )
-from tokenbank.ledger.transfers import credit, refund, spend
+from tokenbank.ledger.transfers import credit, refund, spend, try_spend
 from tokenbank.ledger.verify import VerifyReport, verify
 
 __all__ = [
@@ -57,6 +58,7 @@ __all__ = [
     "UnknownUser",
     "VerifyReport",
     "balance",
+    "balance_async",
     "credit",
     "expire_holds",
     "get_hold",
@@ -67,6 +69,7 @@ __all__ = [
     "post_hold",
     "refund",
     "spend",
+    "try_spend",
     "verify",
     "void_hold",
     "wallet_exists",

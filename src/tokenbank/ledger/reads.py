@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from tokenbank.columns import utcnow
+from tokenbank.db import Statement
 from tokenbank.ledger.errors import InvalidArgument, UnknownTransfer, UnknownUser
 from tokenbank.ledger.journal import check_user_id
 from tokenbank.ledger.models import HoldStatus, TransferKind, accounts, entries, holds, transfers
@@ -54,18 +56,33 @@ _balance = sa.select(
 ).where(accounts.c.user_id == sa.bindparam("user_id"))
 
 
+_balance_statement = Statement(_balance)
+
+
 def balance(conn: Connection, *, user_id: str, now: datetime | None = None) -> Balance:
     row = conn.execute(_balance, {"user_id": user_id, "now": now or utcnow()}).first()
+    return _to_balance(user_id, row)
+
+
+async def balance_async(
+    conn: psycopg.AsyncConnection[Any], *, user_id: str, now: datetime | None = None
+) -> Balance:
+    """``balance`` on an asyncio PostgreSQL connection (the HTTP service's hot path)."""
+    rows = await _balance_statement.rows_async(conn, {"user_id": user_id, "now": now or utcnow()})
+    return _to_balance(user_id, rows[0] if rows else None)
+
+
+def _to_balance(user_id: str, row: Any) -> Balance:
     if row is None:
         raise UnknownUser(user_id)
-    held = row.held - row.stale
+    balance, held, total_purchased, total_granted, total_spent, stale = row
     return Balance(
         user_id=user_id,
-        available=row.balance - held,
-        held=held,
-        total_purchased=row.total_purchased,
-        total_granted=row.total_granted,
-        total_spent=row.total_spent,
+        available=balance - held + stale,
+        held=held - stale,
+        total_purchased=total_purchased,
+        total_granted=total_granted,
+        total_spent=total_spent,
     )
 
 

@@ -9,6 +9,11 @@ own it fails whole; inside a transaction it gives its debit back) and returns th
 result.
 
 On SQLite writers are already serialised, so the same steps run as plain statements.
+
+``try_spend`` is the PostgreSQL spend for an asyncio connection: the same statement, for
+the HTTP service's hot path. It handles the common case (the key is new, the tokens are
+there) and leaves every other outcome to ``spend``, which re-sends the same statement (a
+no-op by then) and explains it: a replay, a refusal, expired holds to release.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -141,7 +147,7 @@ _SQLITE_CREDIT = {total: _sqlite_statements(spend=False, total=total) for total 
 
 
 def transfer_params(
-    conn: Connection, request: Request, *, amount: int, system: SystemAccount, now: datetime
+    dialect: str, request: Request, *, amount: int, system: SystemAccount, now: datetime
 ) -> dict[str, Any]:
     """Bound values for the spend and credit statements."""
     return {
@@ -152,8 +158,8 @@ def transfer_params(
         "system_id": int(system),
         "description": request.description,
         "metadata": None if request.metadata is None else json_dumps(request.metadata),
-        "event_at": driver_datetime(conn, request.event_at or now),
-        "now": driver_datetime(conn, now),
+        "event_at": driver_datetime(dialect, request.event_at or now),
+        "now": driver_datetime(dialect, now),
     }
 
 
@@ -171,7 +177,7 @@ def _move(
 
     Returns None when nothing was applied, leaving the reason to the caller.
     """
-    params = transfer_params(conn, request, amount=amount, system=system, now=now)
+    params = transfer_params(conn.dialect.name, request, amount=amount, system=system, now=now)
     if conn.dialect.name == "postgresql":
         alone = commits_alone(conn)
         statement = POSTGRES_SPEND[alone] if spend else _POSTGRES_CREDIT[total, alone]
@@ -253,6 +259,48 @@ def credit(
     now = now or utcnow()
     receipt = _move(conn, request, amount=amount, system=system, total=total, spend=False, now=now)
     return receipt or _unapplied(conn, request)
+
+
+async def try_spend(
+    conn: psycopg.AsyncConnection[Any],
+    *,
+    user_id: str,
+    amount: int,
+    idempotency_key: str,
+    description: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> Receipt | None:
+    """A spend in one round trip on an autocommit asyncio connection (PostgreSQL), or None
+    when it was not applied: then call ``spend`` with the same arguments for the answer."""
+    request = Request.checked(
+        key=idempotency_key,
+        kind=TransferKind.SPEND,
+        user_id=user_id,
+        amount=amount,
+        description=description,
+        metadata=metadata,
+        event_at=None,
+    )
+    params = transfer_params(
+        "postgresql", request, amount=amount, system=SystemAccount.CONSUMPTION, now=now or utcnow()
+    )
+    try:
+        rows = await POSTGRES_SPEND[True].rows_async(conn, params)
+    except sa.exc.IntegrityError as exc:
+        if getattr(exc.orig, "sqlstate", None) == NOT_NULL_VIOLATION:
+            return None  # a racing copy of the key won; nothing of this one committed
+        raise
+    if not rows or rows[0][2] is None:
+        return None
+    _, balance, transfer_id = rows[0]
+    return Receipt(
+        transfer_id=transfer_id,
+        kind=TransferKind.SPEND,
+        user_id=request.user_id,
+        amount=amount,
+        balance=balance,
+    )
 
 
 def spend(

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from tokenbank import identity, ledger, users
 from tokenbank.apikeys.service import ApiKey, Scope
@@ -108,6 +109,23 @@ def _transaction(item: ledger.HistoryItem) -> TransactionOut:
     )
 
 
+def _read_balance(db: Database, user_id: str) -> ledger.Balance:
+    with db.read() as conn:
+        return ledger.balance(conn, user_id=user_id)
+
+
+def _spend(db: Database, user_id: str, body: SpendIn) -> ledger.Receipt:
+    with db.autocommit(wallet=user_id) as conn:
+        return ledger.spend(
+            conn,
+            user_id=user_id,
+            amount=body.amount,
+            idempotency_key=body.idempotency_key,
+            description=body.description,
+            metadata=body.metadata,
+        )
+
+
 def build_router(  # noqa: PLR0915 - one closure per route
     *,
     db: Database,
@@ -143,9 +161,12 @@ def build_router(  # noqa: PLR0915 - one closure per route
         return PortalOut(url=f"{public_url}/portal/{token}", expires_at=expires_at)
 
     @router.get("/users/{user_id}/balance", tags=["tokens"])
-    def get_balance(user_id: UserId, _: Reader) -> BalanceOut:
-        with db.read() as conn:
-            balance = ledger.balance(conn, user_id=user_id)
+    async def get_balance(user_id: UserId, _: Reader) -> BalanceOut:
+        if db.has_async:  # PostgreSQL: without leaving the event loop
+            async with db.async_autocommit() as conn:
+                balance = await ledger.balance_async(conn, user_id=user_id)
+        else:
+            balance = await run_in_threadpool(_read_balance, db, user_id)
         return BalanceOut(
             user_id=user_id,
             available=balance.available,
@@ -159,17 +180,21 @@ def build_router(  # noqa: PLR0915 - one closure per route
     @router.post(
         "/users/{user_id}/spend", status_code=201, tags=["tokens"], responses=SPEND_PROBLEMS
     )
-    def spend(user_id: UserId, body: SpendIn, _: Spender) -> ReceiptOut:
+    async def spend(user_id: UserId, body: SpendIn, _: Spender) -> ReceiptOut:
         """Spend tokens now. 402 ``insufficient_tokens`` changes nothing."""
-        with db.autocommit(wallet=user_id) as conn:
-            receipt = ledger.spend(
-                conn,
-                user_id=user_id,
-                amount=body.amount,
-                idempotency_key=body.idempotency_key,
-                description=body.description,
-                metadata=body.metadata,
-            )
+        receipt = None
+        if db.has_async:  # PostgreSQL: the common case in one round trip, in the event loop
+            async with db.async_autocommit() as conn:
+                receipt = await ledger.try_spend(
+                    conn,
+                    user_id=user_id,
+                    amount=body.amount,
+                    idempotency_key=body.idempotency_key,
+                    description=body.description,
+                    metadata=body.metadata,
+                )
+        if receipt is None:  # SQLite, or a replay, a refusal, holds to release...
+            receipt = await run_in_threadpool(_spend, db, user_id, body)
         if not receipt.replayed:
             metrics.spends.inc()
             metrics.tokens_spent.inc(receipt.amount)

@@ -43,9 +43,13 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
-        if db is None:  # we opened it, we close it
-            database.dispose()
+        await database.open_async()
+        try:
+            yield
+        finally:
+            await database.close_async()
+            if db is None:  # we opened it, we close it
+                database.dispose()
 
     app = FastAPI(
         title="tokenbank",
