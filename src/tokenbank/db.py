@@ -18,8 +18,13 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, nullcontext
+from collections.abc import Iterator, Mapping
+from contextlib import (
+    AbstractAsyncContextManager,
+    AbstractContextManager,
+    contextmanager,
+    nullcontext,
+)
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -249,7 +254,7 @@ class Database:
             return
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             self.url.set(drivername="postgresql").render_as_string(hide_password=False),
-            min_size=1,
+            min_size=self.pool_size,  # connected up front: it carries the busiest routes
             max_size=self.pool_size,
             open=False,
             kwargs={"autocommit": True},
@@ -270,11 +275,9 @@ class Database:
         except RuntimeError:
             return False
 
-    @asynccontextmanager
-    async def async_autocommit(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    def async_autocommit(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
         """``autocommit()`` for asyncio: each statement commits alone (PostgreSQL only)."""
-        async with self._async_pools[asyncio.get_running_loop()].connection() as conn:
-            yield conn
+        return self._async_pools[asyncio.get_running_loop()].connection()
 
     def dispose(self) -> None:
         self.engine.dispose()

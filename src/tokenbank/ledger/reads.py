@@ -52,7 +52,8 @@ _balance = sa.select(
     accounts.c.total_purchased,
     accounts.c.total_granted,
     accounts.c.total_spent,
-    _stale_held.label("stale"),
+    # Most wallets hold nothing: then the holds table is not looked at.
+    sa.case((accounts.c.held > 0, _stale_held), else_=0).label("stale"),
 ).where(accounts.c.user_id == sa.bindparam("user_id"))
 
 
