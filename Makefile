@@ -43,8 +43,9 @@ fmt: install ## Format and autofix
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: install ## Ledger throughput against bare-driver baselines (see docs/benchmarks.md)
+bench: install ## Ledger and HTTP throughput against baselines run alongside (docs/benchmarks.md)
 	$(BIN)/python -m bench.ledger
+	$(BIN)/python -m bench.http
 
 clean: ## Remove the virtualenv and caches (keeps ./var)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -183,8 +183,9 @@ class Scenario:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=6.0, help="per slice")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=4.0, help="per slice")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--only", choices=["spend", "balance"], help="one scenario")
     args = parser.parse_args()
 
     with postgres_database() as url:
@@ -206,6 +207,7 @@ def main() -> None:
                 balance_request("/balance/{user}", ""),
             ),
         ]
+        scenarios = [s for s in scenarios if args.only is None or s.name.startswith(args.only)]
         tokenbank = [str(BIN / "tokenbank"), "serve", "--port", str(ours)]
         reference = [
             str(BIN / "python"),

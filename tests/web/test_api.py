@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -308,3 +309,17 @@ def test_concurrent_spends_over_http(
     assert {status for status, _ in again} == {201}
     assert len({body["transfer_id"] for _, body in again}) == 1
     assert sum(not body["replayed"] for _, body in again) == 1
+
+
+def test_balance_counts_an_expired_hold_as_released(
+    client: TestClient, admin: dict[str, str], spender: dict[str, str]
+) -> None:
+    _user(client, spender)
+    _grant(client, admin, 100)
+    body = {"amount": 60, "idempotency_key": "h-exp", "ttl_seconds": 1}
+    assert client.post("/api/v1/users/alice/holds", json=body, headers=spender).status_code == 201
+    held = client.get("/api/v1/users/alice/balance", headers=spender).json()
+    assert (held["available"], held["held"]) == (40, 60)
+    time.sleep(1.1)
+    after = client.get("/api/v1/users/alice/balance", headers=spender).json()
+    assert (after["available"], after["held"], after["balance"]) == (100, 0, 100)

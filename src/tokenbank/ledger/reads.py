@@ -11,7 +11,7 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tokenbank.columns import utcnow
+from tokenbank.columns import UtcDateTime, utcnow
 from tokenbank.db import Statement
 from tokenbank.ledger.errors import InvalidArgument, UnknownTransfer, UnknownUser
 from tokenbank.ledger.journal import check_user_id
@@ -36,28 +36,31 @@ class Balance:
         return self.available + self.held
 
 
-# Holds past their deadline are released lazily; a read already treats them as released.
-_stale_held = (
-    sa.select(sa.cast(sa.func.coalesce(sa.func.sum(holds.c.amount), 0), sa.BigInteger))
-    .where(
-        holds.c.account_id == accounts.c.id,
-        holds.c.status == HoldStatus.PENDING.value,
-        holds.c.expires_at <= sa.bindparam("now"),
+def _balance_query(now: sa.ColumnElement[Any]) -> sa.Select[Any]:
+    # Holds past their deadline are released lazily; a read already treats them as released.
+    stale_held = (
+        sa.select(sa.cast(sa.func.coalesce(sa.func.sum(holds.c.amount), 0), sa.BigInteger))
+        .where(
+            holds.c.account_id == accounts.c.id,
+            holds.c.status == HoldStatus.PENDING.value,
+            holds.c.expires_at <= now,
+        )
+        .scalar_subquery()
     )
-    .scalar_subquery()
-)
-_balance = sa.select(
-    accounts.c.balance,
-    accounts.c.held,
-    accounts.c.total_purchased,
-    accounts.c.total_granted,
-    accounts.c.total_spent,
-    # Most wallets hold nothing: then the holds table is not looked at.
-    sa.case((accounts.c.held > 0, _stale_held), else_=0).label("stale"),
-).where(accounts.c.user_id == sa.bindparam("user_id"))
+    return sa.select(
+        accounts.c.balance,
+        accounts.c.held,
+        accounts.c.total_purchased,
+        accounts.c.total_granted,
+        accounts.c.total_spent,
+        # Most wallets hold nothing: then the holds table is not looked at.
+        sa.case((accounts.c.held > 0, stale_held), else_=0).label("stale"),
+    ).where(accounts.c.user_id == sa.bindparam("user_id"))
 
 
-_balance_statement = Statement(_balance)
+_balance = _balance_query(sa.bindparam("now", type_=UtcDateTime()))
+# The asyncio variant asks the server for the time: one value fewer to send per read.
+_balance_now = Statement(_balance_query(sa.func.now()))
 
 
 def balance(conn: Connection, *, user_id: str, now: datetime | None = None) -> Balance:
@@ -65,11 +68,9 @@ def balance(conn: Connection, *, user_id: str, now: datetime | None = None) -> B
     return _to_balance(user_id, row)
 
 
-async def balance_async(
-    conn: psycopg.AsyncConnection[Any], *, user_id: str, now: datetime | None = None
-) -> Balance:
+async def balance_async(conn: psycopg.AsyncConnection[Any], *, user_id: str) -> Balance:
     """``balance`` on an asyncio PostgreSQL connection (the HTTP service's hot path)."""
-    rows = await _balance_statement.rows_async(conn, {"user_id": user_id, "now": now or utcnow()})
+    rows = await _balance_now.rows_async(conn, {"user_id": user_id})
     return _to_balance(user_id, rows[0] if rows else None)
 
 
