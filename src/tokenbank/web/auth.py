@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from tokenbank.apikeys.service import ApiKey, InvalidApiKey, Scope, authenticate, hash_key
+from tokenbank.apikeys.service import ApiKey, InvalidApiKey, Scope, authenticate
 from tokenbank.db import Database
 from tokenbank.identity import SignedIn
 from tokenbank.web.browser import Browsers
@@ -22,41 +22,52 @@ from tokenbank.web.problems import Forbidden
 
 
 class KeyCache:
+    """Verified keys by the ``Authorization`` header that carried them."""
+
     def __init__(self, db: Database, *, ttl_seconds: float) -> None:
         self._db = db
         self._ttl = ttl_seconds
-        self._known: dict[str, tuple[ApiKey, float]] = {}
+        self._known: dict[bytes, tuple[ApiKey, float]] = {}
         self._lock = threading.Lock()
 
     def _lookup(self, secret: str) -> ApiKey:
         with self._db.read() as conn:
             return authenticate(conn, secret=secret)
 
-    async def verify(self, secret: str) -> ApiKey:
-        digest = hash_key(secret)
-        hit = self._known.get(digest)
+    async def verify(self, header: bytes | None) -> ApiKey:
+        """The key in an ``Authorization: Bearer`` header, or ``InvalidApiKey``."""
+        if header is None:
+            raise InvalidApiKey
+        hit = self._known.get(header)
         if hit is not None and hit[1] > time.monotonic():
             return hit[0]
-        key = await run_in_threadpool(self._lookup, secret)
+        key = await run_in_threadpool(self._lookup, bearer_secret(header))
         with self._lock:
             if len(self._known) > 10_000:  # bounded: unknown secrets are never stored
                 self._known.clear()
-            self._known[digest] = (key, time.monotonic() + self._ttl)
+            self._known[header] = (key, time.monotonic() + self._ttl)
         return key
 
     def forget(self, key_id: int) -> None:
         with self._lock:
-            for digest, (key, _) in list(self._known.items()):
+            for header, (key, _) in list(self._known.items()):
                 if key.id == key_id:
-                    del self._known[digest]
+                    del self._known[header]
 
 
-def bearer_secret(request: Request) -> str:
-    header = request.headers.get("authorization", "")
-    scheme, _, secret = header.partition(" ")
-    if scheme.lower() != "bearer" or not secret:
+def bearer_secret(header: bytes) -> str:
+    scheme, _, secret = header.decode("latin-1").partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
         raise InvalidApiKey
     return secret.strip()
+
+
+def _authorization(request: Request) -> bytes | None:
+    # Straight from the raw headers: building Starlette's Headers costs more than the check.
+    for name, value in request.scope["headers"]:
+        if name == b"authorization":
+            return bytes(value)
+    return None
 
 
 async def authorize(
@@ -68,7 +79,8 @@ async def authorize(
     but only for the user it belongs to, or for an admin user: no reading another user's
     data by changing the id in the URL.
     """
-    if signed_in_users and "authorization" not in request.headers:
+    header = _authorization(request)
+    if signed_in_users and header is None:
         browsers: Browsers = request.app.state.browsers
         user = await browsers.signed_in(request)
         if user is not None:
@@ -76,7 +88,7 @@ async def authorize(
                 raise Forbidden("you can only see your own tokens")
             return user
     cache: KeyCache = request.app.state.keys
-    key = await cache.verify(bearer_secret(request))
+    key = await cache.verify(header)
     if not key.allows(scope):
         raise Forbidden(f"this API key lacks the {scope.value!r} scope")
     return key

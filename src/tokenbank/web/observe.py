@@ -75,13 +75,10 @@ class Metrics:
         children[1].observe(seconds)
 
 
-def _request_id(scope: Scope) -> str:
-    for name, value in scope.get("headers", ()):
-        if name == b"x-request-id":
-            candidate = str(value.decode("latin-1"))
-            if 0 < len(candidate) <= 64 and candidate.isprintable():
-                return candidate
-    return f"{_PROCESS}{next(_SERIAL):012x}"
+def _given_id(value: bytes) -> str | None:
+    """The caller's own request id, if it is one we can echo and log safely."""
+    candidate = value.decode("latin-1")
+    return candidate if 0 < len(candidate) <= 64 and candidate.isprintable() else None
 
 
 # Unique per process start and request, without a system call per request (uuid4 reads
@@ -126,7 +123,18 @@ class Observe:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = _request_id(scope)
+        request_id = None
+        length = None
+        body = False
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                request_id = _given_id(value)
+            elif name == b"content-length":
+                length, body = value, True
+            elif name == b"transfer-encoding":
+                body = True
+        if request_id is None:
+            request_id = f"{_PROCESS}{next(_SERIAL):012x}"
         REQUEST_ID.set(request_id)  # this request's own context: no reset needed
         status = 500
         header = (b"x-request-id", request_id.encode())
@@ -138,11 +146,10 @@ class Observe:
                 message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_body:
-                await self._reject(send_with_id)
-                self._record(scope, request_id, 413, started)
-                return
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            await self._reject(send_with_id)
+            self._record(scope, request_id, 413, started)
+            return
         received = 0
 
         async def receive_capped() -> Message:
@@ -155,7 +162,8 @@ class Observe:
             return message
 
         try:
-            await self.app(scope, receive_capped, send_with_id)
+            # No body announced (a GET): nothing to count.
+            await self.app(scope, receive_capped if body else receive, send_with_id)
         except BodyTooLarge:
             await self._reject(send_with_id)
         finally:
