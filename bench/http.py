@@ -146,7 +146,8 @@ def service(command: list[str], env: dict[str, str], port: int) -> Iterator[None
                     break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(process.stderr.read().decode() if process.stderr else "")
+                    output = process.stderr.read().decode() if process.stderr else ""
+                    raise RuntimeError(f"the service did not start: {output}") from None
                 time.sleep(0.1)
         yield
     finally:
