@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import quote
 
 import httpx
 
@@ -223,7 +224,7 @@ class Hold:
 
     def place(self) -> HoldState:
         self.state = _hold_state(
-            self._bank._request("POST", f"/users/{self.user_id}/holds", json=self._body)
+            self._bank._request("POST", f"/users/{_id(self.user_id)}/holds", json=self._body)
         )
         return self.state
 
@@ -297,16 +298,16 @@ class TokenBank:
     ) -> dict[str, Any]:
         """Create the user and their wallet, or update email and name. Safe to repeat."""
         body = {k: v for k, v in (("email", email), ("name", name)) if v is not None}
-        return self._request("PUT", f"/users/{user_id}", json=body)
+        return self._request("PUT", f"/users/{_id(user_id)}", json=body)
 
     def balance(self, user_id: str) -> Balance:
-        body = self._request("GET", f"/users/{user_id}/balance")
+        body = self._request("GET", f"/users/{_id(user_id)}/balance")
         return Balance(**{name: body[name] for name in Balance.__slots__})
 
     def portal_url(self, user_id: str, *, return_path: str = "/dashboard") -> str:
         """A one-time link, valid for minutes, that signs the user in to the pages."""
         body = self._request(
-            "POST", f"/users/{user_id}/portal-sessions", json={"return_path": return_path}
+            "POST", f"/users/{_id(user_id)}/portal-sessions", json={"return_path": return_path}
         )
         return str(body["url"])
 
@@ -328,7 +329,7 @@ class TokenBank:
             "description": description,
             "metadata": metadata,
         }
-        return _receipt(self._request("POST", f"/users/{user_id}/spend", json=body))
+        return _receipt(self._request("POST", f"/users/{_id(user_id)}/spend", json=body))
 
     def grant(
         self, user_id: str, amount: int, *, reason: str, idempotency_key: str | None = None
@@ -339,7 +340,7 @@ class TokenBank:
             "reason": reason,
             "idempotency_key": idempotency_key or _new_key("grant"),
         }
-        return _receipt(self._request("POST", f"/users/{user_id}/grants", json=body))
+        return _receipt(self._request("POST", f"/users/{_id(user_id)}/grants", json=body))
 
     def refund(
         self,
@@ -393,7 +394,7 @@ class TokenBank:
         params += [("kind", kind) for kind in kinds or ()]
         if cursor is not None:
             params.append(("cursor", cursor))
-        body = self._request("GET", f"/users/{user_id}/transactions", params=params)
+        body = self._request("GET", f"/users/{_id(user_id)}/transactions", params=params)
         return TransactionPage(
             items=[_transaction(item) for item in body["items"]],
             next_cursor=body["next_cursor"],
@@ -451,6 +452,11 @@ def _answer(response: httpx.Response) -> dict[str, Any]:
     code = str(problem.get("code", "http_error"))
     detail = str(problem.get("detail", response.reason_phrase))
     raise _ERRORS.get(code, ApiError)(response.status_code, code, detail, problem)
+
+
+def _id(user_id: str) -> str:
+    """A user id as one path segment, whatever characters the host app's ids use."""
+    return quote(user_id, safe="")
 
 
 def _new_key(kind: str) -> str:

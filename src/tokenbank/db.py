@@ -254,13 +254,13 @@ class Database:
             return
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             self.url.set(drivername="postgresql").render_as_string(hide_password=False),
-            min_size=self.pool_size,  # connected up front: it carries the busiest routes
+            min_size=min(4, self.pool_size),  # grows to pool_size under load
             max_size=self.pool_size,
             open=False,
             kwargs={"autocommit": True},
         )
-        self._async_pools[loop] = pool
         await pool.open()
+        self._async_pools[loop] = pool
 
     async def close_async(self) -> None:
         pool = self._async_pools.pop(asyncio.get_running_loop(), None)

@@ -280,3 +280,23 @@ def test_sessions_table_has_only_digests(db: Database) -> None:
     with db.read() as conn:
         ids = conn.execute(sa.select(sessions.c.id)).scalars().all()
     assert token not in ids and len(ids[0]) == 64
+
+
+def test_racing_registrations_of_one_email(db: Database) -> None:
+    barrier = threading.Barrier(6)
+    outcomes: list[str] = []
+
+    def register() -> None:
+        barrier.wait()
+        try:
+            _register(db, email="race@example.com")
+            outcomes.append("created")
+        except users.EmailTaken:
+            outcomes.append("taken")
+
+    threads = [threading.Thread(target=register) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["created"] + ["taken"] * 5

@@ -142,3 +142,11 @@ def test_a_lost_answer_is_retried_with_the_same_key(db: Database, live_url: str)
 def test_portal_url(bank: TokenBank) -> None:
     url = bank.portal_url("alice", return_path="/account")
     assert url.startswith("https://tokens.example/portal/")
+
+
+def test_user_ids_are_sent_as_one_path_segment(bank: TokenBank) -> None:
+    odd = "team?a#b%c&d"
+    bank.upsert_user(odd)
+    bank.grant(odd, 5, reason="r")
+    assert bank.balance(odd).available == 5
+    assert bank.spend(odd, 2).user_id == odd

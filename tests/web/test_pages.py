@@ -108,7 +108,7 @@ def test_login_logout(client: TestClient) -> None:
     assert client.get("/dashboard", follow_redirects=False).status_code == 303
 
 
-@pytest.mark.parametrize("token", [None, "", "0" * 64, "forged"])
+@pytest.mark.parametrize("token", [None, "", "0" * 64, "forged", "é" * 64])
 def test_forms_refuse_a_missing_or_wrong_csrf_token(
     client: TestClient, db: Database, token: str | None
 ) -> None:
@@ -302,3 +302,32 @@ def test_portal_link_defaults_and_checks(
     assert _portal(client, spender, "ghost").json()["code"] == "not_found"
     outside = _portal(client, spender, "host-42", return_path="https://evil.example/")
     assert outside.status_code == 422 and outside.json()["code"] == "validation_error"
+
+
+def test_signing_in_again_ends_the_previous_session(client: TestClient) -> None:
+    _register(client)
+    first = client.cookies.get("tb_session")
+    assert first
+    assert _login(client, "ann@example.com").status_code == 303
+    second = client.cookies.get("tb_session")
+    assert second and second != first
+    db: Database = client.app.state.db  # type: ignore[attr-defined]
+    with db.read() as conn:
+        assert identity.session_user(conn, token=first) is None
+        assert identity.session_user(conn, token=second) is not None
+
+
+def test_portal_tokens_stay_out_of_the_access_log(
+    db: Database, spender: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with db.transaction() as conn:
+        users.create_user(conn, user_id="host-9")
+    with TestClient(
+        create_app(SETTINGS, db=db, passwords=PASSWORDS), base_url="https://tokens.example"
+    ) as client:
+        url = _portal(client, spender, "host-9").json()["url"]
+        token = url.rsplit("/", 1)[1]
+        assert client.get(f"/portal/{token}", follow_redirects=False).status_code == 303
+    logged = capsys.readouterr().out
+    assert '"route": "/portal/{token}"' in logged
+    assert token not in logged

@@ -22,7 +22,7 @@ from tokenbank.config import Settings, with_secrets
 from tokenbank.db import Database, connect
 from tokenbank.errors import TokenbankError
 from tokenbank.logs import configure_logging
-from tokenbank.web.app import create_app
+from tokenbank.web.app import create_app, settle_process
 
 app = typer.Typer(
     help="tokenbank: prepaid tokens for AI apps.",
@@ -404,6 +404,7 @@ def serve(
     if workers == 1:
         with _errors():
             application = create_app(settings)
+        settle_process()
         uvicorn.run(application, **options)
         return
     # Each worker process builds its own app from the environment (and the same ./var key).

@@ -20,8 +20,7 @@ class Passwords:
 
     def __init__(self, *, memory_kib: int = 19456, passes: int = 2) -> None:
         self._hash = PasswordHash((Argon2Hasher(memory_cost=memory_kib, time_cost=passes),))
-        # Verified when the email is unknown, so both answers take the same time.
-        self._decoy = self._hash.hash("not a password anyone has")
+        self._decoy: str | None = None
 
     def hash(self, password: str) -> str:
         return self._hash.hash(check_password(password))
@@ -29,6 +28,9 @@ class Passwords:
     def verify(self, password: str, stored: str | None) -> tuple[bool, str | None]:
         """Whether ``password`` matches, and a new hash when the stored one is outdated."""
         if stored is None:
+            # Verify against a decoy, so an unknown email takes as long as a wrong password.
+            if self._decoy is None:
+                self._decoy = self._hash.hash("not a password anyone has")
             self._hash.verify(password, self._decoy)
             return False, None
         return self._hash.verify_and_update(password, stored)

@@ -77,10 +77,13 @@ def register(
 ) -> tuple[users.User, str]:
     """Create a user who signs in with email and password; returns them and a session token."""
     hashed = passwords.hash(password)  # validates the password before anything is written
-    with db.transaction() as conn:
-        user = users.create_user(conn, user_id=new_user_id(), email=email, name=name)
-        set_password(conn, user_id=user.id, password_hash=hashed)
-        token = open_session(conn, user_id=user.id, via="registration", ttl=session_ttl)
+    try:
+        with db.transaction() as conn:
+            user = users.create_user(conn, user_id=new_user_id(), email=email, name=name)
+            set_password(conn, user_id=user.id, password_hash=hashed)
+            token = open_session(conn, user_id=user.id, via="registration", ttl=session_ttl)
+    except sa.exc.IntegrityError:  # a registration racing this one took the email
+        raise users.EmailTaken(email.strip().lower()) from None
     return user, token
 
 

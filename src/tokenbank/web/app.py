@@ -48,13 +48,6 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await database.open_async()
-        # Everything built so far lives as long as the process: keep it out of the cyclic
-        # collector's full passes, which otherwise paused requests for tens of milliseconds.
-        gc.freeze()
-        # A request allocates a few thousand short-lived objects; collecting the youngest
-        # generation every 700 allocations ran the collector several times per request.
-        thresholds = gc.get_threshold()
-        gc.set_threshold(20_000, 20, 20)
         flusher = None if access_log is None else asyncio.create_task(access_log.run())
         try:
             yield
@@ -64,8 +57,6 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await flusher
             await database.close_async()
-            gc.set_threshold(*thresholds)
-            gc.unfreeze()
             if db is None:  # we opened it, we close it
                 database.dispose()
 
@@ -149,8 +140,22 @@ def create_app(
     return app
 
 
+def settle_process() -> None:
+    """Tune the garbage collector for a serving process, once its app is built.
+
+    Everything built so far lives as long as the process: ``gc.freeze()`` keeps it out of
+    the collector's full passes, which otherwise paused requests for tens of milliseconds.
+    A request allocates a few thousand short-lived objects; collecting the youngest
+    generation every 700 allocations ran the collector several times per request.
+    """
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+
+
 def app_from_environment() -> FastAPI:
     """For ``uvicorn --factory`` with several workers: each reads the settings itself."""
     settings = with_secrets(Settings())
     configure_logging(settings.log_level)
-    return create_app(settings)
+    app = create_app(settings)
+    settle_process()
+    return app

@@ -63,7 +63,10 @@ class Browsers:
 
     def csrf_valid(self, request: Request, token: str | None) -> bool:
         anchor = request.cookies.get(SESSION_COOKIE) or request.cookies.get(CSRF_COOKIE)
-        return bool(anchor and token) and hmac.compare_digest(self._sign(anchor or ""), token or "")
+        if not anchor or not token:
+            return False
+        # Bytes: compare_digest refuses non-ASCII str, and the token comes from the client.
+        return hmac.compare_digest(self._sign(anchor).encode(), token.encode())
 
     def _sign(self, anchor: str) -> str:
         return hmac.new(self.secret, b"csrf:" + anchor.encode(), hashlib.sha256).hexdigest()

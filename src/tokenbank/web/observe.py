@@ -105,6 +105,10 @@ def _too_large(max_body: int) -> tuple[Message, Message]:
     return start, {"type": "http.response.body", "body": body}
 
 
+#: Routes whose path carries a secret, never written to the access log.
+SECRET_ROUTES = frozenset({"/portal/{token}"})
+
+
 class BodyTooLarge(Exception):
     pass
 
@@ -183,7 +187,8 @@ class Observe:
             self.access_log.write(
                 request_id=request_id,
                 method=method,
-                path=scope["path"],
+                # A portal link's path is a one-time sign-in token: log the route instead.
+                path=route if route in SECRET_ROUTES else scope["path"],
                 route=route,
                 status=status,
                 ms=round(elapsed * 1000, 2),

@@ -130,22 +130,24 @@ def build_router(  # noqa: PLR0915 - one closure per route
     ) -> Response:
         if not browsers.csrf_valid(request, csrf_token):
             return await forbidden(request)
-        try:
-            await run_in_threadpool(throttle.hit, "login_ip", _client_ip(request))
-            await run_in_threadpool(throttle.hit, "login_account", email.strip().lower())
-            token = await run_in_threadpool(
-                identity.sign_in,
+        ip = _client_ip(request)
+
+        def sign_in() -> str:  # one trip to the thread pool: the limits, then the password
+            throttle.hit("login_ip", ip)
+            throttle.hit("login_account", email.strip().lower())
+            return identity.sign_in(
                 db,
                 email=email,
                 password=password,
                 passwords=passwords,
                 session_ttl=browsers.session_ttl,
             )
+
+        try:
+            token = await run_in_threadpool(sign_in)
         except TokenbankError as exc:
             return await refused(request, exc, "login.html", email=email, next=_safe_next(next))
-        response = redirect(_safe_next(next))
-        browsers.start_session(response, token)
-        return response
+        return await signed_in_as(request, token, _safe_next(next))
 
     @router.get("/register")
     async def register_form(request: Request) -> Response:
@@ -163,10 +165,11 @@ def build_router(  # noqa: PLR0915 - one closure per route
     ) -> Response:
         if not browsers.csrf_valid(request, csrf_token):
             return await forbidden(request)
-        try:
-            await run_in_threadpool(throttle.hit, "register_ip", _client_ip(request))
-            _, token = await run_in_threadpool(
-                identity.register,
+        ip = _client_ip(request)
+
+        def register() -> str:
+            throttle.hit("register_ip", ip)
+            _, token = identity.register(
                 db,
                 email=email,
                 password=password,
@@ -174,11 +177,13 @@ def build_router(  # noqa: PLR0915 - one closure per route
                 passwords=passwords,
                 session_ttl=browsers.session_ttl,
             )
+            return token
+
+        try:
+            token = await run_in_threadpool(register)
         except TokenbankError as exc:
             return await refused(request, exc, "register.html", email=email, name=name)
-        response = redirect(HOME)
-        browsers.start_session(response, token)
-        return response
+        return await signed_in_as(request, token, HOME)
 
     @router.post("/logout")
     async def logout(request: Request, csrf_token: Csrf = "") -> Response:
@@ -248,11 +253,15 @@ def build_router(  # noqa: PLR0915 - one closure per route
                 link="/login",
                 link_text="Sign in instead",
             )
+        return await signed_in_as(request, session, next_path)
+
+    async def signed_in_as(request: Request, token: str, path: str) -> Response:
+        """Replace the browser's session (ending the one it had, if any) and go on."""
         previous = await browsers.signed_in(request)
         if previous is not None:
             await run_in_threadpool(_revoke, db, previous.session_id)
-        response = redirect(next_path)
-        browsers.start_session(response, session)
+        response = redirect(path)
+        browsers.start_session(response, token)
         return response
 
     return router
