@@ -29,7 +29,8 @@ run: install ## Start tokenbank at http://127.0.0.1:8000 on the embedded SQLite 
 	@echo "       -d '{\"email\": \"alice@example.com\"}' http://127.0.0.1:$(PORT)/api/v1/users/alice"
 	@echo "Sign up in the browser at http://127.0.0.1:$(PORT)/register. Stop with Ctrl-C."
 	@echo ""
-	$(BIN)/tokenbank serve --host 127.0.0.1 --port $(PORT)
+	TOKENBANK_PUBLIC_URL=$${TOKENBANK_PUBLIC_URL:-http://127.0.0.1:$(PORT)} \
+	  $(BIN)/tokenbank serve --host 127.0.0.1 --port $(PORT)
 
 test: install ## Run the test suite (SQLite and PostgreSQL)
 	$(BIN)/pytest
