@@ -24,12 +24,18 @@ from hypothesis import settings
 from sqlalchemy.engine import Connection
 
 from tests.postgres import PostgresUnavailable, ephemeral_postgres, scratch_database
+from tests.stripe_emulator import emulator_server
 from tokenbank import ledger, migrations
 from tokenbank.db import Database, connect
 from tokenbank.ledger.models import SystemAccount, accounts
 
 BACKENDS = ["sqlite", "postgresql"]
 TABLES = (
+    "webhook_events",
+    "payment_refunds",
+    "disputes",
+    "purchases",
+    "stripe_customers",
     "rate_limits",
     "portal_links",
     "sessions",
@@ -41,6 +47,7 @@ TABLES = (
     "accounts",
 )
 EPOCH = datetime(2026, 11, 21, tzinfo=UTC)
+__all__ = ["emulator_server"]  # a fixture, shared by every test package
 
 
 @contextmanager

@@ -120,6 +120,7 @@ class Balance:
     total_purchased: int
     total_granted: int
     total_spent: int
+    debt: int = 0
 
 
 @dataclass(frozen=True, slots=True)

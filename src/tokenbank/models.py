@@ -1,9 +1,17 @@
 """Every table, registered on ``tokenbank.db.metadata`` (what migrations compare against)."""
 
 from tokenbank.apikeys import models as apikeys_models
+from tokenbank.billing import models as billing_models
 from tokenbank.db import metadata
 from tokenbank.identity import models as identity_models
 from tokenbank.ledger import models as ledger_models
 from tokenbank.users import models as users_models
 
-__all__ = ["apikeys_models", "identity_models", "ledger_models", "metadata", "users_models"]
+__all__ = [
+    "apikeys_models",
+    "billing_models",
+    "identity_models",
+    "ledger_models",
+    "metadata",
+    "users_models",
+]

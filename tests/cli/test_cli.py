@@ -55,6 +55,7 @@ def test_a_tour(tokenbank: object, db: Database) -> None:
         "total_purchased": 0,
         "total_granted": 100,
         "total_spent": 30,
+        "debt": 0,
         "balance": 70,
     }
     assert "available" in run("balance", "alice")  # type: ignore[operator]

@@ -103,6 +103,7 @@ def test_spend_balance_and_insufficient(
         "total_purchased": 0,
         "total_granted": 100,
         "total_spent": 30,
+        "debt": 0,
     }
 
 

@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from datetime import datetime
-from typing import Annotated, Any, NoReturn, TypeVar
+from dataclasses import asdict
+from typing import Annotated, Any
 
 import typer
 import uvicorn
-from rich.console import Console
 from rich.table import Table
 
 from tokenbank import apikeys, identity, ledger, migrations, users
 from tokenbank.apikeys import Scope
+from tokenbank.cli import billing as billing_cli
+from tokenbank.cli.common import Context, context, err, errors, out, run, to_json
 from tokenbank.config import Settings, with_secrets
-from tokenbank.db import Database, connect
-from tokenbank.errors import TokenbankError
 from tokenbank.logs import configure_logging
 from tokenbank.web.app import create_app, settle_process
 
@@ -40,47 +35,10 @@ app.add_typer(users_app, name="users")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(holds_app, name="holds")
 app.add_typer(apikeys_app, name="apikeys")
-
-T = TypeVar("T")
-
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
-
-#: Exit status for each error code; anything unlisted exits 1.
-EXIT_CODES = {
-    "validation_error": 2,
-    "not_found": 3,
-    "insufficient_tokens": 4,
-    "idempotency_conflict": 5,
-    "user_exists": 6,
-    "email_taken": 6,
-    "refund_exceeds_spend": 7,
-    "not_refundable": 7,
-    "hold_not_pending": 8,
-    "configuration_error": 9,
-}
-
-
-@dataclass
-class Context:
-    settings: Settings
-    _db: Database | None = None
-
-    @property
-    def db(self) -> Database:
-        if self._db is None:
-            self._db = connect(self.settings.database_url, pool_size=4)
-        return self._db
-
-    def close(self) -> None:
-        if self._db is not None:
-            self._db.dispose()
-
-
-def _context(ctx: typer.Context) -> Context:
-    obj = ctx.find_root().obj
-    assert isinstance(obj, Context)
-    return obj
+app.add_typer(billing_cli.packages_app, name="packages")
+app.add_typer(billing_cli.webhooks_app, name="webhooks")
+app.command()(billing_cli.reconcile)
+app.command("stripe-emulator")(billing_cli.stripe_emulator)
 
 
 @app.callback()
@@ -89,48 +47,14 @@ def _main(ctx: typer.Context) -> None:
     ctx.call_on_close(ctx.obj.close)
 
 
-@contextmanager
-def _errors() -> Iterator[None]:
-    """Turn domain errors into a readable message and a stable exit status."""
-    try:
-        yield
-    except TokenbankError as exc:
-        _fail(exc)
-
-
-def _fail(exc: TokenbankError) -> NoReturn:
-    message = str(exc)
-    if isinstance(exc, ledger.InsufficientTokens):
-        message = (
-            f"Insufficient tokens: user {exc.user_id!r} has {exc.available} available,"
-            f" {exc.requested} needed. Nothing was spent."
-        )
-    err.print(f"[bold red]error[/] ({exc.code}): {message}", highlight=False)
-    raise typer.Exit(EXIT_CODES.get(exc.code, 1))
-
-
-def _json(value: Any) -> str:
-    def default(obj: object) -> object:
-        if isinstance(obj, datetime):
-            return obj.isoformat()
-        raise TypeError(type(obj).__name__)
-
-    return json.dumps(value, default=default, indent=2, ensure_ascii=False)
-
-
-def _run(ctx: typer.Context, work: Callable[[Any], T]) -> T:
-    with _errors(), _context(ctx).db.transaction() as conn:
-        return work(conn)
-
-
 # --- db ---------------------------------------------------------------------------------
 
 
 @db_app.command("upgrade")
 def db_upgrade(ctx: typer.Context, revision: str = "head") -> None:
     """Apply migrations up to REVISION (default: the newest)."""
-    db = _context(ctx).db
-    with _errors():
+    db = context(ctx).db
+    with errors():
         migrations.upgrade(db, revision)
     out.print(f"database at revision {migrations.current_revision(db)}")
 
@@ -138,7 +62,7 @@ def db_upgrade(ctx: typer.Context, revision: str = "head") -> None:
 @db_app.command("check")
 def db_check(ctx: typer.Context) -> None:
     """Fail unless the database is at the newest revision and matches the models."""
-    db = _context(ctx).db
+    db = context(ctx).db
     try:
         migrations.check(db)
     except Exception as exc:  # alembic raises its own CommandError family
@@ -175,7 +99,7 @@ def users_create(
             identity.set_admin(conn, user_id=user.id, admin=True)
         return user
 
-    user = _run(ctx, work)
+    user = run(ctx, work)
     what = "admin user" if admin else "user"
     out.print(f"created {what} {user.id}" + (f" <{user.email}>" if user.email else ""))
 
@@ -196,7 +120,7 @@ def users_password(
         identity.set_password(conn, user_id=user_id, password_hash=hashed)
         return identity.revoke_sessions(conn, user_id=user_id)
 
-    ended = _run(ctx, work)
+    ended = run(ctx, work)
     out.print(f"password set for {user_id}; {ended} session(s) signed out")
 
 
@@ -207,21 +131,21 @@ def users_admin(
     revoke: Annotated[bool, typer.Option("--revoke", help="Take admin rights away.")] = False,
 ) -> None:
     """Make a user an admin (or, with --revoke, no longer one)."""
-    _run(ctx, lambda conn: identity.set_admin(conn, user_id=user_id, admin=not revoke))
+    run(ctx, lambda conn: identity.set_admin(conn, user_id=user_id, admin=not revoke))
     out.print(f"{user_id} is {'no longer' if revoke else 'now'} an admin")
 
 
 @users_app.command("sign-out")
 def users_sign_out(ctx: typer.Context, user_id: str) -> None:
     """End every session of a user (their browsers must sign in again)."""
-    ended = _run(ctx, lambda conn: identity.revoke_sessions(conn, user_id=user_id))
+    ended = run(ctx, lambda conn: identity.revoke_sessions(conn, user_id=user_id))
     out.print(f"{ended} session(s) of {user_id} signed out")
 
 
 @app.command()
 def sweep(ctx: typer.Context) -> None:
     """Delete expired portal links, ended sessions and old rate-limit counters."""
-    removed = _run(ctx, identity.sweep)
+    removed = run(ctx, identity.sweep)
     out.print(", ".join(f"{count} {what.replace('_', ' ')}" for what, count in removed.items()))
 
 
@@ -233,7 +157,7 @@ def _password_hash(stdin: bool, ask: bool) -> str | None:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
     else:
         return None
-    with _errors():
+    with errors():
         return identity.Passwords().hash(password)
 
 
@@ -252,7 +176,7 @@ def grant(
 ) -> None:
     """Grant AMOUNT free tokens to USER_ID."""
     key = key or f"grant-{uuid.uuid4()}"
-    receipt = _run(
+    receipt = run(
         ctx,
         lambda conn: ledger.credit(
             conn,
@@ -280,7 +204,7 @@ def spend(
     description: Annotated[str | None, typer.Option(help="What the tokens paid for.")] = None,
 ) -> None:
     """Spend AMOUNT tokens of USER_ID; fails, changing nothing, if they are not there."""
-    receipt = _run(
+    receipt = run(
         ctx,
         lambda conn: ledger.spend(
             conn, user_id=user_id, amount=amount, idempotency_key=key, description=description
@@ -305,7 +229,7 @@ def refund(
     reason: Annotated[str | None, typer.Option(help="Why the spend is refunded.")] = None,
 ) -> None:
     """Give back all or part of spend TRANSFER_ID."""
-    receipt = _run(
+    receipt = run(
         ctx,
         lambda conn: ledger.refund(
             conn, transfer_id=transfer_id, amount=amount, idempotency_key=key, description=reason
@@ -325,10 +249,10 @@ def balance(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show USER_ID's balance."""
-    with _errors(), _context(ctx).db.read() as conn:
+    with errors(), context(ctx).db.read() as conn:
         result = ledger.balance(conn, user_id=user_id)
     if as_json:
-        out.print_json(_json({**asdict(result), "balance": result.balance}))
+        out.print_json(to_json({**asdict(result), "balance": result.balance}))
         return
     table = Table(title=f"Balance of {user_id}", show_header=False)
     for label, value in (
@@ -356,11 +280,11 @@ def history(
     ] = None,
 ) -> None:
     """Show USER_ID's transfers, newest first."""
-    with _errors(), _context(ctx).db.read() as conn:
+    with errors(), context(ctx).db.read() as conn:
         page = ledger.history(conn, user_id=user_id, limit=limit, before=before, kinds=kind)
     if as_json:
         items = [asdict(item) for item in page.items]
-        out.print_json(_json({"items": items, "next_cursor": page.next_cursor}))
+        out.print_json(to_json({"items": items, "next_cursor": page.next_cursor}))
         return
     table = Table(title=f"History of {user_id}")
     for column in ("when", "kind", "amount", "balance", "transfer", "description"):
@@ -390,8 +314,8 @@ def serve(
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
 ) -> None:
     """Run the HTTP service (uvicorn)."""
-    with _errors():
-        settings = with_secrets(_context(ctx).settings)
+    with errors():
+        settings = with_secrets(context(ctx).settings)
     configure_logging(settings.log_level)
     options: dict[str, Any] = {
         "host": host,
@@ -402,7 +326,7 @@ def serve(
         "forwarded_allow_ips": settings.forwarded_allow_ips,
     }
     if workers == 1:
-        with _errors():
+        with errors():
             application = create_app(settings)
         settle_process()
         uvicorn.run(application, **options)
@@ -421,7 +345,7 @@ def apikeys_create(
 ) -> None:
     """Create an API key and print it once; only its hash is stored."""
     scopes = scope or [Scope.SPEND]
-    key, secret = _run(ctx, lambda conn: apikeys.create_key(conn, name=name, scopes=scopes))
+    key, secret = run(ctx, lambda conn: apikeys.create_key(conn, name=name, scopes=scopes))
     out.print(
         f"API key {key.id} ({key.name}, scopes: {' '.join(sorted(key.scopes))}):", highlight=False
     )
@@ -432,7 +356,7 @@ def apikeys_create(
 @apikeys_app.command("list")
 def apikeys_list(ctx: typer.Context) -> None:
     """List API keys (never their secrets)."""
-    with _errors(), _context(ctx).db.read() as conn:
+    with errors(), context(ctx).db.read() as conn:
         keys = apikeys.list_keys(conn)
     table = Table(title="API keys")
     for column in ("id", "name", "prefix", "scopes", "created", "revoked"):
@@ -452,7 +376,7 @@ def apikeys_list(ctx: typer.Context) -> None:
 @apikeys_app.command("revoke")
 def apikeys_revoke(ctx: typer.Context, key_id: int) -> None:
     """Revoke API key KEY_ID; requests with it fail within seconds."""
-    key = _run(ctx, lambda conn: apikeys.revoke_key(conn, key_id=key_id))
+    key = run(ctx, lambda conn: apikeys.revoke_key(conn, key_id=key_id))
     out.print(f"revoked API key {key.id} ({key.name})")
 
 
@@ -463,7 +387,7 @@ def apikeys_revoke(ctx: typer.Context, key_id: int) -> None:
 def holds_expire(ctx: typer.Context) -> None:
     """Release every hold whose deadline has passed."""
     total = 0
-    while expired := _run(ctx, lambda conn: ledger.expire_holds(conn, limit=1000)):
+    while expired := run(ctx, lambda conn: ledger.expire_holds(conn, limit=1000)):
         total += expired
     out.print(f"expired {total} holds")
 
@@ -471,7 +395,7 @@ def holds_expire(ctx: typer.Context) -> None:
 @ledger_app.command("verify")
 def ledger_verify(ctx: typer.Context) -> None:
     """Check every ledger invariant; exit 1 with a report if one fails."""
-    with _errors(), _context(ctx).db.read() as conn:
+    with errors(), context(ctx).db.read() as conn:
         report = ledger.verify(conn)
     for check in report.checks:
         mark = "[green]ok[/]" if check.ok else f"[bold red]FAILED ({check.problem_count})[/]"

@@ -6,6 +6,14 @@ CLI, billing or payments packages.
 """
 
 from tokenbank.ledger.accounts import open_wallet, wallet_exists
+from tokenbank.ledger.clawbacks import (
+    FROZEN_UNTIL,
+    Clawback,
+    claw_back,
+    credit_purchase,
+    freeze,
+    settle_debt,
+)
 from tokenbank.ledger.errors import (
     HoldNotPending,
     IdempotencyConflict,
@@ -36,7 +44,9 @@ from tokenbank.ledger.transfers import credit, refund, spend, try_spend
 from tokenbank.ledger.verify import VerifyReport, verify
 
 __all__ = [
+    "FROZEN_UNTIL",
     "Balance",
+    "Clawback",
     "HistoryItem",
     "HistoryPage",
     "Hold",
@@ -59,8 +69,11 @@ __all__ = [
     "VerifyReport",
     "balance",
     "balance_async",
+    "claw_back",
     "credit",
+    "credit_purchase",
     "expire_holds",
+    "freeze",
     "get_hold",
     "get_transfer",
     "history",
@@ -68,6 +81,7 @@ __all__ = [
     "open_wallet",
     "post_hold",
     "refund",
+    "settle_debt",
     "spend",
     "try_spend",
     "verify",

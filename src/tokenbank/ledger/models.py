@@ -71,6 +71,8 @@ accounts = sa.Table(
     sa.Column("total_purchased", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("total_granted", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("total_spent", sa.BigInteger, nullable=False, server_default="0"),
+    # Tokens clawed back (a refund, a lost dispute) that the wallet no longer held.
+    sa.Column("debt", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.CheckConstraint(_in("kind", AccountKind), name="kind"),
     sa.CheckConstraint(
@@ -83,6 +85,7 @@ accounts = sa.Table(
     sa.CheckConstraint(
         "total_purchased >= 0 AND total_granted >= 0 AND total_spent >= 0", name="totals"
     ),
+    sa.CheckConstraint("debt >= 0", name="debt_not_negative"),
 )
 
 transfers = sa.Table(

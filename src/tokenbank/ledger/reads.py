@@ -30,6 +30,7 @@ class Balance:
     total_purchased: int
     total_granted: int
     total_spent: int
+    debt: int = 0  # clawed back but not covered by the balance (see ``claw_back``)
 
     @property
     def balance(self) -> int:
@@ -53,6 +54,7 @@ def _balance_query(now: sa.ColumnElement[Any]) -> sa.Select[Any]:
         accounts.c.total_purchased,
         accounts.c.total_granted,
         accounts.c.total_spent,
+        accounts.c.debt,
         # Most wallets hold nothing: then the holds table is not looked at.
         sa.case((accounts.c.held > 0, stale_held), else_=0).label("stale"),
     ).where(accounts.c.user_id == sa.bindparam("user_id"))
@@ -77,7 +79,7 @@ async def balance_async(conn: psycopg.AsyncConnection[Any], *, user_id: str) -> 
 def _to_balance(user_id: str, row: Any) -> Balance:
     if row is None:
         raise UnknownUser(user_id)
-    balance, held, total_purchased, total_granted, total_spent, stale = row
+    balance, held, total_purchased, total_granted, total_spent, debt, stale = row
     return Balance(
         user_id=user_id,
         available=balance - held + stale,
@@ -85,6 +87,7 @@ def _to_balance(user_id: str, row: Any) -> Balance:
         total_purchased=total_purchased,
         total_granted=total_granted,
         total_spent=total_spent,
+        debt=debt,
     )
 
 

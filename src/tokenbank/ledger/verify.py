@@ -92,7 +92,7 @@ _CHECKS: list[tuple[str, str, str, str]] = [
         "no wallet below zero, nor holding more than it has",
         """
         SELECT user_id, balance, held FROM accounts
-         WHERE kind = 'wallet' AND (balance < 0 OR held < 0 OR held > balance)
+         WHERE kind = 'wallet' AND (balance < 0 OR held < 0 OR held > balance OR debt < 0)
         """,
         "wallet {user_id}: balance {balance}, held {held}",
     ),

@@ -156,6 +156,7 @@ def build_router(  # noqa: PLR0915 - one closure per route
                 "total_purchased": balance.total_purchased,
                 "total_granted": balance.total_granted,
                 "total_spent": balance.total_spent,
+                "debt": balance.debt,
             }
         )
 

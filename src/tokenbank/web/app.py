@@ -17,12 +17,13 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tokenbank import __version__, identity, migrations
+from tokenbank.billing import Billing, billing_from_settings
 from tokenbank.config import Settings, with_secrets
 from tokenbank.db import Database, connect
 from tokenbank.errors import ConfigurationError
 from tokenbank.identity import Passwords, Throttle
 from tokenbank.logs import configure_logging
-from tokenbank.web import api, pages, problems
+from tokenbank.web import api, billing_api, pages, problems
 from tokenbank.web.auth import KeyCache
 from tokenbank.web.browser import Browsers
 from tokenbank.web.observe import AccessLog, Metrics, Observe
@@ -32,15 +33,23 @@ MAX_BODY_BYTES = 64 * 1024
 
 
 def create_app(
-    settings: Settings, *, db: Database | None = None, passwords: Passwords | None = None
+    settings: Settings,
+    *,
+    db: Database | None = None,
+    passwords: Passwords | None = None,
+    shop: Billing | None = None,
 ) -> FastAPI:
     """The service, on ``db`` or on the database the settings name.
 
     ``settings`` must hold the secret key (``with_secrets`` at the entrypoint sees to it).
+    ``shop``: how tokens are sold; by default built from the settings (none without a
+    Stripe key: the service then runs without selling).
     """
     if settings.secret_key is None:
         raise ConfigurationError("no secret key: pass the settings through with_secrets()")
     database = db or connect(settings.database_url, pool_size=settings.database_pool_size)
+    shop = shop or billing_from_settings(settings)
+    public_url = settings.public_url.rstrip("/")
     metrics = Metrics()
     access_log = AccessLog() if settings.log_level in {"debug", "info"} else None
     head = migrations.head_revision(database)  # read once: the shipped migrations do not change
@@ -102,9 +111,12 @@ def create_app(
             db=database,
             metrics=metrics,
             default_hold_ttl=settings.default_hold_ttl_seconds,
-            public_url=settings.public_url.rstrip("/"),
+            public_url=public_url,
             portal_link_ttl=timedelta(seconds=settings.portal_link_seconds),
         )
+    )
+    app.include_router(
+        billing_api.build_router(db=database, shop=shop, metrics=metrics, public_url=public_url)
     )
 
     @app.get("/healthz", tags=["operations"])
@@ -133,7 +145,12 @@ def create_app(
 
     app.include_router(
         pages.build_router(
-            db=database, browsers=browsers, passwords=passwords or Passwords(), throttle=throttle
+            db=database,
+            browsers=browsers,
+            passwords=passwords or Passwords(),
+            throttle=throttle,
+            shop=shop,
+            public_url=public_url,
         )
     )
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")

@@ -59,6 +59,18 @@ class Metrics:
             ["code"],
             registry=self.registry,
         )
+        self.purchases_started = Counter(
+            "tokenbank_purchases_started_total",
+            "Purchases started, by flow.",
+            ["flow"],
+            registry=self.registry,
+        )
+        self.webhooks = Counter(
+            "tokenbank_webhook_events_total",
+            "Stripe events received and settled (processed) or seen before (duplicate).",
+            ["result"],
+            registry=self.registry,
+        )
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count a request and its latency (label lookups cached: they are per request)."""

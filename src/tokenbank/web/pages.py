@@ -4,20 +4,25 @@ function and renders or redirects (303, so a reload never resubmits)."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
-from tokenbank import identity, ledger, users
+from tokenbank import billing, identity, ledger, users
+from tokenbank.billing import Billing
+from tokenbank.billing.money import format_amount
 from tokenbank.db import Database
 from tokenbank.errors import TokenbankError
 from tokenbank.identity import InvalidCredentials, Passwords, RateLimited, SignedIn, Throttle
 from tokenbank.identity.passwords import MIN_LENGTH
 from tokenbank.web.browser import Browsers
+from tokenbank.web.problems import status_of
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
 HOME = "/dashboard"
@@ -50,12 +55,22 @@ def _safe_next(path: str | None) -> str:
 
 
 def build_router(  # noqa: PLR0915 - one closure per route
-    *, db: Database, browsers: Browsers, passwords: Passwords, throttle: Throttle
+    *,
+    db: Database,
+    browsers: Browsers,
+    passwords: Passwords,
+    throttle: Throttle,
+    shop: Billing | None = None,
+    public_url: str = "",
 ) -> APIRouter:
     router = APIRouter(include_in_schema=False, default_response_class=HTMLResponse)
 
     async def render(
-        request: Request, template: str, status: int = 200, **context: Any
+        request: Request,
+        template: str,
+        status: int = 200,
+        headers: dict[str, str] | None = None,
+        **context: Any,
     ) -> Response:
         token, fresh = browsers.csrf_token(request)
         response = TEMPLATES.TemplateResponse(
@@ -68,7 +83,7 @@ def build_router(  # noqa: PLR0915 - one closure per route
                 **context,
             },
             status_code=status,
-            headers=PAGE_HEADERS,
+            headers=headers or PAGE_HEADERS,
         )
         if fresh is not None:
             browsers.keep_csrf_anchor(response, fresh)
@@ -264,7 +279,175 @@ def build_router(  # noqa: PLR0915 - one closure per route
         browsers.start_session(response, token)
         return response
 
+    # -- buying tokens ------------------------------------------------------------------------
+
+    stripe_sources = _stripe_sources(shop)
+    buying_headers = {
+        **PAGE_HEADERS,
+        "Content-Security-Policy": (
+            "default-src 'self'; frame-ancestors 'none'; base-uri 'none';"
+            f" form-action 'self' {stripe_sources}; script-src 'self' {stripe_sources};"
+            f" connect-src 'self' {stripe_sources}; frame-src {stripe_sources}"
+        ),
+    }
+
+    async def unavailable(request: Request) -> Response:
+        return await render(
+            request,
+            "message.html",
+            503,
+            heading="Buying tokens is not available",
+            message="Payments are not configured on this server.",
+        )
+
+    @router.get("/pricing")
+    async def pricing(request: Request) -> Response:
+        if shop is None:
+            return await unavailable(request)
+        catalog = shop.catalog
+        offers = [
+            {
+                "package": p,
+                "price": format_amount(p.price, p.currency),
+                "per_token": p.price_per_token,
+                "savings": round(p.savings_against(catalog.base) * 100) if catalog.base else 0,
+            }
+            for p in catalog.on_sale
+        ]
+        return await render(
+            request, "pricing.html", headers=buying_headers, offers=offers, flow=shop.flow
+        )
+
+    @router.post("/buy/{package_id}")
+    async def buy(request: Request, package_id: str, csrf_token: Csrf = "") -> Response:
+        """Start a purchase for the signed-in user: off to Stripe Checkout, or the card
+        form on our own page, as settings choose."""
+        if shop is None:
+            return await unavailable(request)
+        if not browsers.csrf_valid(request, csrf_token):
+            return await forbidden(request)
+        user = await require_user(request)
+        if isinstance(user, Response):
+            return redirect("/login?next=/pricing")
+        try:
+            if shop.flow == "embedded" and shop.publishable_key:
+                started = await run_in_threadpool(
+                    billing.start_payment,
+                    db,
+                    shop.stripe,
+                    shop.catalog,
+                    user_id=user.user_id,
+                    package_id=package_id,
+                )
+                package = shop.catalog.find(package_id)
+                return await render(
+                    request,
+                    "pay.html",
+                    headers=buying_headers,
+                    purchase=started.purchase,
+                    package=package,
+                    price=format_amount(started.purchase.amount, started.purchase.currency),
+                    client_secret=started.client_secret,
+                    publishable_key=shop.publishable_key,
+                    stripe_js=shop.stripe.js_url,
+                )
+            package = shop.catalog.find(package_id)
+            checkout = await run_in_threadpool(
+                partial(
+                    billing.start_checkout,
+                    db,
+                    shop.stripe,
+                    shop.catalog,
+                    user_id=user.user_id,
+                    package_id=package_id,
+                    success_url=f"{public_url}/purchase/success?session_id={{CHECKOUT_SESSION_ID}}",
+                    cancel_url=f"{public_url}/purchase/cancel?purchase={{PURCHASE_ID}}",
+                    price_id=shop.prices.price_id(package) if package else None,
+                )
+            )
+        except TokenbankError as exc:
+            return await render(
+                request,
+                "message.html",
+                status_of(exc),
+                heading="The purchase could not start",
+                message=_sentence(exc),
+                link="/pricing",
+                link_text="Back to pricing",
+            )
+        return RedirectResponse(checkout.url, status_code=303, headers=buying_headers)
+
+    @router.get("/purchase/success")
+    async def purchase_success(
+        request: Request, session_id: str | None = None, payment_intent: str | None = None
+    ) -> Response:
+        """Where Stripe sends the buyer back. The webhook may not have landed yet, so this
+        settles the payment too, from what Stripe says (never from the URL)."""
+        if shop is None:
+            return await unavailable(request)
+        ids_ok = bool(session_id or payment_intent) and all(
+            value is None or (len(value) <= 255 and value.isascii() and value.isprintable())
+            for value in (session_id, payment_intent)
+        )
+        if not ids_ok:
+            return redirect(HOME)
+        try:
+            outcome = await run_in_threadpool(
+                _settle_now, db, shop, session_id=session_id, payment_intent_id=payment_intent
+            )
+        except TokenbankError:
+            return await render(
+                request,
+                "purchase.html",
+                headers=buying_headers,
+                purchase=None,
+                pending=True,
+            )
+        user = await browsers.signed_in(request)
+        purchase = outcome.purchase
+        mine = purchase is not None and user is not None and purchase.user_id == user.user_id
+        return await render(
+            request,
+            "purchase.html",
+            headers=buying_headers,
+            purchase=purchase if mine else None,
+            pending=purchase is None or purchase.status is not billing.PurchaseStatus.PAID,
+            failed=purchase is not None
+            and purchase.status in (billing.PurchaseStatus.FAILED, billing.PurchaseStatus.EXPIRED),
+        )
+
+    @router.get("/purchase/cancel")
+    async def purchase_cancel(request: Request) -> Response:
+        return await render(
+            request,
+            "message.html",
+            heading="Nothing was charged",
+            message="You left the payment page before paying. You can pick a package again.",
+            link="/pricing",
+            link_text="Back to pricing",
+        )
+
     return router
+
+
+def _stripe_sources(shop: Billing | None) -> str:
+    """The origins Stripe's pages and Stripe.js live on, for the buying pages' CSP."""
+    if shop is None:
+        return ""
+    if shop.stripe.api_base:
+        parts = urlsplit(shop.stripe.api_base)
+        return f"{parts.scheme}://{parts.netloc}"
+    return "https://checkout.stripe.com https://js.stripe.com https://api.stripe.com"
+
+
+def _settle_now(
+    db: Database, shop: Billing, *, session_id: str | None, payment_intent_id: str | None
+) -> billing.Outcome:
+    payment = billing.fetch_payment(
+        shop.stripe, session_id=session_id, payment_intent_id=payment_intent_id
+    )
+    with db.transaction() as conn:
+        return billing.settle(conn, payment, policy=shop.policy)
 
 
 def _sentence(exc: TokenbankError) -> str:

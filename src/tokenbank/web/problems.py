@@ -13,9 +13,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from tokenbank import identity, ledger, users
+from tokenbank import billing, identity, ledger, users
 from tokenbank.apikeys.service import InvalidApiKey, UnknownApiKey
 from tokenbank.errors import TokenbankError
+from tokenbank.payments.stripe import InvalidSignature, PaymentProviderError, WebhooksNotConfigured
 
 PROBLEM = "application/problem+json"
 
@@ -41,6 +42,14 @@ STATUS: list[tuple[type[TokenbankError], int]] = [
     (users.EmailTaken, 409),
     (identity.InvalidPortalLink, 400),
     (identity.RateLimited, 429),
+    (billing.UnknownPackage, 422),
+    (billing.UnknownPurchase, 404),
+    (billing.PaymentMismatch, 409),
+    (InvalidSignature, 400),
+    (PaymentProviderError, 502),
+    (billing.PaymentsNotConfigured, 503),
+    (billing.ProcessingFailed, 500),
+    (WebhooksNotConfigured, 503),
 ]
 
 _TITLES = {
@@ -55,6 +64,8 @@ _TITLES = {
     422: "Invalid request",
     429: "Too many requests",
     500: "Internal error",
+    502: "Payment provider error",
+    503: "Service unavailable",
 }
 
 

@@ -49,6 +49,7 @@ class BalanceOut(BaseModel):
     total_purchased: int
     total_granted: int
     total_spent: int
+    debt: int = Field(default=0, description="Clawed back (refund, dispute) but not covered.")
 
 
 class SpendIn(Body):
@@ -141,3 +142,96 @@ class PortalIn(Body):
 class PortalOut(BaseModel):
     url: str = Field(description="One-time sign-in link; hand it to the user's browser.")
     expires_at: datetime
+
+
+HttpUrl = Annotated[
+    str,
+    Field(
+        max_length=2048,
+        pattern=r"^https?://[^\s]+$",
+        description="An absolute http(s) URL; ``{PURCHASE_ID}`` and Stripe's"
+        " ``{CHECKOUT_SESSION_ID}`` are filled in.",
+    ),
+]
+PackageId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+Locale = Annotated[str | None, Field(default=None, pattern=r"^(en|zh-CN)$")]
+
+
+class PackageOut(BaseModel):
+    id: str
+    name: dict[str, str]
+    features: dict[str, list[str]]
+    tokens: int
+    bonus_tokens: int
+    total_tokens: int
+    price: int = Field(description="In the currency's minor unit (cents, fen).")
+    currency: str
+    price_per_token: str = Field(description="Major units per token, bonus included.")
+    savings_percent: int = Field(description="Saved per token against the smallest package.")
+    badge: str | None
+
+
+class PackagesOut(BaseModel):
+    currency: str
+    packages: list[PackageOut]
+
+
+class CheckoutIn(Body):
+    package_id: PackageId
+    success_url: HttpUrl | None = None
+    cancel_url: HttpUrl | None = None
+    locale: Locale = None
+
+
+class CheckoutOut(BaseModel):
+    purchase_id: int
+    checkout_session_id: str
+    url: str = Field(description="Send the user's browser here (Stripe Checkout).")
+
+
+class PaymentIntentIn(Body):
+    package_id: PackageId
+
+
+class PaymentIntentOut(BaseModel):
+    purchase_id: int
+    payment_intent_id: str
+    client_secret: str = Field(description="For Stripe.js confirmCardPayment in the browser.")
+    publishable_key: str | None
+    amount: int
+    currency: str
+    tokens: int
+    bonus_tokens: int
+
+
+class PurchaseOut(BaseModel):
+    purchase_id: int
+    user_id: str
+    package_id: str
+    status: str = Field(description="pending, paid, failed, expired or canceled.")
+    flow: str
+    tokens: int
+    bonus_tokens: int
+    amount: int
+    currency: str
+    checkout_session_id: str | None
+    payment_intent_id: str | None
+    failure_code: str | None
+    failure_message: str | None
+    refunded_amount: int
+    clawed_back_tokens: int
+    created_at: datetime
+    paid_at: datetime | None
+
+
+class PurchasesOut(BaseModel):
+    items: list[PurchaseOut]
+    next_cursor: str | None
+
+
+class BillingPortalIn(Body):
+    return_url: HttpUrl
+
+
+class BillingPortalOut(BaseModel):
+    url: str

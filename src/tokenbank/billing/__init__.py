@@ -1,0 +1,120 @@
+"""Selling tokens: the catalog, purchases through Stripe, the webhook inbox, refunds,
+disputes and reconciliation. Calls the ledger; reaches Stripe only through
+``tokenbank.payments.stripe``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tokenbank.billing.catalog import Catalog, CatalogError, Package, load_catalog
+from tokenbank.billing.errors import PaymentMismatch, UnknownEvent, UnknownPackage, UnknownPurchase
+from tokenbank.billing.fulfilment import Outcome, Payment, fetch_payment, settle
+from tokenbank.billing.models import PurchaseFlow, PurchaseStatus
+from tokenbank.billing.prices import PriceBook, SyncStep, plan_sync, sync_catalog
+from tokenbank.billing.purchases import (
+    CheckoutStart,
+    ClawbackPolicy,
+    PaymentStart,
+    Purchase,
+    customer_for,
+    get_purchase,
+    list_purchases,
+    start_checkout,
+    start_payment,
+)
+from tokenbank.billing.reconcile import Reconciliation, reconcile
+from tokenbank.billing.webhooks import (
+    HANDLED_EVENTS,
+    InboxEvent,
+    Processed,
+    ProcessingFailed,
+    list_events,
+    receive,
+    replay,
+)
+from tokenbank.config import Settings
+from tokenbank.errors import TokenbankError
+from tokenbank.payments.stripe import Stripe
+
+
+class PaymentsNotConfigured(TokenbankError):
+    code = "payments_not_configured"
+
+
+@dataclass(frozen=True, slots=True)
+class Billing:
+    """What selling needs, built once at the entrypoint and passed down."""
+
+    stripe: Stripe
+    catalog: Catalog
+    prices: PriceBook
+    policy: ClawbackPolicy
+    flow: str
+    publishable_key: str | None
+
+
+def billing_from_settings(settings: Settings) -> Billing | None:
+    """None when no Stripe key is configured: the service then runs without selling."""
+    if settings.stripe_secret_key is None:
+        return None
+    stripe = Stripe(
+        secret_key=settings.stripe_secret_key.get_secret_value(),
+        webhook_secret=(
+            settings.stripe_webhook_secret.get_secret_value()
+            if settings.stripe_webhook_secret
+            else None
+        ),
+        api_base=settings.stripe_api_base,
+    )
+    catalog = load_catalog(settings.catalog)
+    return Billing(
+        stripe=stripe,
+        catalog=catalog,
+        prices=PriceBook(stripe, catalog),
+        policy=settings.clawback_policy,
+        flow=settings.purchase_flow,
+        publishable_key=settings.stripe_publishable_key,
+    )
+
+
+__all__ = [
+    "HANDLED_EVENTS",
+    "Billing",
+    "Catalog",
+    "CatalogError",
+    "CheckoutStart",
+    "ClawbackPolicy",
+    "InboxEvent",
+    "Outcome",
+    "Package",
+    "Payment",
+    "PaymentMismatch",
+    "PaymentStart",
+    "PaymentsNotConfigured",
+    "PriceBook",
+    "Processed",
+    "ProcessingFailed",
+    "Purchase",
+    "PurchaseFlow",
+    "PurchaseStatus",
+    "Reconciliation",
+    "SyncStep",
+    "UnknownEvent",
+    "UnknownPackage",
+    "UnknownPurchase",
+    "billing_from_settings",
+    "customer_for",
+    "fetch_payment",
+    "get_purchase",
+    "list_events",
+    "list_purchases",
+    "load_catalog",
+    "plan_sync",
+    "receive",
+    "reconcile",
+    "replay",
+    "settle",
+    "start_checkout",
+    "start_payment",
+    "sync_catalog",
+]

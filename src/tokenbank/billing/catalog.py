@@ -1,0 +1,212 @@
+"""The catalog: the token packages on sale, read from a TOML file chosen in settings.
+
+Prices and tokens are decided here, on the server: a purchase copies them from the catalog
+when it is created, and nothing a client or a Stripe event says can change them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tomllib
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from tokenbank.billing.money import EXPONENTS, MINIMUM_CHARGE, to_major
+from tokenbank.errors import ConfigurationError
+
+LOCALES = ("en", "zh-CN")
+BADGES = ("popular", "best_value")
+#: A price per token outside this band (in major units) is almost surely a typo.
+PRICE_PER_TOKEN_BAND = (Decimal("0.00001"), Decimal("10"))
+MAX_TOKENS = 10**9
+
+
+@dataclass(frozen=True, slots=True)
+class Package:
+    id: str
+    name: dict[str, str]
+    features: dict[str, list[str]]
+    tokens: int
+    bonus_tokens: int
+    price: int  # minor units of ``currency``
+    currency: str
+    badge: str | None
+    active: bool
+
+    @property
+    def total_tokens(self) -> int:
+        return self.tokens + self.bonus_tokens
+
+    @property
+    def price_per_token(self) -> Decimal:
+        """Major units per token, bonus included."""
+        return to_major(self.price, self.currency) / self.total_tokens
+
+    @property
+    def lookup_key(self) -> str:
+        """The Stripe price's lookup key: a new amount means a new price under the same key."""
+        return f"tokenbank_{self.id}"
+
+    def localized_name(self, locale: str) -> str:
+        return self.name.get(locale) or self.name["en"]
+
+    def savings_against(self, base: Package) -> Decimal:
+        """The fraction saved per token compared with ``base`` (0.18 is 18 %)."""
+        return 1 - self.price_per_token / base.price_per_token
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    packages: tuple[Package, ...]
+    currency: str
+    source: str
+
+    @property
+    def on_sale(self) -> tuple[Package, ...]:
+        return tuple(p for p in self.packages if p.active)
+
+    def find(self, package_id: str) -> Package | None:
+        return next((p for p in self.packages if p.id == package_id), None)
+
+    @property
+    def base(self) -> Package | None:
+        """The smallest package on sale: the yardstick for savings."""
+        return min(self.on_sale, key=lambda p: p.total_tokens, default=None)
+
+
+class CatalogError(ConfigurationError):
+    """The catalog file is missing or invalid; ``problems`` lists every mistake found."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+def load_catalog(path: Path) -> Catalog:
+    """Read and validate a catalog; raises ``CatalogError`` listing every problem."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CatalogError(str(path), ["file not found"]) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise CatalogError(str(path), [f"not valid TOML: {exc}"]) from None
+    return parse_catalog(raw, source=str(path))
+
+
+def parse_catalog(raw: dict[str, Any], *, source: str) -> Catalog:
+    problems: list[str] = []
+    default_currency = raw.get("currency")
+    entries = raw.get("packages")
+    if not isinstance(entries, list) or not entries:
+        raise CatalogError(source, ["no [[packages]]"])
+    packages: list[Package] = []
+    seen: set[str] = set()
+    for number, entry in enumerate(entries, start=1):
+        where = f"package {number}"
+        if not isinstance(entry, dict):
+            problems.append(f"{where}: not a table")
+            continue
+        package_id = entry.get("id")
+        if (
+            not isinstance(package_id, str)
+            or not package_id.replace("-", "").replace("_", "").isalnum()
+            or len(package_id) > 64
+            or not package_id.isascii()
+        ):
+            problems.append(f"{where}: id must be 1-64 ASCII letters, digits, '-' or '_'")
+            continue
+        where = f"package {package_id!r}"
+        if package_id in seen:
+            problems.append(f"{where}: duplicate id")
+        seen.add(package_id)
+        found = _package(entry, package_id, default_currency, where, problems)
+        if found is not None:
+            packages.append(found)
+    currencies = {p.currency for p in packages}
+    if len(currencies) > 1:
+        problems.append(f"packages use several currencies ({', '.join(sorted(currencies))})")
+    if packages and not any(p.active for p in packages):
+        problems.append("no package is active")
+    if problems:
+        raise CatalogError(source, problems)
+    return Catalog(packages=tuple(packages), currency=packages[0].currency, source=source)
+
+
+def _package(
+    entry: dict[str, Any],
+    package_id: str,
+    default_currency: object,
+    where: str,
+    problems: list[str],
+) -> Package | None:
+    before = len(problems)
+    tokens, bonus, price = entry.get("tokens"), entry.get("bonus_tokens", 0), entry.get("price")
+    for field, value, minimum in (
+        ("tokens", tokens, 1),
+        ("bonus_tokens", bonus, 0),
+        ("price", price, 1),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            problems.append(f"{where}: {field} must be a whole number >= {minimum}")
+        elif field != "price" and value > MAX_TOKENS:
+            problems.append(f"{where}: {field} must be at most {MAX_TOKENS}")
+    currency = entry.get("currency", default_currency)
+    if not isinstance(currency, str) or currency.lower() not in EXPONENTS:
+        problems.append(f"{where}: unknown currency {currency!r}")
+        currency = None
+    else:
+        currency = currency.lower()
+    name = entry.get("name")
+    if not isinstance(name, dict) or not all(
+        isinstance(name.get(locale), str) and name[locale].strip() for locale in LOCALES
+    ):
+        problems.append(f"{where}: name needs text for each of {', '.join(LOCALES)}")
+    features = entry.get("features", {})
+    if not isinstance(features, dict) or not all(
+        isinstance(v, list) and all(isinstance(i, str) for i in v) for v in features.values()
+    ):
+        problems.append(f"{where}: features must map each locale to a list of strings")
+    badge = entry.get("badge")
+    if badge is not None and badge not in BADGES:
+        problems.append(f"{where}: badge must be one of {', '.join(BADGES)}")
+    active = entry.get("active", True)
+    if not isinstance(active, bool):
+        problems.append(f"{where}: active must be true or false")
+    if len(problems) > before:
+        return None
+    assert isinstance(tokens, int) and isinstance(price, int) and isinstance(bonus, int)
+    assert currency is not None and isinstance(name, dict)
+    package = Package(
+        id=package_id,
+        name=dict(name),
+        features={k: list(v) for k, v in features.items()},
+        tokens=tokens,
+        bonus_tokens=bonus,
+        price=price,
+        currency=currency,
+        badge=badge,
+        active=active,
+    )
+    low, high = PRICE_PER_TOKEN_BAND
+    if not low <= package.price_per_token <= high:
+        problems.append(
+            f"{where}: {package.price_per_token:.6f} {currency.upper()} per token is outside"
+            f" the sane band {low}-{high}"
+        )
+    if price < MINIMUM_CHARGE.get(currency, 0):
+        problems.append(f"{where}: price is below Stripe's minimum charge")
+    return package
+
+
+def catalog_warnings(catalog: Catalog) -> list[str]:
+    """Things that are allowed but probably unintended: a bigger package that costs more per
+    token than a smaller one."""
+    warnings = []
+    ordered = sorted(catalog.on_sale, key=lambda p: p.total_tokens)
+    for smaller, bigger in itertools.pairwise(ordered):
+        if bigger.price_per_token > smaller.price_per_token:
+            warnings.append(f"{bigger.id!r} costs more per token than the smaller {smaller.id!r}")
+    return warnings

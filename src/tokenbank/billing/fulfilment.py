@@ -1,0 +1,384 @@
+"""Bringing a purchase in line with what Stripe says happened to its payment.
+
+Every way news of a payment arrives (any webhook event, the success page, the reconciler)
+ends here, and does the same two steps:
+
+1. ``fetch_payment``: ask Stripe for the current Checkout Session and/or PaymentIntent, and
+   the refunds and disputes of that payment. No database row is locked meanwhile.
+2. ``settle``: in one transaction, lock the purchase row and apply whatever is not applied
+   yet: the credit (once: the purchase row and the ledger's reserved keys both say so), a
+   failure or expiry, each refund's share of tokens (once per refund), each dispute's
+   freeze, release or clawback (once per step).
+
+Because step 2 only ever moves a purchase forward, a snapshot that is already stale when it
+commits (another delivery got there first) changes nothing. Events can therefore arrive in
+any order, any number of times, concurrently, or not at all (``reconcile``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from tokenbank import ledger
+from tokenbank.billing.errors import PaymentMismatch
+from tokenbank.billing.models import (
+    DisputeStatus,
+    PurchaseStatus,
+    disputes,
+    payment_refunds,
+    purchases,
+)
+from tokenbank.billing.purchases import ClawbackPolicy, Purchase, to_purchase
+from tokenbank.columns import utcnow
+from tokenbank.payments.stripe import CheckoutSession, Dispute, PaymentIntent, Refund, Stripe
+
+#: Dispute statuses at Stripe that mean "still being decided".
+OPEN_DISPUTE = frozenset(
+    {"warning_needs_response", "warning_under_review", "needs_response", "under_review"}
+)
+#: Stripe closed an inquiry without a chargeback: the tokens are released.
+DISPUTE_RELEASED = frozenset({"won", "warning_closed", "prevented"})
+
+
+@dataclass(frozen=True, slots=True)
+class Payment:
+    """Stripe's current view of one payment."""
+
+    session: CheckoutSession | None = None
+    intent: PaymentIntent | None = None
+    refunds: tuple[Refund, ...] = ()
+    disputes: tuple[Dispute, ...] = ()
+
+    @property
+    def purchase_hint(self) -> int | None:
+        """The purchase id we put in the metadata: only a hint where to look."""
+        for metadata in (
+            self.session and self.session.metadata,
+            self.intent and self.intent.metadata,
+        ):
+            value = (metadata or {}).get("tokenbank_purchase_id", "")
+            if value.isdigit():
+                return int(value)
+        return None
+
+
+@dataclass(slots=True)
+class Outcome:
+    purchase: Purchase | None
+    changes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        if self.purchase is None:
+            return "not a tokenbank payment"
+        what = "; ".join(self.changes) if self.changes else "nothing new"
+        return f"purchase {self.purchase.id}: {what}"
+
+
+def fetch_payment(
+    stripe: Stripe, *, session_id: str | None = None, payment_intent_id: str | None = None
+) -> Payment:
+    session = stripe.checkout_session(session_id) if session_id else None
+    intent_id = payment_intent_id or (session.payment_intent_id if session else None)
+    if intent_id is None:
+        return Payment(session=session)
+    return Payment(
+        session=session,
+        intent=stripe.payment_intent(intent_id),
+        refunds=tuple(stripe.refunds_of(intent_id)),
+        disputes=tuple(stripe.disputes_of(intent_id)),
+    )
+
+
+def _locate(conn: Connection, payment: Payment) -> sa.Row[tuple[int, ...]] | None:
+    lookups = []
+    if payment.session is not None:
+        lookups.append(purchases.c.checkout_session_id == payment.session.id)
+    if payment.intent is not None:
+        lookups.append(purchases.c.payment_intent_id == payment.intent.id)
+    if (hint := payment.purchase_hint) is not None:
+        lookups.append(purchases.c.id == hint)
+    if not lookups:
+        return None
+    # Lock the purchase: every settle of this payment waits here for the one before it.
+    return conn.execute(
+        sa.select(purchases.c.id).where(sa.or_(*lookups)).order_by(purchases.c.id).with_for_update()
+    ).first()
+
+
+def settle(
+    conn: Connection, payment: Payment, *, policy: ClawbackPolicy, now: datetime | None = None
+) -> Outcome:
+    """Apply ``payment`` to its purchase (see the module docstring); the caller commits."""
+    now = now or utcnow()
+    found = _locate(conn, payment)
+    if found is None:
+        return Outcome(purchase=None)
+    row = conn.execute(
+        sa.select(purchases).where(purchases.c.id == found.id).with_for_update()
+    ).one()
+    purchase = to_purchase(row)
+    outcome = Outcome(purchase=purchase)
+    _check_identity(purchase, payment)
+    _link(conn, purchase, payment, outcome, now)
+    paid = _is_paid(purchase, payment)
+    if paid:
+        _credit(conn, purchase, outcome, policy=policy, now=now)
+    elif purchase.status is not PurchaseStatus.PAID:
+        _mark_unpaid(conn, purchase, payment, outcome, now)
+    if paid or purchase.status is PurchaseStatus.PAID:
+        for refund in sorted(payment.refunds, key=lambda r: (r.created, r.id)):
+            _apply_refund(conn, purchase.id, refund, outcome, now)
+        for dispute in sorted(payment.disputes, key=lambda d: (d.created, d.id)):
+            _apply_dispute(conn, purchase.id, dispute, outcome, now)
+    outcome.purchase = to_purchase(
+        conn.execute(sa.select(purchases).where(purchases.c.id == purchase.id)).one()
+    )
+    return outcome
+
+
+def _check_identity(purchase: Purchase, payment: Payment) -> None:
+    """A payment may only settle the purchase it was created for."""
+    session, intent = payment.session, payment.intent
+    if session is not None and purchase.checkout_session_id not in (None, session.id):
+        raise PaymentMismatch(f"session {session.id} is not purchase {purchase.id}'s")
+    if intent is not None and purchase.payment_intent_id not in (None, intent.id):
+        raise PaymentMismatch(f"payment {intent.id} is not purchase {purchase.id}'s")
+
+
+def _link(
+    conn: Connection, purchase: Purchase, payment: Payment, outcome: Outcome, now: datetime
+) -> None:
+    """Remember the Stripe ids we learn (a Checkout payment's PaymentIntent, say)."""
+    values: dict[str, str] = {}
+    if payment.session is not None and purchase.checkout_session_id is None:
+        values["checkout_session_id"] = payment.session.id
+    if payment.intent is not None and purchase.payment_intent_id is None:
+        values["payment_intent_id"] = payment.intent.id
+    if values:
+        conn.execute(
+            sa.update(purchases)
+            .where(purchases.c.id == purchase.id)
+            .values(updated_at=now, **values)
+        )
+
+
+def _is_paid(purchase: Purchase, payment: Payment) -> bool:
+    """Paid, and paid exactly what the purchase costs; a paid payment of any other amount or
+    currency is an anomaly for an operator, never a credit."""
+    paid: list[tuple[int | None, str | None]] = []
+    if payment.session is not None and payment.session.payment_status == "paid":
+        paid.append((payment.session.amount_total, payment.session.currency))
+    if payment.intent is not None and payment.intent.status == "succeeded":
+        paid.append((payment.intent.amount_received, payment.intent.currency))
+    for amount, currency in paid:
+        if amount != purchase.amount or (currency or "").lower() != purchase.currency:
+            raise PaymentMismatch(
+                f"purchase {purchase.id} costs {purchase.amount} {purchase.currency}, but Stripe"
+                f" reports {amount} {currency} paid"
+            )
+    return bool(paid)
+
+
+def _credit(
+    conn: Connection,
+    purchase: Purchase,
+    outcome: Outcome,
+    *,
+    policy: ClawbackPolicy,
+    now: datetime,
+) -> None:
+    if purchase.status is PurchaseStatus.PAID:
+        return
+    receipt, _ = ledger.credit_purchase(
+        conn,
+        user_id=purchase.user_id,
+        reference=f"purchase:{purchase.id}",
+        tokens=purchase.tokens,
+        bonus_tokens=purchase.bonus_tokens,
+        description=f"Purchase of {purchase.package_id}",
+        metadata={"purchase_id": purchase.id, "package_id": purchase.package_id},
+        now=now,
+    )
+    conn.execute(
+        sa.update(purchases)
+        .where(purchases.c.id == purchase.id)
+        .values(
+            status=PurchaseStatus.PAID.value,
+            credit_transfer_id=receipt.transfer_id,
+            paid_at=now,
+            failure_code=None,
+            failure_message=None,
+            updated_at=now,
+        )
+    )
+    outcome.changes.append("credited")
+    if policy == "negative":
+        settled = ledger.settle_debt(
+            conn, user_id=purchase.user_id, reference=f"purchase:{purchase.id}", now=now
+        )
+        if settled.taken:
+            outcome.changes.append(f"collected {settled.taken} tokens of debt")
+
+
+def _mark_unpaid(
+    conn: Connection, purchase: Purchase, payment: Payment, outcome: Outcome, now: datetime
+) -> None:
+    session, intent = payment.session, payment.intent
+    status, code, message = purchase.status, purchase.failure_code, purchase.failure_message
+    if session is not None and session.status == "expired":
+        status, code, message = PurchaseStatus.EXPIRED, "expired", "The checkout page expired."
+    elif intent is not None and intent.status == "canceled":
+        status, code, message = PurchaseStatus.CANCELED, "canceled", "The payment was canceled."
+    elif intent is not None and intent.failure_code is not None and intent.status != "processing":
+        status, code, message = PurchaseStatus.FAILED, intent.failure_code, intent.failure_message
+    elif (
+        session is not None
+        and session.status == "complete"
+        and intent is not None
+        and (intent.status == "requires_payment_method")
+    ):
+        status, code, message = PurchaseStatus.FAILED, "payment_failed", "The payment failed."
+    if (status, code) == (purchase.status, purchase.failure_code):
+        return
+    conn.execute(
+        sa.update(purchases)
+        .where(purchases.c.id == purchase.id, purchases.c.status != PurchaseStatus.PAID.value)
+        .values(status=status.value, failure_code=code, failure_message=message, updated_at=now)
+    )
+    outcome.changes.append(f"marked {status.value}" + (f" ({code})" if code else ""))
+
+
+def _tokens_for(amount_share: int, purchase_row: sa.Row[tuple[int, ...]]) -> int:
+    """The tokens that ``amount_share`` of the purchase's price bought, rounded down."""
+    total = int(purchase_row.tokens + purchase_row.bonus_tokens)
+    return total * min(amount_share, int(purchase_row.amount)) // int(purchase_row.amount)
+
+
+def _apply_refund(
+    conn: Connection, purchase_id: int, refund: Refund, outcome: Outcome, now: datetime
+) -> None:
+    if refund.status != "succeeded":
+        return  # pending refunds settle later; failed and canceled ones gave nothing back
+    if conn.execute(
+        sa.select(payment_refunds.c.id).where(payment_refunds.c.refund_id == refund.id)
+    ).first():
+        return
+    row = conn.execute(sa.select(purchases).where(purchases.c.id == purchase_id)).one()
+    refunded = min(row.amount, row.refunded_amount + refund.amount)
+    # Shares by cumulative amount: a full refund, however split, claws back every token.
+    owed = _tokens_for(refunded, row) - _tokens_for(row.refunded_amount, row)
+    owed = min(owed, row.tokens + row.bonus_tokens - row.clawed_back_tokens)
+    taken, debt, transfer_id = 0, 0, None
+    if owed > 0:
+        clawback = ledger.claw_back(
+            conn,
+            user_id=row.user_id,
+            amount=owed,
+            reference=f"refund:{refund.id}",
+            description=f"Refund {refund.id} of purchase {purchase_id}",
+            metadata={"purchase_id": purchase_id, "refund_id": refund.id},
+            now=now,
+        )
+        taken, debt, transfer_id = clawback.taken, clawback.debt, clawback.transfer_id
+    conn.execute(
+        sa.insert(payment_refunds).values(
+            refund_id=refund.id,
+            purchase_id=purchase_id,
+            amount=refund.amount,
+            tokens=owed,
+            taken=taken,
+            debt=debt,
+            transfer_id=transfer_id,
+            created_at=now,
+        )
+    )
+    conn.execute(
+        sa.update(purchases)
+        .where(purchases.c.id == purchase_id)
+        .values(
+            refunded_amount=refunded,
+            clawed_back_tokens=purchases.c.clawed_back_tokens + owed,
+            updated_at=now,
+        )
+    )
+    note = f"refund {refund.id}: clawed back {taken} tokens"
+    outcome.changes.append(note + (f", {debt} recorded as debt" if debt else ""))
+
+
+def _apply_dispute(
+    conn: Connection, purchase_id: int, dispute: Dispute, outcome: Outcome, now: datetime
+) -> None:
+    row = conn.execute(sa.select(purchases).where(purchases.c.id == purchase_id)).one()
+    known = conn.execute(sa.select(disputes).where(disputes.c.dispute_id == dispute.id)).first()
+    if known is None:
+        remaining = row.tokens + row.bonus_tokens - row.clawed_back_tokens
+        tokens = min(_tokens_for(dispute.amount, row), remaining)
+        hold = None
+        if tokens > 0:
+            hold = ledger.freeze(
+                conn,
+                user_id=row.user_id,
+                amount=tokens,
+                reference=f"dispute:{dispute.id}",
+                description=f"Frozen while dispute {dispute.id} is open",
+                metadata={"purchase_id": purchase_id, "dispute_id": dispute.id},
+                now=now,
+            )
+        dispute_row_id = conn.execute(
+            sa.insert(disputes)
+            .values(
+                dispute_id=dispute.id,
+                purchase_id=purchase_id,
+                status=DisputeStatus.OPEN.value,
+                amount=dispute.amount,
+                tokens=tokens,
+                hold_id=hold.id if hold else None,
+                opened_at=now,
+            )
+            .returning(disputes.c.id)
+        ).scalar_one()
+        outcome.changes.append(
+            f"dispute {dispute.id} opened: froze {hold.amount if hold else 0} tokens"
+        )
+        known = conn.execute(sa.select(disputes).where(disputes.c.id == dispute_row_id)).one()
+    if known.status != DisputeStatus.OPEN or dispute.status in OPEN_DISPUTE:
+        return  # closed once, never reopened; or still open
+    if known.hold_id is not None:
+        ledger.void_hold(conn, hold_id=known.hold_id, now=now)
+    if dispute.status in DISPUTE_RELEASED:
+        conn.execute(
+            sa.update(disputes)
+            .where(disputes.c.id == known.id)
+            .values(status=DisputeStatus.WON.value, closed_at=now)
+        )
+        outcome.changes.append(f"dispute {dispute.id} won: released the frozen tokens")
+        return
+    taken = debt = 0
+    owed = min(known.tokens, row.tokens + row.bonus_tokens - row.clawed_back_tokens)
+    if owed > 0:
+        clawback = ledger.claw_back(
+            conn,
+            user_id=row.user_id,
+            amount=owed,
+            reference=f"dispute:{dispute.id}",
+            description=f"Dispute {dispute.id} of purchase {purchase_id} lost",
+            metadata={"purchase_id": purchase_id, "dispute_id": dispute.id},
+            now=now,
+        )
+        taken, debt = clawback.taken, clawback.debt
+    conn.execute(
+        sa.update(disputes)
+        .where(disputes.c.id == known.id)
+        .values(status=DisputeStatus.LOST.value, closed_at=now, clawed_back=taken, debt=debt)
+    )
+    conn.execute(
+        sa.update(purchases)
+        .where(purchases.c.id == purchase_id)
+        .values(clawed_back_tokens=purchases.c.clawed_back_tokens + max(owed, 0), updated_at=now)
+    )
+    note = f"dispute {dispute.id} lost: clawed back {taken} tokens"
+    outcome.changes.append(note + (f", {debt} recorded as debt" if debt else ""))

@@ -1,0 +1,297 @@
+"""Starting a purchase: a pending row first, then the Stripe object that will pay it.
+
+The purchase is stored (price and tokens copied from the catalog) and committed before
+Stripe is called, so a payment can always be matched to what was offered. The Stripe call
+happens with nothing locked and carries an idempotency key stored on the purchase, so a
+retried call can never create a second session or charge.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from tokenbank.billing.catalog import Catalog, Package
+from tokenbank.billing.errors import UnknownPackage, UnknownPurchase
+from tokenbank.billing.models import PurchaseFlow, PurchaseStatus, purchases, stripe_customers
+from tokenbank.columns import utcnow
+from tokenbank.db import Database
+from tokenbank.payments.stripe import PaymentProviderError, Stripe
+from tokenbank.users import get_user
+
+ClawbackPolicy = Literal["debt", "negative"]
+
+
+@dataclass(frozen=True, slots=True)
+class Purchase:
+    id: int
+    user_id: str
+    package_id: str
+    tokens: int
+    bonus_tokens: int
+    amount: int
+    currency: str
+    flow: PurchaseFlow
+    status: PurchaseStatus
+    checkout_session_id: str | None
+    payment_intent_id: str | None
+    failure_code: str | None
+    failure_message: str | None
+    refunded_amount: int
+    clawed_back_tokens: int
+    created_at: datetime
+    paid_at: datetime | None
+
+    @property
+    def total_tokens(self) -> int:
+        return self.tokens + self.bonus_tokens
+
+
+def to_purchase(row: Any) -> Purchase:
+    return Purchase(
+        id=row.id,
+        user_id=row.user_id,
+        package_id=row.package_id,
+        tokens=row.tokens,
+        bonus_tokens=row.bonus_tokens,
+        amount=row.amount,
+        currency=row.currency,
+        flow=PurchaseFlow(row.flow),
+        status=PurchaseStatus(row.status),
+        checkout_session_id=row.checkout_session_id,
+        payment_intent_id=row.payment_intent_id,
+        failure_code=row.failure_code,
+        failure_message=row.failure_message,
+        refunded_amount=row.refunded_amount,
+        clawed_back_tokens=row.clawed_back_tokens,
+        created_at=row.created_at,
+        paid_at=row.paid_at,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CheckoutStart:
+    purchase: Purchase
+    checkout_session_id: str
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentStart:
+    purchase: Purchase
+    payment_intent_id: str
+    client_secret: str
+
+
+def get_purchase(conn: Connection, *, purchase_id: int) -> Purchase:
+    row = conn.execute(sa.select(purchases).where(purchases.c.id == purchase_id)).first()
+    if row is None:
+        raise UnknownPurchase(str(purchase_id))
+    return to_purchase(row)
+
+
+def list_purchases(
+    conn: Connection, *, user_id: str | None = None, limit: int = 50, before: int | None = None
+) -> list[Purchase]:
+    """Newest first; ``before`` is the last id of the previous page."""
+    query = sa.select(purchases).order_by(purchases.c.id.desc()).limit(limit)
+    if user_id is not None:
+        query = query.where(purchases.c.user_id == user_id)
+    if before is not None:
+        query = query.where(purchases.c.id < before)
+    return [to_purchase(row) for row in conn.execute(query)]
+
+
+def _on_sale(catalog: Catalog, package_id: str) -> Package:
+    package = catalog.find(package_id)
+    if package is None or not package.active:
+        raise UnknownPackage(package_id)
+    return package
+
+
+def _open_purchase(db: Database, *, user_id: str, package: Package, flow: PurchaseFlow) -> Purchase:
+    now = utcnow()
+    with db.transaction() as conn:
+        get_user(conn, user_id=user_id)  # raises UnknownUser
+        purchase_id = conn.execute(
+            sa.insert(purchases)
+            .values(
+                user_id=user_id,
+                package_id=package.id,
+                tokens=package.tokens,
+                bonus_tokens=package.bonus_tokens,
+                amount=package.price,
+                currency=package.currency,
+                flow=flow.value,
+                status=PurchaseStatus.PENDING.value,
+                # Unique per purchase and per database, so two installations sharing one
+                # Stripe account can never collide on a key.
+                stripe_idempotency_key=f"tokenbank-{secrets.token_hex(12)}",
+                created_at=now,
+                updated_at=now,
+            )
+            .returning(purchases.c.id)
+        ).scalar_one()
+        return get_purchase(conn, purchase_id=purchase_id)
+
+
+def _stripe_key(db: Database, purchase_id: int) -> str:
+    with db.read() as conn:
+        key = conn.execute(
+            sa.select(purchases.c.stripe_idempotency_key).where(purchases.c.id == purchase_id)
+        ).scalar_one()
+    return str(key)
+
+
+def _give_up(db: Database, purchase_id: int, error: PaymentProviderError) -> None:
+    with db.transaction() as conn:
+        conn.execute(
+            sa.update(purchases)
+            .where(purchases.c.id == purchase_id, purchases.c.status == PurchaseStatus.PENDING)
+            .values(
+                status=PurchaseStatus.FAILED.value,
+                failure_code="payment_provider_error",
+                failure_message=str(error)[:500],
+                updated_at=utcnow(),
+            )
+        )
+
+
+_insert_customer = {
+    name: dialect.insert(stripe_customers).on_conflict_do_nothing(index_elements=["user_id"])
+    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
+}
+
+
+def customer_for(db: Database, stripe: Stripe, *, user_id: str) -> str:
+    """The user's Stripe customer, made on their first purchase (one per user: the Stripe
+    call's idempotency key is derived from the user, and the row is unique)."""
+    with db.read() as conn:
+        found = conn.execute(
+            sa.select(stripe_customers.c.customer_id).where(stripe_customers.c.user_id == user_id)
+        ).scalar()
+        if found is not None:
+            return str(found)
+        email = get_user(conn, user_id=user_id).email
+    customer_id = stripe.create_customer(
+        user_id=user_id, email=email, idempotency_key=f"tokenbank-customer-{user_id}"[:255]
+    )
+    with db.transaction() as conn:
+        conn.execute(
+            _insert_customer[conn.dialect.name],
+            {"user_id": user_id, "customer_id": customer_id, "created_at": utcnow()},
+        )
+        return str(
+            conn.execute(
+                sa.select(stripe_customers.c.customer_id).where(
+                    stripe_customers.c.user_id == user_id
+                )
+            ).scalar_one()
+        )
+
+
+def _metadata(purchase: Purchase) -> dict[str, str]:
+    """Only for finding the purchase again; amounts always come from our own row."""
+    return {
+        "tokenbank_purchase_id": str(purchase.id),
+        "tokenbank_user_id": purchase.user_id,
+        "tokenbank_package_id": purchase.package_id,
+    }
+
+
+def start_checkout(
+    db: Database,
+    stripe: Stripe,
+    catalog: Catalog,
+    *,
+    user_id: str,
+    package_id: str,
+    success_url: str,
+    cancel_url: str,
+    locale: str | None = None,
+    price_id: str | None = None,
+) -> CheckoutStart:
+    """A pending purchase and the Stripe Checkout Session that pays it.
+
+    ``success_url`` and ``cancel_url`` may hold ``{PURCHASE_ID}``; Stripe fills in
+    ``{CHECKOUT_SESSION_ID}``. ``price_id``: the package's synced Stripe price, if known;
+    otherwise the price is sent inline from the catalog.
+    """
+    package = _on_sale(catalog, package_id)
+    purchase = _open_purchase(db, user_id=user_id, package=package, flow=PurchaseFlow.CHECKOUT)
+    line_item: dict[str, Any] = (
+        {"price": price_id, "quantity": 1}
+        if price_id
+        else {
+            "price_data": {
+                "currency": package.currency,
+                "unit_amount": package.price,
+                "product_data": {"name": package.localized_name(locale or "en")},
+            },
+            "quantity": 1,
+        }
+    )
+    try:
+        customer_id = customer_for(db, stripe, user_id=user_id)
+        session = stripe.create_checkout_session(
+            line_item=line_item,
+            customer_id=customer_id,
+            client_reference_id=str(purchase.id),
+            metadata=_metadata(purchase),
+            success_url=success_url.replace("{PURCHASE_ID}", str(purchase.id)),
+            cancel_url=cancel_url.replace("{PURCHASE_ID}", str(purchase.id)),
+            locale={"zh-CN": "zh"}.get(locale or "", locale),
+            idempotency_key=_stripe_key(db, purchase.id),
+        )
+    except PaymentProviderError as exc:
+        _give_up(db, purchase.id, exc)
+        raise
+    with db.transaction() as conn:
+        conn.execute(
+            sa.update(purchases)
+            .where(purchases.c.id == purchase.id)
+            .values(checkout_session_id=session.id, updated_at=utcnow())
+        )
+        purchase = get_purchase(conn, purchase_id=purchase.id)
+    assert session.url is not None
+    return CheckoutStart(purchase=purchase, checkout_session_id=session.id, url=session.url)
+
+
+def start_payment(
+    db: Database, stripe: Stripe, catalog: Catalog, *, user_id: str, package_id: str
+) -> PaymentStart:
+    """A pending purchase and the PaymentIntent an embedded card form confirms."""
+    package = _on_sale(catalog, package_id)
+    purchase = _open_purchase(
+        db, user_id=user_id, package=package, flow=PurchaseFlow.PAYMENT_INTENT
+    )
+    try:
+        customer_id = customer_for(db, stripe, user_id=user_id)
+        intent = stripe.create_payment_intent(
+            amount=purchase.amount,
+            currency=purchase.currency,
+            customer_id=customer_id,
+            metadata=_metadata(purchase),
+            description=f"{package.localized_name('en')}: {package.total_tokens} tokens",
+            idempotency_key=_stripe_key(db, purchase.id),
+        )
+    except PaymentProviderError as exc:
+        _give_up(db, purchase.id, exc)
+        raise
+    with db.transaction() as conn:
+        conn.execute(
+            sa.update(purchases)
+            .where(purchases.c.id == purchase.id)
+            .values(payment_intent_id=intent.id, updated_at=utcnow())
+        )
+        purchase = get_purchase(conn, purchase_id=purchase.id)
+    assert intent.client_secret is not None
+    return PaymentStart(
+        purchase=purchase, payment_intent_id=intent.id, client_secret=intent.client_secret
+    )

@@ -1,0 +1,227 @@
+"""The webhook inbox: every Stripe event is stored once, then settled.
+
+An event is recorded (unique event id) before anything else, in its own transaction, so a
+delivery that fails later is still on file. Its effects then commit in the same transaction
+as its ``processed_at`` mark: processed means applied. On failure the error is kept on the
+event and the caller answers 500, so Stripe delivers it again; ``replay`` does the same by
+hand. The event is only a hint: what it changes comes from Stripe's current objects
+(``fulfilment.fetch_payment``), so duplicates, reordering and stale payloads are harmless.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from tokenbank.billing.errors import UnknownEvent
+from tokenbank.billing.fulfilment import Payment, fetch_payment, settle
+from tokenbank.billing.models import webhook_events
+from tokenbank.billing.purchases import ClawbackPolicy
+from tokenbank.columns import utcnow
+from tokenbank.db import Database
+from tokenbank.errors import TokenbankError
+from tokenbank.payments.stripe import Event, Stripe, parse_event
+
+#: The events tokenbank acts on; enable these on the Stripe webhook endpoint.
+HANDLED_EVENTS = (
+    "checkout.session.completed",
+    "checkout.session.async_payment_succeeded",
+    "checkout.session.async_payment_failed",
+    "checkout.session.expired",
+    "payment_intent.succeeded",
+    "payment_intent.payment_failed",
+    "payment_intent.canceled",
+    "charge.refunded",
+    "charge.refund.updated",
+    "refund.created",
+    "refund.updated",
+    "refund.failed",
+    "charge.dispute.created",
+    "charge.dispute.updated",
+    "charge.dispute.closed",
+    "charge.dispute.funds_withdrawn",
+    "charge.dispute.funds_reinstated",
+)
+MAX_ERROR_LENGTH = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class InboxEvent:
+    id: int
+    event_id: str
+    type: str
+    created_at: datetime
+    received_at: datetime
+    processed_at: datetime | None
+    attempts: int
+    last_error: str | None
+    outcome: str | None
+
+    @property
+    def failed(self) -> bool:
+        return self.processed_at is None and self.last_error is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Processed:
+    event_id: str
+    outcome: str
+    duplicate: bool
+
+
+class ProcessingFailed(TokenbankError):
+    """Applying the event failed; the inbox keeps the error and Stripe should retry."""
+
+    code = "webhook_failed"
+
+
+_insert = {
+    name: dialect.insert(webhook_events).on_conflict_do_nothing(index_elements=["event_id"])
+    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
+}
+
+
+def receive(
+    db: Database, stripe: Stripe, *, payload: bytes, signature: str | None, policy: ClawbackPolicy
+) -> Processed:
+    """Verify a delivery, store it once and settle it; raises ``InvalidSignature``,
+    ``WebhooksNotConfigured`` or ``ProcessingFailed``."""
+    event = stripe.verify_event(payload, signature)
+    with db.transaction() as conn:
+        conn.execute(
+            _insert[conn.dialect.name],
+            {
+                "event_id": event.id,
+                "type": event.type,
+                "payload": payload.decode("utf-8"),
+                "api_version": event.api_version,
+                "livemode": event.livemode,
+                "created_at": datetime.fromtimestamp(event.created, UTC),
+                "received_at": utcnow(),
+            },
+        )
+    return process(db, stripe, event=event, policy=policy)
+
+
+def _payment_for(stripe: Stripe, event: Event) -> Payment | None:
+    """Stripe's current view of the payment the event is about, or None for other events."""
+    obj = event.object
+    if event.type not in HANDLED_EVENTS:
+        return None
+    if event.type.startswith("checkout.session."):
+        return fetch_payment(stripe, session_id=obj["id"])
+    if event.type.startswith("payment_intent."):
+        return fetch_payment(stripe, payment_intent_id=obj["id"])
+    intent_id = obj.get("payment_intent")
+    if isinstance(intent_id, dict):
+        intent_id = intent_id.get("id")
+    if not intent_id and obj.get("charge"):
+        charge = obj["charge"]
+        charge_id = charge if isinstance(charge, str) else charge.get("id")
+        intent_id = stripe.charge_payment_intent_id(charge_id)
+    if not intent_id:
+        return None  # a charge with no PaymentIntent is not one of ours
+    return fetch_payment(stripe, payment_intent_id=str(intent_id))
+
+
+def _lock(conn: Connection, event_id: str) -> Any:
+    row = conn.execute(
+        sa.select(webhook_events.c.id, webhook_events.c.processed_at, webhook_events.c.outcome)
+        .where(webhook_events.c.event_id == event_id)
+        .with_for_update()
+    ).first()
+    if row is None:
+        raise UnknownEvent(event_id)
+    return row
+
+
+def process(
+    db: Database, stripe: Stripe, *, event: Event, policy: ClawbackPolicy, force: bool = False
+) -> Processed:
+    """Settle a stored event unless it was processed before (``force``: settle again,
+    which applies only what is still missing)."""
+    with db.read() as conn:
+        done = conn.execute(
+            sa.select(webhook_events.c.processed_at, webhook_events.c.outcome).where(
+                webhook_events.c.event_id == event.id
+            )
+        ).first()
+    if done is None:
+        raise UnknownEvent(event.id)
+    if done.processed_at is not None and not force:
+        return Processed(event_id=event.id, outcome=done.outcome or "", duplicate=True)
+    try:
+        payment = _payment_for(stripe, event)  # Stripe calls: nothing is locked yet
+        with db.transaction() as conn:
+            row = _lock(conn, event.id)
+            if row.processed_at is not None and not force:
+                return Processed(event_id=event.id, outcome=row.outcome or "", duplicate=True)
+            outcome = (
+                str(settle(conn, payment, policy=policy))
+                if payment is not None
+                else f"ignored: tokenbank does not act on {event.type}"
+            )
+            conn.execute(
+                sa.update(webhook_events)
+                .where(webhook_events.c.id == row.id)
+                .values(
+                    processed_at=utcnow(),
+                    attempts=webhook_events.c.attempts + 1,
+                    last_error=None,
+                    outcome=outcome,
+                )
+            )
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_LENGTH]
+        with db.transaction() as conn:
+            conn.execute(
+                sa.update(webhook_events)
+                .where(webhook_events.c.event_id == event.id)
+                .values(attempts=webhook_events.c.attempts + 1, last_error=error)
+            )
+        raise ProcessingFailed(error) from exc
+    return Processed(event_id=event.id, outcome=outcome, duplicate=False)
+
+
+def _to_inbox(row: sa.Row[tuple[int, ...]]) -> InboxEvent:
+    return InboxEvent(
+        id=row.id,
+        event_id=row.event_id,
+        type=row.type,
+        created_at=row.created_at,
+        received_at=row.received_at,
+        processed_at=row.processed_at,
+        attempts=row.attempts,
+        last_error=row.last_error,
+        outcome=row.outcome,
+    )
+
+
+def list_events(
+    conn: Connection, *, failed: bool = False, limit: int = 50, before: int | None = None
+) -> list[InboxEvent]:
+    """Newest first; ``failed``: only events whose last attempt failed."""
+    query = sa.select(webhook_events).order_by(webhook_events.c.id.desc()).limit(limit)
+    if failed:
+        query = query.where(
+            webhook_events.c.processed_at.is_(None), webhook_events.c.last_error.is_not(None)
+        )
+    if before is not None:
+        query = query.where(webhook_events.c.id < before)
+    return [_to_inbox(row) for row in conn.execute(query)]
+
+
+def replay(db: Database, stripe: Stripe, *, event_id: str, policy: ClawbackPolicy) -> Processed:
+    """Settle a stored event again, processed or not."""
+    with db.read() as conn:
+        payload = conn.execute(
+            sa.select(webhook_events.c.payload).where(webhook_events.c.event_id == event_id)
+        ).scalar()
+    if payload is None:
+        raise UnknownEvent(event_id)
+    return process(db, stripe, event=parse_event(payload), policy=policy, force=True)

@@ -1,0 +1,215 @@
+"""Selling tokens from the command line: the catalog, the webhook inbox, reconciliation, and
+the built-in Stripe emulator."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import Progress
+from rich.table import Table
+
+from tokenbank import billing
+from tokenbank.billing import Billing, PaymentsNotConfigured
+from tokenbank.billing.catalog import catalog_warnings, load_catalog
+from tokenbank.billing.money import format_amount
+from tokenbank.cli.common import context, err, errors, out
+from tokenbank.columns import utcnow
+from tokenbank.emulator import serve
+
+packages_app = typer.Typer(help="The token packages on sale (the catalog).", no_args_is_help=True)
+webhooks_app = typer.Typer(help="The Stripe webhook inbox.", no_args_is_help=True)
+
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def _selling(ctx: typer.Context) -> Billing:
+    with errors():
+        shop = billing.billing_from_settings(context(ctx).settings)
+        if shop is None:
+            raise PaymentsNotConfigured(
+                "set STRIPE_SECRET_KEY (and STRIPE_API_BASE for the emulator)"
+            )
+    return shop
+
+
+@packages_app.command("check")
+def packages_check(
+    ctx: typer.Context,
+    path: Annotated[
+        str | None, typer.Argument(help="Catalog file (default: TOKENBANK_CATALOG).")
+    ] = None,
+) -> None:
+    """Validate the catalog and show price per token and savings; exits 9 on errors."""
+    source = path or str(context(ctx).settings.catalog)
+    try:
+        catalog = load_catalog(Path(source))
+    except billing.CatalogError as exc:
+        err.print(f"[bold red]{source}: invalid catalog[/]")
+        for problem in exc.problems:
+            err.print(f"  - {problem}", highlight=False)
+        raise typer.Exit(9) from None
+    base = catalog.base
+    table = Table(title=f"{source} ({catalog.currency.upper()})")
+    for column in (
+        "id",
+        "name",
+        "tokens",
+        "bonus",
+        "price",
+        "per token",
+        "savings",
+        "badge",
+        "active",
+    ):
+        table.add_column(
+            column,
+            justify="right"
+            if column in {"tokens", "bonus", "price", "per token", "savings"}
+            else "left",
+        )
+    for package in catalog.packages:
+        savings = package.savings_against(base) if base and package.active else None
+        table.add_row(
+            package.id,
+            package.localized_name("en"),
+            f"{package.tokens:,}",
+            f"{package.bonus_tokens:,}",
+            format_amount(package.price, package.currency),
+            f"{package.price_per_token:.4f}",
+            "-" if savings is None or savings <= 0 else f"{savings:.0%}",
+            package.badge or "",
+            "yes" if package.active else "no",
+        )
+    out.print(table)
+    for warning in catalog_warnings(catalog):
+        err.print(f"[yellow]warning[/]: {warning}", highlight=False)
+    out.print(f"{len(catalog.packages)} packages, {len(catalog.on_sale)} on sale: OK")
+
+
+@packages_app.command("sync")
+def packages_sync(
+    ctx: typer.Context,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would change; change nothing.")
+    ] = False,
+) -> None:
+    """Create or update the Stripe products and prices of the catalog (by lookup key), and
+    archive the prices of packages no longer on sale. Safe to repeat."""
+    shop = _selling(ctx)
+    with errors(), Progress(console=err, transient=True) as progress:
+        steps = billing.plan_sync(shop.stripe, shop.catalog)
+        task = progress.add_task(
+            "Syncing with Stripe" if not dry_run else "Planning", total=len(steps)
+        )
+        billing.sync_catalog(
+            shop.stripe,
+            shop.catalog,
+            dry_run=dry_run,
+            progress=lambda _: progress.advance(task),
+        )
+    changes = [s for s in steps if s.action != "ok"]
+    for step in steps:
+        out.print(f"  {step.package_id:<20} {step.action:<16} {step.detail}", highlight=False)
+    verb = "would change" if dry_run else "changed"
+    out.print(f"{len(changes)} {verb}, {len(steps) - len(changes)} already in sync")
+
+
+@webhooks_app.command("list")
+def webhooks_list(
+    ctx: typer.Context,
+    failed: Annotated[
+        bool, typer.Option("--failed", help="Only events whose processing failed.")
+    ] = False,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+) -> None:
+    """The newest events in the inbox."""
+    with errors(), context(ctx).db.read() as conn:
+        events = billing.list_events(conn, failed=failed, limit=limit)
+    table = Table()
+    for column in ("event", "type", "received", "state", "attempts", "outcome / last error"):
+        table.add_column(column)
+    for event in events:
+        state = "processed" if event.processed_at else ("failed" if event.failed else "pending")
+        table.add_row(
+            event.event_id,
+            event.type,
+            event.received_at.strftime("%Y-%m-%d %H:%M:%S"),
+            state,
+            str(event.attempts),
+            (event.outcome if event.processed_at else event.last_error) or "",
+        )
+    out.print(table)
+    out.print(f"{len(events)} events")
+
+
+@webhooks_app.command("replay")
+def webhooks_replay(ctx: typer.Context, event_id: str) -> None:
+    """Process a stored event again (what is already applied stays as it is)."""
+    shop = _selling(ctx)
+    with errors():
+        processed = billing.replay(
+            context(ctx).db, shop.stripe, event_id=event_id, policy=shop.policy
+        )
+    out.print(f"{processed.event_id}: {processed.outcome}", highlight=False)
+
+
+def parse_duration(text: str) -> timedelta:
+    match = _DURATION.match(text.strip())
+    if match is None:
+        raise typer.BadParameter("use a number and a unit: 90m, 24h, 7d")
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+def reconcile(
+    ctx: typer.Context,
+    since: Annotated[str, typer.Option(help="How far back to look: 30m, 24h, 7d.")] = "72h",
+) -> None:
+    """Compare recent Stripe payments, refunds and disputes with the ledger and apply what
+    the webhooks missed."""
+    shop = _selling(ctx)
+    window = parse_duration(since)
+    with errors(), Progress(console=err, transient=True) as progress:
+        task = progress.add_task("Settling payments", total=None)
+        result = billing.reconcile(
+            context(ctx).db,
+            shop.stripe,
+            since=utcnow() - window,
+            policy=shop.policy,
+            progress=lambda n: progress.advance(task, n),
+        )
+    for outcome in result.fixed:
+        out.print(f"fixed {outcome}", highlight=False)
+    for error in result.errors:
+        err.print(f"[bold red]error[/]: {error}", highlight=False)
+    out.print(
+        f"{result.checked} payments checked, {len(result.fixed)} fixed, {len(result.errors)} errors"
+    )
+    if result.errors:
+        raise typer.Exit(1)
+
+
+def stripe_emulator(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 12111,
+    webhook_url: Annotated[str | None, typer.Option(help="Where to deliver signed events.")] = None,
+    webhook_secret: Annotated[
+        str | None,
+        typer.Option(envvar="STRIPE_WEBHOOK_SECRET", help="whsec_... to sign them with."),
+    ] = None,
+    public_url: Annotated[str | None, typer.Option(help="Base URL browsers reach it on.")] = None,
+) -> None:
+    """Run the built-in Stripe emulator: the part of Stripe's API tokenbank uses, a hosted
+    checkout page that takes Stripe's test cards, and signed webhook deliveries."""
+    out.print(f"Stripe emulator on http://{host}:{port} (set STRIPE_API_BASE to this)")
+    serve(
+        host=host,
+        port=port,
+        webhook_url=webhook_url,
+        webhook_secret=webhook_secret,
+        public_url=public_url,
+    )

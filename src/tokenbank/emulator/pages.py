@@ -1,0 +1,180 @@
+"""What a browser sees: the hosted Checkout page, the billing portal, and a Stripe.js stand-in.
+
+The Checkout page works without JavaScript (a plain form POST), so tests and people can pay
+with the same test cards Stripe documents.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from tokenbank.emulator import payments
+from tokenbank.emulator.cards import CARDS, CardInvalid, read_card
+from tokenbank.emulator.params import StripeError
+from tokenbank.emulator.shapes import Obj
+from tokenbank.emulator.state import Emulator
+
+TEMPLATES = Environment(
+    loader=FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=select_autoescape(["html"]),
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+ZERO_DECIMAL = frozenset(
+    {"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga"}
+    | {"pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf"}
+)
+SYMBOLS = {
+    "usd": "$",
+    "eur": "€",
+    "gbp": "£",
+    "jpy": "¥",
+    "cny": "¥",
+    "inr": "₹",
+    "krw": "₩",
+    "cad": "CA$",
+    "aud": "A$",
+    "nzd": "NZ$",
+    "hkd": "HK$",
+    "brl": "R$",
+    "mxn": "MX$",
+}
+SHOWN_CARDS = (
+    ("4242 4242 4242 4242", "succeeds"),
+    ("4000 0000 0000 0002", "is declined"),
+    ("4000 0000 0000 9995", "is declined for insufficient funds"),
+)
+
+
+def format_amount(amount: int, currency: str) -> str:
+    """Minor units as people read them: 2000 usd is "$20.00", 500 jpy is "¥500"."""
+    code = currency.lower()
+    number = f"{amount:,}" if code in ZERO_DECIMAL else f"{amount / 100:,.2f}"
+    symbol = SYMBOLS.get(code)
+    return f"{symbol}{number}" if symbol else f"{number} {code.upper()}"
+
+
+def safe_url(url: str | None) -> str | None:
+    """Only http(s) links are rendered, so a stored URL cannot become a script link."""
+    if url and url.lower().startswith(("http://", "https://")):
+        return url
+    return None
+
+
+def _page(template: str, *, status: int = 200, **context: Any) -> HTMLResponse:
+    html = TEMPLATES.get_template(template).render(**context)
+    return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
+
+
+def _checkout_page(
+    em: Emulator,
+    session: Obj,
+    *,
+    status: int = 200,
+    error: str | None = None,
+    form: Obj | None = None,
+) -> HTMLResponse:
+    items = [
+        {
+            "name": item["description"],
+            "quantity": item["quantity"],
+            "amount": format_amount(item["amount_total"], item["currency"]),
+        }
+        for item in em.line_items.get(session["id"], [])
+    ]
+    return _page(
+        "checkout.html",
+        status=status,
+        session=session,
+        items=items,
+        total=format_amount(session["amount_total"], session["currency"]),
+        error=error,
+        form=form or {"email": session["customer_email"] or ""},
+        cancel_url=safe_url(session["cancel_url"]),
+        success_url=safe_url(_success_url(session)),
+        cards=SHOWN_CARDS,
+    )
+
+
+def _success_url(session: Obj) -> str | None:
+    url = session["success_url"]
+    return url.replace("{CHECKOUT_SESSION_ID}", session["id"]) if url else None
+
+
+def _not_found(what: str) -> HTMLResponse:
+    return _page("message.html", status=404, title="Not found", message=f"No such {what}.")
+
+
+async def checkout(request: Request) -> Response:
+    em: Emulator = request.app.state.emulator
+    session = em.checkout_sessions.get(request.path_params["id"])
+    if session is None:
+        return _not_found("checkout session")
+    payments.refresh_session(em, session)
+    if request.method == "GET" or session["status"] != "open":
+        return _checkout_page(em, session, status=200 if request.method == "GET" else 409)
+    form = dict(parse_qsl((await request.body()).decode("utf-8", "replace")))
+    return _submit(em, session, form)
+
+
+def _submit(em: Emulator, session: Obj, form: dict[str, str]) -> Response:
+    """Pay with the typed card; on any problem show the form again with the error."""
+    kept = {"email": form.get("email", ""), "name": form.get("name", "")}
+    email = kept["email"].strip() or None
+    try:
+        if email is not None and ("@" not in email or len(email) > 512):
+            raise CardInvalid("Your email address is invalid.")
+        card = read_card(
+            number=form.get("card_number", ""),
+            expiry=form.get("expiry", ""),
+            cvc=form.get("cvc", ""),
+        )
+        payments.pay_session(em, session, card=card, email=email, name=kept["name"].strip() or None)
+    except CardInvalid as invalid_card:
+        return _checkout_page(em, session, status=400, error=str(invalid_card), form=kept)
+    except StripeError as error:
+        return _checkout_page(em, session, status=error.status, error=error.message, form=kept)
+    target = _success_url(session)
+    if target is None:
+        return _checkout_page(em, session)
+    return RedirectResponse(target, status_code=303)
+
+
+async def portal(request: Request) -> Response:
+    em: Emulator = request.app.state.emulator
+    session = em.portal_sessions.get(request.path_params["id"])
+    if session is None:
+        return _not_found("billing portal session")
+    return _page(
+        "portal.html",
+        session=session,
+        customer=em.customers.get(session["customer"]),
+        return_url=safe_url(session["return_url"]),
+    )
+
+
+async def stripe_js(request: Request) -> Response:
+    table = {card.number: card.payment_method for card in CARDS}
+    script = TEMPLATES.get_template("stripe.js").render(cards=json.dumps(table))
+    return Response(
+        script,
+        media_type="application/javascript",
+        headers={"Cache-Control": "no-store", "Access-Control-Allow-Origin": "*"},
+    )
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/checkout/{id}", checkout, methods=["GET", "POST"]),
+        Route("/billing_portal/{id}", portal, methods=["GET"]),
+        Route("/v3", stripe_js, methods=["GET"]),
+        Route("/v3/", stripe_js, methods=["GET"]),
+    ]

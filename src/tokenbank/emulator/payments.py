@@ -1,0 +1,345 @@
+"""Money movement: payment intents and their charges, Checkout payment, refunds, disputes.
+
+Each function changes the stored objects the way Stripe would and emits the events Stripe
+sends, in Stripe's order. A declined card raises a 402 ``StripeError`` after recording the
+failed charge, so the state change survives the error reply.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from tokenbank.emulator import shapes
+from tokenbank.emulator.cards import BY_METHOD, TestCard
+from tokenbank.emulator.events import emit
+from tokenbank.emulator.params import Params, StripeError, invalid, missing
+from tokenbank.emulator.shapes import Obj
+from tokenbank.emulator.state import Emulator, current_origin, render
+
+CONFIRMABLE = {"requires_payment_method", "requires_confirmation", "requires_action"}
+
+
+def create_payment_intent(
+    em: Emulator,
+    *,
+    amount: int,
+    currency: str,
+    customer: str | None = None,
+    description: str | None = None,
+    metadata: Obj | None = None,
+    payment_method_types: list[str] | None = None,
+    automatic_payment_methods: bool = False,
+    receipt_email: str | None = None,
+) -> Obj:
+    intent = shapes.payment_intent(
+        amount=amount,
+        currency=currency,
+        customer=customer,
+        description=description,
+        metadata=metadata or {},
+        payment_method_types=payment_method_types or ["card"],
+        automatic_payment_methods=automatic_payment_methods,
+        receipt_email=receipt_email,
+    )
+    em.payment_intents[intent["id"]] = intent
+    emit(em, "payment_intent.created", intent)
+    return intent
+
+
+def attach_payment_method(em: Emulator, intent: Obj, *, payment_method: str) -> None:
+    """Set the PaymentIntent's method from a ``pm_card_*`` test token or a stored ``pm_`` id."""
+    if payment_method in em.cards:
+        intent["payment_method"] = payment_method
+    else:
+        card = BY_METHOD.get(payment_method)
+        if card is None:
+            raise missing("PaymentMethod", payment_method, param="payment_method")
+        method = shapes.payment_method(card=card, customer=intent["customer"])
+        em.payment_methods[method["id"]] = method
+        em.cards[method["id"]] = card
+        intent["payment_method"] = method["id"]
+    if intent["status"] == "requires_payment_method":
+        intent["status"] = "requires_confirmation"
+
+
+def confirm(em: Emulator, intent: Obj, *, payment_method: str | None) -> Obj:
+    """Confirm with a card: it succeeds at once or is declined (402, intent reusable)."""
+    if intent["status"] not in CONFIRMABLE:
+        raise invalid(
+            f"You cannot confirm this PaymentIntent because it has a status of {intent['status']}.",
+            code="payment_intent_unexpected_state",
+        )
+    if payment_method:
+        attach_payment_method(em, intent, payment_method=payment_method)
+    if intent["payment_method"] is None:
+        raise invalid(
+            "You cannot confirm this PaymentIntent because it's missing a payment method. "
+            "Update it with a payment_method, or confirm it with one.",
+            code="payment_intent_unexpected_state",
+        )
+    card = em.cards[intent["payment_method"]]
+    return charge(em, intent, card=card, raise_decline=True)
+
+
+def charge(em: Emulator, intent: Obj, *, card: TestCard, raise_decline: bool) -> Obj:
+    """Create the charge for a confirmed intent and settle the intent from its outcome."""
+    method = em.payment_methods[intent["payment_method"]]
+    created = shapes.charge(intent=intent, method=method, card=card)
+    em.charges[created["id"]] = created
+    intent["latest_charge"] = created["id"]
+    if not card.declined:
+        intent.update(
+            status="succeeded",
+            amount_received=intent["amount"],
+            last_payment_error=None,
+            processing=None,
+        )
+        emit(em, "charge.succeeded", created)
+        emit(em, "payment_intent.succeeded", intent)
+        return intent
+    error = StripeError(
+        status=402,
+        type="card_error",
+        code=card.error_code,
+        decline_code=card.decline_code,
+        message=card.message,
+    )
+    intent.update(
+        status="requires_payment_method",
+        payment_method=None,
+        processing=None,
+        last_payment_error={
+            **error.body()["error"],
+            "charge": created["id"],
+            "payment_method": copy.deepcopy(method),
+        },
+    )
+    emit(em, "charge.failed", created)
+    emit(em, "payment_intent.payment_failed", intent)
+    if raise_decline:
+        error.extra = {
+            "charge": created["id"],
+            "payment_intent": render(em, intent, {}),
+            "payment_method": copy.deepcopy(method),
+        }
+        raise error
+    return intent
+
+
+def cancel(em: Emulator, intent: Obj, *, reason: str | None) -> Obj:
+    if intent["status"] not in CONFIRMABLE | {"requires_capture"}:
+        raise invalid(
+            "You cannot cancel this PaymentIntent because it has a status of "
+            f"{intent['status']}. Only a PaymentIntent with one of the following statuses may "
+            "be canceled: requires_payment_method, requires_capture, requires_confirmation, "
+            "requires_action, processing.",
+            code="payment_intent_unexpected_state",
+        )
+    intent.update(status="canceled", canceled_at=shapes.now(), cancellation_reason=reason)
+    emit(em, "payment_intent.canceled", intent)
+    return intent
+
+
+def refresh_session(em: Emulator, session: Obj) -> Obj:
+    """Expire an open session whose ``expires_at`` has passed, as Stripe does in the background."""
+    if session["status"] == "open" and shapes.now() >= session["expires_at"]:
+        token = current_origin.set(None)  # Stripe's own doing, not the reading request's
+        try:
+            expire_session(em, session)
+        finally:
+            current_origin.reset(token)
+    return session
+
+
+def expire_session(em: Emulator, session: Obj) -> Obj:
+    if session["status"] != "open":
+        raise invalid('Only Checkout Sessions with a status in ["open"] can be expired.')
+    session["status"] = "expired"
+    session["url"] = None
+    intent = em.payment_intents.get(session["payment_intent"] or "")
+    if intent is not None and intent["status"] in CONFIRMABLE:
+        cancel(em, intent, reason="automatic")
+    emit(em, "checkout.session.expired", session)
+    return session
+
+
+def _session_intent(em: Emulator, session: Obj) -> Obj:
+    """The session's PaymentIntent, created at its first payment attempt."""
+    if session["payment_intent"] is not None:
+        return em.payment_intents[session["payment_intent"]]
+    data: Params = em.intent_data.get(session["id"], {})
+    intent = create_payment_intent(
+        em,
+        amount=session["amount_total"],
+        currency=session["currency"],
+        customer=session["customer"],
+        description=data.get("description"),
+        metadata=dict(data.get("metadata", {})),
+        payment_method_types=list(session["payment_method_types"]),
+        receipt_email=data.get("receipt_email"),
+    )
+    session["payment_intent"] = intent["id"]
+    return intent
+
+
+def pay_session(
+    em: Emulator,
+    session: Obj,
+    *,
+    card: TestCard,
+    email: str | None = None,
+    name: str | None = None,
+    async_outcome: str | None = None,
+) -> Obj:
+    """Pay an open Checkout Session as its hosted page does; returns the PaymentIntent.
+
+    ``async_outcome`` ("succeeded" or "failed") plays a delayed payment method: the session
+    completes unpaid first, then the outcome arrives as ``checkout.session.async_payment_*``.
+    """
+    refresh_session(em, session)
+    if session["status"] != "open":
+        raise invalid(f"This Checkout Session is no longer active (status {session['status']}).")
+    intent = _session_intent(em, session)
+    if async_outcome is None or card.declined:
+        intent = confirm(em, intent, payment_method=card.payment_method)
+        _complete(em, session, email=email, name=name, paid=True)
+        return intent
+    if async_outcome not in {"succeeded", "failed"}:
+        raise invalid('async must be "succeeded" or "failed".', param="async")
+    attach_payment_method(em, intent, payment_method=card.payment_method)
+    intent.update(status="processing", processing={"type": "card"})
+    emit(em, "payment_intent.processing", intent)
+    _complete(em, session, email=email, name=name, paid=False)
+    if async_outcome == "succeeded":
+        charge(em, intent, card=card, raise_decline=False)
+        session["payment_status"] = "paid"
+        emit(em, "checkout.session.async_payment_succeeded", session)
+    else:
+        charge(em, intent, card=BY_METHOD["pm_card_chargeDeclined"], raise_decline=False)
+        emit(em, "checkout.session.async_payment_failed", session)
+    return intent
+
+
+def _complete(
+    em: Emulator, session: Obj, *, email: str | None, name: str | None, paid: bool
+) -> None:
+    session.update(
+        status="complete",
+        payment_status="paid" if paid else "unpaid",
+        url=None,
+        customer_details=shapes.customer_details(
+            email=email or session["customer_email"] or _customer_email(em, session), name=name
+        ),
+    )
+    emit(em, "checkout.session.completed", session)
+
+
+def _customer_email(em: Emulator, session: Obj) -> str | None:
+    customer = em.customers.get(session["customer"] or "")
+    return customer["email"] if customer else None
+
+
+def refundable_charge(em: Emulator, *, charge_id: str | None, intent_id: str | None) -> Obj:
+    """The charge a refund or dispute is about, named directly or through its intent."""
+    if charge_id is not None:
+        found = em.charges.get(charge_id)
+        if found is None:
+            raise missing("charge", charge_id, param="charge")
+        return found
+    if intent_id is None:
+        raise invalid(
+            "One of the following params should be provided for this request: "
+            "payment_intent or charge.",
+            code="parameter_missing",
+        )
+    intent = em.payment_intents.get(intent_id)
+    if intent is None:
+        raise missing("payment_intent", intent_id, param="payment_intent")
+    latest = em.charges.get(intent["latest_charge"] or "")
+    if intent["status"] != "succeeded" or latest is None:
+        raise invalid(
+            f"This PaymentIntent ({intent_id}) does not have a successful charge to refund.",
+            param="payment_intent",
+        )
+    return latest
+
+
+def refund(
+    em: Emulator, target: Obj, *, amount: int | None, reason: str | None, metadata: Obj
+) -> Obj:
+    if target["status"] != "succeeded":
+        raise invalid(f"Charge {target['id']} has not succeeded; it cannot be refunded.")
+    if target["disputed"]:
+        raise invalid(
+            f"Charge {target['id']} has been charged back; cannot issue a refund.",
+            code="charge_disputed",
+        )
+    remaining = target["amount"] - target["amount_refunded"]
+    if remaining <= 0:
+        raise invalid(
+            f"Charge {target['id']} has already been refunded.", code="charge_already_refunded"
+        )
+    amount = remaining if amount is None else amount
+    if amount <= 0:
+        raise invalid("Refund amount must be positive.", param="amount")
+    if amount > remaining:
+        raise invalid(
+            f"Refund amount ({amount}) is greater than unrefunded amount on charge ({remaining})",
+            param="amount",
+            code="amount_too_large",
+        )
+    if reason not in {None, "duplicate", "fraudulent", "requested_by_customer"}:
+        raise invalid(f"Invalid reason: {reason}", param="reason")
+    created = shapes.refund(charge=target, amount=amount, reason=reason, metadata=metadata)
+    em.refunds[created["id"]] = created
+    previous: Obj = {"amount_refunded": target["amount_refunded"]}
+    target["amount_refunded"] += amount
+    if target["amount_refunded"] == target["amount"]:
+        previous["refunded"] = False
+        target["refunded"] = True
+    listing = target["refunds"]
+    listing["data"].insert(0, copy.deepcopy(created))
+    listing["total_count"] = len(listing["data"])
+    emit(em, "refund.created", created)
+    emit(em, "charge.refunded", target, previous_attributes=previous)
+    return created
+
+
+def open_dispute(em: Emulator, target: Obj, *, amount: int | None, reason: str) -> Obj:
+    if target["status"] != "succeeded":
+        raise invalid(f"Charge {target['id']} has not succeeded; it cannot be disputed.")
+    if target["disputed"]:
+        raise invalid(f"Charge {target['id']} is already disputed.")
+    amount = target["amount"] if amount is None else amount
+    if not 0 < amount <= target["amount"]:
+        raise invalid("The dispute amount must be between 1 and the charge amount.", param="amount")
+    created = shapes.dispute(charge=target, amount=amount, reason=reason)
+    em.disputes[created["id"]] = created
+    target["disputed"] = True
+    emit(em, "charge.dispute.created", created)
+    created["balance_transactions"].append(
+        shapes.balance_transaction_stub(
+            amount=-amount, currency=created["currency"], type="adjustment"
+        )
+    )
+    emit(em, "charge.dispute.funds_withdrawn", created)
+    return created
+
+
+def close_dispute(em: Emulator, dispute: Obj, *, status: str) -> Obj:
+    if status not in {"won", "lost"}:
+        raise invalid('status must be "won" or "lost".', param="status")
+    if dispute["status"] in {"won", "lost", "warning_closed"}:
+        raise invalid(f"Dispute {dispute['id']} is already closed ({dispute['status']}).")
+    previous = {"status": dispute["status"]}
+    dispute["status"] = status
+    dispute["is_charge_refundable"] = False
+    if status == "won":
+        dispute["balance_transactions"].append(
+            shapes.balance_transaction_stub(
+                amount=dispute["amount"], currency=dispute["currency"], type="adjustment"
+            )
+        )
+        emit(em, "charge.dispute.funds_reinstated", dispute)
+    emit(em, "charge.dispute.closed", dispute, previous_attributes=previous)
+    return dispute

@@ -1,0 +1,251 @@
+"""Taking purchased tokens back (a refunded or disputed payment) and freezing them meanwhile.
+
+A clawback never overdraws a wallet: it takes what the wallet can give (its balance less
+what pending holds reserve) and records the rest as the wallet's ``debt``. What happens to
+a debt is the caller's policy: ``settle_debt`` collects it from a later credit.
+
+A freeze is a hold with no deadline: the tokens stay in the wallet but cannot be spent
+until it is voided (the dispute was won) or voided and clawed back (it was lost).
+
+These operations are rare and run in the caller's transaction; their keys start with the
+reserved prefix, so no API caller can take them first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from tokenbank.columns import utcnow
+from tokenbank.db import atomic
+from tokenbank.ledger.errors import InvalidArgument, UnknownUser
+from tokenbank.ledger.holds import Hold, _reserve, get_hold
+from tokenbank.ledger.journal import (
+    RESERVED_KEY_PREFIX,
+    Receipt,
+    Request,
+    check_amount,
+    check_metadata,
+    record_transfer,
+)
+from tokenbank.ledger.models import SystemAccount, TransferKind, accounts, holds, transfers
+from tokenbank.ledger.transfers import CREDIT_SOURCES, _move, _unapplied
+
+#: A freeze's deadline: never reached, so no sweep expires it.
+FROZEN_UNTIL = datetime(9999, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Clawback:
+    """``taken`` left the wallet (in transfer ``transfer_id``); ``debt`` was added to its debt."""
+
+    user_id: str
+    taken: int
+    debt: int
+    transfer_id: int | None
+    balance: int
+    replayed: bool = False
+
+
+def _reference_key(kind: str, reference: str) -> str:
+    if not reference or len(reference) > 200 or not reference.isprintable():
+        raise InvalidArgument("reference", "must be 1-200 printable characters")
+    return f"{RESERVED_KEY_PREFIX}{kind}:{reference}"
+
+
+def _lock_wallet(conn: Connection, user_id: str) -> Any:
+    row = conn.execute(
+        sa.select(accounts.c.id, accounts.c.balance, accounts.c.held, accounts.c.debt)
+        .where(accounts.c.user_id == user_id)
+        .with_for_update()
+    ).first()
+    if row is None:
+        raise UnknownUser(user_id)
+    return row
+
+
+def credit_purchase(
+    conn: Connection,
+    *,
+    user_id: str,
+    reference: str,
+    tokens: int,
+    bonus_tokens: int,
+    description: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    event_at: datetime | None = None,
+    now: datetime | None = None,
+) -> tuple[Receipt, Receipt | None]:
+    """Credit a paid purchase and its bonus, once per ``reference`` (the purchase)."""
+    now = now or utcnow()
+    metadata = check_metadata(metadata)
+    receipts: list[Receipt] = []
+    for kind, amount in ((TransferKind.PURCHASE, tokens), (TransferKind.BONUS, bonus_tokens)):
+        if kind is TransferKind.BONUS and amount == 0:
+            continue
+        request = Request(
+            key=_reference_key(kind.value, reference),
+            kind=kind,
+            user_id=user_id,
+            amount=check_amount(amount),
+            description=description,
+            metadata=metadata,
+            event_at=event_at,
+        )
+        system, total = CREDIT_SOURCES[kind]
+        receipt = _move(
+            conn, request, amount=amount, system=system, total=total, spend=False, now=now
+        )
+        receipts.append(receipt or _unapplied(conn, request))
+    return receipts[0], receipts[1] if len(receipts) > 1 else None
+
+
+def claw_back(
+    conn: Connection,
+    *,
+    user_id: str,
+    amount: int,
+    reference: str,
+    description: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> Clawback:
+    """Take ``amount`` tokens back, once per ``reference``: what the wallet can give now,
+    the rest as debt."""
+    amount = check_amount(amount)
+    key = _reference_key("clawback", reference)
+    metadata = check_metadata(metadata)
+    now = now or utcnow()
+    with atomic(conn):
+        wallet = _lock_wallet(conn, user_id)
+        done = conn.execute(
+            sa.select(transfers.c.id, transfers.c.amount).where(transfers.c.idempotency_key == key)
+        ).first()
+        if done is not None:
+            return Clawback(
+                user_id=user_id,
+                taken=done.amount,
+                debt=amount - done.amount,
+                transfer_id=done.id,
+                balance=wallet.balance,
+                replayed=True,
+            )
+        taken = max(0, min(amount, wallet.balance - wallet.held))
+        debt = amount - taken
+        balance = wallet.balance - taken
+        conn.execute(
+            sa.update(accounts)
+            .where(accounts.c.id == wallet.id)
+            .values(balance=balance, debt=accounts.c.debt + debt)
+        )
+        transfer_id = None
+        if taken:
+            transfer_id = record_transfer(
+                conn,
+                key=key,
+                kind=TransferKind.CLAWBACK,
+                debit_account_id=wallet.id,
+                credit_account_id=SystemAccount.REFUNDS,
+                amount=taken,
+                wallet_id=wallet.id,
+                wallet_balance=balance,
+                description=description,
+                metadata={**(metadata or {}), "owed": amount, "debt": debt},
+                event_at=now,
+                now=now,
+            )
+    return Clawback(
+        user_id=user_id, taken=taken, debt=debt, transfer_id=transfer_id, balance=balance
+    )
+
+
+def settle_debt(
+    conn: Connection,
+    *,
+    user_id: str,
+    reference: str,
+    description: str | None = None,
+    now: datetime | None = None,
+) -> Clawback:
+    """Collect the wallet's debt from its available tokens, as far as they go."""
+    key = _reference_key("settle", reference)
+    now = now or utcnow()
+    with atomic(conn):
+        wallet = _lock_wallet(conn, user_id)
+        taken = max(0, min(wallet.debt, wallet.balance - wallet.held))
+        if (
+            taken == 0
+            or conn.execute(
+                sa.select(transfers.c.id).where(transfers.c.idempotency_key == key)
+            ).first()
+        ):
+            return Clawback(
+                user_id=user_id, taken=0, debt=wallet.debt, transfer_id=None, balance=wallet.balance
+            )
+        balance = wallet.balance - taken
+        conn.execute(
+            sa.update(accounts)
+            .where(accounts.c.id == wallet.id)
+            .values(balance=balance, debt=accounts.c.debt - taken)
+        )
+        transfer_id = record_transfer(
+            conn,
+            key=key,
+            kind=TransferKind.CLAWBACK,
+            debit_account_id=wallet.id,
+            credit_account_id=SystemAccount.REFUNDS,
+            amount=taken,
+            wallet_id=wallet.id,
+            wallet_balance=balance,
+            description=description or "Debt settled",
+            metadata={"settles_debt": taken},
+            event_at=now,
+            now=now,
+        )
+    return Clawback(
+        user_id=user_id,
+        taken=taken,
+        debt=wallet.debt - taken,
+        transfer_id=transfer_id,
+        balance=balance,
+    )
+
+
+def freeze(
+    conn: Connection,
+    *,
+    user_id: str,
+    amount: int,
+    reference: str,
+    description: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> Hold | None:
+    """Reserve up to ``amount`` tokens with no deadline, once per ``reference``; None when
+    the wallet has nothing available to freeze."""
+    amount = check_amount(amount)
+    key = _reference_key("freeze", reference)
+    metadata = check_metadata(metadata)
+    now = now or utcnow()
+    with atomic(conn):
+        wallet = _lock_wallet(conn, user_id)
+        existing = conn.execute(sa.select(holds.c.id).where(holds.c.idempotency_key == key)).first()
+        if existing is not None:
+            return get_hold(conn, hold_id=existing.id)
+        frozen = min(amount, wallet.balance - wallet.held)
+        if frozen <= 0:
+            return None
+        return _reserve(
+            conn,
+            user_id=user_id,
+            amount=frozen,
+            key=key,
+            expires_at=FROZEN_UNTIL,
+            description=description,
+            metadata=metadata,
+            now=now,
+        )

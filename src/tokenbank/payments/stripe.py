@@ -1,0 +1,456 @@
+"""Stripe, through its official SDK: the only module that imports ``stripe``.
+
+Everything tokenbank asks of Stripe goes through ``Stripe``, which answers with small
+frozen records of the fields billing reads. With ``api_base`` set (``STRIPE_API_BASE``) the
+same calls go to the built-in emulator instead of api.stripe.com: one code path for both.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import stripe
+
+from tokenbank.errors import TokenbankError
+
+#: Stripe's own default and the tolerance its docs recommend.
+SIGNATURE_TOLERANCE_SECONDS = 300
+STRIPE_JS_URL = "https://js.stripe.com/v3/"
+
+
+class PaymentProviderError(TokenbankError):
+    """Stripe could not be reached or refused a request tokenbank made."""
+
+    code = "payment_provider_error"
+
+
+class InvalidSignature(TokenbankError):
+    code = "invalid_signature"
+
+
+class WebhooksNotConfigured(TokenbankError):
+    code = "webhooks_not_configured"
+
+
+@dataclass(frozen=True, slots=True)
+class CheckoutSession:
+    id: str
+    url: str | None
+    status: str  # open, complete, expired
+    payment_status: str  # paid, unpaid, no_payment_required
+    amount_total: int | None
+    currency: str | None
+    client_reference_id: str | None
+    payment_intent_id: str | None
+    metadata: dict[str, str]
+    created: int
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentIntent:
+    id: str
+    status: str  # requires_payment_method, processing, succeeded, canceled, ...
+    amount: int
+    amount_received: int
+    currency: str
+    client_secret: str | None
+    metadata: dict[str, str]
+    failure_code: str | None
+    failure_message: str | None
+    created: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refund:
+    id: str
+    amount: int
+    currency: str
+    status: str  # pending, requires_action, succeeded, failed, canceled
+    payment_intent_id: str | None
+    created: int
+
+
+@dataclass(frozen=True, slots=True)
+class Dispute:
+    id: str
+    amount: int
+    currency: str
+    status: str  # warning_needs_response, needs_response, under_review, won, lost, ...
+    payment_intent_id: str | None
+    created: int
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A verified webhook delivery. ``object`` is the payload's snapshot: a hint of what
+    changed, never the truth to act on."""
+
+    id: str
+    type: str
+    created: int
+    api_version: str | None
+    livemode: bool
+    object: dict[str, Any] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    id: str
+    product_id: str
+    unit_amount: int | None
+    currency: str
+    lookup_key: str | None
+    active: bool
+
+
+def _id(value: Any) -> str | None:
+    """An expandable field: an id string, an expanded object, or nothing."""
+    if value is None or isinstance(value, str):
+        return value
+    return cast(str, value["id"])
+
+
+def _session(data: dict[str, Any]) -> CheckoutSession:
+    return CheckoutSession(
+        id=data["id"],
+        url=data.get("url"),
+        status=data.get("status") or "open",
+        payment_status=data.get("payment_status") or "unpaid",
+        amount_total=data.get("amount_total"),
+        currency=data.get("currency"),
+        client_reference_id=data.get("client_reference_id"),
+        payment_intent_id=_id(data.get("payment_intent")),
+        metadata=dict(data.get("metadata") or {}),
+        created=int(data.get("created") or 0),
+    )
+
+
+def _intent(data: dict[str, Any]) -> PaymentIntent:
+    error = data.get("last_payment_error") or {}
+    return PaymentIntent(
+        id=data["id"],
+        status=data["status"],
+        amount=int(data["amount"]),
+        amount_received=int(data.get("amount_received") or 0),
+        currency=data["currency"],
+        client_secret=data.get("client_secret"),
+        metadata=dict(data.get("metadata") or {}),
+        failure_code=error.get("decline_code") or error.get("code"),
+        failure_message=error.get("message"),
+        created=int(data.get("created") or 0),
+    )
+
+
+def _refund(data: dict[str, Any]) -> Refund:
+    return Refund(
+        id=data["id"],
+        amount=int(data["amount"]),
+        currency=data["currency"],
+        status=data.get("status") or "succeeded",
+        payment_intent_id=_id(data.get("payment_intent")),
+        created=int(data.get("created") or 0),
+    )
+
+
+def _dispute(data: dict[str, Any]) -> Dispute:
+    return Dispute(
+        id=data["id"],
+        amount=int(data["amount"]),
+        currency=data["currency"],
+        status=data["status"],
+        payment_intent_id=_id(data.get("payment_intent")),
+        created=int(data.get("created") or 0),
+    )
+
+
+def _price(data: dict[str, Any]) -> Price:
+    return Price(
+        id=data["id"],
+        product_id=cast(str, _id(data["product"])),
+        unit_amount=data.get("unit_amount"),
+        currency=data["currency"],
+        lookup_key=data.get("lookup_key"),
+        active=bool(data.get("active")),
+    )
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    return cast(dict[str, Any], obj.to_dict())
+
+
+class Stripe:
+    """One Stripe account, reached through the SDK's ``StripeClient``.
+
+    Every call is a network round trip: callers make them with no database rows locked.
+    """
+
+    def __init__(
+        self,
+        *,
+        secret_key: str,
+        webhook_secret: str | None = None,
+        api_base: str | None = None,
+        timeout_seconds: float = 20,
+        max_network_retries: int = 2,
+    ) -> None:
+        self.webhook_secret = webhook_secret
+        self.api_base = api_base
+        self._client = stripe.StripeClient(
+            secret_key,
+            base_addresses={"api": api_base} if api_base else None,
+            max_network_retries=max_network_retries,
+            http_client=stripe.RequestsClient(timeout=timeout_seconds),
+        )
+
+    @property
+    def js_url(self) -> str:
+        """Where pages load Stripe.js from: Stripe's, or the emulator's stand-in."""
+        return f"{self.api_base.rstrip('/')}/v3/" if self.api_base else STRIPE_JS_URL
+
+    # -- webhooks ---------------------------------------------------------------------------
+
+    def verify_event(self, payload: bytes, signature: str | None) -> Event:
+        """The event in ``payload`` if ``signature`` proves Stripe sent it in the last
+        five minutes; fails closed when no webhook secret is configured."""
+        if not self.webhook_secret:
+            raise WebhooksNotConfigured("no webhook signing secret is configured")
+        try:
+            stripe.WebhookSignature.verify_header(
+                payload, signature, self.webhook_secret, SIGNATURE_TOLERANCE_SECONDS
+            )
+        except stripe.SignatureVerificationError as exc:
+            raise InvalidSignature(str(exc.user_message or exc)) from None
+        return parse_event(payload)
+
+    # -- calls ------------------------------------------------------------------------------
+
+    def _call(self, what: str, call: Any, *args: Any) -> Any:
+        try:
+            return call(*args)
+        except stripe.StripeError as exc:
+            raise PaymentProviderError(
+                f"Stripe refused to {what}: {exc.user_message or exc}"
+            ) from exc
+
+    def create_customer(self, *, user_id: str, email: str | None, idempotency_key: str) -> str:
+        params: dict[str, Any] = {"metadata": {"tokenbank_user_id": user_id}}
+        if email:
+            params["email"] = email
+        customer = self._call(
+            "create a customer",
+            self._client.v1.customers.create,
+            params,
+            {"idempotency_key": idempotency_key},
+        )
+        return cast(str, customer.id)
+
+    def create_checkout_session(
+        self,
+        *,
+        line_item: dict[str, Any],
+        customer_id: str | None,
+        client_reference_id: str,
+        metadata: dict[str, str],
+        success_url: str,
+        cancel_url: str,
+        locale: str | None,
+        idempotency_key: str,
+    ) -> CheckoutSession:
+        params: dict[str, Any] = {
+            "mode": "payment",
+            "line_items": [line_item],
+            "client_reference_id": client_reference_id,
+            "metadata": metadata,
+            "payment_intent_data": {"metadata": metadata},
+            "success_url": success_url,
+            "cancel_url": cancel_url,
+        }
+        if customer_id:
+            params["customer"] = customer_id
+        if locale:
+            params["locale"] = locale
+        session = self._call(
+            "create a Checkout Session",
+            self._client.v1.checkout.sessions.create,
+            params,
+            {"idempotency_key": idempotency_key},
+        )
+        return _session(_plain(session))
+
+    def create_payment_intent(
+        self,
+        *,
+        amount: int,
+        currency: str,
+        customer_id: str | None,
+        metadata: dict[str, str],
+        description: str,
+        idempotency_key: str,
+    ) -> PaymentIntent:
+        params: dict[str, Any] = {
+            "amount": amount,
+            "currency": currency,
+            "metadata": metadata,
+            "description": description,
+            "payment_method_types": ["card"],
+        }
+        if customer_id:
+            params["customer"] = customer_id
+        intent = self._call(
+            "create a PaymentIntent",
+            self._client.v1.payment_intents.create,
+            params,
+            {"idempotency_key": idempotency_key},
+        )
+        return _intent(_plain(intent))
+
+    def checkout_session(self, session_id: str) -> CheckoutSession:
+        found = self._call(
+            "read a Checkout Session", self._client.v1.checkout.sessions.retrieve, session_id
+        )
+        return _session(_plain(found))
+
+    def payment_intent(self, payment_intent_id: str) -> PaymentIntent:
+        found = self._call(
+            "read a PaymentIntent", self._client.v1.payment_intents.retrieve, payment_intent_id
+        )
+        return _intent(_plain(found))
+
+    def charge_payment_intent_id(self, charge_id: str) -> str | None:
+        found = self._call("read a charge", self._client.v1.charges.retrieve, charge_id)
+        return _id(_plain(found).get("payment_intent"))
+
+    def refunds_of(self, payment_intent_id: str) -> list[Refund]:
+        return [
+            _refund(r)
+            for r in self._list(
+                "list refunds", self._client.v1.refunds, {"payment_intent": payment_intent_id}
+            )
+        ]
+
+    def disputes_of(self, payment_intent_id: str) -> list[Dispute]:
+        return [
+            _dispute(d)
+            for d in self._list(
+                "list disputes", self._client.v1.disputes, {"payment_intent": payment_intent_id}
+            )
+        ]
+
+    def dispute(self, dispute_id: str) -> Dispute:
+        return _dispute(
+            _plain(self._call("read a dispute", self._client.v1.disputes.retrieve, dispute_id))
+        )
+
+    def _list(self, what: str, service: Any, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        page = self._call(what, service.list, {"limit": 100, **params})
+        try:
+            for item in page.auto_paging_iter():
+                yield _plain(item)
+        except stripe.StripeError as exc:
+            raise PaymentProviderError(f"Stripe refused to {what}: {exc}") from exc
+
+    def sessions_since(self, created_gte: int) -> Iterator[CheckoutSession]:
+        params = {"created": {"gte": created_gte}}
+        for data in self._list("list Checkout Sessions", self._client.v1.checkout.sessions, params):
+            yield _session(data)
+
+    def payment_intents_since(self, created_gte: int) -> Iterator[PaymentIntent]:
+        params = {"created": {"gte": created_gte}}
+        for data in self._list("list PaymentIntents", self._client.v1.payment_intents, params):
+            yield _intent(data)
+
+    def refunds_since(self, created_gte: int) -> Iterator[Refund]:
+        params = {"created": {"gte": created_gte}}
+        for data in self._list("list refunds", self._client.v1.refunds, params):
+            yield _refund(data)
+
+    def disputes_since(self, created_gte: int) -> Iterator[Dispute]:
+        params = {"created": {"gte": created_gte}}
+        for data in self._list("list disputes", self._client.v1.disputes, params):
+            yield _dispute(data)
+
+    def billing_portal_url(self, *, customer_id: str, return_url: str) -> str:
+        portal = self._call(
+            "open the billing portal",
+            self._client.v1.billing_portal.sessions.create,
+            {"customer": customer_id, "return_url": return_url},
+        )
+        return cast(str, portal.url)
+
+    # -- catalog ----------------------------------------------------------------------------
+
+    def prices_by_lookup_key(self, lookup_keys: list[str]) -> dict[str, Price]:
+        found: dict[str, Price] = {}
+        for start in range(0, len(lookup_keys), 10):  # Stripe takes at most 10 keys a call
+            params = {"lookup_keys": lookup_keys[start : start + 10], "active": True}
+            for data in self._list("list prices", self._client.v1.prices, params):
+                price = _price(data)
+                if price.lookup_key:
+                    found[price.lookup_key] = price
+        return found
+
+    def active_prices(self) -> list[Price]:
+        return [
+            _price(p) for p in self._list("list prices", self._client.v1.prices, {"active": True})
+        ]
+
+    def product(self, product_id: str) -> dict[str, Any] | None:
+        try:
+            return _plain(self._client.v1.products.retrieve(product_id))
+        except stripe.InvalidRequestError as exc:
+            if exc.http_status == 404:
+                return None
+            raise PaymentProviderError(f"Stripe refused to read a product: {exc}") from exc
+        except stripe.StripeError as exc:
+            raise PaymentProviderError(f"Stripe refused to read a product: {exc}") from exc
+
+    def create_product(self, *, product_id: str, name: str, metadata: dict[str, str]) -> None:
+        self._call(
+            "create a product",
+            self._client.v1.products.create,
+            {"id": product_id, "name": name, "metadata": metadata},
+        )
+
+    def update_product(self, product_id: str, *, name: str, active: bool) -> None:
+        self._call(
+            "update a product",
+            self._client.v1.products.update,
+            product_id,
+            {"name": name, "active": active},
+        )
+
+    def create_price(
+        self, *, product_id: str, unit_amount: int, currency: str, lookup_key: str
+    ) -> Price:
+        created = self._call(
+            "create a price",
+            self._client.v1.prices.create,
+            {
+                "product": product_id,
+                "unit_amount": unit_amount,
+                "currency": currency,
+                "lookup_key": lookup_key,
+                "transfer_lookup_key": True,
+                "metadata": {"tokenbank": "1"},
+            },
+        )
+        return _price(_plain(created))
+
+    def archive_price(self, price_id: str) -> None:
+        self._call("archive a price", self._client.v1.prices.update, price_id, {"active": False})
+
+
+def parse_event(payload: bytes | str) -> Event:
+    """An event from its JSON (verified, or stored in the inbox after verification)."""
+    data = json.loads(payload)
+    return Event(
+        id=data["id"],
+        type=data["type"],
+        created=int(data["created"]),
+        api_version=data.get("api_version"),
+        livemode=bool(data.get("livemode")),
+        object=dict((data.get("data") or {}).get("object") or {}),
+    )

@@ -1,0 +1,321 @@
+"""Both purchase flows end to end, through the Stripe emulator and its signed webhooks."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import sqlalchemy as sa
+import stripe
+
+from tests.billing.conftest import Store
+from tests.stripe_emulator import SECRET_KEY, event_bytes, signed
+from tokenbank import billing
+from tokenbank.billing.models import purchases, webhook_events
+from tokenbank.columns import utcnow
+
+
+def _sdk(store: Store) -> stripe.StripeClient:
+    return stripe.StripeClient(
+        SECRET_KEY, base_addresses={"api": store.emulator.url}, max_network_retries=0
+    )
+
+
+def _inbox(store: Store) -> list[sa.Row[tuple[str, ...]]]:
+    with store.db.read() as conn:
+        return list(
+            conn.execute(
+                sa.select(
+                    webhook_events.c.event_id,
+                    webhook_events.c.type,
+                    webhook_events.c.processed_at,
+                    webhook_events.c.last_error,
+                ).order_by(webhook_events.c.id)
+            )
+        )
+
+
+def test_packages_are_public(store: Store) -> None:
+    answer = store.api.get("/api/v1/packages", headers={"Authorization": ""})
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["currency"] == "usd"
+    plus = next(p for p in body["packages"] if p["id"] == "plus")
+    assert (plus["tokens"], plus["bonus_tokens"], plus["price"], plus["badge"]) == (
+        2000,
+        200,
+        2000,
+        "popular",
+    )
+    assert plus["savings_percent"] == 9
+
+
+def test_checkout_on_the_hosted_page_credits_once(store: Store) -> None:
+    started = store.checkout("plus")
+    purchase = store.purchase(started["purchase_id"])
+    assert (purchase["status"], purchase["amount"], purchase["tokens"]) == ("pending", 2000, 2000)
+
+    page = store.emulator.http.get(started["url"].removeprefix(store.emulator.url))
+    assert page.status_code == 200
+    assert "$20.00" in page.text and "Card number" in page.text
+    paid = store.emulator.http.post(
+        started["url"].removeprefix(store.emulator.url),
+        data={"card_number": "4242 4242 4242 4242", "expiry": "12 / 34", "cvc": "123"},
+    )
+    assert paid.status_code == 303, paid.text
+    assert paid.headers["location"].endswith(f"session_id={started['checkout_session_id']}")
+    deliveries = store.emulator.settle()
+    assert deliveries and all(d["state"] == "delivered" for d in deliveries)
+
+    assert store.balance()["available"] == 2200
+    purchase = store.purchase(started["purchase_id"])
+    assert purchase["status"] == "paid" and purchase["payment_intent_id"]
+    # The success page fulfils too; it finds the purchase credited already.
+    success = store.api.get(
+        "/purchase/success", params={"session_id": started["checkout_session_id"]}
+    )
+    assert success.status_code == 200
+    # Every event again, in any order: nothing more is credited.
+    for event in reversed(store.emulator.events()):
+        store.emulator.http.post(f"/_emulator/events/{event['id']}/redeliver")
+    store.emulator.settle()
+    assert store.balance()["available"] == 2200
+    assert all(row.processed_at is not None for row in _inbox(store))
+
+
+def test_success_page_first_credits_before_any_webhook(store: Store) -> None:
+    store.emulator.configure(drop=100)
+    started = store.checkout("starter")
+    assert store.emulator.pay(started["checkout_session_id"]).status_code == 200
+    assert store.balance()["available"] == 0  # no webhook arrived
+    page = store.api.get("/purchase/success", params={"session_id": started["checkout_session_id"]})
+    assert page.status_code == 200
+    assert store.balance()["available"] == 500
+    assert store.purchase(started["purchase_id"])["status"] == "paid"
+
+
+def test_embedded_payment_credits_once(store: Store) -> None:
+    answer = store.api.post("/api/v1/users/alice/payment-intents", json={"package_id": "pro"})
+    assert answer.status_code == 201, answer.text
+    started = answer.json()
+    assert (started["amount"], started["currency"], started["tokens"]) == (5000, "usd", 5000)
+    assert started["client_secret"].startswith(started["payment_intent_id"])
+    _sdk(store).v1.payment_intents.confirm(
+        started["payment_intent_id"], {"payment_method": "pm_card_visa"}
+    )
+    store.emulator.settle()
+    assert store.balance()["available"] == 6000
+    assert store.purchase(started["purchase_id"])["status"] == "paid"
+
+
+def test_declined_cards_credit_nothing(store: Store) -> None:
+    started = store.checkout("plus")
+    declined = store.emulator.pay(started["checkout_session_id"], card="4000000000000002")
+    assert declined.status_code == 402
+    page = store.emulator.http.post(
+        started["url"].removeprefix(store.emulator.url),
+        data={"card_number": "4000 0000 0000 9995", "expiry": "12 / 34", "cvc": "123"},
+    )
+    assert "insufficient funds" in page.text
+    store.emulator.settle()
+    assert store.balance()["available"] == 0
+    purchase = store.purchase(started["purchase_id"])
+    assert (purchase["status"], purchase["failure_code"]) == ("failed", "insufficient_funds")
+    # The session is still open: a good card on the same page still buys the tokens.
+    assert store.emulator.pay(started["checkout_session_id"]).status_code == 200
+    store.emulator.settle()
+    assert store.purchase(started["purchase_id"])["status"] == "paid"
+    assert store.balance()["available"] == 2200
+
+    answer = store.api.post("/api/v1/users/alice/payment-intents", json={"package_id": "plus"})
+    intent = answer.json()
+    try:
+        _sdk(store).v1.payment_intents.confirm(
+            intent["payment_intent_id"],
+            {"payment_method": "pm_card_chargeDeclinedInsufficientFunds"},
+        )
+    except stripe.CardError as exc:
+        assert exc.error is not None and exc.error.decline_code == "insufficient_funds"
+    else:
+        raise AssertionError("the card was not declined")
+    store.emulator.settle()
+    purchase = store.purchase(intent["purchase_id"])
+    assert (purchase["status"], purchase["failure_code"]) == ("failed", "insufficient_funds")
+    # The buyer tries another card on the same payment: now it is credited.
+    _sdk(store).v1.payment_intents.confirm(
+        intent["payment_intent_id"], {"payment_method": "pm_card_visa"}
+    )
+    store.emulator.settle()
+    assert store.purchase(intent["purchase_id"])["status"] == "paid"
+    assert store.balance()["available"] == 4400
+
+
+def test_one_event_delivered_ten_times_at_once_credits_once(store: Store) -> None:
+    store.emulator.configure(drop=100)
+    started = store.checkout("plus")
+    store.emulator.pay(started["checkout_session_id"])
+    (completed,) = store.emulator.events("checkout.session.completed")
+    body = event_bytes(completed)
+
+    def deliver(_: int) -> int:
+        answer = store.api.post(
+            "/webhooks/stripe",
+            content=body,
+            headers={"Stripe-Signature": signed(body), "Content-Type": "application/json"},
+        )
+        return answer.status_code
+
+    with ThreadPoolExecutor(10) as pool:
+        statuses = list(pool.map(deliver, range(10)))
+    assert statuses == [200] * 10
+    assert store.balance()["available"] == 2200
+    assert len(_inbox(store)) == 1
+
+
+def test_events_in_reverse_order_settle_the_same(store: Store) -> None:
+    store.emulator.configure(reorder=True)
+    started = store.checkout("plus")
+    store.emulator.pay(started["checkout_session_id"])
+    sdk = _sdk(store)
+    purchase = store.purchase(started["purchase_id"])
+    intent_id = sdk.v1.checkout.sessions.retrieve(started["checkout_session_id"]).payment_intent
+    assert isinstance(intent_id, str) and purchase["status"] == "pending"
+    sdk.v1.refunds.create({"payment_intent": intent_id, "amount": 1000})
+    store.emulator.http.post("/_emulator/webhooks/flush").raise_for_status()
+    store.emulator.settle()
+    balance = store.balance()
+    assert balance["available"] == 1100  # credited 2200, then half clawed back
+    purchase = store.purchase(started["purchase_id"])
+    assert (purchase["status"], purchase["refunded_amount"], purchase["clawed_back_tokens"]) == (
+        "paid",
+        1000,
+        1100,
+    )
+
+
+def test_forged_unsigned_and_stale_deliveries_change_nothing(store: Store) -> None:
+    store.emulator.configure(drop=100)
+    started = store.checkout("plus")
+    store.emulator.pay(started["checkout_session_id"])
+    (completed,) = store.emulator.events("checkout.session.completed")
+    body = event_bytes(completed)
+    for headers in (
+        {},
+        {"Stripe-Signature": signed(body, secret="whsec_someone_else_entirely")},
+        {"Stripe-Signature": signed(body, at=int(time.time()) - 301)},
+        {"Stripe-Signature": signed(body + b" ")},
+        {"Stripe-Signature": "t=1,v1=00"},
+    ):
+        answer = store.api.post("/webhooks/stripe", content=body, headers=headers)
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["code"] == "invalid_signature"
+    assert store.balance()["available"] == 0
+    assert _inbox(store) == []
+
+
+def test_a_dropped_delivery_is_healed_by_reconcile(store: Store) -> None:
+    store.emulator.configure(drop=100)
+    started = store.paid_checkout("scale")
+    assert store.balance()["available"] == 0
+    result = billing.reconcile(
+        store.db, store.shop.stripe, since=utcnow() - timedelta(hours=1), policy="debt"
+    )
+    assert [o.purchase.id for o in result.fixed if o.purchase] == [started["purchase_id"]]
+    assert store.balance()["available"] == 13000
+    again = billing.reconcile(
+        store.db, store.shop.stripe, since=utcnow() - timedelta(hours=1), policy="debt"
+    )
+    assert (again.fixed, again.errors) == ([], [])
+    assert store.balance()["available"] == 13000
+
+
+def test_a_payment_that_does_not_match_its_purchase_is_never_credited(store: Store) -> None:
+
+    store.emulator.configure(drop=100)
+    started = store.checkout("plus")
+    with store.db.transaction() as conn:  # as if the row said another price
+        conn.execute(
+            sa.update(purchases).where(purchases.c.id == started["purchase_id"]).values(amount=1999)
+        )
+    store.emulator.pay(started["checkout_session_id"])
+    (completed,) = store.emulator.events("checkout.session.completed")
+    body = event_bytes(completed)
+    answer = store.api.post(
+        "/webhooks/stripe", content=body, headers={"Stripe-Signature": signed(body)}
+    )
+    assert answer.status_code == 500
+    assert answer.json()["code"] == "webhook_failed"
+    (row,) = _inbox(store)
+    assert row.processed_at is None and "PaymentMismatch" in row.last_error
+    assert store.balance()["available"] == 0
+    with store.db.read() as conn:
+        (failed,) = billing.list_events(conn, failed=True)
+    assert failed.event_id == completed["id"]
+    # An operator corrects the row and replays the event: now it is credited, once.
+    with store.db.transaction() as conn:
+        conn.execute(
+            sa.update(purchases).where(purchases.c.id == started["purchase_id"]).values(amount=2000)
+        )
+    for _ in range(2):
+        billing.replay(store.db, store.shop.stripe, event_id=completed["id"], policy="debt")
+    assert store.balance()["available"] == 2200
+
+
+def test_async_payments_succeed_or_fail(store: Store) -> None:
+    good = store.checkout("starter")
+    store.emulator.pay(good["checkout_session_id"], **{"async": "succeeded"})
+    bad = store.checkout("starter")
+    store.emulator.pay(bad["checkout_session_id"], **{"async": "failed"})
+    store.emulator.settle()
+    assert store.purchase(good["purchase_id"])["status"] == "paid"
+    assert store.purchase(bad["purchase_id"])["status"] == "failed"
+    assert store.balance()["available"] == 500
+
+
+def test_an_expired_session_expires_the_purchase(store: Store) -> None:
+    started = store.checkout("starter")
+    _sdk(store).v1.checkout.sessions.expire(started["checkout_session_id"])
+    store.emulator.settle()
+    assert store.purchase(started["purchase_id"])["status"] == "expired"
+
+
+def test_unknown_events_are_recorded_and_acknowledged(store: Store) -> None:
+    event = {
+        "id": "evt_unknown_1",
+        "object": "event",
+        "type": "customer.created",
+        "created": 1_700_000_000,
+        "api_version": "2026-10-28.endive",
+        "livemode": False,
+        "data": {"object": {"id": "cus_1", "object": "customer"}},
+    }
+    body = event_bytes(event)
+    answer = store.api.post(
+        "/webhooks/stripe", content=body, headers={"Stripe-Signature": signed(body)}
+    )
+    assert answer.status_code == 200
+    assert "ignored" in answer.json()["outcome"]
+    (row,) = _inbox(store)
+    assert (row.type, row.processed_at is not None) == ("customer.created", True)
+
+
+def test_purchases_are_listed_for_their_user(store: Store) -> None:
+    first = store.paid_checkout("starter")
+    second = store.checkout("plus")
+    answer = store.api.get("/api/v1/users/alice/purchases")
+    assert answer.status_code == 200
+    items = answer.json()["items"]
+    assert [(i["purchase_id"], i["status"]) for i in items] == [
+        (second["purchase_id"], "pending"),
+        (first["purchase_id"], "paid"),
+    ]
+
+
+def test_buying_an_unknown_package_or_for_an_unknown_user_is_refused(store: Store) -> None:
+    answer = store.api.post("/api/v1/users/alice/checkout-sessions", json={"package_id": "nope"})
+    assert (answer.status_code, answer.json()["code"]) == (422, "unknown_package")
+    answer = store.api.post("/api/v1/users/bob/checkout-sessions", json={"package_id": "plus"})
+    assert (answer.status_code, answer.json()["code"]) == (404, "not_found")
+    with store.db.read() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(purchases)).scalar() == 0
