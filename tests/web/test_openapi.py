@@ -13,6 +13,7 @@ from schemathesis.generation.case import Case
 from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from tests.stripe_emulator import EmulatorServer, make_billing
 from tests.web.conftest import PASSWORDS, SETTINGS, make_key
 from tokenbank import ledger, users
 from tokenbank.apikeys import Scope
@@ -22,13 +23,16 @@ from tokenbank.web.app import create_app
 
 
 @pytest.fixture
-def api_schema(db: Database) -> Any:
+def api_schema(db: Database, emulator_server: EmulatorServer) -> Any:
     with db.transaction() as conn:
         users.create_user(conn, user_id="alice", email="alice@example.com")
         ledger.credit(
             conn, user_id="alice", amount=10_000, kind=TransferKind.GRANT, idempotency_key="seed"
         )
-    app = create_app(SETTINGS, db=db, passwords=PASSWORDS)
+    emulator_server.reset()
+    # Selling goes to the Stripe emulator, so the purchase routes answer for real.
+    shop = make_billing(emulator_server.url)
+    app = create_app(SETTINGS, db=db, passwords=PASSWORDS, shop=shop)
     app.state.test_headers = make_key(db, Scope.ADMIN)
     return schemathesis.openapi.from_asgi("/openapi.json", app)
 

@@ -4,6 +4,7 @@ the built-in Stripe emulator."""
 from __future__ import annotations
 
 import re
+from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
@@ -16,7 +17,7 @@ from tokenbank import billing
 from tokenbank.billing import Billing, PaymentsNotConfigured
 from tokenbank.billing.catalog import catalog_warnings, load_catalog
 from tokenbank.billing.money import format_amount
-from tokenbank.cli.common import context, err, errors, out
+from tokenbank.cli.common import context, err, errors, out, to_json
 from tokenbank.columns import utcnow
 from tokenbank.emulator import serve
 
@@ -71,6 +72,7 @@ def packages_check(
             justify="right"
             if column in {"tokens", "bonus", "price", "per token", "savings"}
             else "left",
+            overflow="fold",
         )
     for package in catalog.packages:
         savings = package.savings_against(base) if base and package.active else None
@@ -126,13 +128,17 @@ def webhooks_list(
         bool, typer.Option("--failed", help="Only events whose processing failed.")
     ] = False,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """The newest events in the inbox."""
     with errors(), context(ctx).db.read() as conn:
         events = billing.list_events(conn, failed=failed, limit=limit)
+    if as_json:
+        out.print_json(to_json([asdict(e) for e in events]))
+        return
     table = Table()
     for column in ("event", "type", "received", "state", "attempts", "outcome / last error"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # ids in full, wrapped if need be
     for event in events:
         state = "processed" if event.processed_at else ("failed" if event.failed else "pending")
         table.add_row(

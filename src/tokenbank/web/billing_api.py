@@ -13,6 +13,7 @@ from tokenbank.apikeys.service import ApiKey, Scope
 from tokenbank.billing import Billing, Package, PaymentsNotConfigured, Purchase
 from tokenbank.db import Database
 from tokenbank.identity import SignedIn
+from tokenbank.web.api import PROBLEMS
 from tokenbank.web.auth import requires
 from tokenbank.web.observe import Metrics
 from tokenbank.web.schemas import (
@@ -35,8 +36,11 @@ Spender = Annotated[ApiKey | SignedIn, Depends(requires(Scope.SPEND))]
 Cursor = Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$", description="next_cursor")]
 PAGE = 50
 BILLING_PROBLEMS: dict[int | str, dict[str, Any]] = {
-    502: {"description": "Stripe could not be reached or refused the request"},
-    503: {"description": "Payments are not configured"},
+    status: {"description": text, "content": {"application/problem+json": {}}}
+    for status, text in (
+        (502, "Stripe could not be reached or refused the request"),
+        (503, "Payments are not configured"),
+    )
 }
 
 
@@ -82,7 +86,7 @@ def purchase_out(purchase: Purchase) -> PurchaseOut:
 def build_router(
     *, db: Database, shop: Billing | None, metrics: Metrics, public_url: str
 ) -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(responses=PROBLEMS)
 
     def selling() -> Billing:
         if shop is None:
@@ -192,9 +196,12 @@ def build_router(
         "/webhooks/stripe",
         tags=["purchases"],
         responses={
-            400: {"description": "Missing, forged or stale signature"},
-            500: {"description": "Stored, but applying it failed: Stripe will retry"},
-            503: {"description": "No webhook secret configured: every delivery is refused"},
+            status: {"description": text, "content": {"application/problem+json": {}}}
+            for status, text in (
+                (400, "Missing, forged or stale signature"),
+                (500, "Stored, but applying it failed: Stripe will retry"),
+                (503, "No webhook secret configured: every delivery is refused"),
+            )
         },
     )
     async def stripe_webhook(request: Request) -> dict[str, Any]:

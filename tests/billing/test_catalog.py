@@ -1,0 +1,114 @@
+"""The catalog file, its checks, and its sync to Stripe products and prices."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.stripe_emulator import EmulatorServer, make_billing
+from tokenbank import billing
+from tokenbank.billing.catalog import Catalog, catalog_warnings, parse_catalog
+
+CATALOGS = Path("catalogs")
+
+
+def _package(**overrides: Any) -> dict[str, Any]:
+    return {
+        "id": "small",
+        "tokens": 100,
+        "bonus_tokens": 0,
+        "price": 1000,
+        "name": {"en": "Small", "zh-CN": "小"},
+        **overrides,
+    }
+
+
+def test_the_shipped_catalogs_are_valid() -> None:
+    usd = billing.load_catalog(CATALOGS / "default.toml")
+    assert (usd.currency, len(usd.on_sale)) == ("usd", 4)
+    bonuses = [p.bonus_tokens / p.tokens for p in usd.packages]
+    assert bonuses == sorted(bonuses) and bonuses[-1] > 0  # growing bonus
+    cny = billing.load_catalog(CATALOGS / "cny.toml")
+    offered = [(p.price, p.tokens, p.bonus_tokens, p.badge) for p in cny.packages]
+    assert offered == [
+        (1000, 100, 0, None),
+        (4500, 500, 50, "popular"),
+        (8000, 1000, 200, None),
+        (35000, 5000, 1500, "best_value"),
+    ]
+    assert catalog_warnings(usd) == catalog_warnings(cny) == []
+    assert cny.base is not None
+    assert round(cny.packages[1].savings_against(cny.base), 3) == Decimal("0.182")
+
+
+@pytest.mark.parametrize(
+    ("packages", "problem"),
+    [
+        ([_package(), _package()], "duplicate id"),
+        ([_package(tokens=0)], "tokens must be a whole number >= 1"),
+        ([_package(price=-5)], "price must be a whole number >= 1"),
+        ([_package(bonus_tokens=1.5)], "bonus_tokens must be a whole number"),
+        ([_package(currency="xyz")], "unknown currency"),
+        ([_package(name={"en": "Small"})], "name needs text for each of en, zh-CN"),
+        ([_package(badge="cheap")], "badge must be one of"),
+        ([_package(price=10**9, tokens=1)], "outside the sane band"),
+        ([_package(price=10, currency="usd")], "below Stripe's minimum charge"),
+        ([_package(), _package(id="cny", currency="cny")], "several currencies"),
+        ([_package(active=False)], "no package is active"),
+        ([_package(id="has space")], "id must be"),
+        ([], "no [[packages]]"),
+    ],
+)
+def test_mistakes_are_reported(packages: list[dict[str, Any]], problem: str) -> None:
+    with pytest.raises(billing.CatalogError) as caught:
+        parse_catalog({"currency": "usd", "packages": packages}, source="test")
+    assert any(problem in p for p in caught.value.problems), caught.value.problems
+
+
+def test_a_bigger_package_costing_more_per_token_is_a_warning() -> None:
+    catalog = parse_catalog(
+        {"currency": "usd", "packages": [_package(), _package(id="big", tokens=200, price=3000)]},
+        source="test",
+    )
+    assert catalog_warnings(catalog) == ["'big' costs more per token than the smaller 'small'"]
+
+
+def test_sync_creates_then_keeps_then_follows_changes(emulator_server: EmulatorServer) -> None:
+    emulator_server.reset()
+    shop = make_billing(emulator_server.url)
+    catalog = shop.catalog
+    assert {s.action for s in billing.sync_catalog(shop.stripe, catalog, dry_run=True)} == {
+        "create product",
+        "create price",
+    }
+    assert shop.stripe.active_prices() == []  # a dry run changes nothing
+    first = billing.sync_catalog(shop.stripe, catalog)
+    assert len([s for s in first if s.action == "create price"]) == 4
+    assert {s.action for s in billing.sync_catalog(shop.stripe, catalog)} == {"ok"}
+
+    plus = catalog.find("plus")
+    assert plus is not None
+    changed = Catalog(
+        packages=tuple(
+            replace(p, price=2500) if p.id == "plus" else p
+            for p in catalog.packages
+            if p.id != "scale"
+        ),
+        currency="usd",
+        source="test",
+    )
+    steps = {(s.package_id, s.action) for s in billing.sync_catalog(shop.stripe, changed)}
+    assert ("plus", "create price") in steps and ("plus", "archive price") in steps
+    assert ("scale", "archive price") in steps
+    prices = {p.lookup_key: p for p in shop.stripe.active_prices()}
+    assert prices[plus.lookup_key].unit_amount == 2500
+    assert "tokenbank_scale" not in prices
+    assert {s.action for s in billing.sync_catalog(shop.stripe, changed)} == {"ok"}
+    # Checkout then uses the synced price of a package whose amount matches.
+    book = billing.PriceBook(shop.stripe, changed)
+    assert book.price_id(replace(plus, price=2500)) == prices[plus.lookup_key].id
+    assert book.price_id(plus) is None  # the catalog says 2000: sent inline instead

@@ -1,0 +1,84 @@
+"""The billing commands, run as operators run them, against the emulator."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from typer.testing import CliRunner
+
+from tests.billing.conftest import Store
+from tests.stripe_emulator import SECRET_KEY, WEBHOOK_SECRET, event_bytes, signed
+from tokenbank.billing.models import purchases
+from tokenbank.cli import app
+
+runner = CliRunner()
+Run = Callable[..., str]
+
+
+@pytest.fixture
+def tokenbank(store: Store) -> Run:
+    env = {
+        "TOKENBANK_DATABASE_URL": store.db.url.render_as_string(hide_password=False),
+        "STRIPE_SECRET_KEY": SECRET_KEY,
+        "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "STRIPE_API_BASE": store.emulator.url,
+    }
+
+    def run(*args: str, code: int = 0) -> str:
+        result = runner.invoke(app, list(args), env=env)
+        assert result.exit_code == code, result.output
+        return result.output
+
+    return run
+
+
+def test_packages_check_and_sync(tokenbank: Run, tmp_path: Path) -> None:
+    checked = tokenbank("packages", "check")
+    assert "4 packages, 4 on sale: OK" in checked and "$20.00" in checked
+    assert "¥45.00" in tokenbank("packages", "check", "catalogs/cny.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text('currency = "usd"\n[[packages]]\nid = "a"\ntokens = -1\nprice = 100\n')
+    assert "tokens must be a whole number" in tokenbank("packages", "check", str(broken), code=9)
+    assert "8 would change" in tokenbank("packages", "sync", "--dry-run")
+    assert "8 changed" in tokenbank("packages", "sync")
+    assert "0 changed, 4 already in sync" in tokenbank("packages", "sync")
+
+
+def test_webhooks_list_and_replay_and_reconcile(store: Store, tokenbank: Run) -> None:
+    store.emulator.configure(drop=100)
+    started = store.checkout("plus")
+    with store.db.transaction() as conn:
+        conn.execute(
+            sa.update(purchases).where(purchases.c.id == started["purchase_id"]).values(amount=1)
+        )
+    store.emulator.pay(started["checkout_session_id"])
+    (completed,) = store.emulator.events("checkout.session.completed")
+    body = event_bytes(completed)
+    store.api.post("/webhooks/stripe", content=body, headers={"Stripe-Signature": signed(body)})
+    assert "1 events" in tokenbank("webhooks", "list", "--failed")
+    (listed,) = json.loads(tokenbank("webhooks", "list", "--failed", "--json"))
+    assert (listed["event_id"], listed["processed_at"]) == (completed["id"], None)
+    assert "PaymentMismatch" in listed["last_error"]
+    errors = tokenbank("reconcile", "--since", "1h", code=1)
+    assert "PaymentMismatch" in errors or "costs 1 usd" in errors
+    with store.db.transaction() as conn:
+        conn.execute(
+            sa.update(purchases).where(purchases.c.id == started["purchase_id"]).values(amount=2000)
+        )
+    assert "credited" in tokenbank("webhooks", "replay", completed["id"])
+    assert "0 events" in tokenbank("webhooks", "list", "--failed")
+    assert store.balance()["available"] == 2200
+    reconciled = tokenbank("reconcile", "--since", "1h")
+    assert "0 fixed, 0 errors" in reconciled
+    assert "unknown_event" in tokenbank("webhooks", "replay", "evt_nope", code=1)
+    assert "use a number and a unit" in tokenbank("reconcile", "--since", "soon", code=2)
+
+
+def test_selling_commands_need_a_stripe_key(store: Store) -> None:
+    env = {"TOKENBANK_DATABASE_URL": store.db.url.render_as_string(hide_password=False)}
+    result = runner.invoke(app, ["packages", "sync"], env=env)
+    assert result.exit_code == 1 and "payments_not_configured" in result.output
