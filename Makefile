@@ -19,18 +19,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
-run: install ## Start tokenbank at http://127.0.0.1:8000 on the embedded SQLite database (./var)
-	@$(BIN)/tokenbank db upgrade
-	@echo ""
-	@echo "tokenbank is starting at http://127.0.0.1:$(PORT)  (API docs: http://127.0.0.1:$(PORT)/docs)"
-	@echo "In another terminal, create an API key for your app and try it:"
-	@echo "  $(BIN)/tokenbank apikeys create --name my-app --scope admin"
-	@echo "  curl -X PUT -H 'Authorization: Bearer tb_...' -H 'Content-Type: application/json' \\"
-	@echo "       -d '{\"email\": \"alice@example.com\"}' http://127.0.0.1:$(PORT)/api/v1/users/alice"
-	@echo "Sign up in the browser at http://127.0.0.1:$(PORT)/register. Stop with Ctrl-C."
-	@echo ""
-	TOKENBANK_PUBLIC_URL=$${TOKENBANK_PUBLIC_URL:-http://127.0.0.1:$(PORT)} \
-	  $(BIN)/tokenbank serve --host 127.0.0.1 --port $(PORT)
+run: install ## Start tokenbank at http://127.0.0.1:8000 on SQLite (./var), with the built-in Stripe emulator
+	@BIN=$(BIN) PORT=$(PORT) scripts/run-local.sh
 
 test: install ## Run the test suite (SQLite and PostgreSQL)
 	$(BIN)/pytest
