@@ -8,6 +8,7 @@ PORT="${PORT:-8000}"
 EMULATOR_PORT="${EMULATOR_PORT:-12111}"
 export TOKENBANK_PUBLIC_URL="${TOKENBANK_PUBLIC_URL:-http://127.0.0.1:$PORT}"
 
+mkdir -p var
 "$BIN/tokenbank" db upgrade
 
 if [ -z "${STRIPE_SECRET_KEY:-}" ]; then
@@ -16,7 +17,7 @@ if [ -z "${STRIPE_SECRET_KEY:-}" ]; then
     export STRIPE_WEBHOOK_SECRET="whsec_local_emulator"
     export STRIPE_API_BASE="http://127.0.0.1:$EMULATOR_PORT"
     "$BIN/tokenbank" stripe-emulator --port "$EMULATOR_PORT" \
-        --webhook-url "http://127.0.0.1:$PORT/webhooks/stripe" >/dev/null &
+        --webhook-url "http://127.0.0.1:$PORT/webhooks/stripe" >var/stripe-emulator.log 2>&1 &
     emulator=$!
     trap 'kill "$emulator" 2>/dev/null || true' EXIT INT TERM
     for _ in $(seq 100); do
