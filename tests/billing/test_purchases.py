@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import timedelta
 
 import sqlalchemy as sa
 import stripe
+from fastapi.testclient import TestClient
 
 from tests.billing.conftest import Store
-from tests.stripe_emulator import SECRET_KEY, event_bytes, signed
+from tests.stripe_emulator import SECRET_KEY, EmulatorServer, event_bytes, make_billing, signed
+from tests.web.conftest import PASSWORDS, SETTINGS
 from tokenbank import billing
 from tokenbank.billing.models import purchases, webhook_events
 from tokenbank.columns import utcnow
+from tokenbank.db import Database
+from tokenbank.payments.stripe import Stripe
+from tokenbank.web.app import create_app
 
 
 def _sdk(store: Store) -> stripe.StripeClient:
@@ -319,3 +325,19 @@ def test_buying_an_unknown_package_or_for_an_unknown_user_is_refused(store: Stor
     assert (answer.status_code, answer.json()["code"]) == (404, "not_found")
     with store.db.read() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(purchases)).scalar() == 0
+
+
+def test_without_a_webhook_secret_every_delivery_is_refused(
+    db: Database, emulator_server: EmulatorServer
+) -> None:
+    shop = make_billing(emulator_server.url)
+    shop = replace(shop, stripe=Stripe(secret_key=SECRET_KEY, api_base=emulator_server.url))
+    app = create_app(SETTINGS, db=db, passwords=PASSWORDS, shop=shop)
+    body = event_bytes({"id": "evt_1", "type": "checkout.session.completed", "created": 1})
+    with TestClient(app) as client:
+        answer = client.post(
+            "/webhooks/stripe", content=body, headers={"Stripe-Signature": signed(body)}
+        )
+    assert (answer.status_code, answer.json()["code"]) == (503, "webhooks_not_configured")
+    with db.read() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(webhook_events)).scalar() == 0
