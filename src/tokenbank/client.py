@@ -26,6 +26,7 @@ import httpx
 __all__ = [
     "ApiError",
     "Balance",
+    "Checkout",
     "Forbidden",
     "Hold",
     "IdempotencyConflict",
@@ -121,6 +122,13 @@ class Balance:
     total_granted: int
     total_spent: int
     debt: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Checkout:
+    purchase_id: int
+    checkout_session_id: str
+    url: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +320,33 @@ class TokenBank:
         )
         return str(body["url"])
 
+    # buying tokens
+
+    def packages(self) -> list[dict[str, Any]]:
+        """The packages on sale (tokens, bonus, price in minor units, savings, badge)."""
+        packages: list[dict[str, Any]] = self._request("GET", "/packages")["packages"]
+        return packages
+
+    def checkout(
+        self,
+        user_id: str,
+        package_id: str,
+        *,
+        success_url: str | None = None,
+        cancel_url: str | None = None,
+    ) -> Checkout:
+        """Start a purchase on Stripe Checkout: send the user's browser to ``url``. Not
+        retried: each call is a new purchase (an unpaid one simply expires)."""
+        body = {"package_id": package_id, "success_url": success_url, "cancel_url": cancel_url}
+        answer = self._request(
+            "POST", f"/users/{_id(user_id)}/checkout-sessions", json=body, retry=False
+        )
+        return Checkout(**{name: answer[name] for name in Checkout.__slots__})
+
+    def purchase(self, purchase_id: int) -> dict[str, Any]:
+        """A purchase and its status: pending, paid, failed, expired or canceled."""
+        return self._request("GET", f"/purchases/{int(purchase_id)}")
+
     # tokens
 
     def spend(
@@ -422,19 +457,22 @@ class TokenBank:
         *,
         json: dict[str, Any] | None = None,
         params: list[tuple[str, str | int | float | bool | None]] | None = None,
+        retry: bool = True,
     ) -> dict[str, Any]:
+        """``retry``: False for calls that are not idempotent (a repeat makes a second one)."""
         if json is not None:
             json = {key: value for key, value in json.items() if value is not None}
-        for attempt in range(self._retries + 1):
+        retries = self._retries if retry else 0
+        for attempt in range(retries + 1):
             try:
                 response = self._http.request(
                     method, self._base + path, json=json, params=params, headers=self._headers
                 )
             except httpx.TransportError:
-                if attempt == self._retries:
+                if attempt == retries:
                     raise
             else:
-                if response.status_code not in RETRY_STATUSES or attempt == self._retries:
+                if response.status_code not in RETRY_STATUSES or attempt == retries:
                     return _answer(response)
             time.sleep(0.1 * 2**attempt)
         raise AssertionError("unreachable")  # pragma: no cover

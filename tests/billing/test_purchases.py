@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import timedelta
 
+import pytest
 import sqlalchemy as sa
 import stripe
 from fastapi.testclient import TestClient
@@ -16,6 +17,7 @@ from tests.stripe_emulator import SECRET_KEY, EmulatorServer, event_bytes, make_
 from tests.web.conftest import PASSWORDS, SETTINGS
 from tokenbank import billing
 from tokenbank.billing.models import purchases, webhook_events
+from tokenbank.client import ApiError, TokenBank
 from tokenbank.columns import utcnow
 from tokenbank.db import Database
 from tokenbank.payments.stripe import Stripe
@@ -341,3 +343,18 @@ def test_without_a_webhook_secret_every_delivery_is_refused(
     assert (answer.status_code, answer.json()["code"]) == (503, "webhooks_not_configured")
     with db.read() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(webhook_events)).scalar() == 0
+
+
+def test_the_python_client_buys_tokens(store: Store) -> None:
+    key = store.api.headers["Authorization"].removeprefix("Bearer ")
+    with TokenBank(str(store.api.base_url), api_key=key) as bank:
+        assert [p["id"] for p in bank.packages()] == ["starter", "plus", "pro", "scale"]
+        checkout = bank.checkout("alice", "starter")
+        assert checkout.url.startswith(store.emulator.url)
+        store.emulator.pay(checkout.checkout_session_id)
+        store.emulator.settle()
+        assert bank.purchase(checkout.purchase_id)["status"] == "paid"
+        assert bank.balance("alice").available == 500
+        with pytest.raises(ApiError) as refused:
+            bank.checkout("alice", "nope")
+        assert refused.value.code == "unknown_package"
