@@ -52,9 +52,9 @@ class Settings(BaseSettings):
     # Proxies whose X-Forwarded-For is believed (uvicorn's forwarded_allow_ips).
     forwarded_allow_ips: str = "127.0.0.1"
 
-    # Selling tokens: the catalog file, how a clawback that finds the tokens already spent
-    # is handled (``debt``: recorded only; ``negative``: collected from the next purchase,
-    # the balance shown below zero meanwhile) and which payment form the pages use.
+    # Selling tokens: the catalog file, what happens to the debt a clawback records when the
+    # tokens were already spent (``debt``: kept as a record; ``negative``: collected from
+    # the user's next purchase first) and which payment form the pages use.
     catalog: Path = Path("catalogs/default.toml")
     clawback_policy: Literal["debt", "negative"] = "debt"
     purchase_flow: Literal["checkout", "embedded"] = "checkout"

@@ -70,7 +70,9 @@ OpenStore = Callable[..., Any]
 @contextmanager
 def open_store(db: Database, emulator: EmulatorServer, **options: Any) -> Iterator[Store]:
     shop = make_billing(emulator.url, **options)
-    app = create_app(SETTINGS, db=db, passwords=PASSWORDS, shop=shop)
+    # No access log: the server shares this process's stdout with the CLI under test.
+    settings = SETTINGS.model_copy(update={"log_level": "warning"})
+    app = create_app(settings, db=db, passwords=PASSWORDS, shop=shop)
     headers = make_key(db, Scope.ADMIN)
     with serving(app) as url, httpx.Client(base_url=url, headers=headers, timeout=20) as api:
         emulator.reset(webhook_url=f"{url}/webhooks/stripe")

@@ -358,3 +358,44 @@ def test_the_python_client_buys_tokens(store: Store) -> None:
         with pytest.raises(ApiError) as refused:
             bank.checkout("alice", "nope")
         assert refused.value.code == "unknown_package"
+
+
+def test_a_session_and_a_payment_that_do_not_belong_together_settle_nothing(
+    store: Store,
+) -> None:
+    store.emulator.configure(drop=100)
+    mine = store.checkout("plus")  # unpaid
+    other = store.api.post("/api/v1/users/alice/payment-intents", json={"package_id": "scale"})
+    intent = other.json()["payment_intent_id"]
+    _sdk(store).v1.payment_intents.confirm(intent, {"payment_method": "pm_card_visa"})
+    with pytest.raises(billing.PaymentMismatch):
+        billing.fetch_payment(
+            store.shop.stripe, session_id=mine["checkout_session_id"], payment_intent_id=intent
+        )
+    both = store.api.get(
+        "/purchase/success",
+        params={"session_id": mine["checkout_session_id"], "payment_intent": intent},
+        follow_redirects=False,
+    )
+    assert both.status_code == 303
+    assert store.balance()["available"] == 0
+
+
+def test_a_payment_made_by_another_installation_is_not_ours(store: Store) -> None:
+    started = store.checkout("plus")
+    # Same Stripe account, another tokenbank: its purchase has our purchase's id.
+    foreign = _sdk(store).v1.payment_intents.create(
+        {
+            "amount": 2000,
+            "currency": "usd",
+            "metadata": {
+                "tokenbank_purchase_id": str(started["purchase_id"]),
+                "tokenbank_reference": "tokenbank-elsewhere",
+            },
+        }
+    )
+    _sdk(store).v1.payment_intents.confirm(foreign.id, {"payment_method": "pm_card_visa"})
+    store.emulator.settle()
+    assert store.purchase(started["purchase_id"])["status"] == "pending"
+    assert store.balance()["available"] == 0
+    assert all(row.processed_at is not None for row in _inbox(store))

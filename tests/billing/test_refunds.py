@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
+import sqlalchemy as sa
 import stripe
 
 from tests.billing.conftest import Store, open_store
 from tests.stripe_emulator import SECRET_KEY, EmulatorServer
+from tokenbank import billing
+from tokenbank.billing.models import disputes
+from tokenbank.columns import utcnow
 from tokenbank.db import Database
 
 
@@ -75,8 +80,10 @@ def test_the_negative_policy_collects_debt_from_the_next_purchase(
         assert (balance["available"], balance["debt"]) == (200, 0)
 
 
-def _dispute(store: Store, intent: str) -> str:
-    answer = store.emulator.http.post("/_emulator/disputes", json={"payment_intent": intent})
+def _dispute(store: Store, intent: str, *, inquiry: bool = False) -> str:
+    answer = store.emulator.http.post(
+        "/_emulator/disputes", json={"payment_intent": intent, "inquiry": inquiry}
+    )
     assert answer.status_code == 200, answer.text
     store.emulator.settle()
     dispute_id: str = answer.json()["id"]
@@ -120,3 +127,42 @@ def test_a_lost_dispute_claws_back_once(store: Store) -> None:
     balance = store.balance()
     assert (balance["available"], balance["debt"]) == (0, 200)
     assert store.purchase(started["purchase_id"])["clawed_back_tokens"] == 2200
+
+
+def test_a_refund_during_an_open_dispute_takes_the_frozen_tokens(store: Store) -> None:
+    started = store.paid_checkout("plus")
+    intent = _intent(store, started)
+    dispute = _dispute(store, intent, inquiry=True)  # an inquiry: refunds are still possible
+    assert store.balance()["held"] == 2200
+    _refund(store, intent, 1000)  # half: 1,100 tokens back, the other half stays frozen
+    balance = store.balance()
+    assert (balance["available"], balance["held"], balance["debt"]) == (0, 1100, 0)
+    _close(store, dispute, "won")
+    balance = store.balance()
+    assert (balance["available"], balance["held"], balance["debt"]) == (1100, 0, 0)
+
+
+def test_the_api_cannot_end_a_freeze(store: Store) -> None:
+    started = store.paid_checkout("plus")
+    _dispute(store, _intent(store, started))
+    with store.db.read() as conn:
+        hold_id = conn.execute(sa.select(disputes.c.hold_id)).scalar_one()
+    for action, body in (("void", None), ("post", {"amount": 10})):
+        answer = store.api.post(f"/api/v1/holds/{hold_id}/{action}", json=body)
+        assert (answer.status_code, answer.json()["code"]) == (409, "hold_frozen")
+    assert store.balance()["held"] == 2200
+
+
+def test_reconcile_closes_a_dispute_whose_events_were_lost(store: Store) -> None:
+    started = store.paid_checkout("plus")
+    dispute = _dispute(store, _intent(store, started))
+    store.emulator.configure(drop=100)
+    _close(store, dispute, "lost")
+    assert store.balance()["held"] == 2200  # nobody told us
+    # Long after the dispute opened: it is outside any window, but still open here.
+    result = billing.reconcile(
+        store.db, store.shop.stripe, since=utcnow() + timedelta(minutes=5), policy="debt"
+    )
+    assert [o.purchase.id for o in result.fixed if o.purchase] == [started["purchase_id"]]
+    balance = store.balance()
+    assert (balance["available"], balance["held"]) == (0, 0)

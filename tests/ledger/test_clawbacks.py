@@ -103,7 +103,14 @@ def test_a_freeze_blocks_spending_until_voided(db: Database) -> None:
         ledger.spend(conn, user_id="alice", amount=1, idempotency_key="s1")
     with db.transaction() as conn:
         assert ledger.expire_holds(conn) == 0  # a freeze never expires
-        voided = ledger.void_hold(conn, hold_id=frozen.id)
+    for end in (
+        lambda conn: ledger.void_hold(conn, hold_id=frozen.id),
+        lambda conn: ledger.post_hold(conn, hold_id=frozen.id, amount=10),
+    ):
+        with pytest.raises(ledger.HoldFrozen), db.transaction() as conn:
+            end(conn)  # only the dispute's outcome ends a freeze
+    with db.transaction() as conn:
+        voided = ledger.void_hold(conn, hold_id=frozen.id, unfreeze=True)
     assert voided.status is HoldStatus.VOIDED
     assert _balance(db).available == 100
 

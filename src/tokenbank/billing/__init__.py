@@ -17,6 +17,7 @@ from tokenbank.billing.purchases import (
     PaymentStart,
     Purchase,
     customer_for,
+    find_purchase,
     get_purchase,
     list_purchases,
     start_checkout,
@@ -33,7 +34,7 @@ from tokenbank.billing.webhooks import (
     replay,
 )
 from tokenbank.config import Settings
-from tokenbank.errors import TokenbankError
+from tokenbank.errors import ConfigurationError, TokenbankError
 from tokenbank.payments.stripe import Stripe
 
 
@@ -66,6 +67,10 @@ def billing_from_settings(settings: Settings) -> Billing | None:
         ),
         api_base=settings.stripe_api_base,
     )
+    if settings.purchase_flow == "embedded" and not settings.stripe_publishable_key:
+        raise ConfigurationError(
+            "TOKENBANK_PURCHASE_FLOW=embedded needs STRIPE_PUBLISHABLE_KEY for Stripe.js"
+        )
     catalog = load_catalog(settings.catalog)
     return Billing(
         stripe=stripe,
@@ -105,6 +110,7 @@ __all__ = [
     "billing_from_settings",
     "customer_for",
     "fetch_payment",
+    "find_purchase",
     "get_purchase",
     "list_events",
     "list_purchases",

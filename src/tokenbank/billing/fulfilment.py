@@ -17,8 +17,10 @@ any order, any number of times, concurrently, or not at all (``reconcile``).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -54,15 +56,17 @@ class Payment:
     disputes: tuple[Dispute, ...] = ()
 
     @property
-    def purchase_hint(self) -> int | None:
-        """The purchase id we put in the metadata: only a hint where to look."""
+    def purchase_hint(self) -> tuple[int, str] | None:
+        """The purchase id and reference we put in the metadata: where to look, when Stripe
+        ids were not stored yet. Only a hint: the reference must match our row."""
         for metadata in (
             self.session and self.session.metadata,
             self.intent and self.intent.metadata,
         ):
             value = (metadata or {}).get("tokenbank_purchase_id", "")
-            if value.isdigit():
-                return int(value)
+            reference = (metadata or {}).get("tokenbank_reference", "")
+            if value.isdigit() and reference:
+                return int(value), reference
         return None
 
 
@@ -82,6 +86,8 @@ def fetch_payment(
     stripe: Stripe, *, session_id: str | None = None, payment_intent_id: str | None = None
 ) -> Payment:
     session = stripe.checkout_session(session_id) if session_id else None
+    if session is not None and payment_intent_id not in (None, session.payment_intent_id):
+        raise PaymentMismatch(f"payment {payment_intent_id} is not session {session.id}'s")
     intent_id = payment_intent_id or (session.payment_intent_id if session else None)
     if intent_id is None:
         return Payment(session=session)
@@ -93,20 +99,24 @@ def fetch_payment(
     )
 
 
-def _locate(conn: Connection, payment: Payment) -> sa.Row[tuple[int, ...]] | None:
+def _locate(conn: Connection, payment: Payment) -> int | None:
+    """The one purchase this payment is for, or None when it is not one of ours. Stored
+    Stripe ids and the metadata hint must all agree."""
     lookups = []
     if payment.session is not None:
         lookups.append(purchases.c.checkout_session_id == payment.session.id)
     if payment.intent is not None:
         lookups.append(purchases.c.payment_intent_id == payment.intent.id)
     if (hint := payment.purchase_hint) is not None:
-        lookups.append(purchases.c.id == hint)
-    if not lookups:
-        return None
-    # Lock the purchase: every settle of this payment waits here for the one before it.
-    return conn.execute(
-        sa.select(purchases.c.id).where(sa.or_(*lookups)).order_by(purchases.c.id).with_for_update()
-    ).first()
+        lookups.append(
+            sa.and_(purchases.c.id == hint[0], purchases.c.stripe_idempotency_key == hint[1])
+        )
+    found: set[int] = set()
+    for lookup in lookups:
+        found.update(conn.execute(sa.select(purchases.c.id).where(lookup)).scalars())
+    if len(found) > 1:
+        raise PaymentMismatch(f"one payment names purchases {sorted(found)}")
+    return found.pop() if found else None
 
 
 def settle(
@@ -117,9 +127,8 @@ def settle(
     found = _locate(conn, payment)
     if found is None:
         return Outcome(purchase=None)
-    row = conn.execute(
-        sa.select(purchases).where(purchases.c.id == found.id).with_for_update()
-    ).one()
+    # Lock the purchase: every settle of this payment waits here for the one before it.
+    row = conn.execute(sa.select(purchases).where(purchases.c.id == found).with_for_update()).one()
     purchase = to_purchase(row)
     outcome = Outcome(purchase=purchase)
     _check_identity(purchase, payment)
@@ -268,6 +277,8 @@ def _apply_refund(
     ).first():
         return
     row = conn.execute(sa.select(purchases).where(purchases.c.id == purchase_id)).one()
+    # A freeze holds the tokens a refund takes back: lift it, then freeze what is left.
+    frozen = _unfreeze(conn, purchase_id, now)
     refunded = min(row.amount, row.refunded_amount + refund.amount)
     # Shares by cumulative amount: a full refund, however split, claws back every token.
     owed = _tokens_for(refunded, row) - _tokens_for(row.refunded_amount, row)
@@ -305,8 +316,56 @@ def _apply_refund(
             updated_at=now,
         )
     )
+    _refreeze(conn, purchase_id, frozen, after=refund.id, now=now)
     note = f"refund {refund.id}: clawed back {taken} tokens"
     outcome.changes.append(note + (f", {debt} recorded as debt" if debt else ""))
+
+
+def _release(conn: Connection, hold_id: int, now: datetime) -> None:
+    """End a freeze; one that an operator already ended is left as it is."""
+    with contextlib.suppress(ledger.HoldNotPending):
+        ledger.void_hold(conn, hold_id=hold_id, now=now, unfreeze=True)
+
+
+def _unfreeze(conn: Connection, purchase_id: int, now: datetime) -> list[Any]:
+    """Release the freezes of the purchase's open disputes; returns those disputes."""
+    frozen = list(
+        conn.execute(
+            sa.select(disputes).where(
+                disputes.c.purchase_id == purchase_id,
+                disputes.c.status == DisputeStatus.OPEN.value,
+                disputes.c.hold_id.is_not(None),
+            )
+        )
+    )
+    for dispute in frozen:
+        _release(conn, dispute.hold_id, now)
+    return frozen
+
+
+def _refreeze(
+    conn: Connection, purchase_id: int, frozen: list[Any], *, after: str, now: datetime
+) -> None:
+    row = conn.execute(sa.select(purchases).where(purchases.c.id == purchase_id)).one()
+    remaining = row.tokens + row.bonus_tokens - row.clawed_back_tokens
+    for dispute in frozen:
+        tokens = min(dispute.tokens, remaining)
+        hold = None
+        if tokens > 0:
+            hold = ledger.freeze(
+                conn,
+                user_id=row.user_id,
+                amount=tokens,
+                reference=f"dispute:{dispute.dispute_id}:after:{after}",
+                description=f"Frozen while dispute {dispute.dispute_id} is open",
+                metadata={"purchase_id": purchase_id, "dispute_id": dispute.dispute_id},
+                now=now,
+            )
+        conn.execute(
+            sa.update(disputes)
+            .where(disputes.c.id == dispute.id)
+            .values(tokens=tokens, hold_id=hold.id if hold else None)
+        )
 
 
 def _apply_dispute(
@@ -348,7 +407,7 @@ def _apply_dispute(
     if known.status != DisputeStatus.OPEN or dispute.status in OPEN_DISPUTE:
         return  # closed once, never reopened; or still open
     if known.hold_id is not None:
-        ledger.void_hold(conn, hold_id=known.hold_id, now=now)
+        _release(conn, known.hold_id, now)
     if dispute.status in DISPUTE_RELEASED:
         conn.execute(
             sa.update(disputes)

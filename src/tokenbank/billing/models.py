@@ -117,6 +117,9 @@ disputes = sa.Table(
         name="closed",
     ),
     sa.CheckConstraint("status = 'lost' OR (clawed_back = 0 AND debt = 0)", name="lost_only"),
+    sa.CheckConstraint(
+        "amount > 0 AND tokens >= 0 AND clawed_back >= 0 AND debt >= 0", name="amounts"
+    ),
 )
 
 #: Every Stripe event received, once: its effects commit together with ``processed_at``.
@@ -135,6 +138,7 @@ webhook_events = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("last_error", sa.Text, nullable=True),
     sa.Column("outcome", sa.Text, nullable=True),
+    sa.CheckConstraint("attempts >= 0", name="attempts"),
     sa.Index("ix_webhook_events_received", "received_at"),
 )
 

@@ -31,7 +31,7 @@ def to_major(amount: int, currency: str) -> Decimal:
 
 
 def format_amount(amount: int, currency: str) -> str:
-    """A plain rendering (``$19.99``, ``¥45.00``) for the CLI and emails; pages use Babel."""
+    """A plain rendering (``$19.99``, ``¥45.00``), the same in every locale."""
     digits = EXPONENTS[currency]
     major = f"{to_major(amount, currency):,.{digits}f}"
     symbol = SYMBOLS.get(currency)

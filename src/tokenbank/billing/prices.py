@@ -124,16 +124,20 @@ class PriceBook:
         self._loaded_at = -float("inf")
 
     def price_id(self, package: Package) -> str | None:
+        """Call from a worker thread: a refresh asks Stripe (outside the lock)."""
         with self._lock:
-            if time.monotonic() - self._loaded_at > self._ttl:
-                try:
-                    self._prices = self._stripe.prices_by_lookup_key(
-                        [p.lookup_key for p in self._catalog.packages]
-                    )
-                except PaymentProviderError:
-                    self._prices = {}
-                self._loaded_at = time.monotonic()
-            price = self._prices.get(package.lookup_key)
+            fresh = time.monotonic() - self._loaded_at <= self._ttl
+            prices = self._prices
+        if not fresh:
+            try:
+                prices = self._stripe.prices_by_lookup_key(
+                    [p.lookup_key for p in self._catalog.packages]
+                )
+            except PaymentProviderError:
+                prices = {}
+            with self._lock:
+                self._prices, self._loaded_at = prices, time.monotonic()
+        price = prices.get(package.lookup_key)
         if price and price.unit_amount == package.price and price.currency == package.currency:
             return price.id
         return None

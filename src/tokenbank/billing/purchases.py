@@ -47,6 +47,9 @@ class Purchase:
     clawed_back_tokens: int
     created_at: datetime
     paid_at: datetime | None
+    #: Random and unique: the Stripe idempotency key of what is created for this purchase,
+    #: and the proof in Stripe metadata that an object was made for this very purchase.
+    reference: str
 
     @property
     def total_tokens(self) -> int:
@@ -72,6 +75,7 @@ def to_purchase(row: Any) -> Purchase:
         clawed_back_tokens=row.clawed_back_tokens,
         created_at=row.created_at,
         paid_at=row.paid_at,
+        reference=row.stripe_idempotency_key,
     )
 
 
@@ -94,6 +98,23 @@ def get_purchase(conn: Connection, *, purchase_id: int) -> Purchase:
     if row is None:
         raise UnknownPurchase(str(purchase_id))
     return to_purchase(row)
+
+
+def find_purchase(
+    conn: Connection,
+    *,
+    checkout_session_id: str | None = None,
+    payment_intent_id: str | None = None,
+) -> Purchase | None:
+    """The purchase that a Stripe Checkout Session or PaymentIntent was made for."""
+    if checkout_session_id is not None:
+        lookup = purchases.c.checkout_session_id == checkout_session_id
+    elif payment_intent_id is not None:
+        lookup = purchases.c.payment_intent_id == payment_intent_id
+    else:
+        return None
+    row = conn.execute(sa.select(purchases).where(lookup)).first()
+    return None if row is None else to_purchase(row)
 
 
 def list_purchases(
@@ -141,14 +162,6 @@ def _open_purchase(db: Database, *, user_id: str, package: Package, flow: Purcha
         return get_purchase(conn, purchase_id=purchase_id)
 
 
-def _stripe_key(db: Database, purchase_id: int) -> str:
-    with db.read() as conn:
-        key = conn.execute(
-            sa.select(purchases.c.stripe_idempotency_key).where(purchases.c.id == purchase_id)
-        ).scalar_one()
-    return str(key)
-
-
 def _give_up(db: Database, purchase_id: int, error: PaymentProviderError) -> None:
     with db.transaction() as conn:
         conn.execute(
@@ -169,9 +182,14 @@ _insert_customer = {
 }
 
 
-def customer_for(db: Database, stripe: Stripe, *, user_id: str) -> str:
-    """The user's Stripe customer, made on their first purchase (one per user: the Stripe
-    call's idempotency key is derived from the user, and the row is unique)."""
+def customer_for(
+    db: Database, stripe: Stripe, *, user_id: str, idempotency_key: str | None = None
+) -> str:
+    """The user's Stripe customer, made on their first purchase and kept (one row per user;
+    two first purchases racing may leave Stripe one unused customer, never a wrong one).
+
+    ``idempotency_key``: derived from the purchase that needs the customer, so a retried
+    call never makes a second one, and no other installation can share the key."""
     with db.read() as conn:
         found = conn.execute(
             sa.select(stripe_customers.c.customer_id).where(stripe_customers.c.user_id == user_id)
@@ -180,7 +198,9 @@ def customer_for(db: Database, stripe: Stripe, *, user_id: str) -> str:
             return str(found)
         email = get_user(conn, user_id=user_id).email
     customer_id = stripe.create_customer(
-        user_id=user_id, email=email, idempotency_key=f"tokenbank-customer-{user_id}"[:255]
+        user_id=user_id,
+        email=email,
+        idempotency_key=idempotency_key or f"tokenbank-customer-{secrets.token_hex(12)}",
     )
     with db.transaction() as conn:
         conn.execute(
@@ -197,9 +217,11 @@ def customer_for(db: Database, stripe: Stripe, *, user_id: str) -> str:
 
 
 def _metadata(purchase: Purchase) -> dict[str, str]:
-    """Only for finding the purchase again; amounts always come from our own row."""
+    """Only for finding the purchase again (the reference proves it is this one, not a
+    purchase of the same id in another installation); amounts come from our own row."""
     return {
         "tokenbank_purchase_id": str(purchase.id),
+        "tokenbank_reference": purchase.reference,
         "tokenbank_user_id": purchase.user_id,
         "tokenbank_package_id": purchase.package_id,
     }
@@ -238,7 +260,9 @@ def start_checkout(
         }
     )
     try:
-        customer_id = customer_for(db, stripe, user_id=user_id)
+        customer_id = customer_for(
+            db, stripe, user_id=user_id, idempotency_key=f"{purchase.reference}-customer"
+        )
         session = stripe.create_checkout_session(
             line_item=line_item,
             customer_id=customer_id,
@@ -247,7 +271,7 @@ def start_checkout(
             success_url=success_url.replace("{PURCHASE_ID}", str(purchase.id)),
             cancel_url=cancel_url.replace("{PURCHASE_ID}", str(purchase.id)),
             locale={"zh-CN": "zh"}.get(locale or "", locale),
-            idempotency_key=_stripe_key(db, purchase.id),
+            idempotency_key=purchase.reference,
         )
     except PaymentProviderError as exc:
         _give_up(db, purchase.id, exc)
@@ -272,14 +296,16 @@ def start_payment(
         db, user_id=user_id, package=package, flow=PurchaseFlow.PAYMENT_INTENT
     )
     try:
-        customer_id = customer_for(db, stripe, user_id=user_id)
+        customer_id = customer_for(
+            db, stripe, user_id=user_id, idempotency_key=f"{purchase.reference}-customer"
+        )
         intent = stripe.create_payment_intent(
             amount=purchase.amount,
             currency=purchase.currency,
             customer_id=customer_id,
             metadata=_metadata(purchase),
             description=f"{package.localized_name('en')}: {package.total_tokens} tokens",
-            idempotency_key=_stripe_key(db, purchase.id),
+            idempotency_key=purchase.reference,
         )
     except PaymentProviderError as exc:
         _give_up(db, purchase.id, exc)

@@ -74,7 +74,9 @@ async def create_dispute(em: Emulator, body: Params, path: dict[str, Any]) -> An
     )
     amount = integer(_as_text(body, "amount"), "amount", minimum=1)
     reason = text(body, "reason") or "fraudulent"
-    return render(em, payments.open_dispute(em, target, amount=amount, reason=reason), {})
+    inquiry = body.get("inquiry") in (True, "true")
+    dispute = payments.open_dispute(em, target, amount=amount, reason=reason, inquiry=inquiry)
+    return render(em, dispute, {})
 
 
 async def close_dispute(em: Emulator, body: Params, path: dict[str, Any]) -> Any:

@@ -269,7 +269,9 @@ def refund(
 ) -> Obj:
     if target["status"] != "succeeded":
         raise invalid(f"Charge {target['id']} has not succeeded; it cannot be refunded.")
-    if target["disputed"]:
+    if target["disputed"] and not any(
+        d["charge"] == target["id"] and d["is_charge_refundable"] for d in em.disputes.values()
+    ):
         raise invalid(
             f"Charge {target['id']} has been charged back; cannot issue a refund.",
             code="charge_disputed",
@@ -305,7 +307,11 @@ def refund(
     return created
 
 
-def open_dispute(em: Emulator, target: Obj, *, amount: int | None, reason: str) -> Obj:
+def open_dispute(
+    em: Emulator, target: Obj, *, amount: int | None, reason: str, inquiry: bool = False
+) -> Obj:
+    """A chargeback (funds withdrawn, no refund possible) or, with ``inquiry``, Stripe's
+    early-stage inquiry: nothing withdrawn yet and the charge can still be refunded."""
     if target["status"] != "succeeded":
         raise invalid(f"Charge {target['id']} has not succeeded; it cannot be disputed.")
     if target["disputed"]:
@@ -316,6 +322,12 @@ def open_dispute(em: Emulator, target: Obj, *, amount: int | None, reason: str) 
     created = shapes.dispute(charge=target, amount=amount, reason=reason)
     em.disputes[created["id"]] = created
     target["disputed"] = True
+    if inquiry:
+        created["status"] = "warning_needs_response"
+        created["is_charge_refundable"] = True
+        created["payment_method_details"]["card"]["case_type"] = "inquiry"
+        emit(em, "charge.dispute.created", created)
+        return created
     emit(em, "charge.dispute.created", created)
     created["balance_transactions"].append(
         shapes.balance_transaction_stub(
@@ -332,6 +344,11 @@ def close_dispute(em: Emulator, dispute: Obj, *, status: str) -> Obj:
     if dispute["status"] in {"won", "lost", "warning_closed"}:
         raise invalid(f"Dispute {dispute['id']} is already closed ({dispute['status']}).")
     previous = {"status": dispute["status"]}
+    if dispute["status"].startswith("warning_"):  # an inquiry closes without a chargeback
+        dispute["status"] = "warning_closed" if status == "won" else "lost"
+        dispute["is_charge_refundable"] = False
+        emit(em, "charge.dispute.closed", dispute, previous_attributes=previous)
+        return dispute
     dispute["status"] = status
     dispute["is_charge_refundable"] = False
     if status == "won":

@@ -15,6 +15,7 @@ from tokenbank.ledger.clawbacks import (
     settle_debt,
 )
 from tokenbank.ledger.errors import (
+    HoldFrozen,
     HoldNotPending,
     IdempotencyConflict,
     InsufficientTokens,
@@ -50,6 +51,7 @@ __all__ = [
     "HistoryItem",
     "HistoryPage",
     "Hold",
+    "HoldFrozen",
     "HoldNotPending",
     "HoldStatus",
     "IdempotencyConflict",

@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection
 from tokenbank.columns import utcnow
 from tokenbank.db import atomic
 from tokenbank.ledger.errors import InvalidArgument, UnknownUser
-from tokenbank.ledger.holds import Hold, _reserve, get_hold
+from tokenbank.ledger.holds import Hold, _reserve, get_hold, release_expired
 from tokenbank.ledger.journal import (
     RESERVED_KEY_PREFIX,
     Receipt,
@@ -31,6 +31,7 @@ from tokenbank.ledger.journal import (
     check_amount,
     check_metadata,
     record_transfer,
+    wallet_id,
 )
 from tokenbank.ledger.models import SystemAccount, TransferKind, accounts, holds, transfers
 from tokenbank.ledger.transfers import CREDIT_SOURCES, _move, _unapplied
@@ -57,7 +58,10 @@ def _reference_key(kind: str, reference: str) -> str:
     return f"{RESERVED_KEY_PREFIX}{kind}:{reference}"
 
 
-def _lock_wallet(conn: Connection, user_id: str) -> Any:
+def _lock_wallet(conn: Connection, user_id: str, now: datetime) -> Any:
+    """Lock the wallet and release its holds past their deadline (they count for nothing)."""
+    account_id = wallet_id(conn, user_id, lock=True)
+    release_expired(conn, account_id=account_id, now=now)
     row = conn.execute(
         sa.select(accounts.c.id, accounts.c.balance, accounts.c.held, accounts.c.debt)
         .where(accounts.c.user_id == user_id)
@@ -114,14 +118,18 @@ def claw_back(
     metadata: dict[str, Any] | None = None,
     now: datetime | None = None,
 ) -> Clawback:
-    """Take ``amount`` tokens back, once per ``reference``: what the wallet can give now,
-    the rest as debt."""
+    """Take ``amount`` tokens back: what the wallet can give now, the rest as debt.
+
+    The transfer's key makes a repeat with the same ``reference`` take nothing more. When
+    nothing could be taken there is no transfer, so the caller records that the clawback
+    happened (billing does, per refund and per dispute) and does not repeat it.
+    """
     amount = check_amount(amount)
     key = _reference_key("clawback", reference)
     metadata = check_metadata(metadata)
     now = now or utcnow()
     with atomic(conn):
-        wallet = _lock_wallet(conn, user_id)
+        wallet = _lock_wallet(conn, user_id, now)
         done = conn.execute(
             sa.select(transfers.c.id, transfers.c.amount).where(transfers.c.idempotency_key == key)
         ).first()
@@ -175,7 +183,7 @@ def settle_debt(
     key = _reference_key("settle", reference)
     now = now or utcnow()
     with atomic(conn):
-        wallet = _lock_wallet(conn, user_id)
+        wallet = _lock_wallet(conn, user_id, now)
         taken = max(0, min(wallet.debt, wallet.balance - wallet.held))
         if (
             taken == 0
@@ -232,7 +240,7 @@ def freeze(
     metadata = check_metadata(metadata)
     now = now or utcnow()
     with atomic(conn):
-        wallet = _lock_wallet(conn, user_id)
+        wallet = _lock_wallet(conn, user_id, now)
         existing = conn.execute(sa.select(holds.c.id).where(holds.c.idempotency_key == key)).first()
         if existing is not None:
             return get_hold(conn, hold_id=existing.id)

@@ -92,3 +92,13 @@ class HoldNotPending(LedgerError):
         super().__init__(f"hold {hold_id} is {status}, not pending")
         self.hold_id = hold_id
         self.status = status
+
+
+class HoldFrozen(LedgerError):
+    """The hold is a freeze (a disputed payment's tokens): only billing may end it."""
+
+    code = "hold_frozen"
+
+    def __init__(self, hold_id: int) -> None:
+        super().__init__(f"hold {hold_id} freezes disputed tokens; it ends with the dispute")
+        self.hold_id = hold_id

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection, Row
 from tokenbank.columns import utcnow
 from tokenbank.db import atomic
 from tokenbank.ledger.errors import (
+    HoldFrozen,
     HoldNotPending,
     IdempotencyConflict,
     InsufficientTokens,
@@ -27,6 +28,7 @@ from tokenbank.ledger.errors import (
     UnknownHold,
 )
 from tokenbank.ledger.journal import (
+    FREEZE_KEY_PREFIX,
     Receipt,
     available_tokens,
     check_amount,
@@ -232,6 +234,8 @@ def post_hold(
 
 def _post(conn: Connection, *, hold_id: int, amount: int, now: datetime) -> Receipt:
     current = _lock_hold(conn, hold_id)
+    if current.idempotency_key.startswith(FREEZE_KEY_PREFIX):
+        raise HoldFrozen(hold_id)
     status = HoldStatus(current.status)
     if status is HoldStatus.POSTED:
         if current.posted_amount != amount:
@@ -302,15 +306,20 @@ def _post(conn: Connection, *, hold_id: int, amount: int, now: datetime) -> Rece
     )
 
 
-def void_hold(conn: Connection, *, hold_id: int, now: datetime | None = None) -> Hold:
+def void_hold(
+    conn: Connection, *, hold_id: int, now: datetime | None = None, unfreeze: bool = False
+) -> Hold:
     """Release a pending hold in full.
 
     Voiding is "make sure these tokens are free again": a hold already voided or expired is
-    returned unchanged, and a pending hold past its deadline ends as expired.
+    returned unchanged, and a pending hold past its deadline ends as expired. A freeze
+    (``clawbacks.freeze``) is only released with ``unfreeze``.
     """
     now = now or utcnow()
     with atomic(conn):
         current = _lock_hold(conn, hold_id)
+        if current.idempotency_key.startswith(FREEZE_KEY_PREFIX) and not unfreeze:
+            raise HoldFrozen(hold_id)
         status = HoldStatus(current.status)
         if status in (HoldStatus.VOIDED, HoldStatus.EXPIRED):
             return _to_hold(current, replayed=True)

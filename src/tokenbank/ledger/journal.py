@@ -61,6 +61,8 @@ def _check_text(value: object, field: str, max_length: int) -> str:
 
 #: Keys tokenbank derives itself (a hold's posting) start with this; callers' keys may not.
 RESERVED_KEY_PREFIX = "@"
+#: A freeze's key: a hold that only its owner (billing, for a dispute) may end.
+FREEZE_KEY_PREFIX = f"{RESERVED_KEY_PREFIX}freeze:"
 
 
 def check_key(key: object) -> str:

@@ -89,12 +89,12 @@ _CHECKS: list[tuple[str, str, str, str]] = [
     ),
     (
         "wallets_not_negative",
-        "no wallet below zero, nor holding more than it has",
+        "no wallet below zero, nor holding more than it has, nor owing less than nothing",
         """
-        SELECT user_id, balance, held FROM accounts
+        SELECT user_id, balance, held, debt FROM accounts
          WHERE kind = 'wallet' AND (balance < 0 OR held < 0 OR held > balance OR debt < 0)
         """,
-        "wallet {user_id}: balance {balance}, held {held}",
+        "wallet {user_id}: balance {balance}, held {held}, debt {debt}",
     ),
     (
         "holds_consistent",

@@ -339,11 +339,6 @@ class Stripe:
             )
         ]
 
-    def dispute(self, dispute_id: str) -> Dispute:
-        return _dispute(
-            _plain(self._call("read a dispute", self._client.v1.disputes.retrieve, dispute_id))
-        )
-
     def _list(self, what: str, service: Any, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
         page = self._call(what, service.list, {"limit": 100, **params})
         try:

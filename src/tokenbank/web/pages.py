@@ -330,7 +330,7 @@ def build_router(  # noqa: PLR0915 - one closure per route
         if isinstance(user, Response):
             return redirect("/login?next=/pricing")
         try:
-            if shop.flow == "embedded" and shop.publishable_key:
+            if shop.flow == "embedded":
                 started = await run_in_threadpool(
                     billing.start_payment,
                     db,
@@ -351,18 +351,14 @@ def build_router(  # noqa: PLR0915 - one closure per route
                     publishable_key=shop.publishable_key,
                     stripe_js=shop.stripe.js_url,
                 )
-            package = shop.catalog.find(package_id)
-            checkout = await run_in_threadpool(
+            checkout_url = await run_in_threadpool(
                 partial(
-                    billing.start_checkout,
+                    _checkout,
                     db,
-                    shop.stripe,
-                    shop.catalog,
+                    shop,
                     user_id=user.user_id,
                     package_id=package_id,
-                    success_url=f"{public_url}/purchase/success?session_id={{CHECKOUT_SESSION_ID}}",
-                    cancel_url=f"{public_url}/purchase/cancel?purchase={{PURCHASE_ID}}",
-                    price_id=shop.prices.price_id(package) if package else None,
+                    public_url=public_url,
                 )
             )
         except TokenbankError as exc:
@@ -375,45 +371,44 @@ def build_router(  # noqa: PLR0915 - one closure per route
                 link="/pricing",
                 link_text="Back to pricing",
             )
-        return RedirectResponse(checkout.url, status_code=303, headers=buying_headers)
+        return RedirectResponse(checkout_url, status_code=303, headers=buying_headers)
 
     @router.get("/purchase/success")
     async def purchase_success(
         request: Request, session_id: str | None = None, payment_intent: str | None = None
     ) -> Response:
         """Where Stripe sends the buyer back. The webhook may not have landed yet, so this
-        settles the payment too, from what Stripe says (never from the URL)."""
+        settles the payment too, from what Stripe says (never from the URL), for a purchase
+        of this installation only; what it shows is for the buyer only."""
         if shop is None:
             return await unavailable(request)
-        ids_ok = bool(session_id or payment_intent) and all(
-            value is None or (len(value) <= 255 and value.isascii() and value.isprintable())
-            for value in (session_id, payment_intent)
-        )
-        if not ids_ok:
+        if (session_id is None) == (payment_intent is None):
             return redirect(HOME)
+        user = await browsers.signed_in(request)
         try:
-            outcome = await run_in_threadpool(
-                _settle_now, db, shop, session_id=session_id, payment_intent_id=payment_intent
+            purchase = await run_in_threadpool(
+                _settle_known, db, shop, session_id=session_id, payment_intent_id=payment_intent
             )
         except TokenbankError:
+            purchase = None
+        if purchase is None or user is None or purchase.user_id != user.user_id:
             return await render(
                 request,
                 "purchase.html",
                 headers=buying_headers,
                 purchase=None,
-                pending=True,
+                pending=False,
+                failed=False,
+                unknown=True,
             )
-        user = await browsers.signed_in(request)
-        purchase = outcome.purchase
-        mine = purchase is not None and user is not None and purchase.user_id == user.user_id
         return await render(
             request,
             "purchase.html",
             headers=buying_headers,
-            purchase=purchase if mine else None,
-            pending=purchase is None or purchase.status is not billing.PurchaseStatus.PAID,
-            failed=purchase is not None
-            and purchase.status in (billing.PurchaseStatus.FAILED, billing.PurchaseStatus.EXPIRED),
+            purchase=purchase,
+            pending=purchase.status is billing.PurchaseStatus.PENDING,
+            failed=purchase.status is not billing.PurchaseStatus.PAID
+            and purchase.status is not billing.PurchaseStatus.PENDING,
         )
 
     @router.get("/purchase/cancel")
@@ -440,14 +435,40 @@ def _stripe_sources(shop: Billing | None) -> str:
     return "https://checkout.stripe.com https://js.stripe.com https://api.stripe.com"
 
 
-def _settle_now(
+def _settle_known(
     db: Database, shop: Billing, *, session_id: str | None, payment_intent_id: str | None
-) -> billing.Outcome:
+) -> billing.Purchase | None:
+    """Settle the purchase with this Stripe id, if there is one: an id nobody here started
+    costs no call to Stripe."""
+    with db.read() as conn:
+        known = billing.find_purchase(
+            conn, checkout_session_id=session_id, payment_intent_id=payment_intent_id
+        )
+    if known is None:
+        return None
     payment = billing.fetch_payment(
         shop.stripe, session_id=session_id, payment_intent_id=payment_intent_id
     )
     with db.transaction() as conn:
-        return billing.settle(conn, payment, policy=shop.policy)
+        return billing.settle(conn, payment, policy=shop.policy).purchase
+
+
+def _checkout(
+    db: Database, shop: Billing, *, user_id: str, package_id: str, public_url: str
+) -> str:
+    """Start a Checkout purchase (in the thread pool: the price lookup may call Stripe)."""
+    package = shop.catalog.find(package_id)
+    started = billing.start_checkout(
+        db,
+        shop.stripe,
+        shop.catalog,
+        user_id=user_id,
+        package_id=package_id,
+        success_url=f"{public_url}/purchase/success?session_id={{CHECKOUT_SESSION_ID}}",
+        cancel_url=f"{public_url}/purchase/cancel?purchase={{PURCHASE_ID}}",
+        price_id=shop.prices.price_id(package) if package else None,
+    )
+    return started.url
 
 
 def _sentence(exc: TokenbankError) -> str:

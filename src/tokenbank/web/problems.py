@@ -38,6 +38,7 @@ STATUS: list[tuple[type[TokenbankError], int]] = [
     (ledger.RefundExceedsSpend, 409),
     (ledger.NotRefundable, 409),
     (ledger.HoldNotPending, 409),
+    (ledger.HoldFrozen, 409),
     (users.UserExists, 409),
     (users.EmailTaken, 409),
     (identity.InvalidPortalLink, 400),

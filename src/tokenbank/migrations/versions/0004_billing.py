@@ -36,6 +36,7 @@ def upgrade() -> None:
         sa.Column("attempts", sa.Integer(), server_default="0", nullable=False),
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.Column("outcome", sa.Text(), nullable=True),
+        sa.CheckConstraint("attempts >= 0", name=op.f("ck_webhook_events_attempts")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_webhook_events")),
         sa.UniqueConstraint("event_id", name=op.f("uq_webhook_events_event_id")),
     )
@@ -131,6 +132,10 @@ def upgrade() -> None:
             "status = 'lost' OR (clawed_back = 0 AND debt = 0)", name=op.f("ck_disputes_lost_only")
         ),
         sa.CheckConstraint("status IN ('open', 'won', 'lost')", name=op.f("ck_disputes_status")),
+        sa.CheckConstraint(
+            "amount > 0 AND tokens >= 0 AND clawed_back >= 0 AND debt >= 0",
+            name=op.f("ck_disputes_amounts"),
+        ),
         sa.ForeignKeyConstraint(["hold_id"], ["holds.id"], name=op.f("fk_disputes_hold_id_holds")),
         sa.ForeignKeyConstraint(
             ["purchase_id"], ["purchases.id"], name=op.f("fk_disputes_purchase_id_purchases")
@@ -173,11 +178,14 @@ def upgrade() -> None:
 
     # A plain ADD COLUMN on both databases: SQLite takes a column CHECK without rebuilding
     # the table (a rebuild would trip over the ledger's foreign keys).
-    if op.get_bind().dialect.name == "sqlite":
-        op.execute(
-            "ALTER TABLE accounts ADD COLUMN debt BIGINT DEFAULT '0' NOT NULL"
-            " CONSTRAINT ck_accounts_debt_not_negative CHECK (debt >= 0)"
-        )
+    bind = op.get_bind()
+    if bind.dialect.name == "sqlite":
+        # A downgrade leaves the column (SQLite cannot drop it): keep it if it is there.
+        if "debt" not in {c["name"] for c in sa.inspect(bind).get_columns("accounts")}:
+            op.execute(
+                "ALTER TABLE accounts ADD COLUMN debt BIGINT DEFAULT '0' NOT NULL"
+                " CONSTRAINT ck_accounts_debt_not_negative CHECK (debt >= 0)"
+            )
     else:
         op.add_column(
             "accounts", sa.Column("debt", sa.BigInteger(), server_default="0", nullable=False)
