@@ -111,12 +111,12 @@ def _locate(conn: Connection, payment: Payment) -> int | None:
         lookups.append(
             sa.and_(purchases.c.id == hint[0], purchases.c.stripe_idempotency_key == hint[1])
         )
-    found: set[int] = set()
-    for lookup in lookups:
-        found.update(conn.execute(sa.select(purchases.c.id).where(lookup)).scalars())
+    if not lookups:
+        return None
+    found = conn.execute(sa.select(purchases.c.id).where(sa.or_(*lookups))).scalars().all()
     if len(found) > 1:
         raise PaymentMismatch(f"one payment names purchases {sorted(found)}")
-    return found.pop() if found else None
+    return found[0] if found else None
 
 
 def settle(

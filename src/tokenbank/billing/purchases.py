@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection
 from tokenbank.billing.catalog import Catalog, Package
 from tokenbank.billing.errors import UnknownPackage, UnknownPurchase
 from tokenbank.billing.models import PurchaseFlow, PurchaseStatus, purchases, stripe_customers
+from tokenbank.billing.prices import PriceBook
 from tokenbank.columns import utcnow
 from tokenbank.db import Database
 from tokenbank.payments.stripe import PaymentProviderError, Stripe
@@ -237,15 +238,16 @@ def start_checkout(
     success_url: str,
     cancel_url: str,
     locale: str | None = None,
-    price_id: str | None = None,
+    prices: PriceBook | None = None,
 ) -> CheckoutStart:
     """A pending purchase and the Stripe Checkout Session that pays it.
 
     ``success_url`` and ``cancel_url`` may hold ``{PURCHASE_ID}``; Stripe fills in
-    ``{CHECKOUT_SESSION_ID}``. ``price_id``: the package's synced Stripe price, if known;
-    otherwise the price is sent inline from the catalog.
+    ``{CHECKOUT_SESSION_ID}``. With ``prices``, the package's synced Stripe price is used
+    when it still matches the catalog; otherwise the price is sent inline.
     """
     package = _on_sale(catalog, package_id)
+    price_id = prices.price_id(package) if prices is not None else None
     purchase = _open_purchase(db, user_id=user_id, package=package, flow=PurchaseFlow.CHECKOUT)
     line_item: dict[str, Any] = (
         {"price": price_id, "quantity": 1}

@@ -16,6 +16,7 @@ from tokenbank.identity import SignedIn
 from tokenbank.web.api import PROBLEMS
 from tokenbank.web.auth import requires
 from tokenbank.web.observe import Metrics
+from tokenbank.web.pages import return_urls
 from tokenbank.web.schemas import (
     BillingPortalIn,
     BillingPortalOut,
@@ -112,18 +113,17 @@ def build_router(
         """Start a purchase on Stripe Checkout: send the user's browser to ``url``. The
         tokens are credited when Stripe confirms the payment, exactly once."""
         shop = selling()
-        package = shop.catalog.find(body.package_id)
+        success_url, cancel_url = return_urls(public_url)
         started = billing.start_checkout(
             db,
             shop.stripe,
             shop.catalog,
             user_id=user_id,
             package_id=body.package_id,
-            success_url=body.success_url
-            or f"{public_url}/purchase/success?session_id={{CHECKOUT_SESSION_ID}}",
-            cancel_url=body.cancel_url or f"{public_url}/purchase/cancel?purchase={{PURCHASE_ID}}",
+            success_url=body.success_url or success_url,
+            cancel_url=body.cancel_url or cancel_url,
             locale=body.locale,
-            price_id=shop.prices.price_id(package) if package else None,
+            prices=shop.prices,
         )
         metrics.purchases_started.labels("checkout").inc()
         return CheckoutOut(

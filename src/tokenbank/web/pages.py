@@ -453,20 +453,28 @@ def _settle_known(
         return billing.settle(conn, payment, policy=shop.policy).purchase
 
 
+def return_urls(public_url: str) -> tuple[str, str]:
+    """Where Stripe Checkout sends the buyer back: this site's success and cancel pages."""
+    return (
+        f"{public_url}/purchase/success?session_id={{CHECKOUT_SESSION_ID}}",
+        f"{public_url}/purchase/cancel?purchase={{PURCHASE_ID}}",
+    )
+
+
 def _checkout(
     db: Database, shop: Billing, *, user_id: str, package_id: str, public_url: str
 ) -> str:
     """Start a Checkout purchase (in the thread pool: the price lookup may call Stripe)."""
-    package = shop.catalog.find(package_id)
+    success_url, cancel_url = return_urls(public_url)
     started = billing.start_checkout(
         db,
         shop.stripe,
         shop.catalog,
         user_id=user_id,
         package_id=package_id,
-        success_url=f"{public_url}/purchase/success?session_id={{CHECKOUT_SESSION_ID}}",
-        cancel_url=f"{public_url}/purchase/cancel?purchase={{PURCHASE_ID}}",
-        price_id=shop.prices.price_id(package) if package else None,
+        success_url=success_url,
+        cancel_url=cancel_url,
+        prices=shop.prices,
     )
     return started.url
 
