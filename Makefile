@@ -6,7 +6,7 @@ PORT   ?= 8000
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test check fmt bench clean
+.PHONY: help install run test check fmt bench messages clean
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -37,6 +37,14 @@ fmt: install ## Format and autofix
 bench: install ## Ledger and HTTP throughput against baselines run alongside (docs/benchmarks.md)
 	$(BIN)/python -m bench.ledger
 	$(BIN)/python -m bench.http
+
+LOCALES := src/tokenbank/web/locales
+
+messages: install ## Extract the pages' strings and merge them into the en and zh-CN catalogs
+	$(BIN)/pybabel extract -F babel.cfg -k N_ -k gettext -k ngettext:1,2 --no-location \
+		--sort-output --omit-header -o $(LOCALES)/messages.pot .
+	$(BIN)/pybabel update -i $(LOCALES)/messages.pot -d $(LOCALES) --no-location \
+		--omit-header --no-wrap --ignore-obsolete
 
 clean: ## Remove the virtualenv and caches (keeps ./var)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

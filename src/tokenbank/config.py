@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     catalog: Path = Path("catalogs/default.toml")
     clawback_policy: Literal["debt", "negative"] = "debt"
     purchase_flow: Literal["checkout", "embedded"] = "checkout"
+    #: The dashboard warns when a user's available tokens fall below this.
+    low_balance_threshold: int = Field(default=100, ge=0)
 
     stripe_secret_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("STRIPE_SECRET_KEY")

@@ -119,15 +119,32 @@ def find_purchase(
 
 
 def list_purchases(
-    conn: Connection, *, user_id: str | None = None, limit: int = 50, before: int | None = None
+    conn: Connection,
+    *,
+    user_id: str | None = None,
+    status: PurchaseStatus | None = None,
+    limit: int = 50,
+    before: int | None = None,
 ) -> list[Purchase]:
     """Newest first; ``before`` is the last id of the previous page."""
     query = sa.select(purchases).order_by(purchases.c.id.desc()).limit(limit)
     if user_id is not None:
         query = query.where(purchases.c.user_id == user_id)
+    if status is not None:
+        query = query.where(purchases.c.status == PurchaseStatus(status).value)
     if before is not None:
         query = query.where(purchases.c.id < before)
     return [to_purchase(row) for row in conn.execute(query)]
+
+
+def sales_by_package(conn: Connection) -> dict[str, int]:
+    """How many paid purchases each package has had."""
+    rows = conn.execute(
+        sa.select(purchases.c.package_id, sa.func.count())
+        .where(purchases.c.status == PurchaseStatus.PAID.value)
+        .group_by(purchases.c.package_id)
+    )
+    return dict(rows.tuples().all())
 
 
 def _on_sale(catalog: Catalog, package_id: str) -> Package:

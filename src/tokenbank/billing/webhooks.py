@@ -216,6 +216,15 @@ def list_events(
     return [_to_inbox(row) for row in conn.execute(query)]
 
 
+def get_event(conn: Connection, *, event_id: str) -> InboxEvent:
+    row = conn.execute(
+        sa.select(webhook_events).where(webhook_events.c.event_id == event_id)
+    ).first()
+    if row is None:
+        raise UnknownEvent(event_id)
+    return _to_inbox(row)
+
+
 def replay(db: Database, stripe: Stripe, *, event_id: str, policy: ClawbackPolicy) -> Processed:
     """Settle a stored event again, processed or not."""
     with db.read() as conn:

@@ -23,6 +23,7 @@ from tokenbank.errors import TokenbankError
 from tokenbank.identity.models import portal_links, rate_limits, sessions
 from tokenbank.identity.passwords import Passwords
 from tokenbank.ledger.errors import InvalidArgument, UnknownUser
+from tokenbank.users.models import LANGUAGES
 from tokenbank.users.models import users as users_table
 
 Via = Literal["password", "registration", "portal"]
@@ -53,6 +54,7 @@ class SignedIn:
     is_admin: bool
     has_password: bool
     expires_at: datetime
+    language: str | None = None  # chosen on the account page; None: the browser decides
 
 
 def digest(token: str) -> str:
@@ -74,13 +76,17 @@ def register(
     passwords: Passwords,
     session_ttl: timedelta,
     name: str | None = None,
+    language: str | None = None,
 ) -> tuple[users.User, str]:
-    """Create a user who signs in with email and password; returns them and a session token."""
+    """Create a user who signs in with email and password; returns them and a session token.
+    ``language``: the pages' language the visitor chose before signing up, if any."""
     hashed = passwords.hash(password)  # validates the password before anything is written
     try:
         with db.transaction() as conn:
             user = users.create_user(conn, user_id=new_user_id(), email=email, name=name)
             set_password(conn, user_id=user.id, password_hash=hashed)
+            if language is not None:
+                set_language(conn, user_id=user.id, language=language)
             token = open_session(conn, user_id=user.id, via="registration", ttl=session_ttl)
     except sa.exc.IntegrityError:  # a registration racing this one took the email
         raise users.EmailTaken(email.strip().lower()) from None
@@ -137,6 +143,13 @@ def set_admin(conn: Connection, *, user_id: str, admin: bool) -> None:
     _update_user(conn, user_id, is_admin=admin, updated_at=utcnow())
 
 
+def set_language(conn: Connection, *, user_id: str, language: str | None) -> None:
+    """The language of the user's pages; None goes back to the browser's preference."""
+    if language is not None and language not in LANGUAGES:
+        raise InvalidArgument("language", f"must be one of {', '.join(LANGUAGES)}")
+    _update_user(conn, user_id, language=language, updated_at=utcnow())
+
+
 def _update_user(conn: Connection, user_id: str, **values: object) -> None:
     updated = conn.execute(
         sa.update(users_table).where(users_table.c.id == user_id).values(**values)
@@ -175,6 +188,7 @@ def session_user(conn: Connection, *, token: str, now: datetime | None = None) -
             users_table.c.name,
             users_table.c.is_admin,
             users_table.c.password_hash.is_not(None).label("has_password"),
+            users_table.c.language,
         )
         .join(users_table, users_table.c.id == sessions.c.user_id)
         .where(
@@ -193,6 +207,7 @@ def session_user(conn: Connection, *, token: str, now: datetime | None = None) -
         is_admin=bool(row.is_admin),
         has_password=bool(row.has_password),
         expires_at=row.expires_at,
+        language=row.language,
     )
 
 

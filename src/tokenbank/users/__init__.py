@@ -6,8 +6,17 @@ from tokenbank.users.service import (
     User,
     UserExists,
     create_user,
+    find_users,
     get_user,
     upsert_user,
 )
 
-__all__ = ["EmailTaken", "User", "UserExists", "create_user", "get_user", "upsert_user"]
+__all__ = [
+    "EmailTaken",
+    "User",
+    "UserExists",
+    "create_user",
+    "find_users",
+    "get_user",
+    "upsert_user",
+]

@@ -6,6 +6,9 @@ from tokenbank.columns import UtcDateTime
 from tokenbank.db import metadata
 from tokenbank.ledger.models import MAX_KEY_LENGTH
 
+#: The languages the pages are translated into, as BCP 47 tags.
+LANGUAGES = ("en", "zh-CN")
+
 users = sa.Table(
     "users",
     metadata,
@@ -16,6 +19,11 @@ users = sa.Table(
     # Only users who sign in to the pages with a password have one (argon2id, PHC string).
     sa.Column("password_hash", sa.String(255), nullable=True),
     sa.Column("is_admin", sa.Boolean(), nullable=False, server_default=sa.false()),
+    # The language the user chose for the pages; none: the browser's Accept-Language decides.
+    sa.Column("language", sa.String(16), nullable=True),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.CheckConstraint(
+        f"language IN ({', '.join(repr(tag) for tag in LANGUAGES)})", name="language"
+    ),
 )

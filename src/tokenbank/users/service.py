@@ -94,6 +94,29 @@ def get_user(conn: Connection, *, user_id: str) -> User:
     return User(id=row.id, email=row.email, name=row.name, created_at=row.created_at)
 
 
+def find_users(conn: Connection, *, query: str, limit: int = 20) -> list[User]:
+    """Users whose id or email is ``query`` or starts with it (exact matches first)."""
+    query = query.strip()
+    if not query:
+        return []
+    prefix = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    lowered = query.lower()
+    exact = sa.or_(users.c.id == query, users.c.email == lowered)
+    rows = conn.execute(
+        sa.select(users)
+        .where(
+            sa.or_(
+                exact,
+                users.c.id.like(prefix, escape="\\"),
+                users.c.email.like(prefix.lower(), escape="\\"),
+            )
+        )
+        .order_by(sa.case((exact, 0), else_=1), users.c.id)
+        .limit(limit)
+    )
+    return [User(id=r.id, email=r.email, name=r.name, created_at=r.created_at) for r in rows]
+
+
 _upsert = {
     name: dialect.insert(users)
     for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))

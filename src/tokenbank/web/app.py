@@ -23,10 +23,12 @@ from tokenbank.db import Database, connect
 from tokenbank.errors import ConfigurationError
 from tokenbank.identity import Passwords, Throttle
 from tokenbank.logs import configure_logging
-from tokenbank.web import api, billing_api, pages, problems
+from tokenbank.web import admin_pages, api, billing_api, problems, shop_pages, wallet_pages
+from tokenbank.web import pages as account_pages
 from tokenbank.web.auth import KeyCache
 from tokenbank.web.browser import Browsers
 from tokenbank.web.observe import AccessLog, Metrics, Observe
+from tokenbank.web.render import Pages, install_page_errors
 from tokenbank.web.schemas import Health
 
 MAX_BODY_BYTES = 64 * 1024
@@ -143,18 +145,43 @@ def create_app(
     def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.include_router(
-        pages.build_router(
-            db=database,
-            browsers=browsers,
-            passwords=passwords or Passwords(),
-            throttle=throttle,
-            shop=shop,
-            public_url=public_url,
-        )
+    _include_pages(
+        app,
+        settings=settings,
+        db=database,
+        browsers=browsers,
+        passwords=passwords or Passwords(),
+        throttle=throttle,
+        shop=shop,
     )
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     return app
+
+
+def _include_pages(
+    app: FastAPI,
+    *,
+    settings: Settings,
+    db: Database,
+    browsers: Browsers,
+    passwords: Passwords,
+    throttle: Throttle,
+    shop: Billing | None,
+) -> None:
+    """The pages people use in a browser (after the API: its routes are the busy ones)."""
+    public_url = settings.public_url.rstrip("/")
+    pages = Pages(db=db, browsers=browsers, low_balance=settings.low_balance_threshold)
+    app.include_router(
+        account_pages.build_router(
+            db=db, pages=pages, browsers=browsers, passwords=passwords, throttle=throttle
+        )
+    )
+    app.include_router(wallet_pages.build_router(db=db, pages=pages))
+    app.include_router(
+        shop_pages.build_router(db=db, pages=pages, shop=shop, public_url=public_url)
+    )
+    app.include_router(admin_pages.build_router(db=db, pages=pages, shop=shop))
+    install_page_errors(app, pages)
 
 
 def settle_process() -> None:

@@ -16,7 +16,6 @@ from tokenbank.identity import SignedIn
 from tokenbank.web.api import PROBLEMS
 from tokenbank.web.auth import requires
 from tokenbank.web.observe import Metrics
-from tokenbank.web.pages import return_urls
 from tokenbank.web.schemas import (
     BillingPortalIn,
     BillingPortalOut,
@@ -29,6 +28,7 @@ from tokenbank.web.schemas import (
     PurchaseOut,
     PurchasesOut,
 )
+from tokenbank.web.shop_pages import return_urls
 
 UserId = Annotated[str, Path(min_length=1, max_length=255, pattern=r"^[^\x00-\x20\x7f/]+$")]
 RowId = Annotated[int, Path(ge=1, le=2**63 - 1)]

@@ -16,7 +16,7 @@
       payment_method: { card: card },
     });
     if (result.error) {
-      message.textContent = result.error.message || "The payment failed.";
+      message.textContent = result.error.message || form.dataset.failed;
       message.hidden = false;
       button.disabled = false;
       return;

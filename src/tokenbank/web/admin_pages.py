@@ -1,0 +1,275 @@
+"""Pages for admin users: find a user (balance, history, purchases, grant tokens with a
+reason), all purchases by status, the webhook inbox with a replay button, the catalog."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from tokenbank import billing, ledger, users
+from tokenbank.billing import Billing
+from tokenbank.billing.catalog import catalog_warnings
+from tokenbank.db import Database
+from tokenbank.errors import TokenbankError
+from tokenbank.web.pages import Csrf, form_expired
+from tokenbank.web.problems import status_of
+from tokenbank.web.render import Pages, error_text, redirect
+
+PAGE_SIZE = 50
+
+
+def build_router(  # noqa: PLR0915 - one closure per route
+    *, db: Database, pages: Pages, shop: Billing | None
+) -> APIRouter:
+    router = APIRouter(include_in_schema=False, default_response_class=HTMLResponse)
+
+    @router.get("/admin")
+    async def admin_users(request: Request, q: str | None = None) -> Response:
+        await pages.require_admin(request)
+        found = await run_in_threadpool(_find, db, q or "") if q else []
+        if q and len(found) == 1 and (found[0].id == q.strip() or found[0].email == q.strip()):
+            return redirect(f"/admin/users/{found[0].id}")
+        return await pages.render(request, "admin/index.html", q=q, found=found)
+
+    @router.get("/admin/users/{user_id}")
+    async def admin_user(
+        request: Request, user_id: str, before: int | None = None, granted: int | None = None
+    ) -> Response:
+        await pages.require_admin(request)
+        lang = await pages.language(request)
+        try:
+            subject, balance, page, purchases = await run_in_threadpool(
+                _user_overview, db, user_id, before
+            )
+        except ledger.UnknownUser:
+            return await pages.render(
+                request,
+                "message.html",
+                404,
+                heading=lang.gettext("No such user"),
+                message=lang.gettext("No user has the id %(id)s.", id=user_id),
+                link="/admin",
+                link_text=lang.gettext("Find another user"),
+            )
+        toasts = []
+        if granted:
+            toasts.append(
+                {
+                    "tone": "good",
+                    "text": lang.gettext("Granted %(tokens)s tokens.", tokens=lang.number(granted)),
+                }
+            )
+        return await pages.render(
+            request,
+            "admin/user.html",
+            subject=subject,
+            subject_balance=balance,
+            items=page.items,
+            next_cursor=page.next_cursor,
+            subject_purchases=purchases,
+            grant_key=f"admin-grant-{secrets.token_urlsafe(16)}",
+            toasts=toasts,
+        )
+
+    @router.post("/admin/users/{user_id}/grants")
+    async def admin_grant(
+        request: Request,
+        user_id: str,
+        *,
+        amount: Annotated[str, Form(max_length=20)],
+        reason: Annotated[str, Form(max_length=600)],
+        key: Annotated[str, Form(max_length=100)],
+        csrf_token: Csrf = "",
+    ) -> Response:
+        """Grant tokens. The form carries an idempotency key made when it was shown, so a
+        double click or a resubmitted form grants once."""
+        if not pages.browsers.csrf_valid(request, csrf_token):
+            return await form_expired(pages, request)
+        admin = await pages.require_admin(request)
+        lang = await pages.language(request)
+        try:
+            tokens = int(amount) if amount.strip().isdigit() else 0
+            receipt = await run_in_threadpool(
+                _grant,
+                db,
+                user_id=user_id,
+                amount=tokens,
+                reason=reason.strip(),
+                key=key,
+                admin_id=admin.user_id,
+            )
+        except TokenbankError as exc:
+            return await pages.render(
+                request,
+                "message.html",
+                status_of(exc),
+                heading=lang.gettext("The grant was not made"),
+                message=error_text(lang, exc),
+                link=f"/admin/users/{user_id}",
+                link_text=lang.gettext("Back to the user"),
+            )
+        return redirect(f"/admin/users/{user_id}?granted={receipt.amount}")
+
+    @router.get("/admin/purchases")
+    async def admin_purchases(
+        request: Request, status: str | None = None, before: int | None = None
+    ) -> Response:
+        await pages.require_admin(request)
+        try:
+            chosen = billing.PurchaseStatus(status) if status else None
+        except ValueError:
+            chosen = None
+        found = await run_in_threadpool(_purchases, db, chosen, before)
+        return await pages.render(
+            request,
+            "admin/purchases.html",
+            purchases=found[:PAGE_SIZE],
+            next_cursor=found[PAGE_SIZE - 1].id if len(found) > PAGE_SIZE else None,
+            status=chosen.value if chosen else "",
+            statuses=[s.value for s in billing.PurchaseStatus],
+        )
+
+    @router.get("/admin/webhooks")
+    async def admin_webhooks(
+        request: Request, failed: bool = False, before: int | None = None
+    ) -> Response:
+        await pages.require_admin(request)
+        events = await run_in_threadpool(_events, db, failed, before)
+        return await pages.render(
+            request,
+            "admin/webhooks.html",
+            events=events[:PAGE_SIZE],
+            next_cursor=events[PAGE_SIZE - 1].id if len(events) > PAGE_SIZE else None,
+            failed=failed,
+        )
+
+    @router.post("/admin/webhooks/{event_id}/replay")
+    async def admin_replay(request: Request, event_id: str, csrf_token: Csrf = "") -> Response:
+        """Settle a stored event again. htmx swaps the event's row; a plain form post goes
+        back to the inbox."""
+        if not pages.browsers.csrf_valid(request, csrf_token):
+            return await form_expired(pages, request)
+        await pages.require_admin(request)
+        lang = await pages.language(request)
+        if shop is None:
+            return await pages.render(
+                request,
+                "message.html",
+                503,
+                heading=lang.gettext("Replay is not available"),
+                message=lang.gettext("Payments are not configured on this server."),
+            )
+        toasts = []
+        try:
+            await run_in_threadpool(
+                billing.replay, db, shop.stripe, event_id=event_id, policy=shop.policy
+            )
+            toasts.append({"tone": "good", "text": lang.gettext("The event was processed.")})
+        except TokenbankError as exc:
+            toasts.append(
+                {
+                    "tone": "error",
+                    "text": lang.gettext(
+                        "The event failed again: %(error)s", error=error_text(lang, exc)
+                    ),
+                }
+            )
+        if not request.headers.get("hx-request"):
+            return redirect("/admin/webhooks")
+        try:
+            event = await run_in_threadpool(_event, db, event_id)
+        except billing.UnknownEvent:
+            return Response(status_code=404)
+        response = await pages.render(request, "fragments/webhook_row.html", e=event)
+        # htmx shows the outcome as a toast (tokenbank.js listens for "tb:toast").
+        response.headers["HX-Trigger"] = json.dumps(
+            {"tb:toast": {"text": toasts[0]["text"], "tone": toasts[0]["tone"]}},
+            ensure_ascii=True,
+        )
+        return response
+
+    @router.get("/admin/catalog")
+    async def admin_catalog(request: Request) -> Response:
+        await pages.require_admin(request)
+        if shop is None:
+            return await pages.render(request, "admin/catalog.html", catalog=None)
+        sold = await run_in_threadpool(_sales, db)
+        catalog = shop.catalog
+        rows = [
+            {
+                "package": p,
+                "savings": p.savings_against(catalog.base) if catalog.base and p.active else 0,
+                "sold": sold.get(p.id, 0),
+            }
+            for p in catalog.packages
+        ]
+        return await pages.render(
+            request,
+            "admin/catalog.html",
+            catalog=catalog,
+            rows=rows,
+            warnings=catalog_warnings(catalog),
+        )
+
+    return router
+
+
+def _find(db: Database, query: str) -> list[users.User]:
+    with db.read() as conn:
+        return users.find_users(conn, query=query)
+
+
+def _user_overview(
+    db: Database, user_id: str, before: int | None
+) -> tuple[users.User, ledger.Balance, ledger.HistoryPage, list[billing.Purchase]]:
+    with db.read() as conn:
+        subject = users.get_user(conn, user_id=user_id)
+        balance = ledger.balance(conn, user_id=user_id)
+        page = ledger.history(conn, user_id=user_id, before=before, limit=PAGE_SIZE)
+        purchases = billing.list_purchases(conn, user_id=user_id, limit=20)
+    return subject, balance, page, purchases
+
+
+def _grant(
+    db: Database, *, user_id: str, amount: int, reason: str, key: str, admin_id: str
+) -> ledger.Receipt:
+    if not reason:
+        raise ledger.InvalidArgument("description", "must say why the tokens are granted")
+    with db.transaction() as conn:
+        users.get_user(conn, user_id=user_id)  # only users, not any wallet key
+        return ledger.credit(
+            conn,
+            user_id=user_id,
+            amount=amount,
+            kind=ledger.TransferKind.GRANT,
+            idempotency_key=key,
+            description=reason,
+            metadata={"granted_by": admin_id},
+        )
+
+
+def _purchases(
+    db: Database, status: billing.PurchaseStatus | None, before: int | None
+) -> list[billing.Purchase]:
+    with db.read() as conn:
+        return billing.list_purchases(conn, status=status, before=before, limit=PAGE_SIZE + 1)
+
+
+def _events(db: Database, failed: bool, before: int | None) -> list[billing.InboxEvent]:
+    with db.read() as conn:
+        return billing.list_events(conn, failed=failed, before=before, limit=PAGE_SIZE + 1)
+
+
+def _event(db: Database, event_id: str) -> billing.InboxEvent:
+    with db.read() as conn:
+        return billing.get_event(conn, event_id=event_id)
+
+
+def _sales(db: Database) -> dict[str, int]:
+    with db.read() as conn:
+        return billing.sales_by_package(conn)

@@ -1,0 +1,234 @@
+"""What every page shares: the template environment, the request's language, the signed-in
+user, CSRF tokens, security headers and the header's balance widget."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import FastAPI, Request
+from fastapi.responses import RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.concurrency import run_in_threadpool
+
+from tokenbank import ledger
+from tokenbank.db import Database
+from tokenbank.errors import TokenbankError
+from tokenbank.identity import SignedIn
+from tokenbank.identity.passwords import MAX_LENGTH, MIN_LENGTH
+from tokenbank.web import i18n
+from tokenbank.web.browser import Browsers
+from tokenbank.web.i18n import N_, Language
+
+HOME = "/dashboard"
+
+
+def _environment() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=select_autoescape(),
+        extensions=["jinja2.ext.i18n"],
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    # {% trans %} calls the request's gettext from the context, with its variables as
+    # keywords; whitespace inside a block is collapsed, as in the catalogs.
+    env.newstyle_gettext = True  # type: ignore[attr-defined]
+    env.policies["ext.i18n.trimmed"] = True
+    return env
+
+
+TEMPLATES = Jinja2Templates(env=_environment())
+
+#: Sent with every page: no framing, no leaking URLs (portal tokens) to other sites.
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+    "Vary": "Cookie, Accept-Language",
+}
+
+#: How the pages name each kind of transfer and each purchase status.
+KIND_NAMES = {
+    ledger.TransferKind.PURCHASE: N_("Purchase"),
+    ledger.TransferKind.BONUS: N_("Bonus"),
+    ledger.TransferKind.GRANT: N_("Grant"),
+    ledger.TransferKind.SPEND: N_("Spend"),
+    ledger.TransferKind.REFUND: N_("Refund"),
+    ledger.TransferKind.CLAWBACK: N_("Clawback"),
+    ledger.TransferKind.EXPIRY: N_("Expiry"),
+}
+STATUS_NAMES = {
+    "pending": N_("Pending"),
+    "paid": N_("Paid"),
+    "failed": N_("Failed"),
+    "expired": N_("Expired"),
+    "canceled": N_("Canceled"),
+    "completed": N_("Completed"),
+}
+
+
+class NotAllowed(Exception):
+    """A signed-in user asked for a page that is not theirs (admin pages): 403."""
+
+
+class Redirect(Exception):
+    """Raised by ``require_user`` and friends; the router turns it into a 303."""
+
+    def __init__(self, location: str) -> None:
+        super().__init__(location)
+        self.location = location
+
+
+@dataclass(frozen=True, slots=True)
+class Pages:
+    db: Database
+    browsers: Browsers
+    low_balance: int = 100
+
+    async def language(self, request: Request) -> Language:
+        known = getattr(request.state, "language", None)
+        if known is not None:
+            return known  # type: ignore[no-any-return]
+        user = await self.browsers.signed_in(request)
+        chosen = i18n.choose(
+            chosen=user.language if user else None,
+            cookie=request.cookies.get(i18n.LANGUAGE_COOKIE),
+            accept_language=request.headers.get("accept-language"),
+        )
+        request.state.language = chosen
+        return chosen
+
+    async def render(
+        self,
+        request: Request,
+        template: str,
+        status_code: int = 200,
+        headers: dict[str, str] | None = None,
+        **context: Any,
+    ) -> Response:
+        token, fresh = self.browsers.csrf_token(request)
+        user = await self.browsers.signed_in(request)
+        lang = await self.language(request)
+        wallet = None
+        if user is not None and not template.startswith("fragments/"):
+            wallet = context.get("balance") or await run_in_threadpool(self.balance, user.user_id)
+        response = TEMPLATES.TemplateResponse(
+            request,
+            template,
+            {
+                "user": user,
+                "csrf_token": token,
+                "min_password": MIN_LENGTH,
+                "t": lang,
+                "lang": lang.tag,
+                "languages": i18n.LANGUAGE_NAMES,
+                "wallet": wallet,
+                "low_balance": self.low_balance,
+                "kind_names": KIND_NAMES,
+                "status_names": STATUS_NAMES,
+                "path": request.url.path,
+                **lang.jinja_globals(),
+                **context,
+            },
+            status_code=status_code,
+            headers=headers or PAGE_HEADERS,
+        )
+        if fresh is not None:
+            self.browsers.keep_csrf_anchor(response, fresh)
+        return response
+
+    def balance(self, user_id: str) -> ledger.Balance | None:
+        with self.db.read() as conn:
+            try:
+                return ledger.balance(conn, user_id=user_id)
+            except ledger.UnknownUser:
+                return None
+
+    async def require_user(self, request: Request) -> SignedIn:
+        user = await self.browsers.signed_in(request)
+        if user is None:
+            target = request.url.path
+            if request.url.query:
+                target += "?" + request.url.query
+            raise Redirect(f"/login?next={quote(target, safe='/')}")
+        return user
+
+    async def require_admin(self, request: Request) -> SignedIn:
+        user = await self.require_user(request)
+        if not user.is_admin:
+            raise NotAllowed
+        return user
+
+
+def redirect(path: str, headers: dict[str, str] | None = None) -> RedirectResponse:
+    return RedirectResponse(path, status_code=303, headers=headers or PAGE_HEADERS)
+
+
+#: What the pages say for the domain errors a form can run into, by code (and field).
+ERROR_TEXTS = {
+    "invalid_credentials": N_("That email and password do not match an account."),
+    "email_taken": N_("An account with this email already exists. Sign in instead."),
+    "rate_limited": N_("Too many attempts. Try again in %(seconds)s seconds."),
+    "unknown_package": N_("This package is not on sale any more."),
+    "payment_provider_error": N_("The payment service did not answer. Try again in a moment."),
+    "payments_not_configured": N_("Payments are not configured on this server."),
+    "validation_error:password": N_("The password must be %(min)s to %(max)s characters long."),
+    "validation_error:new_password": N_("The password must be %(min)s to %(max)s characters long."),
+    "validation_error:email": N_("Enter a valid email address."),
+    "validation_error:name": N_("The name is too long."),
+    "validation_error:amount": N_("Enter a whole number of tokens greater than zero."),
+    "validation_error:description": N_("Give a reason of at most 500 characters."),
+    "validation_error:language": N_("Choose one of the languages offered."),
+}
+
+
+def error_text(lang: Language, exc: TokenbankError) -> str:
+    """A domain error as a sentence in the page's language (English text as a fallback)."""
+    key = exc.code
+    if isinstance(exc, ledger.InvalidArgument):
+        key = f"{exc.code}:{exc.field}"
+    message = ERROR_TEXTS.get(key)
+    if message is not None:
+        return lang.gettext(
+            message,
+            seconds=getattr(exc, "retry_after", ""),
+            min=MIN_LENGTH,
+            max=MAX_LENGTH,
+        )
+    if isinstance(exc, ledger.InvalidArgument):
+        field, _, detail = str(exc).partition(": ")
+        return f"{field.replace('_', ' ').capitalize()} {detail}."
+    text = str(exc)
+    return text[:1].upper() + text[1:] + "."
+
+
+def install_page_errors(app: FastAPI, pages: Pages) -> None:
+    """A page that needs a signed-in user sends others to sign in; an admin page refuses
+    other users."""
+
+    async def to_login(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, Redirect)
+        return redirect(exc.location)
+
+    async def not_allowed(request: Request, _: Exception) -> Response:
+        lang = await pages.language(request)
+        return await pages.render(
+            request,
+            "message.html",
+            403,
+            heading=lang.gettext("This page is for administrators"),
+            message=lang.gettext("Your account cannot open it."),
+            link=HOME,
+            link_text=lang.gettext("Go to your dashboard"),
+        )
+
+    app.add_exception_handler(Redirect, to_login)
+    app.add_exception_handler(NotAllowed, not_allowed)

@@ -1,0 +1,298 @@
+"""Buying tokens on the pages: pricing, the buy buttons, and where Stripe sends the buyer
+back (success, cancel). Card details never touch this site: Stripe Checkout's page, or
+Stripe.js's card form inside ours."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from tokenbank import billing
+from tokenbank.billing import Billing
+from tokenbank.db import Database
+from tokenbank.errors import TokenbankError
+from tokenbank.web.i18n import Language
+from tokenbank.web.pages import Csrf, form_expired
+from tokenbank.web.problems import status_of
+from tokenbank.web.render import HOME, PAGE_HEADERS, Pages, error_text, redirect
+
+PurchaseId = Annotated[int | None, Form()]
+
+
+def build_router(  # noqa: PLR0915 - one closure per route
+    *, db: Database, pages: Pages, shop: Billing | None, public_url: str
+) -> APIRouter:
+    router = APIRouter(include_in_schema=False, default_response_class=HTMLResponse)
+    sources = _stripe_sources(shop)
+    frames = sources or "'none'"
+    headers = {
+        **PAGE_HEADERS,
+        "Content-Security-Policy": (
+            "default-src 'self'; frame-ancestors 'none'; base-uri 'none';"
+            f" form-action 'self' {sources}; script-src 'self' {sources};"
+            f" connect-src 'self' {sources}; frame-src {frames}"
+        ),
+    }
+
+    async def unavailable(request: Request) -> Response:
+        lang = await pages.language(request)
+        return await pages.render(
+            request,
+            "message.html",
+            503,
+            heading=lang.gettext("Buying tokens is not available"),
+            message=lang.gettext("Payments are not configured on this server."),
+        )
+
+    @router.get("/pricing")
+    async def pricing(request: Request) -> Response:
+        if shop is None:
+            return await unavailable(request)
+        catalog = shop.catalog
+        offers = [
+            {"package": p, "savings": p.savings_against(catalog.base) if catalog.base else 0}
+            for p in catalog.on_sale
+        ]
+        return await pages.render(
+            request,
+            "pricing.html",
+            headers=headers,
+            offers=offers,
+            flow=shop.flow,
+            stripe_js=shop.stripe.js_url,
+        )
+
+    @router.post("/buy/{package_id}")
+    async def buy(  # noqa: PLR0911 - a page and a JSON answer for each outcome
+        request: Request, package_id: str, csrf_token: Csrf = ""
+    ) -> Response:
+        """Start a purchase for the signed-in user. A form post goes on to Stripe Checkout
+        (or a page with the card form); the pricing page's script asks for JSON instead
+        and opens the card form in a modal."""
+        wants_json = "application/json" in request.headers.get("accept", "")
+        lang = await pages.language(request)
+        if shop is None:
+            if wants_json:
+                return _problem(503, "payments_not_configured", lang, None)
+            return await unavailable(request)
+        if not pages.browsers.csrf_valid(request, csrf_token):
+            if wants_json:
+                detail = lang.gettext("This form has expired. Reload the page and try again.")
+                return JSONResponse({"code": "csrf", "detail": detail}, 403, headers)
+            return await form_expired(pages, request)
+        user = await pages.browsers.signed_in(request)
+        if user is None:
+            if wants_json:
+                return JSONResponse(
+                    {"code": "unauthorized", "detail": "", "login": "/login?next=/pricing"},
+                    401,
+                    headers,
+                )
+            return redirect("/login?next=/pricing")
+        try:
+            if shop.flow == "embedded":
+                started = await run_in_threadpool(
+                    billing.start_payment,
+                    db,
+                    shop.stripe,
+                    shop.catalog,
+                    user_id=user.user_id,
+                    package_id=package_id,
+                )
+                return await _card_form(request, lang, started, wants_json)
+            checkout_url = await run_in_threadpool(
+                partial(
+                    _checkout,
+                    db,
+                    shop,
+                    user_id=user.user_id,
+                    package_id=package_id,
+                    public_url=public_url,
+                )
+            )
+        except TokenbankError as exc:
+            if wants_json:
+                return _problem(status_of(exc), exc.code, lang, exc)
+            return await pages.render(
+                request,
+                "message.html",
+                status_of(exc),
+                heading=lang.gettext("The purchase could not start"),
+                message=error_text(lang, exc),
+                link="/pricing",
+                link_text=lang.gettext("Back to pricing"),
+            )
+        if wants_json:
+            return JSONResponse({"redirect": checkout_url}, headers=headers)
+        return RedirectResponse(checkout_url, status_code=303, headers=headers)
+
+    async def _card_form(
+        request: Request, lang: Language, started: billing.PaymentStart, wants_json: bool
+    ) -> Response:
+        assert shop is not None
+        purchase = started.purchase
+        package = shop.catalog.find(purchase.package_id)
+        name = package.localized_name(lang.tag) if package else purchase.package_id
+        price = lang.money(purchase.amount, purchase.currency)
+        if wants_json:
+            return JSONResponse(
+                {
+                    "purchase_id": purchase.id,
+                    "name": name,
+                    "summary": lang.gettext(
+                        "%(tokens)s tokens", tokens=lang.number(purchase.total_tokens)
+                    ),
+                    "price": price,
+                    "client_secret": started.client_secret,
+                    "publishable_key": shop.publishable_key,
+                    "return_url": "/purchase/success?payment_intent=",
+                },
+                headers=headers,
+            )
+        return await pages.render(
+            request,
+            "pay.html",
+            headers=headers,
+            purchase=purchase,
+            package=package,
+            price=price,
+            client_secret=started.client_secret,
+            publishable_key=shop.publishable_key,
+            stripe_js=shop.stripe.js_url,
+        )
+
+    @router.get("/purchase/success")
+    async def purchase_success(
+        request: Request, session_id: str | None = None, payment_intent: str | None = None
+    ) -> Response:
+        """Where Stripe sends the buyer back. The webhook may not have landed yet, so this
+        settles the payment too, from what Stripe says (never from the URL), for a purchase
+        of this installation only; what it shows is for the buyer only. While Stripe has
+        not confirmed, the page asks again every 2 seconds (htmx; a meta refresh without
+        JavaScript). An htmx request gets the status alone."""
+        if shop is None:
+            return await unavailable(request)
+        if (session_id is None) == (payment_intent is None):
+            return redirect(HOME)
+        user = await pages.browsers.signed_in(request)
+        try:
+            purchase = await run_in_threadpool(
+                _settle_known, db, shop, session_id=session_id, payment_intent_id=payment_intent
+            )
+        except TokenbankError:
+            purchase = None
+        context: dict[str, Any] = {"purchase": None, "pending": False, "failed": False}
+        if purchase is None or user is None or purchase.user_id != user.user_id:
+            context["unknown"] = True
+        else:
+            status = purchase.status
+            context.update(
+                purchase=purchase,
+                pending=status is billing.PurchaseStatus.PENDING,
+                failed=status not in {billing.PurchaseStatus.PAID, billing.PurchaseStatus.PENDING},
+                poll_url=str(request.url.path) + "?" + str(request.url.query),
+            )
+        template = (
+            "fragments/purchase_status.html"
+            if request.headers.get("hx-request")
+            else "purchase.html"
+        )
+        return await pages.render(request, template, headers=headers, **context)
+
+    @router.get("/purchase/cancel")
+    async def purchase_cancel(request: Request, purchase: int | None = None) -> Response:
+        """Back from Stripe without paying: nothing was charged; offer the same package."""
+        user = await pages.browsers.signed_in(request)
+        package = None
+        if shop is not None and user is not None and purchase is not None:
+            found = await run_in_threadpool(_own_purchase, db, purchase, user.user_id)
+            if found is not None:
+                package = shop.catalog.find(found.package_id)
+                if package is not None and not package.active:
+                    package = None
+        return await pages.render(request, "cancel.html", package=package)
+
+    return router
+
+
+def _problem(status: int, code: str, lang: Language, exc: TokenbankError | None) -> Response:
+    detail = (
+        error_text(lang, exc)
+        if exc is not None
+        else lang.gettext("Payments are not configured on this server.")
+    )
+    return JSONResponse(
+        {"type": "about:blank", "title": code, "status": status, "code": code, "detail": detail},
+        status,
+        media_type="application/problem+json",
+    )
+
+
+def _stripe_sources(shop: Billing | None) -> str:
+    """The origins Stripe's pages and Stripe.js live on, for the buying pages' CSP."""
+    if shop is None:
+        return ""
+    if shop.stripe.api_base:
+        parts = urlsplit(shop.stripe.api_base)
+        return f"{parts.scheme}://{parts.netloc}"
+    return "https://checkout.stripe.com https://js.stripe.com https://api.stripe.com"
+
+
+def _own_purchase(db: Database, purchase_id: int, user_id: str) -> billing.Purchase | None:
+    with db.read() as conn:
+        try:
+            found = billing.get_purchase(conn, purchase_id=purchase_id)
+        except billing.UnknownPurchase:
+            return None
+    return found if found.user_id == user_id else None
+
+
+def _settle_known(
+    db: Database, shop: Billing, *, session_id: str | None, payment_intent_id: str | None
+) -> billing.Purchase | None:
+    """Settle the purchase with this Stripe id, if there is one: an id nobody here started
+    costs no call to Stripe."""
+    with db.read() as conn:
+        known = billing.find_purchase(
+            conn, checkout_session_id=session_id, payment_intent_id=payment_intent_id
+        )
+    if known is None:
+        return None
+    if known.status is not billing.PurchaseStatus.PENDING and known.paid_at is not None:
+        return known  # settled for good: a reload costs no call to Stripe
+    payment = billing.fetch_payment(
+        shop.stripe, session_id=session_id, payment_intent_id=payment_intent_id
+    )
+    with db.transaction() as conn:
+        return billing.settle(conn, payment, policy=shop.policy).purchase
+
+
+def return_urls(public_url: str) -> tuple[str, str]:
+    """Where Stripe Checkout sends the buyer back: this site's success and cancel pages."""
+    return (
+        f"{public_url}/purchase/success?session_id={{CHECKOUT_SESSION_ID}}",
+        f"{public_url}/purchase/cancel?purchase={{PURCHASE_ID}}",
+    )
+
+
+def _checkout(
+    db: Database, shop: Billing, *, user_id: str, package_id: str, public_url: str
+) -> str:
+    """Start a Checkout purchase (in the thread pool: the price lookup may call Stripe)."""
+    success_url, cancel_url = return_urls(public_url)
+    started = billing.start_checkout(
+        db,
+        shop.stripe,
+        shop.catalog,
+        user_id=user_id,
+        package_id=package_id,
+        success_url=success_url,
+        cancel_url=cancel_url,
+        prices=shop.prices,
+    )
+    return started.url

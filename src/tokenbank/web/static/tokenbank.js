@@ -1,0 +1,166 @@
+// tokenbank pages: small enhancements on top of pages that work without JavaScript.
+// Alpine's CSP build runs these components (no eval, so the pages' CSP stays 'self').
+(function () {
+  "use strict";
+
+  function toast(text, tone) {
+    window.dispatchEvent(new CustomEvent("tb:toast", { detail: { text: text, tone: tone || "" } }));
+  }
+
+  // Menus that apply on change (the language menu); a button inside <noscript> otherwise.
+  document.addEventListener("change", function (event) {
+    var target = event.target;
+    if (target instanceof HTMLSelectElement && target.hasAttribute("data-autosubmit") && target.form) {
+      target.form.requestSubmit();
+    }
+  });
+
+  // A form that is being sent shows it and cannot be sent twice.
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (!(form instanceof HTMLFormElement) || event.defaultPrevented) return;
+    var button = event.submitter || form.querySelector("button[type=submit]");
+    if (button && form.method.toLowerCase() === "post") {
+      if (button.getAttribute("aria-busy") === "true") { event.preventDefault(); return; }
+      button.setAttribute("aria-busy", "true");
+    }
+  });
+  window.addEventListener("pageshow", function () {  // back from Stripe: buttons usable again
+    document.querySelectorAll("[aria-busy=true]").forEach(function (el) { el.removeAttribute("aria-busy"); });
+  });
+
+  // htmx: a failed request is said in a toast; a signed-out poll stops quietly.
+  document.addEventListener("htmx:responseError", function (event) {
+    var xhr = event.detail.xhr;
+    if (xhr.status === 401 || xhr.status === 286) return;
+    var message = document.body.dataset.requestFailed || "Something went wrong.";
+    try { message = JSON.parse(xhr.responseText).detail || message; } catch (e) { /* not JSON */ }
+    toast(message, "error");
+  });
+  document.addEventListener("htmx:sendError", function () {
+    toast(document.body.dataset.offline || "The server cannot be reached.", "error");
+  });
+
+  document.addEventListener("alpine:init", function () {
+    var Alpine = window.Alpine;
+
+    Alpine.data("toasts", function () {
+      return {
+        init: function () {
+          var self = this;
+          this.$el.querySelectorAll("[data-toast]").forEach(function (el) { self.keep(el); });
+          window.addEventListener("tb:toast", function (event) {
+            var el = document.createElement("div");
+            el.className = "toast " + (event.detail.tone || "");
+            el.setAttribute("data-toast", "");
+            var p = document.createElement("p");
+            p.textContent = event.detail.text;
+            el.appendChild(p);
+            self.$el.appendChild(el);
+            self.keep(el);
+          });
+        },
+        keep: function (el) {
+          var close = document.createElement("button");
+          close.type = "button";
+          close.setAttribute("aria-label", this.$el.dataset.closeLabel || "Dismiss");
+          close.textContent = "×";
+          close.addEventListener("click", function () { el.remove(); });
+          el.appendChild(close);
+          setTimeout(function () { el.remove(); }, el.classList.contains("error") ? 12000 : 7000);
+        }
+      };
+    });
+
+    // The pricing page: buy buttons start a purchase without leaving the page, then go to
+    // Stripe Checkout, or (embedded flow) open the card form in a modal.
+    Alpine.data("shop", function () {
+      return {
+        open: false, paying: false, done: false, busy: false,
+        name: "", summary: "", price: "", message: "",
+        stripe: null, card: null, secret: null, returnUrl: "",
+        start: function (event) {
+          var form = event.target;
+          if (this.busy) { event.preventDefault(); return; }
+          event.preventDefault();
+          var self = this;
+          var button = form.querySelector("button[type=submit]");
+          this.busy = true;
+          button.setAttribute("aria-busy", "true");
+          fetch(form.action, {
+            method: "POST", body: new FormData(form), credentials: "same-origin",
+            headers: { "Accept": "application/json" }
+          }).then(function (response) {
+            return response.json().then(function (body) { return { response: response, body: body }; });
+          }).then(function (result) {
+            var body = result.body;
+            if (!result.response.ok) {
+              if (result.response.status === 401 && body.login) { window.location.assign(body.login); return; }
+              throw new Error(body.detail || body.title);
+            }
+            if (body.redirect) { window.location.assign(body.redirect); return; }
+            self.show(body);
+          }).catch(function (error) {
+            toast(error.message || self.$el.dataset.failed, "error");
+          }).finally(function () {
+            self.busy = false;
+            button.removeAttribute("aria-busy");
+          });
+        },
+        show: function (body) {
+          if (typeof window.Stripe === "undefined") { throw new Error(this.$el.dataset.failed); }
+          this.stripe = this.stripe || window.Stripe(body.publishable_key);
+          if (this.card) { this.card.destroy(); }
+          this.card = this.stripe.elements().create("card");
+          this.secret = body.client_secret;
+          this.returnUrl = body.return_url;
+          this.name = body.name;
+          this.summary = body.summary;
+          this.price = body.price;
+          this.message = "";
+          this.done = false;
+          this.paying = true;
+          this.open = true;
+          var self = this;
+          this.$nextTick(function () {
+            self.card.mount("#card-element");
+            var first = document.querySelector("#card-element input");
+            if (first) { first.focus(); }
+          });
+        },
+        pay: function (event) {
+          event.preventDefault();
+          if (this.busy) return;
+          var self = this;
+          this.busy = true;
+          this.message = "";
+          this.stripe.confirmCardPayment(this.secret, { payment_method: { card: this.card } })
+            .then(function (result) {
+              if (result.error) {
+                self.message = result.error.message || self.$el.dataset.failed;
+                toast(self.message, "error");
+                return;
+              }
+              return fetch(self.returnUrl + encodeURIComponent(result.paymentIntent.id), {
+                credentials: "same-origin", headers: { "HX-Request": "true" }
+              }).then(function (response) { return response.text(); }).then(function (html) {
+                self.paying = false;
+                self.done = true;
+                var target = document.getElementById("pay-result");
+                target.innerHTML = html;
+                if (window.htmx) { window.htmx.process(target); }
+                toast(self.$el.dataset.paid, "good");
+              });
+            })
+            .catch(function () { self.message = self.$el.dataset.failed; })
+            .finally(function () { self.busy = false; });
+        },
+        close: function () {
+          if (this.card) { this.card.destroy(); this.card = null; }
+          this.open = false;
+          if (this.done) { window.location.assign("/dashboard"); }
+        }
+      };
+    });
+  });
+})();

@@ -1,0 +1,466 @@
+"""Browser tests: Debian's Chromium, driven by Playwright, against tokenbank as it really runs.
+
+The service and its Stripe emulator are separate processes started through the ``tokenbank``
+command, the way an operator starts them, so a page sees the same app, settings and catalog
+sync a deployment would. Chromium comes from Debian's packages (installed on first use when
+missing), never from Playwright's own downloads.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Generator, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal, Protocol
+
+import httpx
+import pytest
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    Page,
+    Playwright,
+    ViewportSize,
+    sync_playwright,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
+TOKENBANK = Path(sys.executable).parent / "tokenbank"
+CHROMIUM = Path("/usr/bin/chromium")
+CJK_FONT_PACKAGE = "fonts-noto-cjk"
+INSTALL_LOCK = Path(tempfile.gettempdir()) / "tokenbank-chromium-install.lock"
+CHROMIUM_ARGS = [
+    "--no-sandbox",  # the tests run as root, where Chromium's sandbox refuses to start
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",  # containers often have a tiny /dev/shm
+]
+# Covers a first run that installs Chromium with apt inside the first test's set-up.
+BROWSER_TEST_TIMEOUT = 900
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+LOG_TAIL_LINES = 80
+
+STRIPE_SECRET_KEY = "sk_test_local_emulator"
+STRIPE_PUBLISHABLE_KEY = "pk_test_local_emulator"
+STRIPE_WEBHOOK_SECRET = "whsec_local_emulator"
+
+PurchaseFlow = Literal["checkout", "embedded"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "browser: drives Chromium against a running tokenbank")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test in this folder is a browser test: marked, and given time for a first
+    Chromium install (the project's default timeout is sized for in-process tests)."""
+    here = Path(__file__).parent
+    for item in items:
+        if here not in item.path.parents:
+            continue
+        item.add_marker(pytest.mark.browser)
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(BROWSER_TEST_TIMEOUT))
+
+
+# --- Chromium ----------------------------------------------------------------------------
+
+
+def _has_cjk_font() -> bool:
+    if shutil.which("fc-list"):
+        found = subprocess.run(["fc-list", ":lang=zh"], capture_output=True, text=True, check=False)
+        if found.stdout.strip():
+            return True
+    status = subprocess.run(
+        ["dpkg", "-s", CJK_FONT_PACKAGE], capture_output=True, text=True, check=False
+    )
+    return status.returncode == 0 and "Status: install ok installed" in status.stdout
+
+
+def _missing_packages() -> list[str]:
+    missing = [] if CHROMIUM.exists() else ["chromium"]
+    if not _has_cjk_font():
+        missing.append(CJK_FONT_PACKAGE)  # pages in Chinese would render as empty boxes
+    return missing
+
+
+def _apt_install(packages: list[str]) -> str | None:
+    """Install ``packages`` with apt; ``None`` on success, else why not (with apt's output)."""
+    if shutil.which("apt-get") is None:
+        return f"{' '.join(packages)} missing and apt-get is not available"
+    if os.geteuid() != 0:
+        return f"{' '.join(packages)} missing and installing them needs root"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    commands = [
+        ["apt-get", "update"],
+        ["apt-get", "install", "-y", "--no-install-recommends", *packages],
+    ]
+    for command in commands:
+        try:
+            done = subprocess.run(
+                command,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=BROWSER_TEST_TIMEOUT - 60,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            output = exc.output or b""  # bytes even in text mode
+            if isinstance(output, bytes):
+                output = output.decode(errors="replace")
+            return f"`{' '.join(command)}` timed out:\n{output}"
+        if done.returncode != 0:
+            return f"`{' '.join(command)}` exited {done.returncode}:\n{done.stdout}"
+    return None
+
+
+def _ensure_chromium() -> str | None:
+    """Install what is missing; ``None`` when Chromium and a CJK font are there, else why not.
+
+    The lock keeps two pytest processes (or xdist workers) from running apt at once; the
+    second finds the packages installed when it gets the lock.
+    """
+    if not _missing_packages():
+        return None
+    with INSTALL_LOCK.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        missing = _missing_packages()
+        problem = _apt_install(missing) if missing else None
+        if problem is None and (still := _missing_packages()):
+            problem = f"apt-get reported success but {' '.join(still)} is still missing"
+        return problem
+
+
+@pytest.fixture(scope="session")
+def chromium_executable() -> Path:
+    """Debian's Chromium and a CJK font, installed with apt when missing.
+
+    Without CI a failed install skips the browser tests (a laptop without root or network);
+    in CI it fails them, so they cannot silently stop running.
+    """
+    if (problem := _ensure_chromium()) is not None:
+        reason = f"Chromium for the browser tests could not be installed: {problem}"
+        if os.environ.get("CI"):
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    return CHROMIUM
+
+
+@pytest.fixture(scope="session")
+def playwright() -> Iterator[Playwright]:
+    with sync_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="session")
+def browser(playwright: Playwright, chromium_executable: Path) -> Iterator[Browser]:
+    """One Chromium for the session; tests isolate themselves with their own contexts."""
+    browser = playwright.chromium.launch(
+        executable_path=str(chromium_executable), headless=True, args=CHROMIUM_ARGS
+    )
+    yield browser
+    browser.close()
+
+
+class NewPage(Protocol):
+    def __call__(
+        self, *, locale: str = "en-US", viewport: ViewportSize | None = None, **options: Any
+    ) -> Page: ...
+
+
+@pytest.fixture
+def new_page(browser: Browser) -> Iterator[NewPage]:
+    """A page in a fresh browser context (its own cookies and storage), closed after the
+    test. ``options`` go to ``Browser.new_context`` (``timezone_id``, ``color_scheme``...)."""
+    contexts: list[BrowserContext] = []
+
+    def make(
+        *, locale: str = "en-US", viewport: ViewportSize | None = None, **options: Any
+    ) -> Page:
+        if viewport is not None:
+            options["viewport"] = viewport
+        context = browser.new_context(locale=locale, **options)
+        context.set_default_timeout(15_000)
+        contexts.append(context)
+        return context.new_page()
+
+    yield make
+    for context in contexts:
+        context.close()
+
+
+@pytest.fixture
+def page(new_page: NewPage) -> Page:
+    """An English page with the default viewport, for tests that need nothing else."""
+    return new_page()
+
+
+# --- screenshots -------------------------------------------------------------------------
+
+
+def save_screenshot(page: Page, name: str) -> Path:
+    """A full-page PNG at ``test-artifacts/screenshots/<name>.png``, kept for review."""
+    path = SCREENSHOTS / f"{name}.png"
+    if not path.resolve().is_relative_to(SCREENSHOTS):
+        raise ValueError(f"screenshot name {name!r} leaves {SCREENSHOTS}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=path, full_page=True)
+    return path
+
+
+@pytest.fixture
+def screenshot() -> Callable[[Page, str], Path]:
+    return save_screenshot
+
+
+# --- the service and its Stripe emulator ---------------------------------------------------
+
+
+def _free_ports(count: int) -> list[int]:
+    """Ports free right now; all probes stay bound until the last is picked, so they differ."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
+def _cli_error(exc: subprocess.CalledProcessError) -> subprocess.CalledProcessError:
+    # CalledProcessError's message leaves the output out; a failing test should show it.
+    exc.add_note(f"stdout:\n{exc.stdout}\nstderr:\n{exc.stderr}")
+    return exc
+
+
+@dataclass
+class _Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    log: IO[bytes]
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(STOP_TIMEOUT)
+        self.log.close()
+
+
+@dataclass
+class LiveService:
+    """A running tokenbank and its Stripe emulator, each in its own process, on one SQLite
+    file in ``directory``."""
+
+    base_url: str
+    emulator_url: str
+    database_url: str
+    env: dict[str, str]
+    directory: Path
+    processes: list[_Process] = field(default_factory=list)
+
+    def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """``tokenbank ARGS...`` against this instance's database and settings."""
+        try:
+            return subprocess.run(
+                [str(TOKENBANK), *args],
+                env=self.env,
+                cwd=self.directory,
+                input=input,
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=120,
+            )
+        except subprocess.CalledProcessError as exc:
+            raise _cli_error(exc) from None
+
+    def create_user(
+        self, user_id: str, email: str, password: str, *, admin: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        """A user who can sign in to the pages with ``email`` and ``password``."""
+        args = ["users", "create", user_id, "--email", email, "--password-stdin"]
+        return self.cli(*args, *(["--admin"] if admin else []), input=password + "\n")
+
+    def api_key(self, *scopes: str, name: str = "browser-tests") -> str:
+        """A new API key's secret (scopes ``read``, ``spend``, ``admin``; none means spend)."""
+        done = self.cli("apikeys", "create", "--name", name, *(f"--scope={s}" for s in scopes))
+        return done.stdout.strip().splitlines()[-1].strip()
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {process.name} ({process.log_path}) ---\n{process.output()}"
+            for process in self.processes
+        )
+
+    def start(self, name: str, *args: str) -> None:
+        log_path = self.directory / f"{name}.log"
+        log = log_path.open("wb")
+        popen = subprocess.Popen(
+            [str(TOKENBANK), *args],
+            env=self.env,
+            cwd=self.directory,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.processes.append(_Process(name, popen, log_path, log))
+
+    def wait_until_up(self, url: str) -> None:
+        """Poll ``url`` until it answers 200, failing early when a process has died."""
+        deadline = time.monotonic() + START_TIMEOUT
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            for process in self.processes:
+                if (code := process.popen.poll()) is not None:
+                    self.fail_start(f"{process.name} exited with status {code}")
+            try:
+                answer = httpx.get(url, timeout=1)
+            except httpx.TransportError as exc:
+                last = repr(exc)
+            else:
+                if answer.status_code == 200:
+                    return
+                last = f"{answer.status_code} {answer.text[:500]}"
+            time.sleep(0.1)
+        self.fail_start(f"{url} not ready after {START_TIMEOUT:.0f}s (last: {last})")
+
+    def fail_start(self, why: str) -> None:
+        logs = self.logs()
+        self.stop()
+        pytest.fail(f"tokenbank did not start: {why}\n{logs}", pytrace=False)
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+
+
+def _start_service(
+    directory: Path, catalog: Path, purchase_flow: PurchaseFlow, extra_env: Mapping[str, str]
+) -> LiveService:
+    port, emulator_port = _free_ports(2)
+    base_url, emulator_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{emulator_port}"
+    database_url = f"sqlite:///{directory / 'tokenbank.db'}"
+    # Nothing from the developer's own tokenbank or Stripe settings leaks in.
+    inherited = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("TOKENBANK_", "STRIPE_"))
+    }
+    env = {
+        **inherited,
+        "TOKENBANK_DATABASE_URL": database_url,
+        "TOKENBANK_PUBLIC_URL": base_url,
+        "TOKENBANK_SECRET_KEY": secrets.token_urlsafe(48),
+        "TOKENBANK_VAR_DIR": str(directory / "var"),
+        "TOKENBANK_CATALOG": str(catalog),
+        "TOKENBANK_PURCHASE_FLOW": purchase_flow,
+        # Every test signs in from 127.0.0.1 against a shared instance.
+        "TOKENBANK_LOGIN_LIMIT_PER_IP": "10000/minute",
+        "TOKENBANK_LOGIN_LIMIT_PER_ACCOUNT": "10000/minute",
+        "TOKENBANK_REGISTER_LIMIT_PER_IP": "10000/minute",
+        "STRIPE_SECRET_KEY": STRIPE_SECRET_KEY,
+        "STRIPE_PUBLISHABLE_KEY": STRIPE_PUBLISHABLE_KEY,
+        "STRIPE_WEBHOOK_SECRET": STRIPE_WEBHOOK_SECRET,
+        "STRIPE_API_BASE": emulator_url,
+        "_TYPER_STANDARD_TRACEBACK": "1",  # plain tracebacks read better in the logs
+        **extra_env,
+    }
+    service = LiveService(base_url, emulator_url, database_url, env, directory)
+    service.start(
+        "stripe-emulator",
+        *("stripe-emulator", "--host", "127.0.0.1", "--port", str(emulator_port)),
+        *("--webhook-url", f"{base_url}/webhooks/stripe", "--public-url", emulator_url),
+    )
+    service.wait_until_up(f"{emulator_url}/_emulator/health")
+    for step in (("db", "upgrade"), ("packages", "sync")):
+        try:
+            service.cli(*step)
+        except subprocess.CalledProcessError as exc:
+            service.fail_start(f"`tokenbank {' '.join(step)}` failed:\n{exc.stdout}{exc.stderr}")
+    service.start("tokenbank", "serve", "--host", "127.0.0.1", "--port", str(port))
+    service.wait_until_up(f"{base_url}/readyz")
+    return service
+
+
+class StartService:
+    """Start (or reuse) a tokenbank with its Stripe emulator, one per distinct option set.
+
+    ``catalog`` is a catalog TOML (default ``catalogs/default.toml``), ``purchase_flow`` sets
+    ``TOKENBANK_PURCHASE_FLOW`` and ``extra_env`` adds or overrides environment variables.
+    Instances live for the session, so tests sharing options share the database: give
+    users and keys names unique to the test.
+    """
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self.tmp_path_factory = tmp_path_factory
+        self.started: dict[tuple[str, str, tuple[tuple[str, str], ...]], LiveService] = {}
+
+    def __call__(
+        self,
+        *,
+        catalog: Path | str | None = None,
+        purchase_flow: PurchaseFlow = "checkout",
+        extra_env: Mapping[str, str] | None = None,
+    ) -> LiveService:
+        path = (REPO / (catalog or "catalogs/default.toml")).resolve()
+        extra = dict(extra_env or {})
+        key = (str(path), purchase_flow, tuple(sorted(extra.items())))
+        if key not in self.started:
+            directory = self.tmp_path_factory.mktemp(f"tokenbank-{path.stem}-{purchase_flow}")
+            self.started[key] = _start_service(directory, path, purchase_flow, extra)
+        return self.started[key]
+
+    def stop(self) -> None:
+        for service in self.started.values():
+            service.stop()
+
+
+@pytest.fixture(scope="session")
+def live_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartService]:
+    """The factory for running instances, stopped at the end of the session."""
+    factory = StartService(tmp_path_factory)
+    yield factory
+    factory.stop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failing test's report carries the end of its services' logs: a 500 in the browser
+    is explained by the traceback the server logged."""
+    report = yield
+    factory = getattr(item, "funcargs", {}).get("live_service")
+    if report.failed and isinstance(factory, StartService):
+        for service in factory.started.values():
+            for process in service.processes:
+                tail = "\n".join(process.output().splitlines()[-LOG_TAIL_LINES:])
+                report.sections.append((f"{process.name} log ({process.log_path})", tail))
+    return report
