@@ -1,0 +1,326 @@
+"""The pages in a real browser (Debian's Chromium) against the service and the Stripe
+emulator running as processes: what a newcomer, a buyer in the modal, a Chinese-speaking
+user, a phone and an admin see and do."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+from playwright.sync_api import Page, expect
+
+from tests.browser.conftest import LiveService, NewPage, StartService
+
+PASSWORD = "correct horse battery"
+REPO = Path(__file__).resolve().parents[2]
+Shoot = Callable[[Page, str], Path]
+
+
+def _email(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}@example.com"
+
+
+def _register(page: Page, service: LiveService, email: str, name: str = "Ada") -> None:
+    page.goto(f"{service.base_url}/register")
+    page.get_by_label(re.compile("^(Name|姓名)")).fill(name)
+    page.get_by_label(re.compile("^(Email|邮箱)")).fill(email)
+    page.get_by_label(re.compile("^(Password|密码)")).fill(PASSWORD)
+    page.locator("form[action='/register'] button[type=submit]").click()
+    page.wait_for_url(f"{service.base_url}/dashboard")
+
+
+def _sign_in(page: Page, service: LiveService, email: str) -> None:
+    page.goto(f"{service.base_url}/login")
+    page.get_by_label(re.compile("^(Email|邮箱)")).fill(email)
+    page.get_by_label(re.compile("^(Password|密码)")).fill(PASSWORD)
+    page.locator("form[action='/login'] button[type=submit]").click()
+    page.wait_for_url(f"{service.base_url}/dashboard")
+
+
+def _pay_on_hosted_page(page: Page, card: str) -> None:
+    page.get_by_label("Card number").fill(card)
+    page.get_by_label("Expiry").fill("12 / 34")
+    page.get_by_label("CVC").fill("123")
+    page.locator("form button[type=submit]").click()
+
+
+def _available(page: Page) -> int:
+    return int(
+        page.locator("#balance-widget [data-available]").get_attribute("data-available") or -1
+    )
+
+
+def test_newcomer_registers_buys_with_checkout_and_downloads_csv(
+    live_service: StartService, new_page: NewPage, screenshot: Shoot
+) -> None:
+    service = live_service()
+    page = new_page()
+    page.goto(f"{service.base_url}/pricing")
+    expect(page.get_by_role("heading", name="Buy tokens", level=1)).to_be_visible()
+    expect(page.locator("[data-package=plus] .badge")).to_have_text("Most popular")
+    expect(page.locator("[data-package=plus] .price")).to_have_text("$20.00")
+    expect(page.locator("[data-package=plus] .bonus")).to_have_text("+200 bonus")
+    screenshot(page, "en-pricing")
+
+    _register(page, service, _email("newcomer"))
+    expect(page.locator("[data-low-balance]")).to_be_visible()  # 0 tokens: below the threshold
+    screenshot(page, "en-dashboard-new")
+
+    page.goto(f"{service.base_url}/pricing")
+    page.locator("[data-package=plus] button[type=submit]").click()
+    page.wait_for_url(re.compile(re.escape(service.emulator_url) + "/checkout/"))
+    expect(page.get_by_text("$20.00").first).to_be_visible()
+    screenshot(page, "en-stripe-checkout")
+    _pay_on_hosted_page(page, "4242 4242 4242 4242")
+
+    page.wait_for_url(re.compile(r"/purchase/success\?session_id="))
+    expect(page.get_by_role("heading", name="Thank you!")).to_be_visible()
+    expect(page.locator("[data-credited]")).to_have_attribute("data-credited", "2200")
+    screenshot(page, "en-purchase-success")
+
+    page.get_by_role("link", name="Go to your dashboard").click()
+    page.wait_for_url(re.compile(r"/dashboard\?purchased="))
+    expect(page.locator(".toast.good")).to_contain_text("2,200 tokens were added")
+    expect(page.locator("#balance-card [data-available]")).to_have_attribute(
+        "data-available", "2200"
+    )
+    expect(page.locator("#balance-card [data-purchased]")).to_have_text("2,200")
+    expect(page.locator("[data-low-balance]")).to_have_count(0)
+    assert _available(page) == 2200
+    screenshot(page, "en-dashboard")
+
+    page.get_by_role("link", name="Transactions").first.click()
+    rows = page.locator("tbody tr")
+    expect(rows).to_have_count(2)
+    expect(rows.nth(0)).to_have_attribute("data-kind", "bonus")
+    expect(rows.nth(1)).to_have_attribute("data-kind", "purchase")
+    expect(rows.nth(1).locator("td.num").first).to_have_text("+2,000")
+    expect(rows.nth(0).locator("td.num").last).to_have_text("2,200")  # running balance
+    screenshot(page, "en-transactions")
+
+    page.get_by_label("Kind").select_option("purchase")
+    page.wait_for_url(re.compile(r"kind=purchase"))
+    expect(page.locator("tbody tr")).to_have_count(1)
+    with page.expect_download() as download_info:
+        page.get_by_role("link", name="Download CSV").click()
+    download = download_info.value
+    assert download.suggested_filename == "transactions-purchase.csv"
+    text = Path(download.path()).read_text(encoding="utf-8")
+    table = list(csv.DictReader(io.StringIO(text)))
+    assert [(r["kind"], r["tokens"], r["balance_after"]) for r in table] == [
+        ("purchase", "2000", "2000")
+    ]
+
+
+def test_embedded_modal_declined_card_credits_nothing_then_pays(
+    live_service: StartService, new_page: NewPage, screenshot: Shoot
+) -> None:
+    service = live_service(purchase_flow="embedded")
+    page = new_page()
+    _register(page, service, _email("modal"))
+    page.goto(f"{service.base_url}/pricing")
+    page.locator("[data-package=starter] button[type=submit]").click()
+
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_be_visible()
+    expect(dialog.get_by_role("heading")).to_have_text("Starter")
+    expect(dialog).to_contain_text("500 tokens")
+    expect(dialog).to_contain_text("$5.00")
+    dialog.get_by_label("Card number").fill("4000 0000 0000 0002")
+    dialog.get_by_label("Expiry").fill("12 / 34")
+    dialog.get_by_label("CVC").fill("123")
+    screenshot(page, "en-pricing-modal")
+    dialog.get_by_role("button", name="Pay now").click()
+    expect(dialog.get_by_role("alert")).to_contain_text("declined")
+    expect(page.locator(".toast.error")).to_contain_text("declined")
+    screenshot(page, "en-pricing-modal-declined")
+    page.reload()
+    assert _available(page) == 0
+
+    page.locator("[data-package=starter] button[type=submit]").click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_label("Card number").fill("4242 4242 4242 4242")
+    dialog.get_by_label("Expiry").fill("12 / 34")
+    dialog.get_by_label("CVC").fill("123")
+    dialog.get_by_role("button", name="Pay now").click()
+    expect(dialog.get_by_role("heading", name="Thank you!")).to_be_visible()
+    expect(dialog.locator("[data-credited]")).to_have_attribute("data-credited", "500")
+    screenshot(page, "en-pricing-modal-paid")
+    dialog.get_by_role("button", name="Close").click()
+    page.wait_for_url(f"{service.base_url}/dashboard")
+    assert _available(page) == 500
+    page.goto(f"{service.base_url}/transactions")
+    expect(page.locator("tbody tr")).to_have_count(1)
+
+
+def test_chinese_pages_with_yuan(
+    live_service: StartService, new_page: NewPage, screenshot: Shoot
+) -> None:
+    service = live_service(catalog=REPO / "catalogs" / "cny.toml")
+    page = new_page(locale="zh-CN")
+    page.goto(f"{service.base_url}/pricing")
+    expect(page.locator("html")).to_have_attribute("lang", "zh-CN")
+    expect(page.get_by_role("heading", name="购买代币", level=1)).to_be_visible()
+    standard = page.locator("[data-package=cny-500]")
+    expect(standard.locator("h2")).to_have_text("标准包")
+    expect(standard.locator(".price")).to_have_text("¥45.00")
+    expect(standard.locator(".badge")).to_have_text("最受欢迎")
+    expect(standard.locator(".bonus")).to_have_text("另赠 50")
+    expect(page.get_by_text("代币会过期吗？")).to_be_visible()
+    screenshot(page, "zh-CN-pricing")
+
+    _register(page, service, _email("zh"), name="李雷")
+    expect(page.get_by_role("heading", name="李雷，您好")).to_be_visible()
+    expect(page.get_by_text("您的余额不足")).to_be_visible()
+    page.goto(f"{service.base_url}/pricing")
+    standard.locator("button[type=submit]").click()
+    page.wait_for_url(re.compile(re.escape(service.emulator_url) + "/checkout/"))
+    _pay_on_hosted_page(page, "4242 4242 4242 4242")
+    page.wait_for_url(re.compile(r"/purchase/success"))
+    expect(page.get_by_role("heading", name="谢谢您！")).to_be_visible()
+    expect(page.get_by_text("已支付 ¥45.00")).to_be_visible()
+    page.goto(f"{service.base_url}/transactions")
+    expect(page.get_by_role("heading", name="交易记录")).to_be_visible()
+    expect(page.locator("tbody tr").first).to_contain_text("赠送")
+    expect(page.locator("tbody tr").last).to_contain_text("年")  # 2026年11月21日
+    screenshot(page, "zh-CN-transactions")
+
+    # A choice on the account page beats the browser's language.
+    page.goto(f"{service.base_url}/account")
+    page.get_by_label("页面语言").select_option("en")
+    page.get_by_role("button", name="保存语言").click()
+    expect(page.get_by_text("Language saved.")).to_be_visible()
+    expect(page.locator("html")).to_have_attribute("lang", "en")
+
+
+def test_phone_widget_follows_a_spend_made_through_the_api(
+    live_service: StartService, new_page: NewPage, screenshot: Shoot
+) -> None:
+    service = live_service()
+    user_id = f"phone-{uuid.uuid4().hex[:8]}"
+    email = _email("phone")
+    service.create_user(user_id, email, PASSWORD)
+    service.cli("grant", user_id, "500", "--reason", "welcome")
+    key = service.api_key("spend")
+    page = new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    _sign_in(page, service, email)
+    assert _available(page) == 500
+    overflow = page.evaluate("document.documentElement.scrollWidth > window.innerWidth")
+    assert overflow is False  # nothing wider than the phone
+    screenshot(page, "en-phone-dashboard")
+
+    spent = httpx.post(
+        f"{service.base_url}/api/v1/users/{user_id}/spend",
+        json={"amount": 120, "idempotency_key": "phone-spend-1"},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    assert spent.status_code == 201, spent.text
+    widget = page.locator("#balance-widget [data-available]")
+    expect(widget).to_have_attribute("data-available", "380", timeout=15_000)
+    expect(page.locator("#balance-card [data-available]")).to_have_attribute(
+        "data-available", "380", timeout=15_000
+    )
+    expect(page.locator("#balance-card [data-spent]")).to_have_text("120")
+    screenshot(page, "en-phone-dashboard-after-spend")
+    page.goto(f"{service.base_url}/pricing")
+    screenshot(page, "en-phone-pricing")
+
+
+def _failed_purchase_event(service: LiveService, user_id: str) -> tuple[int, str]:
+    """A purchase whose webhook fails: its stored amount disagrees with what Stripe charged,
+    as after a botched manual edit. Returns the purchase id and the failed event's id."""
+    admin_key = service.api_key("admin")
+    started = httpx.post(
+        f"{service.base_url}/api/v1/users/{user_id}/checkout-sessions",
+        json={"package_id": "plus"},
+        headers={"Authorization": f"Bearer {admin_key}"},
+    )
+    assert started.status_code == 201, started.text
+    purchase_id = started.json()["purchase_id"]
+    database = service.database_url.removeprefix("sqlite:///")
+    with sqlite3.connect(database) as conn:
+        conn.execute("UPDATE purchases SET amount = 1 WHERE id = ?", (purchase_id,))
+    session_id = started.json()["checkout_session_id"]
+    paid = httpx.post(f"{service.emulator_url}/_emulator/checkout_sessions/{session_id}/pay")
+    assert paid.status_code == 200, paid.text
+    deadline = time.monotonic() + 20
+    failed: list[dict[str, str]] = []
+    while not failed and time.monotonic() < deadline:
+        listed = json.loads(service.cli("webhooks", "list", "--failed", "--json").stdout)
+        failed = [e for e in listed if e["type"] == "checkout.session.completed"]
+        time.sleep(0.2)
+    assert failed, "the webhook did not fail as arranged"
+    # No more retries from the emulator: the replay button is what settles it.
+    httpx.post(f"{service.emulator_url}/_emulator/webhooks/config", json={"drop": 100})
+    with sqlite3.connect(database) as conn:
+        conn.execute("UPDATE purchases SET amount = 2000 WHERE id = ?", (purchase_id,))
+    return purchase_id, failed[0]["event_id"]
+
+
+def test_admin_grants_tokens_and_replays_a_failed_webhook(
+    live_service: StartService, new_page: NewPage, screenshot: Shoot
+) -> None:
+    service = live_service(extra_env={"TOKENBANK_LOW_BALANCE_THRESHOLD": "50"})
+    admin_email = _email("admin")
+    service.create_user("admin-1", admin_email, PASSWORD, admin=True)
+    service.create_user("grace", "grace@example.com", PASSWORD)
+    page = new_page()
+    _sign_in(page, service, admin_email)
+
+    page.get_by_role("link", name="Admin").click()
+    page.get_by_label("User id or email").fill("grace@example.com")
+    page.get_by_role("button", name="Find user").click()
+    page.wait_for_url(f"{service.base_url}/admin/users/grace")
+    page.get_by_label("Tokens", exact=True).fill("250")
+    page.get_by_label(re.compile("^Reason")).fill("Support credit for ticket 42")
+    form = {
+        name: page.locator(f"input[name={name}]").first.input_value()
+        for name in ("csrf_token", "key", "amount", "reason")
+    }
+    page.get_by_role("button", name="Grant", exact=True).click()
+    expect(page.locator(".toast.good")).to_contain_text("Granted 250 tokens")
+    expect(page.locator(".balance[data-available]")).to_have_attribute("data-available", "250")
+    expect(page.locator("tbody tr[data-kind=grant]")).to_contain_text(
+        "Support credit for ticket 42"
+    )
+    screenshot(page, "en-admin-user")
+    # The same form sent again (a retry after a timeout): its idempotency key grants once.
+    again = page.request.post(f"{service.base_url}/admin/users/grace/grants", form=form)
+    assert again.ok
+    page.reload()
+    expect(page.locator(".balance[data-available]")).to_have_attribute("data-available", "250")
+
+    purchase_id, event_id = _failed_purchase_event(service, "grace")
+    page.goto(f"{service.base_url}/admin/webhooks?failed=1")
+    row = page.locator(f"tr[data-event='{event_id}']")
+    expect(row.locator(".pill.failed")).to_be_visible()
+    expect(row).to_contain_text("PaymentMismatch")
+    screenshot(page, "en-admin-webhooks-failed")
+    row.get_by_role("button", name="Replay").click()
+    expect(row.locator(".pill.processed")).to_be_visible()
+    expect(page.locator(".toast.good")).to_contain_text("The event was processed")
+
+    page.goto(f"{service.base_url}/admin/purchases?status=paid")
+    expect(page.locator(f"tbody tr:has-text('{purchase_id}')").first).to_have_attribute(
+        "data-status", "paid"
+    )
+    screenshot(page, "en-admin-purchases")
+    page.goto(f"{service.base_url}/admin/users/grace")
+    expect(page.locator(".balance[data-available]")).to_have_attribute("data-available", "2450")
+    page.goto(f"{service.base_url}/admin/catalog")
+    expect(page.locator("tbody tr")).to_have_count(4)
+    screenshot(page, "en-admin-catalog")
+
+    # Admin pages are for admins only.
+    other = new_page()
+    _sign_in(other, service, "grace@example.com")
+    response = other.goto(f"{service.base_url}/admin/webhooks")
+    assert response is not None and response.status == 403
