@@ -281,7 +281,7 @@ def test_admin_grants_tokens_and_replays_a_failed_webhook(
     page.wait_for_url(f"{service.base_url}/admin/users/grace")
     page.get_by_label("Tokens", exact=True).fill("250")
     page.get_by_label(re.compile("^Reason")).fill("Support credit for ticket 42")
-    form = {
+    form: dict[str, str | float | bool] = {
         name: page.locator(f"input[name={name}]").first.input_value()
         for name in ("csrf_token", "key", "amount", "reason")
     }

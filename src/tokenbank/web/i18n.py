@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from babel import Locale
-from babel.dates import format_datetime
+from babel.dates import format_date, format_time
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.numbers import format_currency, format_decimal, format_percent
@@ -95,9 +95,16 @@ class Language:
         return format_percent(fraction, locale=self.locale)
 
     def datetime(self, moment: datetime) -> str:
-        """A moment in UTC, in the locale's medium format (UTC: the pages do not know the
-        user's time zone, and the CSV export uses the same clock)."""
-        return format_datetime(moment, "medium", tzinfo=UTC, locale=self.locale) + " UTC"
+        """A moment in UTC: the locale's medium date with a short time ("Nov 21, 2026,
+        8:42 AM", "2026年11月21日 08:42"). UTC, because the pages do not know the user's
+        time zone, and the CSV export uses the same clock."""
+        pattern = str(self.locale.datetime_formats["medium"])
+        return (
+            pattern.replace("{1}", format_date(moment, "medium", locale=self.locale)).replace(
+                "{0}", format_time(moment, "short", tzinfo=UTC, locale=self.locale)
+            )
+            + " UTC"
+        )
 
     def jinja_globals(self) -> dict[str, Any]:
         """``gettext``/``ngettext`` for Jinja's i18n extension (new-style: the translation

@@ -1,0 +1,82 @@
+"""The translation catalogs are complete and the formats follow the locale."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+from babel.messages.extract import extract_from_dir
+from babel.messages.pofile import read_po
+
+from tokenbank.web import i18n
+
+ROOT = Path(__file__).resolve().parents[2]
+WEB = ROOT / "src" / "tokenbank" / "web"
+KEYWORDS = {"_": None, "gettext": None, "ngettext": (1, 2), "N_": None}
+PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+
+
+def _source_messages() -> set[str]:
+    """Every string the pages' code and templates mark for translation, read fresh."""
+    found: set[str] = set()
+    for directory, method, options in (
+        (WEB, "python", {}),
+        (WEB / "templates", "jinja2", {"extensions": "jinja2.ext.i18n", "trimmed": "true"}),
+    ):
+        pattern = "**.py" if method == "python" else "**.html"
+        for _, _, message, _, _ in extract_from_dir(
+            directory,
+            method_map=[(pattern, method)],
+            options_map={pattern: options},
+            keywords=KEYWORDS,
+        ):
+            found.update([message] if isinstance(message, str) else message[:1])
+    return found
+
+
+def _catalog(locale: str) -> dict[str, tuple[str, bool]]:
+    with (WEB / "locales" / locale / "LC_MESSAGES" / "messages.po").open("rb") as po:
+        catalog = read_po(po, locale=locale)
+    return {m.id: (str(m.string), m.fuzzy) for m in catalog if m.id and isinstance(m.id, str)}
+
+
+def test_every_string_is_in_both_catalogs_and_translated_into_chinese() -> None:
+    source = _source_messages()
+    assert len(source) > 150
+    for locale in ("en", "zh_CN"):
+        catalog = _catalog(locale)
+        missing = source - set(catalog)
+        assert not missing, f"{locale}: run `make messages`; missing {sorted(missing)[:5]}"
+        assert not set(catalog) - source, f"{locale}: obsolete entries"
+    for message, (translation, fuzzy) in _catalog("zh_CN").items():
+        assert translation and not fuzzy, f"untranslated: {message!r}"
+        assert re.search(r"[\u4e00-\u9fff]", translation) or message in {
+            "Webhooks",
+            "Download CSV",
+        }, f"not Chinese: {message!r} -> {translation!r}"
+        assert sorted(PLACEHOLDER.findall(translation)) == sorted(PLACEHOLDER.findall(message))
+
+
+def test_money_numbers_and_dates_follow_the_locale() -> None:
+    en, zh = i18n.language("en"), i18n.language("zh-CN")
+    assert (en.money(2000, "usd"), en.money(4500, "cny")) == ("$20.00", "CN¥45.00")
+    assert (zh.money(4500, "cny"), zh.money(2000, "usd")) == ("¥45.00", "US$20.00")
+    assert en.money(1000, "jpy") == "¥1,000"  # no minor unit
+    assert en.unit_price(Decimal("20") / 2200, "usd") == "$0.009091"
+    assert zh.percent(Decimal("0.18")) == "18%"
+    assert (en.number(12345), en.signed(5), en.signed(-5)) == ("12,345", "+5", "-5")
+    moment = datetime(2026, 11, 21, 8, 42, tzinfo=UTC)
+    assert en.datetime(moment) == "Nov 21, 2026, 8:42\u202fAM UTC"  # CLDR: a narrow space
+    assert zh.datetime(moment) == "2026年11月21日 08:42 UTC"
+    assert zh.gettext("Buy tokens") == "购买代币"
+    assert zh.gettext("Granted %(tokens)s tokens.", tokens="5") == "已发放 5 个代币。"
+
+
+def test_an_unknown_language_falls_back_to_english() -> None:
+    assert i18n.language("xx").tag == "en"
+    chosen = i18n.choose(chosen=None, cookie="zh-CN", accept_language="en")
+    assert chosen.tag == "zh-CN"
+    assert i18n.choose(chosen="en", cookie="zh-CN", accept_language="zh").tag == "en"
+    assert i18n.choose(chosen=None, cookie="bogus", accept_language=None).tag == "en"
