@@ -344,18 +344,15 @@ UNLABELLED = """() => [...document.querySelectorAll('input, select, textarea')]
 
 
 @pytest.mark.parametrize(
-    ("locale", "catalog", "package"),
+    "tour",
     [("en", "default.toml", "plus"), ("zh-CN", "cny.toml", "cny-500")],
+    ids=["en", "zh-CN"],
 )
 def test_every_page_renders_cleanly_in_both_languages(
-    live_service: StartService,
-    new_page: NewPage,
-    screenshot: Shoot,
-    locale: str,
-    catalog: str,
-    package: str,
+    live_service: StartService, new_page: NewPage, screenshot: Shoot, tour: tuple[str, str, str]
 ) -> None:
     """A screenshot of every page; no script errors or CSP refusals; every field labelled."""
+    locale, catalog, package = tour
     service = live_service(catalog=REPO / "catalogs" / catalog)
     user_id = f"tour-{locale}-{uuid.uuid4().hex[:6]}"
     email = _email(user_id)
