@@ -43,8 +43,8 @@ LOCALES := src/tokenbank/web/locales
 messages: install ## Extract the pages' strings and merge them into the en and zh-CN catalogs
 	$(BIN)/pybabel extract -F babel.cfg -k N_ -k gettext -k ngettext:1,2 --no-location \
 		--sort-output --omit-header -o $(LOCALES)/messages.pot .
-	$(BIN)/pybabel update -i $(LOCALES)/messages.pot -d $(LOCALES) --no-location \
-		--omit-header --no-wrap --ignore-obsolete
+	$(BIN)/pybabel update -i $(LOCALES)/messages.pot -d $(LOCALES) --width 100 \
+		--no-fuzzy-matching --ignore-obsolete --ignore-pot-creation-date
 
 clean: ## Remove the virtualenv and caches (keeps ./var)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
