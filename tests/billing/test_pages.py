@@ -97,3 +97,46 @@ def test_the_embedded_form_loads_stripe_js_from_the_emulator(
         assert "script-src 'self' " + emulator_server.url in page.headers["content-security-policy"]
         purchases = browser.get(f"/api/v1/users/{user_id}/purchases").json()["items"]
         assert [(p["package_id"], p["flow"]) for p in purchases] == [("pro", "payment_intent")]
+
+
+def test_the_success_page_waits_for_stripe_then_shows_the_tokens(
+    browser: TestClient, emulator_server: EmulatorServer
+) -> None:
+    _register(browser)
+    token = _csrf(browser, "/pricing")
+    answer = browser.post("/buy/starter", data={"csrf_token": token}, follow_redirects=False)
+    session_id = answer.headers["location"].rsplit("/", 1)[1]
+    url = f"/purchase/success?session_id={session_id}"
+    waiting = browser.get(url)
+    assert waiting.status_code == 200 and "Confirming your payment" in waiting.text
+    assert f'hx-get="{url}"' in waiting.text and 'hx-trigger="every 2s"' in waiting.text
+    assert '<meta http-equiv="refresh" content="3">' in waiting.text  # without JavaScript
+    assert emulator_server.pay(session_id).status_code == 200
+    polled = browser.get(url, headers={"HX-Request": "true"})
+    assert "<html" not in polled.text and "hx-trigger" not in polled.text
+    assert 'data-credited="500"' in polled.text
+    link = re.search(r'href="(/dashboard\?purchased=\d+)"', polled.text)
+    assert link is not None
+    dashboard = browser.get(link.group(1))
+    assert 'data-available="500"' in dashboard.text and "500 tokens were added" in dashboard.text
+
+
+def test_buying_answers_json_for_the_pricing_page_script(
+    db: Database, emulator_server: EmulatorServer
+) -> None:
+    with _browser(db, emulator_server, "embedded") as client:
+        _register(client)
+        token = _csrf(client, "/pricing")
+        json_headers = {"Accept": "application/json", "Accept-Language": "zh-CN"}
+        started = client.post("/buy/plus", data={"csrf_token": token}, headers=json_headers)
+        assert started.status_code == 200
+        body = started.json()
+        assert body["client_secret"].startswith("pi_") and body["price"] == "US$20.00"
+        assert body["summary"] == "2,200 个代币"
+        unknown = client.post("/buy/nope", data={"csrf_token": token}, headers=json_headers)
+        assert unknown.status_code == 422
+        assert unknown.headers["content-type"] == "application/problem+json"
+        assert unknown.json()["code"] == "unknown_package"
+        assert unknown.json()["detail"] == "该代币包已停售。"
+        expired = client.post("/buy/plus", data={"csrf_token": "x"}, headers=json_headers)
+        assert expired.status_code == 403 and expired.json()["code"] == "csrf"
