@@ -10,7 +10,10 @@ from pathlib import Path
 from babel.messages.extract import extract_from_dir
 from babel.messages.pofile import read_po
 
+from tokenbank import ledger
+from tokenbank.billing.catalog import load_catalog
 from tokenbank.web import i18n
+from tokenbank.web.render import describe
 
 ROOT = Path(__file__).resolve().parents[2]
 WEB = ROOT / "src" / "tokenbank" / "web"
@@ -80,3 +83,37 @@ def test_an_unknown_language_falls_back_to_english() -> None:
     assert chosen.tag == "zh-CN"
     assert i18n.choose(chosen="en", cookie="zh-CN", accept_language="zh").tag == "en"
     assert i18n.choose(chosen=None, cookie="bogus", accept_language=None).tag == "en"
+
+
+def _item(
+    kind: ledger.TransferKind, metadata: dict[str, object] | None, text: str
+) -> ledger.HistoryItem:
+    moment = datetime(2026, 11, 21, tzinfo=UTC)
+    return ledger.HistoryItem(
+        entry_id=1,
+        transfer_id=1,
+        kind=kind,
+        amount=1,
+        balance_after=1,
+        description=text,
+        metadata=metadata,
+        refund_of_id=None,
+        idempotency_key="k",
+        event_at=moment,
+        created_at=moment,
+    )
+
+
+def test_history_describes_what_tokenbank_wrote_in_the_page_language() -> None:
+    catalog = load_catalog(ROOT / "catalogs" / "cny.toml")
+    zh, en = i18n.language("zh-CN"), i18n.language("en")
+    bought = {"purchase_id": 3, "package_id": "cny-500"}
+    purchase = _item(ledger.TransferKind.PURCHASE, bought, "Purchase of cny-500")
+    assert describe(purchase, zh, catalog) == "购买标准包"
+    assert describe(purchase, en, catalog) == "Purchase of Standard"
+    assert describe(_item(ledger.TransferKind.BONUS, bought, ""), zh, catalog) == "购买标准包赠送"
+    refund = _item(ledger.TransferKind.CLAWBACK, {"purchase_id": 3, "refund_id": "re_1"}, "x")
+    assert describe(refund, zh, catalog) == "付款已退款（购买 #3）"
+    # What an app or an admin wrote is theirs: shown as written.
+    spend = _item(ledger.TransferKind.SPEND, {"package_id": "cny-500"}, "chat reply")
+    assert describe(spend, zh, catalog) == "chat reply"

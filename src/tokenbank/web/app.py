@@ -170,7 +170,12 @@ def _include_pages(
 ) -> None:
     """The pages people use in a browser (after the API: its routes are the busy ones)."""
     public_url = settings.public_url.rstrip("/")
-    pages = Pages(db=db, browsers=browsers, low_balance=settings.low_balance_threshold)
+    pages = Pages(
+        db=db,
+        browsers=browsers,
+        low_balance=settings.low_balance_threshold,
+        catalog=shop.catalog if shop else None,
+    )
     app.include_router(
         account_pages.build_router(
             db=db, pages=pages, browsers=browsers, passwords=passwords, throttle=throttle

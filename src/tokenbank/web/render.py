@@ -15,6 +15,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
 from tokenbank import ledger
+from tokenbank.billing.catalog import Catalog
 from tokenbank.db import Database
 from tokenbank.errors import TokenbankError
 from tokenbank.identity import SignedIn
@@ -75,6 +76,30 @@ STATUS_NAMES = {
 }
 
 
+def describe(item: ledger.HistoryItem, lang: Language, catalog: Catalog | None) -> str:
+    """A history line's description. Entries tokenbank writes itself (purchases, refunds,
+    disputes, debt) are described in the page's language from their metadata; what an app
+    or an admin wrote is shown as written."""
+    meta = item.metadata or {}
+    purchase = meta.get("purchase_id")
+    if "package_id" in meta and item.kind in {
+        ledger.TransferKind.PURCHASE,
+        ledger.TransferKind.BONUS,
+    }:
+        package = catalog.find(str(meta["package_id"])) if catalog else None
+        name = package.localized_name(lang.tag) if package else str(meta["package_id"])
+        if item.kind is ledger.TransferKind.BONUS:
+            return lang.gettext("Bonus with %(package)s", package=name)
+        return lang.gettext("Purchase of %(package)s", package=name)
+    if "refund_id" in meta and purchase is not None:
+        return lang.gettext("Payment refunded (purchase #%(purchase)s)", purchase=purchase)
+    if "dispute_id" in meta and purchase is not None:
+        return lang.gettext("Payment disputed (purchase #%(purchase)s)", purchase=purchase)
+    if "settles_debt" in meta:
+        return lang.gettext("Tokens owed, collected from a purchase")
+    return item.description or ""
+
+
 class NotAllowed(Exception):
     """A signed-in user asked for a page that is not theirs (admin pages): 403."""
 
@@ -92,6 +117,7 @@ class Pages:
     db: Database
     browsers: Browsers
     low_balance: int = 100
+    catalog: Catalog | None = None  # to name packages in the history
 
     async def language(self, request: Request) -> Language:
         known = getattr(request.state, "language", None)
@@ -135,6 +161,7 @@ class Pages:
                 "kind_names": KIND_NAMES,
                 "status_names": STATUS_NAMES,
                 "path": request.url.path,
+                "describe": lambda item: describe(item, lang, self.catalog),
                 **lang.jinja_globals(),
                 **context,
             },
