@@ -83,7 +83,8 @@ def test_csv_exports_the_filtered_view_and_defuses_formulas(
     _spend(db, user, 30, "s1", description="image generation")
     exported = client.get("/transactions.csv")
     assert exported.headers["content-disposition"] == 'attachment; filename="transactions.csv"'
-    rows = list(csv.DictReader(io.StringIO(exported.text)))
+    assert exported.text.startswith("\ufeffdate_utc,")  # a BOM: spreadsheets read UTF-8
+    rows = list(csv.DictReader(io.StringIO(exported.text.removeprefix("\ufeff"))))
     assert [(r["kind"], r["tokens"], r["balance_after"]) for r in rows] == [
         ("spend", "-30", "70"),
         ("grant", "100", "100"),
@@ -91,7 +92,8 @@ def test_csv_exports_the_filtered_view_and_defuses_formulas(
     assert rows[1]["description"] == "'=HYPERLINK('http://evil')"
     spends = client.get("/transactions.csv?kind=spend")
     assert 'filename="transactions-spend.csv"' in spends.headers["content-disposition"]
-    assert [r["kind"] for r in csv.DictReader(io.StringIO(spends.text))] == ["spend"]
+    spent = csv.DictReader(io.StringIO(spends.text.removeprefix("\ufeff")))
+    assert [(r["kind"], r["description"]) for r in spent] == [("spend", "image generation")]
 
 
 def test_wallet_pages_need_a_session(client: TestClient) -> None:

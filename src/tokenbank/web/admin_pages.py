@@ -16,9 +16,8 @@ from tokenbank.billing import Billing
 from tokenbank.billing.catalog import catalog_warnings
 from tokenbank.db import Database
 from tokenbank.errors import TokenbankError
-from tokenbank.web.pages import Csrf, form_expired
 from tokenbank.web.problems import status_of
-from tokenbank.web.render import Pages, error_text, redirect
+from tokenbank.web.render import Csrf, Pages, RowId, error_text, form_expired, redirect
 
 PAGE_SIZE = 50
 
@@ -38,7 +37,7 @@ def build_router(  # noqa: PLR0915 - one closure per route
 
     @router.get("/admin/users/{user_id}")
     async def admin_user(
-        request: Request, user_id: str, before: int | None = None, granted: int | None = None
+        request: Request, user_id: str, before: RowId = None, granted: RowId = None
     ) -> Response:
         await pages.require_admin(request)
         lang = await pages.language(request)
@@ -93,7 +92,8 @@ def build_router(  # noqa: PLR0915 - one closure per route
         admin = await pages.require_admin(request)
         lang = await pages.language(request)
         try:
-            tokens = int(amount) if amount.strip().isdigit() else 0
+            digits = amount.strip()
+            tokens = int(digits) if digits.isascii() and digits.isdigit() else 0
             receipt = await run_in_threadpool(
                 _grant,
                 db,
@@ -117,7 +117,7 @@ def build_router(  # noqa: PLR0915 - one closure per route
 
     @router.get("/admin/purchases")
     async def admin_purchases(
-        request: Request, status: str | None = None, before: int | None = None
+        request: Request, status: str | None = None, before: RowId = None
     ) -> Response:
         await pages.require_admin(request)
         try:
@@ -136,7 +136,7 @@ def build_router(  # noqa: PLR0915 - one closure per route
 
     @router.get("/admin/webhooks")
     async def admin_webhooks(
-        request: Request, failed: bool = False, before: int | None = None
+        request: Request, failed: bool = False, before: RowId = None
     ) -> Response:
         await pages.require_admin(request)
         events = await run_in_threadpool(_events, db, failed, before)
@@ -180,7 +180,14 @@ def build_router(  # noqa: PLR0915 - one closure per route
                 }
             )
         if not request.headers.get("hx-request"):
-            return redirect("/admin/webhooks")
+            return await pages.render(
+                request,
+                "message.html",
+                heading=event_id,
+                message=toasts[0]["text"],
+                link="/admin/webhooks",
+                link_text=lang.gettext("Back to the webhook inbox"),
+            )
         try:
             event = await run_in_threadpool(_event, db, event_id)
         except billing.UnknownEvent:
@@ -239,7 +246,7 @@ def _grant(
     db: Database, *, user_id: str, amount: int, reason: str, key: str, admin_id: str
 ) -> ledger.Receipt:
     if not reason:
-        raise ledger.InvalidArgument("description", "must say why the tokens are granted")
+        raise ledger.InvalidArgument("reason", "must say why the tokens are granted")
     with db.transaction() as conn:
         users.get_user(conn, user_id=user_id)  # only users, not any wallet key
         return ledger.credit(

@@ -17,11 +17,10 @@ from tokenbank.identity import InvalidCredentials, Passwords, RateLimited, Throt
 from tokenbank.users.models import LANGUAGES
 from tokenbank.web import i18n
 from tokenbank.web.browser import Browsers
-from tokenbank.web.render import HOME, Pages, error_text, redirect
+from tokenbank.web.render import HOME, Csrf, Pages, error_text, form_expired, redirect
 
 Text = Annotated[str, Form(max_length=320)]
 Secret = Annotated[str, Form(max_length=1024)]
-Csrf = Annotated[str, Form(max_length=128)]
 NextPath = Annotated[str, Form(max_length=500)]
 
 
@@ -34,17 +33,6 @@ def safe_next(path: str | None) -> str:
         return identity.check_next_path(path) if path else HOME
     except ledger.InvalidArgument:
         return HOME
-
-
-async def form_expired(pages: Pages, request: Request) -> Response:
-    lang = await pages.language(request)
-    return await pages.render(
-        request,
-        "message.html",
-        403,
-        heading=lang.gettext("This form has expired"),
-        message=lang.gettext("Reload the page and try again."),
-    )
 
 
 def build_router(  # noqa: PLR0915 - one closure per route
@@ -61,6 +49,9 @@ def build_router(  # noqa: PLR0915 - one closure per route
         request: Request, exc: TokenbankError, template: str, **context: Any
     ) -> Response:
         lang = await pages.language(request)
+        text = error_text(lang, exc)
+        if isinstance(exc, InvalidCredentials) and template == "account.html":
+            text = lang.gettext("The current password is wrong.")
         status = 422
         if isinstance(exc, RateLimited):
             status = 429
@@ -68,9 +59,7 @@ def build_router(  # noqa: PLR0915 - one closure per route
             status = 401
         elif isinstance(exc, users.EmailTaken):
             status = 409
-        response = await pages.render(
-            request, template, status, error=error_text(lang, exc), **context
-        )
+        response = await pages.render(request, template, status, error=text, **context)
         if isinstance(exc, RateLimited):
             response.headers["Retry-After"] = str(exc.retry_after)
         return response
@@ -151,7 +140,9 @@ def build_router(  # noqa: PLR0915 - one closure per route
             token = await run_in_threadpool(register)
         except TokenbankError as exc:
             return await refused(request, exc, "register.html", email=email, name=name)
-        return await signed_in_as(request, token, HOME)
+        response = await signed_in_as(request, token, HOME)
+        response.delete_cookie(i18n.LANGUAGE_COOKIE, httponly=True, secure=browsers.secure)
+        return response
 
     @router.post("/logout")
     async def logout(request: Request, csrf_token: Csrf = "") -> Response:
@@ -206,7 +197,10 @@ def build_router(  # noqa: PLR0915 - one closure per route
             await run_in_threadpool(_set_language, db, user.user_id, language or None)
         except TokenbankError as exc:
             return await refused(request, exc, "account.html")
-        return redirect("/account?changed=language")
+        response = redirect("/account?changed=language")
+        # The signed-out menu's cookie would otherwise outlive "same as my browser".
+        response.delete_cookie(i18n.LANGUAGE_COOKIE, httponly=True, secure=browsers.secure)
+        return response
 
     @router.post("/account/password")
     async def change_password(

@@ -4,11 +4,12 @@ user, CSRF tokens, security headers and the header's balance widget."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Form, Query, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -25,6 +26,9 @@ from tokenbank.web.browser import Browsers
 from tokenbank.web.i18n import N_, Language
 
 HOME = "/dashboard"
+#: A row id in a query string (a page cursor, a purchase): out of range is a 422, not a 500.
+RowId = Annotated[int | None, Query(ge=1, le=2**63 - 1)]
+Csrf = Annotated[str, Form(max_length=128)]
 
 
 def _environment() -> Environment:
@@ -44,11 +48,22 @@ def _environment() -> Environment:
 
 TEMPLATES = Jinja2Templates(env=_environment())
 
+
+def content_security_policy(stripe: str = "") -> str:
+    """Scripts, styles and frames from this site only; ``stripe``: the origins of Stripe
+    Checkout and Stripe.js (or the emulator), which the buying pages also need."""
+    if not stripe:
+        return "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+    return (
+        "default-src 'self'; frame-ancestors 'none'; base-uri 'none';"
+        f" form-action 'self' {stripe}; script-src 'self' {stripe};"
+        f" connect-src 'self' {stripe}; frame-src {stripe}"
+    )
+
+
 #: Sent with every page: no framing, no leaking URLs (portal tokens) to other sites.
 PAGE_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
-    ),
+    "Content-Security-Policy": content_security_policy(),
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
@@ -76,7 +91,7 @@ STATUS_NAMES = {
 }
 
 
-def describe(item: ledger.HistoryItem, lang: Language, catalog: Catalog | None) -> str:
+def describe(item: ledger.HistoryItem, *, lang: Language, catalog: Catalog | None) -> str:
     """A history line's description. Entries tokenbank writes itself (purchases, refunds,
     disputes, debt) are described in the page's language from their metadata; what an app
     or an admin wrote is shown as written."""
@@ -98,6 +113,17 @@ def describe(item: ledger.HistoryItem, lang: Language, catalog: Catalog | None) 
     if "settles_debt" in meta:
         return lang.gettext("Tokens owed, collected from a purchase")
     return item.description or ""
+
+
+async def form_expired(pages: Pages, request: Request) -> Response:
+    lang = await pages.language(request)
+    return await pages.render(
+        request,
+        "message.html",
+        403,
+        heading=lang.gettext("This form has expired"),
+        message=lang.gettext("Reload the page and try again."),
+    )
 
 
 class NotAllowed(Exception):
@@ -161,7 +187,7 @@ class Pages:
                 "kind_names": KIND_NAMES,
                 "status_names": STATUS_NAMES,
                 "path": request.url.path,
-                "describe": lambda item: describe(item, lang, self.catalog),
+                "describe": partial(describe, lang=lang, catalog=self.catalog),
                 **lang.jinja_globals(),
                 **context,
             },
@@ -213,6 +239,11 @@ ERROR_TEXTS = {
     "validation_error:name": N_("The name is too long."),
     "validation_error:amount": N_("Enter a whole number of tokens greater than zero."),
     "validation_error:description": N_("Give a reason of at most 500 characters."),
+    "validation_error:reason": N_("Say why the tokens are granted."),
+    "idempotency_conflict": N_("This form was already sent with other values. Reload the page."),
+    "not_found": N_("There is no such user or record."),
+    "payment_mismatch": N_("The payment does not match its purchase; it was not credited."),
+    "webhook_failed": N_("The event could not be processed."),
     "validation_error:language": N_("Choose one of the languages offered."),
 }
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from functools import partial
 from typing import Annotated, Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -17,26 +17,30 @@ from tokenbank.billing import Billing
 from tokenbank.db import Database
 from tokenbank.errors import TokenbankError
 from tokenbank.web.i18n import Language
-from tokenbank.web.pages import Csrf, form_expired
-from tokenbank.web.problems import status_of
-from tokenbank.web.render import HOME, PAGE_HEADERS, Pages, error_text, redirect
+from tokenbank.web.problems import problem, status_of
+from tokenbank.web.render import (
+    HOME,
+    PAGE_HEADERS,
+    Csrf,
+    Pages,
+    RowId,
+    content_security_policy,
+    error_text,
+    form_expired,
+    redirect,
+)
 
-PurchaseId = Annotated[int | None, Form()]
+#: The success page asks again every 2 seconds, for about a minute.
+MAX_POLLS = 30
 
 
 def build_router(  # noqa: PLR0915 - one closure per route
     *, db: Database, pages: Pages, shop: Billing | None, public_url: str
 ) -> APIRouter:
     router = APIRouter(include_in_schema=False, default_response_class=HTMLResponse)
-    sources = _stripe_sources(shop)
-    frames = sources or "'none'"
     headers = {
         **PAGE_HEADERS,
-        "Content-Security-Policy": (
-            "default-src 'self'; frame-ancestors 'none'; base-uri 'none';"
-            f" form-action 'self' {sources}; script-src 'self' {sources};"
-            f" connect-src 'self' {sources}; frame-src {frames}"
-        ),
+        "Content-Security-Policy": content_security_policy(_stripe_sources(shop)),
     }
 
     async def unavailable(request: Request) -> Response:
@@ -83,16 +87,13 @@ def build_router(  # noqa: PLR0915 - one closure per route
         if not pages.browsers.csrf_valid(request, csrf_token):
             if wants_json:
                 detail = lang.gettext("This form has expired. Reload the page and try again.")
-                return JSONResponse({"code": "csrf", "detail": detail}, 403, headers)
+                return problem(403, "csrf", detail)
             return await form_expired(pages, request)
         user = await pages.browsers.signed_in(request)
         if user is None:
             if wants_json:
-                return JSONResponse(
-                    {"code": "unauthorized", "detail": "", "login": "/login?next=/pricing"},
-                    401,
-                    headers,
-                )
+                detail = lang.gettext("Sign in to buy tokens.")
+                return problem(401, "unauthorized", detail, login="/login?next=/pricing")
             return redirect("/login?next=/pricing")
         try:
             if shop.flow == "embedded":
@@ -144,8 +145,11 @@ def build_router(  # noqa: PLR0915 - one closure per route
                 {
                     "purchase_id": purchase.id,
                     "name": name,
-                    "summary": lang.gettext(
-                        "%(tokens)s tokens", tokens=lang.number(purchase.total_tokens)
+                    "summary": lang.ngettext(
+                        "%(tokens)s token",
+                        "%(tokens)s tokens",
+                        purchase.total_tokens,
+                        tokens=lang.number(purchase.total_tokens),
                     ),
                     "price": price,
                     "client_secret": started.client_secret,
@@ -168,7 +172,10 @@ def build_router(  # noqa: PLR0915 - one closure per route
 
     @router.get("/purchase/success")
     async def purchase_success(
-        request: Request, session_id: str | None = None, payment_intent: str | None = None
+        request: Request,
+        session_id: str | None = None,
+        payment_intent: str | None = None,
+        tries: Annotated[int, Query(ge=0, le=1000)] = 0,
     ) -> Response:
         """Where Stripe sends the buyer back. The webhook may not have landed yet, so this
         settles the payment too, from what Stripe says (never from the URL), for a purchase
@@ -187,15 +194,17 @@ def build_router(  # noqa: PLR0915 - one closure per route
         except TokenbankError:
             purchase = None
         context: dict[str, Any] = {"purchase": None, "pending": False, "failed": False}
+        context["slow"] = False
         if purchase is None or user is None or purchase.user_id != user.user_id:
             context["unknown"] = True
         else:
             status = purchase.status
             context.update(
                 purchase=purchase,
-                pending=status is billing.PurchaseStatus.PENDING,
                 failed=status not in {billing.PurchaseStatus.PAID, billing.PurchaseStatus.PENDING},
-                poll_url=str(request.url.path) + "?" + str(request.url.query),
+                poll_url=_next_poll(request, tries),
+                pending=status is billing.PurchaseStatus.PENDING and tries < MAX_POLLS,
+                slow=status is billing.PurchaseStatus.PENDING and tries >= MAX_POLLS,
             )
         template = (
             "fragments/purchase_status.html"
@@ -205,7 +214,7 @@ def build_router(  # noqa: PLR0915 - one closure per route
         return await pages.render(request, template, headers=headers, **context)
 
     @router.get("/purchase/cancel")
-    async def purchase_cancel(request: Request, purchase: int | None = None) -> Response:
+    async def purchase_cancel(request: Request, purchase: RowId = None) -> Response:
         """Back from Stripe without paying: nothing was charged; offer the same package."""
         user = await pages.browsers.signed_in(request)
         package = None
@@ -215,22 +224,27 @@ def build_router(  # noqa: PLR0915 - one closure per route
                 package = shop.catalog.find(found.package_id)
                 if package is not None and not package.active:
                     package = None
-        return await pages.render(request, "cancel.html", package=package)
+        # Its retry button goes to Stripe: the buying pages' policy.
+        return await pages.render(request, "cancel.html", headers=headers, package=package)
 
     return router
 
 
 def _problem(status: int, code: str, lang: Language, exc: TokenbankError | None) -> Response:
+    """The pricing page's script shows ``detail`` in a toast: in the page's language."""
     detail = (
         error_text(lang, exc)
         if exc is not None
         else lang.gettext("Payments are not configured on this server.")
     )
-    return JSONResponse(
-        {"type": "about:blank", "title": code, "status": status, "code": code, "detail": detail},
-        status,
-        media_type="application/problem+json",
-    )
+    return problem(status, code, detail)
+
+
+def _next_poll(request: Request, tries: int) -> str:
+    """The success page's next poll: counted, so a purchase Stripe never confirms stops
+    being asked about (after ``MAX_POLLS``, about a minute)."""
+    params = {k: v for k, v in request.query_params.items() if k != "tries"}
+    return f"{request.url.path}?{urlencode({**params, 'tries': tries + 1})}"
 
 
 def _stripe_sources(shop: Billing | None) -> str:
@@ -240,7 +254,11 @@ def _stripe_sources(shop: Billing | None) -> str:
     if shop.stripe.api_base:
         parts = urlsplit(shop.stripe.api_base)
         return f"{parts.scheme}://{parts.netloc}"
-    return "https://checkout.stripe.com https://js.stripe.com https://api.stripe.com"
+    # Stripe's published list: Checkout, Stripe.js and its frames, the API, 3-D Secure.
+    return (
+        "https://checkout.stripe.com https://js.stripe.com https://*.js.stripe.com"
+        " https://api.stripe.com https://hooks.stripe.com"
+    )
 
 
 def _own_purchase(db: Database, purchase_id: int, user_id: str) -> billing.Purchase | None:
@@ -263,8 +281,8 @@ def _settle_known(
         )
     if known is None:
         return None
-    if known.status is not billing.PurchaseStatus.PENDING and known.paid_at is not None:
-        return known  # settled for good: a reload costs no call to Stripe
+    if known.status is billing.PurchaseStatus.PAID:
+        return known  # credited: a reload or a poll costs no call to Stripe
     payment = billing.fetch_payment(
         shop.stripe, session_id=session_id, payment_intent_id=payment_intent_id
     )

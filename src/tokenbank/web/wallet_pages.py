@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -14,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from tokenbank import billing, ledger
 from tokenbank.db import Database
-from tokenbank.web.render import PAGE_HEADERS, Pages
+from tokenbank.web.render import PAGE_HEADERS, Pages, RowId, describe
 
 PAGE_SIZE = 50
 CSV_BATCH = 500
@@ -26,7 +27,7 @@ def build_router(*, db: Database, pages: Pages) -> APIRouter:
     router = APIRouter(include_in_schema=False, default_response_class=HTMLResponse)
 
     @router.get("/dashboard")
-    async def dashboard(request: Request, purchased: int | None = None) -> Response:
+    async def dashboard(request: Request, purchased: RowId = None) -> Response:
         user = await pages.require_user(request)
         lang = await pages.language(request)
         balance, page, recent, bought = await run_in_threadpool(
@@ -37,8 +38,10 @@ def build_router(*, db: Database, pages: Pages) -> APIRouter:
             toasts.append(
                 {
                     "tone": "good",
-                    "text": lang.gettext(
+                    "text": lang.ngettext(
+                        "Payment received: %(tokens)s token was added to your balance.",
                         "Payment received: %(tokens)s tokens were added to your balance.",
+                        bought.total_tokens,
                         tokens=lang.number(bought.total_tokens),
                     ),
                 }
@@ -54,7 +57,7 @@ def build_router(*, db: Database, pages: Pages) -> APIRouter:
 
     @router.get("/transactions")
     async def transactions(
-        request: Request, kind: str | None = None, before: int | None = None
+        request: Request, kind: str | None = None, before: RowId = None
     ) -> Response:
         user = await pages.require_user(request)
         kinds = _kinds(kind)
@@ -72,10 +75,11 @@ def build_router(*, db: Database, pages: Pages) -> APIRouter:
     async def transactions_csv(request: Request, kind: str | None = None) -> Response:
         """Every transaction of the filtered view, oldest last, as the pages show them."""
         user = await pages.require_user(request)
+        lang = await pages.language(request)
         kinds = _kinds(kind)
         name = f"transactions-{kinds[0].value}.csv" if kinds else "transactions.csv"
         return StreamingResponse(
-            _csv_rows(db, user.user_id, kinds),
+            _csv_rows(db, user.user_id, kinds, partial(describe, lang=lang, catalog=pages.catalog)),
             media_type="text/csv; charset=utf-8",
             headers={
                 **PAGE_HEADERS,
@@ -148,8 +152,14 @@ def _cell(text: str | None) -> str:
     return text or ""
 
 
-def _csv_rows(db: Database, user_id: str, kinds: list[ledger.TransferKind]) -> Iterator[str]:
-    """In batches: a long history is never held in memory whole."""
+def _csv_rows(
+    db: Database,
+    user_id: str,
+    kinds: list[ledger.TransferKind],
+    description: Callable[[ledger.HistoryItem], str],
+) -> Iterator[str]:
+    """In batches: a long history is never held in memory whole. Starts with a byte-order
+    mark, so spreadsheet programs read the UTF-8 (Chinese descriptions) as UTF-8."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
 
@@ -160,7 +170,7 @@ def _csv_rows(db: Database, user_id: str, kinds: list[ledger.TransferKind]) -> I
         buffer.truncate()
         return text
 
-    yield flush([CSV_HEADER])
+    yield "\ufeff" + flush([CSV_HEADER])
     before = None
     while True:
         page = _history(db, user_id, kinds, before, CSV_BATCH)
@@ -169,7 +179,7 @@ def _csv_rows(db: Database, user_id: str, kinds: list[ledger.TransferKind]) -> I
                 (
                     item.created_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
                     item.kind.value,
-                    _cell(item.description),
+                    _cell(description(item)),
                     item.amount,
                     item.balance_after,
                     item.transfer_id,

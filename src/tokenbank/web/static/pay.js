@@ -3,7 +3,8 @@
   "use strict";
   const form = document.getElementById("payment-form");
   if (!form || typeof Stripe === "undefined") return;
-  const stripe = Stripe(form.dataset.publishableKey);
+  const locale = document.documentElement.lang === "zh-CN" ? "zh" : "en";
+  const stripe = Stripe(form.dataset.publishableKey, { locale: locale });
   const card = stripe.elements().create("card");
   card.mount("#card-element");
   const message = document.getElementById("payment-message");

@@ -3,17 +3,14 @@
 (function () {
   "use strict";
 
+  // Stripe.js in the page's language ("zh" is Simplified Chinese there).
+  function stripeLocale() {
+    return document.documentElement.lang === "zh-CN" ? "zh" : "en";
+  }
+
   function toast(text, tone) {
     window.dispatchEvent(new CustomEvent("tb:toast", { detail: { text: text, tone: tone || "" } }));
   }
-
-  // Menus that apply on change (the language menu); a button inside <noscript> otherwise.
-  document.addEventListener("change", function (event) {
-    var target = event.target;
-    if (target instanceof HTMLSelectElement && target.hasAttribute("data-autosubmit") && target.form) {
-      target.form.requestSubmit();
-    }
-  });
 
   // A form that is being sent shows it and cannot be sent twice.
   document.addEventListener("submit", function (event) {
@@ -96,12 +93,15 @@
             var body = result.body;
             if (!result.response.ok) {
               if (result.response.status === 401 && body.login) { window.location.assign(body.login); return; }
-              throw new Error(body.detail || body.title);
+              var refusal = new Error(body.detail || self.$el.dataset.failed);
+              refusal.fromServer = true;  // a sentence in the page's language
+              throw refusal;
             }
             if (body.redirect) { window.location.assign(body.redirect); return; }
             self.show(body);
           }).catch(function (error) {
-            toast(error.message || self.$el.dataset.failed, "error");
+            // Network failures and non-JSON answers get the page's own words, not the browser's.
+            toast(error && error.fromServer ? error.message : self.$el.dataset.failed, "error");
           }).finally(function () {
             self.busy = false;
             button.removeAttribute("aria-busy");
@@ -109,7 +109,7 @@
         },
         show: function (body) {
           if (typeof window.Stripe === "undefined") { throw new Error(this.$el.dataset.failed); }
-          this.stripe = this.stripe || window.Stripe(body.publishable_key);
+          this.stripe = this.stripe || window.Stripe(body.publishable_key, { locale: stripeLocale() });
           if (this.card) { this.card.destroy(); }
           this.card = this.stripe.elements().create("card");
           this.secret = body.client_secret;
@@ -122,11 +122,11 @@
           this.paying = true;
           this.open = true;
           var self = this;
-          this.$nextTick(function () {
-            self.card.mount("#card-element");
-            var first = document.querySelector("#card-element input");
-            if (first) { first.focus(); }
-          });
+          // A native modal dialog: focus moves in and stays in, the page behind is inert,
+          // Escape closes it and focus returns to the buy button.
+          this.$refs.dialog.showModal();
+          this.card.on("ready", function () { self.card.focus(); });
+          this.$nextTick(function () { self.card.mount("#card-element"); });
         },
         pay: function (event) {
           event.preventDefault();
@@ -141,21 +141,28 @@
                 toast(self.message, "error");
                 return;
               }
-              return fetch(self.returnUrl + encodeURIComponent(result.paymentIntent.id), {
+              // Paid: from here on, never suggest paying again. If the result cannot be shown
+              // in the modal, the success page shows it.
+              var success = self.returnUrl + encodeURIComponent(result.paymentIntent.id);
+              return fetch(success, {
                 credentials: "same-origin", headers: { "HX-Request": "true" }
-              }).then(function (response) { return response.text(); }).then(function (html) {
+              }).then(function (response) {
+                if (!response.ok) { throw new Error(String(response.status)); }
+                return response.text();
+              }).then(function (html) {
                 self.paying = false;
                 self.done = true;
                 var target = document.getElementById("pay-result");
-                target.innerHTML = html;
+                target.innerHTML = html;  // our own escaped fragment (allowScriptTags is off)
                 if (window.htmx) { window.htmx.process(target); }
                 toast(self.$el.dataset.paid, "good");
-              });
+              }).catch(function () { window.location.assign(success); });
             })
             .catch(function () { self.message = self.$el.dataset.failed; })
             .finally(function () { self.busy = false; });
         },
-        close: function () {
+        close: function () { this.$refs.dialog.close(); },
+        closed: function () {  // the dialog's close event: the button, Escape, or the form
           if (this.card) { this.card.destroy(); this.card = null; }
           this.open = false;
           if (this.done) { window.location.assign("/dashboard"); }
