@@ -8,7 +8,13 @@ from dataclasses import dataclass
 
 from tokenbank.billing.catalog import Catalog, CatalogError, Package, load_catalog
 from tokenbank.billing.errors import PaymentMismatch, UnknownEvent, UnknownPackage, UnknownPurchase
-from tokenbank.billing.fulfilment import Outcome, Payment, fetch_payment, settle
+from tokenbank.billing.fulfilment import (
+    Outcome,
+    Payment,
+    fetch_payment,
+    settle,
+    settle_returning_buyer,
+)
 from tokenbank.billing.models import PurchaseFlow, PurchaseStatus
 from tokenbank.billing.prices import PriceBook, SyncStep, plan_sync, sync_catalog
 from tokenbank.billing.purchases import (
@@ -124,6 +130,7 @@ __all__ = [
     "replay",
     "sales_by_package",
     "settle",
+    "settle_returning_buyer",
     "start_checkout",
     "start_payment",
     "sync_catalog",

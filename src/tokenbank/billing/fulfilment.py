@@ -34,8 +34,9 @@ from tokenbank.billing.models import (
     payment_refunds,
     purchases,
 )
-from tokenbank.billing.purchases import ClawbackPolicy, Purchase, to_purchase
+from tokenbank.billing.purchases import ClawbackPolicy, Purchase, find_purchase, to_purchase
 from tokenbank.columns import utcnow
+from tokenbank.db import Database
 from tokenbank.payments.stripe import CheckoutSession, Dispute, PaymentIntent, Refund, Stripe
 
 #: Dispute statuses at Stripe that mean "still being decided".
@@ -147,6 +148,28 @@ def settle(
         conn.execute(sa.select(purchases).where(purchases.c.id == purchase.id)).one()
     )
     return outcome
+
+
+def settle_returning_buyer(
+    db: Database,
+    stripe: Stripe,
+    *,
+    session_id: str | None,
+    payment_intent_id: str | None,
+    policy: ClawbackPolicy,
+) -> Purchase | None:
+    """A buyer back from Stripe (the success page): settle their purchase now, as the webhook
+    may not have landed. An id no purchase here was started with costs no call to Stripe,
+    and neither does a purchase already paid (the page polls while Stripe confirms)."""
+    with db.read() as conn:
+        known = find_purchase(
+            conn, checkout_session_id=session_id, payment_intent_id=payment_intent_id
+        )
+    if known is None or known.status is PurchaseStatus.PAID:
+        return known
+    payment = fetch_payment(stripe, session_id=session_id, payment_intent_id=payment_intent_id)
+    with db.transaction() as conn:
+        return settle(conn, payment, policy=policy).purchase
 
 
 def _check_identity(purchase: Purchase, payment: Payment) -> None:

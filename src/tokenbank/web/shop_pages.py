@@ -189,7 +189,14 @@ def build_router(  # noqa: PLR0915 - one closure per route
         user = await pages.browsers.signed_in(request)
         try:
             purchase = await run_in_threadpool(
-                _settle_known, db, shop, session_id=session_id, payment_intent_id=payment_intent
+                partial(
+                    billing.settle_returning_buyer,
+                    db,
+                    shop.stripe,
+                    session_id=session_id,
+                    payment_intent_id=payment_intent,
+                    policy=shop.policy,
+                )
             )
         except TokenbankError:
             purchase = None
@@ -268,26 +275,6 @@ def _own_purchase(db: Database, purchase_id: int, user_id: str) -> billing.Purch
         except billing.UnknownPurchase:
             return None
     return found if found.user_id == user_id else None
-
-
-def _settle_known(
-    db: Database, shop: Billing, *, session_id: str | None, payment_intent_id: str | None
-) -> billing.Purchase | None:
-    """Settle the purchase with this Stripe id, if there is one: an id nobody here started
-    costs no call to Stripe."""
-    with db.read() as conn:
-        known = billing.find_purchase(
-            conn, checkout_session_id=session_id, payment_intent_id=payment_intent_id
-        )
-    if known is None:
-        return None
-    if known.status is billing.PurchaseStatus.PAID:
-        return known  # credited: a reload or a poll costs no call to Stripe
-    payment = billing.fetch_payment(
-        shop.stripe, session_id=session_id, payment_intent_id=payment_intent_id
-    )
-    with db.transaction() as conn:
-        return billing.settle(conn, payment, policy=shop.policy).purchase
 
 
 def return_urls(public_url: str) -> tuple[str, str]:
