@@ -396,7 +396,7 @@ def test_every_page_renders_cleanly_in_both_languages(
         assert response is not None and response.status == status, (path, response)
         expect(page.locator("html")).to_have_attribute("lang", locale)
         assert page.evaluate(UNLABELLED) == [], path
-        screenshot(page, f"{locale}-{name}")
+        screenshot(page, f"{locale}-page-{name}")
 
     visit("/login", "login")
     visit("/register", "register")
