@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import secrets
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, Response
@@ -20,6 +21,8 @@ from tokenbank.web.problems import status_of
 from tokenbank.web.render import Csrf, Pages, RowId, error_text, form_expired, redirect
 
 PAGE_SIZE = 50
+T = TypeVar("T")
+Row = TypeVar("Row", billing.Purchase, billing.InboxEvent)
 
 
 def build_router(  # noqa: PLR0915 - one closure per route
@@ -30,7 +33,7 @@ def build_router(  # noqa: PLR0915 - one closure per route
     @router.get("/admin")
     async def admin_users(request: Request, q: str | None = None) -> Response:
         await pages.require_admin(request)
-        found = await run_in_threadpool(_find, db, q or "") if q else []
+        found = await _read(db, users.find_users, query=q) if q else []
         if q and len(found) == 1 and (found[0].id == q.strip() or found[0].email == q.strip()):
             return redirect(f"/admin/users/{found[0].id}")
         return await pages.render(request, "admin/index.html", q=q, found=found)
@@ -124,12 +127,16 @@ def build_router(  # noqa: PLR0915 - one closure per route
             chosen = billing.PurchaseStatus(status) if status else None
         except ValueError:
             chosen = None
-        found = await run_in_threadpool(_purchases, db, chosen, before)
+        found, cursor = _page(
+            await _read(
+                db, billing.list_purchases, status=chosen, before=before, limit=PAGE_SIZE + 1
+            )
+        )
         return await pages.render(
             request,
             "admin/purchases.html",
-            purchases=found[:PAGE_SIZE],
-            next_cursor=found[PAGE_SIZE - 1].id if len(found) > PAGE_SIZE else None,
+            purchases=found,
+            next_cursor=cursor,
             status=chosen.value if chosen else "",
             statuses=[s.value for s in billing.PurchaseStatus],
         )
@@ -139,12 +146,14 @@ def build_router(  # noqa: PLR0915 - one closure per route
         request: Request, failed: bool = False, before: RowId = None
     ) -> Response:
         await pages.require_admin(request)
-        events = await run_in_threadpool(_events, db, failed, before)
+        events, cursor = _page(
+            await _read(db, billing.list_events, failed=failed, before=before, limit=PAGE_SIZE + 1)
+        )
         return await pages.render(
             request,
             "admin/webhooks.html",
-            events=events[:PAGE_SIZE],
-            next_cursor=events[PAGE_SIZE - 1].id if len(events) > PAGE_SIZE else None,
+            events=events,
+            next_cursor=cursor,
             failed=failed,
         )
 
@@ -189,7 +198,7 @@ def build_router(  # noqa: PLR0915 - one closure per route
                 link_text=lang.gettext("Back to the webhook inbox"),
             )
         try:
-            event = await run_in_threadpool(_event, db, event_id)
+            event = await _read(db, billing.get_event, event_id=event_id)
         except billing.UnknownEvent:
             return Response(status_code=404)
         response = await pages.render(request, "fragments/webhook_row.html", e=event)
@@ -205,7 +214,7 @@ def build_router(  # noqa: PLR0915 - one closure per route
         await pages.require_admin(request)
         if shop is None:
             return await pages.render(request, "admin/catalog.html", catalog=None)
-        sold = await run_in_threadpool(_sales, db)
+        sold = await _read(db, billing.sales_by_package)
         catalog = shop.catalog
         rows = [
             {
@@ -226,9 +235,22 @@ def build_router(  # noqa: PLR0915 - one closure per route
     return router
 
 
-def _find(db: Database, query: str) -> list[users.User]:
-    with db.read() as conn:
-        return users.find_users(conn, query=query)
+async def _read(db: Database, service: Callable[..., T], /, **arguments: Any) -> T:
+    """One read-only service call, in the thread pool."""
+
+    def run() -> T:
+        with db.read() as conn:
+            return service(conn, **arguments)
+
+    return await run_in_threadpool(run)
+
+
+def _page(rows: list[Row]) -> tuple[list[Row], int | None]:
+    """A page of ``PAGE_SIZE`` rows (fetched one more, to know if there is a next page) and
+    the cursor for the next page: the last row's id."""
+    if len(rows) > PAGE_SIZE:
+        return rows[:PAGE_SIZE], rows[PAGE_SIZE - 1].id
+    return rows, None
 
 
 def _user_overview(
@@ -258,25 +280,3 @@ def _grant(
             description=reason,
             metadata={"granted_by": admin_id},
         )
-
-
-def _purchases(
-    db: Database, status: billing.PurchaseStatus | None, before: int | None
-) -> list[billing.Purchase]:
-    with db.read() as conn:
-        return billing.list_purchases(conn, status=status, before=before, limit=PAGE_SIZE + 1)
-
-
-def _events(db: Database, failed: bool, before: int | None) -> list[billing.InboxEvent]:
-    with db.read() as conn:
-        return billing.list_events(conn, failed=failed, before=before, limit=PAGE_SIZE + 1)
-
-
-def _event(db: Database, event_id: str) -> billing.InboxEvent:
-    with db.read() as conn:
-        return billing.get_event(conn, event_id=event_id)
-
-
-def _sales(db: Database) -> dict[str, int]:
-    with db.read() as conn:
-        return billing.sales_by_package(conn)

@@ -87,7 +87,6 @@ STATUS_NAMES = {
     "failed": N_("Failed"),
     "expired": N_("Expired"),
     "canceled": N_("Canceled"),
-    "completed": N_("Completed"),
 }
 
 

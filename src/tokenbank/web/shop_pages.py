@@ -200,8 +200,12 @@ def build_router(  # noqa: PLR0915 - one closure per route
             )
         except TokenbankError:
             purchase = None
-        context: dict[str, Any] = {"purchase": None, "pending": False, "failed": False}
-        context["slow"] = False
+        context: dict[str, Any] = {
+            "purchase": None,
+            "pending": False,
+            "failed": False,
+            "slow": False,
+        }
         if purchase is None or user is None or purchase.user_id != user.user_id:
             context["unknown"] = True
         else:
