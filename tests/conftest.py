@@ -28,9 +28,13 @@ from tests.stripe_emulator import emulator_server
 from tokenbank import ledger, migrations
 from tokenbank.db import Database, connect
 from tokenbank.ledger.models import SystemAccount, accounts
+from tokenbank.logs import configure_logging
 
 BACKENDS = ["sqlite", "postgresql"]
+# As the command line does: log lines go to stderr, which pytest shows when a test fails.
+configure_logging("info", stream="stderr")
 TABLES = (
+    "admin_actions",
     "webhook_events",
     "payment_refunds",
     "disputes",

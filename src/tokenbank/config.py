@@ -49,8 +49,13 @@ class Settings(BaseSettings):
     login_limit_per_account: str = "10/10 minutes"
     register_limit_per_ip: str = "10/hour"
     rate_limit_storage: str = "database"
+    # Wrong API keys from one address, past which it gets 429 without its keys being read.
+    api_key_failure_limit_per_ip: str = "20/minute"
     # Proxies whose X-Forwarded-For is believed (uvicorn's forwarded_allow_ips).
     forwarded_allow_ips: str = "127.0.0.1"
+    # Hosts besides public_url's that Stripe may send a buyer back to (success_url,
+    # cancel_url, a billing portal's return_url), comma-separated: "app.example.com,...".
+    allowed_return_hosts: str = ""
 
     # Selling tokens: the catalog file, what happens to the debt a clawback records when the
     # tokens were already spent (``debt``: kept as a record; ``negative``: collected from
@@ -73,6 +78,22 @@ class Settings(BaseSettings):
     stripe_api_base: str | None = Field(
         default=None, validation_alias=AliasChoices("STRIPE_API_BASE")
     )
+
+    # Fault injection for the recovery tests (tokenbank.faults); refused in production.
+    fault_injection: bool = False
+    fault_points: str = ""
+
+    @property
+    def return_hosts(self) -> frozenset[str]:
+        """Where Stripe may send a buyer back: this service, and the hosts allowed."""
+        hosts = {h.strip().lower() for h in self.allowed_return_hosts.split(",") if h.strip()}
+        return frozenset({*hosts, (urlsplit(self.public_url).hostname or "").lower()} - {""})
+
+    @property
+    def cookie_prefix(self) -> str:
+        """``__Host-`` in production: the browser then only accepts the cookie over HTTPS,
+        for this host alone (no Domain), for every path."""
+        return "__Host-" if self.env == "production" else ""
 
     @property
     def secure_cookies(self) -> bool:
@@ -97,6 +118,10 @@ def with_secrets(settings: Settings) -> Settings:
     a secret: it refuses to start with one missing or left as a placeholder.
     """
     if settings.env == "production":
+        if settings.fault_injection:
+            raise ConfigurationError(
+                "TOKENBANK_FAULT_INJECTION is for tests: production refuses it"
+            )
         problems = []
         key = settings.secret_key
         if key is None or looks_like_placeholder(key.get_secret_value(), min_length=32):

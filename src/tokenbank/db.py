@@ -1,8 +1,13 @@
-"""Engines for SQLite and PostgreSQL, and the one commit point: ``Database.transaction()``.
+"""Engines for SQLite and PostgreSQL, the units of work, and what a database failure means.
 
-Service functions take the ``Connection`` a transaction yields; they execute and may flush,
-but they never commit. Whoever opened the transaction (a request, a CLI command, an inbox
-worker) decides when the unit of work ends.
+Service functions take the ``Connection`` a unit of work yields; they execute and may flush,
+but they never commit. Whoever opened the unit (a request, a CLI command, an inbox worker)
+decides when it ends.
+
+A database that is down, restarting, full, read-only or locked past its timeout is not a
+bug in the request: ``unavailable()`` names those failures, so every entry point can answer
+"try again shortly" (HTTP 503 with ``Retry-After``) instead of crashing. Nothing is half
+written either way: each unit of work commits whole or not at all.
 
 PostgreSQL runs at READ COMMITTED: conditional updates (``... WHERE balance >= n``) and
 constraints carry the invariants, and a hot wallet does not pay SERIALIZABLE's retries.
@@ -17,8 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import (
     AbstractAsyncContextManager,
     AbstractContextManager,
@@ -31,6 +38,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 import psycopg
+import psycopg_pool
 import sqlalchemy as sa
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import event
@@ -38,7 +46,7 @@ from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from tokenbank.errors import ConfigurationError
+from tokenbank.errors import ConfigurationError, DatabaseUnavailable, SchemaOutOfDate, Unavailable
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -92,6 +100,12 @@ class Statement:
             rows: list[tuple[Any, ...]] = driver.execute(sql, args).fetchall()
         except conn.dialect.loaded_dbapi.IntegrityError as exc:
             raise sa.exc.IntegrityError(sql, args, exc) from exc
+        except conn.dialect.loaded_dbapi.Error as exc:
+            # Straight on the driver, SQLAlchemy never saw the error: tell it when the
+            # connection is dead, so the pool does not hand it out again.
+            if conn.dialect.is_disconnect(exc, driver, None):
+                conn.invalidate(exc)
+            raise
         return rows
 
     async def rows_async(
@@ -159,6 +173,62 @@ def normalize_url(url: str) -> sa.URL:
     raise ConfigurationError(f"unsupported database {backend!r}: use sqlite:/// or postgresql://")
 
 
+#: SQLite's primary result codes that mean "not now" rather than "wrong request": busy or
+#: locked past the timeout, out of memory, read-only, I/O error, full, cannot open.
+_SQLITE_UNAVAILABLE = {
+    5: "locked",
+    6: "locked",
+    7: "out of memory",
+    8: "read-only",
+    10: "I/O error",
+    13: "full",
+    14: "cannot be opened",
+    15: "locked",
+}
+#: PostgreSQL SQLSTATEs of a missing table or column: a schema older than the code.
+_UNDEFINED = {"42P01", "42703"}
+_SQLITE_UNDEFINED = ("no such table", "no such column", "has no column named")
+#: Opening for reading falls back to read-only on these: read-only, I/O error, cannot open.
+_SQLITE_CANT_WRITE = {8, 10, 14}
+
+
+def unavailable(exc: BaseException) -> Unavailable | None:
+    """What ``exc`` means if it is the database failing rather than the request: a
+    ``DatabaseUnavailable`` (down, restarting, connection lost, pool exhausted, disk full,
+    read-only, locked past its timeout) or a ``SchemaOutOfDate`` (a table or column this
+    version needs is missing: the caller confirms with the migrations). None otherwise.
+    """
+    pool_busy = sa.exc.TimeoutError | psycopg_pool.PoolTimeout | psycopg_pool.TooManyRequests
+    if isinstance(exc, pool_busy):
+        return DatabaseUnavailable("every database connection is busy", retry_after=1)
+    lost = isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
+    orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+    if isinstance(orig, psycopg.Error):
+        return _postgres_failure(orig, lost=lost)
+    if isinstance(orig, sqlite3.Error):
+        return _sqlite_failure(orig)
+    return DatabaseUnavailable("the database connection was lost") if lost else None
+
+
+def _postgres_failure(exc: psycopg.Error, *, lost: bool) -> Unavailable | None:
+    if exc.sqlstate in _UNDEFINED:
+        return SchemaOutOfDate("the database is behind this version's migrations")
+    if lost or isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return DatabaseUnavailable(f"the database is unavailable ({type(exc).__name__})")
+    if exc.sqlstate == "25006":  # read_only_sql_transaction: a standby, or read-only
+        return DatabaseUnavailable("the database is read-only")
+    return None
+
+
+def _sqlite_failure(exc: sqlite3.Error) -> Unavailable | None:
+    if any(marker in str(exc) for marker in _SQLITE_UNDEFINED):
+        return SchemaOutOfDate("the database is behind this version's migrations")
+    what = _SQLITE_UNAVAILABLE.get(getattr(exc, "sqlite_errorcode", 0) & 0xFF)
+    if what is None:
+        return None
+    return DatabaseUnavailable(f"the database is {what}", retry_after=1 if what == "locked" else 30)
+
+
 class WalletGate:
     """Lets one unit of work per wallet at a time go to the database from this process.
 
@@ -193,6 +263,7 @@ class Database:
     _async_pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool[Any]] = field(
         default_factory=dict, repr=False
     )
+    _recovered_at: float = field(default=0.0, repr=False)
 
     @property
     def dialect(self) -> Dialect:
@@ -279,6 +350,20 @@ class Database:
         """``autocommit()`` for asyncio: each statement commits alone (PostgreSQL only)."""
         return self._async_pools[asyncio.get_running_loop()].connection()
 
+    async def recover(self) -> None:
+        """After a connection was found dead: a server restart killed its idle siblings
+        too, so drop them now rather than let each fail one request (at most once a
+        second). Connections in use are left to finish or fail on their own."""
+        now = time.monotonic()
+        if self.dialect != "postgresql" or now - self._recovered_at < 1:
+            return
+        self._recovered_at = now
+        self.engine.dispose()
+        self.read_engine.dispose()
+        pool = self._async_pools.get(asyncio.get_running_loop())
+        if pool is not None:
+            await pool.check()
+
     def dispose(self) -> None:
         self.engine.dispose()
         self.read_engine.dispose()
@@ -315,26 +400,86 @@ def _connect_postgresql(url: sa.URL, *, pool_size: int) -> Database:
     return Database(url=url, engine=engine, read_engine=autocommit_engine, pool_size=pool_size)
 
 
+class ReadOnlySqlite(sqlite3.Connection):
+    """A reading connection opened when the database file cannot be written (a read-only
+    file system or file, or a disk so full that SQLite cannot size its shared-memory
+    index). Reads go on; writes fail as ``unavailable``. Used for one unit of work only:
+    without the shared index it may not see later commits, and the file may be writable
+    again by the next request."""
+
+    used: bool = False
+
+
+def _sqlite_reader(path: str) -> Callable[[], sqlite3.Connection]:
+    """Open for reading: normally, else read-only, else (a read-only file system where
+    SQLite cannot create its shared-memory file, and no write-ahead log to miss) as an
+    immutable file."""
+
+    def connect() -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
+            return conn
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF not in _SQLITE_CANT_WRITE:
+                raise
+        wal = Path(f"{path}-wal")
+        modes = ["mode=ro"]
+        if not wal.exists() or wal.stat().st_size == 0:
+            modes.append("immutable=1")
+        for mode in modes:
+            uri = f"{Path(path).resolve().as_uri()}?{mode}"
+            reader = sqlite3.connect(
+                uri,
+                uri=True,
+                check_same_thread=False,
+                isolation_level=None,
+                factory=ReadOnlySqlite,
+            )
+            try:
+                reader.execute("SELECT count(*) FROM sqlite_master").fetchall()
+            except sqlite3.OperationalError:
+                reader.close()
+                continue
+            return reader
+        raise sqlite3.OperationalError(f"unable to open database file {path}, even to read")
+
+    return connect
+
+
 def _connect_sqlite(url: sa.URL, *, pool_size: int) -> Database:
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     else:
         raise ConfigurationError("SQLite needs a file: an in-memory database is not shared")
+    path = url.database
 
-    def make(begin: str) -> Engine:
+    def make(begin: str, *, reader: bool) -> Engine:
         engine = sa.create_engine(
-            url, pool_size=pool_size, max_overflow=0, json_serializer=json_dumps
+            url,
+            pool_size=pool_size,
+            max_overflow=0,
+            json_serializer=json_dumps,
+            **({"creator": _sqlite_reader(path)} if reader else {}),
         )
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
             dbapi_conn.isolation_level = None  # we emit BEGIN ourselves
             cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=FULL")  # a commit survives power loss
+            if not isinstance(dbapi_conn, ReadOnlySqlite):
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=FULL")  # a commit survives power loss
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
+
+        @event.listens_for(engine, "checkout")
+        def _on_checkout(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+            if isinstance(dbapi_conn, ReadOnlySqlite):
+                if dbapi_conn.used:  # one unit of work each (see ReadOnlySqlite)
+                    raise sa.exc.DisconnectionError("open the file afresh")
+                dbapi_conn.used = True
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
@@ -346,8 +491,8 @@ def _connect_sqlite(url: sa.URL, *, pool_size: int) -> Database:
 
     return Database(
         url=url,
-        engine=make("BEGIN IMMEDIATE"),
-        read_engine=make("BEGIN"),
+        engine=make("BEGIN IMMEDIATE", reader=False),
+        read_engine=make("BEGIN", reader=True),
         pool_size=pool_size,
         _write_lock=threading.Lock(),
     )

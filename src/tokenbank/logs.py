@@ -6,7 +6,7 @@ import logging
 import sys
 from collections.abc import MutableMapping
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -21,7 +21,28 @@ def _request_id(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapp
     return event
 
 
-def configure_logging(level: str = "info") -> None:
+class Lines:
+    """Writes each rendered line to ``sys.stdout`` or ``sys.stderr`` as they are when it
+    writes (not when it was made), and drops a line it cannot write: a closed or broken log
+    stream must never fail the money event being logged."""
+
+    def __init__(self, stream: str) -> None:
+        self._stream = stream
+
+    def msg(self, message: str) -> None:
+        stream: TextIO = getattr(sys, self._stream)
+        try:
+            stream.write(message + "\n")
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    debug = info = warning = warn = error = err = critical = exception = failure = msg
+
+
+def configure_logging(level: str = "info", *, stream: str = "stdout") -> None:
+    """JSON lines on ``stream``: ``stdout`` for the service (one line per event, for a log
+    shipper), ``stderr`` for the command line (whose stdout is the command's own output)."""
     numeric = logging.getLevelName(level.upper())
     structlog.configure(
         processors=[
@@ -33,6 +54,6 @@ def configure_logging(level: str = "info") -> None:
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=lambda *_: Lines(stream),
         cache_logger_on_first_use=True,
     )

@@ -1,6 +1,7 @@
 """Every table, registered on ``tokenbank.db.metadata`` (what migrations compare against)."""
 
 from tokenbank.apikeys import models as apikeys_models
+from tokenbank.audit import models as audit_models
 from tokenbank.billing import models as billing_models
 from tokenbank.db import metadata
 from tokenbank.identity import models as identity_models
@@ -9,6 +10,7 @@ from tokenbank.users import models as users_models
 
 __all__ = [
     "apikeys_models",
+    "audit_models",
     "billing_models",
     "identity_models",
     "ledger_models",

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from tests.billing.conftest import Store
 from tests.stripe_emulator import SECRET_KEY, EmulatorServer, event_bytes, make_billing, signed
 from tests.web.conftest import PASSWORDS, SETTINGS
-from tokenbank import billing
+from tokenbank import audit, billing, ledger
 from tokenbank.billing.models import purchases, webhook_events
 from tokenbank.client import ApiError, TokenBank
 from tokenbank.columns import utcnow
@@ -39,6 +39,7 @@ def _inbox(store: Store) -> list[sa.Row[tuple[str, ...]]]:
                     webhook_events.c.type,
                     webhook_events.c.processed_at,
                     webhook_events.c.last_error,
+                    webhook_events.c.outcome,
                 ).order_by(webhook_events.c.id)
             )
         )
@@ -239,35 +240,69 @@ def test_a_dropped_delivery_is_healed_by_reconcile(store: Store) -> None:
 
 
 def test_a_payment_that_does_not_match_its_purchase_is_never_credited(store: Store) -> None:
-
+    """Stripe reports a payment of another amount than the purchase: the purchase waits
+    for an admin (needs_review, a metric, the admin pages); nothing is credited, Stripe
+    gets its 200, and the admin's decision is audited."""
     store.emulator.configure(drop=100)
     started = store.checkout("plus")
+    purchase_id = started["purchase_id"]
     with store.db.transaction() as conn:  # as if the row said another price
-        conn.execute(
-            sa.update(purchases).where(purchases.c.id == started["purchase_id"]).values(amount=1999)
-        )
+        conn.execute(sa.update(purchases).where(purchases.c.id == purchase_id).values(amount=1999))
     store.emulator.pay(started["checkout_session_id"])
     (completed,) = store.emulator.events("checkout.session.completed")
     body = event_bytes(completed)
-    answer = store.api.post(
-        "/webhooks/stripe", content=body, headers={"Stripe-Signature": signed(body)}
-    )
-    assert answer.status_code == 500
-    assert answer.json()["code"] == "webhook_failed"
-    (row,) = _inbox(store)
-    assert row.processed_at is None and "PaymentMismatch" in row.last_error
-    assert store.balance()["available"] == 0
-    with store.db.read() as conn:
-        (failed,) = billing.list_events(conn, failed=True)
-    assert failed.event_id == completed["id"]
-    # An operator corrects the row and replays the event: now it is credited, once.
-    with store.db.transaction() as conn:
-        conn.execute(
-            sa.update(purchases).where(purchases.c.id == started["purchase_id"]).values(amount=2000)
-        )
     for _ in range(2):
-        billing.replay(store.db, store.shop.stripe, event_id=completed["id"], policy="debt")
-    assert store.balance()["available"] == 2200
+        answer = store.api.post(
+            "/webhooks/stripe", content=body, headers={"Stripe-Signature": signed(body)}
+        )
+        assert answer.status_code == 200, answer.text
+    (row,) = _inbox(store)
+    assert row.processed_at is not None and "needs review" in row.outcome
+    bought = store.purchase(purchase_id)
+    assert bought["status"] == "needs_review" and store.balance()["available"] == 0
+    assert "tokenbank_purchases_awaiting_review 1.0" in store.api.get("/metrics").text
+    # Replays and the reconciler see the same anomaly: still nothing credited.
+    billing.replay(store.db, store.shop.stripe, event_id=completed["id"], policy="debt")
+    assert store.balance()["available"] == 0
+    with pytest.raises(ledger.InvalidArgument):  # a mismatch is credited or refused
+        billing.resolve_review(
+            store.db,
+            purchase_id=purchase_id,
+            decision=billing.ReviewDecision.DISMISS,
+            actor="user:root",
+            reason="looks fine",
+            policy="debt",
+        )
+    refused = billing.resolve_review(
+        store.db,
+        purchase_id=purchase_id,
+        decision=billing.ReviewDecision.REFUSE,
+        actor="user:root",
+        reason="not our price",
+        policy="debt",
+    )
+    assert (refused.status, refused.failure_code) == (billing.PurchaseStatus.FAILED, "refused")
+    assert refused.reviewed_by == "user:root"
+    billing.replay(store.db, store.shop.stripe, event_id=completed["id"], policy="debt")
+    assert store.purchase(purchase_id)["status"] == "failed"
+    assert store.balance()["available"] == 0
+    assert "tokenbank_purchases_awaiting_review 0.0" in store.api.get("/metrics").text
+    with store.db.read() as conn:
+        (action,) = audit.actions_about(conn, subject=f"purchase:{purchase_id}")
+    assert (action.actor, action.action, action.reason) == (
+        "user:root",
+        "purchase.refuse",
+        "not our price",
+    )
+    with pytest.raises(billing.NothingToReview):
+        billing.resolve_review(
+            store.db,
+            purchase_id=purchase_id,
+            decision=billing.ReviewDecision.CREDIT,
+            actor="user:root",
+            reason="changed my mind",
+            policy="debt",
+        )
 
 
 def test_async_payments_succeed_or_fail(store: Store) -> None:

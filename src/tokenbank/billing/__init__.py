@@ -7,21 +7,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tokenbank.billing.catalog import Catalog, CatalogError, Package, load_catalog
-from tokenbank.billing.errors import PaymentMismatch, UnknownEvent, UnknownPackage, UnknownPurchase
+from tokenbank.billing.errors import (
+    NothingToReview,
+    PaymentMismatch,
+    PurchaseClosed,
+    UnknownEvent,
+    UnknownPackage,
+    UnknownPurchase,
+)
 from tokenbank.billing.fulfilment import (
     Outcome,
     Payment,
     fetch_payment,
+    resolve_review,
     settle,
     settle_returning_buyer,
 )
-from tokenbank.billing.models import PurchaseFlow, PurchaseStatus
+from tokenbank.billing.models import PurchaseFlow, PurchaseStatus, ReviewDecision
 from tokenbank.billing.prices import PriceBook, SyncStep, plan_sync, sync_catalog
 from tokenbank.billing.purchases import (
     CheckoutStart,
     ClawbackPolicy,
     PaymentStart,
     Purchase,
+    count_awaiting_review,
     customer_for,
     find_purchase,
     get_purchase,
@@ -98,6 +107,7 @@ __all__ = [
     "CheckoutStart",
     "ClawbackPolicy",
     "InboxEvent",
+    "NothingToReview",
     "Outcome",
     "Package",
     "Payment",
@@ -108,14 +118,17 @@ __all__ = [
     "Processed",
     "ProcessingFailed",
     "Purchase",
+    "PurchaseClosed",
     "PurchaseFlow",
     "PurchaseStatus",
     "Reconciliation",
+    "ReviewDecision",
     "SyncStep",
     "UnknownEvent",
     "UnknownPackage",
     "UnknownPurchase",
     "billing_from_settings",
+    "count_awaiting_review",
     "customer_for",
     "fetch_payment",
     "find_purchase",
@@ -128,6 +141,7 @@ __all__ = [
     "receive",
     "reconcile",
     "replay",
+    "resolve_review",
     "sales_by_package",
     "settle",
     "settle_returning_buyer",

@@ -32,3 +32,20 @@ class UnknownEvent(TokenbankError):
 
     def __init__(self, event_id: str) -> None:
         super().__init__(f"no event {event_id} in the inbox")
+
+
+class NothingToReview(TokenbankError):
+    code = "nothing_to_review"
+
+    def __init__(self, purchase_id: int) -> None:
+        super().__init__(f"purchase {purchase_id} is not waiting for a review")
+
+
+class PurchaseClosed(TokenbankError):
+    """A retried purchase request whose purchase can no longer be paid."""
+
+    code = "purchase_closed"
+
+    def __init__(self, purchase_id: int, status: str) -> None:
+        super().__init__(f"purchase {purchase_id} is {status}: start a new one with a new key")
+        self.purchase_id = purchase_id

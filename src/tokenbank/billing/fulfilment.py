@@ -7,8 +7,13 @@ ends here, and does the same two steps:
    the refunds and disputes of that payment. No database row is locked meanwhile.
 2. ``settle``: in one transaction, lock the purchase row and apply whatever is not applied
    yet: the credit (once: the purchase row and the ledger's reserved keys both say so), a
-   failure or expiry, each refund's share of tokens (once per refund), each dispute's
-   freeze, release or clawback (once per step).
+   failure or expiry, each refund's share of tokens (once per refund, and given back once
+   if the refund fails later), each dispute's freeze, release or clawback (once per step).
+
+What settling cannot decide is flagged for an admin (``review``), never guessed: a payment
+of another amount or currency than its purchase (status ``needs_review``, nothing
+credited), or a purchase credited here whose payment Stripe does not show as paid.
+``resolve_review`` records the admin's decision and its audit line together.
 
 Because step 2 only ever moves a purchase forward, a snapshot that is already stale when it
 commits (another delivery got there first) changes nothing. Events can therefore arrive in
@@ -23,13 +28,15 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+import structlog
 from sqlalchemy.engine import Connection
 
-from tokenbank import ledger
-from tokenbank.billing.errors import PaymentMismatch
+from tokenbank import audit, ledger
+from tokenbank.billing.errors import NothingToReview, PaymentMismatch, UnknownPurchase
 from tokenbank.billing.models import (
     DisputeStatus,
     PurchaseStatus,
+    ReviewDecision,
     disputes,
     payment_refunds,
     purchases,
@@ -45,6 +52,15 @@ OPEN_DISPUTE = frozenset(
 )
 #: Stripe closed an inquiry without a chargeback: the tokens are released.
 DISPUTE_RELEASED = frozenset({"won", "warning_closed", "prevented"})
+#: A refund in these states gave nothing back (after succeeding, it is undone).
+REFUND_UNDONE = frozenset({"failed", "canceled"})
+#: What an admin may decide, by the state of the flagged purchase.
+DECISIONS = {
+    True: (ReviewDecision.CREDIT, ReviewDecision.REFUSE),  # needs_review: nothing credited
+    False: (ReviewDecision.REVERSE, ReviewDecision.DISMISS),  # credited, then questioned
+}
+
+log = structlog.get_logger("tokenbank.billing")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +91,22 @@ class Payment:
 class Outcome:
     purchase: Purchase | None
     changes: list[str] = field(default_factory=list)
+    #: Why the purchase was flagged for an admin by this settle, if it was.
+    flagged: str | None = None
+
+    def log(self, source: str) -> None:
+        """One log line per change, once its transaction has committed (a line written
+        before the commit could tell of a credit that was rolled back)."""
+        if self.purchase is None:
+            return
+        for change in self.changes:
+            (log.warning if change.startswith("needs review") else log.info)(
+                "purchase_settled",
+                purchase_id=self.purchase.id,
+                user_id=self.purchase.user_id,
+                change=change,
+                source=source,
+            )
 
     def __str__(self) -> str:
         if self.purchase is None:
@@ -129,17 +161,23 @@ def settle(
     if found is None:
         return Outcome(purchase=None)
     # Lock the purchase: every settle of this payment waits here for the one before it.
-    row = conn.execute(sa.select(purchases).where(purchases.c.id == found).with_for_update()).one()
-    purchase = to_purchase(row)
+    purchase = _locked(conn, found)
     outcome = Outcome(purchase=purchase)
     _check_identity(purchase, payment)
     _link(conn, purchase, payment, outcome, now)
-    paid = _is_paid(purchase, payment)
-    if paid:
-        _credit(conn, purchase, outcome, policy=policy, now=now)
-    elif purchase.status is not PurchaseStatus.PAID:
+    paid, mismatch = _paid(purchase, payment)
+    accepted = mismatch is None or _decided(purchase, mismatch, ReviewDecision.CREDIT)
+    if mismatch is not None and not _decided(purchase, mismatch):
+        _flag(conn, purchase, mismatch, outcome, now)
+    elif paid and accepted:
+        credit_paid(conn, purchase, outcome, policy=policy, now=now)
+    elif not paid and purchase.status is PurchaseStatus.PAID:
+        anomaly = f"credited here, but Stripe reports the payment {_stripe_state(payment)}"
+        if not _decided(purchase, anomaly):
+            _flag(conn, purchase, anomaly, outcome, now)
+    elif purchase.status not in (PurchaseStatus.PAID, PurchaseStatus.NEEDS_REVIEW):
         _mark_unpaid(conn, purchase, payment, outcome, now)
-    if paid or purchase.status is PurchaseStatus.PAID:
+    if (paid and accepted) or purchase.status is PurchaseStatus.PAID:
         for refund in sorted(payment.refunds, key=lambda r: (r.created, r.id)):
             _apply_refund(conn, purchase.id, refund, outcome, now)
         for dispute in sorted(payment.disputes, key=lambda d: (d.created, d.id)):
@@ -148,6 +186,54 @@ def settle(
         conn.execute(sa.select(purchases).where(purchases.c.id == purchase.id)).one()
     )
     return outcome
+
+
+def _locked(conn: Connection, purchase_id: int) -> Purchase:
+    row = conn.execute(
+        sa.select(purchases).where(purchases.c.id == purchase_id).with_for_update()
+    ).first()
+    if row is None:
+        raise UnknownPurchase(str(purchase_id))
+    return to_purchase(row)
+
+
+def _stripe_state(payment: Payment) -> str:
+    parts = []
+    if payment.session is not None:
+        parts.append(f"session {payment.session.status}/{payment.session.payment_status}")
+    if payment.intent is not None:
+        parts.append(f"payment {payment.intent.status}")
+    return ", ".join(parts) or "missing"
+
+
+def _decided(purchase: Purchase, reason: str, decision: ReviewDecision | None = None) -> bool:
+    """Whether an admin already decided about this very anomaly (and decided ``decision``)."""
+    if purchase.review != reason or purchase.review_decision is None:
+        return False
+    return decision is None or purchase.review_decision is decision
+
+
+def _flag(
+    conn: Connection, purchase: Purchase, reason: str, outcome: Outcome, now: datetime
+) -> None:
+    """Ask an admin to look: once per anomaly (a new one replaces an old decision)."""
+    if purchase.review == reason and purchase.review_decision is None:
+        return
+    status = PurchaseStatus.PAID if purchase.status is PurchaseStatus.PAID else None
+    conn.execute(
+        sa.update(purchases)
+        .where(purchases.c.id == purchase.id)
+        .values(
+            status=(status or PurchaseStatus.NEEDS_REVIEW).value,
+            review=reason,
+            review_decision=None,
+            reviewed_by=None,
+            reviewed_at=None,
+            updated_at=now,
+        )
+    )
+    outcome.flagged = reason
+    outcome.changes.append(f"needs review: {reason}")
 
 
 def settle_returning_buyer(
@@ -169,7 +255,9 @@ def settle_returning_buyer(
         return known
     payment = fetch_payment(stripe, session_id=session_id, payment_intent_id=payment_intent_id)
     with db.transaction() as conn:
-        return settle(conn, payment, policy=policy).purchase
+        outcome = settle(conn, payment, policy=policy)
+    outcome.log("success_page")
+    return outcome.purchase
 
 
 def _check_identity(purchase: Purchase, payment: Payment) -> None:
@@ -198,9 +286,9 @@ def _link(
         )
 
 
-def _is_paid(purchase: Purchase, payment: Payment) -> bool:
-    """Paid, and paid exactly what the purchase costs; a paid payment of any other amount or
-    currency is an anomaly for an operator, never a credit."""
+def _paid(purchase: Purchase, payment: Payment) -> tuple[bool, str | None]:
+    """Whether Stripe shows the payment paid, and how it differs from the purchase if it
+    does: a paid payment of any other amount or currency is for an admin, never a credit."""
     paid: list[tuple[int | None, str | None]] = []
     if payment.session is not None and payment.session.payment_status == "paid":
         paid.append((payment.session.amount_total, payment.session.currency))
@@ -208,14 +296,14 @@ def _is_paid(purchase: Purchase, payment: Payment) -> bool:
         paid.append((payment.intent.amount_received, payment.intent.currency))
     for amount, currency in paid:
         if amount != purchase.amount or (currency or "").lower() != purchase.currency:
-            raise PaymentMismatch(
-                f"purchase {purchase.id} costs {purchase.amount} {purchase.currency}, but Stripe"
-                f" reports {amount} {currency} paid"
+            return True, (
+                f"Stripe reports {amount} {currency} paid; the purchase costs"
+                f" {purchase.amount} {purchase.currency}"
             )
-    return bool(paid)
+    return bool(paid), None
 
 
-def _credit(
+def credit_paid(
     conn: Connection,
     purchase: Purchase,
     outcome: Outcome,
@@ -223,6 +311,7 @@ def _credit(
     policy: ClawbackPolicy,
     now: datetime,
 ) -> None:
+    """Credit a purchase whose payment is settled (once: a paid purchase is left alone)."""
     if purchase.status is PurchaseStatus.PAID:
         return
     receipt, _ = ledger.credit_purchase(
@@ -293,8 +382,11 @@ def _tokens_for(amount_share: int, purchase_row: sa.Row[tuple[int, ...]]) -> int
 def _apply_refund(
     conn: Connection, purchase_id: int, refund: Refund, outcome: Outcome, now: datetime
 ) -> None:
+    if refund.status in REFUND_UNDONE:
+        _undo_refund(conn, purchase_id, refund, outcome, now)
+        return
     if refund.status != "succeeded":
-        return  # pending refunds settle later; failed and canceled ones gave nothing back
+        return  # pending refunds settle later
     if conn.execute(
         sa.select(payment_refunds.c.id).where(payment_refunds.c.refund_id == refund.id)
     ).first():
@@ -342,6 +434,49 @@ def _apply_refund(
     _refreeze(conn, purchase_id, frozen, after=refund.id, now=now)
     note = f"refund {refund.id}: clawed back {taken} tokens"
     outcome.changes.append(note + (f", {debt} recorded as debt" if debt else ""))
+
+
+def _undo_refund(
+    conn: Connection, purchase_id: int, refund: Refund, outcome: Outcome, now: datetime
+) -> None:
+    """A refund that failed (or was canceled) after it had succeeded: what its clawback took
+    comes back, once. One that never succeeded here clawed nothing back: nothing to do."""
+    applied = conn.execute(
+        sa.select(payment_refunds).where(payment_refunds.c.refund_id == refund.id)
+    ).first()
+    if applied is None or applied.reversed_at is not None:
+        return
+    row = conn.execute(sa.select(purchases).where(purchases.c.id == purchase_id)).one()
+    given = cancelled = 0
+    transfer_id = None
+    if applied.tokens > 0:
+        restored = ledger.restore(
+            conn,
+            user_id=row.user_id,
+            reference=f"refund:{refund.id}",
+            taken=applied.taken,
+            debt=applied.debt,
+            description=f"Refund {refund.id} of purchase {purchase_id} failed",
+            metadata={"purchase_id": purchase_id, "refund_id": refund.id, "refund_failed": True},
+            now=now,
+        )
+        given, cancelled, transfer_id = restored.given, restored.cancelled, restored.transfer_id
+    conn.execute(
+        sa.update(payment_refunds)
+        .where(payment_refunds.c.id == applied.id)
+        .values(reversed_at=now, reversal_transfer_id=transfer_id)
+    )
+    conn.execute(
+        sa.update(purchases)
+        .where(purchases.c.id == purchase_id)
+        .values(
+            refunded_amount=max(0, row.refunded_amount - applied.amount),
+            clawed_back_tokens=max(0, row.clawed_back_tokens - applied.tokens),
+            updated_at=now,
+        )
+    )
+    note = f"refund {refund.id} {refund.status}: gave back {given} tokens"
+    outcome.changes.append(note + (f", cancelled {cancelled} of debt" if cancelled else ""))
 
 
 def _release(conn: Connection, hold_id: int, now: datetime) -> None:
@@ -464,3 +599,103 @@ def _apply_dispute(
     )
     note = f"dispute {dispute.id} lost: clawed back {taken} tokens"
     outcome.changes.append(note + (f", {debt} recorded as debt" if debt else ""))
+
+
+def flag_purchase(db: Database, *, purchase_id: int, reason: str) -> Outcome:
+    """Flag a purchase for an admin from outside a settle (reconcile: its Stripe object is
+    gone); nothing else changes."""
+    with db.transaction() as conn:
+        purchase = _locked(conn, purchase_id)
+        outcome = Outcome(purchase=purchase)
+        if not _decided(purchase, reason):
+            _flag(conn, purchase, reason, outcome, utcnow())
+    outcome.log("reconcile")
+    return outcome
+
+
+def resolve_review(
+    db: Database,
+    *,
+    purchase_id: int,
+    decision: ReviewDecision,
+    actor: str,
+    reason: str,
+    policy: ClawbackPolicy,
+) -> Purchase:
+    """An admin's decision about a flagged purchase, with its audit line, in one
+    transaction. A payment that did not match: ``credit`` its tokens after all, or
+    ``refuse`` it. A credited purchase Stripe does not show as paid: ``reverse`` (claw
+    back what is left of its tokens) or ``dismiss``. Nothing is sent to Stripe: refunding
+    the customer, if due, is done in Stripe's dashboard."""
+    now = utcnow()
+    with db.transaction() as conn:
+        purchase = _locked(conn, purchase_id)
+        if purchase.review is None or purchase.review_decision is not None:
+            raise NothingToReview(purchase_id)
+        allowed = DECISIONS[purchase.status is PurchaseStatus.NEEDS_REVIEW]
+        if decision not in allowed:
+            raise ledger.InvalidArgument(
+                "decision", f"for this purchase: {' or '.join(d.value for d in allowed)}"
+            )
+        audit.record(
+            conn,
+            actor=actor,
+            action=f"purchase.{decision.value}",
+            subject=f"purchase:{purchase.id}",
+            reason=reason,
+            details={"review": purchase.review, "status": purchase.status.value},
+            now=now,
+        )
+        outcome = Outcome(purchase=purchase)
+        if decision is ReviewDecision.CREDIT:
+            credit_paid(conn, purchase, outcome, policy=policy, now=now)
+        elif decision is ReviewDecision.REFUSE:
+            conn.execute(
+                sa.update(purchases)
+                .where(purchases.c.id == purchase.id)
+                .values(
+                    status=PurchaseStatus.FAILED.value,
+                    failure_code="refused",
+                    failure_message="The payment did not match the purchase and was refused.",
+                )
+            )
+        elif decision is ReviewDecision.REVERSE:
+            _reverse(conn, purchase, now)
+        conn.execute(
+            sa.update(purchases)
+            .where(purchases.c.id == purchase.id)
+            .values(
+                review_decision=decision.value, reviewed_by=actor, reviewed_at=now, updated_at=now
+            )
+        )
+        resolved = to_purchase(
+            conn.execute(sa.select(purchases).where(purchases.c.id == purchase.id)).one()
+        )
+    log.info(
+        "purchase_review_resolved",
+        purchase_id=purchase_id,
+        user_id=purchase.user_id,
+        decision=decision.value,
+        actor=actor,
+    )
+    return resolved
+
+
+def _reverse(conn: Connection, purchase: Purchase, now: datetime) -> None:
+    owed = purchase.total_tokens - purchase.clawed_back_tokens
+    if owed <= 0:
+        return
+    ledger.claw_back(
+        conn,
+        user_id=purchase.user_id,
+        amount=owed,
+        reference=f"review:{purchase.id}",
+        description=f"Purchase {purchase.id} reversed by an admin",
+        metadata={"purchase_id": purchase.id, "reversed": True},
+        now=now,
+    )
+    conn.execute(
+        sa.update(purchases)
+        .where(purchases.c.id == purchase.id)
+        .values(clawed_back_tokens=purchases.c.clawed_back_tokens + owed)
+    )

@@ -17,6 +17,18 @@ class PurchaseStatus(enum.StrEnum):
     FAILED = "failed"
     EXPIRED = "expired"
     CANCELED = "canceled"
+    #: Stripe reports a payment that does not match the purchase: nothing is credited until
+    #: an admin decides (``billing.resolve_review``).
+    NEEDS_REVIEW = "needs_review"
+
+
+class ReviewDecision(enum.StrEnum):
+    """What an admin decided about a purchase flagged for review."""
+
+    CREDIT = "credit"  # a mismatched payment: credit the purchase's tokens after all
+    REFUSE = "refuse"  # a mismatched payment: never credit it
+    REVERSE = "reverse"  # credited, but Stripe shows no payment: take the tokens back
+    DISMISS = "dismiss"  # credited, and the admin found it right: keep it
 
 
 class PurchaseFlow(enum.StrEnum):
@@ -51,6 +63,8 @@ purchases = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),
     # Sent with every Stripe call that creates something for this purchase.
     sa.Column("stripe_idempotency_key", sa.String(64), nullable=False, unique=True),
+    # The caller's key for starting this purchase: a retry finds it instead of a second one.
+    sa.Column("idempotency_key", sa.String(MAX_KEY_LENGTH), nullable=True, unique=True),
     sa.Column("checkout_session_id", StripeId, nullable=True, unique=True),
     sa.Column("payment_intent_id", StripeId, nullable=True, unique=True),
     sa.Column("failure_code", sa.String(64), nullable=True),
@@ -61,7 +75,24 @@ purchases = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
     sa.Column("paid_at", UtcDateTime, nullable=True),
+    # Why an admin must look (a payment that does not match; paid here, not at Stripe), and
+    # what they decided; every decision is also in the audit log.
+    sa.Column("review", sa.Text, nullable=True),
+    sa.Column("review_decision", sa.String(16), nullable=True),
+    sa.Column("reviewed_by", sa.String(MAX_KEY_LENGTH), nullable=True),
+    sa.Column("reviewed_at", UtcDateTime, nullable=True),
     sa.CheckConstraint(_in("status", PurchaseStatus), name="status"),
+    sa.CheckConstraint(
+        f"review_decision IS NULL OR ({_in('review_decision', ReviewDecision)})",
+        name="review_decision",
+    ),
+    sa.CheckConstraint("status <> 'needs_review' OR review IS NOT NULL", name="review_reason"),
+    sa.CheckConstraint(
+        "(review_decision IS NULL AND reviewed_at IS NULL AND reviewed_by IS NULL)"
+        " OR (review IS NOT NULL AND review_decision IS NOT NULL AND reviewed_at IS NOT NULL"
+        " AND reviewed_by IS NOT NULL)",
+        name="reviewed",
+    ),
     sa.CheckConstraint(_in("flow", PurchaseFlow), name="flow"),
     sa.CheckConstraint("tokens > 0 AND bonus_tokens >= 0 AND amount > 0", name="amounts"),
     # Paid and credited are the same fact.
@@ -91,10 +122,14 @@ payment_refunds = sa.Table(
     sa.Column("debt", sa.BigInteger, nullable=False),  # the rest
     sa.Column("transfer_id", Id, sa.ForeignKey("transfers.id"), nullable=True),
     sa.Column("created_at", UtcDateTime, nullable=False),
+    # The refund failed after it had succeeded: the tokens were given back, once.
+    sa.Column("reversed_at", UtcDateTime, nullable=True),
+    sa.Column("reversal_transfer_id", Id, sa.ForeignKey("transfers.id"), nullable=True),
     sa.CheckConstraint(
         "amount > 0 AND tokens >= 0 AND taken >= 0 AND debt >= 0 AND taken + debt = tokens",
         name="amounts",
     ),
+    sa.CheckConstraint("reversal_transfer_id IS NULL OR reversed_at IS NOT NULL", name="reversal"),
 )
 
 disputes = sa.Table(

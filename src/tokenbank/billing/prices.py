@@ -13,7 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tokenbank.billing.catalog import Catalog, Package
-from tokenbank.payments.stripe import PaymentProviderError, Price, Stripe
+from tokenbank.payments.stripe import (
+    PaymentProviderError,
+    PaymentProviderUnavailable,
+    Price,
+    Stripe,
+)
 
 LOOKUP_PREFIX = "tokenbank_"
 
@@ -129,14 +134,17 @@ class PriceBook:
             fresh = time.monotonic() - self._loaded_at <= self._ttl
             prices = self._prices
         if not fresh:
+            loaded_at = time.monotonic()
             try:
                 prices = self._stripe.prices_by_lookup_key(
                     [p.lookup_key for p in self._catalog.packages]
                 )
             except PaymentProviderError:
                 prices = {}
+            except PaymentProviderUnavailable:
+                prices, loaded_at = {}, self._loaded_at  # ask again next time
             with self._lock:
-                self._prices, self._loaded_at = prices, time.monotonic()
+                self._prices, self._loaded_at = prices, loaded_at
         price = prices.get(package.lookup_key)
         if price and price.unit_amount == package.price and price.currency == package.currency:
             return price.id

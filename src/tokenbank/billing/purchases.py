@@ -11,19 +11,34 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from tokenbank.billing.catalog import Catalog, Package
-from tokenbank.billing.errors import UnknownPackage, UnknownPurchase
-from tokenbank.billing.models import PurchaseFlow, PurchaseStatus, purchases, stripe_customers
+from tokenbank.billing.errors import (
+    PaymentMismatch,
+    PurchaseClosed,
+    UnknownPackage,
+    UnknownPurchase,
+)
+from tokenbank.billing.models import (
+    PurchaseFlow,
+    PurchaseStatus,
+    ReviewDecision,
+    purchases,
+    stripe_customers,
+)
 from tokenbank.billing.prices import PriceBook
 from tokenbank.columns import utcnow
 from tokenbank.db import Database
-from tokenbank.payments.stripe import PaymentProviderError, Stripe
+from tokenbank.faults import NONE as NO_FAULTS
+from tokenbank.faults import Faults
+from tokenbank.ledger import IdempotencyConflict
+from tokenbank.ledger.journal import check_key
+from tokenbank.payments.stripe import CheckoutSession, PaymentProviderError, Stripe
 from tokenbank.users import get_user
 
 ClawbackPolicy = Literal["debt", "negative"]
@@ -51,6 +66,17 @@ class Purchase:
     #: Random and unique: the Stripe idempotency key of what is created for this purchase,
     #: and the proof in Stripe metadata that an object was made for this very purchase.
     reference: str
+    #: The caller's key for starting it, if one was given.
+    idempotency_key: str | None = None
+    #: Why an admin must look, and what they decided (see ``fulfilment``).
+    review: str | None = None
+    review_decision: ReviewDecision | None = None
+    reviewed_by: str | None = None
+    reviewed_at: datetime | None = None
+
+    @property
+    def awaiting_review(self) -> bool:
+        return self.review is not None and self.review_decision is None
 
     @property
     def total_tokens(self) -> int:
@@ -77,6 +103,11 @@ def to_purchase(row: Any) -> Purchase:
         created_at=row.created_at,
         paid_at=row.paid_at,
         reference=row.stripe_idempotency_key,
+        idempotency_key=row.idempotency_key,
+        review=row.review,
+        review_decision=ReviewDecision(row.review_decision) if row.review_decision else None,
+        reviewed_by=row.reviewed_by,
+        reviewed_at=row.reviewed_at,
     )
 
 
@@ -123,11 +154,15 @@ def list_purchases(
     *,
     user_id: str | None = None,
     status: PurchaseStatus | None = None,
+    awaiting_review: bool = False,
     limit: int = 50,
     before: int | None = None,
 ) -> list[Purchase]:
-    """Newest first; ``before`` is the last id of the previous page."""
+    """Newest first; ``before`` is the last id of the previous page; ``awaiting_review``:
+    only purchases flagged for an admin who has not decided yet."""
     query = sa.select(purchases).order_by(purchases.c.id.desc()).limit(limit)
+    if awaiting_review:
+        query = query.where(purchases.c.review.is_not(None), purchases.c.review_decision.is_(None))
     if user_id is not None:
         query = query.where(purchases.c.user_id == user_id)
     if status is not None:
@@ -135,6 +170,16 @@ def list_purchases(
     if before is not None:
         query = query.where(purchases.c.id < before)
     return [to_purchase(row) for row in conn.execute(query)]
+
+
+def count_awaiting_review(conn: Connection) -> int:
+    return int(
+        conn.execute(
+            sa.select(sa.func.count()).where(
+                purchases.c.review.is_not(None), purchases.c.review_decision.is_(None)
+            )
+        ).scalar_one()
+    )
 
 
 def sales_by_package(conn: Connection) -> dict[str, int]:
@@ -154,12 +199,29 @@ def _on_sale(catalog: Catalog, package_id: str) -> Package:
     return package
 
 
-def _open_purchase(db: Database, *, user_id: str, package: Package, flow: PurchaseFlow) -> Purchase:
+_insert_purchase = {
+    name: dialect.insert(purchases).on_conflict_do_nothing(index_elements=["idempotency_key"])
+    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
+}
+
+
+def _open_purchase(
+    db: Database,
+    *,
+    user_id: str,
+    package: Package,
+    flow: PurchaseFlow,
+    idempotency_key: str | None,
+) -> tuple[Purchase, bool]:
+    """The pending purchase, committed; True when ``idempotency_key`` found an earlier one
+    (a retry), which must be for the same user, package and flow."""
+    if idempotency_key is not None:
+        check_key(idempotency_key)
     now = utcnow()
     with db.transaction() as conn:
         get_user(conn, user_id=user_id)  # raises UnknownUser
         purchase_id = conn.execute(
-            sa.insert(purchases)
+            _insert_purchase[conn.dialect.name]
             .values(
                 user_id=user_id,
                 package_id=package.id,
@@ -172,15 +234,28 @@ def _open_purchase(db: Database, *, user_id: str, package: Package, flow: Purcha
                 # Unique per purchase and per database, so two installations sharing one
                 # Stripe account can never collide on a key.
                 stripe_idempotency_key=f"tokenbank-{secrets.token_hex(12)}",
+                idempotency_key=idempotency_key,
                 created_at=now,
                 updated_at=now,
             )
             .returning(purchases.c.id)
-        ).scalar_one()
-        return get_purchase(conn, purchase_id=purchase_id)
+        ).scalar()
+        if purchase_id is not None:
+            return get_purchase(conn, purchase_id=purchase_id), False
+        row = conn.execute(
+            sa.select(purchases).where(purchases.c.idempotency_key == idempotency_key)
+        ).one()
+    earlier = to_purchase(row)
+    if (earlier.user_id, earlier.package_id, earlier.flow) != (user_id, package.id, flow):
+        raise IdempotencyConflict(
+            cast(str, idempotency_key), f"it started purchase {earlier.id} of another package"
+        )
+    return earlier, True
 
 
 def _give_up(db: Database, purchase_id: int, error: PaymentProviderError) -> None:
+    """Stripe refused the request (not a timeout: then it may have happened, and the
+    purchase stays pending for a retry or for ``reconcile``)."""
     with db.transaction() as conn:
         conn.execute(
             sa.update(purchases)
@@ -256,16 +331,36 @@ def start_checkout(
     cancel_url: str,
     locale: str | None = None,
     prices: PriceBook | None = None,
+    idempotency_key: str | None = None,
+    faults: Faults = NO_FAULTS,
 ) -> CheckoutStart:
     """A pending purchase and the Stripe Checkout Session that pays it.
+
+    Three steps, each committed or sent before the next: the purchase row, the Stripe call
+    (with the purchase's own Stripe idempotency key), the session id on the row. A retry
+    with the same ``idempotency_key`` resumes wherever the first attempt stopped: it
+    finds the purchase, and Stripe answers the repeated call with the same session, so a
+    crash or a lost answer never makes a second session or charge.
 
     ``success_url`` and ``cancel_url`` may hold ``{PURCHASE_ID}``; Stripe fills in
     ``{CHECKOUT_SESSION_ID}``. With ``prices``, the package's synced Stripe price is used
     when it still matches the catalog; otherwise the price is sent inline.
     """
     package = _on_sale(catalog, package_id)
+    purchase, again = _open_purchase(
+        db,
+        user_id=user_id,
+        package=package,
+        flow=PurchaseFlow.CHECKOUT,
+        idempotency_key=idempotency_key,
+    )
+    faults.point("purchase.opened")
+    if again:
+        _still_open(purchase)
+        if purchase.checkout_session_id is not None:
+            session = stripe.checkout_session(purchase.checkout_session_id)
+            return _checkout_start(purchase, session, success_url)
     price_id = prices.price_id(package) if prices is not None else None
-    purchase = _open_purchase(db, user_id=user_id, package=package, flow=PurchaseFlow.CHECKOUT)
     line_item: dict[str, Any] = (
         {"price": price_id, "quantity": 1}
         if price_id
@@ -295,25 +390,65 @@ def start_checkout(
     except PaymentProviderError as exc:
         _give_up(db, purchase.id, exc)
         raise
+    faults.point("purchase.created")
     with db.transaction() as conn:
         conn.execute(
             sa.update(purchases)
-            .where(purchases.c.id == purchase.id)
+            .where(purchases.c.id == purchase.id, purchases.c.checkout_session_id.is_(None))
             .values(checkout_session_id=session.id, updated_at=utcnow())
         )
         purchase = get_purchase(conn, purchase_id=purchase.id)
-    assert session.url is not None
-    return CheckoutStart(purchase=purchase, checkout_session_id=session.id, url=session.url)
+    return _checkout_start(purchase, session, success_url)
+
+
+def _still_open(purchase: Purchase) -> None:
+    """A retry may resume a pending purchase, or report one already paid; no other."""
+    if purchase.status not in (PurchaseStatus.PENDING, PurchaseStatus.PAID):
+        raise PurchaseClosed(purchase.id, purchase.status.value)
+
+
+def _checkout_start(
+    purchase: Purchase, session: CheckoutSession, success_url: str
+) -> CheckoutStart:
+    if purchase.checkout_session_id not in (None, session.id):
+        raise PaymentMismatch(f"session {session.id} is not purchase {purchase.id}'s")
+    # A session that is no longer open has no URL: its buyer goes to the success page,
+    # which tells how the purchase ended.
+    url = session.url or success_url.replace("{CHECKOUT_SESSION_ID}", session.id).replace(
+        "{PURCHASE_ID}", str(purchase.id)
+    )
+    return CheckoutStart(purchase=purchase, checkout_session_id=session.id, url=url)
 
 
 def start_payment(
-    db: Database, stripe: Stripe, catalog: Catalog, *, user_id: str, package_id: str
+    db: Database,
+    stripe: Stripe,
+    catalog: Catalog,
+    *,
+    user_id: str,
+    package_id: str,
+    idempotency_key: str | None = None,
+    faults: Faults = NO_FAULTS,
 ) -> PaymentStart:
-    """A pending purchase and the PaymentIntent an embedded card form confirms."""
+    """A pending purchase and the PaymentIntent an embedded card form confirms (the same
+    three steps, and the same resuming, as ``start_checkout``)."""
     package = _on_sale(catalog, package_id)
-    purchase = _open_purchase(
-        db, user_id=user_id, package=package, flow=PurchaseFlow.PAYMENT_INTENT
+    purchase, again = _open_purchase(
+        db,
+        user_id=user_id,
+        package=package,
+        flow=PurchaseFlow.PAYMENT_INTENT,
+        idempotency_key=idempotency_key,
     )
+    faults.point("purchase.opened")
+    if again:
+        _still_open(purchase)
+        if purchase.payment_intent_id is not None:
+            intent = stripe.payment_intent(purchase.payment_intent_id)
+            assert intent.client_secret is not None
+            return PaymentStart(
+                purchase=purchase, payment_intent_id=intent.id, client_secret=intent.client_secret
+            )
     try:
         customer_id = customer_for(
             db, stripe, user_id=user_id, idempotency_key=f"{purchase.reference}-customer"
@@ -329,10 +464,11 @@ def start_payment(
     except PaymentProviderError as exc:
         _give_up(db, purchase.id, exc)
         raise
+    faults.point("purchase.created")
     with db.transaction() as conn:
         conn.execute(
             sa.update(purchases)
-            .where(purchases.c.id == purchase.id)
+            .where(purchases.c.id == purchase.id, purchases.c.payment_intent_id.is_(None))
             .values(payment_intent_id=intent.id, updated_at=utcnow())
         )
         purchase = get_purchase(conn, purchase_id=purchase.id)

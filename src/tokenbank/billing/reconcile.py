@@ -1,11 +1,20 @@
-"""Healing what webhooks missed: walk Stripe's recent payments and settle each one.
+"""Healing what webhooks missed, and finding what nobody should have let through.
 
 Stripe retries deliveries for days, but events can still be lost (an endpoint disabled, a
-secret rotated badly, an event Stripe never generated). The reconciler lists the objects
-themselves (Checkout Sessions, PaymentIntents, refunds, disputes created since a point in
-time), plus our own purchases that can still change after their objects left the window
-(open disputes, recent pending purchases), and settles every payment they belong to through
-the same ``settle`` as webhooks: what was applied is left alone, what was missing is applied.
+secret rotated badly, an event Stripe never generated). The reconciler looks both ways:
+
+- from Stripe: the objects themselves (Checkout Sessions, PaymentIntents, refunds, disputes
+  created since a point in time), plus our own purchases that can still change after their
+  objects left the window (open disputes, recent pending purchases), are settled through
+  the same ``settle`` as webhooks: what was applied is left alone, what was missing is
+  applied;
+- from here: every purchase recorded as paid in the window is looked up at Stripe. One whose
+  payment Stripe does not show as paid, or does not know at all, is flagged for an admin
+  (``review``): reconcile never takes tokens back by itself.
+
+A purchase whose process died between its row and the call to Stripe has no Stripe object:
+once ``NOT_STARTED_AFTER`` has passed and Stripe shows nothing made for it (the listing
+finds objects by the purchase's metadata), it ends as ``expired`` (``not_started``).
 """
 
 from __future__ import annotations
@@ -15,23 +24,54 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
+import structlog
 
-from tokenbank.billing.fulfilment import Outcome, fetch_payment, settle
+from tokenbank.billing.fulfilment import Outcome, fetch_payment, flag_purchase, settle
 from tokenbank.billing.models import DisputeStatus, PurchaseStatus, disputes, purchases
-from tokenbank.billing.purchases import ClawbackPolicy
+from tokenbank.billing.purchases import ClawbackPolicy, count_awaiting_review
 from tokenbank.columns import utcnow
 from tokenbank.db import Database
-from tokenbank.payments.stripe import Dispute, PaymentProviderError, Refund, Stripe
+from tokenbank.errors import Unavailable
+from tokenbank.payments.stripe import (
+    Dispute,
+    PaymentProviderError,
+    Refund,
+    Stripe,
+    StripeObjectMissing,
+)
 
 #: Pending purchases this recent are always looked at, whatever the window.
 PENDING_LOOKBACK = timedelta(days=2)
+#: A pending purchase with no Stripe object this old never reached Stripe: it is expired.
+NOT_STARTED_AFTER = timedelta(hours=1)
+#: Stripe lists objects by creation time; a purchase's object is made just after its row.
+CLOCK_MARGIN = timedelta(minutes=5)
+
+log = structlog.get_logger("tokenbank.reconcile")
+
+
+@dataclass(frozen=True, slots=True)
+class Work:
+    """One payment to look at: by Checkout Session or PaymentIntent, and our purchase if we
+    start from it (then a missing Stripe object is a finding, not an error)."""
+
+    kind: str  # "session" or "intent"
+    stripe_id: str
+    purchase_id: int | None = None
+    paid: bool = False
 
 
 @dataclass(slots=True)
 class Reconciliation:
     checked: int = 0
     fixed: list[Outcome] = field(default_factory=list)
+    #: Purchases this run flagged for an admin, with the reason.
+    flagged: list[tuple[int, str]] = field(default_factory=list)
+    #: Pending purchases that ended: never started, or unknown to Stripe.
+    expired: list[tuple[int, str]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    #: Purchases waiting for an admin's decision, this run's and earlier ones.
+    awaiting_review: int = 0
 
 
 def reconcile(
@@ -41,58 +81,186 @@ def reconcile(
     since: datetime,
     policy: ClawbackPolicy,
     progress: Callable[[int], None] | None = None,
+    now: datetime | None = None,
 ) -> Reconciliation:
-    """Settle every payment Stripe shows activity for since ``since``."""
+    """Settle every payment Stripe shows activity for since ``since``, and check every
+    purchase recorded as paid since then against Stripe."""
+    now = now or utcnow()
     result = Reconciliation()
-    work = _payments_since(stripe, int(since.timestamp()))
-    work += [item for item in _unfinished(db, since) if item not in work]
-    for kind, stripe_id in work:
-        try:
-            payment = (
-                fetch_payment(stripe, session_id=stripe_id)
-                if kind == "session"
-                else fetch_payment(stripe, payment_intent_id=stripe_id)
-            )
-            with db.transaction() as conn:
-                outcome = settle(conn, payment, policy=policy)
-        except PaymentProviderError as exc:
-            result.errors.append(f"{stripe_id}: {exc}")
-        except Exception as exc:  # one bad payment must not stop the others
-            result.errors.append(f"{stripe_id}: {type(exc).__name__}: {exc}")
-        else:
-            if outcome.purchase is not None and outcome.changes:
-                result.fixed.append(outcome)
+    search_from = min([since, *_not_started(db)]) - CLOCK_MARGIN
+    work = _payments_since(stripe, int(search_from.timestamp()))
+    seen = {(item.kind, item.stripe_id) for item in work}
+    for item in [*_unfinished(db, since, now), *_paid_since(db, since)]:
+        if (item.kind, item.stripe_id) not in seen:
+            seen.add((item.kind, item.stripe_id))
+            work.append(item)
+    for item in work:
+        _check(db, stripe, item, policy=policy, result=result)
         result.checked += 1
         if progress is not None:
             progress(1)
+    _expire_not_started(db, now, result)
+    with db.read() as conn:
+        result.awaiting_review = count_awaiting_review(conn)
+    log.info(
+        "reconciled",
+        checked=result.checked,
+        fixed=len(result.fixed),
+        flagged=len(result.flagged),
+        expired=len(result.expired),
+        errors=len(result.errors),
+        awaiting_review=result.awaiting_review,
+    )
     return result
 
 
-def _unfinished(db: Database, since: datetime) -> list[tuple[str, str]]:
+def _check(
+    db: Database, stripe: Stripe, item: Work, *, policy: ClawbackPolicy, result: Reconciliation
+) -> None:
+    try:
+        try:
+            payment = (
+                fetch_payment(stripe, session_id=item.stripe_id)
+                if item.kind == "session"
+                else fetch_payment(stripe, payment_intent_id=item.stripe_id)
+            )
+        except StripeObjectMissing:
+            if item.purchase_id is None:
+                raise
+            _missing(db, item, result)
+            return
+        with db.transaction() as conn:
+            outcome = settle(conn, payment, policy=policy)
+        outcome.log("reconcile")
+    except (PaymentProviderError, Unavailable) as exc:
+        result.errors.append(f"{item.stripe_id}: {exc}")
+    except Exception as exc:  # one bad payment must not stop the others
+        result.errors.append(f"{item.stripe_id}: {type(exc).__name__}: {exc}")
+    else:
+        if outcome.purchase is not None and outcome.flagged is not None:
+            result.flagged.append((outcome.purchase.id, outcome.flagged))
+        elif outcome.purchase is not None and outcome.changes:
+            result.fixed.append(outcome)
+
+
+def _missing(db: Database, item: Work, result: Reconciliation) -> None:
+    """Our purchase names a Stripe object Stripe does not have (another account's key, a
+    deleted test object, an emulator that forgot): a paid one is flagged, a pending one
+    ends, since nothing can pay it any more."""
+    assert item.purchase_id is not None
+    reason = f"unknown to Stripe: {item.stripe_id}"
+    if item.paid:
+        outcome = flag_purchase(db, purchase_id=item.purchase_id, reason=reason)
+        if outcome.flagged is not None:
+            result.flagged.append((item.purchase_id, reason))
+        return
+    if _expire(db, item.purchase_id, "unknown_to_stripe", "Stripe has no record of this payment."):
+        result.expired.append((item.purchase_id, reason))
+
+
+def _expire(db: Database, purchase_id: int, code: str, message: str) -> bool:
+    with db.transaction() as conn:
+        changed = conn.execute(
+            sa.update(purchases)
+            .where(purchases.c.id == purchase_id, purchases.c.status == PurchaseStatus.PENDING)
+            .values(
+                status=PurchaseStatus.EXPIRED.value,
+                failure_code=code,
+                failure_message=message,
+                updated_at=utcnow(),
+            )
+        ).rowcount
+    if changed:
+        log.warning("purchase_expired", purchase_id=purchase_id, failure_code=code)
+    return bool(changed)
+
+
+def _without_stripe() -> sa.ColumnElement[bool]:
+    return sa.and_(
+        purchases.c.status == PurchaseStatus.PENDING.value,
+        purchases.c.checkout_session_id.is_(None),
+        purchases.c.payment_intent_id.is_(None),
+    )
+
+
+def _not_started(db: Database) -> list[datetime]:
+    """When the oldest purchase with no Stripe object yet was made (the listing must reach
+    back that far to find an object made for it)."""
+    with db.read() as conn:
+        oldest = conn.execute(
+            sa.select(sa.func.min(purchases.c.created_at)).where(_without_stripe())
+        ).scalar()
+    return [oldest] if oldest is not None else []
+
+
+def _expire_not_started(db: Database, now: datetime, result: Reconciliation) -> None:
+    """After the listing linked every object Stripe has for our purchases: those still
+    without one, made before ``NOT_STARTED_AFTER``, never reached Stripe."""
+    with db.read() as conn:
+        stale = (
+            conn.execute(
+                sa.select(purchases.c.id).where(
+                    _without_stripe(), purchases.c.created_at < now - NOT_STARTED_AFTER
+                )
+            )
+            .scalars()
+            .all()
+        )
+    for purchase_id in stale:
+        message = "The purchase never reached Stripe; nothing was charged."
+        if _expire(db, purchase_id, "not_started", message):
+            result.expired.append((purchase_id, "never reached Stripe"))
+
+
+def _unfinished(db: Database, since: datetime, now: datetime) -> list[Work]:
     """Our purchases that may still change but whose Stripe objects are older than the
     window: open disputes (they close weeks later), and recent purchases still pending."""
     with db.read() as conn:
         disputed = conn.execute(
-            sa.select(purchases.c.payment_intent_id)
+            sa.select(purchases.c.id, purchases.c.payment_intent_id)
             .join(disputes, disputes.c.purchase_id == purchases.c.id)
             .where(disputes.c.status == DisputeStatus.OPEN.value)
-        ).scalars()
+        ).all()
         pending = conn.execute(
-            sa.select(purchases.c.checkout_session_id, purchases.c.payment_intent_id).where(
+            sa.select(
+                purchases.c.id, purchases.c.checkout_session_id, purchases.c.payment_intent_id
+            ).where(
                 purchases.c.status == PurchaseStatus.PENDING.value,
-                purchases.c.created_at >= min(since, utcnow() - PENDING_LOOKBACK),
+                purchases.c.created_at >= min(since, now - PENDING_LOOKBACK),
             )
         ).all()
-    work = [("intent", i) for i in disputed if i]
-    for session_id, intent_id in pending:
+    work = [
+        Work("intent", intent, purchase_id, paid=True) for purchase_id, intent in disputed if intent
+    ]
+    for purchase_id, session_id, intent_id in pending:
         if intent_id:
-            work.append(("intent", intent_id))
+            work.append(Work("intent", intent_id, purchase_id))
         elif session_id:
-            work.append(("session", session_id))
+            work.append(Work("session", session_id, purchase_id))
     return work
 
 
-def _payments_since(stripe: Stripe, created: int) -> list[tuple[str, str]]:
+def _paid_since(db: Database, since: datetime) -> list[Work]:
+    """Every purchase recorded as paid in the window: Stripe must show it paid too."""
+    with db.read() as conn:
+        paid = conn.execute(
+            sa.select(
+                purchases.c.id, purchases.c.checkout_session_id, purchases.c.payment_intent_id
+            ).where(
+                purchases.c.status == PurchaseStatus.PAID.value,
+                sa.or_(purchases.c.created_at >= since, purchases.c.paid_at >= since),
+            )
+        ).all()
+    work = []
+    for purchase_id, session_id, intent_id in paid:
+        if intent_id:
+            work.append(Work("intent", intent_id, purchase_id, paid=True))
+        elif session_id:
+            work.append(Work("session", session_id, purchase_id, paid=True))
+    return work
+
+
+def _payments_since(stripe: Stripe, created: int) -> list[Work]:
     """The payments (by PaymentIntent, or by session when it has none) with activity."""
     sessions: set[str] = set()
     intents: set[str] = set()
@@ -107,4 +275,6 @@ def _payments_since(stripe: Stripe, created: int) -> list[tuple[str, str]]:
         *stripe.disputes_since(created),
     ]
     intents.update(found.payment_intent_id for found in linked if found.payment_intent_id)
-    return [("session", s) for s in sorted(sessions)] + [("intent", i) for i in sorted(intents)]
+    return [Work("session", s) for s in sorted(sessions)] + [
+        Work("intent", i) for i in sorted(intents)
+    ]

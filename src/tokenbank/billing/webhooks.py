@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+import structlog
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -23,9 +24,11 @@ from tokenbank.billing.fulfilment import Payment, fetch_payment, settle
 from tokenbank.billing.models import webhook_events
 from tokenbank.billing.purchases import ClawbackPolicy
 from tokenbank.columns import utcnow
-from tokenbank.db import Database
-from tokenbank.errors import TokenbankError
-from tokenbank.payments.stripe import Event, Stripe, parse_event
+from tokenbank.db import Database, unavailable
+from tokenbank.errors import TokenbankError, Unavailable
+from tokenbank.payments.stripe import OBJECT_ID, Event, InvalidEvent, Stripe, parse_event
+
+log = structlog.get_logger("tokenbank.webhooks")
 
 #: The events tokenbank acts on; enable these on the Stripe webhook endpoint.
 HANDLED_EVENTS = (
@@ -90,11 +93,17 @@ def receive(
     db: Database, stripe: Stripe, *, payload: bytes, signature: str | None, policy: ClawbackPolicy
 ) -> Processed:
     """Verify a delivery, store it once and settle it; raises ``InvalidSignature``,
-    ``WebhooksNotConfigured`` or ``ProcessingFailed``."""
+    ``InvalidEvent``, ``WebhooksNotConfigured``, ``ProcessingFailed`` or ``Unavailable``.
+
+    An event of the other mode than this deployment's key (a live event on a test
+    deployment, or the reverse) is stored as ignored, answered 200 and never acted on:
+    acting on it would credit tokens for money that does not exist here."""
     event = stripe.verify_event(payload, signature)
+    mismatched = event.livemode != stripe.livemode
+    now = utcnow()
     with db.transaction() as conn:
-        conn.execute(
-            _insert[conn.dialect.name],
+        stored = conn.execute(
+            _insert[conn.dialect.name].returning(webhook_events.c.id),
             {
                 "event_id": event.id,
                 "type": event.type,
@@ -102,10 +111,39 @@ def receive(
                 "api_version": event.api_version,
                 "livemode": event.livemode,
                 "created_at": datetime.fromtimestamp(event.created, UTC),
-                "received_at": utcnow(),
+                "received_at": now,
+                **(
+                    {"processed_at": now, "outcome": _OTHER_MODE, "attempts": 1}
+                    if mismatched
+                    else {}
+                ),
             },
+        ).scalar()
+    if mismatched:
+        log.warning(
+            "webhook_other_mode",
+            event_id=event.id,
+            type=event.type,
+            event_livemode=event.livemode,
+            deployment_livemode=stripe.livemode,
         )
+        return Processed(event_id=event.id, outcome=_OTHER_MODE, duplicate=stored is None)
     return process(db, stripe, event=event, policy=policy)
+
+
+_OTHER_MODE = "ignored: the event's livemode does not match this deployment's Stripe key"
+
+
+def _object_id(value: Any) -> str | None:
+    """An id the event names (a string, or an expanded object's ``id``), checked: it goes
+    into a request to Stripe."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not OBJECT_ID.fullmatch(value):
+        raise InvalidEvent("the event names an object by a malformed id")
+    return value
 
 
 def _payment_for(stripe: Stripe, event: Event) -> Payment | None:
@@ -113,20 +151,20 @@ def _payment_for(stripe: Stripe, event: Event) -> Payment | None:
     obj = event.object
     if event.type not in HANDLED_EVENTS:
         return None
-    if event.type.startswith("checkout.session."):
-        return fetch_payment(stripe, session_id=obj["id"])
-    if event.type.startswith("payment_intent."):
-        return fetch_payment(stripe, payment_intent_id=obj["id"])
-    intent_id = obj.get("payment_intent")
-    if isinstance(intent_id, dict):
-        intent_id = intent_id.get("id")
-    if not intent_id and obj.get("charge"):
-        charge = obj["charge"]
-        charge_id = charge if isinstance(charge, str) else charge.get("id")
+    if event.type.startswith(("checkout.session.", "payment_intent.")):
+        object_id = _object_id(obj)
+        if object_id is None:
+            raise InvalidEvent("the event's object has no id")
+        if event.type.startswith("checkout.session."):
+            return fetch_payment(stripe, session_id=object_id)
+        return fetch_payment(stripe, payment_intent_id=object_id)
+    intent_id = _object_id(obj.get("payment_intent"))
+    charge_id = _object_id(obj.get("charge"))
+    if not intent_id and charge_id:
         intent_id = stripe.charge_payment_intent_id(charge_id)
     if not intent_id:
         return None  # a charge with no PaymentIntent is not one of ours
-    return fetch_payment(stripe, payment_intent_id=str(intent_id))
+    return fetch_payment(stripe, payment_intent_id=intent_id)
 
 
 def _lock(conn: Connection, event_id: str) -> Any:
@@ -161,9 +199,10 @@ def process(
             row = _lock(conn, event.id)
             if row.processed_at is not None and not force:
                 return Processed(event_id=event.id, outcome=row.outcome or "", duplicate=True)
+            settled = settle(conn, payment, policy=policy) if payment is not None else None
             outcome = (
-                str(settle(conn, payment, policy=policy))
-                if payment is not None
+                str(settled)
+                if settled is not None
                 else f"ignored: tokenbank does not act on {event.type}"
             )
             conn.execute(
@@ -177,14 +216,24 @@ def process(
                 )
             )
     except Exception as exc:
+        failure = unavailable(exc) if not isinstance(exc, TokenbankError) else None
         error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_LENGTH]
-        with db.transaction() as conn:
-            conn.execute(
-                sa.update(webhook_events)
-                .where(webhook_events.c.event_id == event.id)
-                .values(attempts=webhook_events.c.attempts + 1, last_error=error)
-            )
+        log.warning("webhook_failed", event_id=event.id, type=event.type, error=error)
+        if failure is None:  # with the database down, there is nowhere to write the error
+            with db.transaction() as conn:
+                conn.execute(
+                    sa.update(webhook_events)
+                    .where(webhook_events.c.event_id == event.id)
+                    .values(attempts=webhook_events.c.attempts + 1, last_error=error)
+                )
+        if isinstance(exc, Unavailable):
+            raise  # Stripe, or the database, is down for now: 503, and Stripe retries
+        if failure is not None:
+            raise failure from exc
         raise ProcessingFailed(error) from exc
+    if settled is not None:
+        settled.log(f"webhook {event.id}")
+    log.info("webhook_processed", event_id=event.id, type=event.type, outcome=outcome)
     return Processed(event_id=event.id, outcome=outcome, duplicate=False)
 
 

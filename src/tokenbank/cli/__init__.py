@@ -17,7 +17,7 @@ from tokenbank.cli import billing as billing_cli
 from tokenbank.cli.common import Context, context, err, errors, out, run, to_json
 from tokenbank.config import Settings, with_secrets
 from tokenbank.logs import configure_logging
-from tokenbank.web.app import create_app, settle_process
+from tokenbank.web.app import check_schema, create_app, settle_process
 
 app = typer.Typer(
     help="tokenbank: prepaid tokens for AI apps.",
@@ -37,13 +37,17 @@ app.add_typer(holds_app, name="holds")
 app.add_typer(apikeys_app, name="apikeys")
 app.add_typer(billing_cli.packages_app, name="packages")
 app.add_typer(billing_cli.webhooks_app, name="webhooks")
+app.add_typer(billing_cli.purchases_app, name="purchases")
 app.command()(billing_cli.reconcile)
 app.command("stripe-emulator")(billing_cli.stripe_emulator)
 
 
 @app.callback()
 def _main(ctx: typer.Context) -> None:
-    ctx.obj = Context(settings=Settings())
+    settings = Settings()
+    # Money events a command causes are logged on stderr: stdout is the command's output.
+    configure_logging(settings.log_level, stream="stderr")
+    ctx.obj = Context(settings=settings)
     ctx.call_on_close(ctx.obj.close)
 
 
@@ -313,10 +317,13 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
 ) -> None:
-    """Run the HTTP service (uvicorn)."""
+    """Run the HTTP service (uvicorn). Refuses to start on a database behind this version's
+    migrations (run ``tokenbank db upgrade`` first)."""
     with errors():
         settings = with_secrets(context(ctx).settings)
     configure_logging(settings.log_level)
+    with errors():
+        check_schema(context(ctx).db)
     options: dict[str, Any] = {
         "host": host,
         "port": port,

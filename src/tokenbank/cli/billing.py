@@ -3,6 +3,7 @@ the built-in Stripe emulator."""
 
 from __future__ import annotations
 
+import getpass
 import re
 from dataclasses import asdict
 from datetime import timedelta
@@ -23,6 +24,9 @@ from tokenbank.emulator import serve
 
 packages_app = typer.Typer(help="The token packages on sale (the catalog).", no_args_is_help=True)
 webhooks_app = typer.Typer(help="The Stripe webhook inbox.", no_args_is_help=True)
+purchases_app = typer.Typer(
+    help="Purchases an admin must look at, and the decisions.", no_args_is_help=True
+)
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -190,13 +194,79 @@ def reconcile(
         )
     for outcome in result.fixed:
         out.print(f"fixed {outcome}", highlight=False)
+    for purchase_id, reason in result.expired:
+        out.print(f"expired purchase {purchase_id}: {reason}", highlight=False)
+    for purchase_id, reason in result.flagged:
+        err.print(
+            f"[bold yellow]needs review[/]: purchase {purchase_id}: {reason}", highlight=False
+        )
     for error in result.errors:
         err.print(f"[bold red]error[/]: {error}", highlight=False)
     out.print(
-        f"{result.checked} payments checked, {len(result.fixed)} fixed, {len(result.errors)} errors"
+        f"{result.checked} payments checked, {len(result.fixed)} fixed,"
+        f" {len(result.expired)} expired, {len(result.flagged)} flagged,"
+        f" {len(result.errors)} errors; {result.awaiting_review} purchases await review"
+        + (" (tokenbank purchases review, or the admin pages)" if result.awaiting_review else "")
     )
-    if result.errors:
+    if result.errors or result.awaiting_review:
         raise typer.Exit(1)
+
+
+@purchases_app.command("review")
+def purchases_review(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the purchases flagged for an admin (a payment that does not match; credited
+    here but not paid at Stripe) that nobody has decided about yet."""
+    with errors(), context(ctx).db.read() as conn:
+        found = billing.list_purchases(conn, awaiting_review=True, limit=500)
+    if as_json:
+        out.print_json(to_json([asdict(p) for p in found]))
+        return
+    table = Table(title="Purchases awaiting review")
+    for column in ("id", "user", "package", "status", "amount", "why"):
+        table.add_column(column)
+    for p in found:
+        table.add_row(
+            str(p.id),
+            p.user_id,
+            p.package_id,
+            p.status.value,
+            format_amount(p.amount, p.currency),
+            p.review or "",
+        )
+    out.print(table)
+
+
+@purchases_app.command("resolve")
+def purchases_resolve(
+    ctx: typer.Context,
+    purchase_id: int,
+    decision: Annotated[
+        billing.ReviewDecision,
+        typer.Argument(
+            help="credit or refuse (a payment that did not match); reverse or dismiss"
+            " (credited, but Stripe shows no payment)."
+        ),
+    ],
+    reason: Annotated[str, typer.Option(help="Why (kept in the audit log).")],
+) -> None:
+    """Decide about a flagged purchase; the decision and the reason go to the audit log."""
+    shop = _selling(ctx)
+    with errors():
+        purchase = billing.resolve_review(
+            context(ctx).db,
+            purchase_id=purchase_id,
+            decision=decision,
+            actor=f"cli:{getpass.getuser()}",
+            reason=reason,
+            policy=shop.policy,
+        )
+    out.print(
+        f"purchase {purchase.id}: {decision.value}; status {purchase.status.value}",
+        highlight=False,
+    )
 
 
 def stripe_emulator(

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from tokenbank import ledger
 from tokenbank.config import Settings
-from tokenbank.db import Database, connect
+from tokenbank.db import Database, connect, unavailable
 from tokenbank.errors import TokenbankError
 
 T = TypeVar("T")
@@ -34,6 +34,9 @@ EXIT_CODES = {
     "not_refundable": 7,
     "hold_not_pending": 8,
     "configuration_error": 9,
+    "database_unavailable": 10,
+    "schema_out_of_date": 10,
+    "payment_provider_unavailable": 10,
 }
 
 
@@ -61,11 +64,17 @@ def context(ctx: typer.Context) -> Context:
 
 @contextmanager
 def errors() -> Iterator[None]:
-    """Turn domain errors into a readable message and a stable exit status."""
+    """Turn domain errors, and a database that is down or full, into a readable message
+    and a stable exit status."""
     try:
         yield
     except TokenbankError as exc:
         fail(exc)
+    except Exception as exc:
+        found = unavailable(exc)
+        if found is None:
+            raise
+        fail(found)
 
 
 def fail(exc: TokenbankError) -> NoReturn:

@@ -116,12 +116,24 @@ class Throttle:
 
     def hit(self, name: str, who: str) -> None:
         """Count one attempt by ``who`` (an IP, an email); ``RateLimited`` past the limit."""
-        item = self._limits[name]
-        # Hashed: keys stay short and no email is stored in the counters table.
-        identity = hashlib.sha256(who.encode()).hexdigest()[:32]
+        item, identity = self._limits[name], _identity(who)
         if not self._limiter.hit(item, name, identity):
-            reset = self._limiter.get_window_stats(item, name, identity).reset_time
-            raise RateLimited(max(1, int(reset - time.time()) + 1))
+            self._refuse(item, name, identity)
+
+    def check(self, name: str, who: str) -> None:
+        """``RateLimited`` if ``who`` is already past the limit; counts nothing."""
+        item, identity = self._limits[name], _identity(who)
+        if not self._limiter.test(item, name, identity):
+            self._refuse(item, name, identity)
+
+    def _refuse(self, item: RateLimitItem, name: str, identity: str) -> None:
+        reset = self._limiter.get_window_stats(item, name, identity).reset_time
+        raise RateLimited(max(1, int(reset - time.time()) + 1))
+
+
+def _identity(who: str) -> str:
+    # Hashed: keys stay short and no email is stored in the counters table.
+    return hashlib.sha256(who.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def storage_for(uri: str, db: Database) -> Storage:

@@ -9,9 +9,11 @@ from tokenbank.ledger.accounts import open_wallet, wallet_exists
 from tokenbank.ledger.clawbacks import (
     FROZEN_UNTIL,
     Clawback,
+    Restore,
     claw_back,
     credit_purchase,
     freeze,
+    restore,
     settle_debt,
 )
 from tokenbank.ledger.errors import (
@@ -62,6 +64,7 @@ __all__ = [
     "NotRefundable",
     "Receipt",
     "RefundExceedsSpend",
+    "Restore",
     "SystemAccount",
     "Transfer",
     "TransferKind",
@@ -83,6 +86,7 @@ __all__ = [
     "open_wallet",
     "post_hold",
     "refund",
+    "restore",
     "settle_debt",
     "spend",
     "try_spend",

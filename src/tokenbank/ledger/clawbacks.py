@@ -2,7 +2,9 @@
 
 A clawback never overdraws a wallet: it takes what the wallet can give (its balance less
 what pending holds reserve) and records the rest as the wallet's ``debt``. What happens to
-a debt is the caller's policy: ``settle_debt`` collects it from a later credit.
+a debt is the caller's policy: ``settle_debt`` collects it from a later credit. When the
+cause of a clawback goes away (a refund fails after it had succeeded), ``restore`` undoes
+it: the tokens taken come back and the debt recorded is cancelled.
 
 A freeze is a hold with no deadline: the tokens stay in the wallet but cannot be spent
 until it is voided (the dispute was won) or voided and clawed back (it was lost).
@@ -168,6 +170,83 @@ def claw_back(
             )
     return Clawback(
         user_id=user_id, taken=taken, debt=debt, transfer_id=transfer_id, balance=balance
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Restore:
+    """``given`` came back to the wallet (in transfer ``transfer_id``); ``cancelled`` was
+    taken off its debt."""
+
+    user_id: str
+    given: int
+    cancelled: int
+    transfer_id: int | None
+    balance: int
+    replayed: bool = False
+
+
+def restore(
+    conn: Connection,
+    *,
+    user_id: str,
+    reference: str,
+    taken: int,
+    debt: int,
+    description: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> Restore:
+    """Undo a clawback that took ``taken`` tokens and recorded ``debt``: the tokens come
+    back, the debt is cancelled, and debt that was meanwhile collected from the wallet
+    (``settle_debt``) comes back as tokens too. The transfer's key makes a repeat with the
+    same ``reference`` give nothing more; when nothing is given there is no transfer, so
+    the caller records that the restore happened (billing does, per refund)."""
+    if taken < 0 or debt < 0 or taken + debt == 0:
+        raise InvalidArgument("amount", "a restore gives back a positive number of tokens")
+    key = _reference_key("restore", reference)
+    metadata = check_metadata(metadata)
+    now = now or utcnow()
+    with atomic(conn):
+        wallet = _lock_wallet(conn, user_id, now)
+        done = conn.execute(
+            sa.select(transfers.c.id, transfers.c.amount).where(transfers.c.idempotency_key == key)
+        ).first()
+        if done is not None:
+            return Restore(
+                user_id=user_id,
+                given=done.amount,
+                cancelled=taken + debt - done.amount,
+                transfer_id=done.id,
+                balance=wallet.balance,
+                replayed=True,
+            )
+        cancelled = min(debt, wallet.debt)
+        given = taken + debt - cancelled
+        balance = wallet.balance + given
+        conn.execute(
+            sa.update(accounts)
+            .where(accounts.c.id == wallet.id)
+            .values(balance=balance, debt=accounts.c.debt - cancelled)
+        )
+        transfer_id = None
+        if given:
+            transfer_id = record_transfer(
+                conn,
+                key=key,
+                kind=TransferKind.RESTORE,
+                debit_account_id=SystemAccount.REFUNDS,
+                credit_account_id=wallet.id,
+                amount=given,
+                wallet_id=wallet.id,
+                wallet_balance=balance,
+                description=description,
+                metadata={**(metadata or {}), "debt_cancelled": cancelled},
+                event_at=now,
+                now=now,
+            )
+    return Restore(
+        user_id=user_id, given=given, cancelled=cancelled, transfer_id=transfer_id, balance=balance
     )
 
 

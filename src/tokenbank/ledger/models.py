@@ -42,6 +42,8 @@ class TransferKind(enum.StrEnum):
     SPEND = "spend"
     REFUND = "refund"
     CLAWBACK = "clawback"
+    #: A clawback undone (the refund that caused it failed at the bank): tokens given back.
+    RESTORE = "restore"
     EXPIRY = "expiry"
 
 

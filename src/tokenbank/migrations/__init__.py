@@ -10,6 +10,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from tokenbank.db import Database
+from tokenbank.errors import SchemaOutOfDate
 
 
 def alembic_config(db: Database) -> Config:
@@ -40,3 +41,23 @@ def current_revision(db: Database) -> str | None:
 def is_current(db: Database, head: str | None = None) -> bool:
     """Whether the database is at ``head`` (default: the newest revision shipped)."""
     return current_revision(db) == (head or head_revision(db))
+
+
+def require_current(db: Database) -> None:
+    """Refuse to serve a database behind this version's migrations (``SchemaOutOfDate``):
+    every route touching a new table or column would fail. A database *ahead* of this
+    version (a newer version migrated it during a rolling upgrade) is accepted: migrations
+    only ever add what older code can ignore."""
+    current = current_revision(db)
+    head = head_revision(db)
+    if current == head:
+        return
+    known = {
+        script.revision
+        for script in ScriptDirectory.from_config(alembic_config(db)).walk_revisions()
+    }
+    if current is None or current in known:
+        raise SchemaOutOfDate(
+            f"the database is at revision {current or 'none'}; this version needs {head}:"
+            " run `tokenbank db upgrade` first"
+        )

@@ -3,32 +3,70 @@
 Everything tokenbank asks of Stripe goes through ``Stripe``, which answers with small
 frozen records of the fields billing reads. With ``api_base`` set (``STRIPE_API_BASE``) the
 same calls go to the built-in emulator instead of api.stripe.com: one code path for both.
+
+Webhook signatures are checked here rather than with the SDK's ``verify_header``, which
+accepts timestamps from the future, a header with several ``t=`` values, and raises
+``TypeError`` on non-ASCII input. The scheme is the one Stripe documents: HMAC-SHA256 of
+``"{t}.{raw body}"`` under the endpoint secret, compared with every ``v1`` value.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import stripe
+import structlog
 
-from tokenbank.errors import TokenbankError
+from tokenbank.errors import TokenbankError, Unavailable
 
-#: Stripe's own default and the tolerance its docs recommend.
+#: Stripe's own default and the tolerance its docs recommend; applied both ways here.
 SIGNATURE_TOLERANCE_SECONDS = 300
+#: A real header is ``t=`` and one or two ``v1=`` (two while a secret rotates), plus ``v0=``.
+MAX_SIGNATURE_HEADER = 1024
 STRIPE_JS_URL = "https://js.stripe.com/v3/"
+_V1 = re.compile(r"[0-9a-f]{64}")
+_EVENT_ID = re.compile(r"[A-Za-z0-9_]{1,255}")
+_EVENT_TYPE = re.compile(r"[a-z0-9_.]{1,100}")
+#: Stripe object ids (cs_..., pi_..., re_..., dp_..., ch_...) as events carry them.
+OBJECT_ID = re.compile(r"[A-Za-z0-9_]{1,255}")
+
+log = structlog.get_logger("tokenbank.payments")
 
 
 class PaymentProviderError(TokenbankError):
-    """Stripe could not be reached or refused a request tokenbank made."""
+    """Stripe refused a request tokenbank made (retrying the same request will not help)."""
 
     code = "payment_provider_error"
 
 
+class StripeObjectMissing(PaymentProviderError):
+    """Stripe has no object with this id (404)."""
+
+    code = "stripe_object_missing"
+
+
+class PaymentProviderUnavailable(Unavailable):
+    """Stripe could not be reached, timed out, was rate limiting or failed (5xx): nothing
+    is known to have happened, and the same request may be retried."""
+
+    code = "payment_provider_unavailable"
+
+
 class InvalidSignature(TokenbankError):
     code = "invalid_signature"
+
+
+class InvalidEvent(TokenbankError):
+    """A validly signed delivery whose body is not a Stripe event."""
+
+    code = "invalid_event"
 
 
 class WebhooksNotConfigured(TokenbankError):
@@ -198,6 +236,7 @@ class Stripe:
     ) -> None:
         self.webhook_secret = webhook_secret
         self.api_base = api_base
+        self._secret_key = secret_key
         self._client = stripe.StripeClient(
             secret_key,
             base_addresses={"api": api_base} if api_base else None,
@@ -212,17 +251,31 @@ class Stripe:
 
     # -- webhooks ---------------------------------------------------------------------------
 
-    def verify_event(self, payload: bytes, signature: str | None) -> Event:
-        """The event in ``payload`` if ``signature`` proves Stripe sent it in the last
-        five minutes; fails closed when no webhook secret is configured."""
+    @property
+    def livemode(self) -> bool:
+        """Whether this deployment's key is a live one (``sk_live_``/``rk_live_``); events
+        of the other mode are never acted on."""
+        return self._secret_key.startswith(("sk_live_", "rk_live_"))
+
+    def verify_event(
+        self, payload: bytes, signature: str | None, *, now: float | None = None
+    ) -> Event:
+        """The event in ``payload`` if ``signature`` proves Stripe sent it within five
+        minutes of ``now`` (either way); fails closed when no webhook secret is configured.
+        Raises ``InvalidSignature``, ``InvalidEvent`` or ``WebhooksNotConfigured``."""
         if not self.webhook_secret:
             raise WebhooksNotConfigured("no webhook signing secret is configured")
-        try:
-            stripe.WebhookSignature.verify_header(
-                payload, signature, self.webhook_secret, SIGNATURE_TOLERANCE_SECONDS
-            )
-        except stripe.SignatureVerificationError as exc:
-            raise InvalidSignature(str(exc.user_message or exc)) from None
+        timestamp, candidates = parse_signature(signature)
+        skew = (time.time() if now is None else now) - timestamp
+        if abs(skew) > SIGNATURE_TOLERANCE_SECONDS:
+            log.warning("webhook_signature_skew", skew_seconds=round(skew))
+            when = "old" if skew > 0 else "far in the future"
+            raise InvalidSignature(f"the signature's timestamp is too {when} ({skew:+.0f} s)")
+        expected = hmac.new(
+            self.webhook_secret.encode(), f"{timestamp}.".encode() + payload, hashlib.sha256
+        ).hexdigest()
+        if not any(hmac.compare_digest(expected, value) for value in candidates):
+            raise InvalidSignature("no signature matches the payload")
         return parse_event(payload)
 
     # -- calls ------------------------------------------------------------------------------
@@ -231,9 +284,7 @@ class Stripe:
         try:
             return call(*args)
         except stripe.StripeError as exc:
-            raise PaymentProviderError(
-                f"Stripe refused to {what}: {exc.user_message or exc}"
-            ) from exc
+            raise provider_error(what, exc) from exc
 
     def create_customer(self, *, user_id: str, email: str | None, idempotency_key: str) -> str:
         params: dict[str, Any] = {"metadata": {"tokenbank_user_id": user_id}}
@@ -345,7 +396,7 @@ class Stripe:
             for item in page.auto_paging_iter():
                 yield _plain(item)
         except stripe.StripeError as exc:
-            raise PaymentProviderError(f"Stripe refused to {what}: {exc}") from exc
+            raise provider_error(what, exc) from exc
 
     def sessions_since(self, created_gte: int) -> Iterator[CheckoutSession]:
         params = {"created": {"gte": created_gte}}
@@ -394,13 +445,11 @@ class Stripe:
 
     def product(self, product_id: str) -> dict[str, Any] | None:
         try:
-            return _plain(self._client.v1.products.retrieve(product_id))
-        except stripe.InvalidRequestError as exc:
-            if exc.http_status == 404:
-                return None
-            raise PaymentProviderError(f"Stripe refused to read a product: {exc}") from exc
-        except stripe.StripeError as exc:
-            raise PaymentProviderError(f"Stripe refused to read a product: {exc}") from exc
+            return _plain(
+                self._call("read a product", self._client.v1.products.retrieve, product_id)
+            )
+        except StripeObjectMissing:
+            return None
 
     def create_product(self, *, product_id: str, name: str, metadata: dict[str, str]) -> None:
         self._call(
@@ -438,14 +487,94 @@ class Stripe:
         self._call("archive a price", self._client.v1.prices.update, price_id, {"active": False})
 
 
+def provider_error(what: str, exc: stripe.StripeError) -> TokenbankError:
+    """A Stripe failure as tokenbank's error: worth retrying (unreachable, timed out, rate
+    limited, a 5xx, a request with the same idempotency key still running) or not."""
+    status = exc.http_status or 0
+    message = f"Stripe could not {what}: {exc.user_message or exc}"
+    if isinstance(exc, stripe.APIConnectionError | stripe.RateLimitError | stripe.IdempotencyError):
+        return PaymentProviderUnavailable(message, retry_after=5)
+    if status >= 500 or status == 429 or isinstance(exc, stripe.APIError):
+        return PaymentProviderUnavailable(message, retry_after=5)
+    if status == 404:
+        return StripeObjectMissing(message)
+    return PaymentProviderError(message)
+
+
+def parse_signature(header: str | None) -> tuple[int, list[str]]:
+    """The timestamp and ``v1`` signatures of a ``Stripe-Signature`` header, read strictly:
+    printable ASCII of bounded length, exactly one ``t``, at least one well-formed ``v1``
+    (other schemes, such as ``v0``, are ignored)."""
+    if not header:
+        raise InvalidSignature("no Stripe-Signature header")
+    if len(header) > MAX_SIGNATURE_HEADER or not (header.isascii() and header.isprintable()):
+        raise InvalidSignature("the Stripe-Signature header is malformed")
+    timestamp: int | None = None
+    signatures: list[str] = []
+    for item in header.split(","):
+        key, equals, value = item.strip().partition("=")
+        if not equals or not key or not value:
+            raise InvalidSignature("the Stripe-Signature header is malformed")
+        if key == "t":
+            if timestamp is not None:
+                raise InvalidSignature("the Stripe-Signature header has more than one timestamp")
+            if not value.isdigit() or len(value) > 12:
+                raise InvalidSignature("the Stripe-Signature timestamp is not a number")
+            timestamp = int(value)
+        elif key == "v1":
+            if not _V1.fullmatch(value):
+                raise InvalidSignature("a v1 signature is not 64 hexadecimal digits")
+            signatures.append(value)
+    if timestamp is None or not signatures:
+        raise InvalidSignature("the Stripe-Signature header needs t= and v1=")
+    return timestamp, signatures
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise InvalidEvent("the event repeats a key")
+    return found
+
+
 def parse_event(payload: bytes | str) -> Event:
-    """An event from its JSON (verified, or stored in the inbox after verification)."""
-    data = json.loads(payload)
+    """An event from its JSON (verified, or stored in the inbox after verification);
+    ``InvalidEvent`` unless it has the shape of a Stripe event."""
+    try:
+        text = payload.decode("utf-8") if isinstance(payload, bytes) else payload
+        data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError: ValueError
+        raise InvalidEvent(f"the body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidEvent("the body is not a JSON object")
+    event_id, kind, created = data.get("id"), data.get("type"), data.get("created")
+    body = data.get("data")
+    obj = body.get("object") if isinstance(body, dict) else None
+    api_version, livemode = data.get("api_version"), data.get("livemode", False)
+    problems = [
+        ("id", isinstance(event_id, str) and _EVENT_ID.fullmatch(event_id)),
+        ("type", isinstance(kind, str) and _EVENT_TYPE.fullmatch(kind)),
+        ("created", type(created) is int and 0 <= created < 2**40),
+        ("data.object", isinstance(obj, dict)),
+        ("livemode", isinstance(livemode, bool)),
+        (
+            "api_version",
+            api_version is None
+            or (
+                isinstance(api_version, str)
+                and len(api_version) <= 64
+                and api_version.isprintable()
+            ),
+        ),
+    ]
+    wrong = [name for name, ok in problems if not ok]
+    if wrong:
+        raise InvalidEvent(f"not a Stripe event: bad or missing {', '.join(wrong)}")
     return Event(
-        id=data["id"],
-        type=data["type"],
-        created=int(data["created"]),
-        api_version=data.get("api_version"),
-        livemode=bool(data.get("livemode")),
-        object=dict((data.get("data") or {}).get("object") or {}),
+        id=cast(str, event_id),
+        type=cast(str, kind),
+        created=cast(int, created),
+        api_version=cast("str | None", api_version),
+        livemode=cast(bool, livemode),
+        object=cast(dict[str, Any], obj),
     )

@@ -19,6 +19,7 @@ from tokenbank.db import Database
 from tokenbank.errors import TokenbankError
 from tokenbank.web.problems import status_of
 from tokenbank.web.render import Csrf, Pages, RowId, error_text, form_expired, redirect
+from tokenbank.web.routing import StrictRoute
 
 PAGE_SIZE = 50
 T = TypeVar("T")
@@ -28,7 +29,9 @@ Row = TypeVar("Row", billing.Purchase, billing.InboxEvent)
 def build_router(  # noqa: PLR0915 - one closure per route
     *, db: Database, pages: Pages, shop: Billing | None
 ) -> APIRouter:
-    router = APIRouter(include_in_schema=False, default_response_class=HTMLResponse)
+    router = APIRouter(
+        include_in_schema=False, default_response_class=HTMLResponse, route_class=StrictRoute
+    )
 
     @router.get("/admin")
     async def admin_users(request: Request, q: str | None = None) -> Response:

@@ -15,10 +15,13 @@ from starlette.concurrency import run_in_threadpool
 from tokenbank import identity, ledger, users
 from tokenbank.apikeys.service import ApiKey, Scope
 from tokenbank.db import Database
+from tokenbank.faults import NONE as NO_FAULTS
+from tokenbank.faults import Faults
 from tokenbank.identity import SignedIn
 from tokenbank.ledger import TransferKind
 from tokenbank.web.auth import authorize, requires
 from tokenbank.web.observe import Metrics
+from tokenbank.web.routing import StrictRoute
 from tokenbank.web.schemas import (
     BalanceOut,
     GrantIn,
@@ -61,7 +64,10 @@ PROBLEMS: dict[int | str, dict[str, Any]] = {
         (404, "No such user, transfer or hold"),
         (409, "Idempotency conflict, or the operation no longer applies"),
         (413, "Request too large"),
+        (415, "The body is not JSON"),
         (422, "Invalid request"),
+        (429, "Too many wrong API keys from this address"),
+        (503, "The database is unavailable for now: retry after Retry-After seconds"),
     )
 }
 SPEND_PROBLEMS = {**PROBLEMS, 402: {"description": "Insufficient tokens (with buy_url)"}}
@@ -133,8 +139,9 @@ def build_router(  # noqa: PLR0915 - one closure per route
     default_hold_ttl: int,
     public_url: str,
     portal_link_ttl: timedelta,
+    faults: Faults = NO_FAULTS,
 ) -> APIRouter:
-    router = APIRouter(prefix="/api/v1", responses=PROBLEMS)
+    router = APIRouter(prefix="/api/v1", responses=PROBLEMS, route_class=StrictRoute)
 
     # The two hottest routes come first (routes are matched in order) and answer with a
     # ready JSONResponse: the model in the decorator documents it, without FastAPI
@@ -183,6 +190,7 @@ def build_router(  # noqa: PLR0915 - one closure per route
                 )
         if receipt is None:  # SQLite, or a replay, a refusal, holds to release...
             receipt = await run_in_threadpool(_spend, db, user_id, body)
+        faults.point("spend.committed")
         if not receipt.replayed:
             metrics.spends.inc()
             metrics.tokens_spent.inc(receipt.amount)

@@ -16,32 +16,49 @@ from starlette.concurrency import run_in_threadpool
 
 from tokenbank.apikeys.service import ApiKey, InvalidApiKey, Scope, authenticate
 from tokenbank.db import Database
-from tokenbank.identity import SignedIn
+from tokenbank.identity import SignedIn, Throttle
 from tokenbank.web.browser import Browsers
 from tokenbank.web.problems import Forbidden
 
 
 class KeyCache:
-    """Verified keys by the ``Authorization`` header that carried them."""
+    """Verified keys by the ``Authorization`` header that carried them.
 
-    def __init__(self, db: Database, *, ttl_seconds: float) -> None:
+    Wrong keys are counted per client address (``throttle``'s ``api_key_ip`` limit): past
+    the limit, that address gets 429 without its key being looked at, so keys cannot be
+    guessed at speed. A key verified recently is never refused this way.
+    """
+
+    def __init__(
+        self, db: Database, *, ttl_seconds: float, throttle: Throttle | None = None
+    ) -> None:
         self._db = db
         self._ttl = ttl_seconds
+        self._throttle = throttle
         self._known: dict[bytes, tuple[ApiKey, float]] = {}
         self._lock = threading.Lock()
 
-    def _lookup(self, secret: str) -> ApiKey:
-        with self._db.read() as conn:
-            return authenticate(conn, secret=secret)
+    def _lookup(self, header: bytes, client: str) -> ApiKey:
+        if self._throttle is not None:
+            self._throttle.check("api_key_ip", client)
+        try:
+            secret = bearer_secret(header)
+            with self._db.read() as conn:
+                return authenticate(conn, secret=secret)
+        except InvalidApiKey:
+            if self._throttle is not None:
+                self._throttle.hit("api_key_ip", client)
+            raise
 
-    async def verify(self, header: bytes | None) -> ApiKey:
-        """The key in an ``Authorization: Bearer`` header, or ``InvalidApiKey``."""
+    async def verify(self, header: bytes | None, client: str = "unknown") -> ApiKey:
+        """The key in an ``Authorization: Bearer`` header, or ``InvalidApiKey`` (or
+        ``RateLimited`` for an address that sent too many wrong keys)."""
         if header is None:
             raise InvalidApiKey
         hit = self._known.get(header)
         if hit is not None and hit[1] > time.monotonic():
             return hit[0]
-        key = await run_in_threadpool(self._lookup, bearer_secret(header))
+        key = await run_in_threadpool(self._lookup, header, client)
         with self._lock:
             if len(self._known) > 10_000:  # bounded: unknown secrets are never stored
                 self._known.clear()
@@ -88,7 +105,7 @@ async def authorize(
                 raise Forbidden("you can only see your own tokens")
             return user
     cache: KeyCache = request.app.state.keys
-    key = await cache.verify(header)
+    key = await cache.verify(header, request.client.host if request.client else "unknown")
     if not key.allows(scope):
         raise Forbidden(f"this API key lacks the {scope.value!r} scope")
     return key

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from tokenbank import billing
+from tokenbank import billing, ledger
 from tokenbank.apikeys.service import ApiKey, Scope
 from tokenbank.billing import Billing, Package, PaymentsNotConfigured, Purchase
 from tokenbank.db import Database
+from tokenbank.faults import NONE as NO_FAULTS
+from tokenbank.faults import Faults
 from tokenbank.identity import SignedIn
 from tokenbank.web.api import PROBLEMS
 from tokenbank.web.auth import requires
 from tokenbank.web.observe import Metrics
+from tokenbank.web.routing import StrictRoute
 from tokenbank.web.schemas import (
     BillingPortalIn,
     BillingPortalOut,
@@ -39,8 +43,8 @@ PAGE = 50
 BILLING_PROBLEMS: dict[int | str, dict[str, Any]] = {
     status: {"description": text, "content": {"application/problem+json": {}}}
     for status, text in (
-        (502, "Stripe could not be reached or refused the request"),
-        (503, "Payments are not configured"),
+        (502, "Stripe refused the request"),
+        (503, "Payments are not configured, or Stripe or the database is unavailable: retry"),
     )
 }
 
@@ -84,10 +88,35 @@ def purchase_out(purchase: Purchase) -> PurchaseOut:
     )
 
 
+def check_return_url(url: str, *, hosts: frozenset[str], field: str) -> str:
+    """A URL Stripe may send a buyer to: http(s) on this service's host or one the operator
+    allows (``TOKENBANK_ALLOWED_RETURN_HOSTS``), with nothing that reads differently in a
+    browser than here (a user part, a backslash)."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if (
+        parts.scheme not in ("http", "https")
+        or "\\" in url
+        or "@" in parts.netloc
+        or host not in hosts
+    ):
+        raise ledger.InvalidArgument(
+            field,
+            "must point at this service or a host in TOKENBANK_ALLOWED_RETURN_HOSTS",
+        )
+    return url
+
+
 def build_router(
-    *, db: Database, shop: Billing | None, metrics: Metrics, public_url: str
+    *,
+    db: Database,
+    shop: Billing | None,
+    metrics: Metrics,
+    public_url: str,
+    return_hosts: frozenset[str] = frozenset(),
+    faults: Faults = NO_FAULTS,
 ) -> APIRouter:
-    router = APIRouter(responses=PROBLEMS)
+    router = APIRouter(responses=PROBLEMS, route_class=StrictRoute)
 
     def selling() -> Billing:
         if shop is None:
@@ -114,6 +143,9 @@ def build_router(
         tokens are credited when Stripe confirms the payment, exactly once."""
         shop = selling()
         success_url, cancel_url = return_urls(public_url)
+        for field in ("success_url", "cancel_url"):
+            if (given := getattr(body, field)) is not None:
+                check_return_url(given, hosts=return_hosts, field=field)
         started = billing.start_checkout(
             db,
             shop.stripe,
@@ -124,6 +156,8 @@ def build_router(
             cancel_url=body.cancel_url or cancel_url,
             locale=body.locale,
             prices=shop.prices,
+            idempotency_key=body.idempotency_key,
+            faults=faults,
         )
         metrics.purchases_started.labels("checkout").inc()
         return CheckoutOut(
@@ -143,7 +177,13 @@ def build_router(
         Stripe.js (``confirmCardPayment``)."""
         shop = selling()
         started = billing.start_payment(
-            db, shop.stripe, shop.catalog, user_id=user_id, package_id=body.package_id
+            db,
+            shop.stripe,
+            shop.catalog,
+            user_id=user_id,
+            package_id=body.package_id,
+            idempotency_key=body.idempotency_key,
+            faults=faults,
         )
         metrics.purchases_started.labels("payment_intent").inc()
         purchase = started.purchase
@@ -187,6 +227,7 @@ def build_router(
     def billing_portal(user_id: UserId, body: BillingPortalIn, _: Spender) -> BillingPortalOut:
         """A Stripe billing portal link: the user's receipts and payment methods."""
         shop = selling()
+        check_return_url(body.return_url, hosts=return_hosts, field="return_url")
         customer_id = billing.customer_for(db, shop.stripe, user_id=user_id)
         return BillingPortalOut(
             url=shop.stripe.billing_portal_url(customer_id=customer_id, return_url=body.return_url)
@@ -198,9 +239,9 @@ def build_router(
         responses={
             status: {"description": text, "content": {"application/problem+json": {}}}
             for status, text in (
-                (400, "Missing, forged or stale signature"),
+                (400, "Missing, forged or stale signature, or a body that is not an event"),
                 (500, "Stored, but applying it failed: Stripe will retry"),
-                (503, "No webhook secret configured: every delivery is refused"),
+                (503, "No webhook secret, or the database or Stripe is unavailable: retry"),
             )
         },
     )
@@ -217,6 +258,8 @@ def build_router(
             signature=request.headers.get("stripe-signature"),
             policy=shop.policy,
         )
+        if not processed.duplicate:
+            faults.point("webhook.committed")
         metrics.webhooks.labels("duplicate" if processed.duplicate else "processed").inc()
         return {"received": True, "duplicate": processed.duplicate, "outcome": processed.outcome}
 

@@ -12,8 +12,11 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from tokenbank.billing.purchases import count_awaiting_review
+from tokenbank.db import Database
 from tokenbank.logs import REQUEST_ID
 
 Scope = MutableMapping[str, Any]
@@ -72,6 +75,23 @@ class Metrics:
             registry=self.registry,
         )
 
+    def watch_reviews(self, db: Database) -> None:
+        """Purchases waiting for an admin (a payment that does not match its purchase, or
+        credited here and not paid at Stripe), counted when scraped: alert on > 0."""
+
+        def count() -> float:
+            try:
+                with db.read() as conn:
+                    return float(count_awaiting_review(conn))
+            except Exception:  # a scrape must not fail because the database does
+                return float("nan")
+
+        Gauge(
+            "tokenbank_purchases_awaiting_review",
+            "Purchases flagged for an admin's decision.",
+            registry=self.registry,
+        ).set_function(count)
+
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count a request and its latency (label lookups cached: they are per request)."""
         key = (method, route, status)
@@ -99,20 +119,28 @@ _PROCESS = uuid.uuid4().hex[:20]
 _SERIAL = itertools.count()
 
 
-def _too_large(max_body: int) -> tuple[Message, Message]:
+def _problem(
+    status: int, code: str, title: str, detail: str, request_id: str
+) -> tuple[Message, Message]:
+    """A problem answer (RFC 9457) written by the middleware itself, for what it refuses
+    before the app runs and for the app's own crashes."""
     body = json.dumps(
         {
-            "type": "about:blank#payload_too_large",
-            "title": "Request too large",
-            "status": 413,
-            "code": "payload_too_large",
-            "detail": f"the body must be at most {max_body} bytes",
+            "type": f"about:blank#{code}",
+            "title": title,
+            "status": status,
+            "code": code,
+            "detail": detail,
+            "request_id": request_id,
         }
     ).encode()
     start = {
         "type": "http.response.start",
-        "status": 413,
-        "headers": [(b"content-type", b"application/problem+json")],
+        "status": status,
+        "headers": [
+            (b"content-type", b"application/problem+json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
     }
     return start, {"type": "http.response.body", "body": body}
 
@@ -120,60 +148,122 @@ def _too_large(max_body: int) -> tuple[Message, Message]:
 #: Routes whose path carries a secret, never written to the access log.
 SECRET_ROUTES = frozenset({"/portal/{token}"})
 
+#: Sent with every answer that does not set its own (pages set a richer CSP): nothing may
+#: frame, sniff or run it, and no URL leaks to another site.
+BASE_HEADERS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'; base-uri 'none'"),
+)
+#: Browsers must only ever reach a production deployment over HTTPS (two years).
+HSTS = (b"strict-transport-security", b"max-age=63072000; includeSubDomains")
+NO_STORE = (b"cache-control", b"no-store")
+
 
 class BodyTooLarge(Exception):
     pass
 
 
+CRASHED = (
+    "something went wrong on our side. Whatever was committed stays committed and nothing"
+    " is half done: retry with the same idempotency key to learn the outcome."
+)
+
+
+log = structlog.get_logger("tokenbank.web")
+
+
+def _read_headers(scope: Scope) -> tuple[str, bytes | None, bool]:
+    """The request id (the caller's, or a new one), the Content-Length, and whether a body
+    is announced at all (a length, or chunks)."""
+    request_id = length = None
+    body = False
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            request_id = _given_id(value)
+        elif name == b"content-length":
+            length, body = value, True
+        elif name == b"transfer-encoding":
+            body = True
+    return request_id or f"{_PROCESS}{next(_SERIAL):012x}", length, body
+
+
 class Observe:
+    """The outermost layer of the app: it also refuses what no route should see (a body
+    over the limit, announced or chunked; a NUL in the URL), adds the security headers to
+    every answer, and turns a crash into a 500 problem answer on a connection that stays
+    usable (the server would otherwise close it)."""
+
     def __init__(
-        self, app: ASGIApp, *, metrics: Metrics, max_body: int, access_log: AccessLog | None
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        max_body: int,
+        access_log: AccessLog | None,
+        hsts: bool = False,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body = max_body
         self.access_log = access_log
+        self.headers = (*BASE_HEADERS, HSTS) if hsts else BASE_HEADERS
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # noqa: PLR0915 - one request's whole path
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = None
-        length = None
-        body = False
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                request_id = _given_id(value)
-            elif name == b"content-length":
-                length, body = value, True
-            elif name == b"transfer-encoding":
-                body = True
-        if request_id is None:
-            request_id = f"{_PROCESS}{next(_SERIAL):012x}"
+        request_id, length, body = _read_headers(scope)
         REQUEST_ID.set(request_id)  # this request's own context: no reset needed
         status = 500
-        header = (b"x-request-id", request_id.encode())
+        answered = False  # a response start reached the client
+        too_large = False  # the body went over the limit: the app's own answer is dropped
+        extra = (*self.headers, (b"x-request-id", request_id.encode()))
+        static = scope["path"].startswith("/static/")
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answered
+            if too_large:
+                return
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), header]
+                answered = True
+                headers = list(message.get("headers", ()))
+                present = {name.lower() for name, _ in headers}
+                headers += [h for h in extra if h[0] not in present]
+                if b"cache-control" not in present and not static:
+                    headers.append(NO_STORE)
+                message["headers"] = headers
             await send(message)
 
+        async def answer(start: Message, end: Message) -> None:
+            """Our own answer, when the app has not answered (or its answer is dropped)."""
+            nonlocal too_large
+            too_large = False
+            if not answered:
+                await send_with_id(start)
+                await send_with_id(end)
+
         if length is not None and length.isdigit() and int(length) > self.max_body:
-            await self._reject(send_with_id)
+            await answer(*self._too_large(request_id))
             self._record(scope, request_id, 413, started)
+            return
+        if "\x00" in scope["path"] or b"%00" in scope["query_string"].lower():
+            detail = "the URL holds a NUL character"
+            await answer(*_problem(400, "invalid_request", "Bad request", detail, request_id))
+            self._record(scope, request_id, 400, started)
             return
         received = 0
 
         async def receive_capped() -> Message:
-            nonlocal received
+            nonlocal received, too_large
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body:
+                    too_large = True
                     raise BodyTooLarge
             return message
 
@@ -181,14 +271,26 @@ class Observe:
             # No body announced (a GET): nothing to count.
             await self.app(scope, receive_capped if body else receive, send_with_id)
         except BodyTooLarge:
-            await self._reject(send_with_id)
+            pass
+        except Exception:
+            log.exception("unhandled_error", path=scope["path"], method=scope["method"])
+            if not too_large:
+                await answer(
+                    *_problem(500, "internal_error", "Internal error", CRASHED, request_id)
+                )
         finally:
+            if too_large:
+                await answer(*self._too_large(request_id))
             self._record(scope, request_id, status, started)
 
-    async def _reject(self, send: Send) -> None:
-        start, body = _too_large(self.max_body)
-        await send(start)
-        await send(body)
+    def _too_large(self, request_id: str) -> tuple[Message, Message]:
+        return _problem(
+            413,
+            "payload_too_large",
+            "Request too large",
+            f"the body must be at most {self.max_body} bytes",
+            request_id,
+        )
 
     def _record(self, scope: Scope, request_id: str, status: int, started: float) -> None:
         elapsed = time.perf_counter() - started

@@ -18,6 +18,7 @@ from tokenbank.users.models import LANGUAGES
 from tokenbank.web import i18n
 from tokenbank.web.browser import Browsers
 from tokenbank.web.render import HOME, Csrf, Pages, error_text, form_expired, redirect
+from tokenbank.web.routing import StrictRoute
 
 Text = Annotated[str, Form(max_length=320)]
 Secret = Annotated[str, Form(max_length=1024)]
@@ -43,7 +44,9 @@ def build_router(  # noqa: PLR0915 - one closure per route
     passwords: Passwords,
     throttle: Throttle,
 ) -> APIRouter:
-    router = APIRouter(include_in_schema=False, default_response_class=HTMLResponse)
+    router = APIRouter(
+        include_in_schema=False, default_response_class=HTMLResponse, route_class=StrictRoute
+    )
 
     async def refused(
         request: Request, exc: TokenbankError, template: str, **context: Any

@@ -5,20 +5,35 @@ The one table from domain errors to HTTP statuses lives here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import sqlite3
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import psycopg
+import sqlalchemy as sa
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from tokenbank import billing, identity, ledger, users
+from tokenbank import billing, identity, ledger, migrations, users
 from tokenbank.apikeys.service import InvalidApiKey, UnknownApiKey
-from tokenbank.errors import TokenbankError
-from tokenbank.payments.stripe import InvalidSignature, PaymentProviderError, WebhooksNotConfigured
+from tokenbank.db import Database, unavailable
+from tokenbank.errors import DatabaseUnavailable, SchemaOutOfDate, TokenbankError, Unavailable
+from tokenbank.payments.stripe import (
+    InvalidEvent,
+    InvalidSignature,
+    PaymentProviderError,
+    WebhooksNotConfigured,
+)
 
 PROBLEM = "application/problem+json"
+#: Paths whose callers are programs: their errors are problem+json, never a page.
+MACHINE_PATHS = ("/api/", "/webhooks/", "/readyz", "/healthz", "/metrics", "/openapi.json")
+
+log = structlog.get_logger("tokenbank.web")
 
 
 class Forbidden(TokenbankError):
@@ -46,7 +61,11 @@ STATUS: list[tuple[type[TokenbankError], int]] = [
     (billing.UnknownPackage, 422),
     (billing.UnknownPurchase, 404),
     (billing.PaymentMismatch, 409),
+    (billing.PurchaseClosed, 409),
+    (billing.NothingToReview, 409),
     (InvalidSignature, 400),
+    (InvalidEvent, 400),
+    (Unavailable, 503),
     (PaymentProviderError, 502),
     (billing.PaymentsNotConfigured, 503),
     (billing.ProcessingFailed, 500),
@@ -62,6 +81,7 @@ _TITLES = {
     405: "Method not allowed",
     409: "Conflict",
     413: "Request too large",
+    415: "Unsupported media type",
     422: "Invalid request",
     429: "Too many requests",
     500: "Internal error",
@@ -90,12 +110,32 @@ def status_of(exc: TokenbankError) -> int:
     return next((status for kind, status in STATUS if isinstance(exc, kind)), 400)
 
 
-def install(app: FastAPI, *, buy_url: str, on_refusal: Callable[[str], None]) -> None:
-    """Register the handlers; ``buy_url`` is where a user short of tokens can buy more, and
-    ``on_refusal`` counts each domain error by code."""
+UnavailablePage = Callable[[Request, Unavailable], Awaitable[Response]]
 
-    async def domain(_: Request, exc: Exception) -> JSONResponse:
+
+def install(
+    app: FastAPI,
+    *,
+    buy_url: str,
+    on_refusal: Callable[[str], None],
+    page: UnavailablePage | None = None,
+    db: Database | None = None,
+    head: str | None = None,
+) -> None:
+    """Register the handlers; ``buy_url`` is where a user short of tokens can buy more,
+    ``on_refusal`` counts each domain error by code, and ``page`` renders "unavailable"
+    for a browser (a program gets problem+json)."""
+
+    async def respond(request: Request, exc: Unavailable) -> Response:
+        on_refusal(exc.code)
+        if page is not None and not request.url.path.startswith(MACHINE_PATHS):
+            return await page(request, exc)
+        return problem(503, exc.code, str(exc), headers={"Retry-After": str(exc.retry_after)})
+
+    async def domain(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, TokenbankError)
+        if isinstance(exc, Unavailable):
+            return await respond(request, exc)
         on_refusal(exc.code)
         extra: dict[str, Any] = {}
         if isinstance(exc, ledger.InsufficientTokens):
@@ -105,6 +145,27 @@ def install(app: FastAPI, *, buy_url: str, on_refusal: Callable[[str], None]) ->
         elif isinstance(exc, identity.RateLimited):
             extra = {"headers": {"Retry-After": str(exc.retry_after)}}
         return problem(status_of(exc), exc.code, str(exc), **extra)
+
+    async def database_failed(request: Request, exc: Exception) -> Response:
+        """A database error that means "not now" (see ``db.unavailable``) is a 503; any
+        other is a bug, and goes on to be a 500."""
+        found = unavailable(exc)
+        if found is None:
+            raise exc
+        if isinstance(found, SchemaOutOfDate):
+            if db is None:
+                raise exc
+            try:
+                current = await run_in_threadpool(migrations.is_current, db, head)
+            except Exception:  # the database failing again: it is down
+                found = DatabaseUnavailable("the database is unavailable")
+            else:
+                if current:
+                    raise exc  # the schema is right: the query is wrong, a bug
+        elif db is not None:
+            await db.recover()
+        log.warning("unavailable", code=found.code, detail=str(found), error=type(exc).__name__)
+        return await respond(request, found)
 
     async def invalid(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -123,3 +184,5 @@ def install(app: FastAPI, *, buy_url: str, on_refusal: Callable[[str], None]) ->
     app.add_exception_handler(TokenbankError, domain)
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(HTTPException, http)
+    for failure in (sa.exc.SQLAlchemyError, psycopg.Error, sqlite3.Error):
+        app.add_exception_handler(failure, database_failed)

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from tokenbank import ledger
 from tokenbank.billing.catalog import Catalog
 from tokenbank.db import Database
-from tokenbank.errors import TokenbankError
+from tokenbank.errors import TokenbankError, Unavailable
 from tokenbank.identity import SignedIn
 from tokenbank.identity.passwords import MAX_LENGTH, MIN_LENGTH
 from tokenbank.web import i18n
@@ -79,6 +79,7 @@ KIND_NAMES = {
     ledger.TransferKind.SPEND: N_("Spend"),
     ledger.TransferKind.REFUND: N_("Refund"),
     ledger.TransferKind.CLAWBACK: N_("Clawback"),
+    ledger.TransferKind.RESTORE: N_("Returned"),
     ledger.TransferKind.EXPIRY: N_("Expiry"),
 }
 STATUS_NAMES = {
@@ -87,6 +88,7 @@ STATUS_NAMES = {
     "failed": N_("Failed"),
     "expired": N_("Expired"),
     "canceled": N_("Canceled"),
+    "needs_review": N_("Under review"),
 }
 
 
@@ -105,13 +107,23 @@ def describe(item: ledger.HistoryItem, *, lang: Language, catalog: Catalog | Non
         if item.kind is ledger.TransferKind.BONUS:
             return lang.gettext("Bonus with %(package)s", package=name)
         return lang.gettext("Purchase of %(package)s", package=name)
-    if "refund_id" in meta and purchase is not None:
-        return lang.gettext("Payment refunded (purchase #%(purchase)s)", purchase=purchase)
-    if "dispute_id" in meta and purchase is not None:
-        return lang.gettext("Payment disputed (purchase #%(purchase)s)", purchase=purchase)
     if "settles_debt" in meta:
         return lang.gettext("Tokens owed, collected from a purchase")
+    if purchase is not None:
+        # The first marker the metadata carries names what happened to the purchase.
+        for marker, text in PURCHASE_EVENTS:
+            if meta.get(marker):
+                return lang.gettext(text, purchase=purchase)
     return item.description or ""
+
+
+#: How the history names what happened to a purchase, by the metadata marker it carries.
+PURCHASE_EVENTS = (
+    ("refund_failed", N_("A refund failed: tokens returned (purchase #%(purchase)s)")),
+    ("reversed", N_("Purchase reversed after review (#%(purchase)s)")),
+    ("refund_id", N_("Payment refunded (purchase #%(purchase)s)")),
+    ("dispute_id", N_("Payment disputed (purchase #%(purchase)s)")),
+)
 
 
 async def form_expired(pages: Pages, request: Request) -> Response:
@@ -230,7 +242,12 @@ ERROR_TEXTS = {
     "email_taken": N_("An account with this email already exists. Sign in instead."),
     "rate_limited": N_("Too many attempts. Try again in %(seconds)s seconds."),
     "unknown_package": N_("This package is not on sale any more."),
-    "payment_provider_error": N_("The payment service did not answer. Try again in a moment."),
+    "payment_provider_error": N_("The payment service refused the request."),
+    "payment_provider_unavailable": N_(
+        "The payment service did not answer. Try again in a moment."
+    ),
+    "database_unavailable": N_("tokenbank is unavailable for a moment. Try again shortly."),
+    "purchase_closed": N_("This purchase has ended. Start a new one."),
     "payments_not_configured": N_("Payments are not configured on this server."),
     "validation_error:password": N_("The password must be %(min)s to %(max)s characters long."),
     "validation_error:new_password": N_("The password must be %(min)s to %(max)s characters long."),
@@ -265,6 +282,24 @@ def error_text(lang: Language, exc: TokenbankError) -> str:
         return f"{field.replace('_', ' ').capitalize()} {detail}."
     text = str(exc)
     return text[:1].upper() + text[1:] + "."
+
+
+async def unavailable_page(pages: Pages, request: Request, exc: Unavailable) -> Response:
+    """A page that says "try again shortly" without asking the database anything (it may be
+    the part that is down): nobody is looked up as signed in."""
+    request.state.signed_in = None
+    lang = await pages.language(request)
+    response = await pages.render(
+        request,
+        "message.html",
+        503,
+        heading=lang.gettext("tokenbank is unavailable for a moment"),
+        message=lang.gettext("Nothing was changed. Try again in a few seconds."),
+        link=request.url.path if request.method == "GET" else HOME,
+        link_text=lang.gettext("Try again"),
+    )
+    response.headers["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 def install_page_errors(app: FastAPI, pages: Pages) -> None:

@@ -176,11 +176,24 @@ class PackagesOut(BaseModel):
     packages: list[PackageOut]
 
 
+PurchaseKey = Annotated[
+    str | None,
+    Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_KEY_LENGTH,
+        description="Idempotency key: a retry with it returns the same purchase and Stripe"
+        " session or payment, never a second one.",
+    ),
+]
+
+
 class CheckoutIn(Body):
     package_id: PackageId
     success_url: HttpUrl | None = None
     cancel_url: HttpUrl | None = None
     locale: Locale = None
+    idempotency_key: PurchaseKey = None
 
 
 class CheckoutOut(BaseModel):
@@ -191,6 +204,7 @@ class CheckoutOut(BaseModel):
 
 class PaymentIntentIn(Body):
     package_id: PackageId
+    idempotency_key: PurchaseKey = None
 
 
 class PaymentIntentOut(BaseModel):
@@ -208,7 +222,10 @@ class PurchaseOut(BaseModel):
     purchase_id: int
     user_id: str
     package_id: str
-    status: str = Field(description="pending, paid, failed, expired or canceled.")
+    status: str = Field(
+        description="pending, paid, failed, expired, canceled or needs_review (Stripe reports"
+        " a payment that does not match: an admin decides)."
+    )
     flow: str
     tokens: int
     bonus_tokens: int

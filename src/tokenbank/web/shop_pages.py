@@ -16,6 +16,8 @@ from tokenbank import billing
 from tokenbank.billing import Billing
 from tokenbank.db import Database
 from tokenbank.errors import TokenbankError
+from tokenbank.faults import NONE as NO_FAULTS
+from tokenbank.faults import Faults
 from tokenbank.web.i18n import Language
 from tokenbank.web.problems import problem, status_of
 from tokenbank.web.render import (
@@ -29,15 +31,27 @@ from tokenbank.web.render import (
     form_expired,
     redirect,
 )
+from tokenbank.web.routing import StrictRoute
 
 #: The success page asks again every 2 seconds, for about a minute.
 MAX_POLLS = 30
 
 
+#: A Stripe id in the success page's query (cs_..., pi_...).
+StripeId = Annotated[str | None, Query(max_length=255, pattern=r"^[A-Za-z0-9_]+$")]
+
+
 def build_router(  # noqa: PLR0915 - one closure per route
-    *, db: Database, pages: Pages, shop: Billing | None, public_url: str
+    *,
+    db: Database,
+    pages: Pages,
+    shop: Billing | None,
+    public_url: str,
+    faults: Faults = NO_FAULTS,
 ) -> APIRouter:
-    router = APIRouter(include_in_schema=False, default_response_class=HTMLResponse)
+    router = APIRouter(
+        include_in_schema=False, default_response_class=HTMLResponse, route_class=StrictRoute
+    )
     headers = {
         **PAGE_HEADERS,
         "Content-Security-Policy": content_security_policy(_stripe_sources(shop)),
@@ -98,12 +112,15 @@ def build_router(  # noqa: PLR0915 - one closure per route
         try:
             if shop.flow == "embedded":
                 started = await run_in_threadpool(
-                    billing.start_payment,
-                    db,
-                    shop.stripe,
-                    shop.catalog,
-                    user_id=user.user_id,
-                    package_id=package_id,
+                    partial(
+                        billing.start_payment,
+                        db,
+                        shop.stripe,
+                        shop.catalog,
+                        user_id=user.user_id,
+                        package_id=package_id,
+                        faults=faults,
+                    )
                 )
                 return await _card_form(request, lang, started, wants_json)
             checkout_url = await run_in_threadpool(
@@ -114,6 +131,7 @@ def build_router(  # noqa: PLR0915 - one closure per route
                     user_id=user.user_id,
                     package_id=package_id,
                     public_url=public_url,
+                    faults=faults,
                 )
             )
         except TokenbankError as exc:
@@ -173,8 +191,8 @@ def build_router(  # noqa: PLR0915 - one closure per route
     @router.get("/purchase/success")
     async def purchase_success(
         request: Request,
-        session_id: str | None = None,
-        payment_intent: str | None = None,
+        session_id: StripeId = None,
+        payment_intent: StripeId = None,
         tries: Annotated[int, Query(ge=0, le=1000)] = 0,
     ) -> Response:
         """Where Stripe sends the buyer back. The webhook may not have landed yet, so this
@@ -290,7 +308,13 @@ def return_urls(public_url: str) -> tuple[str, str]:
 
 
 def _checkout(
-    db: Database, shop: Billing, *, user_id: str, package_id: str, public_url: str
+    db: Database,
+    shop: Billing,
+    *,
+    user_id: str,
+    package_id: str,
+    public_url: str,
+    faults: Faults,
 ) -> str:
     """Start a Checkout purchase (in the thread pool: the price lookup may call Stripe)."""
     success_url, cancel_url = return_urls(public_url)
@@ -303,5 +327,6 @@ def _checkout(
         success_url=success_url,
         cancel_url=cancel_url,
         prices=shop.prices,
+        faults=faults,
     )
     return started.url

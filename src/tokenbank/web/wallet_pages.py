@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from tokenbank import billing, ledger
 from tokenbank.db import Database
 from tokenbank.web.render import PAGE_HEADERS, Pages, RowId, describe
+from tokenbank.web.routing import StrictRoute
 
 PAGE_SIZE = 50
 CSV_BATCH = 500
@@ -24,7 +25,9 @@ STOP_POLLING = 286
 
 
 def build_router(*, db: Database, pages: Pages) -> APIRouter:
-    router = APIRouter(include_in_schema=False, default_response_class=HTMLResponse)
+    router = APIRouter(
+        include_in_schema=False, default_response_class=HTMLResponse, route_class=StrictRoute
+    )
 
     @router.get("/dashboard")
     async def dashboard(request: Request, purchased: RowId = None) -> Response:

@@ -1,0 +1,128 @@
+"""``StrictRoute``: every route's body is read strictly, before any validator sees it.
+
+- A route that takes JSON answers 415 to a body of another media type (FastAPI would try to
+  validate the raw bytes and answer 422), and a form route answers 415 to anything but a
+  form.
+- JSON with a repeated key (``{"amount": 1, "amount": 1000}``) is refused: a validator, a
+  proxy and the business code must never be able to read different values. So is text that
+  no database can store (NUL, unpaired surrogates), nesting too deep to parse, and numbers
+  too long to read; each is a 422 with a clear message, never a 500.
+- Form fields get the same text rule.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import Request, Response
+from fastapi.params import Form
+from fastapi.routing import APIRoute
+
+from tokenbank.web.problems import problem
+
+#: Characters PostgreSQL cannot store in text (NUL) or that are not Unicode text at all.
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+JSON_TYPES = ("application/json",)
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").partition(";")[0].strip().lower()
+
+
+def _announces_body(request: Request) -> bool:
+    headers = request.headers
+    return headers.get("content-length", "0") not in ("0", "") or "transfer-encoding" in headers
+
+
+def _invalid(message: str, text: str) -> json.JSONDecodeError:
+    # FastAPI turns a JSONDecodeError into its 422 ``json_invalid`` answer.
+    return json.JSONDecodeError(message, text, 0)
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        keys = [key for key, _ in pairs]
+        repeated = next(key for i, key in enumerate(keys) if key in keys[:i])
+        raise ValueError(f"the key {repeated!r} appears more than once")
+    return found
+
+
+def _check_text(value: Any) -> None:
+    """Walk a parsed document; ``ValueError`` on text no database can store."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if UNSTORABLE.search(item):
+                raise ValueError("text must not contain NUL or unpaired surrogate characters")
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def loads(body: bytes) -> Any:
+    """JSON as tokenbank accepts it (see the module docstring)."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _invalid("the body is not UTF-8", "") from exc
+    try:
+        value = json.loads(text, object_pairs_hook=_pairs)
+        _check_text(value)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError as exc:
+        raise _invalid("the JSON is nested too deeply", text) from exc
+    except ValueError as exc:  # repeated keys, unstorable text, a number too long to read
+        raise _invalid(str(exc), text) from exc
+    return value
+
+
+class StrictRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = loads(await self.body())
+        return self._json
+
+
+class StrictRoute(APIRoute):
+    """An ``APIRoute`` that reads bodies as the module docstring says."""
+
+    def get_route_handler(self) -> Handler:
+        handler = super().get_route_handler()
+        if self.body_field is None:
+            return handler
+        form = isinstance(self.body_field.field_info, Form)
+        accepted = FORM_TYPES if form else JSON_TYPES
+
+        async def strict(request: Request) -> Response:
+            if _announces_body(request):
+                kind = media_type(request)
+                if kind not in accepted and not (not form and kind.endswith("+json")):
+                    return problem(
+                        415,
+                        "unsupported_media_type",
+                        f"send the body as {' or '.join(accepted)}",
+                    )
+            if form:
+                fields = await request.form()
+                for name, value in fields.multi_items():
+                    if isinstance(value, str) and UNSTORABLE.search(name + value):
+                        return problem(
+                            422,
+                            "validation_error",
+                            "form fields must not contain NUL or unpaired surrogate characters",
+                        )
+                return await handler(request)
+            return await handler(StrictRequest(request.scope, request.receive))
+
+        return strict
