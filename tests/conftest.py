@@ -32,7 +32,7 @@ from tokenbank.logs import configure_logging
 
 BACKENDS = ["sqlite", "postgresql"]
 # As the command line does: log lines go to stderr, which pytest shows when a test fails.
-configure_logging("info", stream="stderr")
+configure_logging("info", stream="stderr", cache=False)
 TABLES = (
     "admin_actions",
     "webhook_events",

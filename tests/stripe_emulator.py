@@ -87,14 +87,21 @@ def event_bytes(event: dict[str, Any]) -> bytes:
 
 
 def make_billing(
-    url: str, *, catalog: Catalog = CATALOG, policy: str = "debt", flow: str = "checkout"
+    url: str,
+    *,
+    catalog: Catalog = CATALOG,
+    policy: str = "debt",
+    flow: str = "checkout",
+    secret_key: str = SECRET_KEY,
+    webhook_secret: str | None = WEBHOOK_SECRET,
+    timeout_seconds: float = 10,
 ) -> Billing:
     stripe = Stripe(
-        secret_key=SECRET_KEY,
-        webhook_secret=WEBHOOK_SECRET,
+        secret_key=secret_key,
+        webhook_secret=webhook_secret,
         api_base=url,
         max_network_retries=0,
-        timeout_seconds=10,
+        timeout_seconds=timeout_seconds,
     )
     return Billing(
         stripe=stripe,

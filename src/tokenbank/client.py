@@ -334,13 +334,18 @@ class TokenBank:
         *,
         success_url: str | None = None,
         cancel_url: str | None = None,
+        idempotency_key: str | None = None,
     ) -> Checkout:
-        """Start a purchase on Stripe Checkout: send the user's browser to ``url``. Not
-        retried: each call is a new purchase (an unpaid one simply expires)."""
-        body = {"package_id": package_id, "success_url": success_url, "cancel_url": cancel_url}
-        answer = self._request(
-            "POST", f"/users/{_id(user_id)}/checkout-sessions", json=body, retry=False
-        )
+        """Start a purchase on Stripe Checkout: send the user's browser to ``url``. A lost
+        answer is retried under the same idempotency key (one is made up when you pass
+        none), so it returns the same purchase and session, never a second one."""
+        body = {
+            "package_id": package_id,
+            "success_url": success_url,
+            "cancel_url": cancel_url,
+            "idempotency_key": idempotency_key or _new_key("checkout"),
+        }
+        answer = self._request("POST", f"/users/{_id(user_id)}/checkout-sessions", json=body)
         return Checkout(**{name: answer[name] for name in Checkout.__slots__})
 
     def purchase(self, purchase_id: int) -> dict[str, Any]:
@@ -474,6 +479,10 @@ class TokenBank:
             else:
                 if response.status_code not in RETRY_STATUSES or attempt == retries:
                     return _answer(response)
+                wait = response.headers.get("retry-after", "")
+                if wait.isdigit():  # the service says when: as long as that, up to 5 s
+                    time.sleep(min(int(wait), 5))
+                    continue
             time.sleep(0.1 * 2**attempt)
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -369,12 +369,17 @@ class Database:
         self.read_engine.dispose()
 
 
-def connect(url: str, *, pool_size: int = 16) -> Database:
-    """Open the database named by ``url`` (``sqlite:///path`` or ``postgresql://...``)."""
+def connect(
+    url: str, *, pool_size: int = 16, sqlite_busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS
+) -> Database:
+    """Open the database named by ``url`` (``sqlite:///path`` or ``postgresql://...``).
+
+    ``sqlite_busy_timeout_ms``: how long a SQLite writer waits for another process's lock
+    before the request is answered "unavailable" (503)."""
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "postgresql":
         return _connect_postgresql(parsed, pool_size=pool_size)
-    return _connect_sqlite(parsed, pool_size=pool_size)
+    return _connect_sqlite(parsed, pool_size=pool_size, busy_timeout_ms=sqlite_busy_timeout_ms)
 
 
 def _connect_postgresql(url: sa.URL, *, pool_size: int) -> Database:
@@ -447,7 +452,7 @@ def _sqlite_reader(path: str) -> Callable[[], sqlite3.Connection]:
     return connect
 
 
-def _connect_sqlite(url: sa.URL, *, pool_size: int) -> Database:
+def _connect_sqlite(url: sa.URL, *, pool_size: int, busy_timeout_ms: int) -> Database:
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     else:
@@ -470,7 +475,7 @@ def _connect_sqlite(url: sa.URL, *, pool_size: int) -> Database:
             if not isinstance(dbapi_conn, ReadOnlySqlite):
                 cursor.execute("PRAGMA journal_mode=WAL")
                 cursor.execute("PRAGMA synchronous=FULL")  # a commit survives power loss
-            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 

@@ -40,7 +40,7 @@ class Lines:
     debug = info = warning = warn = error = err = critical = exception = failure = msg
 
 
-def configure_logging(level: str = "info", *, stream: str = "stdout") -> None:
+def configure_logging(level: str = "info", *, stream: str = "stdout", cache: bool = True) -> None:
     """JSON lines on ``stream``: ``stdout`` for the service (one line per event, for a log
     shipper), ``stderr`` for the command line (whose stdout is the command's own output)."""
     numeric = logging.getLevelName(level.upper())
@@ -55,5 +55,5 @@ def configure_logging(level: str = "info", *, stream: str = "stdout") -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=lambda *_: Lines(stream),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=cache,  # False lets tests capture lines (structlog.testing)
     )

@@ -16,6 +16,7 @@ from tokenbank.billing.errors import (
     UnknownPurchase,
 )
 from tokenbank.billing.fulfilment import (
+    REVIEW_DECISIONS,
     Outcome,
     Payment,
     fetch_payment,
@@ -101,6 +102,7 @@ def billing_from_settings(settings: Settings) -> Billing | None:
 
 __all__ = [
     "HANDLED_EVENTS",
+    "REVIEW_DECISIONS",
     "Billing",
     "Catalog",
     "CatalogError",

@@ -44,7 +44,14 @@ from tokenbank.billing.models import (
 from tokenbank.billing.purchases import ClawbackPolicy, Purchase, find_purchase, to_purchase
 from tokenbank.columns import utcnow
 from tokenbank.db import Database
-from tokenbank.payments.stripe import CheckoutSession, Dispute, PaymentIntent, Refund, Stripe
+from tokenbank.payments.stripe import (
+    CheckoutSession,
+    Dispute,
+    PaymentIntent,
+    PaymentProviderUnavailable,
+    Refund,
+    Stripe,
+)
 
 #: Dispute statuses at Stripe that mean "still being decided".
 OPEN_DISPUTE = frozenset(
@@ -54,8 +61,9 @@ OPEN_DISPUTE = frozenset(
 DISPUTE_RELEASED = frozenset({"won", "warning_closed", "prevented"})
 #: A refund in these states gave nothing back (after succeeding, it is undone).
 REFUND_UNDONE = frozenset({"failed", "canceled"})
-#: What an admin may decide, by the state of the flagged purchase.
-DECISIONS = {
+#: What an admin may decide, by whether the flagged purchase is ``needs_review`` (nothing
+#: credited yet) or a credited purchase Stripe does not show as paid.
+REVIEW_DECISIONS = {
     True: (ReviewDecision.CREDIT, ReviewDecision.REFUSE),  # needs_review: nothing credited
     False: (ReviewDecision.REVERSE, ReviewDecision.DISMISS),  # credited, then questioned
 }
@@ -253,7 +261,10 @@ def settle_returning_buyer(
         )
     if known is None or known.status is PurchaseStatus.PAID:
         return known
-    payment = fetch_payment(stripe, session_id=session_id, payment_intent_id=payment_intent_id)
+    try:
+        payment = fetch_payment(stripe, session_id=session_id, payment_intent_id=payment_intent_id)
+    except PaymentProviderUnavailable:
+        return known  # as it stands: the page asks again, and the webhook will come
     with db.transaction() as conn:
         outcome = settle(conn, payment, policy=policy)
     outcome.log("success_page")
@@ -632,7 +643,7 @@ def resolve_review(
         purchase = _locked(conn, purchase_id)
         if purchase.review is None or purchase.review_decision is not None:
             raise NothingToReview(purchase_id)
-        allowed = DECISIONS[purchase.status is PurchaseStatus.NEEDS_REVIEW]
+        allowed = REVIEW_DECISIONS[purchase.status is PurchaseStatus.NEEDS_REVIEW]
         if decision not in allowed:
             raise ledger.InvalidArgument(
                 "decision", f"for this purchase: {' or '.join(d.value for d in allowed)}"

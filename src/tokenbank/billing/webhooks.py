@@ -99,6 +99,7 @@ def receive(
     deployment, or the reverse) is stored as ignored, answered 200 and never acted on:
     acting on it would credit tokens for money that does not exist here."""
     event = stripe.verify_event(payload, signature)
+    target_of(event)  # InvalidEvent (400) before anything is stored
     mismatched = event.livemode != stripe.livemode
     now = utcnow()
     with db.transaction() as conn:
@@ -146,8 +147,18 @@ def _object_id(value: Any) -> str | None:
     return value
 
 
-def _payment_for(stripe: Stripe, event: Event) -> Payment | None:
-    """Stripe's current view of the payment the event is about, or None for other events."""
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a handled event names: a session, a PaymentIntent, or a charge to look up."""
+
+    session_id: str | None = None
+    intent_id: str | None = None
+    charge_id: str | None = None
+
+
+def target_of(event: Event) -> Target | None:
+    """The payment an event is about, read (and checked: the ids go into requests to
+    Stripe) before the event is stored; None for events tokenbank does not act on."""
     obj = event.object
     if event.type not in HANDLED_EVENTS:
         return None
@@ -156,12 +167,23 @@ def _payment_for(stripe: Stripe, event: Event) -> Payment | None:
         if object_id is None:
             raise InvalidEvent("the event's object has no id")
         if event.type.startswith("checkout.session."):
-            return fetch_payment(stripe, session_id=object_id)
-        return fetch_payment(stripe, payment_intent_id=object_id)
-    intent_id = _object_id(obj.get("payment_intent"))
-    charge_id = _object_id(obj.get("charge"))
-    if not intent_id and charge_id:
-        intent_id = stripe.charge_payment_intent_id(charge_id)
+            return Target(session_id=object_id)
+        return Target(intent_id=object_id)
+    return Target(
+        intent_id=_object_id(obj.get("payment_intent")), charge_id=_object_id(obj.get("charge"))
+    )
+
+
+def _payment_for(stripe: Stripe, event: Event) -> Payment | None:
+    """Stripe's current view of the payment the event is about, or None for other events."""
+    target = target_of(event)
+    if target is None:
+        return None
+    if target.session_id is not None:
+        return fetch_payment(stripe, session_id=target.session_id)
+    intent_id = target.intent_id
+    if not intent_id and target.charge_id:
+        intent_id = stripe.charge_payment_intent_id(target.charge_id)
     if not intent_id:
         return None  # a charge with no PaymentIntent is not one of ours
     return fetch_payment(stripe, payment_intent_id=intent_id)

@@ -25,6 +25,8 @@ class TestCard:
     decline_code: str | None = None
     error_code: str = "card_declined"
     message: str = ""
+    #: Refunds of its charges succeed, then fail a moment later (Stripe's 4000000000005126).
+    refund_fails: bool = False
 
     @property
     def last4(self) -> str:
@@ -39,6 +41,12 @@ CARDS: tuple[TestCard, ...] = (
     TestCard(number="4242424242424242", payment_method="pm_card_visa", brand="visa"),
     TestCard(number="5555555555554444", payment_method="pm_card_mastercard", brand="mastercard"),
     TestCard(number="378282246310005", payment_method="pm_card_amex", brand="amex"),
+    TestCard(
+        number="4000000000005126",
+        payment_method="pm_card_refundFail",
+        brand="visa",
+        refund_fails=True,
+    ),
     TestCard(
         number="4000000000000002",
         payment_method="pm_card_chargeDeclined",

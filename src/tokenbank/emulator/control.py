@@ -15,7 +15,7 @@ from starlette.routing import BaseRoute, Route
 from tokenbank.emulator import events, payments
 from tokenbank.emulator.cards import BY_METHOD, BY_NUMBER, UNKNOWN_CARD_MESSAGE
 from tokenbank.emulator.params import Params, StripeError, integer, invalid, text
-from tokenbank.emulator.state import Emulator, WebhookConfig, clear, get, render
+from tokenbank.emulator.state import ApiFault, Emulator, WebhookConfig, clear, get, render
 
 Handler = Callable[[Emulator, Params, dict[str, Any]], Awaitable[Any]]
 
@@ -83,6 +83,39 @@ async def close_dispute(em: Emulator, body: Params, path: dict[str, Any]) -> Any
     dispute = get(em.disputes, path["id"], kind="dispute")
     status = text(body, "status") or ""
     return render(em, payments.close_dispute(em, dispute, status=status), {})
+
+
+async def fail_refund(em: Emulator, body: Params, path: dict[str, Any]) -> Any:
+    refunded = get(em.refunds, path["id"], kind="refund")
+    return render(em, payments.fail_refund(em, refunded), {})
+
+
+async def set_api_faults(em: Emulator, body: Params, path: dict[str, Any]) -> Any:
+    """Stripe's API misbehaving: ``{"faults": [{"method": "POST", "path":
+    "/v1/checkout/sessions", "status": 500, "times": 1, "after": false, "delay": 0}]}``
+    replaces the list (``[]`` clears it)."""
+    raw = body.get("faults")
+    if not isinstance(raw, list):
+        raise invalid("faults must be a list.", param="faults")
+    faults = []
+    for item in raw:
+        if not isinstance(item, dict):
+            raise invalid("each fault must be an object.", param="faults")
+        try:
+            faults.append(
+                ApiFault(
+                    method=str(item.get("method", "*")).upper(),
+                    path=str(item["path"]),
+                    status=int(item.get("status", 500)),
+                    delay=float(item.get("delay", 0)),
+                    times=int(item.get("times", 1)),
+                    after=bool(item.get("after", False)),
+                )
+            )
+        except (KeyError, TypeError, ValueError):
+            raise invalid("a fault needs a path, and numbers where numbers go.") from None
+    em.api_faults = faults
+    return {"faults": [vars(f) for f in em.api_faults]}
 
 
 def _config(em: Emulator) -> Params:
@@ -154,6 +187,8 @@ def routes() -> list[BaseRoute]:
         ("/_emulator/checkout_sessions/{id}/pay", pay_session, "POST"),
         ("/_emulator/disputes", create_dispute, "POST"),
         ("/_emulator/disputes/{id}/close", close_dispute, "POST"),
+        ("/_emulator/refunds/{id}/fail", fail_refund, "POST"),
+        ("/_emulator/api_faults", set_api_faults, "POST"),
         ("/_emulator/webhooks/config", show_config, "GET"),
         ("/_emulator/webhooks/config", update_config, "POST"),
         ("/_emulator/webhooks/flush", flush, "POST"),

@@ -5,8 +5,10 @@ Kept apart from the endpoints so each of them is a plain function of its paramet
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import fnmatch
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +19,13 @@ from starlette.responses import JSONResponse, Response
 from tokenbank.emulator.forms import FormError, decode_form
 from tokenbank.emulator.params import Params, StripeError, invalid
 from tokenbank.emulator.shapes import Obj, new_id
-from tokenbank.emulator.state import Emulator, RequestOrigin, StoredReply, current_origin
+from tokenbank.emulator.state import (
+    ApiFault,
+    Emulator,
+    RequestOrigin,
+    StoredReply,
+    current_origin,
+)
 
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
@@ -60,6 +68,15 @@ def api(
         request_id = new_id("req")
         if request.method == "OPTIONS":
             return Response(status_code=204, headers=CORS_HEADERS)
+        fault = _take_fault(em, request)
+        if fault is not None and not fault.after:
+            return await _misbehave(em, fault, request_id)
+        response = await carried_out(request, em, request_id)
+        if fault is not None:
+            return await _misbehave(em, fault, request_id)
+        return response
+
+    async def carried_out(request: Request, em: Emulator, request_id: str) -> Response:
         key = request.headers.get("idempotency-key") if request.method == "POST" else None
         try:
             params = await _read_params(request)
@@ -97,6 +114,38 @@ def api(
         return reply(em, status, body, request_id=request_id, idempotency_key=key)
 
     return handle
+
+
+def _take_fault(em: Emulator, request: Request) -> ApiFault | None:
+    for fault in em.api_faults:
+        if (
+            fault.times > 0
+            and fault.method in ("*", request.method)
+            and fnmatch.fnmatchcase(request.url.path, fault.path)
+        ):
+            fault.times -= 1
+            return fault
+    return None
+
+
+async def _misbehave(em: Emulator, fault: ApiFault, request_id: str) -> Response:
+    """Answer as Stripe does when it fails: late, or with an error body of the status."""
+    if fault.delay:
+        await asyncio.sleep(fault.delay)
+    if fault.status == 429:
+        error = StripeError(
+            status=429,
+            type="invalid_request_error",
+            code="rate_limit",
+            message="Too many requests hit the API too quickly.",
+        )
+    else:
+        error = StripeError(
+            status=fault.status or 500,
+            type="api_error",
+            message="An unexpected error occurred (the emulator was asked to fail).",
+        )
+    return reply(em, error.status, error.body(), request_id=request_id)
 
 
 def _replay(

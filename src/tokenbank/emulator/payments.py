@@ -7,6 +7,7 @@ failed charge, so the state change survives the error reply.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 
 from tokenbank.emulator import shapes
@@ -304,7 +305,41 @@ def refund(
     listing["total_count"] = len(listing["data"])
     emit(em, "refund.created", created)
     emit(em, "charge.refunded", target, previous_attributes=previous)
+    card = em.cards.get(target["payment_method"] or "")
+    if card is not None and card.refund_fails:
+        asyncio.get_running_loop().call_later(
+            em.refund_failure_delay, _fail_later, em, created["id"]
+        )
     return created
+
+
+def _fail_later(em: Emulator, refund_id: str) -> None:
+    found = em.refunds.get(refund_id)
+    if found is not None and found["status"] == "succeeded":
+        fail_refund(em, found)
+
+
+def fail_refund(em: Emulator, refunded: Obj, *, reason: str = "expired_or_canceled_card") -> Obj:
+    """The bank could not return the money after all: the refund fails, the charge counts
+    it as not refunded, and Stripe says so (``refund.failed``)."""
+    if refunded["status"] not in {"succeeded", "pending"}:
+        raise invalid(f"Refund {refunded['id']} is {refunded['status']}; it cannot fail now.")
+    previous = {"status": refunded["status"]}
+    refunded.update(
+        status="failed",
+        failure_reason=reason,
+        failure_balance_transaction=shapes.new_id("txn"),
+    )
+    target = em.charges[refunded["charge"]]
+    target["amount_refunded"] -= refunded["amount"]
+    target["refunded"] = False
+    for listed in target["refunds"]["data"]:
+        if listed["id"] == refunded["id"]:
+            listed.update(copy.deepcopy(refunded))
+    emit(em, "refund.updated", refunded, previous_attributes=previous)
+    emit(em, "refund.failed", refunded)
+    emit(em, "charge.refund.updated", refunded, previous_attributes=previous)
+    return refunded
 
 
 def open_dispute(

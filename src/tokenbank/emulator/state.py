@@ -70,6 +70,21 @@ class Delivery:
         }
 
 
+@dataclass(kw_only=True)
+class ApiFault:
+    """Stripe's API misbehaving for the next ``times`` matching requests: answering
+    ``status`` (500, 429...) or, with ``status`` 0, not answering for ``delay`` seconds.
+    ``after``: the request is carried out first, then the answer is lost (a timeout or an
+    error after Stripe did the work: the case idempotency keys exist for)."""
+
+    method: str
+    path: str  # an fnmatch pattern: "/v1/checkout/sessions*"
+    status: int = 500
+    delay: float = 0.0
+    times: int = 1
+    after: bool = False
+
+
 @dataclass(frozen=True, kw_only=True)
 class StoredReply:
     """A POST's reply kept under its Idempotency-Key, with what it was asked."""
@@ -112,6 +127,9 @@ class Emulator:
     intent_data: dict[str, Params] = field(default_factory=dict, repr=False)
     replies: dict[str, StoredReply] = field(default_factory=dict, repr=False)
 
+    api_faults: list[ApiFault] = field(default_factory=list, repr=False)
+    #: How long after it was made a refund of a ``refund_fails`` card fails.
+    refund_failure_delay: float = 0.5
     webhook_config: WebhookConfig = field(default_factory=WebhookConfig, repr=False)
     deliveries: dict[str, Delivery] = field(default_factory=dict, repr=False)
     held: list[str] = field(default_factory=list, repr=False)
@@ -143,6 +161,7 @@ def clear(em: Emulator) -> None:
     em.replies.clear()
     em.deliveries.clear()
     em.held.clear()
+    em.api_faults.clear()
     em.webhook_config = WebhookConfig()
 
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Callable
+from functools import partial
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, Path, Request
 from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -17,11 +18,13 @@ from tokenbank.billing import Billing
 from tokenbank.billing.catalog import catalog_warnings
 from tokenbank.db import Database
 from tokenbank.errors import TokenbankError
+from tokenbank.web.i18n import N_
 from tokenbank.web.problems import status_of
 from tokenbank.web.render import Csrf, Pages, RowId, error_text, form_expired, redirect
 from tokenbank.web.routing import StrictRoute
 
 PAGE_SIZE = 50
+PathRowId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 T = TypeVar("T")
 Row = TypeVar("Row", billing.Purchase, billing.InboxEvent)
 
@@ -144,6 +147,67 @@ def build_router(  # noqa: PLR0915 - one closure per route
             statuses=[s.value for s in billing.PurchaseStatus],
         )
 
+    @router.get("/admin/reviews")
+    async def admin_reviews(request: Request, resolved: RowId = None) -> Response:
+        """Purchases flagged for a decision (see ``billing.resolve_review``)."""
+        await pages.require_admin(request)
+        lang = await pages.language(request)
+        found = await _read(db, billing.list_purchases, awaiting_review=True, limit=200)
+        toasts = []
+        if resolved:
+            toasts.append(
+                {"tone": "good", "text": lang.gettext("Purchase #%(id)s: decided.", id=resolved)}
+            )
+        return await pages.render(
+            request,
+            "admin/reviews.html",
+            purchases=found,
+            choices=billing.REVIEW_DECISIONS,
+            decision_names=DECISION_NAMES,
+            toasts=toasts,
+        )
+
+    @router.post("/admin/purchases/{purchase_id}/review")
+    async def admin_review(
+        request: Request,
+        purchase_id: PathRowId,
+        *,
+        decision: Annotated[str, Form(max_length=16)],
+        reason: Annotated[str, Form(max_length=600)],
+        csrf_token: Csrf = "",
+    ) -> Response:
+        """Decide about a flagged purchase: one service call, audited."""
+        if not pages.browsers.csrf_valid(request, csrf_token):
+            return await form_expired(pages, request)
+        admin = await pages.require_admin(request)
+        lang = await pages.language(request)
+        try:
+            if shop is None:
+                raise billing.PaymentsNotConfigured("payments are not configured")
+            chosen = _decision(decision)
+            await run_in_threadpool(
+                partial(
+                    billing.resolve_review,
+                    db,
+                    purchase_id=purchase_id,
+                    decision=chosen,
+                    actor=f"user:{admin.user_id}",
+                    reason=reason,
+                    policy=shop.policy,
+                )
+            )
+        except TokenbankError as exc:
+            return await pages.render(
+                request,
+                "message.html",
+                status_of(exc),
+                heading=lang.gettext("Nothing was decided"),
+                message=error_text(lang, exc),
+                link="/admin/reviews",
+                link_text=lang.gettext("Back to the reviews"),
+            )
+        return redirect(f"/admin/reviews?resolved={purchase_id}")
+
     @router.get("/admin/webhooks")
     async def admin_webhooks(
         request: Request, failed: bool = False, before: RowId = None
@@ -236,6 +300,21 @@ def build_router(  # noqa: PLR0915 - one closure per route
         )
 
     return router
+
+
+DECISION_NAMES = {
+    "credit": N_("Credit the tokens: the payment is right"),
+    "refuse": N_("Refuse: never credit this payment"),
+    "reverse": N_("Reverse: take the tokens back"),
+    "dismiss": N_("Dismiss: the purchase is right as it is"),
+}
+
+
+def _decision(value: str) -> billing.ReviewDecision:
+    try:
+        return billing.ReviewDecision(value)
+    except ValueError:
+        raise ledger.InvalidArgument("decision", "choose one of the decisions offered") from None
 
 
 async def _read(db: Database, service: Callable[..., T], /, **arguments: Any) -> T:

@@ -90,6 +90,14 @@ STATUS_NAMES = {
     "canceled": N_("Canceled"),
     "needs_review": N_("Under review"),
 }
+#: Why a purchase ended without tokens, for its buyer (by failure code).
+FAILURE_TEXTS = {
+    "not_started": N_("It never reached the payment service; nothing was charged."),
+    "unknown_to_stripe": N_("The payment service has no record of it; nothing was charged."),
+    "expired": N_("The checkout page expired; nothing was charged."),
+    "canceled": N_("The payment was canceled; nothing was charged."),
+    "refused": N_("The payment did not match the purchase and was not accepted."),
+}
 
 
 def describe(item: ledger.HistoryItem, *, lang: Language, catalog: Catalog | None) -> str:
@@ -197,6 +205,7 @@ class Pages:
                 "low_balance": self.low_balance,
                 "kind_names": KIND_NAMES,
                 "status_names": STATUS_NAMES,
+                "failure_texts": FAILURE_TEXTS,
                 "path": request.url.path,
                 "describe": partial(describe, lang=lang, catalog=self.catalog),
                 **lang.jinja_globals(),

@@ -230,7 +230,13 @@ def build_router(  # noqa: PLR0915 - one closure per route
             status = purchase.status
             context.update(
                 purchase=purchase,
-                failed=status not in {billing.PurchaseStatus.PAID, billing.PurchaseStatus.PENDING},
+                review=status is billing.PurchaseStatus.NEEDS_REVIEW,
+                failed=status
+                not in {
+                    billing.PurchaseStatus.PAID,
+                    billing.PurchaseStatus.PENDING,
+                    billing.PurchaseStatus.NEEDS_REVIEW,
+                },
                 poll_url=_next_poll(request, tries),
                 pending=status is billing.PurchaseStatus.PENDING and tries < MAX_POLLS,
                 slow=status is billing.PurchaseStatus.PENDING and tries >= MAX_POLLS,

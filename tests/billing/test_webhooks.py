@@ -1,0 +1,229 @@
+"""The webhook endpoint under attack: what a delivery may look like before anything is
+stored or credited, and what every answer is (never a 500, the connection kept)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from structlog.testing import capture_logs
+
+from tests.billing.conftest import Store, open_store
+from tests.servers import http_request, one_connection
+from tests.stripe_emulator import (
+    WEBHOOK_SECRET,
+    EmulatorServer,
+    event_bytes,
+    make_billing,
+    signed,
+)
+from tests.web.conftest import PASSWORDS, SETTINGS
+from tokenbank.billing.models import webhook_events
+from tokenbank.db import Database
+from tokenbank.payments.stripe import Stripe
+from tokenbank.web.app import create_app
+
+NOW = int(time.time())
+
+
+def _event(**changes: Any) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "id": "evt_test_1",
+        "object": "event",
+        "type": "checkout.session.completed",
+        "created": NOW,
+        "livemode": False,
+        "api_version": "2026-10-28.endive",
+        "data": {"object": {"id": "cs_test_nothing", "object": "checkout.session"}},
+    }
+    event.update(changes)
+    return event
+
+
+def _stored(store: Store) -> int:
+    with store.db.read() as conn:
+        return len(conn.execute(webhook_events.select()).all())
+
+
+#: Bodies a valid signature may come with that are not Stripe events (issue: 500 before).
+NOT_EVENTS: list[bytes] = [
+    b"{not json",
+    event_bytes(_event())[:40],  # truncated
+    b"[1,2,3]",
+    b'{"id":"evt_x"}',  # no type
+    b"",
+    event_bytes(_event(data=None)),
+    event_bytes(_event(data={"object": None})),
+    event_bytes(_event(data={"object": [1]})),
+    event_bytes(_event(id=7)),
+    event_bytes(_event(id="evt_\u0000x")),
+    event_bytes(_event(id="x" * 300)),
+    event_bytes(_event(type="checkout.session.completed\n")),
+    event_bytes(_event(created="yesterday")),
+    event_bytes(_event(created=True)),
+    event_bytes(_event(created=10**30)),
+    event_bytes(_event(livemode="no")),
+    event_bytes(_event(api_version=["x"])),
+    b'{"id":"evt_1","id":"evt_2","type":"x","created":1,"data":{"object":{}}}',
+    b"\xff\xfe not utf-8",
+    b'"just a string"',
+    b"null",
+    b"[" * 5000 + b"]" * 5000,
+    b'{"id": "evt_\\ud800", "type": "a", "created": 1, "data": {"object": {}}}',
+    event_bytes(_event(data={"object": {"id": "cs_\u0000"}})),
+    event_bytes(_event(data={"object": {"id": {"nested": 1}}})),
+    event_bytes(_event(type="charge.refunded", data={"object": {"payment_intent": "pi/../../x"}})),
+]
+
+
+@pytest.mark.parametrize("body", NOT_EVENTS, ids=range(len(NOT_EVENTS)))
+def test_a_signed_body_that_is_not_an_event_is_a_400(store: Store, body: bytes) -> None:
+    answer = store.api.post(
+        "/webhooks/stripe", content=body, headers={"Stripe-Signature": signed(body)}
+    )
+    assert answer.status_code == 400, answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.json()["code"] in {"invalid_event", "invalid_signature"}
+    assert store.balance()["available"] == 0
+
+
+def test_a_400_keeps_the_connection_for_the_next_request(store: Store) -> None:
+    """One keep-alive connection: refused deliveries, then a health check, on one socket."""
+    refused = [
+        http_request(
+            "POST", "/webhooks/stripe", body=body, headers={"Stripe-Signature": signed(body)}
+        )
+        for body in (b"{not json", b"[1,2,3]", b"")
+    ]
+    statuses = one_connection(str(store.api.base_url), [*refused, http_request("GET", "/healthz")])
+    assert statuses == [400, 400, 400, 200]
+
+
+def _header_cases() -> list[tuple[str, str | None]]:
+    body = event_bytes(_event())
+    good = signed(body)
+    digest = good.split("v1=")[1]
+    return [
+        ("missing", None),
+        ("empty", ""),
+        ("non-ascii v1", f"t={NOW},v1=é"),
+        ("non-ascii timestamp", f"t={NOW}é,v1={digest}"),
+        ("two timestamps", f"t={NOW},t={NOW + 1},v1={digest}"),
+        ("two timestamps, second the signed one", f"t=1,{good}"),
+        ("no v1", f"t={NOW}"),
+        ("no timestamp", f"v1={digest}"),
+        ("short v1", f"t={NOW},v1={digest[:-1]}"),
+        ("upper-case hex", f"t={NOW},v1={digest.upper()}"),
+        ("not a pair", f"t={NOW},v1"),
+        ("empty value", f"t=,v1={digest}"),
+        ("negative time", f"t=-{NOW},v1={digest}"),
+        ("huge time", f"t={'9' * 40},v1={digest}"),
+        ("unicode digits", f"t=١٢٣,v1={digest}"),
+        ("control character", f"t={NOW},\tv1={digest}"),
+        ("too long", good + ",v0=" + "a" * 2000),
+        ("other secret", signed(body, secret="whsec_another_secret_entirely")),
+        ("ten minutes old", signed(body, at=NOW - 600)),
+        ("ten minutes ahead", signed(body, at=NOW + 600)),
+        ("a day ahead", signed(body, at=NOW + 86_400)),
+    ]
+
+
+@pytest.mark.parametrize(("case", "header"), _header_cases(), ids=lambda v: str(v)[:30])
+def test_signature_headers_are_read_strictly(store: Store, case: str, header: str | None) -> None:
+    body = event_bytes(_event())
+    # As raw bytes: non-ASCII goes on the wire as UTF-8, as an attacker would send it.
+    headers = {} if header is None else {b"Stripe-Signature": header.encode()}
+    answer = store.api.post("/webhooks/stripe", content=body, headers=headers)
+    assert answer.status_code == 400, (case, answer.text)
+    assert answer.json()["code"] == "invalid_signature"
+    assert _stored(store) == 0
+
+
+def test_skew_is_logged_and_the_tolerance_holds_both_ways() -> None:
+    stripe = Stripe(secret_key="sk_test_x", webhook_secret=WEBHOOK_SECRET)
+    body = event_bytes(_event())
+    for skew in (-299, 0, 299):  # inside five minutes either way: accepted
+        assert stripe.verify_event(body, signed(body, at=NOW + skew), now=NOW).id == "evt_test_1"
+    with capture_logs() as logs:
+        with pytest.raises(Exception, match="future"):
+            stripe.verify_event(body, signed(body, at=NOW + 301), now=NOW)
+        with pytest.raises(Exception, match="old"):
+            stripe.verify_event(body, signed(body, at=NOW - 301), now=NOW)
+    assert [entry["skew_seconds"] for entry in logs] == [-301, 301]
+    # Key rotation: two v1 values, one of them right.
+    wrong = "0" * 64
+    header = signed(body, at=NOW).replace("v1=", f"v1={wrong},v1=")
+    assert stripe.verify_event(body, header, now=NOW).id == "evt_test_1"
+
+
+@pytest.mark.parametrize("mode", [True, False])
+def test_an_event_of_the_other_mode_is_recorded_ignored_and_never_acted_on(
+    store: Store, mode: bool, db: Database, emulator_server: EmulatorServer
+) -> None:
+    """A re-signed livemode event on a test deployment credited tokens before; now it is
+    stored as ignored, answered 200 and logged. (And the other way round with a live key.)"""
+    store.emulator.configure(drop=100)
+    started = store.checkout("plus")
+    store.emulator.pay(started["checkout_session_id"])
+    (completed,) = store.emulator.events("checkout.session.completed")
+    live_key = "sk_live_" + "k" * 24
+    if mode:  # a test deployment receives a live event
+        completed["livemode"] = True
+        receiver = store
+    else:  # a live deployment receives a test event (its key is live; Stripe is the emulator)
+        receiver = None
+    body = event_bytes(completed)
+    with capture_logs() as logs:
+        if receiver is not None:
+            answer = receiver.api.post(
+                "/webhooks/stripe", content=body, headers={"Stripe-Signature": signed(body)}
+            )
+        else:
+            with open_store(db, emulator_server, secret_key=live_key) as live:
+                answer = live.api.post(
+                    "/webhooks/stripe", content=body, headers={"Stripe-Signature": signed(body)}
+                )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outcome"].startswith("ignored: the event's livemode")
+    assert store.balance()["available"] == 0
+    assert store.purchase(started["purchase_id"])["status"] == "pending"
+    with store.db.read() as conn:
+        (row,) = conn.execute(webhook_events.select()).all()
+    assert row.processed_at is not None and row.outcome.startswith("ignored")
+    assert any(e["event"] == "webhook_other_mode" and e["log_level"] == "warning" for e in logs)
+
+
+def test_without_a_webhook_secret_start_up_and_readyz_say_so(
+    db: Database, emulator_server: EmulatorServer
+) -> None:
+    shop = make_billing(emulator_server.url, webhook_secret=None)
+    with capture_logs() as logs:
+        app = create_app(SETTINGS, db=db, passwords=PASSWORDS, shop=shop)
+    assert any(
+        e["event"] == "configuration" and "STRIPE_WEBHOOK_SECRET" in e["detail"] for e in logs
+    )
+    with TestClient(app, base_url="https://tokens.example") as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 200
+        (warning,) = ready.json()["warnings"]
+        assert "STRIPE_WEBHOOK_SECRET" in warning
+        body = event_bytes(_event())
+        refused = client.post(
+            "/webhooks/stripe", content=body, headers={"Stripe-Signature": signed(body)}
+        )
+        assert refused.status_code == 503
+        assert refused.json()["code"] == "webhooks_not_configured"
+
+
+def test_an_event_naming_no_payment_of_ours_is_acknowledged(store: Store) -> None:
+    body = event_bytes(
+        _event(type="charge.refunded", data={"object": {"id": "ch_x", "payment_intent": None}})
+    )
+    answer = store.api.post(
+        "/webhooks/stripe", content=body, headers={"Stripe-Signature": signed(body)}
+    )
+    assert answer.status_code == 200, answer.text
+    assert json.loads(answer.text)["duplicate"] is False

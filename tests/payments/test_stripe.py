@@ -1,0 +1,60 @@
+"""The webhook parsers on any input: they accept Stripe's shapes and refuse the rest with
+their own error, never another exception (which would be a 500)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tokenbank.payments.stripe import (
+    InvalidEvent,
+    InvalidSignature,
+    parse_event,
+    parse_signature,
+)
+
+V1 = "a" * 64
+
+
+@given(st.text(max_size=300) | st.none())
+@settings(max_examples=400, deadline=None)
+def test_any_signature_header_is_read_or_refused(header: str | None) -> None:
+    try:
+        timestamp, signatures = parse_signature(header)
+    except InvalidSignature:
+        return
+    assert timestamp >= 0 and signatures
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (f"t=12,v1={V1}", (12, [V1])),
+        (f"t=12, v1={V1}, v0=whatever, v1={'b' * 64}", (12, [V1, "b" * 64])),
+        (f"v1={V1},t=12", (12, [V1])),
+    ],
+)
+def test_stripe_headers_are_read(header: str, expected: tuple[int, list[str]]) -> None:
+    assert parse_signature(header) == expected
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(st.binary(max_size=300) | JSON.map(lambda v: json.dumps(v).encode()))
+@settings(max_examples=400, deadline=None)
+def test_any_body_is_an_event_or_refused(body: bytes) -> None:
+    try:
+        event = parse_event(body)
+    except InvalidEvent:
+        return
+    assert event.id and event.type and isinstance(event.object, dict)
