@@ -12,10 +12,11 @@ import sqlalchemy as sa
 import stripe
 from fastapi.testclient import TestClient
 
-from tests.billing.conftest import Store
+from tests.billing.conftest import Store, open_store
 from tests.stripe_emulator import SECRET_KEY, EmulatorServer, event_bytes, make_billing, signed
-from tests.web.conftest import PASSWORDS, SETTINGS
+from tests.web.conftest import PASSWORDS, SETTINGS, make_key
 from tokenbank import audit, billing, ledger
+from tokenbank.apikeys import Scope
 from tokenbank.billing.models import purchases, webhook_events
 from tokenbank.client import ApiError, TokenBank
 from tokenbank.columns import utcnow
@@ -434,3 +435,143 @@ def test_a_payment_made_by_another_installation_is_not_ours(store: Store) -> Non
     assert store.purchase(started["purchase_id"])["status"] == "pending"
     assert store.balance()["available"] == 0
     assert all(row.processed_at is not None for row in _inbox(store))
+
+
+def _faults(store: Store, *faults: dict[str, object]) -> None:
+    answer = store.emulator.http.post("/_emulator/api_faults", json={"faults": list(faults)})
+    assert answer.status_code == 200, answer.text
+
+
+def test_a_purchase_retried_with_its_key_is_one_purchase(store: Store) -> None:
+    body = {"package_id": "plus", "idempotency_key": "buy-1"}
+    first = store.api.post("/api/v1/users/alice/checkout-sessions", json=body)
+    again = store.api.post("/api/v1/users/alice/checkout-sessions", json=body)
+    assert first.status_code == again.status_code == 201, again.text
+    assert first.json() == again.json()
+    other = store.api.post(
+        "/api/v1/users/alice/checkout-sessions", json={**body, "package_id": "pro"}
+    )
+    assert (other.status_code, other.json()["code"]) == (409, "idempotency_conflict")
+    intent_body = {"package_id": "plus", "idempotency_key": "buy-2"}
+    intents = [
+        store.api.post("/api/v1/users/alice/payment-intents", json=intent_body).json()
+        for _ in range(2)
+    ]
+    assert intents[0]["payment_intent_id"] == intents[1]["payment_intent_id"]
+    assert len(store.emulator.events("checkout.session.completed")) == 0
+    with store.db.read() as conn:
+        assert len(billing.list_purchases(conn, user_id="alice")) == 2
+
+
+def test_a_purchase_whose_stripe_answer_was_lost_resumes_with_the_same_session(
+    store: Store,
+) -> None:
+    """Stripe creates the session but its answer is lost (a 500 after the work, then a
+    timeout): the caller gets a retryable 503; the retry with the same key gets the same
+    session, and paying it credits once."""
+    _faults(
+        store, {"method": "POST", "path": "/v1/checkout/sessions", "status": 500, "after": True}
+    )
+    body = {"package_id": "plus", "idempotency_key": "buy-lost"}
+    lost = store.api.post("/api/v1/users/alice/checkout-sessions", json=body)
+    assert lost.status_code == 503, lost.text
+    assert lost.json()["code"] == "payment_provider_unavailable" and lost.headers["retry-after"]
+    (pending,) = store.api.get("/api/v1/users/alice/purchases").json()["items"]
+    assert (pending["status"], pending["checkout_session_id"]) == ("pending", None)
+    retried = store.api.post("/api/v1/users/alice/checkout-sessions", json=body)
+    assert retried.status_code == 201, retried.text
+    sessions = store.emulator.http.get(
+        "/v1/checkout/sessions", headers={"Authorization": f"Bearer {SECRET_KEY}"}
+    ).json()["data"]
+    assert [s["id"] for s in sessions] == [retried.json()["checkout_session_id"]]
+    store.emulator.pay(retried.json()["checkout_session_id"])
+    store.emulator.settle()
+    assert store.balance()["available"] == 2200
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"status": 500},
+        {"status": 429},
+        {"status": 503},
+        {"status": 0, "delay": 3},  # no answer within the client's timeout
+    ],
+    ids=["500", "429", "503", "timeout"],
+)
+def test_stripe_failing_during_checkout_is_a_retryable_503(
+    db: Database, emulator_server: EmulatorServer, fault: dict[str, object]
+) -> None:
+    with open_store(db, emulator_server, timeout_seconds=1) as store:
+        store.user()
+        _faults(store, {"method": "POST", "path": "/v1/checkout/sessions", **fault})
+        body = {"package_id": "starter", "idempotency_key": "buy-x"}
+        failed = store.api.post("/api/v1/users/alice/checkout-sessions", json=body)
+        assert failed.status_code == 503, failed.text
+        assert failed.json()["code"] == "payment_provider_unavailable"
+        assert int(failed.headers["retry-after"]) > 0
+        assert store.balance()["available"] == 0
+        retried = store.api.post("/api/v1/users/alice/checkout-sessions", json=body)
+        assert retried.status_code == 201, retried.text
+        store.emulator.pay(retried.json()["checkout_session_id"])
+        store.emulator.settle()
+        assert store.balance()["available"] == 500
+        with store.db.read() as conn:
+            assert len(billing.list_purchases(conn, user_id="alice")) == 1
+
+
+def test_stripe_failing_while_a_webhook_refetches_is_retried_not_credited(store: Store) -> None:
+    """The event is a hint; with Stripe down, nothing is credited on the event's word: the
+    delivery gets a 503 (Stripe retries) and a later delivery settles it, once."""
+    started = store.checkout("plus")
+    _faults(store, {"method": "GET", "path": "/v1/checkout/sessions/*", "status": 500, "times": 2})
+    store.emulator.pay(started["checkout_session_id"])
+    store.emulator.settle()
+    assert store.balance()["available"] == 2200  # after the emulator's retries
+    deliveries = store.emulator.deliveries()
+    assert any(d["attempts"] > 1 for d in deliveries)
+    with store.db.read() as conn:
+        assert not billing.list_events(conn, failed=True)
+
+
+def test_return_urls_only_to_this_service_or_allowed_hosts(
+    db: Database, emulator_server: EmulatorServer
+) -> None:
+    with open_store(db, emulator_server) as store:
+        store.user()
+        for field in ("success_url", "cancel_url"):
+            for url in (
+                "https://evil.example/steal",
+                "https://tokens.example@evil.example/",
+                "https://evil.example\\@tokens.example/",
+                "javascript://tokens.example/%0aalert(1)",
+                "https://tokens.example.evil.example/",
+            ):
+                answer = store.api.post(
+                    "/api/v1/users/alice/checkout-sessions",
+                    json={"package_id": "plus", field: url},
+                )
+                assert answer.status_code == 422, (field, url, answer.text)
+                assert answer.json()["code"] == "validation_error"
+        ours = store.api.post(
+            "/api/v1/users/alice/checkout-sessions",
+            json={"package_id": "plus", "success_url": "https://tokens.example/thanks"},
+        )
+        assert ours.status_code == 201, ours.text
+        portal = store.api.post(
+            "/api/v1/users/alice/billing-portal-sessions",
+            json={"return_url": "https://evil.example/"},
+        )
+        assert portal.status_code == 422
+    settings = SETTINGS.model_copy(update={"allowed_return_hosts": "app.example, Shop.Example"})
+    app = create_app(settings, db=db, passwords=PASSWORDS, shop=make_billing(emulator_server.url))
+    with TestClient(app, base_url="https://tokens.example") as client:
+        headers = make_key(db, Scope.SPEND)
+        assert client.put("/api/v1/users/bob", json={}, headers=headers).status_code == 200
+        for host, status in (("app.example", 201), ("shop.example", 201), ("b.example", 422)):
+            started = client.post(
+                "/api/v1/users/bob/checkout-sessions",
+                json={"package_id": "plus", "cancel_url": f"https://{host}/back"},
+                headers=headers,
+            )
+            assert started.status_code == status, (host, started.text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -166,3 +167,77 @@ def test_reconcile_closes_a_dispute_whose_events_were_lost(store: Store) -> None
     assert [o.purchase.id for o in result.fixed if o.purchase] == [started["purchase_id"]]
     balance = store.balance()
     assert (balance["available"], balance["held"]) == (0, 0)
+
+
+def _history_kinds(store: Store) -> list[str]:
+    answer = store.api.get("/api/v1/users/alice/transactions")
+    return [item["kind"] for item in answer.json()["items"]]
+
+
+def test_a_refund_that_fails_later_gives_the_tokens_back_once(store: Store) -> None:
+    """Stripe marks a refund failed after it had succeeded (the bank could not return the
+    money): what its clawback took comes back, exactly once, however often it is told."""
+    started = store.paid_checkout("plus")  # 2,200 tokens for $20.00
+    intent = _intent(store, started)
+    sdk = stripe.StripeClient(SECRET_KEY, base_addresses={"api": store.emulator.url})
+    refund = sdk.v1.refunds.create({"payment_intent": intent, "amount": 1000})
+    store.emulator.settle()
+    assert store.balance()["available"] == 1100
+    failed = store.emulator.http.post(f"/_emulator/refunds/{refund.id}/fail")
+    assert failed.status_code == 200, failed.text
+    store.emulator.settle()
+    assert store.balance()["available"] == 2200
+    purchase = store.purchase(started["purchase_id"])
+    assert (purchase["refunded_amount"], purchase["clawed_back_tokens"]) == (0, 0)
+    assert _history_kinds(store)[0] == "restore"
+    for event in store.emulator.events():  # every event again, then the reconciler
+        store.emulator.http.post(f"/_emulator/events/{event['id']}/redeliver")
+    store.emulator.settle()
+    billing.reconcile(
+        store.db, store.shop.stripe, since=utcnow() - timedelta(hours=1), policy="debt"
+    )
+    assert store.balance()["available"] == 2200
+    assert _history_kinds(store).count("restore") == 1
+    # A later refund that holds takes its share as usual.
+    _refund(store, intent)
+    assert store.balance()["available"] == 0
+
+
+def test_stripes_refund_failure_card_is_emulated(store: Store) -> None:
+    started = store.checkout("starter")
+    paid = store.emulator.pay(started["checkout_session_id"], card="4000000000005126")
+    assert paid.status_code == 200, paid.text
+    store.emulator.settle()
+    _refund(store, _intent(store, started))
+    assert store.balance()["available"] == 0
+    deadline = time.monotonic() + 10
+    while store.balance()["available"] != 500:  # the refund fails a moment later
+        assert time.monotonic() < deadline, "the refund never failed"
+        time.sleep(0.1)
+        store.emulator.settle()
+    (failed,) = store.emulator.events("refund.failed")
+    assert failed["data"]["object"]["status"] == "failed"
+
+
+def test_a_failed_refund_cancels_the_debt_it_recorded(
+    db: Database, emulator_server: EmulatorServer
+) -> None:
+    """Both policies: the wallet ends as if the refund had never happened, including debt
+    that a later purchase had already paid off (given back as tokens)."""
+    for policy, expected in (("debt", 200), ("negative", 2400)):
+        with open_store(db, emulator_server, policy=policy) as store:
+            user = store.user(f"user-{policy}")
+            started = store.paid_checkout("plus", user)
+            assert store.spend(2000, f"llm-{policy}", user).status_code == 201
+            intent = store.purchase(started["purchase_id"])["payment_intent_id"]
+            sdk = stripe.StripeClient(SECRET_KEY, base_addresses={"api": store.emulator.url})
+            refund = sdk.v1.refunds.create({"payment_intent": intent})
+            store.emulator.settle()
+            assert (store.balance(user)["available"], store.balance(user)["debt"]) == (0, 2000)
+            if policy == "negative":  # the next purchase pays the debt off
+                store.paid_checkout("plus", user)
+                assert (store.balance(user)["available"], store.balance(user)["debt"]) == (200, 0)
+            store.emulator.http.post(f"/_emulator/refunds/{refund.id}/fail")
+            store.emulator.settle()
+            balance = store.balance(user)
+            assert (balance["available"], balance["debt"]) == (expected, 0), policy

@@ -170,7 +170,13 @@ def install(
     async def invalid(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         errors = [
-            {"location": list(e.get("loc", ())), "message": e.get("msg", "")} for e in exc.errors()
+            {
+                "location": list(e.get("loc", ())),
+                # An unreadable body says why (a repeated key, unstorable text...).
+                "message": e.get("msg", "")
+                + (f": {e['ctx']['error']}" if e.get("type") == "json_invalid" else ""),
+            }
+            for e in exc.errors()
         ]
         return problem(422, "validation_error", "the request is not valid", errors=errors)
 

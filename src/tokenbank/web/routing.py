@@ -107,7 +107,8 @@ class StrictRoute(APIRoute):
         async def strict(request: Request) -> Response:
             if _announces_body(request):
                 kind = media_type(request)
-                if kind not in accepted and not (not form and kind.endswith("+json")):
+                json_kind = kind.startswith("application/") and kind.endswith("+json")
+                if kind not in accepted and not (json_kind and not form):
                     return problem(
                         415,
                         "unsupported_media_type",
