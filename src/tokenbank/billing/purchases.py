@@ -189,7 +189,7 @@ def sales_by_package(conn: Connection) -> dict[str, int]:
         .where(purchases.c.status == PurchaseStatus.PAID.value)
         .group_by(purchases.c.package_id)
     )
-    return dict(rows.tuples().all())
+    return {package: int(count) for package, count in rows}
 
 
 def _on_sale(catalog: Catalog, package_id: str) -> Package:
