@@ -9,8 +9,9 @@ import shutil
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -35,8 +36,30 @@ def find_bindir() -> str:
     )
 
 
+@dataclass
+class LocalPostgres:
+    """A private PostgreSQL server the tests started, which they may also restart."""
+
+    url: str
+    run: Callable[..., None]
+    data: str
+
+    def restart(self, mode: str = "immediate") -> None:
+        """``pg_ctl restart -m immediate``: every connection dies, the server comes back.
+        (Its log goes to the file, as at start: otherwise the server would hold our pipe.)"""
+        log = os.path.join(os.path.dirname(self.data), "log")
+        self.run("pg_ctl", "-D", self.data, "-m", mode, "-w", "-l", log, "restart")
+
+
 @contextmanager
 def ephemeral_postgres() -> Iterator[str]:
+    """The URL of a private server (see ``local_postgres``)."""
+    with local_postgres() as server:
+        yield server.url
+
+
+@contextmanager
+def local_postgres() -> Iterator[LocalPostgres]:
     """Start a private server on a Unix socket; PostgreSQL refuses root, so demote."""
     bindir = find_bindir()
     workdir = tempfile.mkdtemp(prefix="tokenbank-pg-")
@@ -70,7 +93,7 @@ def ephemeral_postgres() -> Iterator[str]:
         )
         run("pg_ctl", "-D", data, "-w", "-l", os.path.join(workdir, "log"), "-o", options, "start")
         try:
-            yield f"postgresql://postgres@/postgres?host={workdir}"
+            yield LocalPostgres(f"postgresql://postgres@/postgres?host={workdir}", run, data)
         finally:
             run("pg_ctl", "-D", data, "-m", "immediate", "-w", "stop")
     finally:

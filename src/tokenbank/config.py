@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     stripe_api_base: str | None = Field(
         default=None, validation_alias=AliasChoices("STRIPE_API_BASE")
     )
+    # How long a call to Stripe may take, and how often the SDK retries one that failed
+    # to connect, timed out or got a 409/429/5xx (with the same idempotency key).
+    stripe_timeout_seconds: float = Field(default=20, gt=0, le=120)
+    stripe_max_network_retries: int = Field(default=2, ge=0, le=10)
 
     # Fault injection for the recovery tests (tokenbank.faults); refused in production.
     fault_injection: bool = False

@@ -61,6 +61,10 @@ metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 Dialect = Literal["sqlite", "postgresql"]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: A database that does not answer is "unavailable" (503) after this long, not after the
+#: operating system's TCP timeout: connecting, and waiting for a free pooled connection.
+CONNECT_TIMEOUT_SECONDS = 5
+POOL_TIMEOUT_SECONDS = 10
 
 
 def json_dumps(value: Any) -> str:
@@ -328,7 +332,8 @@ class Database:
             min_size=min(4, self.pool_size),  # grows to pool_size under load
             max_size=self.pool_size,
             open=False,
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_SECONDS},
+            timeout=POOL_TIMEOUT_SECONDS,
         )
         await pool.open()
         self._async_pools[loop] = pool
@@ -387,7 +392,8 @@ def _connect_postgresql(url: sa.URL, *, pool_size: int) -> Database:
         url,
         pool_size=pool_size,
         max_overflow=0,
-        pool_timeout=30,
+        pool_timeout=POOL_TIMEOUT_SECONDS,
+        connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
         isolation_level="READ COMMITTED",
         json_serializer=json_dumps,
     )
@@ -397,7 +403,8 @@ def _connect_postgresql(url: sa.URL, *, pool_size: int) -> Database:
         url,
         pool_size=pool_size,
         max_overflow=0,
-        pool_timeout=30,
+        pool_timeout=POOL_TIMEOUT_SECONDS,
+        connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
         isolation_level="AUTOCOMMIT",
         pool_reset_on_return=None,  # nothing to roll back: atomic() always ends its transaction
         json_serializer=json_dumps,

@@ -21,7 +21,7 @@ from tokenbank.config import Settings
 #: Every point the code declares, and where it is.
 POINTS = {
     "spend.committed": "a spend is committed; its answer is not sent yet",
-    "webhook.committed": "a webhook's effects are committed; the 200 is not sent yet",
+    "webhook.committed": "a webhook's effects (a credit...) are committed; no 200 sent yet",
     "purchase.opened": "a purchase's row is committed; Stripe is not called yet",
     "purchase.created": "Stripe created the purchase's session or payment; its id is not stored",
 }

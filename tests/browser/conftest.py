@@ -12,17 +12,13 @@ import fcntl
 import os
 import secrets
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
-import httpx
 import pytest
 from playwright.sync_api import (
     Browser,
@@ -33,9 +29,17 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.processes import (
+    REPO,
+    TOKENBANK,
+    Process,
+    clean_env,
+    cli_error,
+    free_ports,
+    wait_until_up,
+)
+
 SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
-TOKENBANK = Path(sys.executable).parent / "tokenbank"
 CHROMIUM = Path("/usr/bin/chromium")
 CJK_FONT_PACKAGE = "fonts-noto-cjk"
 INSTALL_LOCK = Path(tempfile.gettempdir()) / "tokenbank-chromium-install.lock"
@@ -52,7 +56,6 @@ CHROMIUM_ARGS = [
 # Covers a first run that installs Chromium with apt inside the first test's set-up.
 BROWSER_TEST_TIMEOUT = 900
 START_TIMEOUT = 30.0
-STOP_TIMEOUT = 10.0
 LOG_TAIL_LINES = 80
 
 STRIPE_SECRET_KEY = "sk_test_local_emulator"
@@ -234,45 +237,6 @@ def screenshot() -> Callable[[Page, str], Path]:
 # --- the service and its Stripe emulator ---------------------------------------------------
 
 
-def _free_ports(count: int) -> list[int]:
-    """Ports free right now; all probes stay bound until the last is picked, so they differ."""
-    probes = [socket.socket() for _ in range(count)]
-    try:
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [int(probe.getsockname()[1]) for probe in probes]
-    finally:
-        for probe in probes:
-            probe.close()
-
-
-def _cli_error(exc: subprocess.CalledProcessError) -> subprocess.CalledProcessError:
-    # CalledProcessError's message leaves the output out; a failing test should show it.
-    exc.add_note(f"stdout:\n{exc.stdout}\nstderr:\n{exc.stderr}")
-    return exc
-
-
-@dataclass
-class _Process:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-    log: IO[bytes]
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(STOP_TIMEOUT)
-        self.log.close()
-
-
 @dataclass
 class LiveService:
     """A running tokenbank and its Stripe emulator, each in its own process, on one SQLite
@@ -283,7 +247,7 @@ class LiveService:
     database_url: str
     env: dict[str, str]
     directory: Path
-    processes: list[_Process] = field(default_factory=list)
+    processes: list[Process] = field(default_factory=list)
 
     def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
         """``tokenbank ARGS...`` against this instance's database and settings."""
@@ -299,7 +263,7 @@ class LiveService:
                 timeout=120,
             )
         except subprocess.CalledProcessError as exc:
-            raise _cli_error(exc) from None
+            raise cli_error(exc) from None
 
     def create_user(
         self, user_id: str, email: str, password: str, *, admin: bool = False
@@ -320,36 +284,13 @@ class LiveService:
         )
 
     def start(self, name: str, *args: str) -> None:
-        log_path = self.directory / f"{name}.log"
-        log = log_path.open("wb")
-        popen = subprocess.Popen(
-            [str(TOKENBANK), *args],
-            env=self.env,
-            cwd=self.directory,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        self.processes.append(_Process(name, popen, log_path, log))
+        self.processes.append(Process.start(name, args, env=self.env, directory=self.directory))
 
     def wait_until_up(self, url: str) -> None:
         """Poll ``url`` until it answers 200, failing early when a process has died."""
-        deadline = time.monotonic() + START_TIMEOUT
-        last = "no answer yet"
-        while time.monotonic() < deadline:
-            for process in self.processes:
-                if (code := process.popen.poll()) is not None:
-                    self.fail_start(f"{process.name} exited with status {code}")
-            try:
-                answer = httpx.get(url, timeout=1)
-            except httpx.TransportError as exc:
-                last = repr(exc)
-            else:
-                if answer.status_code == 200:
-                    return
-                last = f"{answer.status_code} {answer.text[:500]}"
-            time.sleep(0.1)
-        self.fail_start(f"{url} not ready after {START_TIMEOUT:.0f}s (last: {last})")
+        problem = wait_until_up(url, self.processes, timeout=START_TIMEOUT)
+        if problem is not None:
+            self.fail_start(problem)
 
     def fail_start(self, why: str) -> None:
         logs = self.logs()
@@ -364,34 +305,28 @@ class LiveService:
 def _start_service(
     directory: Path, catalog: Path, purchase_flow: PurchaseFlow, extra_env: Mapping[str, str]
 ) -> LiveService:
-    port, emulator_port = _free_ports(2)
+    port, emulator_port = free_ports(2)
     base_url, emulator_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{emulator_port}"
     database_url = f"sqlite:///{directory / 'tokenbank.db'}"
-    # Nothing from the developer's own tokenbank or Stripe settings leaks in.
-    inherited = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("TOKENBANK_", "STRIPE_"))
-    }
-    env = {
-        **inherited,
-        "TOKENBANK_DATABASE_URL": database_url,
-        "TOKENBANK_PUBLIC_URL": base_url,
-        "TOKENBANK_SECRET_KEY": secrets.token_urlsafe(48),
-        "TOKENBANK_VAR_DIR": str(directory / "var"),
-        "TOKENBANK_CATALOG": str(catalog),
-        "TOKENBANK_PURCHASE_FLOW": purchase_flow,
-        # Every test signs in from 127.0.0.1 against a shared instance.
-        "TOKENBANK_LOGIN_LIMIT_PER_IP": "10000/minute",
-        "TOKENBANK_LOGIN_LIMIT_PER_ACCOUNT": "10000/minute",
-        "TOKENBANK_REGISTER_LIMIT_PER_IP": "10000/minute",
-        "STRIPE_SECRET_KEY": STRIPE_SECRET_KEY,
-        "STRIPE_PUBLISHABLE_KEY": STRIPE_PUBLISHABLE_KEY,
-        "STRIPE_WEBHOOK_SECRET": STRIPE_WEBHOOK_SECRET,
-        "STRIPE_API_BASE": emulator_url,
-        "_TYPER_STANDARD_TRACEBACK": "1",  # plain tracebacks read better in the logs
-        **extra_env,
-    }
+    env = clean_env(
+        {
+            "TOKENBANK_DATABASE_URL": database_url,
+            "TOKENBANK_PUBLIC_URL": base_url,
+            "TOKENBANK_SECRET_KEY": secrets.token_urlsafe(48),
+            "TOKENBANK_VAR_DIR": str(directory / "var"),
+            "TOKENBANK_CATALOG": str(catalog),
+            "TOKENBANK_PURCHASE_FLOW": purchase_flow,
+            # Every test signs in from 127.0.0.1 against a shared instance.
+            "TOKENBANK_LOGIN_LIMIT_PER_IP": "10000/minute",
+            "TOKENBANK_LOGIN_LIMIT_PER_ACCOUNT": "10000/minute",
+            "TOKENBANK_REGISTER_LIMIT_PER_IP": "10000/minute",
+            "STRIPE_SECRET_KEY": STRIPE_SECRET_KEY,
+            "STRIPE_PUBLISHABLE_KEY": STRIPE_PUBLISHABLE_KEY,
+            "STRIPE_WEBHOOK_SECRET": STRIPE_WEBHOOK_SECRET,
+            "STRIPE_API_BASE": emulator_url,
+            **extra_env,
+        }
+    )
     service = LiveService(base_url, emulator_url, database_url, env, directory)
     service.start(
         "stripe-emulator",

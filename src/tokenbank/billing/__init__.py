@@ -84,6 +84,8 @@ def billing_from_settings(settings: Settings) -> Billing | None:
             else None
         ),
         api_base=settings.stripe_api_base,
+        timeout_seconds=settings.stripe_timeout_seconds,
+        max_network_retries=settings.stripe_max_network_retries,
     )
     if settings.purchase_flow == "embedded" and not settings.stripe_publishable_key:
         raise ConfigurationError(

@@ -75,6 +75,8 @@ class Processed:
     event_id: str
     outcome: str
     duplicate: bool
+    #: Whether this delivery changed a purchase (credited it, clawed back, ...).
+    changed: bool = False
 
 
 class ProcessingFailed(TokenbankError):
@@ -256,7 +258,8 @@ def process(
     if settled is not None:
         settled.log(f"webhook {event.id}")
     log.info("webhook_processed", event_id=event.id, type=event.type, outcome=outcome)
-    return Processed(event_id=event.id, outcome=outcome, duplicate=False)
+    changed = settled is not None and bool(settled.changes)
+    return Processed(event_id=event.id, outcome=outcome, duplicate=False, changed=changed)
 
 
 def _to_inbox(row: sa.Row[tuple[int, ...]]) -> InboxEvent:

@@ -258,7 +258,7 @@ def build_router(
             signature=request.headers.get("stripe-signature"),
             policy=shop.policy,
         )
-        if not processed.duplicate:
+        if processed.changed:
             faults.point("webhook.committed")
         metrics.webhooks.labels("duplicate" if processed.duplicate else "processed").inc()
         return {"received": True, "duplicate": processed.duplicate, "outcome": processed.outcome}
