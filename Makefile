@@ -6,7 +6,7 @@ PORT   ?= 8000
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test check fmt bench messages clean
+.PHONY: help install run test check fmt bench soak messages clean
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -37,6 +37,11 @@ fmt: install ## Format and autofix
 bench: install ## Ledger and HTTP throughput against baselines run alongside (docs/benchmarks.md)
 	$(BIN)/python -m bench.ledger
 	$(BIN)/python -m bench.http
+
+MINUTES ?= 10
+
+soak: install ## Minutes of mixed load with kill -9 and database restarts, then every check (docs/reliability.md)
+	$(BIN)/python -m tests.faults.soak --minutes $(MINUTES)
 
 LOCALES := src/tokenbank/web/locales
 
