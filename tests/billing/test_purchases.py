@@ -546,6 +546,9 @@ def test_return_urls_only_to_this_service_or_allowed_hosts(
                 "https://evil.example\\@tokens.example/",
                 "javascript://tokens.example/%0aalert(1)",
                 "https://tokens.example.evil.example/",
+                "https://[tokens.example/",  # urlsplit itself refuses these
+                "https://tokens.example:port/",
+                "https://\bå\U00100051[Í/",
             ):
                 answer = store.api.post(
                     "/api/v1/users/alice/checkout-sessions",

@@ -8,7 +8,6 @@ import csv
 import io
 import json
 import re
-import sqlite3
 import time
 import uuid
 from collections.abc import Callable
@@ -240,8 +239,9 @@ def test_phone_widget_follows_a_spend_made_through_the_api(
 
 
 def _failed_purchase_event(service: LiveService, user_id: str) -> tuple[int, str]:
-    """A purchase whose webhook fails: its stored amount disagrees with what Stripe charged,
-    as after a botched manual edit. Returns the purchase id and the failed event's id."""
+    """A purchase whose webhook failed: Stripe was failing (500) whenever tokenbank asked
+    it about the payment. Returns the purchase id and the failed event's id; Stripe is
+    well again, and its retries are turned away, so the replay button is what settles it."""
     admin_key = service.api_key("admin")
     started = httpx.post(
         f"{service.base_url}/api/v1/users/{user_id}/checkout-sessions",
@@ -250,9 +250,8 @@ def _failed_purchase_event(service: LiveService, user_id: str) -> tuple[int, str
     )
     assert started.status_code == 201, started.text
     purchase_id = started.json()["purchase_id"]
-    database = service.database_url.removeprefix("sqlite:///")
-    with sqlite3.connect(database) as conn:
-        conn.execute("UPDATE purchases SET amount = 1 WHERE id = ?", (purchase_id,))
+    failing = [{"method": "GET", "path": "/v1/*", "status": 500, "times": 10_000}]
+    httpx.post(f"{service.emulator_url}/_emulator/api_faults", json={"faults": failing})
     session_id = started.json()["checkout_session_id"]
     paid = httpx.post(f"{service.emulator_url}/_emulator/checkout_sessions/{session_id}/pay")
     assert paid.status_code == 200, paid.text
@@ -263,10 +262,11 @@ def _failed_purchase_event(service: LiveService, user_id: str) -> tuple[int, str
         failed = [e for e in listed if e["type"] == "checkout.session.completed"]
         time.sleep(0.2)
     assert failed, "the webhook did not fail as arranged"
-    # No more retries from the emulator: the replay button is what settles it.
-    httpx.post(f"{service.emulator_url}/_emulator/webhooks/config", json={"drop": 100})
-    with sqlite3.connect(database) as conn:
-        conn.execute("UPDATE purchases SET amount = 2000 WHERE id = ?", (purchase_id,))
+    httpx.post(
+        f"{service.emulator_url}/_emulator/webhooks/config",
+        json={"url": "http://127.0.0.1:9/nowhere"},
+    )
+    httpx.post(f"{service.emulator_url}/_emulator/api_faults", json={"faults": []})
     return purchase_id, failed[0]["event_id"]
 
 
@@ -307,7 +307,7 @@ def test_admin_grants_tokens_and_replays_a_failed_webhook(
     page.goto(f"{service.base_url}/admin/webhooks?failed=1")
     row = page.locator(f"tr[data-event='{event_id}']")
     expect(row.locator(".pill.failed")).to_be_visible()
-    expect(row).to_contain_text("PaymentMismatch")
+    expect(row).to_contain_text("PaymentProviderUnavailable")
     screenshot(page, "en-admin-webhooks-failed")
     row.get_by_role("button", name="Replay").click()
     expect(row.locator(".pill.processed")).to_be_visible()

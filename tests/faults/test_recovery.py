@@ -19,10 +19,15 @@ from typing import Any
 
 import httpx
 import pytest
-import sqlalchemy as sa
 
 from tests.faults.conftest import Service, service_for, wait_for
-from tests.postgres import LocalPostgres, PostgresUnavailable, local_postgres, scratch_database
+from tests.postgres import (
+    LocalPostgres,
+    PostgresUnavailable,
+    local_postgres,
+    scratch_database,
+    terminate_backends,
+)
 from tests.processes import TOKENBANK
 from tests.stripe_emulator import SECRET_KEY, EmulatorServer
 from tokenbank import migrations
@@ -164,15 +169,7 @@ def test_postgresql_restarted_or_backends_killed_under_load(
             if fault == "restart":
                 server.restart()
             else:
-                admin = sa.create_engine(db.url, isolation_level="AUTOCOMMIT")
-                with admin.connect() as conn:
-                    conn.execute(
-                        sa.text(
-                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                        )
-                    )
-                admin.dispose()
+                terminate_backends(db.url)
             outage_over = len(seen)
             time.sleep(2)
             stop.set()

@@ -13,9 +13,9 @@ from typing import Any
 
 import httpx
 import pytest
-import sqlalchemy as sa
 from alembic import command
 
+from tests.postgres import terminate_backends
 from tests.servers import serving
 from tests.stripe_emulator import EmulatorServer, event_bytes, make_billing, signed
 from tests.web.conftest import PASSWORDS, SETTINGS, make_key
@@ -31,16 +31,7 @@ ONLY_SQLITE = pytest.mark.parametrize("backend", ["sqlite"])
 
 
 def _kill_backends(db: Database) -> None:
-    """What ``pg_terminate_backend`` (or a server restart) does to the app's connections."""
-    admin = sa.create_engine(db.url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(
-            sa.text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
-        )
-    admin.dispose()
+    terminate_backends(db.url)
 
 
 def _until_served(http: httpx.Client, send: Send, *, page: bool = False) -> list[int]:

@@ -391,14 +391,20 @@ def start_checkout(
         _give_up(db, purchase.id, exc)
         raise
     faults.point("purchase.created")
+    purchase = _store_id(db, purchase.id, purchases.c.checkout_session_id, session.id)
+    return _checkout_start(purchase, session, success_url)
+
+
+def _store_id(db: Database, purchase_id: int, column: sa.Column[Any], stripe_id: str) -> Purchase:
+    """The last step: the Stripe object's id on the purchase (unless a settle that learned
+    it from Stripe got there first)."""
     with db.transaction() as conn:
         conn.execute(
             sa.update(purchases)
-            .where(purchases.c.id == purchase.id, purchases.c.checkout_session_id.is_(None))
-            .values(checkout_session_id=session.id, updated_at=utcnow())
+            .where(purchases.c.id == purchase_id, column.is_(None))
+            .values({column.name: stripe_id, "updated_at": utcnow()})
         )
-        purchase = get_purchase(conn, purchase_id=purchase.id)
-    return _checkout_start(purchase, session, success_url)
+        return get_purchase(conn, purchase_id=purchase_id)
 
 
 def _still_open(purchase: Purchase) -> None:
@@ -465,13 +471,7 @@ def start_payment(
         _give_up(db, purchase.id, exc)
         raise
     faults.point("purchase.created")
-    with db.transaction() as conn:
-        conn.execute(
-            sa.update(purchases)
-            .where(purchases.c.id == purchase.id, purchases.c.payment_intent_id.is_(None))
-            .values(payment_intent_id=intent.id, updated_at=utcnow())
-        )
-        purchase = get_purchase(conn, purchase_id=purchase.id)
+    purchase = _store_id(db, purchase.id, purchases.c.payment_intent_id, intent.id)
     assert intent.client_secret is not None
     return PaymentStart(
         purchase=purchase, payment_intent_id=intent.id, client_secret=intent.client_secret

@@ -7,6 +7,7 @@ import uuid
 from dataclasses import asdict
 from typing import Annotated, Any
 
+import structlog
 import typer
 import uvicorn
 from rich.table import Table
@@ -46,7 +47,9 @@ app.command("stripe-emulator")(billing_cli.stripe_emulator)
 def _main(ctx: typer.Context) -> None:
     settings = Settings()
     # Money events a command causes are logged on stderr: stdout is the command's output.
-    configure_logging(settings.log_level, stream="stderr")
+    # (A program that configured logging itself, and calls the command line, keeps its own.)
+    if not structlog.is_configured():
+        configure_logging(settings.log_level, stream="stderr")
     ctx.obj = Context(settings=settings)
     ctx.call_on_close(ctx.obj.close)
 

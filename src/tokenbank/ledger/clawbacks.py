@@ -74,6 +74,13 @@ def _lock_wallet(conn: Connection, user_id: str, now: datetime) -> Any:
     return row
 
 
+def _earlier(conn: Connection, key: str) -> Any:
+    """The transfer an earlier call with this key made (its id and amount), if any."""
+    return conn.execute(
+        sa.select(transfers.c.id, transfers.c.amount).where(transfers.c.idempotency_key == key)
+    ).first()
+
+
 def credit_purchase(
     conn: Connection,
     *,
@@ -132,9 +139,7 @@ def claw_back(
     now = now or utcnow()
     with atomic(conn):
         wallet = _lock_wallet(conn, user_id, now)
-        done = conn.execute(
-            sa.select(transfers.c.id, transfers.c.amount).where(transfers.c.idempotency_key == key)
-        ).first()
+        done = _earlier(conn, key)
         if done is not None:
             return Clawback(
                 user_id=user_id,
@@ -209,9 +214,7 @@ def restore(
     now = now or utcnow()
     with atomic(conn):
         wallet = _lock_wallet(conn, user_id, now)
-        done = conn.execute(
-            sa.select(transfers.c.id, transfers.c.amount).where(transfers.c.idempotency_key == key)
-        ).first()
+        done = _earlier(conn, key)
         if done is not None:
             return Restore(
                 user_id=user_id,

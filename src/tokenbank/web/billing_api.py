@@ -92,8 +92,12 @@ def check_return_url(url: str, *, hosts: frozenset[str], field: str) -> str:
     """A URL Stripe may send a buyer to: http(s) on this service's host or one the operator
     allows (``TOKENBANK_ALLOWED_RETURN_HOSTS``), with nothing that reads differently in a
     browser than here (a user part, a backslash)."""
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        parts.port  # noqa: B018 - reading it checks it is a number in range
+    except ValueError:  # an unbalanced "[", a port that is not a number...
+        parts, host = urlsplit(""), ""
     if (
         parts.scheme not in ("http", "https")
         or "\\" in url
