@@ -21,6 +21,7 @@ from tests.stripe_emulator import (
     signed,
 )
 from tests.web.conftest import PASSWORDS, SETTINGS
+from tokenbank import billing
 from tokenbank.billing.models import webhook_events
 from tokenbank.db import Database
 from tokenbank.payments.stripe import Stripe
@@ -194,6 +195,11 @@ def test_an_event_of_the_other_mode_is_recorded_ignored_and_never_acted_on(
         (row,) = conn.execute(webhook_events.select()).all()
     assert row.processed_at is not None and row.outcome.startswith("ignored")
     assert any(e["event"] == "webhook_other_mode" and e["log_level"] == "warning" for e in logs)
+    if mode:  # an operator replaying it by hand does not make it count either
+        replayed = billing.replay(
+            store.db, store.shop.stripe, event_id=completed["id"], policy="debt"
+        )
+        assert replayed.outcome.startswith("ignored") and store.balance()["available"] == 0
 
 
 def test_without_a_webhook_secret_start_up_and_readyz_say_so(

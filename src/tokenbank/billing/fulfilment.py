@@ -102,7 +102,7 @@ class Outcome:
     #: Why the purchase was flagged for an admin by this settle, if it was.
     flagged: str | None = None
 
-    def log(self, source: str) -> None:
+    def log_changes(self, source: str) -> None:
         """One log line per change, once its transaction has committed (a line written
         before the commit could tell of a credit that was rolled back)."""
         if self.purchase is None:
@@ -267,7 +267,7 @@ def settle_returning_buyer(
         return known  # as it stands: the page asks again, and the webhook will come
     with db.transaction() as conn:
         outcome = settle(conn, payment, policy=policy)
-    outcome.log("success_page")
+    outcome.log_changes("success_page")
     return outcome.purchase
 
 
@@ -620,7 +620,7 @@ def flag_purchase(db: Database, *, purchase_id: int, reason: str) -> Outcome:
         outcome = Outcome(purchase=purchase)
         if not _decided(purchase, reason):
             _flag(conn, purchase, reason, outcome, utcnow())
-    outcome.log("reconcile")
+    outcome.log_changes("reconcile")
     return outcome
 
 

@@ -131,7 +131,7 @@ def _check(
             return
         with db.transaction() as conn:
             outcome = settle(conn, payment, policy=policy)
-        outcome.log("reconcile")
+        outcome.log_changes("reconcile")
     except (PaymentProviderError, Unavailable) as exc:
         result.errors.append(f"{item.stripe_id}: {exc}")
     except Exception as exc:  # one bad payment must not stop the others

@@ -96,17 +96,12 @@ def receive(
 ) -> Processed:
     """Verify a delivery, store it once and settle it; raises ``InvalidSignature``,
     ``InvalidEvent``, ``WebhooksNotConfigured``, ``ProcessingFailed`` or ``Unavailable``.
-
-    An event of the other mode than this deployment's key (a live event on a test
-    deployment, or the reverse) is stored as ignored, answered 200 and never acted on:
-    acting on it would credit tokens for money that does not exist here."""
+    An event of the other mode than the deployment's key is stored and ignored."""
     event = stripe.verify_event(payload, signature)
     target_of(event)  # InvalidEvent (400) before anything is stored
-    mismatched = event.livemode != stripe.livemode
-    now = utcnow()
     with db.transaction() as conn:
-        stored = conn.execute(
-            _insert[conn.dialect.name].returning(webhook_events.c.id),
+        conn.execute(
+            _insert[conn.dialect.name],
             {
                 "event_id": event.id,
                 "type": event.type,
@@ -114,27 +109,37 @@ def receive(
                 "api_version": event.api_version,
                 "livemode": event.livemode,
                 "created_at": datetime.fromtimestamp(event.created, UTC),
-                "received_at": now,
-                **(
-                    {"processed_at": now, "outcome": _OTHER_MODE, "attempts": 1}
-                    if mismatched
-                    else {}
-                ),
+                "received_at": utcnow(),
             },
-        ).scalar()
-    if mismatched:
-        log.warning(
-            "webhook_other_mode",
-            event_id=event.id,
-            type=event.type,
-            event_livemode=event.livemode,
-            deployment_livemode=stripe.livemode,
         )
-        return Processed(event_id=event.id, outcome=_OTHER_MODE, duplicate=stored is None)
     return process(db, stripe, event=event, policy=policy)
 
 
 _OTHER_MODE = "ignored: the event's livemode does not match this deployment's Stripe key"
+
+
+def _other_mode(db: Database, stripe: Stripe, event: Event) -> Processed:
+    """A live event on a test deployment (or the reverse) is recorded as ignored and never
+    acted on, even when replayed: acting on it would credit tokens for money that does
+    not exist here."""
+    with db.transaction() as conn:
+        conn.execute(
+            sa.update(webhook_events)
+            .where(webhook_events.c.event_id == event.id)
+            .values(
+                processed_at=sa.func.coalesce(webhook_events.c.processed_at, utcnow()),
+                attempts=webhook_events.c.attempts + 1,
+                outcome=_OTHER_MODE,
+            )
+        )
+    log.warning(
+        "webhook_other_mode",
+        event_id=event.id,
+        type=event.type,
+        event_livemode=event.livemode,
+        deployment_livemode=stripe.livemode,
+    )
+    return Processed(event_id=event.id, outcome=_OTHER_MODE, duplicate=False)
 
 
 def _object_id(value: Any) -> str | None:
@@ -217,6 +222,8 @@ def process(
         raise UnknownEvent(event.id)
     if done.processed_at is not None and not force:
         return Processed(event_id=event.id, outcome=done.outcome or "", duplicate=True)
+    if event.livemode != stripe.livemode:
+        return _other_mode(db, stripe, event)
     try:
         payment = _payment_for(stripe, event)  # Stripe calls: nothing is locked yet
         with db.transaction() as conn:
@@ -256,7 +263,7 @@ def process(
             raise failure from exc
         raise ProcessingFailed(error) from exc
     if settled is not None:
-        settled.log(f"webhook {event.id}")
+        settled.log_changes(f"webhook {event.id}")
     log.info("webhook_processed", event_id=event.id, type=event.type, outcome=outcome)
     changed = settled is not None and bool(settled.changes)
     return Processed(event_id=event.id, outcome=outcome, duplicate=False, changed=changed)
