@@ -50,15 +50,16 @@ class KeyCache:
                 self._throttle.hit("api_key_ip", client)
             raise
 
-    async def verify(self, header: bytes | None, client: str = "unknown") -> ApiKey:
+    async def verify(self, header: bytes | None, client: tuple[str, int] | None = None) -> ApiKey:
         """The key in an ``Authorization: Bearer`` header, or ``InvalidApiKey`` (or
-        ``RateLimited`` for an address that sent too many wrong keys)."""
+        ``RateLimited`` for the ``client`` address when it sent too many wrong keys)."""
         if header is None:
             raise InvalidApiKey
         hit = self._known.get(header)
         if hit is not None and hit[1] > time.monotonic():
             return hit[0]
-        key = await run_in_threadpool(self._lookup, header, client)
+        address = client[0] if client else "unknown"
+        key = await run_in_threadpool(self._lookup, header, address)
         with self._lock:
             if len(self._known) > 10_000:  # bounded: unknown secrets are never stored
                 self._known.clear()
@@ -105,7 +106,7 @@ async def authorize(
                 raise Forbidden("you can only see your own tokens")
             return user
     cache: KeyCache = request.app.state.keys
-    key = await cache.verify(header, request.client.host if request.client else "unknown")
+    key = await cache.verify(header, request.scope.get("client"))
     if not key.allows(scope):
         raise Forbidden(f"this API key lacks the {scope.value!r} scope")
     return key

@@ -148,12 +148,12 @@ def _problem(
 #: Routes whose path carries a secret, never written to the access log.
 SECRET_ROUTES = frozenset({"/portal/{token}"})
 
-#: Sent with every answer that does not set its own (pages set a richer CSP): nothing may
-#: frame, sniff or run it, and no URL leaks to another site.
+#: Sent with every answer that does not set its own (pages set a richer CSP, and
+#: X-Frame-Options for browsers older than CSP's frame-ancestors): nothing may frame, sniff
+#: or run it, and no URL leaks to another site.
 BASE_HEADERS = (
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"same-origin"),
-    (b"x-frame-options", b"DENY"),
     (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'; base-uri 'none'"),
 )
 #: Browsers must only ever reach a production deployment over HTTPS (two years).
