@@ -1,13 +1,33 @@
 """Engines for SQLite and PostgreSQL, the units of work, and what a database failure means.
 
-Service functions take the ``Connection`` a unit of work yields; they execute and may flush,
-but they never commit. Whoever opened the unit (a request, a CLI command, an inbox worker)
-decides when it ends.
+There is no single commit point; there are five units of work, because one would either
+cost the hot path its round trips or leave rare multi-statement steps half applied:
+
+- ``Database.transaction()``: several operations that stand or fall together. Commits when
+  the block ends, rolls back if it raises.
+- ``Database.autocommit()``: one operation, as the API runs per request. On PostgreSQL each
+  statement commits alone, so a spend or a credit is one round trip and its wallet row is
+  locked only while the server runs it; on SQLite it is ``transaction()``.
+- ``atomic(conn)``: a step of several statements inside either of them. It opens a
+  transaction of its own, and commits it, only where each statement would otherwise commit
+  alone (``autocommit()`` on PostgreSQL); inside a transaction it adds nothing. This is
+  why service functions are handed a connection and still may commit: a ledger function
+  that writes more than one statement does so in ``atomic``, whoever opened the unit.
+- ``Database.async_autocommit()``: ``autocommit()`` on an asyncio connection, for the HTTP
+  service's hottest routes (PostgreSQL only).
+- ``Database.read()``: reads that never wait behind writers; nothing written there is
+  meant to last (on SQLite the block's transaction is rolled back).
+
+Services that must commit between steps (a payment provider's call between two writes, an
+inbox worker taking one event at a time) take the ``Database`` and open their own units.
+
+Work to do only once a change is durable (a log line about it) is registered with
+``after_commit``, which every unit here honours.
 
 A database that is down, restarting, full, read-only or locked past its timeout is not a
 bug in the request: ``unavailable()`` names those failures, so every entry point can answer
 "try again shortly" (HTTP 503 with ``Retry-After``) instead of crashing. Nothing is half
-written either way: each unit of work commits whole or not at all.
+written either way: each unit of work, and each ``atomic`` step, commits whole or not at all.
 
 PostgreSQL runs at READ COMMITTED: conditional updates (``... WHERE balance >= n``) and
 constraints carry the invariants, and a hot wallet does not pay SERIALIZABLE's retries.
@@ -143,17 +163,56 @@ def commits_alone(conn: Connection) -> bool:
 def atomic(conn: Connection) -> Iterator[None]:
     """Make a multi-statement step atomic, whatever kind of unit ``conn`` belongs to.
 
-    Inside ``Database.transaction()`` the step is already part of the caller's transaction
-    and this does nothing. On an autocommit connection it wraps the step in a transaction of
-    its own, which commits when the step ends and rolls back if it raises.
+    A caller in ``autocommit()`` chose to commit each statement alone; a step of several
+    statements must still not be half applied if the process dies between them. Inside a
+    transaction the step is already part of the caller's and this adds nothing (the
+    caller's commit, or rollback, decides). Where each statement would commit alone, the
+    step gets a transaction of its own, which commits when it ends (running what was
+    registered with ``after_commit`` inside it) and rolls back if it raises.
     """
     if not commits_alone(conn):
         yield
         return
     driver = conn.connection.driver_connection
     assert driver is not None
+    pending = _start_unit(conn)
     with driver.transaction():
         yield
+    _run(pending)
+
+
+_AFTER_COMMIT = "tokenbank.after_commit"
+
+
+def after_commit(conn: Connection, work: Callable[[], object]) -> None:
+    """Run ``work`` once what ``conn`` has written so far is committed; never if it is
+    rolled back.
+
+    For what must not claim a change that did not last, such as a log line about it. A
+    service function does not know whether its caller's unit commits after it, or rolls it
+    back: the units of work (and ``atomic``) know, and run ``work`` after their commit. A
+    statement that committed alone (``autocommit()`` outside ``atomic``) is durable
+    already, so ``work`` runs at once.
+    """
+    if commits_alone(conn):
+        work()
+        return
+    conn.info.setdefault(_AFTER_COMMIT, []).append(work)
+
+
+def _start_unit(conn: Connection) -> list[Callable[[], object]]:
+    """A fresh list for ``after_commit`` on ``conn``: what an earlier unit on the same
+    pooled connection left there was rolled back with it."""
+    pending: list[Callable[[], object]] = []
+    conn.info[_AFTER_COMMIT] = pending
+    return pending
+
+
+def _run(pending: list[Callable[[], object]]) -> None:
+    work = list(pending)
+    pending.clear()
+    for item in work:
+        item()
 
 
 def driver_datetime(dialect: str, value: datetime) -> Any:
@@ -275,16 +334,18 @@ class Database:
 
     @contextmanager
     def transaction(self, *, wallet: str | None = None) -> Iterator[Connection]:
-        """Run a unit of work: commit when the block ends, roll back if it raises.
+        """A unit of work whose operations stand or fall together: it commits when the
+        block ends and rolls back if it raises, so a caller can combine ledger calls (open
+        a wallet and credit it) without any of them committing alone.
 
         ``wallet``: the user whose wallet the work changes, if one; see ``WalletGate``.
         """
-        if self._write_lock is not None:  # SQLite: every writer already waits here
-            with self._write_lock, self.engine.begin() as conn:
-                yield conn
-            return
-        with self._gated(wallet), self.engine.begin() as conn:
+        # SQLite: every writer already waits on the write lock.
+        writers = self._write_lock if self._write_lock is not None else self._gated(wallet)
+        with writers, self.engine.begin() as conn:
+            pending = _start_unit(conn)
             yield conn
+        _run(pending)  # committed: after_commit's work, outside the lock
 
     def _gated(self, wallet: str | None) -> AbstractContextManager[object]:
         return nullcontext() if wallet is None else self._gate(wallet)
@@ -293,26 +354,32 @@ class Database:
     def autocommit(self, *, wallet: str | None = None) -> Iterator[Connection]:
         """A unit of work that is one ledger operation, such as a single spend.
 
-        On PostgreSQL a credit or a spend is then one autocommitted statement: one round
-        trip, and the wallet row is locked only while the server executes and flushes it.
-        The ledger makes its rarer multi-statement steps atomic itself (``atomic()``). On
-        SQLite this is ``transaction()``: writers are serialised either way.
+        On PostgreSQL every statement then commits alone: a credit or a spend is one round
+        trip, and the wallet row is locked only while the server executes and flushes it,
+        not for a further round trip until a COMMIT. The price is that nothing here joins
+        two statements: the ledger's multi-statement operations open their own short
+        transaction (``atomic()``), and a caller that needs two operations to stand or
+        fall together uses ``transaction()``. On SQLite this is ``transaction()``: writers
+        are serialised either way, and SQLite has no cheaper one-statement commit.
         """
         if self._write_lock is not None:
             with self.transaction() as conn:
                 yield conn
             return
         with self._gated(wallet), self.read_engine.connect() as conn:
+            _start_unit(conn)
             yield conn
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        """A read-only connection that never waits behind writers.
+        """A connection for reading, that never waits behind writers.
 
         On PostgreSQL each statement is its own snapshot (autocommit: no BEGIN/COMMIT round
-        trips); on SQLite a deferred transaction gives one snapshot for the whole block.
+        trips); on SQLite a deferred transaction gives one snapshot for the whole block, and
+        is rolled back at its end. Writing here is a mistake: on SQLite it would not last.
         """
         with self.read_engine.connect() as conn:
+            _start_unit(conn)
             yield conn
 
     async def open_async(self) -> None:
@@ -352,7 +419,11 @@ class Database:
             return False
 
     def async_autocommit(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
-        """``autocommit()`` for asyncio: each statement commits alone (PostgreSQL only)."""
+        """``autocommit()`` for asyncio: each statement commits alone (PostgreSQL only).
+
+        Only for one-statement operations (``ledger.try_spend``, ``ledger.balance_async``):
+        there is no ``atomic()`` here, and anything else falls back to ``autocommit()``.
+        """
         return self._async_pools[asyncio.get_running_loop()].connection()
 
     async def recover(self) -> None:

@@ -1,8 +1,14 @@
 """The ledger: wallets, immutable transfers and their entries, and holds.
 
-Every function takes a ``Connection`` inside a transaction opened by the caller
-(``Database.transaction()``) and never commits. This package imports nothing from the web,
-CLI, billing or payments packages.
+Every function takes a ``Connection`` from a unit of work the caller opened
+(``tokenbank.db``): the caller decides how much stands or falls together. What the ledger
+decides is that none of its own operations is ever half applied: one that writes more than
+one statement runs in ``atomic``, which adds nothing inside the caller's transaction and,
+in an ``autocommit()`` unit on PostgreSQL, commits that operation alone, as the one
+statement of a spend or a credit commits alone. So a ledger function may commit, but only
+ever a whole operation, and only where the caller chose ``autocommit()``.
+
+This package imports nothing from the web, CLI, billing or payments packages.
 """
 
 from tokenbank.ledger.accounts import open_wallet, wallet_exists
@@ -32,7 +38,7 @@ from tokenbank.ledger.errors import (
 )
 from tokenbank.ledger.holds import Hold, expire_holds, get_hold, hold, post_hold, void_hold
 from tokenbank.ledger.journal import Receipt
-from tokenbank.ledger.models import HoldStatus, SystemAccount, TransferKind
+from tokenbank.ledger.models import HoldKind, HoldStatus, SystemAccount, TransferKind
 from tokenbank.ledger.reads import (
     Balance,
     HistoryItem,
@@ -54,6 +60,7 @@ __all__ = [
     "HistoryPage",
     "Hold",
     "HoldFrozen",
+    "HoldKind",
     "HoldNotPending",
     "HoldStatus",
     "IdempotencyConflict",

@@ -9,8 +9,10 @@ it: the tokens taken come back and the debt recorded is cancelled.
 A freeze is a hold with no deadline: the tokens stay in the wallet but cannot be spent
 until it is voided (the dispute was won) or voided and clawed back (it was lost).
 
-These operations are rare and run in the caller's transaction; their keys start with the
-reserved prefix, so no API caller can take them first.
+These operations are rare, and each is several statements: each runs in ``atomic``, so in
+an autocommit unit it commits whole on its own, and in a transaction it commits with the
+caller's. Their keys are reserved ones (``idempotency.reserved_key``), so no API caller can
+take them first.
 """
 
 from __future__ import annotations
@@ -24,19 +26,21 @@ from sqlalchemy.engine import Connection
 
 from tokenbank.columns import utcnow
 from tokenbank.db import atomic
+from tokenbank.ledger.accounts import wallet_id
 from tokenbank.ledger.errors import InvalidArgument, UnknownUser
-from tokenbank.ledger.holds import Hold, _reserve, get_hold, release_expired
-from tokenbank.ledger.journal import (
-    RESERVED_KEY_PREFIX,
-    Receipt,
-    Request,
-    check_amount,
-    check_metadata,
-    record_transfer,
-    wallet_id,
+from tokenbank.ledger.holds import Hold, get_hold, release_expired, reserve
+from tokenbank.ledger.idempotency import KeyPurpose, Request, reserved_key
+from tokenbank.ledger.inputs import check_amount, check_metadata
+from tokenbank.ledger.journal import Receipt, record_transfer
+from tokenbank.ledger.models import (
+    HoldKind,
+    SystemAccount,
+    TransferKind,
+    accounts,
+    holds,
+    transfers,
 )
-from tokenbank.ledger.models import SystemAccount, TransferKind, accounts, holds, transfers
-from tokenbank.ledger.transfers import CREDIT_SOURCES, _move, _unapplied
+from tokenbank.ledger.postings import CREDIT_SOURCES, explain_unapplied, move
 
 #: A freeze's deadline: never reached, so no sweep expires it.
 FROZEN_UNTIL = datetime(9999, 1, 1, tzinfo=UTC)
@@ -52,12 +56,6 @@ class Clawback:
     transfer_id: int | None
     balance: int
     replayed: bool = False
-
-
-def _reference_key(kind: str, reference: str) -> str:
-    if not reference or len(reference) > 200 or not reference.isprintable():
-        raise InvalidArgument("reference", "must be 1-200 printable characters")
-    return f"{RESERVED_KEY_PREFIX}{kind}:{reference}"
 
 
 def _lock_wallet(conn: Connection, user_id: str, now: datetime) -> Any:
@@ -93,15 +91,16 @@ def credit_purchase(
     event_at: datetime | None = None,
     now: datetime | None = None,
 ) -> tuple[Receipt, Receipt | None]:
-    """Credit a paid purchase and its bonus, once per ``reference`` (the purchase)."""
+    """Credit a paid purchase and its bonus, once per ``reference`` (the purchase).
+
+    The two credits are one step (``atomic``): a purchase is never credited without its
+    bonus, even in an autocommit unit where each credit alone would commit by itself.
+    """
     now = now or utcnow()
     metadata = check_metadata(metadata)
-    receipts: list[Receipt] = []
-    for kind, amount in ((TransferKind.PURCHASE, tokens), (TransferKind.BONUS, bonus_tokens)):
-        if kind is TransferKind.BONUS and amount == 0:
-            continue
-        request = Request(
-            key=_reference_key(kind.value, reference),
+    requests = [
+        Request(
+            key=reserved_key(KeyPurpose(kind.value), reference),
             kind=kind,
             user_id=user_id,
             amount=check_amount(amount),
@@ -109,11 +108,24 @@ def credit_purchase(
             metadata=metadata,
             event_at=event_at,
         )
-        system, total = CREDIT_SOURCES[kind]
-        receipt = _move(
-            conn, request, amount=amount, system=system, total=total, spend=False, now=now
-        )
-        receipts.append(receipt or _unapplied(conn, request))
+        for kind, amount in ((TransferKind.PURCHASE, tokens), (TransferKind.BONUS, bonus_tokens))
+        if kind is TransferKind.PURCHASE or amount != 0
+    ]
+    receipts: list[Receipt] = []
+    with atomic(conn):
+        for request in requests:
+            assert request.amount is not None
+            system, total = CREDIT_SOURCES[request.kind]
+            receipt = move(
+                conn,
+                request,
+                amount=request.amount,
+                system=system,
+                total=total,
+                spend=False,
+                now=now,
+            )
+            receipts.append(receipt or explain_unapplied(conn, request))
     return receipts[0], receipts[1] if len(receipts) > 1 else None
 
 
@@ -134,7 +146,7 @@ def claw_back(
     happened (billing does, per refund and per dispute) and does not repeat it.
     """
     amount = check_amount(amount)
-    key = _reference_key("clawback", reference)
+    key = reserved_key(KeyPurpose.CLAWBACK, reference)
     metadata = check_metadata(metadata)
     now = now or utcnow()
     with atomic(conn):
@@ -209,7 +221,7 @@ def restore(
     the caller records that the restore happened (billing does, per refund)."""
     if taken < 0 or debt < 0 or taken + debt == 0:
         raise InvalidArgument("amount", "a restore gives back a positive number of tokens")
-    key = _reference_key("restore", reference)
+    key = reserved_key(KeyPurpose.RESTORE, reference)
     metadata = check_metadata(metadata)
     now = now or utcnow()
     with atomic(conn):
@@ -262,7 +274,7 @@ def settle_debt(
     now: datetime | None = None,
 ) -> Clawback:
     """Collect the wallet's debt from its available tokens, as far as they go."""
-    key = _reference_key("settle", reference)
+    key = reserved_key(KeyPurpose.SETTLE, reference)
     now = now or utcnow()
     with atomic(conn):
         wallet = _lock_wallet(conn, user_id, now)
@@ -318,7 +330,7 @@ def freeze(
     """Reserve up to ``amount`` tokens with no deadline, once per ``reference``; None when
     the wallet has nothing available to freeze."""
     amount = check_amount(amount)
-    key = _reference_key("freeze", reference)
+    key = reserved_key(KeyPurpose.FREEZE, reference)
     metadata = check_metadata(metadata)
     now = now or utcnow()
     with atomic(conn):
@@ -329,11 +341,12 @@ def freeze(
         frozen = min(amount, wallet.balance - wallet.held)
         if frozen <= 0:
             return None
-        return _reserve(
+        return reserve(
             conn,
             user_id=user_id,
             amount=frozen,
             key=key,
+            kind=HoldKind.FREEZE,
             expires_at=FROZEN_UNTIL,
             description=description,
             metadata=metadata,

@@ -3,22 +3,29 @@
 A hold raises the wallet's ``held`` amount and moves nothing. It ends exactly once:
 posted (a spend of at most the held amount, the rest released), voided, or expired at its
 deadline. Every change to a hold happens while its wallet row is locked, so a hold's status
-and the wallet's ``held`` total always change together.
+and the wallet's ``held`` total always change together; every change is several statements,
+so each runs in ``atomic``.
+
+A hold's ``kind`` says who may end it: a ``freeze`` (``clawbacks.freeze``) is never posted,
+never expires, and is only voided by the caller that made it (``unfreeze=True``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from itertools import groupby
 from typing import Any
 
 import sqlalchemy as sa
+import structlog
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 
 from tokenbank.columns import utcnow
-from tokenbank.db import atomic
+from tokenbank.db import after_commit, atomic
+from tokenbank.ledger.accounts import available_tokens, wallet_id
 from tokenbank.ledger.errors import (
     HoldFrozen,
     HoldNotPending,
@@ -27,19 +34,17 @@ from tokenbank.ledger.errors import (
     InvalidArgument,
     UnknownHold,
 )
-from tokenbank.ledger.journal import (
-    FREEZE_KEY_PREFIX,
-    Receipt,
-    available_tokens,
+from tokenbank.ledger.idempotency import KeyPurpose, reserved_key
+from tokenbank.ledger.inputs import (
     check_amount,
     check_description,
     check_key,
     check_metadata,
     check_user_id,
-    record_transfer,
-    wallet_id,
 )
+from tokenbank.ledger.journal import Receipt, record_transfer
 from tokenbank.ledger.models import (
+    HoldKind,
     HoldStatus,
     SystemAccount,
     TransferKind,
@@ -47,6 +52,8 @@ from tokenbank.ledger.models import (
     entries,
     holds,
 )
+
+log = structlog.get_logger("tokenbank.ledger")
 
 AnyRow = Row[*tuple[Any, ...]]
 
@@ -68,6 +75,7 @@ class Hold:
     resolved_at: datetime | None
     posted_amount: int | None
     transfer_id: int | None
+    kind: HoldKind = HoldKind.HOLD
     replayed: bool = False
 
 
@@ -85,6 +93,7 @@ _hold_columns = (
     holds.c.resolved_at,
     holds.c.posted_amount,
     holds.c.transfer_id,
+    holds.c.kind,
 )
 _select_hold = sa.select(*_hold_columns).join(accounts, accounts.c.id == holds.c.account_id)
 
@@ -103,6 +112,7 @@ def _to_hold(row: AnyRow, *, replayed: bool = False) -> Hold:
         resolved_at=row.resolved_at,
         posted_amount=row.posted_amount,
         transfer_id=row.transfer_id,
+        kind=HoldKind(row.kind),
         replayed=replayed,
     )
 
@@ -145,13 +155,44 @@ def hold(
     metadata = check_metadata(metadata)
     now = now or utcnow()
 
+    return reserve(
+        conn,
+        user_id=user_id,
+        amount=amount,
+        key=key,
+        kind=HoldKind.HOLD,
+        expires_at=now + timedelta(seconds=ttl_seconds),
+        description=description,
+        metadata=metadata,
+        now=now,
+    )
+
+
+def reserve(
+    conn: Connection,
+    *,
+    user_id: str,
+    amount: int,
+    key: str,
+    kind: HoldKind,
+    expires_at: datetime,
+    description: str | None,
+    metadata: dict[str, Any] | None,
+    now: datetime,
+) -> Hold:
+    """Create a hold of ``kind`` from checked values, or replay the one ``key`` made.
+
+    Shared by ``hold`` and ``clawbacks.freeze``, which differ in who may end the hold and
+    how its key is made, not in how tokens are reserved.
+    """
     with atomic(conn):
         return _reserve(
             conn,
             user_id=user_id,
             amount=amount,
             key=key,
-            expires_at=now + timedelta(seconds=ttl_seconds),
+            kind=kind,
+            expires_at=expires_at,
             description=description,
             metadata=metadata,
             now=now,
@@ -164,6 +205,7 @@ def _reserve(
     user_id: str,
     amount: int,
     key: str,
+    kind: HoldKind,
     expires_at: datetime,
     description: str | None,
     metadata: dict[str, Any] | None,
@@ -172,8 +214,14 @@ def _reserve(
     account_id = wallet_id(conn, user_id, lock=True)
     existing = conn.execute(_select_hold.where(holds.c.idempotency_key == key)).first()
     if existing is not None:
-        asked = (user_id, amount, description, metadata)
-        stored = (existing.user_id, existing.amount, existing.description, existing.metadata)
+        asked = (user_id, amount, kind.value, description, metadata)
+        stored = (
+            existing.user_id,
+            existing.amount,
+            existing.kind,
+            existing.description,
+            existing.metadata,
+        )
         if asked != stored:
             raise IdempotencyConflict(key, "a hold with other parameters")
         return _to_hold(existing, replayed=True)
@@ -200,6 +248,7 @@ def _reserve(
             "account_id": account_id,
             "amount": amount,
             "status": HoldStatus.PENDING.value,
+            "kind": kind.value,
             "description": description,
             "metadata": metadata,
             "expires_at": expires_at,
@@ -234,7 +283,7 @@ def post_hold(
 
 def _post(conn: Connection, *, hold_id: int, amount: int, now: datetime) -> Receipt:
     current = _lock_hold(conn, hold_id)
-    if current.idempotency_key.startswith(FREEZE_KEY_PREFIX):
+    if current.kind == HoldKind.FREEZE:
         raise HoldFrozen(hold_id)
     status = HoldStatus(current.status)
     if status is HoldStatus.POSTED:
@@ -275,7 +324,7 @@ def _post(conn: Connection, *, hold_id: int, amount: int, now: datetime) -> Rece
     ).scalar_one()
     transfer_id = record_transfer(
         conn,
-        key=f"@hold/{hold_id}/post",
+        key=reserved_key(KeyPurpose.POST, f"hold:{hold_id}"),
         kind=TransferKind.SPEND,
         debit_account_id=current.account_id,
         credit_account_id=SystemAccount.CONSUMPTION,
@@ -318,7 +367,7 @@ def void_hold(
     now = now or utcnow()
     with atomic(conn):
         current = _lock_hold(conn, hold_id)
-        if current.idempotency_key.startswith(FREEZE_KEY_PREFIX) and not unfreeze:
+        if current.kind == HoldKind.FREEZE and not unfreeze:
             raise HoldFrozen(hold_id)
         status = HoldStatus(current.status)
         if status in (HoldStatus.VOIDED, HoldStatus.EXPIRED):
@@ -331,25 +380,31 @@ def void_hold(
 
 
 def _release(conn: Connection, pending: list[AnyRow], *, status: HoldStatus, now: datetime) -> int:
-    """End pending holds of one locked wallet without spending; returns how many ended."""
-    released = (
-        conn.execute(
-            sa.update(holds)
-            .where(
-                holds.c.id.in_([h.id for h in pending]), holds.c.status == HoldStatus.PENDING.value
+    """End pending holds of one locked wallet without spending; returns how many ended.
+
+    An expiry is logged (``hold_expired``) once the caller's unit of work commits it: a
+    line for a release that is then rolled back would report tokens freed that were not.
+    """
+    released = conn.execute(
+        sa.update(holds)
+        .where(holds.c.id.in_([h.id for h in pending]), holds.c.status == HoldStatus.PENDING.value)
+        .values(status=status.value, resolved_at=now)
+        .returning(holds.c.id, holds.c.amount)
+    ).all()
+    if not released:
+        return 0
+    user_id = conn.execute(
+        sa.update(accounts)
+        .where(accounts.c.id == pending[0].account_id)
+        .values(held=accounts.c.held - sum(amount for _, amount in released))
+        .returning(accounts.c.user_id)
+    ).scalar_one()
+    if status is HoldStatus.EXPIRED:
+        for hold_id, amount in released:
+            after_commit(
+                conn,
+                partial(log.info, "hold_expired", hold_id=hold_id, user_id=user_id, amount=amount),
             )
-            .values(status=status.value, resolved_at=now)
-            .returning(holds.c.amount)
-        )
-        .scalars()
-        .all()
-    )
-    if released:
-        conn.execute(
-            sa.update(accounts)
-            .where(accounts.c.id == pending[0].account_id)
-            .values(held=accounts.c.held - sum(released))
-        )
     return len(released)
 
 
@@ -361,8 +416,12 @@ _stale = (
 
 
 def release_expired(conn: Connection, *, account_id: int, now: datetime) -> int:
-    """Expire the wallet's holds whose deadline has passed; the caller has locked the wallet
-    in a transaction (``atomic``)."""
+    """Expire the wallet's holds whose deadline has passed.
+
+    A step of a larger change (a spend, a hold or a clawback that needs the tokens): the
+    caller has locked the wallet inside its ``atomic`` step, so the release commits, or
+    not, together with what it was made for.
+    """
     stale = list(conn.execute(_stale.where(holds.c.account_id == account_id), {"now": now}))
     return _release(conn, stale, status=HoldStatus.EXPIRED, now=now) if stale else 0
 
@@ -370,8 +429,11 @@ def release_expired(conn: Connection, *, account_id: int, now: datetime) -> int:
 def expire_holds(conn: Connection, *, now: datetime | None = None, limit: int = 1000) -> int:
     """Expire up to ``limit`` holds past their deadline; returns how many were expired.
 
-    Wallets are locked in ascending id order, the same order everyone else uses, so this
-    sweep cannot deadlock with spends or with another sweep.
+    Each wallet's holds are released in a step of their own (``atomic``): on an autocommit
+    unit one wallet's expiry commits without waiting for the others, and a failure leaves
+    the wallets already done released. Wallets are locked in ascending id order, the same
+    order everyone else uses, so this sweep cannot deadlock with spends or with another
+    sweep.
     """
     now = now or utcnow()
     stale = list(conn.execute(_stale.limit(limit), {"now": now}))

@@ -54,6 +54,15 @@ class HoldStatus(enum.StrEnum):
     EXPIRED = "expired"
 
 
+class HoldKind(enum.StrEnum):
+    """Who may end a hold: anyone with its id (a hold), or only the ledger's caller that
+    made it, and never its deadline (a freeze: purchased tokens kept while a payment is
+    disputed, see ``clawbacks.freeze``)."""
+
+    HOLD = "hold"
+    FREEZE = "freeze"
+
+
 def _in(column: str, values: type[enum.StrEnum]) -> str:
     return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
 
@@ -145,7 +154,10 @@ holds = sa.Table(
     sa.Column("resolved_at", UtcDateTime, nullable=True),
     sa.Column("posted_amount", sa.BigInteger, nullable=True),
     sa.Column("transfer_id", Id, sa.ForeignKey("transfers.id"), nullable=True, unique=True),
+    # Added by migration 0007; before it, a freeze was known by its key's prefix.
+    sa.Column("kind", sa.String(16), nullable=False, server_default=HoldKind.HOLD.value),
     sa.CheckConstraint(_in("status", HoldStatus), name="status"),
+    sa.CheckConstraint(_in("kind", HoldKind), name="kind"),
     sa.CheckConstraint("amount > 0", name="amount_positive"),
     sa.CheckConstraint(
         "(status = 'pending' AND resolved_at IS NULL)"
