@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     purchase_flow: Literal["checkout", "embedded"] = "checkout"
     #: The dashboard warns when a user's available tokens fall below this.
     low_balance_threshold: int = Field(default=100, ge=0)
+    #: A spend of at least this many tokens gets a log line of its own (0: none).
+    log_spends_from: int = Field(default=10_000, ge=0)
 
     stripe_secret_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("STRIPE_SECRET_KEY")

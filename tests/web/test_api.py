@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -10,7 +12,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from tokenbank import apikeys
+from tokenbank import apikeys, audit
 from tokenbank.db import Database
 
 PROBLEM = "application/problem+json"
@@ -171,9 +173,10 @@ def test_transactions_pages_filter_and_csv(
     assert csv.status_code == 200
     assert csv.headers["content-type"].startswith("text/csv")
     lines = csv.text.strip().splitlines()
-    assert lines[0] == "created_at,kind,amount,balance_after,description,transfer_id"
+    # The pages' export's columns (one writer behind both), a BOM for spreadsheets.
+    assert lines[0] == "\ufeffdate_utc,kind,description,tokens,balance_after,transfer_id"
     assert len(lines) == 6
-    assert ',spend,-5,985,"call, 4",' in lines[1]
+    assert ',spend,"call, 4",-5,985,' in lines[1]
     _problem(client.get("/api/v1/users/bob/transactions.csv", headers=reader), 404, "not_found")
 
 
@@ -328,3 +331,49 @@ def test_balance_counts_an_expired_hold_as_released(
     time.sleep(1.1)
     after = client.get("/api/v1/users/alice/balance", headers=spender).json()
     assert (after["available"], after["held"], after["balance"]) == (100, 0, 100)
+
+
+def test_csv_export_defuses_formulas_as_the_pages_do(
+    client: TestClient, admin: dict[str, str], spender: dict[str, str], reader: dict[str, str]
+) -> None:
+    _user(client, spender)
+    _grant(client, admin, 100)
+    for n, text in enumerate(("=HYPERLINK('http://evil')", "+1+1", "-2", "@SUM(A1)", "plain")):
+        client.post(
+            "/api/v1/users/alice/spend",
+            json={"amount": 1, "idempotency_key": f"f{n}", "description": text},
+            headers=spender,
+        )
+    exported = client.get("/api/v1/users/alice/transactions.csv?kind=spend", headers=reader)
+    rows = list(csv.DictReader(io.StringIO(exported.text.removeprefix("\ufeff"))))
+    assert [r["description"] for r in rows] == [
+        "plain",
+        "'@SUM(A1)",
+        "'-2",
+        "'+1+1",
+        "'=HYPERLINK('http://evil')",
+    ]
+    assert {r["tokens"] for r in rows} == {"-1"}  # numbers are numbers, never quoted
+
+
+def test_grants_need_a_known_user_and_are_audited(
+    client: TestClient, admin: dict[str, str], spender: dict[str, str], db: Database
+) -> None:
+    """One grant path: the API's grant has the admin page's and the CLI's rules."""
+    body = {"amount": 5, "reason": "welcome", "idempotency_key": "g-unknown"}
+    _problem(client.post("/api/v1/users/nobody/grants", json=body, headers=admin), 404, "not_found")
+    _user(client, spender)
+    blank = {"amount": 5, "reason": "   ", "idempotency_key": "g-blank"}
+    _problem(
+        client.post("/api/v1/users/alice/grants", json=blank, headers=admin),
+        422,
+        "validation_error",
+    )
+    _grant(client, admin, 7)
+    _grant(client, admin, 7)  # a replay: audited once
+    with db.read() as conn:
+        actions = audit.actions_about(conn, subject="user:alice")
+    assert [(a.action, a.reason, a.details) for a in actions] == [
+        ("grant", "welcome", {"amount": 7, "transfer_id": actions[0].details["transfer_id"]})
+    ]
+    assert actions[0].actor.startswith("api_key:")

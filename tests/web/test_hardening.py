@@ -19,7 +19,7 @@ from tests.web.conftest import PASSWORDS, SETTINGS, make_key
 from tokenbank.apikeys import Scope
 from tokenbank.db import Database
 from tokenbank.web.app import MAX_BODY_BYTES, create_app
-from tokenbank.web.routing import StrictRoute
+from tokenbank.web.routing import UNSAFE_METHODS, PageRoute, StrictRoute
 
 PROBLEM = "application/problem+json"
 #: A value for each path parameter, so every route can be reached.
@@ -46,10 +46,12 @@ def api_routes(routes: list[Any]) -> Iterator[APIRoute]:
 def _body_routes(app: FastAPI) -> Iterator[tuple[str, str, bool]]:
     """Every route that reads a body: its method, a URL to it, and whether it takes a form."""
     for route in api_routes(app.routes):
-        if route.body_field is not None:
+        # A page's unsafe route reads a form (its CSRF token) even with no other field.
+        page_form = isinstance(route, PageRoute) and bool(route.methods & UNSAFE_METHODS)
+        if route.body_field is not None or page_form:
             assert isinstance(route, StrictRoute), f"{route.path} is not a StrictRoute"
             url = route.path.format(**PATH_VALUES)
-            form = type(route.body_field.field_info).__name__ == "Form"
+            form = page_form or type(route.body_field.field_info).__name__ == "Form"
             for method in route.methods or ():
                 yield method, url, form
 

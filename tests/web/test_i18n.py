@@ -13,7 +13,7 @@ from babel.messages.pofile import read_po
 from tokenbank import ledger
 from tokenbank.billing.catalog import load_catalog
 from tokenbank.web import i18n
-from tokenbank.web.render import describe
+from tokenbank.web.texts import describe
 
 ROOT = Path(__file__).resolve().parents[2]
 WEB = ROOT / "src" / "tokenbank" / "web"

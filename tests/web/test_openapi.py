@@ -31,8 +31,8 @@ def api_schema(db: Database, emulator_server: EmulatorServer) -> Any:
         )
     emulator_server.reset()
     # Selling goes to the Stripe emulator, so the purchase routes answer for real.
-    shop = make_billing(emulator_server.url)
-    app = create_app(SETTINGS, db=db, passwords=PASSWORDS, shop=shop)
+    seller = make_billing(emulator_server.url)
+    app = create_app(SETTINGS, db=db, passwords=PASSWORDS, seller=seller)
     app.state.test_headers = make_key(db, Scope.ADMIN)
     return schemathesis.openapi.from_asgi("/openapi.json", app)
 

@@ -54,7 +54,7 @@ def _user_id(client: TestClient) -> str:
 
 
 def _signed_in_id(client: TestClient, token: str) -> str:
-    db: Database = client.app.state.db  # type: ignore[attr-defined]
+    db: Database = client.app.state.runtime.db  # type: ignore[attr-defined]
     with db.read() as conn:
         who = identity.session_user(conn, token=token)
     assert who is not None
@@ -311,7 +311,7 @@ def test_signing_in_again_ends_the_previous_session(client: TestClient) -> None:
     assert _login(client, "ann@example.com").status_code == 303
     second = client.cookies.get("tb_session")
     assert second and second != first
-    db: Database = client.app.state.db  # type: ignore[attr-defined]
+    db: Database = client.app.state.runtime.db  # type: ignore[attr-defined]
     with db.read() as conn:
         assert identity.session_user(conn, token=first) is None
         assert identity.session_user(conn, token=second) is not None

@@ -33,6 +33,7 @@ from tokenbank.apikeys import Scope
 from tokenbank.db import Database
 from tokenbank.web.app import create_app
 from tokenbank.web.problems import MACHINE_PATHS
+from tokenbank.web.routing import UNSAFE_METHODS, PageRoute
 
 #: Text an attacker tries everywhere. (Unpaired surrogates are sent percent-encoded.)
 HOSTILE_TEXT = [
@@ -110,11 +111,11 @@ class Seeded:
 
 def _seed(db: Database, emulator: EmulatorServer) -> Iterator[Seeded]:
     emulator.reset()
-    shop = make_billing(emulator.url)
+    seller = make_billing(emulator.url)
     # A verified key is trusted for a while: the hostile Authorization headers below count
     # as wrong keys from this address, and must not lock the sweep's own key out.
     settings = SETTINGS.model_copy(update={"api_key_cache_seconds": 600})
-    app = create_app(settings, db=db, passwords=PASSWORDS, shop=shop)
+    app = create_app(settings, db=db, passwords=PASSWORDS, seller=seller)
     key = make_key(db, Scope.ADMIN)
     with TestClient(app, base_url="https://tokens.example") as client:
         _register(client, "root@example.com")
@@ -263,19 +264,28 @@ def _sweep_route(sweep: Sweep, route: APIRoute, method: str) -> None:
     values = sweep.seeded.path_values
     machine = route.path.startswith(MACHINE_PATHS)
     base = _url(route, values)
+    # A page's unsafe route reads a form with its CSRF token: send the valid one along, so
+    # hostile path, query and header values get past the CSRF check to the code behind it.
+    page_form = isinstance(route, PageRoute) and method in UNSAFE_METHODS
+    body: dict[str, Any] = {}
+    if page_form:
+        body = {"data": {**BASE_FORMS[route.path], "csrf_token": sweep.seeded.csrf}}
     # Path: each parameter hostile in turn.
     for name in re.findall(r"{(\w+)}", route.path):
         for raw in [_encoded(t) for t in HOSTILE_TEXT if t] + RAW_ENCODED:
-            sweep.send(method, _url(route, values, {name: raw}), machine=machine)
+            sweep.send(method, _url(route, values, {name: raw}), machine=machine, **body)
     # Query: each declared parameter, and one nobody declared.
     names = [param.alias for param in route.dependant.query_params] + ["unexpected"]
     for name in names:
         for raw in [_encoded(t) for t in HOSTILE_TEXT] + RAW_ENCODED:
-            sweep.send(method, f"{base}?{name}={raw}", machine=machine)
-        sweep.send(method, f"{base}?{name}=1&{name}=2&{name}", machine=machine)
+            sweep.send(method, f"{base}?{name}={raw}", machine=machine, **body)
+        sweep.send(method, f"{base}?{name}=1&{name}=2&{name}", machine=machine, **body)
     # Headers and cookies.
     for headers in HOSTILE_HEADERS:
-        sweep.send(method, base, machine=machine, headers=headers)
+        sweep.send(method, base, machine=machine, headers=headers, **body)
+    if page_form:
+        _sweep_form(sweep, route, method, base)
+        return
     if route.body_field is None:
         if method in {"POST", "PUT"}:  # a body nobody asked for
             sweep.send(method, base, machine=machine, content=b"\x00\xff" * 100)
@@ -362,5 +372,5 @@ def test_no_input_reaches_a_500(seeded: Seeded) -> None:
     # Deep enough: most requests got past authentication and CSRF to the code they aimed at.
     refused_at_the_door = sweep.statuses[401] + sweep.statuses[403]
     assert refused_at_the_door < sweep.answers * 0.15, sweep.statuses
-    with seeded.client.app.state.db.read() as conn:  # type: ignore[attr-defined]
+    with seeded.client.app.state.runtime.db.read() as conn:  # type: ignore[attr-defined]
         assert ledger.verify(conn).ok

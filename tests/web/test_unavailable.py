@@ -54,8 +54,8 @@ def _until_served(http: httpx.Client, send: Send, *, page: bool = False) -> list
 @pytest.fixture
 def served(db: Database, emulator_server: EmulatorServer) -> Iterator[tuple[str, dict[str, str]]]:
     emulator_server.reset()
-    shop = make_billing(emulator_server.url)
-    app = create_app(SETTINGS, db=db, passwords=PASSWORDS, shop=shop)
+    seller = make_billing(emulator_server.url)
+    app = create_app(SETTINGS, db=db, passwords=PASSWORDS, seller=seller)
     with serving(app) as url:
         yield url, make_key(db, Scope.ADMIN)
 
@@ -145,8 +145,9 @@ def test_sqlite_locked_past_its_timeout_answers_503_and_reads_go_on(
 
 @pytest.fixture
 def behind(db: Database) -> Iterator[Database]:
-    """The test's database taken back one migration (and brought forward again after)."""
-    command.downgrade(migrations.alembic_config(db), "-1")
+    """The test's database taken back to before 0006, whose columns the purchase routes
+    read (and brought forward again after)."""
+    command.downgrade(migrations.alembic_config(db), "0005")
     yield db
     migrations.upgrade(db)
 

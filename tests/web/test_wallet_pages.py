@@ -193,7 +193,7 @@ def test_admin_finds_a_user_and_grants_once_per_form(client: TestClient, db: Dat
     with db.read() as conn:
         assert ledger.balance(conn, user_id=user).total_granted == 250
         (item,) = ledger.history(conn, user_id=user).items
-    assert item.description == "support" and item.metadata == {"granted_by": user}
+    assert item.description == "support" and item.metadata == {"granted_by": f"user:{user}"}
     for amount, reason in (("0", "support"), ("ten", "support"), ("5", " ")):
         bad = client.post(
             f"/admin/users/{user}/grants",

@@ -17,6 +17,8 @@ from tokenbank.audit.models import admin_actions
 from tokenbank.columns import utcnow
 from tokenbank.ledger import InvalidArgument
 
+MAX_REASON_LENGTH = 500
+
 
 @dataclass(frozen=True, slots=True)
 class Action:
@@ -40,9 +42,7 @@ def record(
     now: datetime | None = None,
 ) -> int:
     """Write one audit line in the caller's transaction; a decision needs a reason."""
-    reason = reason.strip()
-    if not reason or len(reason) > 500 or "\x00" in reason:
-        raise InvalidArgument("reason", "say why, in at most 500 characters")
+    reason = check_reason(reason)
     return int(
         conn.execute(
             sa.insert(admin_actions)
@@ -57,6 +57,15 @@ def record(
             .returning(admin_actions.c.id)
         ).scalar_one()
     )
+
+
+def check_reason(reason: str) -> str:
+    """The reason an audited decision must give, trimmed; checked before anything is
+    written, so a decision without one changes nothing."""
+    reason = reason.strip()
+    if not reason or len(reason) > MAX_REASON_LENGTH or "\x00" in reason:
+        raise InvalidArgument("reason", f"say why, in at most {MAX_REASON_LENGTH} characters")
+    return reason
 
 
 def actions_about(conn: Connection, *, subject: str) -> list[Action]:

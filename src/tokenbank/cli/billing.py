@@ -34,12 +34,12 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 def _selling(ctx: typer.Context) -> Billing:
     with errors():
-        shop = billing.billing_from_settings(context(ctx).settings)
-        if shop is None:
+        seller = billing.billing_from_settings(context(ctx).settings)
+        if seller is None:
             raise PaymentsNotConfigured(
                 "set STRIPE_SECRET_KEY (and STRIPE_API_BASE for the emulator)"
             )
-    return shop
+    return seller
 
 
 @packages_app.command("check")
@@ -106,15 +106,15 @@ def packages_sync(
 ) -> None:
     """Create or update the Stripe products and prices of the catalog (by lookup key), and
     archive the prices of packages no longer on sale. Safe to repeat."""
-    shop = _selling(ctx)
+    seller = _selling(ctx)
     with errors(), Progress(console=err, transient=True) as progress:
-        steps = billing.plan_sync(shop.stripe, shop.catalog)
+        steps = billing.plan_sync(seller.stripe, seller.catalog)
         task = progress.add_task(
             "Syncing with Stripe" if not dry_run else "Planning", total=len(steps)
         )
         billing.sync_catalog(
-            shop.stripe,
-            shop.catalog,
+            seller.stripe,
+            seller.catalog,
             dry_run=dry_run,
             progress=lambda _: progress.advance(task),
         )
@@ -160,10 +160,10 @@ def webhooks_list(
 @webhooks_app.command("replay")
 def webhooks_replay(ctx: typer.Context, event_id: str) -> None:
     """Process a stored event again (what is already applied stays as it is)."""
-    shop = _selling(ctx)
+    seller = _selling(ctx)
     with errors():
         processed = billing.replay(
-            context(ctx).db, shop.stripe, event_id=event_id, policy=shop.policy
+            context(ctx).db, seller.stripe, event_id=event_id, policy=seller.policy
         )
     out.print(f"{processed.event_id}: {processed.outcome}", highlight=False)
 
@@ -181,15 +181,15 @@ def reconcile(
 ) -> None:
     """Compare recent Stripe payments, refunds and disputes with the ledger and apply what
     the webhooks missed."""
-    shop = _selling(ctx)
+    seller = _selling(ctx)
     window = parse_duration(since)
     with errors(), Progress(console=err, transient=True) as progress:
         task = progress.add_task("Settling payments", total=None)
         result = billing.reconcile(
             context(ctx).db,
-            shop.stripe,
+            seller.stripe,
             since=utcnow() - window,
-            policy=shop.policy,
+            policy=seller.policy,
             progress=lambda n: progress.advance(task, n),
         )
     for outcome in result.fixed:
@@ -253,7 +253,7 @@ def purchases_resolve(
     reason: Annotated[str, typer.Option(help="Why (kept in the audit log).")],
 ) -> None:
     """Decide about a flagged purchase; the decision and the reason go to the audit log."""
-    shop = _selling(ctx)
+    seller = _selling(ctx)
     with errors():
         purchase = billing.resolve_review(
             context(ctx).db,
@@ -261,7 +261,7 @@ def purchases_resolve(
             decision=decision,
             actor=f"cli:{getpass.getuser()}",
             reason=reason,
-            policy=shop.policy,
+            policy=seller.policy,
         )
     out.print(
         f"purchase {purchase.id}: {decision.value}; status {purchase.status.value}",

@@ -17,8 +17,8 @@ from starlette.concurrency import run_in_threadpool
 from tokenbank.apikeys.service import ApiKey, InvalidApiKey, Scope, authenticate
 from tokenbank.db import Database
 from tokenbank.identity import SignedIn, Throttle
-from tokenbank.web.browser import Browsers
 from tokenbank.web.problems import Forbidden
+from tokenbank.web.runtime import runtime
 
 
 class KeyCache:
@@ -98,15 +98,14 @@ async def authorize(
     data by changing the id in the URL.
     """
     header = _authorization(request)
+    parts = runtime(request)
     if signed_in_users and header is None:
-        browsers: Browsers = request.app.state.browsers
-        user = await browsers.signed_in(request)
+        user = await parts.browsers.signed_in(request)
         if user is not None:
             if not user.is_admin and request.path_params.get("user_id") != user.user_id:
                 raise Forbidden("you can only see your own tokens")
             return user
-    cache: KeyCache = request.app.state.keys
-    key = await cache.verify(header, request.scope.get("client"))
+    key = await parts.keys.verify(header, request.scope.get("client"))
     if not key.allows(scope):
         raise Forbidden(f"this API key lacks the {scope.value!r} scope")
     return key

@@ -8,6 +8,8 @@
   no database can store (NUL, unpaired surrogates), nesting too deep to parse, and numbers
   too long to read; each is a 422 with a clear message, never a 500.
 - Form fields get the same text rule.
+
+``PageRoute`` adds CSRF, checked for every unsafe method of every page.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from fastapi.params import Form
 from fastapi.routing import APIRoute
 
 from tokenbank.web.problems import problem
+from tokenbank.web.render import form_expired
+from tokenbank.web.runtime import runtime
 
 #: Characters PostgreSQL cannot store in text (NUL) or that are not Unicode text at all.
 UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
@@ -124,6 +128,7 @@ class StrictRoute(APIRoute):
                 fields = await request.form()
                 for name, value in fields.multi_items():
                     if isinstance(value, str) and UNSTORABLE.search(name + value):
+                        await request.close()  # files of the form, never handed on
                         return problem(
                             422,
                             "validation_error",
@@ -133,3 +138,41 @@ class StrictRoute(APIRoute):
             return await handler(StrictRequest(request.scope, request.receive))
 
         return strict
+
+
+#: Methods that change something: a page route taking one of these needs a CSRF token.
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class PageRoute(StrictRoute):
+    """The route class of every page router: CSRF is checked before the handler runs, for
+    every unsafe method, so a new form cannot forget it. The token comes in the form's
+    ``csrf_token`` field (``Browsers.csrf_valid``). Routes with other credentials (the API's
+    keys, Stripe's signatures) are on routers of their own, with ``StrictRoute``."""
+
+    def get_route_handler(self) -> Handler:
+        handler = super().get_route_handler()
+        if not (self.methods or set()) & UNSAFE_METHODS:
+            return handler
+
+        async def guarded(request: Request) -> Response:
+            parts = runtime(request)
+            token = None
+            kind = _body_media_type(request)
+            if kind is not None and kind not in FORM_TYPES:
+                return problem(
+                    415, "unsupported_media_type", f"send the body as {' or '.join(FORM_TYPES)}"
+                )
+            if kind is not None:
+                value = (await request.form()).get("csrf_token")
+                token = value if isinstance(value, str) else None
+            if parts.browsers.csrf_valid(request, token):
+                return await handler(request)
+            await request.close()  # files of the form, never handed on
+            lang = await parts.pages.language(request)
+            detail = lang.gettext("This form has expired. Reload the page and try again.")
+            if "application/json" in request.headers.get("accept", ""):
+                return problem(403, "csrf", detail)
+            return await form_expired(parts.pages, request)
+
+        return guarded

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from decimal import ROUND_HALF_UP, Decimal
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from tokenbank.ledger.journal import MAX_AMOUNT, MAX_DESCRIPTION_LENGTH
 from tokenbank.ledger.models import MAX_KEY_LENGTH
+
+if TYPE_CHECKING:
+    from tokenbank import ledger
+    from tokenbank.billing import Package, Purchase
 
 Amount = Annotated[StrictInt, Field(gt=0, le=MAX_AMOUNT, description="Whole tokens.")]
 Key = Annotated[
@@ -252,3 +257,86 @@ class BillingPortalIn(Body):
 
 class BillingPortalOut(BaseModel):
     url: str
+
+
+# From the domain's values to the bodies above.
+
+
+def receipt_out(receipt: ledger.Receipt) -> ReceiptOut:
+    return ReceiptOut(
+        transfer_id=receipt.transfer_id,
+        kind=receipt.kind.value,
+        user_id=receipt.user_id,
+        amount=receipt.amount,
+        balance=receipt.balance,
+        replayed=receipt.replayed,
+    )
+
+
+def hold_out(hold: ledger.Hold) -> HoldOut:
+    return HoldOut(
+        hold_id=hold.id,
+        user_id=hold.user_id,
+        amount=hold.amount,
+        status=hold.status.value,
+        expires_at=hold.expires_at,
+        created_at=hold.created_at,
+        resolved_at=hold.resolved_at,
+        posted_amount=hold.posted_amount,
+        transfer_id=hold.transfer_id,
+        replayed=hold.replayed,
+    )
+
+
+def transaction_out(item: ledger.HistoryItem) -> TransactionOut:
+    return TransactionOut(
+        transfer_id=item.transfer_id,
+        kind=item.kind.value,
+        amount=item.amount,
+        balance_after=item.balance_after,
+        description=item.description,
+        metadata=item.metadata,
+        refund_of=item.refund_of_id,
+        idempotency_key=item.idempotency_key,
+        event_at=item.event_at,
+        created_at=item.created_at,
+    )
+
+
+def package_out(package: Package, base: Package | None) -> PackageOut:
+    savings = package.savings_against(base) if base else Decimal(0)
+    return PackageOut(
+        id=package.id,
+        name=package.name,
+        features=package.features,
+        tokens=package.tokens,
+        bonus_tokens=package.bonus_tokens,
+        total_tokens=package.total_tokens,
+        price=package.price,
+        currency=package.currency,
+        price_per_token=f"{package.price_per_token.normalize():f}",
+        savings_percent=int((savings * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP)),
+        badge=package.badge,
+    )
+
+
+def purchase_out(purchase: Purchase) -> PurchaseOut:
+    return PurchaseOut(
+        purchase_id=purchase.id,
+        user_id=purchase.user_id,
+        package_id=purchase.package_id,
+        status=purchase.status.value,
+        flow=purchase.flow.value,
+        tokens=purchase.tokens,
+        bonus_tokens=purchase.bonus_tokens,
+        amount=purchase.amount,
+        currency=purchase.currency,
+        checkout_session_id=purchase.checkout_session_id,
+        payment_intent_id=purchase.payment_intent_id,
+        failure_code=purchase.failure_code,
+        failure_message=purchase.failure_message,
+        refunded_amount=purchase.refunded_amount,
+        clawed_back_tokens=purchase.clawed_back_tokens,
+        created_at=purchase.created_at,
+        paid_at=purchase.paid_at,
+    )

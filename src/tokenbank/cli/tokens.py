@@ -1,0 +1,156 @@
+"""``tokenbank grant``, ``spend``, ``refund``, ``balance`` and ``history``: a wallet from
+the command line, through the same service functions as the API."""
+
+from __future__ import annotations
+
+import getpass
+import uuid
+from dataclasses import asdict
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from tokenbank import grants, ledger
+from tokenbank.cli.common import context, errors, out, run, to_json
+
+
+def grant(
+    ctx: typer.Context,
+    user_id: str,
+    amount: int,
+    reason: Annotated[str, typer.Option(help="Why the tokens are granted (kept on the transfer).")],
+    key: Annotated[
+        str | None, typer.Option(help="Idempotency key; rerunning with it grants once.")
+    ] = None,
+) -> None:
+    """Grant AMOUNT free tokens to USER_ID (a known user), with a reason; audited as the
+    operating system's user running the command."""
+    key = key or f"grant-{uuid.uuid4()}"
+    with errors():
+        receipt = grants.grant(
+            context(ctx).db,
+            user_id=user_id,
+            amount=amount,
+            reason=reason,
+            idempotency_key=key,
+            actor=f"cli:{_login()}",
+        )
+    note = " (already granted with this key; nothing changed)" if receipt.replayed else ""
+    out.print(
+        f"granted {receipt.amount} tokens to {user_id}: transfer {receipt.transfer_id},"
+        f" balance {receipt.balance}, key {key}{note}",
+        highlight=False,
+    )
+
+
+def spend(
+    ctx: typer.Context,
+    user_id: str,
+    amount: int,
+    key: Annotated[str, typer.Option(help="Idempotency key; rerunning with it spends once.")],
+    description: Annotated[str | None, typer.Option(help="What the tokens paid for.")] = None,
+) -> None:
+    """Spend AMOUNT tokens of USER_ID; fails, changing nothing, if they are not there."""
+    receipt = run(
+        ctx,
+        lambda conn: ledger.spend(
+            conn, user_id=user_id, amount=amount, idempotency_key=key, description=description
+        ),
+    )
+    note = " (already spent with this key; nothing changed)" if receipt.replayed else ""
+    out.print(
+        f"spent {receipt.amount} tokens of {user_id}: transfer {receipt.transfer_id},"
+        f" balance {receipt.balance}{note}",
+        highlight=False,
+    )
+
+
+def refund(
+    ctx: typer.Context,
+    transfer_id: int,
+    key: Annotated[str, typer.Option(help="Idempotency key; rerunning with it refunds once.")],
+    amount: Annotated[
+        int | None, typer.Option(help="Tokens to give back (default: all not yet refunded).")
+    ] = None,
+    reason: Annotated[str | None, typer.Option(help="Why the spend is refunded.")] = None,
+) -> None:
+    """Give back all or part of spend TRANSFER_ID."""
+    receipt = run(
+        ctx,
+        lambda conn: ledger.refund(
+            conn, transfer_id=transfer_id, amount=amount, idempotency_key=key, description=reason
+        ),
+    )
+    out.print(
+        f"refunded {receipt.amount} tokens to {receipt.user_id}: transfer {receipt.transfer_id},"
+        f" balance {receipt.balance}",
+        highlight=False,
+    )
+
+
+def balance(
+    ctx: typer.Context,
+    user_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show USER_ID's balance."""
+    with errors(), context(ctx).db.read() as conn:
+        result = ledger.balance(conn, user_id=user_id)
+    if as_json:
+        out.print_json(to_json({**asdict(result), "balance": result.balance}))
+        return
+    table = Table(title=f"Balance of {user_id}", show_header=False)
+    for label, value in (
+        ("available", result.available),
+        ("held", result.held),
+        ("total purchased", result.total_purchased),
+        ("total granted", result.total_granted),
+        ("total spent", result.total_spent),
+    ):
+        table.add_row(label, f"{value:,}")
+    out.print(table)
+
+
+def history(
+    ctx: typer.Context,
+    user_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    limit: Annotated[int, typer.Option(help="How many lines.")] = 50,
+    kind: Annotated[
+        list[ledger.TransferKind] | None, typer.Option(help="Only these kinds (repeatable).")
+    ] = None,
+    before: Annotated[
+        int | None, typer.Option(help="Cursor from a previous page: older lines only.")
+    ] = None,
+) -> None:
+    """Show USER_ID's transfers, newest first."""
+    with errors(), context(ctx).db.read() as conn:
+        page = ledger.history(conn, user_id=user_id, limit=limit, before=before, kinds=kind)
+    if as_json:
+        items = [asdict(item) for item in page.items]
+        out.print_json(to_json({"items": items, "next_cursor": page.next_cursor}))
+        return
+    table = Table(title=f"History of {user_id}")
+    for column in ("when", "kind", "amount", "balance", "transfer", "description"):
+        table.add_column(column, justify="right" if column in ("amount", "balance") else "left")
+    for item in page.items:
+        table.add_row(
+            item.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            item.kind.value,
+            f"{item.amount:+,}",
+            f"{item.balance_after:,}",
+            str(item.transfer_id),
+            item.description or "",
+        )
+    out.print(table)
+    if page.next_cursor is not None:
+        out.print(f"more: --before {page.next_cursor}")
+
+
+def _login() -> str:
+    """Who runs the command, for the audit log."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name and no passwd entry (a bare container)
+        return "unknown"

@@ -1,0 +1,50 @@
+"""Holds over the API: reserve tokens before work whose cost is not known yet, then post
+what it cost or void it."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from tokenbank import ledger
+from tokenbank.web.api.responses import PROBLEMS, SPEND_PROBLEMS
+from tokenbank.web.deps import DatabaseDep, MetricsDep, RowId, RuntimeDep, Spender, UserId
+from tokenbank.web.routing import StrictRoute
+from tokenbank.web.schemas import HoldIn, HoldOut, PostIn, ReceiptOut, hold_out, receipt_out
+
+router = APIRouter(prefix="/api/v1", responses=PROBLEMS, route_class=StrictRoute, tags=["holds"])
+
+
+@router.post("/users/{user_id}/holds", status_code=201, responses=SPEND_PROBLEMS)
+def create_hold(user_id: UserId, body: HoldIn, _: Spender, parts: RuntimeDep) -> HoldOut:
+    """Reserve tokens before work whose cost is not known yet; post or void it after."""
+    with parts.db.autocommit(wallet=user_id) as conn:
+        hold = ledger.hold(
+            conn,
+            user_id=user_id,
+            amount=body.amount,
+            idempotency_key=body.idempotency_key,
+            ttl_seconds=body.ttl_seconds or parts.default_hold_ttl,
+            description=body.description,
+            metadata=body.metadata,
+        )
+    return hold_out(hold)
+
+
+@router.post("/holds/{hold_id}/post")
+def post_hold(
+    hold_id: RowId, body: PostIn, _: Spender, db: DatabaseDep, metrics: MetricsDep
+) -> ReceiptOut:
+    """Spend at most the held amount and release the rest. Repeating it is safe."""
+    with db.autocommit() as conn:
+        receipt = ledger.post_hold(conn, hold_id=hold_id, amount=body.amount)
+    if not receipt.replayed:
+        metrics.spends.inc()
+        metrics.tokens_spent.inc(receipt.amount)
+    return receipt_out(receipt)
+
+
+@router.post("/holds/{hold_id}/void")
+def void_hold(hold_id: RowId, _: Spender, db: DatabaseDep) -> HoldOut:
+    """Release the hold in full. Repeating it is safe."""
+    with db.autocommit() as conn:
+        return hold_out(ledger.void_hold(conn, hold_id=hold_id))

@@ -1,0 +1,182 @@
+"""A wallet over the API: its balance, spends, refunds of spends, and its history.
+
+The two hottest routes (balance, spend) come first, since routes are matched in order;
+they check the key and reach the service's parts directly and answer with a ready
+``JSONResponse`` (the model in the decorator documents it), because on this path FastAPI's
+dependency resolution and response validation cost more than the work itself
+(docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import structlog
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from tokenbank import ledger
+from tokenbank.apikeys import Scope
+from tokenbank.db import Database
+from tokenbank.web.api.responses import PROBLEMS, SPEND_PROBLEMS
+from tokenbank.web.auth import authorize
+from tokenbank.web.deps import Cursor, DatabaseDep, Kinds, Reader, RowId, Spender, UserId
+from tokenbank.web.exports import history_csv, plain_description
+from tokenbank.web.routing import StrictRoute
+from tokenbank.web.runtime import runtime
+from tokenbank.web.schemas import (
+    BalanceOut,
+    ReceiptOut,
+    RefundIn,
+    SpendIn,
+    TransactionsOut,
+    receipt_out,
+    transaction_out,
+)
+
+router = APIRouter(prefix="/api/v1", responses=PROBLEMS, route_class=StrictRoute, tags=["tokens"])
+log = structlog.get_logger("tokenbank.spends")
+
+
+def _read_balance(db: Database, user_id: str) -> ledger.Balance:
+    with db.read() as conn:
+        return ledger.balance(conn, user_id=user_id)
+
+
+def _spend(db: Database, user_id: str, body: SpendIn) -> ledger.Receipt:
+    with db.autocommit(wallet=user_id) as conn:
+        return ledger.spend(
+            conn,
+            user_id=user_id,
+            amount=body.amount,
+            idempotency_key=body.idempotency_key,
+            description=body.description,
+            metadata=body.metadata,
+        )
+
+
+@router.get("/users/{user_id}/balance", response_model=BalanceOut)
+async def get_balance(user_id: UserId, request: Request) -> JSONResponse:
+    await authorize(request, Scope.READ, signed_in_users=True)
+    db = runtime(request).db
+    if db.has_async:  # PostgreSQL: without leaving the event loop
+        async with db.async_autocommit() as conn:
+            balance = await ledger.balance_async(conn, user_id=user_id)
+    else:
+        balance = await run_in_threadpool(_read_balance, db, user_id)
+    return JSONResponse(
+        {
+            "user_id": user_id,
+            "available": balance.available,
+            "held": balance.held,
+            "balance": balance.balance,
+            "total_purchased": balance.total_purchased,
+            "total_granted": balance.total_granted,
+            "total_spent": balance.total_spent,
+            "debt": balance.debt,
+        }
+    )
+
+
+@router.post(
+    "/users/{user_id}/spend",
+    status_code=201,
+    responses=SPEND_PROBLEMS,
+    response_model=ReceiptOut,
+)
+async def spend(user_id: UserId, body: SpendIn, request: Request) -> JSONResponse:
+    """Spend tokens now. 402 ``insufficient_tokens`` changes nothing."""
+    await authorize(request, Scope.SPEND)
+    parts = runtime(request)
+    receipt = None
+    if parts.db.has_async:  # PostgreSQL: the common case in one round trip, in the event loop
+        async with parts.db.async_autocommit() as conn:
+            receipt = await ledger.try_spend(
+                conn,
+                user_id=user_id,
+                amount=body.amount,
+                idempotency_key=body.idempotency_key,
+                description=body.description,
+                metadata=body.metadata,
+            )
+    if receipt is None:  # SQLite, or a replay, a refusal, holds to release...
+        receipt = await run_in_threadpool(_spend, parts.db, user_id, body)
+    parts.faults.point("spend.committed")
+    if not receipt.replayed:
+        parts.metrics.spends.inc()
+        parts.metrics.tokens_spent.inc(receipt.amount)
+        if 0 < parts.large_spend <= receipt.amount:
+            log.info(
+                "spent",
+                user_id=user_id,
+                tokens=receipt.amount,
+                transfer_id=receipt.transfer_id,
+                balance=receipt.balance,
+            )
+    return JSONResponse(
+        {
+            "transfer_id": receipt.transfer_id,
+            "kind": receipt.kind.value,
+            "user_id": receipt.user_id,
+            "amount": receipt.amount,
+            "balance": receipt.balance,
+            "replayed": receipt.replayed,
+        },
+        status_code=201,
+    )
+
+
+@router.post("/transfers/{transfer_id}/refund", status_code=201)
+def refund(transfer_id: RowId, body: RefundIn, _: Spender, db: DatabaseDep) -> ReceiptOut:
+    """Give back all (no amount) or part of a spend, such as a failed generation."""
+    with db.autocommit() as conn:
+        receipt = ledger.refund(
+            conn,
+            transfer_id=transfer_id,
+            amount=body.amount,
+            idempotency_key=body.idempotency_key,
+            description=body.reason,
+        )
+    return receipt_out(receipt)
+
+
+@router.get("/users/{user_id}/transactions")
+def transactions(
+    user_id: UserId,
+    _: Reader,
+    db: DatabaseDep,
+    kind: Kinds = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Cursor = None,
+) -> TransactionsOut:
+    """Newest first, in pages that stay stable while new transactions arrive."""
+    with db.read() as conn:
+        page = ledger.history(
+            conn,
+            user_id=user_id,
+            limit=limit,
+            before=None if cursor is None else int(cursor),
+            kinds=kind,
+        )
+    return TransactionsOut(
+        items=[transaction_out(item) for item in page.items],
+        next_cursor=None if page.next_cursor is None else str(page.next_cursor),
+    )
+
+
+@router.get(
+    "/users/{user_id}/transactions.csv",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {}}}},
+)
+def transactions_csv(
+    user_id: UserId, _: Reader, db: DatabaseDep, kind: Kinds = None
+) -> StreamingResponse:
+    """Every transaction as CSV (the pages' export's columns), newest first, streamed."""
+    lines = history_csv(db, user_id=user_id, kinds=kind, describe=plain_description)
+    filename = f"transactions-{user_id}.csv".replace('"', "")
+    return StreamingResponse(
+        lines,
+        media_type="text/csv; charset=utf-8",
+        headers={"content-disposition": f'attachment; filename="{filename}"'},
+    )

@@ -1,0 +1,10 @@
+"""The pages people use in a browser, each module one area. Every page router uses
+``PageRoute``: CSRF is checked for every unsafe method before a handler runs."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from tokenbank.web.pages import accounts, admin, buying, wallet
+
+ROUTERS: tuple[APIRouter, ...] = (accounts.router, wallet.router, buying.router, admin.router)

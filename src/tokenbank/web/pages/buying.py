@@ -1,0 +1,299 @@
+"""Buying tokens on the pages: pricing, the buy buttons, and where Stripe sends the buyer
+back (success, cancel). Card details never touch this site: Stripe Checkout's page, or
+Stripe.js's card form inside ours."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from tokenbank import billing
+from tokenbank.billing import Billing
+from tokenbank.db import Database
+from tokenbank.errors import TokenbankError
+from tokenbank.web.deps import BillingDep, Lang, PagesDep, QueryRowId, RuntimeDep, Visitor
+from tokenbank.web.i18n import Language
+from tokenbank.web.problems import problem, status_of
+from tokenbank.web.render import HOME, Pages, redirect
+from tokenbank.web.routing import PageRoute
+from tokenbank.web.security import PAGE_HEADERS, content_security_policy, stripe_sources
+from tokenbank.web.texts import error_text
+
+router = APIRouter(
+    include_in_schema=False, default_response_class=HTMLResponse, route_class=PageRoute
+)
+#: The success page asks again every 2 seconds, for about a minute.
+MAX_POLLS = 30
+#: A Stripe id in the success page's query (cs_..., pi_...).
+StripeId = Annotated[str | None, Query(max_length=255, pattern=r"^[A-Za-z0-9_]+$")]
+
+
+def buying_headers(billing: Billing | None) -> dict[str, str]:
+    """The buying pages' headers: their policy also lets Stripe's origins in."""
+    return {
+        **PAGE_HEADERS,
+        "Content-Security-Policy": content_security_policy(stripe_sources(billing)),
+    }
+
+
+async def not_selling(pages: Pages, request: Request, lang: Language) -> Response:
+    return await pages.render(
+        request,
+        "message.html",
+        503,
+        heading=lang.gettext("Buying tokens is not available"),
+        message=lang.gettext("Payments are not configured on this server."),
+    )
+
+
+@router.get("/pricing")
+async def pricing(request: Request, seller: BillingDep, pages: PagesDep, lang: Lang) -> Response:
+    if seller is None:
+        return await not_selling(pages, request, lang)
+    catalog = seller.catalog
+    offers = [
+        {"package": p, "savings": p.savings_against(catalog.base) if catalog.base else 0}
+        for p in catalog.on_sale
+    ]
+    return await pages.render(
+        request,
+        "pricing.html",
+        headers=buying_headers(seller),
+        offers=offers,
+        flow=seller.flow,
+        stripe_js=seller.stripe.js_url,
+    )
+
+
+@router.post("/buy/{package_id}")
+async def buy(
+    request: Request,
+    *,
+    package_id: str,
+    seller: BillingDep,
+    visitor: Visitor,
+    parts: RuntimeDep,
+    lang: Lang,
+) -> Response:
+    """Start a purchase for the signed-in user. A form post goes on to Stripe Checkout (or a
+    page with the card form); the pricing page's script asks for JSON instead and opens the
+    card form in a modal."""
+    wants_json = "application/json" in request.headers.get("accept", "")
+    if seller is None or visitor is None:
+        return await _cannot_buy(
+            request, pages=parts.pages, lang=lang, selling=seller is not None, json=wants_json
+        )
+    headers = buying_headers(seller)
+    try:
+        if seller.flow == "embedded":
+            started = await run_in_threadpool(
+                partial(
+                    billing.start_payment,
+                    parts.db,
+                    seller.stripe,
+                    seller.catalog,
+                    user_id=visitor.user_id,
+                    package_id=package_id,
+                    faults=parts.faults,
+                )
+            )
+            return await _card_form(
+                request,
+                pages=parts.pages,
+                lang=lang,
+                seller=seller,
+                started=started,
+                wants_json=wants_json,
+            )
+        success_url, cancel_url = parts.return_urls()
+        started_checkout = await run_in_threadpool(
+            partial(
+                billing.start_checkout,
+                parts.db,
+                seller.stripe,
+                seller.catalog,
+                user_id=visitor.user_id,
+                package_id=package_id,
+                success_url=success_url,
+                cancel_url=cancel_url,
+                prices=seller.prices,
+                faults=parts.faults,
+            )
+        )
+    except TokenbankError as exc:
+        if wants_json:
+            return problem(status_of(exc), exc.code, error_text(lang, exc))
+        return await parts.pages.render(
+            request,
+            "message.html",
+            status_of(exc),
+            heading=lang.gettext("The purchase could not start"),
+            message=error_text(lang, exc),
+            link="/pricing",
+            link_text=lang.gettext("Back to pricing"),
+        )
+    if wants_json:
+        return JSONResponse({"redirect": started_checkout.url}, headers=headers)
+    return RedirectResponse(started_checkout.url, status_code=303, headers=headers)
+
+
+async def _cannot_buy(
+    request: Request, *, pages: Pages, lang: Language, selling: bool, json: bool
+) -> Response:
+    """Nothing is sold here, or nobody is signed in: as a page, or as JSON for the pricing
+    page's script (a toast in the page's language)."""
+    if not selling:
+        if json:
+            detail = lang.gettext("Payments are not configured on this server.")
+            return problem(503, "payments_not_configured", detail)
+        return await not_selling(pages, request, lang)
+    if json:
+        detail = lang.gettext("Sign in to buy tokens.")
+        return problem(401, "unauthorized", detail, login="/login?next=/pricing")
+    return redirect("/login?next=/pricing")
+
+
+async def _card_form(
+    request: Request,
+    *,
+    pages: Pages,
+    lang: Language,
+    seller: Billing,
+    started: billing.PaymentStart,
+    wants_json: bool,
+) -> Response:
+    purchase = started.purchase
+    package = seller.catalog.find(purchase.package_id)
+    name = package.localized_name(lang.tag) if package else purchase.package_id
+    price = lang.money(purchase.amount, purchase.currency)
+    headers = buying_headers(seller)
+    if wants_json:
+        return JSONResponse(
+            {
+                "purchase_id": purchase.id,
+                "name": name,
+                "summary": lang.ngettext(
+                    "%(tokens)s token",
+                    "%(tokens)s tokens",
+                    purchase.total_tokens,
+                    tokens=lang.number(purchase.total_tokens),
+                ),
+                "price": price,
+                "client_secret": started.client_secret,
+                "publishable_key": seller.publishable_key,
+                "return_url": "/purchase/success?payment_intent=",
+            },
+            headers=headers,
+        )
+    return await pages.render(
+        request,
+        "pay.html",
+        headers=headers,
+        purchase=purchase,
+        package=package,
+        price=price,
+        client_secret=started.client_secret,
+        publishable_key=seller.publishable_key,
+        stripe_js=seller.stripe.js_url,
+    )
+
+
+@router.get("/purchase/success")
+async def purchase_success(
+    request: Request,
+    *,
+    seller: BillingDep,
+    visitor: Visitor,
+    parts: RuntimeDep,
+    lang: Lang,
+    session_id: StripeId = None,
+    payment_intent: StripeId = None,
+    tries: Annotated[int, Query(ge=0, le=1000)] = 0,
+) -> Response:
+    """Where Stripe sends the buyer back. The webhook may not have landed yet, so this
+    settles the payment too, from what Stripe says (never from the URL), for a purchase of
+    this installation only; what it shows is for the buyer only. While Stripe has not
+    confirmed, the page asks again every 2 seconds (htmx; a meta refresh without
+    JavaScript). An htmx request gets the status alone."""
+    if seller is None:
+        return await not_selling(parts.pages, request, lang)
+    if (session_id is None) == (payment_intent is None):
+        return redirect(HOME)
+    try:
+        purchase = await run_in_threadpool(
+            partial(
+                billing.settle_returning_buyer,
+                parts.db,
+                seller.stripe,
+                session_id=session_id,
+                payment_intent_id=payment_intent,
+                policy=seller.policy,
+            )
+        )
+    except TokenbankError:
+        purchase = None
+    context: dict[str, Any] = {"purchase": None, "pending": False, "failed": False, "slow": False}
+    if purchase is None or visitor is None or purchase.user_id != visitor.user_id:
+        context["unknown"] = True
+    else:
+        status = purchase.status
+        context.update(
+            purchase=purchase,
+            review=status is billing.PurchaseStatus.NEEDS_REVIEW,
+            failed=status
+            not in {
+                billing.PurchaseStatus.PAID,
+                billing.PurchaseStatus.PENDING,
+                billing.PurchaseStatus.NEEDS_REVIEW,
+            },
+            poll_url=_next_poll(request, tries),
+            pending=status is billing.PurchaseStatus.PENDING and tries < MAX_POLLS,
+            slow=status is billing.PurchaseStatus.PENDING and tries >= MAX_POLLS,
+        )
+    template = (
+        "fragments/purchase_status.html" if request.headers.get("hx-request") else "purchase.html"
+    )
+    return await parts.pages.render(request, template, headers=buying_headers(seller), **context)
+
+
+@router.get("/purchase/cancel")
+async def purchase_cancel(
+    request: Request,
+    seller: BillingDep,
+    visitor: Visitor,
+    parts: RuntimeDep,
+    purchase: QueryRowId = None,
+) -> Response:
+    """Back from Stripe without paying: nothing was charged; offer the same package."""
+    package = None
+    if seller is not None and visitor is not None and purchase is not None:
+        found = await run_in_threadpool(_own_purchase, parts.db, purchase, visitor.user_id)
+        if found is not None:
+            package = seller.catalog.find(found.package_id)
+            if package is not None and not package.active:
+                package = None
+    # Its retry button goes to Stripe: the buying pages' policy.
+    return await parts.pages.render(
+        request, "cancel.html", headers=buying_headers(seller), package=package
+    )
+
+
+def _next_poll(request: Request, tries: int) -> str:
+    """The success page's next poll: counted, so a purchase Stripe never confirms stops
+    being asked about (after ``MAX_POLLS``, about a minute)."""
+    params = {k: v for k, v in request.query_params.items() if k != "tries"}
+    return f"{request.url.path}?{urlencode({**params, 'tries': tries + 1})}"
+
+
+def _own_purchase(db: Database, purchase_id: int, user_id: str) -> billing.Purchase | None:
+    with db.read() as conn:
+        try:
+            found = billing.get_purchase(conn, purchase_id=purchase_id)
+        except billing.UnknownPurchase:
+            return None
+    return found if found.user_id == user_id else None

@@ -1,0 +1,150 @@
+"""The signed-in user's wallet pages: dashboard, transactions (with CSV export) and the
+fragments htmx refreshes every 10 seconds (the header widget and the balance card)."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from tokenbank import billing, ledger
+from tokenbank.db import Database
+from tokenbank.web.deps import DatabaseDep, Lang, PagesDep, PageUser, QueryRowId, Visitor
+from tokenbank.web.exports import history_csv, history_page
+from tokenbank.web.routing import PageRoute
+from tokenbank.web.security import PAGE_HEADERS
+from tokenbank.web.texts import describe
+
+router = APIRouter(
+    include_in_schema=False, default_response_class=HTMLResponse, route_class=PageRoute
+)
+PAGE_SIZE = 50
+#: htmx's "stop polling" status: a signed-out page stops asking.
+STOP_POLLING = 286
+
+
+@router.get("/dashboard")
+async def dashboard(
+    request: Request,
+    *,
+    user: PageUser,
+    lang: Lang,
+    pages: PagesDep,
+    db: DatabaseDep,
+    purchased: QueryRowId = None,
+) -> Response:
+    balance, page, recent, bought = await run_in_threadpool(_overview, db, user.user_id, purchased)
+    toasts = []
+    if bought is not None:
+        toasts.append(
+            {
+                "tone": "good",
+                "text": lang.ngettext(
+                    "Payment received: %(tokens)s token was added to your balance.",
+                    "Payment received: %(tokens)s tokens were added to your balance.",
+                    bought.total_tokens,
+                    tokens=lang.number(bought.total_tokens),
+                ),
+            }
+        )
+    return await pages.render(
+        request,
+        "dashboard.html",
+        balance=balance,
+        history=page.items,
+        purchases=recent,
+        toasts=toasts,
+    )
+
+
+@router.get("/transactions")
+async def transactions(
+    request: Request,
+    *,
+    user: PageUser,
+    pages: PagesDep,
+    db: DatabaseDep,
+    kind: str | None = None,
+    before: QueryRowId = None,
+) -> Response:
+    kinds = _kinds(kind)
+    page = await run_in_threadpool(
+        partial(history_page, db, user_id=user.user_id, kinds=kinds, before=before, limit=PAGE_SIZE)
+    )
+    return await pages.render(
+        request,
+        "transactions.html",
+        items=page.items,
+        next_cursor=page.next_cursor,
+        kind=kinds[0].value if kinds else "",
+        before=before,
+    )
+
+
+@router.get("/transactions.csv")
+async def transactions_csv(
+    user: PageUser, lang: Lang, pages: PagesDep, db: DatabaseDep, kind: str | None = None
+) -> Response:
+    """Every transaction of the filtered view, newest first, described as the pages
+    describe them."""
+    kinds = _kinds(kind)
+    name = f"transactions-{kinds[0].value}.csv" if kinds else "transactions.csv"
+    lines = await run_in_threadpool(
+        partial(
+            history_csv,
+            db,
+            user_id=user.user_id,
+            kinds=kinds,
+            describe=partial(describe, lang=lang, catalog=pages.catalog),
+        )
+    )
+    return StreamingResponse(
+        lines,
+        media_type="text/csv; charset=utf-8",
+        headers={**PAGE_HEADERS, "Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+@router.get("/fragments/balance-widget")
+async def balance_widget(request: Request, visitor: Visitor, pages: PagesDep) -> Response:
+    return await _fragment(request, visitor, pages, "fragments/balance_widget.html")
+
+
+@router.get("/fragments/balance-card")
+async def balance_card(request: Request, visitor: Visitor, pages: PagesDep) -> Response:
+    return await _fragment(request, visitor, pages, "fragments/balance_card.html")
+
+
+async def _fragment(request: Request, visitor: Visitor, pages: PagesDep, template: str) -> Response:
+    wallet = None if visitor is None else await run_in_threadpool(pages.balance, visitor.user_id)
+    if wallet is None:
+        return Response(status_code=STOP_POLLING, headers=PAGE_HEADERS)
+    return await pages.render(request, template, wallet=wallet, balance=wallet)
+
+
+def _kinds(kind: str | None) -> list[ledger.TransferKind]:
+    """The kind filter: an unknown value shows everything rather than failing."""
+    try:
+        return [ledger.TransferKind(kind)] if kind else []
+    except ValueError:
+        return []
+
+
+def _overview(
+    db: Database, user_id: str, purchased: int | None
+) -> tuple[ledger.Balance, ledger.HistoryPage, list[billing.Purchase], billing.Purchase | None]:
+    with db.read() as conn:
+        balance = ledger.balance(conn, user_id=user_id)
+        page = ledger.history(conn, user_id=user_id, limit=5)
+        recent = billing.list_purchases(conn, user_id=user_id, limit=3)
+        bought = None
+        if purchased is not None:
+            try:
+                found = billing.get_purchase(conn, purchase_id=purchased)
+            except billing.UnknownPurchase:
+                found = None
+            if found and found.user_id == user_id and found.status is billing.PurchaseStatus.PAID:
+                bought = found
+    return balance, page, recent, bought

@@ -1,0 +1,59 @@
+"""``Runtime``: the parts the service was built with, made once by ``create_app`` from the
+settings and reached by every route through ``web/deps.py`` (never through globals)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, cast
+
+from fastapi import Request
+
+if TYPE_CHECKING:
+    from tokenbank.billing import Billing
+    from tokenbank.db import Database
+    from tokenbank.faults import Faults
+    from tokenbank.identity import Passwords, Throttle
+    from tokenbank.web.auth import KeyCache
+    from tokenbank.web.browser import Browsers
+    from tokenbank.web.observe import Metrics
+    from tokenbank.web.render import Pages
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Runtime:
+    db: Database
+    metrics: Metrics
+    keys: KeyCache
+    browsers: Browsers
+    pages: Pages
+    passwords: Passwords
+    throttle: Throttle
+    #: How tokens are sold; None when no Stripe key is configured (nothing can be bought).
+    billing: Billing | None
+    faults: Faults
+    #: This service's address as the outside world sees it, without a trailing slash.
+    public_url: str
+    default_hold_ttl: int
+    portal_link_ttl: timedelta
+    #: Hosts a purchase's return URLs may point at, besides ``public_url``'s.
+    return_hosts: frozenset[str]
+    #: A spend of at least this many tokens is logged (0: none).
+    large_spend: int
+    #: The newest migration this version ships (read once: it does not change).
+    schema_head: str | None
+    #: What is configured to work only in part, said at start-up and by /readyz.
+    warnings: tuple[str, ...] = ()
+
+    def return_urls(self) -> tuple[str, str]:
+        """Where Stripe Checkout sends a buyer back: this site's success and cancel pages."""
+        return (
+            f"{self.public_url}/purchase/success?session_id={{CHECKOUT_SESSION_ID}}",
+            f"{self.public_url}/purchase/cancel?purchase={{PURCHASE_ID}}",
+        )
+
+
+def runtime(request: Request) -> Runtime:
+    """The running service's parts. The two hottest API routes call this directly: a plain
+    attribute read, where resolving a FastAPI dependency costs more per request."""
+    return cast("Runtime", request.app.state.runtime)
