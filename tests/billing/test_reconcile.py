@@ -13,8 +13,9 @@ from tests.billing.conftest import Store
 from tests.web.conftest import PASSWORDS, SETTINGS
 from tests.web.test_pages import _csrf, _register, _user_id
 from tokenbank import audit, billing, identity
-from tokenbank.billing.fulfilment import Outcome, credit_paid
+from tokenbank.billing.credits import credit_paid
 from tokenbank.billing.models import purchases
+from tokenbank.billing.outcomes import Outcome
 from tokenbank.columns import utcnow
 from tokenbank.web.app import create_app
 

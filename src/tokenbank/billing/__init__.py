@@ -1,6 +1,11 @@
-"""Selling tokens: the catalog, purchases through Stripe, the webhook inbox, refunds,
-disputes and reconciliation. Calls the ledger; reaches Stripe only through
-``tokenbank.payments.stripe``."""
+"""Selling tokens: the catalog, purchases through Stripe, the webhook inbox, Stripe refunds,
+disputes, admin reviews and reconciliation. Calls the ledger; reaches Stripe only through
+``tokenbank.payments.stripe``.
+
+Settling a payment is split by concern: ``settlement`` (fetch Stripe's view, settle it
+onto the purchase), ``credits``, ``refunds`` (Stripe's money refunds), ``disputes``,
+``reviews`` (what an admin decides), with ``outcomes`` carrying what changed and its log
+lines. Callers outside billing use the names below."""
 
 from __future__ import annotations
 
@@ -15,16 +20,8 @@ from tokenbank.billing.errors import (
     UnknownPackage,
     UnknownPurchase,
 )
-from tokenbank.billing.fulfilment import (
-    REVIEW_DECISIONS,
-    Outcome,
-    Payment,
-    fetch_payment,
-    resolve_review,
-    settle,
-    settle_returning_buyer,
-)
 from tokenbank.billing.models import PurchaseFlow, PurchaseStatus, ReviewDecision
+from tokenbank.billing.outcomes import Outcome
 from tokenbank.billing.prices import PriceBook, SyncStep, plan_sync, sync_catalog
 from tokenbank.billing.purchases import (
     CheckoutStart,
@@ -41,6 +38,8 @@ from tokenbank.billing.purchases import (
     start_payment,
 )
 from tokenbank.billing.reconcile import Reconciliation, reconcile
+from tokenbank.billing.reviews import REVIEW_DECISIONS, resolve_review
+from tokenbank.billing.settlement import Payment, fetch_payment, settle, settle_returning_buyer
 from tokenbank.billing.webhooks import (
     HANDLED_EVENTS,
     InboxEvent,

@@ -37,7 +37,7 @@ from tokenbank.db import Database
 from tokenbank.faults import NONE as NO_FAULTS
 from tokenbank.faults import Faults
 from tokenbank.ledger import IdempotencyConflict
-from tokenbank.ledger.journal import check_key
+from tokenbank.ledger.inputs import check_key
 from tokenbank.payments.stripe import CheckoutSession, PaymentProviderError, Stripe
 from tokenbank.users import get_user
 
@@ -68,7 +68,7 @@ class Purchase:
     reference: str
     #: The caller's key for starting it, if one was given.
     idempotency_key: str | None = None
-    #: Why an admin must look, and what they decided (see ``fulfilment``).
+    #: Why an admin must look, and what they decided (see ``reviews``).
     review: str | None = None
     review_decision: ReviewDecision | None = None
     reviewed_by: str | None = None
@@ -130,6 +130,25 @@ def get_purchase(conn: Connection, *, purchase_id: int) -> Purchase:
     if row is None:
         raise UnknownPurchase(str(purchase_id))
     return to_purchase(row)
+
+
+def lock_purchase(conn: Connection, *, purchase_id: int) -> Purchase:
+    """The purchase, its row locked until the transaction ends: every change to a purchase
+    after it started (a settle, a review) waits here for the one before it."""
+    row = conn.execute(
+        sa.select(purchases).where(purchases.c.id == purchase_id).with_for_update()
+    ).first()
+    if row is None:
+        raise UnknownPurchase(str(purchase_id))
+    return to_purchase(row)
+
+
+def tokens_for(row: sa.Row[Any], *, amount: int) -> int:
+    """The tokens that ``amount`` of the purchase's price bought, rounded down: what a
+    refund or a dispute of that much takes back. ``row`` is the purchase's table row, read
+    inside the transaction that changes it."""
+    total = int(row.tokens + row.bonus_tokens)
+    return total * min(amount, int(row.amount)) // int(row.amount)
 
 
 def find_purchase(

@@ -26,9 +26,11 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 import structlog
 
-from tokenbank.billing.fulfilment import Outcome, fetch_payment, flag_purchase, settle
 from tokenbank.billing.models import DisputeStatus, PurchaseStatus, disputes, purchases
-from tokenbank.billing.purchases import ClawbackPolicy, count_awaiting_review
+from tokenbank.billing.outcomes import Outcome
+from tokenbank.billing.purchases import ClawbackPolicy, count_awaiting_review, to_purchase
+from tokenbank.billing.reviews import flag_purchase
+from tokenbank.billing.settlement import fetch_payment, settle
 from tokenbank.columns import utcnow
 from tokenbank.db import Database
 from tokenbank.errors import Unavailable
@@ -141,6 +143,13 @@ def _check(
             result.flagged.append((outcome.purchase.id, outcome.flagged))
         elif outcome.purchase is not None and outcome.changes:
             result.fixed.append(outcome)
+            # What the webhooks missed: worth an alert of its own if it keeps happening.
+            log.warning(
+                "reconcile_fixed",
+                purchase_id=outcome.purchase.id,
+                user_id=outcome.purchase.user_id,
+                what=[event.name for event in outcome.events],
+            )
 
 
 def _missing(db: Database, item: Work, result: Reconciliation) -> None:
@@ -159,8 +168,9 @@ def _missing(db: Database, item: Work, result: Reconciliation) -> None:
 
 
 def _expire(db: Database, purchase_id: int, code: str, message: str) -> bool:
+    """End a purchase still pending that nothing can pay any more; False if it moved on."""
     with db.transaction() as conn:
-        changed = conn.execute(
+        ended = conn.execute(
             sa.update(purchases)
             .where(purchases.c.id == purchase_id, purchases.c.status == PurchaseStatus.PENDING)
             .values(
@@ -169,10 +179,20 @@ def _expire(db: Database, purchase_id: int, code: str, message: str) -> bool:
                 failure_message=message,
                 updated_at=utcnow(),
             )
-        ).rowcount
-    if changed:
-        log.warning("purchase_expired", purchase_id=purchase_id, failure_code=code)
-    return bool(changed)
+            .returning(*purchases.c)
+        ).first()
+    if ended is None:
+        return False
+    outcome = Outcome(purchase=to_purchase(ended))
+    outcome.record(
+        "purchase_expired",
+        f"marked expired ({code})",
+        warning=True,
+        status=PurchaseStatus.EXPIRED.value,
+        failure_code=code,
+    )
+    outcome.log_changes("reconcile")
+    return True
 
 
 def _without_stripe() -> sa.ColumnElement[bool]:

@@ -5,7 +5,7 @@ delivery that fails later is still on file. Its effects then commit in the same 
 as its ``processed_at`` mark: processed means applied. On failure the error is kept on the
 event and the caller answers 500, so Stripe delivers it again; ``replay`` does the same by
 hand. The event is only a hint: what it changes comes from Stripe's current objects
-(``fulfilment.fetch_payment``), so duplicates, reordering and stale payloads are harmless.
+(``settlement.fetch_payment``), so duplicates, reordering and stale payloads are harmless.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from tokenbank.billing.errors import UnknownEvent
-from tokenbank.billing.fulfilment import Payment, fetch_payment, settle
 from tokenbank.billing.models import webhook_events
 from tokenbank.billing.purchases import ClawbackPolicy
+from tokenbank.billing.settlement import Payment, fetch_payment, settle
 from tokenbank.columns import utcnow
 from tokenbank.db import Database, unavailable
 from tokenbank.errors import TokenbankError, Unavailable
@@ -249,24 +249,42 @@ def process(
     except Exception as exc:
         failure = unavailable(exc) if not isinstance(exc, TokenbankError) else None
         error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_LENGTH]
-        log.warning("webhook_failed", event_id=event.id, type=event.type, error=error)
-        if failure is None:  # with the database down, there is nowhere to write the error
-            with db.transaction() as conn:
-                conn.execute(
-                    sa.update(webhook_events)
-                    .where(webhook_events.c.event_id == event.id)
-                    .values(attempts=webhook_events.c.attempts + 1, last_error=error)
-                )
+        try:
+            if failure is None:  # with the database down, there is nowhere to write the error
+                with db.transaction() as conn:
+                    conn.execute(
+                        sa.update(webhook_events)
+                        .where(webhook_events.c.event_id == event.id)
+                        .values(attempts=webhook_events.c.attempts + 1, last_error=error)
+                    )
+        finally:
+            # The code, not the message: the inbox keeps the message, and a message can
+            # quote anything (a URL, an address) that has no place in shipped logs.
+            log.warning(
+                "webhook_failed",
+                event_id=event.id,
+                type=event.type,
+                error_code=_error_code(exc, failure),
+                error_type=type(exc).__name__,
+            )
         if isinstance(exc, Unavailable):
             raise  # Stripe, or the database, is down for now: 503, and Stripe retries
         if failure is not None:
             raise failure from exc
         raise ProcessingFailed(error) from exc
     if settled is not None:
-        settled.log_changes(f"webhook {event.id}")
+        settled.log_changes("webhook", event_id=event.id)
     log.info("webhook_processed", event_id=event.id, type=event.type, outcome=outcome)
     changed = settled is not None and bool(settled.changes)
     return Processed(event_id=event.id, outcome=outcome, duplicate=False, changed=changed)
+
+
+def _error_code(exc: Exception, failure: TokenbankError | None) -> str:
+    """The stable code of what the endpoint answers (Stripe, or the database, unavailable:
+    503) or, for a failure it answers 500, of the error itself when tokenbank raised it."""
+    if isinstance(exc, TokenbankError):
+        return exc.code
+    return failure.code if failure is not None else ProcessingFailed.code
 
 
 def _to_inbox(row: sa.Row[tuple[int, ...]]) -> InboxEvent:
