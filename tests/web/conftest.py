@@ -1,14 +1,11 @@
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
+from tests.servers import serving
 from tokenbank import apikeys
 from tokenbank.apikeys import Scope
 from tokenbank.config import Settings
@@ -58,19 +55,5 @@ def reader(db: Database) -> dict[str, str]:
 @pytest.fixture
 def live_url(db: Database) -> Iterator[str]:
     """The app served by uvicorn on a free port, for clients that speak real HTTP."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    app = create_app(SETTINGS, db=db, passwords=PASSWORDS)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(SETTINGS, db=db, passwords=PASSWORDS)) as url:
+        yield url

@@ -11,47 +11,33 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 from tests.servers import http_request, one_connection, serving
+from tests.web.api.calls import grant_tokens, problem_of, put_user
 from tests.web.conftest import PASSWORDS, SETTINGS, make_key
+from tests.web.routes import PATH_VALUES, api_routes
 from tokenbank.apikeys import Scope
 from tokenbank.db import Database
 from tokenbank.web.app import MAX_BODY_BYTES, create_app
 from tokenbank.web.routing import UNSAFE_METHODS, PageRoute, StrictRoute
 
 PROBLEM = "application/problem+json"
-#: A value for each path parameter, so every route can be reached.
-PATH_VALUES = {
-    "user_id": "alice",
-    "hold_id": "1",
-    "transfer_id": "1",
-    "purchase_id": "1",
-    "package_id": "plus",
-    "event_id": "evt_1",
-    "token": "x",
-}
-
-
-def api_routes(routes: list[Any]) -> Iterator[APIRoute]:
-    """Every route of the app, the included routers' too (mounted without a prefix)."""
-    for route in routes:
-        if isinstance(route, APIRoute):
-            yield route
-        elif (included := getattr(route, "original_router", None)) is not None:
-            yield from api_routes(included.routes)
 
 
 def _body_routes(app: FastAPI) -> Iterator[tuple[str, str, bool]]:
     """Every route that reads a body: its method, a URL to it, and whether it takes a form."""
     for route in api_routes(app.routes):
         # A page's unsafe route reads a form (its CSRF token) even with no other field.
-        page_form = isinstance(route, PageRoute) and bool(route.methods & UNSAFE_METHODS)
+        methods = route.methods or set()
+        page_form = isinstance(route, PageRoute) and bool(methods & UNSAFE_METHODS)
         if route.body_field is not None or page_form:
             assert isinstance(route, StrictRoute), f"{route.path} is not a StrictRoute"
             url = route.path.format(**PATH_VALUES)
-            form = page_form or type(route.body_field.field_info).__name__ == "Form"
+            form = page_form or (
+                route.body_field is not None
+                and type(route.body_field.field_info).__name__ == "Form"
+            )
             for method in route.methods or ():
                 yield method, url, form
 
@@ -254,3 +240,44 @@ def test_wrong_api_keys_are_limited_per_address(db: Database) -> None:
 def _problem(answer: httpx.Response | Any, status: int, code: str) -> None:
     assert answer.status_code == status, answer.text
     assert answer.json()["code"] == code
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"amount": 0, "idempotency_key": "k"},
+        {"amount": -5, "idempotency_key": "k"},
+        {"amount": 1.5, "idempotency_key": "k"},
+        {"amount": "10", "idempotency_key": "k"},
+        {"amount": True, "idempotency_key": "k"},
+        {"amount": 10**13, "idempotency_key": "k"},
+        {"amount": 10**40, "idempotency_key": "k"},
+        {"amount": 1},
+        {"amount": 1, "idempotency_key": ""},
+        {"amount": 1, "idempotency_key": "k", "surprise": 1},
+        {"amount": 1, "idempotency_key": "k", "metadata": {"x": "y" * 5000}},
+        [1, 2, 3],
+    ],
+)
+def test_bad_bodies_get_422_and_change_nothing(
+    client: TestClient, admin: dict[str, str], spender: dict[str, str], body: object
+) -> None:
+    put_user(client, spender)
+    grant_tokens(client, admin, 100)
+    response = client.post("/api/v1/users/alice/spend", json=body, headers=spender)
+    problem_of(response, 422, "validation_error")
+    balance = client.get("/api/v1/users/alice/balance", headers=spender).json()
+    assert balance["available"] == 100
+
+
+def test_malformed_and_oversized_bodies(client: TestClient, spender: dict[str, str]) -> None:
+    put_user(client, spender)
+    headers = {**spender, "content-type": "application/json"}
+    malformed = client.post("/api/v1/users/alice/spend", content=b'{"amount": 1,', headers=headers)
+    problem_of(malformed, 422, "validation_error")
+    huge = b'{"amount": 1, "idempotency_key": "' + b"k" * 70_000 + b'"}'
+    problem_of(
+        client.post("/api/v1/users/alice/spend", content=huge, headers=headers),
+        413,
+        "payload_too_large",
+    )

@@ -1,4 +1,5 @@
-"""The translation catalogs are complete and the formats follow the locale."""
+"""The pages' languages: the translation catalogs are complete, the formats follow the
+locale, and the language is chosen as documented (choice, cookie, Accept-Language)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,17 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
 from babel.messages.extract import extract_from_dir
 from babel.messages.pofile import read_po
+from fastapi.testclient import TestClient
 
-from tokenbank import ledger
+from tests.web.browsing import form_token, sign_up, signed_in_user
+from tokenbank import identity, ledger
 from tokenbank.billing.catalog import load_catalog
+from tokenbank.db import Database
 from tokenbank.web import i18n
+from tokenbank.web.i18n import negotiate
 from tokenbank.web.texts import describe
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -128,3 +134,66 @@ def test_history_describes_what_tokenbank_wrote_in_the_page_language() -> None:
     # What an app or an admin wrote is theirs: shown as written.
     spend = _item(ledger.TransferKind.SPEND, {"package_id": "cny-500"}, "chat reply")
     assert describe(spend, lang=zh, catalog=catalog) == "chat reply"
+
+
+def test_language_follows_choice_then_cookie_then_accept_language(client: TestClient) -> None:
+    chinese = {"Accept-Language": "zh-CN,zh;q=0.9,en;q=0.5"}
+    login = client.get("/login", headers=chinese)
+    assert '<html lang="zh-CN">' in login.text and "登录" in login.text
+    assert login.headers["vary"] == "Cookie, Accept-Language"
+    assert '<html lang="en">' in client.get("/login", headers={"Accept-Language": "fr"}).text
+    # A visitor's menu choice, kept in a cookie, beats the browser.
+    token = form_token(client)
+    chosen = client.post(
+        "/language",
+        data={"language": "en", "csrf_token": token, "next": "/pricing"},
+        follow_redirects=False,
+    )
+    assert chosen.status_code == 303 and chosen.headers["location"] == "/pricing"
+    assert '<html lang="en">' in client.get("/login", headers=chinese).text
+    client.cookies.delete("tb_lang")
+    # Nothing chosen at registration: the browser decides, until the account page says.
+    sign_up(client)
+    assert '<html lang="zh-CN">' in client.get("/dashboard", headers=chinese).text
+    token = form_token(client, "/account")
+    saved = client.post(
+        "/account/language",
+        data={"language": "en", "csrf_token": token},
+        headers=chinese,
+        follow_redirects=False,
+    )
+    assert saved.headers["location"] == "/account?changed=language"
+    account = client.get("/account?changed=language", headers=chinese).text
+    assert '<html lang="en">' in account and "Language saved." in account
+    bad = client.post(
+        "/account/language", data={"language": "xx", "csrf_token": token}, headers=chinese
+    )
+    assert bad.status_code == 422 and "Choose one of the languages offered." in bad.text
+
+
+def test_registration_keeps_the_language_picked_before(client: TestClient, db: Database) -> None:
+    token = form_token(client)
+    client.post("/language", data={"language": "zh-CN", "csrf_token": token})
+    sign_up(client)
+    user = signed_in_user(client)
+    with db.read() as conn:
+        session = identity.session_user(conn, token=client.cookies["tb_session"])
+    assert session is not None and session.user_id == user and session.language == "zh-CN"
+    assert '<html lang="zh-CN">' in client.get("/dashboard").text
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("zh-CN", "zh-CN"),
+        ("zh-TW,en;q=0.1", "zh-CN"),
+        ("en-GB,zh;q=0.8", "en"),
+        ("fr-FR,de;q=0.9", "en"),
+        ("fr;q=0.9,zh;q=0.5", "zh-CN"),
+        ("", "en"),
+        ("zh;q=0,en", "en"),
+        ("*", "en"),
+    ],
+)
+def test_accept_language_negotiation(header: str, expected: str) -> None:
+    assert negotiate(header) == expected

@@ -25,9 +25,9 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 from tests.stripe_emulator import EmulatorServer, event_bytes, make_billing, signed
+from tests.web.browsing import form_token, sign_up, signed_in_user
 from tests.web.conftest import PASSWORDS, SETTINGS, make_key
-from tests.web.test_hardening import api_routes
-from tests.web.test_pages import _csrf, _register, _user_id
+from tests.web.routes import api_routes
 from tokenbank import identity, ledger
 from tokenbank.apikeys import Scope
 from tokenbank.db import Database
@@ -118,8 +118,8 @@ def _seed(db: Database, emulator: EmulatorServer) -> Iterator[Seeded]:
     app = create_app(settings, db=db, passwords=PASSWORDS, seller=seller)
     key = make_key(db, Scope.ADMIN)
     with TestClient(app, base_url="https://tokens.example") as client:
-        _register(client, "root@example.com")
-        admin_id = _user_id(client)
+        sign_up(client, "root@example.com")
+        admin_id = signed_in_user(client)
         with db.transaction() as conn:
             identity.set_admin(conn, user_id=admin_id, admin=True)
         put = client.put("/api/v1/users/alice", json={"email": "alice@example.com"}, headers=key)
@@ -153,7 +153,7 @@ def _seed(db: Database, emulator: EmulatorServer) -> Iterator[Seeded]:
         yield Seeded(
             client=client,
             key=key,
-            csrf=_csrf(client, "/account"),
+            csrf=form_token(client, "/account"),
             path_values={
                 "user_id": "alice",
                 "hold_id": str(hold["hold_id"]),

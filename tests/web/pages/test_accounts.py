@@ -3,66 +3,22 @@ portal links. On SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
+from tests.web.browsing import PASSWORD, form_token, sign_in, sign_up, signed_in_user
 from tests.web.conftest import PASSWORDS, SETTINGS
 from tokenbank import identity, users
 from tokenbank.db import Database
 from tokenbank.users.models import users as users_table
 from tokenbank.web.app import create_app
 
-PASSWORD = "correct horse battery"
-
-
-def _csrf(client: TestClient, path: str = "/login") -> str:
-    page = client.get(path)
-    assert page.status_code == 200, page.text
-    found = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page.text)
-    assert found, page.text
-    return found.group(1)
-
-
-def _register(client: TestClient, email: str = "ann@example.com") -> Any:
-    token = _csrf(client, "/register")
-    return client.post(
-        "/register",
-        data={"email": email, "password": PASSWORD, "csrf_token": token},
-        follow_redirects=False,
-    )
-
-
-def _login(client: TestClient, email: str, password: str = PASSWORD) -> Any:
-    token = _csrf(client)
-    return client.post(
-        "/login",
-        data={"email": email, "password": password, "csrf_token": token},
-        follow_redirects=False,
-    )
-
-
-def _user_id(client: TestClient) -> str:
-    page = client.get("/account")
-    assert page.status_code == 200
-    session = client.cookies.get("tb_session")
-    assert session
-    return _signed_in_id(client, session)
-
-
-def _signed_in_id(client: TestClient, token: str) -> str:
-    db: Database = client.app.state.runtime.db  # type: ignore[attr-defined]
-    with db.read() as conn:
-        who = identity.session_user(conn, token=token)
-    assert who is not None
-    return who.user_id
-
 
 def test_register_sets_a_safe_session_cookie(client: TestClient) -> None:
-    response = _register(client)
+    response = sign_up(client)
     assert response.status_code == 303 and response.headers["location"] == "/dashboard"
     cookie = response.headers["set-cookie"]
     assert "tb_session=" in cookie
@@ -78,7 +34,7 @@ def test_register_sets_a_safe_session_cookie(client: TestClient) -> None:
 def test_cookies_are_not_secure_on_a_local_development_server(db: Database) -> None:
     local = SETTINGS.model_copy(update={"public_url": "http://127.0.0.1:8000"})
     with TestClient(create_app(local, db=db, passwords=PASSWORDS)) as client:
-        response = _register(client)
+        response = sign_up(client)
     assert response.status_code == 303
     assert "secure" not in response.headers["set-cookie"].lower()
 
@@ -91,16 +47,16 @@ def test_pages_need_a_session(client: TestClient) -> None:
 
 
 def test_login_logout(client: TestClient) -> None:
-    _register(client)
+    sign_up(client)
     client.cookies.clear()
-    wrong = _login(client, "ann@example.com", "not the password")
+    wrong = sign_in(client, "ann@example.com", "not the password")
     assert wrong.status_code == 401 and "do not match an account" in wrong.text
     assert "tb_session" not in client.cookies
-    right = _login(client, "ANN@example.com")
+    right = sign_in(client, "ANN@example.com")
     assert right.status_code == 303
     session = client.cookies.get("tb_session")
     assert session
-    token = _csrf(client, "/dashboard")
+    token = form_token(client, "/dashboard")
     out = client.post("/logout", data={"csrf_token": token}, follow_redirects=False)
     assert out.status_code == 303 and out.headers["location"] == "/login"
     # The session is revoked on the server, not just forgotten by the browser.
@@ -112,7 +68,7 @@ def test_login_logout(client: TestClient) -> None:
 def test_forms_refuse_a_missing_or_wrong_csrf_token(
     client: TestClient, db: Database, token: str | None
 ) -> None:
-    _csrf(client, "/register")  # the browser holds the pre-sign-in cookie
+    form_token(client, "/register")  # the browser holds the pre-sign-in cookie
     data = {"email": "eve@example.com", "password": PASSWORD}
     if token is not None:
         data["csrf_token"] = token
@@ -123,10 +79,10 @@ def test_forms_refuse_a_missing_or_wrong_csrf_token(
 
 
 def test_csrf_token_from_another_browser_is_refused(client: TestClient, db: Database) -> None:
-    _register(client)
-    victim_page_token = _csrf(client, "/account")
+    sign_up(client)
+    victim_page_token = form_token(client, "/account")
     with TestClient(client.app, base_url="https://tokens.example") as attacker:
-        attacker_token = _csrf(attacker, "/login")
+        attacker_token = form_token(attacker, "/login")
     assert attacker_token != victim_page_token
     # A forged cross-site form: the victim's cookies, the attacker's token.
     response = client.post(
@@ -139,14 +95,14 @@ def test_csrf_token_from_another_browser_is_refused(client: TestClient, db: Data
     )
     assert response.status_code == 403
     client.cookies.clear()
-    assert _login(client, "ann@example.com").status_code == 303  # unchanged
+    assert sign_in(client, "ann@example.com").status_code == 303  # unchanged
 
 
 def test_password_change_signs_out_other_browsers(client: TestClient) -> None:
-    _register(client)
+    sign_up(client)
     with TestClient(client.app, base_url="https://tokens.example") as laptop:
-        assert _login(laptop, "ann@example.com").status_code == 303
-        token = _csrf(client, "/account")
+        assert sign_in(laptop, "ann@example.com").status_code == 303
+        token = form_token(client, "/account")
         wrong = client.post(
             "/account/password",
             data={"csrf_token": token, "current_password": "nope nope", "new_password": "x" * 12},
@@ -165,23 +121,23 @@ def test_password_change_signs_out_other_browsers(client: TestClient) -> None:
         assert client.get("/account").status_code == 200  # this browser stays in
         assert laptop.get("/dashboard", follow_redirects=False).status_code == 303
     client.cookies.clear()
-    assert _login(client, "ann@example.com", "a brand new secret").status_code == 303
+    assert sign_in(client, "ann@example.com", "a brand new secret").status_code == 303
 
 
 def test_brute_force_is_slowed_per_account(client: TestClient) -> None:
-    _register(client)
+    sign_up(client)
     client.cookies.clear()
-    statuses = [_login(client, "ann@example.com", f"guess {n:04d}").status_code for n in range(10)]
+    statuses = [sign_in(client, "ann@example.com", f"guess {n:04d}").status_code for n in range(10)]
     assert statuses == [401] * 10
-    blocked = _login(client, "ann@example.com")  # even the right password waits
+    blocked = sign_in(client, "ann@example.com")  # even the right password waits
     assert blocked.status_code == 429
     assert 0 < int(blocked.headers["retry-after"]) <= 600
     assert "Too many attempts" in blocked.text
     assert "tb_session" not in client.cookies
     # Another account is not locked by the attack on this one.
-    _register(client, "bob@example.com")
+    sign_up(client, "bob@example.com")
     client.cookies.clear()
-    assert _login(client, "bob@example.com").status_code == 303
+    assert sign_in(client, "bob@example.com").status_code == 303
 
 
 def test_brute_force_is_slowed_per_ip(db: Database) -> None:
@@ -190,7 +146,7 @@ def test_brute_force_is_slowed_per_ip(db: Database) -> None:
         create_app(tight, db=db, passwords=PASSWORDS), base_url="https://tokens.example"
     ) as client:
         statuses = [
-            _login(client, f"user{n}@example.com", "guess guess").status_code for n in range(6)
+            sign_in(client, f"user{n}@example.com", "guess guess").status_code for n in range(6)
         ]
     assert statuses == [401] * 5 + [429]
 
@@ -203,16 +159,16 @@ def test_registration_is_limited_per_ip(db: Database) -> None:
         statuses = []
         for n in range(3):
             client.cookies.clear()
-            statuses.append(_register(client, f"u{n}@example.com").status_code)
+            statuses.append(sign_up(client, f"u{n}@example.com").status_code)
     assert statuses == [303, 303, 429]
 
 
 def test_register_errors_are_shown_on_the_form(client: TestClient) -> None:
-    _register(client)
+    sign_up(client)
     client.cookies.clear()
-    taken = _register(client)
+    taken = sign_up(client)
     assert taken.status_code == 409 and "already exists" in taken.text
-    token = _csrf(client, "/register")
+    token = form_token(client, "/register")
     short = client.post(
         "/register", data={"email": "c@example.com", "password": "short", "csrf_token": token}
     )
@@ -225,11 +181,11 @@ def test_register_errors_are_shown_on_the_form(client: TestClient) -> None:
 def test_a_user_reads_only_their_own_tokens(
     client: TestClient, db: Database, admin: dict[str, str]
 ) -> None:
-    _register(client, "bob@example.com")
-    bob = _user_id(client)
+    sign_up(client, "bob@example.com")
+    bob = signed_in_user(client)
     client.cookies.clear()
-    _register(client)
-    ann = _user_id(client)
+    sign_up(client)
+    ann = signed_in_user(client)
     own = client.get(f"/api/v1/users/{ann}/balance")
     assert own.status_code == 200 and own.json()["user_id"] == ann
     for path in (
@@ -247,11 +203,11 @@ def test_a_user_reads_only_their_own_tokens(
 
 
 def test_an_admin_user_may_read_anyone(client: TestClient, db: Database) -> None:
-    _register(client, "bob@example.com")
-    bob = _user_id(client)
+    sign_up(client, "bob@example.com")
+    bob = signed_in_user(client)
     client.cookies.clear()
-    _register(client, "root@example.com")
-    root = _user_id(client)
+    sign_up(client, "root@example.com")
+    root = signed_in_user(client)
     with db.transaction() as conn:
         identity.set_admin(conn, user_id=root, admin=True)
     assert client.get(f"/api/v1/users/{bob}/balance").status_code == 200
@@ -277,7 +233,7 @@ def test_portal_link_signs_the_user_in_once(
     landed = client.get(path, follow_redirects=False)
     assert landed.status_code == 303 and landed.headers["location"] == "/account"
     assert "tb_session" in client.cookies
-    assert _user_id(client) == "host-42"
+    assert signed_in_user(client) == "host-42"
     client.cookies.clear()
     reused = client.get(path, follow_redirects=False)
     assert reused.status_code == 400 and "cannot be used" in reused.text
@@ -305,10 +261,10 @@ def test_portal_link_defaults_and_checks(
 
 
 def test_signing_in_again_ends_the_previous_session(client: TestClient) -> None:
-    _register(client)
+    sign_up(client)
     first = client.cookies.get("tb_session")
     assert first
-    assert _login(client, "ann@example.com").status_code == 303
+    assert sign_in(client, "ann@example.com").status_code == 303
     second = client.cookies.get("tb_session")
     assert second and second != first
     db: Database = client.app.state.runtime.db  # type: ignore[attr-defined]

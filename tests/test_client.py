@@ -7,7 +7,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.web.conftest import make_key
+from tests.servers import serving
+from tests.web.conftest import PASSWORDS, SETTINGS, make_key
 from tokenbank.apikeys import Scope
 from tokenbank.client import (
     ApiError,
@@ -20,11 +21,19 @@ from tokenbank.client import (
     Unauthorized,
 )
 from tokenbank.db import Database
+from tokenbank.web.app import create_app
 
 
 def _bank(db: Database, live_url: str, scope: Scope = Scope.ADMIN, **options: object) -> TokenBank:
     secret = make_key(db, scope)["Authorization"].removeprefix("Bearer ")
     return TokenBank(live_url, secret, **options)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def live_url(db: Database) -> Iterator[str]:
+    """The app served by uvicorn on a free port: the client speaks real HTTP."""
+    with serving(create_app(SETTINGS, db=db, passwords=PASSWORDS)) as url:
+        yield url
 
 
 @pytest.fixture

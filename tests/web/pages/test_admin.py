@@ -1,0 +1,54 @@
+"""The admin pages (web/pages/admin.py) on SQLite and PostgreSQL: who may open them, finding a
+user, granting through the one grant service."""
+
+from __future__ import annotations
+
+import re
+
+from fastapi.testclient import TestClient
+
+from tests.web.browsing import form_token, new_user
+from tokenbank import identity, ledger
+from tokenbank.db import Database
+
+
+def test_admin_pages_are_for_admins(client: TestClient, db: Database) -> None:
+    user = new_user(client)
+    for path in ("/admin", "/admin/purchases", "/admin/webhooks", "/admin/catalog"):
+        assert client.get(path).status_code == 403
+    token = form_token(client, "/dashboard")
+    refused = client.post(
+        f"/admin/users/{user}/grants",
+        data={"amount": "5", "reason": "x", "key": "k1", "csrf_token": token},
+    )
+    assert refused.status_code == 403
+    with db.read() as conn:
+        assert ledger.balance(conn, user_id=user).available == 0
+
+
+def test_admin_finds_a_user_and_grants_once_per_form(client: TestClient, db: Database) -> None:
+    user = new_user(client, "boss@example.com")
+    with db.transaction() as conn:
+        identity.set_admin(conn, user_id=user, admin=True)
+    found = client.get("/admin?q=boss@example.com", follow_redirects=False)
+    assert found.headers["location"] == f"/admin/users/{user}"
+    assert "No user matches" in client.get("/admin?q=nobody").text
+    page = client.get(f"/admin/users/{user}").text
+    key = re.search(r'name="key" value="([^"]+)"', page)
+    assert key is not None
+    token = form_token(client, f"/admin/users/{user}")
+    form = {"amount": "250", "reason": "support", "key": key.group(1), "csrf_token": token}
+    for _ in range(2):
+        sent = client.post(f"/admin/users/{user}/grants", data=form, follow_redirects=False)
+        assert sent.headers["location"] == f"/admin/users/{user}?granted=250"
+    with db.read() as conn:
+        assert ledger.balance(conn, user_id=user).total_granted == 250
+        (item,) = ledger.history(conn, user_id=user).items
+    assert item.description == "support" and item.metadata == {"granted_by": f"user:{user}"}
+    for amount, reason in (("0", "support"), ("ten", "support"), ("5", " ")):
+        bad = client.post(
+            f"/admin/users/{user}/grants",
+            data={"amount": amount, "reason": reason, "key": f"k-{amount}", "csrf_token": token},
+        )
+        assert bad.status_code == 422
+    assert client.get("/admin/users/nobody").status_code == 404
