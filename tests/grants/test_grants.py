@@ -1,0 +1,93 @@
+"""``grants.grant``, the one way free tokens are given, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from structlog.testing import capture_logs
+
+from tokenbank import audit, grants, ledger, users
+from tokenbank.db import Database
+
+
+def _user(db: Database, user_id: str = "ann") -> None:
+    with db.transaction(wallet=user_id) as conn:
+        users.create_user(conn, user_id=user_id, email=f"{user_id}@example.com")
+
+
+def test_a_grant_credits_once_is_audited_and_logged(db: Database) -> None:
+    _user(db)
+    with capture_logs() as lines:
+        first = grants.grant(
+            db, user_id="ann", amount=50, reason=" welcome ", idempotency_key="g1", actor="cli:op"
+        )
+        again = grants.grant(
+            db, user_id="ann", amount=50, reason="welcome", idempotency_key="g1", actor="cli:op"
+        )
+    assert (first.amount, first.balance, first.replayed) == (50, 50, False)
+    assert again.replayed and again.transfer_id == first.transfer_id
+    with db.read() as conn:
+        actions = audit.actions_about(conn, subject="user:ann")
+        item = ledger.history(conn, user_id="ann", limit=1).items[0]
+    assert [(a.actor, a.action, a.reason) for a in actions] == [("cli:op", "grant", "welcome")]
+    assert item.description == "welcome" and item.metadata == {"granted_by": "cli:op"}
+    credited = [line for line in lines if line["event"] == "credited"]
+    assert credited == [
+        {
+            "event": "credited",
+            "log_level": "info",
+            "kind": "grant",
+            "user_id": "ann",
+            "tokens": 50,
+            "transfer_id": first.transfer_id,
+            "actor": "cli:op",
+        }
+    ]
+
+
+@pytest.mark.parametrize("reason", ["", "   ", "x" * 501, "a\x00b"])
+def test_a_grant_needs_a_reason(db: Database, reason: str) -> None:
+    _user(db)
+    with pytest.raises(ledger.InvalidArgument) as refused:
+        grants.grant(
+            db, user_id="ann", amount=5, reason=reason, idempotency_key="g", actor="cli:op"
+        )
+    assert refused.value.field == "reason"
+    with db.read() as conn:
+        assert ledger.balance(conn, user_id="ann").total_granted == 0
+        assert audit.actions_about(conn, subject="user:ann") == []
+
+
+def test_a_grant_goes_only_to_a_known_user(db: Database) -> None:
+    with pytest.raises(ledger.UnknownUser):
+        grants.grant(db, user_id="typo", amount=5, reason="r", idempotency_key="g", actor="cli:op")
+    with db.read() as conn:
+        assert audit.actions_about(conn, subject="user:typo") == []
+
+
+def test_a_key_reused_for_another_grant_changes_nothing(db: Database) -> None:
+    _user(db)
+    grants.grant(db, user_id="ann", amount=5, reason="r", idempotency_key="g", actor="cli:op")
+    with pytest.raises(ledger.IdempotencyConflict):
+        grants.grant(db, user_id="ann", amount=6, reason="r", idempotency_key="g", actor="cli:op")
+    with db.read() as conn:
+        assert ledger.balance(conn, user_id="ann").total_granted == 5
+        assert len(audit.actions_about(conn, subject="user:ann")) == 1
+
+
+def test_racing_grants_with_one_key_grant_once(db: Database) -> None:
+    _user(db)
+
+    def attempt(_: int) -> ledger.Receipt:
+        return grants.grant(
+            db, user_id="ann", amount=7, reason="race", idempotency_key="same", actor="cli:op"
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        receipts = list(pool.map(attempt, range(16)))
+    assert len({r.transfer_id for r in receipts}) == 1
+    assert sum(not r.replayed for r in receipts) == 1
+    with db.read() as conn:
+        assert ledger.balance(conn, user_id="ann").total_granted == 7
+        assert len(audit.actions_about(conn, subject="user:ann")) == 1

@@ -1,0 +1,70 @@
+"""The users service on SQLite and PostgreSQL: a user and their wallet come and go together,
+ids and emails are checked, an email belongs to one user."""
+
+from __future__ import annotations
+
+import pytest
+
+from tokenbank import ledger, users
+from tokenbank.db import Database
+
+
+def test_creating_a_user_opens_their_wallet(db: Database) -> None:
+    with db.transaction(wallet="ann") as conn:
+        user = users.create_user(conn, user_id="ann", email=" Ann@Example.com ", name="Ann")
+        balance = ledger.balance(conn, user_id="ann")
+    assert (user.id, user.email, user.name) == ("ann", "ann@example.com", "Ann")
+    assert balance.balance == 0
+
+
+def test_a_user_id_and_an_email_are_taken_once(db: Database) -> None:
+    with db.transaction() as conn:
+        users.create_user(conn, user_id="ann", email="ann@example.com")
+    with pytest.raises(users.UserExists), db.transaction() as conn:
+        users.create_user(conn, user_id="ann")
+    with pytest.raises(users.EmailTaken), db.transaction() as conn:
+        users.create_user(conn, user_id="bob", email="ANN@example.com")
+    with pytest.raises(users.EmailTaken), db.transaction() as conn:
+        users.upsert_user(conn, user_id="bob", email="ann@example.com")
+
+
+def test_upsert_creates_then_updates(db: Database) -> None:
+    with db.transaction() as conn:
+        users.upsert_user(conn, user_id="ann", email=None, name=None)
+    with db.transaction() as conn:
+        updated = users.upsert_user(conn, user_id="ann", email="ann@example.com", name="A")
+    with db.read() as conn:
+        assert users.get_user(conn, user_id="ann") == updated
+    assert (updated.email, updated.name) == ("ann@example.com", "A")
+
+
+@pytest.mark.parametrize(
+    ("field", "values"),
+    [
+        ("user_id", {"user_id": "", "email": None}),
+        ("user_id", {"user_id": "a b", "email": None}),
+        ("user_id", {"user_id": "x" * 256, "email": None}),
+        ("email", {"user_id": "ann", "email": "not an email"}),
+        ("name", {"user_id": "ann", "email": None, "name": "n" * 201}),
+    ],
+)
+def test_bad_values_are_refused_by_field(
+    db: Database, field: str, values: dict[str, str | None]
+) -> None:
+    with pytest.raises(ledger.InvalidArgument) as refused, db.transaction() as conn:
+        users.create_user(conn, **values)  # type: ignore[arg-type]
+    assert refused.value.field == field
+
+
+def test_an_unknown_user_is_not_found(db: Database) -> None:
+    with pytest.raises(ledger.UnknownUser), db.read() as conn:
+        users.get_user(conn, user_id="nobody")
+
+
+def test_users_are_found_by_id_or_email(db: Database) -> None:
+    with db.transaction() as conn:
+        users.create_user(conn, user_id="ann", email="ann@example.com")
+        users.create_user(conn, user_id="bob", email="bob@example.com")
+    with db.read() as conn:
+        assert [u.id for u in users.find_users(conn, query="ann@example.com")] == ["ann"]
+        assert [u.id for u in users.find_users(conn, query="bob")] == ["bob"]
