@@ -25,7 +25,7 @@ class Store:
     db: Database
     api: httpx.Client
     emulator: EmulatorServer
-    shop: Billing
+    seller: Billing
 
     def user(self, user_id: str = "alice") -> str:
         self.api.put(f"/api/v1/users/{user_id}", json={"email": f"{user_id}@example.com"})
@@ -69,15 +69,15 @@ OpenStore = Callable[..., Any]
 
 @contextmanager
 def open_store(db: Database, emulator: EmulatorServer, **options: Any) -> Iterator[Store]:
-    shop = make_billing(emulator.url, **options)
+    seller = make_billing(emulator.url, **options)
     # No access log: the server shares this process's stdout with the CLI under test.
     settings = SETTINGS.model_copy(update={"log_level": "warning"})
-    app = create_app(settings, db=db, passwords=PASSWORDS, shop=shop)
+    app = create_app(settings, db=db, passwords=PASSWORDS, seller=seller)
     headers = make_key(db, Scope.ADMIN)
     with serving(app) as url, httpx.Client(base_url=url, headers=headers, timeout=20) as api:
         emulator.reset(webhook_url=f"{url}/webhooks/stripe")
         try:
-            yield Store(db=db, api=api, emulator=emulator, shop=shop)
+            yield Store(db=db, api=api, emulator=emulator, seller=seller)
         finally:
             emulator.reset()  # no delivery outlives the test
 

@@ -79,16 +79,16 @@ def test_a_bigger_package_costing_more_per_token_is_a_warning() -> None:
 
 def test_sync_creates_then_keeps_then_follows_changes(emulator_server: EmulatorServer) -> None:
     emulator_server.reset()
-    shop = make_billing(emulator_server.url)
-    catalog = shop.catalog
-    assert {s.action for s in billing.sync_catalog(shop.stripe, catalog, dry_run=True)} == {
+    seller = make_billing(emulator_server.url)
+    catalog = seller.catalog
+    assert {s.action for s in billing.sync_catalog(seller.stripe, catalog, dry_run=True)} == {
         "create product",
         "create price",
     }
-    assert shop.stripe.active_prices() == []  # a dry run changes nothing
-    first = billing.sync_catalog(shop.stripe, catalog)
+    assert seller.stripe.active_prices() == []  # a dry run changes nothing
+    first = billing.sync_catalog(seller.stripe, catalog)
     assert len([s for s in first if s.action == "create price"]) == 4
-    assert {s.action for s in billing.sync_catalog(shop.stripe, catalog)} == {"ok"}
+    assert {s.action for s in billing.sync_catalog(seller.stripe, catalog)} == {"ok"}
 
     plus = catalog.find("plus")
     assert plus is not None
@@ -101,14 +101,14 @@ def test_sync_creates_then_keeps_then_follows_changes(emulator_server: EmulatorS
         currency="usd",
         source="test",
     )
-    steps = {(s.package_id, s.action) for s in billing.sync_catalog(shop.stripe, changed)}
+    steps = {(s.package_id, s.action) for s in billing.sync_catalog(seller.stripe, changed)}
     assert ("plus", "create price") in steps and ("plus", "archive price") in steps
     assert ("scale", "archive price") in steps
-    prices = {p.lookup_key: p for p in shop.stripe.active_prices()}
+    prices = {p.lookup_key: p for p in seller.stripe.active_prices()}
     assert prices[plus.lookup_key].unit_amount == 2500
     assert "tokenbank_scale" not in prices
-    assert {s.action for s in billing.sync_catalog(shop.stripe, changed)} == {"ok"}
+    assert {s.action for s in billing.sync_catalog(seller.stripe, changed)} == {"ok"}
     # Checkout then uses the synced price of a package whose amount matches.
-    book = billing.PriceBook(shop.stripe, changed)
+    book = billing.PriceBook(seller.stripe, changed)
     assert book.price_id(replace(plus, price=2500)) == prices[plus.lookup_key].id
     assert book.price_id(plus) is None  # the catalog says 2000: sent inline instead

@@ -10,8 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.stripe_emulator import EmulatorServer, make_billing
+from tests.web.browsing import form_token, sign_up, signed_in_user
 from tests.web.conftest import PASSWORDS, SETTINGS
-from tests.web.test_pages import _csrf, _register, _user_id
 from tokenbank.db import Database
 from tokenbank.web.app import create_app
 
@@ -19,7 +19,7 @@ from tokenbank.web.app import create_app
 def _browser(db: Database, emulator: EmulatorServer, flow: str) -> TestClient:
     emulator.reset()
     app = create_app(
-        SETTINGS, db=db, passwords=PASSWORDS, shop=make_billing(emulator.url, flow=flow)
+        SETTINGS, db=db, passwords=PASSWORDS, seller=make_billing(emulator.url, flow=flow)
     )
     return TestClient(app, base_url="https://tokens.example")
 
@@ -41,8 +41,8 @@ def test_pricing_shows_every_package_to_anyone(browser: TestClient) -> None:
 def test_buying_goes_to_checkout_and_back(
     browser: TestClient, emulator_server: EmulatorServer
 ) -> None:
-    _register(browser)
-    token = _csrf(browser, "/pricing")
+    sign_up(browser)
+    token = form_token(browser, "/pricing")
     answer = browser.post("/buy/plus", data={"csrf_token": token}, follow_redirects=False)
     assert answer.status_code == 303, answer.text
     checkout_url = answer.headers["location"]
@@ -63,8 +63,8 @@ def test_buying_goes_to_checkout_and_back(
 def test_a_stranger_on_the_success_page_learns_nothing(
     browser: TestClient, emulator_server: EmulatorServer
 ) -> None:
-    _register(browser)
-    token = _csrf(browser, "/pricing")
+    sign_up(browser)
+    token = form_token(browser, "/pricing")
     answer = browser.post("/buy/starter", data={"csrf_token": token}, follow_redirects=False)
     session_id = answer.headers["location"].rsplit("/", 1)[1]
     emulator_server.pay(session_id)
@@ -77,7 +77,7 @@ def test_a_stranger_on_the_success_page_learns_nothing(
 
 def test_buying_needs_a_session_and_a_csrf_token(browser: TestClient) -> None:
     assert browser.post("/buy/plus", data={"csrf_token": "x"}).status_code == 403
-    token = _csrf(browser, "/login")
+    token = form_token(browser, "/login")
     answer = browser.post("/buy/plus", data={"csrf_token": token}, follow_redirects=False)
     assert answer.headers["location"] == "/login?next=/pricing"
 
@@ -86,9 +86,9 @@ def test_the_embedded_form_loads_stripe_js_from_the_emulator(
     db: Database, emulator_server: EmulatorServer
 ) -> None:
     with _browser(db, emulator_server, "embedded") as browser:
-        _register(browser)
-        user_id = _user_id(browser)
-        token = _csrf(browser, "/pricing")
+        sign_up(browser)
+        user_id = signed_in_user(browser)
+        token = form_token(browser, "/pricing")
         page = browser.post("/buy/pro", data={"csrf_token": token})
         assert page.status_code == 200, page.text
         assert f'src="{emulator_server.url}/v3/"' in page.text
@@ -103,8 +103,8 @@ def test_the_embedded_form_loads_stripe_js_from_the_emulator(
 def test_the_success_page_waits_for_stripe_then_shows_the_tokens(
     browser: TestClient, emulator_server: EmulatorServer
 ) -> None:
-    _register(browser)
-    token = _csrf(browser, "/pricing")
+    sign_up(browser)
+    token = form_token(browser, "/pricing")
     answer = browser.post("/buy/starter", data={"csrf_token": token}, follow_redirects=False)
     session_id = answer.headers["location"].rsplit("/", 1)[1]
     url = f"/purchase/success?session_id={session_id}"
@@ -129,8 +129,8 @@ def test_buying_answers_json_for_the_pricing_page_script(
     db: Database, emulator_server: EmulatorServer
 ) -> None:
     with _browser(db, emulator_server, "embedded") as client:
-        _register(client)
-        token = _csrf(client, "/pricing")
+        sign_up(client)
+        token = form_token(client, "/pricing")
         json_headers = {"Accept": "application/json", "Accept-Language": "zh-CN"}
         started = client.post("/buy/plus", data={"csrf_token": token}, headers=json_headers)
         assert started.status_code == 200

@@ -229,12 +229,12 @@ def test_a_dropped_delivery_is_healed_by_reconcile(store: Store) -> None:
     started = store.paid_checkout("scale")
     assert store.balance()["available"] == 0
     result = billing.reconcile(
-        store.db, store.shop.stripe, since=utcnow() - timedelta(hours=1), policy="debt"
+        store.db, store.seller.stripe, since=utcnow() - timedelta(hours=1), policy="debt"
     )
     assert [o.purchase.id for o in result.fixed if o.purchase] == [started["purchase_id"]]
     assert store.balance()["available"] == 13000
     again = billing.reconcile(
-        store.db, store.shop.stripe, since=utcnow() - timedelta(hours=1), policy="debt"
+        store.db, store.seller.stripe, since=utcnow() - timedelta(hours=1), policy="debt"
     )
     assert (again.fixed, again.errors) == ([], [])
     assert store.balance()["available"] == 13000
@@ -263,7 +263,7 @@ def test_a_payment_that_does_not_match_its_purchase_is_never_credited(store: Sto
     assert bought["status"] == "needs_review" and store.balance()["available"] == 0
     assert "tokenbank_purchases_awaiting_review 1.0" in store.api.get("/metrics").text
     # Replays and the reconciler see the same anomaly: still nothing credited.
-    billing.replay(store.db, store.shop.stripe, event_id=completed["id"], policy="debt")
+    billing.replay(store.db, store.seller.stripe, event_id=completed["id"], policy="debt")
     assert store.balance()["available"] == 0
     with pytest.raises(ledger.InvalidArgument):  # a mismatch is credited or refused
         billing.resolve_review(
@@ -284,7 +284,7 @@ def test_a_payment_that_does_not_match_its_purchase_is_never_credited(store: Sto
     )
     assert (refused.status, refused.failure_code) == (billing.PurchaseStatus.FAILED, "refused")
     assert refused.reviewed_by == "user:root"
-    billing.replay(store.db, store.shop.stripe, event_id=completed["id"], policy="debt")
+    billing.replay(store.db, store.seller.stripe, event_id=completed["id"], policy="debt")
     assert store.purchase(purchase_id)["status"] == "failed"
     assert store.balance()["available"] == 0
     assert "tokenbank_purchases_awaiting_review 0.0" in store.api.get("/metrics").text
@@ -368,9 +368,9 @@ def test_buying_an_unknown_package_or_for_an_unknown_user_is_refused(store: Stor
 def test_without_a_webhook_secret_every_delivery_is_refused(
     db: Database, emulator_server: EmulatorServer
 ) -> None:
-    shop = make_billing(emulator_server.url)
-    shop = replace(shop, stripe=Stripe(secret_key=SECRET_KEY, api_base=emulator_server.url))
-    app = create_app(SETTINGS, db=db, passwords=PASSWORDS, shop=shop)
+    seller = make_billing(emulator_server.url)
+    seller = replace(seller, stripe=Stripe(secret_key=SECRET_KEY, api_base=emulator_server.url))
+    app = create_app(SETTINGS, db=db, passwords=PASSWORDS, seller=seller)
     body = event_bytes({"id": "evt_1", "type": "checkout.session.completed", "created": 1})
     with TestClient(app) as client:
         answer = client.post(
@@ -406,7 +406,7 @@ def test_a_session_and_a_payment_that_do_not_belong_together_settle_nothing(
     _sdk(store).v1.payment_intents.confirm(intent, {"payment_method": "pm_card_visa"})
     with pytest.raises(billing.PaymentMismatch):
         billing.fetch_payment(
-            store.shop.stripe, session_id=mine["checkout_session_id"], payment_intent_id=intent
+            store.seller.stripe, session_id=mine["checkout_session_id"], payment_intent_id=intent
         )
     both = store.api.get(
         "/purchase/success",
@@ -567,7 +567,7 @@ def test_return_urls_only_to_this_service_or_allowed_hosts(
         )
         assert portal.status_code == 422
     settings = SETTINGS.model_copy(update={"allowed_return_hosts": "app.example, Shop.Example"})
-    app = create_app(settings, db=db, passwords=PASSWORDS, shop=make_billing(emulator_server.url))
+    app = create_app(settings, db=db, passwords=PASSWORDS, seller=make_billing(emulator_server.url))
     with TestClient(app, base_url="https://tokens.example") as client:
         headers = make_key(db, Scope.SPEND)
         assert client.put("/api/v1/users/bob", json={}, headers=headers).status_code == 200

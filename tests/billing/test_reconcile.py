@@ -10,8 +10,8 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from tests.billing.conftest import Store
+from tests.web.browsing import form_token, sign_up, signed_in_user
 from tests.web.conftest import PASSWORDS, SETTINGS
-from tests.web.test_pages import _csrf, _register, _user_id
 from tokenbank import audit, billing, identity
 from tokenbank.billing.credits import credit_paid
 from tokenbank.billing.models import purchases
@@ -22,7 +22,7 @@ from tokenbank.web.app import create_app
 
 def _reconcile(store: Store) -> billing.Reconciliation:
     return billing.reconcile(
-        store.db, store.shop.stripe, since=utcnow() - timedelta(hours=1), policy="debt"
+        store.db, store.seller.stripe, since=utcnow() - timedelta(hours=1), policy="debt"
     )
 
 
@@ -47,15 +47,15 @@ def test_a_purchase_paid_here_but_not_at_stripe_is_flagged_never_reversed(store:
     assert (again.flagged, again.awaiting_review) == ([], 1)
 
     # An admin reverses it on the pages: the tokens go back, with an audit line.
-    app = create_app(SETTINGS, db=store.db, passwords=PASSWORDS, shop=store.shop)
+    app = create_app(SETTINGS, db=store.db, passwords=PASSWORDS, seller=store.seller)
     with TestClient(app, base_url="https://tokens.example") as browser:
-        _register(browser, "boss@example.com")
+        sign_up(browser, "boss@example.com")
         with store.db.transaction() as conn:
-            identity.set_admin(conn, user_id=_user_id(browser), admin=True)
+            identity.set_admin(conn, user_id=signed_in_user(browser), admin=True)
         page = browser.get("/admin/reviews")
         assert f"Purchase #{purchase_id}" in page.text and reason in page.text
         assert 'value="reverse"' in page.text and 'value="credit"' not in page.text
-        token = _csrf(browser, "/admin/reviews")
+        token = form_token(browser, "/admin/reviews")
         refused = browser.post(
             f"/admin/purchases/{purchase_id}/review",
             data={"decision": "credit", "reason": "wrong choice", "csrf_token": token},
@@ -73,7 +73,7 @@ def test_a_purchase_paid_here_but_not_at_stripe_is_flagged_never_reversed(store:
         )
         assert done.status_code == 303, done.text
         assert "Nothing to review" in browser.get(done.headers["location"]).text
-        actor = f"user:{_user_id(browser)}"
+        actor = f"user:{signed_in_user(browser)}"
     assert store.balance()["available"] == 0
     with store.db.read() as conn:
         (action,) = audit.actions_about(conn, subject=f"purchase:{purchase_id}")
@@ -134,7 +134,7 @@ def test_a_purchase_that_never_reached_stripe_ends_after_an_hour(store: Store) -
     linked = _orphan(store, minutes_ago=80)
     with store.db.read() as conn:
         reference = billing.get_purchase(conn, purchase_id=linked).reference
-    store.shop.stripe.create_checkout_session(
+    store.seller.stripe.create_checkout_session(
         line_item={
             "price_data": {
                 "currency": "usd",
@@ -159,12 +159,12 @@ def test_a_purchase_that_never_reached_stripe_ends_after_an_hour(store: Store) -
     relinked = store.purchase(linked)
     assert relinked["status"] == "pending" and relinked["checkout_session_id"]
     # The buyer's dashboard says why.
-    app = create_app(SETTINGS, db=store.db, passwords=PASSWORDS, shop=store.shop)
+    app = create_app(SETTINGS, db=store.db, passwords=PASSWORDS, seller=store.seller)
     with store.db.transaction() as conn:
         conn.execute(sa.update(purchases).values(user_id="alice"))
     with TestClient(app, base_url="https://tokens.example") as browser:
-        _register(browser, "alice@example.org")
-        who = _user_id(browser)
+        sign_up(browser, "alice@example.org")
+        who = signed_in_user(browser)
         with store.db.transaction() as conn:
             conn.execute(sa.update(purchases).where(purchases.c.id == old).values(user_id=who))
         dashboard = browser.get("/dashboard").text

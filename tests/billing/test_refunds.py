@@ -162,7 +162,7 @@ def test_reconcile_closes_a_dispute_whose_events_were_lost(store: Store) -> None
     assert store.balance()["held"] == 2200  # nobody told us
     # Long after the dispute opened: it is outside any window, but still open here.
     result = billing.reconcile(
-        store.db, store.shop.stripe, since=utcnow() + timedelta(minutes=5), policy="debt"
+        store.db, store.seller.stripe, since=utcnow() + timedelta(minutes=5), policy="debt"
     )
     assert [o.purchase.id for o in result.fixed if o.purchase] == [started["purchase_id"]]
     balance = store.balance()
@@ -194,7 +194,7 @@ def test_a_refund_that_fails_later_gives_the_tokens_back_once(store: Store) -> N
         store.emulator.http.post(f"/_emulator/events/{event['id']}/redeliver")
     store.emulator.settle()
     billing.reconcile(
-        store.db, store.shop.stripe, since=utcnow() - timedelta(hours=1), policy="debt"
+        store.db, store.seller.stripe, since=utcnow() - timedelta(hours=1), policy="debt"
     )
     assert store.balance()["available"] == 2200
     assert _history_kinds(store).count("restore") == 1

@@ -197,7 +197,7 @@ def test_an_event_of_the_other_mode_is_recorded_ignored_and_never_acted_on(
     assert any(e["event"] == "webhook_other_mode" and e["log_level"] == "warning" for e in logs)
     if mode:  # an operator replaying it by hand does not make it count either
         replayed = billing.replay(
-            store.db, store.shop.stripe, event_id=completed["id"], policy="debt"
+            store.db, store.seller.stripe, event_id=completed["id"], policy="debt"
         )
         assert replayed.outcome.startswith("ignored") and store.balance()["available"] == 0
 
@@ -205,9 +205,9 @@ def test_an_event_of_the_other_mode_is_recorded_ignored_and_never_acted_on(
 def test_without_a_webhook_secret_start_up_and_readyz_say_so(
     db: Database, emulator_server: EmulatorServer
 ) -> None:
-    shop = make_billing(emulator_server.url, webhook_secret=None)
+    seller = make_billing(emulator_server.url, webhook_secret=None)
     with capture_logs() as logs:
-        app = create_app(SETTINGS, db=db, passwords=PASSWORDS, shop=shop)
+        app = create_app(SETTINGS, db=db, passwords=PASSWORDS, seller=seller)
     assert any(
         e["event"] == "configuration" and "STRIPE_WEBHOOK_SECRET" in e["detail"] for e in logs
     )
