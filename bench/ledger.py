@@ -45,7 +45,7 @@ from tokenbank.columns import utcnow
 from tokenbank.config import Settings
 from tokenbank.db import Database, Statement, connect
 from tokenbank.ledger import SystemAccount, TransferKind
-from tokenbank.ledger.transfers import POSTGRES_SPEND, SQLITE_SPEND
+from tokenbank.ledger.postings import POSTGRES_SPEND, SQLITE_SPEND
 
 WALLETS = 10_000
 WORKERS = (1, 4, 16)

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 
 from tokenbank.ledger import SystemAccount
-from tokenbank.ledger.transfers import POSTGRES_SPEND
+from tokenbank.ledger.postings import POSTGRES_SPEND
 
 URL = os.environ["TOKENBANK_DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
 SPEND_SQL, _ = POSTGRES_SPEND[True]._compile(psycopg_dialect.dialect())  # type: ignore[no-untyped-call]

@@ -8,8 +8,8 @@ import sqlalchemy as sa
 from tokenbank import apikeys, ledger
 from tokenbank.apikeys import Scope
 from tokenbank.apikeys.models import api_keys
-from tokenbank.apikeys.service import UnknownApiKey
 from tokenbank.db import Database
+from tokenbank.errors import UnknownApiKey
 
 
 def test_a_key_is_stored_as_a_digest_and_authenticates(db: Database) -> None:

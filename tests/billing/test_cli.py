@@ -75,17 +75,17 @@ def test_webhooks_list_and_replay_and_reconcile(store: Store, tokenbank: Run) ->
     assert "status paid" in resolved
     assert store.balance()["available"] == 2200
     assert "nothing_to_review" in tokenbank(
-        "purchases", "resolve", str(purchase_id), "refuse", "--reason", "again", code=1
+        "purchases", "resolve", str(purchase_id), "refuse", "--reason", "again", code=5
     )
     assert "nothing new" in tokenbank("webhooks", "replay", completed["id"])
     reconciled = tokenbank("reconcile", "--since", "1h")
     assert "0 fixed" in reconciled and "0 errors; 0 purchases await review" in reconciled
     assert store.balance()["available"] == 2200
-    assert "unknown_event" in tokenbank("webhooks", "replay", "evt_nope", code=1)
+    assert "unknown_event" in tokenbank("webhooks", "replay", "evt_nope", code=3)
     assert "use a number and a unit" in tokenbank("reconcile", "--since", "soon", code=2)
 
 
 def test_selling_commands_need_a_stripe_key(store: Store) -> None:
     env = {"TOKENBANK_DATABASE_URL": store.db.url.render_as_string(hide_password=False)}
     result = runner.invoke(app, ["packages", "sync"], env=env)
-    assert result.exit_code == 1 and "payments_not_configured" in result.output
+    assert result.exit_code == 9 and "payments_not_configured" in result.output

@@ -9,12 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokenbank.payments.stripe import (
-    InvalidEvent,
-    InvalidSignature,
-    parse_event,
-    parse_signature,
-)
+from tokenbank.errors import InvalidEvent, InvalidSignature
+from tokenbank.payments.stripe import parse_event, parse_signature
 
 V1 = "a" * 64
 

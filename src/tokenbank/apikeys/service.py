@@ -13,8 +13,7 @@ from sqlalchemy.engine import Connection
 
 from tokenbank.apikeys.models import api_keys
 from tokenbank.columns import utcnow
-from tokenbank.errors import TokenbankError
-from tokenbank.ledger.errors import InvalidArgument
+from tokenbank.errors import InvalidApiKey, InvalidArgument, UnknownApiKey
 
 KEY_PREFIX = "tb_"
 
@@ -30,20 +29,6 @@ IMPLIED: dict[Scope, frozenset[Scope]] = {
     Scope.SPEND: frozenset({Scope.SPEND, Scope.READ}),
     Scope.ADMIN: frozenset(Scope),
 }
-
-
-class InvalidApiKey(TokenbankError):
-    code = "unauthorized"
-
-    def __init__(self) -> None:
-        super().__init__("missing, unknown or revoked API key")
-
-
-class UnknownApiKey(TokenbankError):
-    code = "not_found"
-
-    def __init__(self, key_id: int) -> None:
-        super().__init__(f"no API key {key_id}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,15 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tokenbank.billing.catalog import Catalog, CatalogError, Package, load_catalog
-from tokenbank.billing.errors import (
-    NothingToReview,
-    PaymentMismatch,
-    PurchaseClosed,
-    UnknownEvent,
-    UnknownPackage,
-    UnknownPurchase,
-)
+from tokenbank.billing.catalog import Catalog, Package, load_catalog
 from tokenbank.billing.models import PurchaseFlow, PurchaseStatus, ReviewDecision
 from tokenbank.billing.outcomes import Outcome
 from tokenbank.billing.prices import PriceBook, SyncStep, plan_sync, sync_catalog
@@ -44,19 +36,25 @@ from tokenbank.billing.webhooks import (
     HANDLED_EVENTS,
     InboxEvent,
     Processed,
-    ProcessingFailed,
     get_event,
     list_events,
     receive,
     replay,
 )
 from tokenbank.config import Settings
-from tokenbank.errors import ConfigurationError, TokenbankError
+from tokenbank.errors import (
+    CatalogError,
+    ConfigurationError,
+    NothingToReview,
+    PaymentMismatch,
+    PaymentsNotConfigured,
+    ProcessingFailed,
+    PurchaseClosed,
+    UnknownEvent,
+    UnknownPackage,
+    UnknownPurchase,
+)
 from tokenbank.payments.stripe import Stripe
-
-
-class PaymentsNotConfigured(TokenbankError):
-    code = "payments_not_configured"
 
 
 @dataclass(frozen=True, slots=True)

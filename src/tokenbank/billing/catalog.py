@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenbank.billing.money import EXPONENTS, MINIMUM_CHARGE, to_major
-from tokenbank.errors import ConfigurationError
+from tokenbank.errors import CatalogError
 
 LOCALES = ("en", "zh-CN")
 BADGES = ("popular", "best_value")
@@ -74,15 +74,6 @@ class Catalog:
     def base(self) -> Package | None:
         """The smallest package on sale: the yardstick for savings."""
         return min(self.on_sale, key=lambda p: p.total_tokens, default=None)
-
-
-class CatalogError(ConfigurationError):
-    """The catalog file is missing or invalid; ``problems`` lists every mistake found."""
-
-    def __init__(self, source: str, problems: list[str]) -> None:
-        self.source = source
-        self.problems = problems
-        super().__init__(f"{source}: " + "; ".join(problems))
 
 
 def load_catalog(path: Path) -> Catalog:

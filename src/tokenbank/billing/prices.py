@@ -13,12 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tokenbank.billing.catalog import Catalog, Package
-from tokenbank.payments.stripe import (
-    PaymentProviderError,
-    PaymentProviderUnavailable,
-    Price,
-    Stripe,
-)
+from tokenbank.errors import PaymentProviderError, PaymentProviderUnavailable
+from tokenbank.payments.stripe import Price, Stripe
 
 LOOKUP_PREFIX = "tokenbank_"
 

@@ -18,12 +18,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from tokenbank.billing.catalog import Catalog, Package
-from tokenbank.billing.errors import (
-    PaymentMismatch,
-    PurchaseClosed,
-    UnknownPackage,
-    UnknownPurchase,
-)
 from tokenbank.billing.models import (
     PurchaseFlow,
     PurchaseStatus,
@@ -34,11 +28,18 @@ from tokenbank.billing.models import (
 from tokenbank.billing.prices import PriceBook
 from tokenbank.columns import utcnow
 from tokenbank.db import Database
+from tokenbank.errors import (
+    PaymentMismatch,
+    PaymentProviderError,
+    PurchaseClosed,
+    UnknownPackage,
+    UnknownPurchase,
+)
 from tokenbank.faults import NONE as NO_FAULTS
 from tokenbank.faults import Faults
 from tokenbank.ledger import IdempotencyConflict
 from tokenbank.ledger.inputs import check_key
-from tokenbank.payments.stripe import CheckoutSession, PaymentProviderError, Stripe
+from tokenbank.payments.stripe import CheckoutSession, Stripe
 from tokenbank.users import get_user
 
 ClawbackPolicy = Literal["debt", "negative"]

@@ -33,14 +33,8 @@ from tokenbank.billing.reviews import flag_purchase
 from tokenbank.billing.settlement import fetch_payment, settle
 from tokenbank.columns import utcnow
 from tokenbank.db import Database
-from tokenbank.errors import Unavailable
-from tokenbank.payments.stripe import (
-    Dispute,
-    PaymentProviderError,
-    Refund,
-    Stripe,
-    StripeObjectMissing,
-)
+from tokenbank.errors import PaymentProviderError, StripeObjectMissing, Unavailable
+from tokenbank.payments.stripe import Dispute, Refund, Stripe
 
 #: Pending purchases this recent are always looked at, whatever the window.
 PENDING_LOOKBACK = timedelta(days=2)

@@ -16,12 +16,12 @@ from sqlalchemy.engine import Connection
 
 from tokenbank import audit, ledger
 from tokenbank.billing.credits import credit_paid
-from tokenbank.billing.errors import NothingToReview
 from tokenbank.billing.models import PurchaseStatus, ReviewDecision, purchases
 from tokenbank.billing.outcomes import Outcome
 from tokenbank.billing.purchases import ClawbackPolicy, Purchase, lock_purchase, to_purchase
 from tokenbank.columns import utcnow
 from tokenbank.db import Database
+from tokenbank.errors import NothingToReview
 
 #: What an admin may decide, by whether the flagged purchase is ``needs_review`` (nothing
 #: credited) or a credited purchase Stripe does not show as paid.

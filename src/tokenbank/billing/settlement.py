@@ -26,7 +26,6 @@ from sqlalchemy.engine import Connection
 
 from tokenbank.billing.credits import credit_paid
 from tokenbank.billing.disputes import apply_dispute
-from tokenbank.billing.errors import PaymentMismatch
 from tokenbank.billing.models import PurchaseStatus, ReviewDecision, purchases
 from tokenbank.billing.outcomes import Outcome
 from tokenbank.billing.purchases import (
@@ -40,14 +39,8 @@ from tokenbank.billing.refunds import apply_refund
 from tokenbank.billing.reviews import already_decided, flag_for_review
 from tokenbank.columns import utcnow
 from tokenbank.db import Database
-from tokenbank.payments.stripe import (
-    CheckoutSession,
-    Dispute,
-    PaymentIntent,
-    PaymentProviderUnavailable,
-    Refund,
-    Stripe,
-)
+from tokenbank.errors import PaymentMismatch, PaymentProviderUnavailable
+from tokenbank.payments.stripe import CheckoutSession, Dispute, PaymentIntent, Refund, Stripe
 
 
 @dataclass(frozen=True, slots=True)

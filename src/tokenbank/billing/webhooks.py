@@ -19,14 +19,19 @@ import structlog
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from tokenbank.billing.errors import UnknownEvent
 from tokenbank.billing.models import webhook_events
 from tokenbank.billing.purchases import ClawbackPolicy
 from tokenbank.billing.settlement import Payment, fetch_payment, settle
 from tokenbank.columns import utcnow
 from tokenbank.db import Database, unavailable
-from tokenbank.errors import TokenbankError, Unavailable
-from tokenbank.payments.stripe import OBJECT_ID, Event, InvalidEvent, Stripe, parse_event
+from tokenbank.errors import (
+    InvalidEvent,
+    ProcessingFailed,
+    TokenbankError,
+    Unavailable,
+    UnknownEvent,
+)
+from tokenbank.payments.stripe import OBJECT_ID, Event, Stripe, parse_event
 
 log = structlog.get_logger("tokenbank.webhooks")
 
@@ -77,12 +82,6 @@ class Processed:
     duplicate: bool
     #: Whether this delivery changed a purchase (credited it, clawed back, ...).
     changed: bool = False
-
-
-class ProcessingFailed(TokenbankError):
-    """Applying the event failed; the inbox keeps the error and Stripe should retry."""
-
-    code = "webhook_failed"
 
 
 _insert = {

@@ -18,7 +18,7 @@ from tokenbank import billing
 from tokenbank.billing import Billing, PaymentsNotConfigured
 from tokenbank.billing.catalog import catalog_warnings, load_catalog
 from tokenbank.billing.money import format_amount
-from tokenbank.cli.common import context, err, errors, out, to_json
+from tokenbank.cli.common import context, err, out, reported, to_json
 from tokenbank.columns import utcnow
 from tokenbank.emulator import serve
 
@@ -33,7 +33,7 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
 def _selling(ctx: typer.Context) -> Billing:
-    with errors():
+    with reported():
         seller = billing.billing_from_settings(context(ctx).settings)
         if seller is None:
             raise PaymentsNotConfigured(
@@ -107,7 +107,7 @@ def packages_sync(
     """Create or update the Stripe products and prices of the catalog (by lookup key), and
     archive the prices of packages no longer on sale. Safe to repeat."""
     seller = _selling(ctx)
-    with errors(), Progress(console=err, transient=True) as progress:
+    with reported(), Progress(console=err, transient=True) as progress:
         steps = billing.plan_sync(seller.stripe, seller.catalog)
         task = progress.add_task(
             "Syncing with Stripe" if not dry_run else "Planning", total=len(steps)
@@ -135,7 +135,7 @@ def webhooks_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """The newest events in the inbox."""
-    with errors(), context(ctx).db.read() as conn:
+    with reported(), context(ctx).db.read() as conn:
         events = billing.list_events(conn, failed=failed, limit=limit)
     if as_json:
         out.print_json(to_json([asdict(e) for e in events]))
@@ -161,7 +161,7 @@ def webhooks_list(
 def webhooks_replay(ctx: typer.Context, event_id: str) -> None:
     """Process a stored event again (what is already applied stays as it is)."""
     seller = _selling(ctx)
-    with errors():
+    with reported():
         processed = billing.replay(
             context(ctx).db, seller.stripe, event_id=event_id, policy=seller.policy
         )
@@ -183,7 +183,7 @@ def reconcile(
     the webhooks missed."""
     seller = _selling(ctx)
     window = parse_duration(since)
-    with errors(), Progress(console=err, transient=True) as progress:
+    with reported(), Progress(console=err, transient=True) as progress:
         task = progress.add_task("Settling payments", total=None)
         result = billing.reconcile(
             context(ctx).db,
@@ -219,7 +219,7 @@ def purchases_review(
 ) -> None:
     """List the purchases flagged for an admin (a payment that does not match; credited
     here but not paid at Stripe) that nobody has decided about yet."""
-    with errors(), context(ctx).db.read() as conn:
+    with reported(), context(ctx).db.read() as conn:
         found = billing.list_purchases(conn, awaiting_review=True, limit=500)
     if as_json:
         out.print_json(to_json([asdict(p) for p in found]))
@@ -254,7 +254,7 @@ def purchases_resolve(
 ) -> None:
     """Decide about a flagged purchase; the decision and the reason go to the audit log."""
     seller = _selling(ctx)
-    with errors():
+    with reported():
         purchase = billing.resolve_review(
             context(ctx).db,
             purchase_id=purchase_id,

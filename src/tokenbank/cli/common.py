@@ -12,7 +12,7 @@ from typing import Any, NoReturn, TypeVar
 import typer
 from rich.console import Console
 
-from tokenbank import ledger
+from tokenbank import errors
 from tokenbank.config import Settings
 from tokenbank.db import Database, connect, unavailable
 from tokenbank.errors import TokenbankError
@@ -22,22 +22,58 @@ T = TypeVar("T")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
-#: Exit status for each error code; anything unlisted exits 1.
-EXIT_CODES = {
-    "validation_error": 2,
-    "not_found": 3,
-    "insufficient_tokens": 4,
-    "idempotency_conflict": 5,
-    "user_exists": 6,
-    "email_taken": 6,
-    "refund_exceeds_spend": 7,
-    "not_refundable": 7,
-    "hold_not_pending": 8,
-    "configuration_error": 9,
-    "database_unavailable": 10,
-    "schema_out_of_date": 10,
-    "payment_provider_unavailable": 10,
+#: Each error of ``tokenbank.errors`` -> the command's exit status. Every class is listed
+#: (tests/test_errors.py checks it). 1 is also a failed check (``ledger verify``,
+#: ``reconcile``); 10 means "run it again later".
+EXIT_CODES: dict[type[TokenbankError], int] = {
+    errors.TokenbankError: 1,
+    errors.InvalidArgument: 2,
+    errors.UnknownPackage: 2,
+    errors.InvalidSignature: 2,
+    errors.InvalidEvent: 2,
+    errors.NotFound: 3,
+    errors.UnknownUser: 3,
+    errors.UnknownTransfer: 3,
+    errors.UnknownHold: 3,
+    errors.UnknownApiKey: 3,
+    errors.UnknownPurchase: 3,
+    errors.UnknownEvent: 3,
+    errors.InsufficientTokens: 4,
+    errors.Conflict: 5,
+    errors.IdempotencyConflict: 5,
+    errors.PaymentMismatch: 5,
+    errors.PurchaseClosed: 5,
+    errors.NothingToReview: 5,
+    errors.UserExists: 6,
+    errors.EmailTaken: 6,
+    errors.RefundExceedsSpend: 7,
+    errors.NotRefundable: 7,
+    errors.HoldNotPending: 8,
+    errors.HoldFrozen: 8,
+    errors.ConfigurationError: 9,
+    errors.CatalogError: 9,
+    errors.NotConfigured: 9,
+    errors.PaymentsNotConfigured: 9,
+    errors.WebhooksNotConfigured: 9,
+    errors.Unavailable: 10,
+    errors.DatabaseUnavailable: 10,
+    errors.SchemaOutOfDate: 10,
+    errors.PaymentProviderUnavailable: 10,
+    errors.PaymentProviderError: 11,
+    errors.StripeObjectMissing: 11,
+    errors.ProcessingFailed: 12,
+    errors.Unauthenticated: 13,
+    errors.InvalidApiKey: 13,
+    errors.InvalidCredentials: 13,
+    errors.Forbidden: 13,
+    errors.InvalidPortalLink: 13,
+    errors.RateLimited: 14,
 }
+
+
+def exit_code(exc: TokenbankError) -> int:
+    """The exit status of the nearest class of ``exc`` in ``EXIT_CODES``."""
+    return next(EXIT_CODES[kind] for kind in type(exc).__mro__ if kind in EXIT_CODES)
 
 
 @dataclass
@@ -63,7 +99,7 @@ def context(ctx: typer.Context) -> Context:
 
 
 @contextmanager
-def errors() -> Iterator[None]:
+def reported() -> Iterator[None]:
     """Turn domain errors, and a database that is down or full, into a readable message
     and a stable exit status."""
     try:
@@ -79,13 +115,13 @@ def errors() -> Iterator[None]:
 
 def fail(exc: TokenbankError) -> NoReturn:
     message = str(exc)
-    if isinstance(exc, ledger.InsufficientTokens):
+    if isinstance(exc, errors.InsufficientTokens):
         message = (
             f"Insufficient tokens: user {exc.user_id!r} has {exc.available} available,"
             f" {exc.requested} needed. Nothing was spent."
         )
     err.print(f"[bold red]error[/] ({exc.code}): {message}", highlight=False)
-    raise typer.Exit(EXIT_CODES.get(exc.code, 1))
+    raise typer.Exit(exit_code(exc))
 
 
 def to_json(value: Any) -> str:
@@ -98,5 +134,5 @@ def to_json(value: Any) -> str:
 
 
 def run(ctx: typer.Context, work: Callable[[Any], T]) -> T:
-    with errors(), context(ctx).db.transaction() as conn:
+    with reported(), context(ctx).db.transaction() as conn:
         return work(conn)

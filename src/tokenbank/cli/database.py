@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from tokenbank import migrations
-from tokenbank.cli.common import context, err, errors, out
+from tokenbank.cli.common import context, err, out, reported
 
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 
@@ -14,7 +14,7 @@ db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 def db_upgrade(ctx: typer.Context, revision: str = "head") -> None:
     """Apply migrations up to REVISION (default: the newest)."""
     db = context(ctx).db
-    with errors():
+    with reported():
         migrations.upgrade(db, revision)
     out.print(f"database at revision {migrations.current_revision(db)}")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from tokenbank import ledger
-from tokenbank.cli.common import context, err, errors, out, run
+from tokenbank.cli.common import context, err, out, reported, run
 
 holds_app = typer.Typer(help="Holds (reserved tokens).", no_args_is_help=True)
 ledger_app = typer.Typer(help="Ledger maintenance.", no_args_is_help=True)
@@ -23,7 +23,7 @@ def holds_expire(ctx: typer.Context) -> None:
 @ledger_app.command("verify")
 def ledger_verify(ctx: typer.Context) -> None:
     """Check every ledger invariant; exit 1 with a report if one fails."""
-    with errors(), context(ctx).db.read() as conn:
+    with reported(), context(ctx).db.read() as conn:
         report = ledger.verify(conn)
     for check in report.checks:
         mark = "[green]ok[/]" if check.ok else f"[bold red]FAILED ({check.problem_count})[/]"

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from tokenbank import apikeys
 from tokenbank.apikeys import Scope
-from tokenbank.cli.common import context, err, errors, out, run
+from tokenbank.cli.common import context, err, out, reported, run
 from tokenbank.config import with_secrets
 from tokenbank.logs import configure_logging
 from tokenbank.web.app import check_schema, create_app, settle_process
@@ -27,10 +27,10 @@ def serve(
 ) -> None:
     """Run the HTTP service (uvicorn). Refuses to start on a database behind this version's
     migrations (run ``tokenbank db upgrade`` first)."""
-    with errors():
+    with reported():
         settings = with_secrets(context(ctx).settings)
     configure_logging(settings.log_level)
-    with errors():
+    with reported():
         check_schema(context(ctx).db)
     options: dict[str, Any] = {
         "host": host,
@@ -41,7 +41,7 @@ def serve(
         "forwarded_allow_ips": settings.forwarded_allow_ips,
     }
     if workers == 1:
-        with errors():
+        with reported():
             application = create_app(settings)
         settle_process()
         uvicorn.run(application, **options)
@@ -71,7 +71,7 @@ def apikeys_create(
 @apikeys_app.command("list")
 def apikeys_list(ctx: typer.Context) -> None:
     """List API keys (never their secrets)."""
-    with errors(), context(ctx).db.read() as conn:
+    with reported(), context(ctx).db.read() as conn:
         keys = apikeys.list_keys(conn)
     table = Table(title="API keys")
     for column in ("id", "name", "prefix", "scopes", "created", "revoked"):

@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from tokenbank import grants, ledger
-from tokenbank.cli.common import context, errors, out, run, to_json
+from tokenbank.cli.common import context, out, reported, run, to_json
 
 
 def grant(
@@ -27,7 +27,7 @@ def grant(
     """Grant AMOUNT free tokens to USER_ID (a known user), with a reason; audited as the
     operating system's user running the command."""
     key = key or f"grant-{uuid.uuid4()}"
-    with errors():
+    with reported():
         receipt = grants.grant(
             context(ctx).db,
             user_id=user_id,
@@ -95,7 +95,7 @@ def balance(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show USER_ID's balance."""
-    with errors(), context(ctx).db.read() as conn:
+    with reported(), context(ctx).db.read() as conn:
         result = ledger.balance(conn, user_id=user_id)
     if as_json:
         out.print_json(to_json({**asdict(result), "balance": result.balance}))
@@ -125,7 +125,7 @@ def history(
     ] = None,
 ) -> None:
     """Show USER_ID's transfers, newest first."""
-    with errors(), context(ctx).db.read() as conn:
+    with reported(), context(ctx).db.read() as conn:
         page = ledger.history(conn, user_id=user_id, limit=limit, before=before, kinds=kind)
     if as_json:
         items = [asdict(item) for item in page.items]

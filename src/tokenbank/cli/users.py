@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from tokenbank import identity, users
-from tokenbank.cli.common import errors, out, run
+from tokenbank.cli.common import out, reported, run
 
 users_app = typer.Typer(help="Users and their wallets.", no_args_is_help=True)
 
@@ -95,5 +95,5 @@ def password_hash(stdin: bool, ask: bool) -> str | None:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
     else:
         return None
-    with errors():
+    with reported():
         return identity.Passwords().hash(password)

@@ -1,10 +1,9 @@
 """Who is signed in to the pages: passwords, server-side sessions, one-time portal links and
 the rate limits that slow password guessing. Calls ``users``; knows nothing of HTTP."""
 
+from tokenbank.errors import InvalidCredentials, InvalidPortalLink, RateLimited
 from tokenbank.identity.passwords import Passwords
 from tokenbank.identity.service import (
-    InvalidCredentials,
-    InvalidPortalLink,
     SignedIn,
     change_password,
     check_next_path,
@@ -21,7 +20,7 @@ from tokenbank.identity.service import (
     sign_in,
     sweep,
 )
-from tokenbank.identity.throttle import DatabaseStorage, RateLimited, Throttle, storage_for
+from tokenbank.identity.throttle import DatabaseStorage, Throttle, storage_for
 
 __all__ = [
     "DatabaseStorage",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 
-from tokenbank.ledger.errors import InvalidArgument
+from tokenbank.errors import InvalidArgument
 
 MIN_LENGTH = 10
 MAX_LENGTH = 256

@@ -19,28 +19,18 @@ from sqlalchemy.engine import Connection
 from tokenbank import users
 from tokenbank.columns import utcnow
 from tokenbank.db import Database
-from tokenbank.errors import TokenbankError
+from tokenbank.errors import (
+    InvalidArgument,
+    InvalidCredentials,
+    InvalidPortalLink,
+    UnknownUser,
+)
 from tokenbank.identity.models import portal_links, rate_limits, sessions
 from tokenbank.identity.passwords import Passwords
-from tokenbank.ledger.errors import InvalidArgument, UnknownUser
 from tokenbank.users.models import LANGUAGES
 from tokenbank.users.models import users as users_table
 
 Via = Literal["password", "registration", "portal"]
-
-
-class InvalidCredentials(TokenbankError):
-    code = "invalid_credentials"
-
-    def __init__(self) -> None:
-        super().__init__("wrong email or password")
-
-
-class InvalidPortalLink(TokenbankError):
-    code = "invalid_link"
-
-    def __init__(self) -> None:
-        super().__init__("this sign-in link is invalid, expired or already used")
 
 
 @dataclass(frozen=True, slots=True)

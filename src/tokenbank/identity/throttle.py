@@ -22,16 +22,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from tokenbank.columns import utcnow
 from tokenbank.db import Database
-from tokenbank.errors import ConfigurationError, TokenbankError
+from tokenbank.errors import ConfigurationError, RateLimited
 from tokenbank.identity.models import rate_limits
-
-
-class RateLimited(TokenbankError):
-    code = "rate_limited"
-
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(f"too many attempts; try again in {retry_after} seconds")
-        self.retry_after = retry_after
 
 
 class DatabaseStorage(Storage):

@@ -11,6 +11,19 @@ ever a whole operation, and only where the caller chose ``autocommit()``.
 This package imports nothing from the web, CLI, billing or payments packages.
 """
 
+from tokenbank.errors import (
+    HoldFrozen,
+    HoldNotPending,
+    IdempotencyConflict,
+    InsufficientTokens,
+    InvalidArgument,
+    NotFound,
+    NotRefundable,
+    RefundExceedsSpend,
+    UnknownHold,
+    UnknownTransfer,
+    UnknownUser,
+)
 from tokenbank.ledger.accounts import open_wallet, wallet_exists
 from tokenbank.ledger.clawbacks import (
     FROZEN_UNTIL,
@@ -21,20 +34,6 @@ from tokenbank.ledger.clawbacks import (
     freeze,
     restore,
     settle_debt,
-)
-from tokenbank.ledger.errors import (
-    HoldFrozen,
-    HoldNotPending,
-    IdempotencyConflict,
-    InsufficientTokens,
-    InvalidArgument,
-    LedgerError,
-    NotFound,
-    NotRefundable,
-    RefundExceedsSpend,
-    UnknownHold,
-    UnknownTransfer,
-    UnknownUser,
 )
 from tokenbank.ledger.holds import Hold, expire_holds, get_hold, hold, post_hold, void_hold
 from tokenbank.ledger.journal import Receipt
@@ -66,7 +65,6 @@ __all__ = [
     "IdempotencyConflict",
     "InsufficientTokens",
     "InvalidArgument",
-    "LedgerError",
     "NotFound",
     "NotRefundable",
     "Receipt",

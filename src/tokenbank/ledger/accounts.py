@@ -9,7 +9,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from tokenbank.columns import utcnow
-from tokenbank.ledger.errors import UnknownUser
+from tokenbank.errors import UnknownUser
 from tokenbank.ledger.inputs import check_user_id
 from tokenbank.ledger.models import AccountKind, accounts
 

@@ -26,8 +26,8 @@ from sqlalchemy.engine import Connection
 
 from tokenbank.columns import utcnow
 from tokenbank.db import atomic
+from tokenbank.errors import InvalidArgument, UnknownUser
 from tokenbank.ledger.accounts import wallet_id
-from tokenbank.ledger.errors import InvalidArgument, UnknownUser
 from tokenbank.ledger.holds import Hold, get_hold, release_expired, reserve
 from tokenbank.ledger.idempotency import KeyPurpose, Request, reserved_key
 from tokenbank.ledger.inputs import check_amount, check_metadata

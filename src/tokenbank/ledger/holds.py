@@ -25,8 +25,7 @@ from sqlalchemy.engine import Connection, Row
 
 from tokenbank.columns import utcnow
 from tokenbank.db import after_commit, atomic
-from tokenbank.ledger.accounts import available_tokens, wallet_id
-from tokenbank.ledger.errors import (
+from tokenbank.errors import (
     HoldFrozen,
     HoldNotPending,
     IdempotencyConflict,
@@ -34,6 +33,7 @@ from tokenbank.ledger.errors import (
     InvalidArgument,
     UnknownHold,
 )
+from tokenbank.ledger.accounts import available_tokens, wallet_id
 from tokenbank.ledger.idempotency import KeyPurpose, reserved_key
 from tokenbank.ledger.inputs import (
     check_amount,

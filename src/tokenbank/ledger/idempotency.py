@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tokenbank.ledger.errors import IdempotencyConflict, InvalidArgument
+from tokenbank.errors import IdempotencyConflict, InvalidArgument
 from tokenbank.ledger.inputs import (
     RESERVED_KEY_PREFIX,
     check_amount,

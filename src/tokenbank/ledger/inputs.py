@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from tokenbank.ledger.errors import InvalidArgument
+from tokenbank.errors import InvalidArgument
 from tokenbank.ledger.models import MAX_KEY_LENGTH
 
 #: Per-operation ceiling: far above any real purchase, far below BIGINT overflow in sums.

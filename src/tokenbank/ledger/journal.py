@@ -15,20 +15,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from tokenbank.ledger.errors import IdempotencyConflict
-from tokenbank.ledger.inputs import MAX_AMOUNT, MAX_DESCRIPTION_LENGTH, check_key, check_user_id
+from tokenbank.errors import IdempotencyConflict
 from tokenbank.ledger.models import TransferKind, entries, transfers
-
-# Other packages (web schemas, users, billing) still import these limits and checks from
-# here; their home is ``tokenbank.ledger.inputs``.
-__all__ = [
-    "MAX_AMOUNT",
-    "MAX_DESCRIPTION_LENGTH",
-    "Receipt",
-    "check_key",
-    "check_user_id",
-    "record_transfer",
-]
 
 
 @dataclass(frozen=True, slots=True)

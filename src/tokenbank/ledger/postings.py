@@ -25,8 +25,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from tokenbank.db import Statement, commits_alone, driver_datetime, json_dumps
+from tokenbank.errors import IdempotencyConflict
 from tokenbank.ledger.accounts import wallet_id
-from tokenbank.ledger.errors import IdempotencyConflict
 from tokenbank.ledger.idempotency import Request, replay
 from tokenbank.ledger.journal import Receipt
 from tokenbank.ledger.models import SystemAccount, TransferKind, accounts

@@ -13,8 +13,8 @@ from sqlalchemy.engine import Connection
 
 from tokenbank.columns import UtcDateTime, utcnow
 from tokenbank.db import Statement
-from tokenbank.ledger.errors import InvalidArgument, UnknownTransfer, UnknownUser
-from tokenbank.ledger.journal import check_user_id
+from tokenbank.errors import InvalidArgument, UnknownTransfer, UnknownUser
+from tokenbank.ledger.inputs import check_user_id
 from tokenbank.ledger.models import HoldStatus, TransferKind, accounts, entries, holds, transfers
 
 MAX_PAGE = 500

@@ -22,14 +22,14 @@ from sqlalchemy.engine import Connection
 
 from tokenbank.columns import utcnow
 from tokenbank.db import atomic
-from tokenbank.ledger.accounts import available_tokens, wallet_id
-from tokenbank.ledger.errors import (
+from tokenbank.errors import (
     InsufficientTokens,
     InvalidArgument,
     NotRefundable,
     RefundExceedsSpend,
     UnknownTransfer,
 )
+from tokenbank.ledger.accounts import available_tokens, wallet_id
 from tokenbank.ledger.holds import release_expired
 from tokenbank.ledger.idempotency import Request, replay
 from tokenbank.ledger.inputs import check_amount, check_description, check_key, check_metadata
@@ -39,14 +39,10 @@ from tokenbank.ledger.postings import (
     CREDIT_SOURCES,
     NOT_NULL_VIOLATION,
     POSTGRES_SPEND,
-    SQLITE_SPEND,
     explain_unapplied,
     move,
     transfer_params,
 )
-
-# The benchmarks (bench/) compile the spend statements from here; their home is postings.
-__all__ = ["POSTGRES_SPEND", "SQLITE_SPEND", "credit", "refund", "spend", "try_spend"]
 
 
 def credit(

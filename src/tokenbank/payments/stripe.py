@@ -24,7 +24,15 @@ from typing import Any, cast
 import stripe
 import structlog
 
-from tokenbank.errors import TokenbankError, Unavailable
+from tokenbank.errors import (
+    InvalidEvent,
+    InvalidSignature,
+    PaymentProviderError,
+    PaymentProviderUnavailable,
+    StripeObjectMissing,
+    TokenbankError,
+    WebhooksNotConfigured,
+)
 
 #: Stripe's own default and the tolerance its docs recommend; applied both ways here.
 SIGNATURE_TOLERANCE_SECONDS = 300
@@ -38,39 +46,6 @@ _EVENT_TYPE = re.compile(r"[a-z0-9_.]{1,100}")
 OBJECT_ID = re.compile(r"[A-Za-z0-9_]{1,255}")
 
 log = structlog.get_logger("tokenbank.payments")
-
-
-class PaymentProviderError(TokenbankError):
-    """Stripe refused a request tokenbank made (retrying the same request will not help)."""
-
-    code = "payment_provider_error"
-
-
-class StripeObjectMissing(PaymentProviderError):
-    """Stripe has no object with this id (404)."""
-
-    code = "stripe_object_missing"
-
-
-class PaymentProviderUnavailable(Unavailable):
-    """Stripe could not be reached, timed out, was rate limiting or failed (5xx): nothing
-    is known to have happened, and the same request may be retried."""
-
-    code = "payment_provider_unavailable"
-
-
-class InvalidSignature(TokenbankError):
-    code = "invalid_signature"
-
-
-class InvalidEvent(TokenbankError):
-    """A validly signed delivery whose body is not a Stripe event."""
-
-    code = "invalid_event"
-
-
-class WebhooksNotConfigured(TokenbankError):
-    code = "webhooks_not_configured"
 
 
 @dataclass(frozen=True, slots=True)

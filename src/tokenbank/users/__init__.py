@@ -1,15 +1,8 @@
 """People who own wallets: the host app's users (addressed by its own id) and, later,
 users who sign in to tokenbank's pages. Calls the ledger to open their wallets."""
 
-from tokenbank.users.service import (
-    EmailTaken,
-    User,
-    UserExists,
-    create_user,
-    find_users,
-    get_user,
-    upsert_user,
-)
+from tokenbank.errors import EmailTaken, UserExists
+from tokenbank.users.service import User, create_user, find_users, get_user, upsert_user
 
 __all__ = [
     "EmailTaken",

@@ -11,28 +11,11 @@ from sqlalchemy.engine import Connection
 from tokenbank import ledger
 from tokenbank.columns import utcnow
 from tokenbank.db import atomic
-from tokenbank.errors import TokenbankError
-from tokenbank.ledger.errors import InvalidArgument
-from tokenbank.ledger.journal import check_user_id
+from tokenbank.errors import EmailTaken, InvalidArgument, UserExists
+from tokenbank.ledger.inputs import check_user_id
 from tokenbank.users.models import users
 
 _EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]{1,64}@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$")
-
-
-class UserExists(TokenbankError):
-    code = "user_exists"
-
-    def __init__(self, user_id: str) -> None:
-        super().__init__(f"user {user_id!r} already exists")
-        self.user_id = user_id
-
-
-class EmailTaken(TokenbankError):
-    code = "email_taken"
-
-    def __init__(self, email: str) -> None:
-        super().__init__(f"email {email!r} belongs to another user")
-        self.email = email
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,10 +14,10 @@ from collections.abc import Awaitable, Callable
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from tokenbank.apikeys.service import ApiKey, InvalidApiKey, Scope, authenticate
+from tokenbank.apikeys.service import ApiKey, Scope, authenticate
 from tokenbank.db import Database
+from tokenbank.errors import Forbidden, InvalidApiKey
 from tokenbank.identity import SignedIn, Throttle
-from tokenbank.web.problems import Forbidden
 from tokenbank.web.runtime import runtime
 
 

@@ -1,6 +1,6 @@
 """Errors as ``application/problem+json`` (RFC 9457), each with a stable ``code``.
 
-The one table from domain errors to HTTP statuses lives here.
+The one table from ``tokenbank.errors`` to HTTP statuses lives here.
 """
 
 from __future__ import annotations
@@ -18,15 +18,13 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from tokenbank import billing, identity, ledger, migrations, users
-from tokenbank.apikeys.service import InvalidApiKey, UnknownApiKey
+from tokenbank import errors, migrations
 from tokenbank.db import Database, unavailable
-from tokenbank.errors import DatabaseUnavailable, SchemaOutOfDate, TokenbankError, Unavailable
-from tokenbank.payments.stripe import (
-    InvalidEvent,
-    InvalidSignature,
-    PaymentProviderError,
-    WebhooksNotConfigured,
+from tokenbank.errors import (
+    DatabaseUnavailable,
+    SchemaOutOfDate,
+    TokenbankError,
+    Unavailable,
 )
 
 PROBLEM = "application/problem+json"
@@ -36,41 +34,53 @@ MACHINE_PATHS = ("/api/", "/webhooks/", "/readyz", "/healthz", "/metrics", "/ope
 log = structlog.get_logger("tokenbank.web")
 
 
-class Forbidden(TokenbankError):
-    code = "forbidden"
-
-
-#: Domain error -> HTTP status. The first matching class (in order) wins.
-STATUS: list[tuple[type[TokenbankError], int]] = [
-    (InvalidApiKey, 401),
-    (identity.InvalidCredentials, 401),
-    (Forbidden, 403),
-    (ledger.InsufficientTokens, 402),
-    (ledger.NotFound, 404),
-    (UnknownApiKey, 404),
-    (ledger.InvalidArgument, 422),
-    (ledger.IdempotencyConflict, 409),
-    (ledger.RefundExceedsSpend, 409),
-    (ledger.NotRefundable, 409),
-    (ledger.HoldNotPending, 409),
-    (ledger.HoldFrozen, 409),
-    (users.UserExists, 409),
-    (users.EmailTaken, 409),
-    (identity.InvalidPortalLink, 400),
-    (identity.RateLimited, 429),
-    (billing.UnknownPackage, 422),
-    (billing.UnknownPurchase, 404),
-    (billing.PaymentMismatch, 409),
-    (billing.PurchaseClosed, 409),
-    (billing.NothingToReview, 409),
-    (InvalidSignature, 400),
-    (InvalidEvent, 400),
-    (Unavailable, 503),
-    (PaymentProviderError, 502),
-    (billing.PaymentsNotConfigured, 503),
-    (billing.ProcessingFailed, 500),
-    (WebhooksNotConfigured, 503),
-]
+#: Each error of ``tokenbank.errors`` -> its HTTP status. Every class is listed, the bases
+#: too (tests/test_errors.py checks it): a new error gets a status by decision, not by
+#: falling through to a default.
+STATUS: dict[type[TokenbankError], int] = {
+    errors.TokenbankError: 500,
+    errors.ConfigurationError: 500,
+    errors.CatalogError: 500,
+    errors.NotConfigured: 503,
+    errors.PaymentsNotConfigured: 503,
+    errors.WebhooksNotConfigured: 503,
+    errors.Unavailable: 503,
+    errors.DatabaseUnavailable: 503,
+    errors.SchemaOutOfDate: 503,
+    errors.PaymentProviderUnavailable: 503,
+    errors.InvalidArgument: 422,
+    errors.UnknownPackage: 422,
+    errors.NotFound: 404,
+    errors.UnknownUser: 404,
+    errors.UnknownTransfer: 404,
+    errors.UnknownHold: 404,
+    errors.UnknownApiKey: 404,
+    errors.UnknownPurchase: 404,
+    errors.UnknownEvent: 404,
+    errors.Conflict: 409,
+    errors.IdempotencyConflict: 409,
+    errors.NotRefundable: 409,
+    errors.RefundExceedsSpend: 409,
+    errors.HoldNotPending: 409,
+    errors.HoldFrozen: 409,
+    errors.UserExists: 409,
+    errors.EmailTaken: 409,
+    errors.PaymentMismatch: 409,
+    errors.PurchaseClosed: 409,
+    errors.NothingToReview: 409,
+    errors.InsufficientTokens: 402,
+    errors.Unauthenticated: 401,
+    errors.InvalidApiKey: 401,
+    errors.InvalidCredentials: 401,
+    errors.Forbidden: 403,
+    errors.RateLimited: 429,
+    errors.InvalidPortalLink: 400,
+    errors.InvalidSignature: 400,
+    errors.InvalidEvent: 400,
+    errors.PaymentProviderError: 502,
+    errors.StripeObjectMissing: 502,
+    errors.ProcessingFailed: 500,
+}
 
 _TITLES = {
     400: "Bad request",
@@ -107,7 +117,8 @@ def problem(
 
 
 def status_of(exc: TokenbankError) -> int:
-    return next((status for kind, status in STATUS if isinstance(exc, kind)), 400)
+    """The status of the nearest class of ``exc`` in ``STATUS``."""
+    return next(STATUS[kind] for kind in type(exc).__mro__ if kind in STATUS)
 
 
 UnavailablePage = Callable[[Request, Unavailable], Awaitable[Response]]
@@ -138,11 +149,11 @@ def install(
             return await respond(request, exc)
         on_refusal(exc.code)
         extra: dict[str, Any] = {}
-        if isinstance(exc, ledger.InsufficientTokens):
+        if isinstance(exc, errors.InsufficientTokens):
             extra = {"available": exc.available, "requested": exc.requested, "buy_url": buy_url}
-        elif isinstance(exc, ledger.InvalidArgument):
+        elif isinstance(exc, errors.InvalidArgument):
             extra = {"field": exc.field}
-        elif isinstance(exc, identity.RateLimited):
+        elif isinstance(exc, errors.RateLimited):
             extra = {"headers": {"Retry-After": str(exc.retry_after)}}
         return problem(status_of(exc), exc.code, str(exc), **extra)
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from tokenbank.ledger.journal import MAX_AMOUNT, MAX_DESCRIPTION_LENGTH
+from tokenbank.ledger.inputs import MAX_AMOUNT, MAX_DESCRIPTION_LENGTH
 from tokenbank.ledger.models import MAX_KEY_LENGTH
 
 if TYPE_CHECKING:

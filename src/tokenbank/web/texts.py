@@ -3,7 +3,7 @@ speak (each text goes through the catalogs: ``N_`` marks it, ``Language.gettext`
 
 from __future__ import annotations
 
-from tokenbank import ledger
+from tokenbank import errors, ledger
 from tokenbank.billing.catalog import Catalog
 from tokenbank.errors import TokenbankError
 from tokenbank.identity.passwords import MAX_LENGTH, MIN_LENGTH
@@ -72,51 +72,84 @@ PURCHASE_EVENTS = (
 )
 
 
-#: What the pages say for the domain errors a form can run into, by code (and field).
-ERROR_TEXTS = {
-    "invalid_credentials": N_("That email and password do not match an account."),
-    "email_taken": N_("An account with this email already exists. Sign in instead."),
-    "rate_limited": N_("Too many attempts. Try again in %(seconds)s seconds."),
-    "unknown_package": N_("This package is not on sale any more."),
-    "payment_provider_error": N_("The payment service refused the request."),
-    "payment_provider_unavailable": N_(
+#: Each error of ``tokenbank.errors`` -> what a page says about it. Every class is listed
+#: (tests/test_errors.py checks it, and that each is translated).
+ERROR_TEXTS: dict[type[TokenbankError], str] = {
+    errors.TokenbankError: N_("The request could not be completed."),
+    errors.ConfigurationError: N_("This server is not set up for this. Tell its operator."),
+    errors.CatalogError: N_("This server is not set up for this. Tell its operator."),
+    errors.NotConfigured: N_("This is not set up on this server."),
+    errors.PaymentsNotConfigured: N_("Payments are not configured on this server."),
+    errors.WebhooksNotConfigured: N_("Payment notifications are not set up on this server."),
+    errors.Unavailable: N_("tokenbank is unavailable for a moment. Try again shortly."),
+    errors.DatabaseUnavailable: N_("tokenbank is unavailable for a moment. Try again shortly."),
+    errors.SchemaOutOfDate: N_("tokenbank is being updated. Try again shortly."),
+    errors.PaymentProviderUnavailable: N_(
         "The payment service did not answer. Try again in a moment."
     ),
-    "database_unavailable": N_("tokenbank is unavailable for a moment. Try again shortly."),
-    "purchase_closed": N_("This purchase has ended. Start a new one."),
-    "payments_not_configured": N_("Payments are not configured on this server."),
-    "validation_error:password": N_("The password must be %(min)s to %(max)s characters long."),
-    "validation_error:new_password": N_("The password must be %(min)s to %(max)s characters long."),
-    "validation_error:email": N_("Enter a valid email address."),
-    "validation_error:name": N_("The name is too long."),
-    "validation_error:amount": N_("Enter a whole number of tokens greater than zero."),
-    "validation_error:description": N_("Give a reason of at most 500 characters."),
-    "validation_error:reason": N_("Give a reason of at most 500 characters."),
-    "validation_error:decision": N_("Choose one of the decisions offered."),
-    "nothing_to_review": N_("This purchase was already decided."),
-    "idempotency_conflict": N_("This form was already sent with other values. Reload the page."),
-    "not_found": N_("There is no such user or record."),
-    "payment_mismatch": N_("The payment does not match its purchase; it was not credited."),
-    "webhook_failed": N_("The event could not be processed."),
-    "validation_error:language": N_("Choose one of the languages offered."),
+    errors.InvalidArgument: N_("The value of %(field)s is not accepted."),
+    errors.UnknownPackage: N_("This package is not on sale any more."),
+    errors.NotFound: N_("There is no such user or record."),
+    errors.UnknownUser: N_("There is no such user."),
+    errors.UnknownTransfer: N_("There is no such record."),
+    errors.UnknownHold: N_("There is no such hold."),
+    errors.UnknownApiKey: N_("There is no such API key."),
+    errors.UnknownPurchase: N_("There is no such purchase."),
+    errors.UnknownEvent: N_("There is no such event in the webhook inbox."),
+    errors.Conflict: N_("This no longer applies. Reload the page."),
+    errors.IdempotencyConflict: N_(
+        "This form was already sent with other values. Reload the page."
+    ),
+    errors.NotRefundable: N_("Only spends can be refunded."),
+    errors.RefundExceedsSpend: N_("That is more than is left to refund."),
+    errors.HoldNotPending: N_("This hold has already ended."),
+    errors.HoldFrozen: N_("These tokens are frozen while a payment is disputed."),
+    errors.UserExists: N_("This user already exists."),
+    errors.EmailTaken: N_("An account with this email already exists. Sign in instead."),
+    errors.PaymentMismatch: N_("The payment does not match its purchase; it was not credited."),
+    errors.PurchaseClosed: N_("This purchase has ended. Start a new one."),
+    errors.NothingToReview: N_("This purchase was already decided."),
+    errors.InsufficientTokens: N_("There are not enough tokens for this."),
+    errors.Unauthenticated: N_("Sign in again to go on."),
+    errors.InvalidApiKey: N_("The API key is missing, unknown or revoked."),
+    errors.InvalidCredentials: N_("That email and password do not match an account."),
+    errors.Forbidden: N_("Your account cannot do this."),
+    errors.RateLimited: N_("Too many attempts. Try again in %(seconds)s seconds."),
+    errors.InvalidPortalLink: N_("This sign-in link is invalid, expired or already used."),
+    errors.InvalidSignature: N_("The payment notification's signature is not valid."),
+    errors.InvalidEvent: N_("The payment notification could not be read."),
+    errors.PaymentProviderError: N_("The payment service refused the request."),
+    errors.StripeObjectMissing: N_("The payment service has no such record."),
+    errors.ProcessingFailed: N_("The event could not be processed."),
+}
+#: What a form says about a value it refused, by field (``InvalidArgument.field``).
+FIELD_TEXTS = {
+    "password": N_("The password must be %(min)s to %(max)s characters long."),
+    "new_password": N_("The password must be %(min)s to %(max)s characters long."),
+    "email": N_("Enter a valid email address."),
+    "name": N_("The name is too long."),
+    "amount": N_("Enter a whole number of tokens greater than zero."),
+    "description": N_("Give a reason of at most 500 characters."),
+    "reason": N_("Give a reason of at most 500 characters."),
+    "decision": N_("Choose one of the decisions offered."),
+    "language": N_("Choose one of the languages offered."),
 }
 
 
 def error_text(lang: Language, exc: TokenbankError) -> str:
-    """A domain error as a sentence in the page's language (English text as a fallback)."""
-    key = exc.code
-    if isinstance(exc, ledger.InvalidArgument):
-        key = f"{exc.code}:{exc.field}"
-    message = ERROR_TEXTS.get(key)
-    if message is not None:
-        return lang.gettext(
-            message,
-            seconds=getattr(exc, "retry_after", ""),
-            min=MIN_LENGTH,
-            max=MAX_LENGTH,
-        )
-    if isinstance(exc, ledger.InvalidArgument):
-        field, _, detail = str(exc).partition(": ")
-        return f"{field.replace('_', ' ').capitalize()} {detail}."
-    text = str(exc)
-    return text[:1].upper() + text[1:] + "."
+    """An error as a sentence in the page's language: the field's own text for a refused
+    value, else the text of the nearest class of ``exc`` in ``ERROR_TEXTS``."""
+    message = None
+    field = ""
+    if isinstance(exc, errors.InvalidArgument):
+        field = exc.field
+        message = FIELD_TEXTS.get(field)
+    if message is None:
+        message = next(ERROR_TEXTS[kind] for kind in type(exc).__mro__ if kind in ERROR_TEXTS)
+    return lang.gettext(
+        message,
+        seconds=getattr(exc, "retry_after", ""),
+        min=MIN_LENGTH,
+        max=MAX_LENGTH,
+        field=field.replace("_", " "),
+    )

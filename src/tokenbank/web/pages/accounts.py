@@ -11,14 +11,15 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from tokenbank import identity, ledger, users
+from tokenbank import identity, ledger
 from tokenbank.db import Database
-from tokenbank.errors import TokenbankError
+from tokenbank.errors import TokenbankError, Unavailable
 from tokenbank.identity import InvalidCredentials, RateLimited
 from tokenbank.users.models import LANGUAGES
 from tokenbank.web import i18n
 from tokenbank.web.browser import Browsers
 from tokenbank.web.deps import Lang, PagesDep, PageUser, RuntimeDep, Visitor
+from tokenbank.web.problems import status_of
 from tokenbank.web.render import HOME, Pages, redirect
 from tokenbank.web.routing import PageRoute
 from tokenbank.web.texts import error_text
@@ -50,15 +51,8 @@ async def refused(
     text = error_text(lang, exc)
     if isinstance(exc, InvalidCredentials) and template == "account.html":
         text = lang.gettext("The current password is wrong.")
-    status = 422
-    if isinstance(exc, RateLimited):
-        status = 429
-    elif isinstance(exc, InvalidCredentials):
-        status = 401
-    elif isinstance(exc, users.EmailTaken):
-        status = 409
-    response = await pages.render(request, template, status, error=text, **context)
-    if isinstance(exc, RateLimited):
+    response = await pages.render(request, template, status_of(exc), error=text, **context)
+    if isinstance(exc, RateLimited | Unavailable):
         response.headers["Retry-After"] = str(exc.retry_after)
     return response
 
