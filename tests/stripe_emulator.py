@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.servers import serving
-from tokenbank.billing import Billing, PriceBook, load_catalog
+from tokenbank.billing import Billing, PriceBook, PurchaseFlow, load_catalog
 from tokenbank.billing.catalog import Catalog
 from tokenbank.emulator import create_app
 from tokenbank.payments.stripe import Stripe
@@ -91,7 +91,7 @@ def make_billing(
     *,
     catalog: Catalog = CATALOG,
     policy: str = "debt",
-    flow: str = "checkout",
+    flow: PurchaseFlow = PurchaseFlow.CHECKOUT,
     secret_key: str = SECRET_KEY,
     webhook_secret: str | None = WEBHOOK_SECRET,
     timeout_seconds: float = 10,

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from tokenbank.billing import PurchaseFlow, billing_from_settings
 from tokenbank.config import Settings, with_secrets
 from tokenbank.errors import ConfigurationError
 
@@ -67,3 +68,34 @@ def test_secure_cookies_outside_localhost() -> None:
     assert not _settings(public_url="http://127.0.0.1:8000").secure_cookies
     assert not _settings(public_url="http://localhost:8000").secure_cookies
     assert _settings(public_url="https://tokens.example").secure_cookies
+
+
+@pytest.mark.parametrize(
+    ("setting", "flow"),
+    [
+        ("checkout", PurchaseFlow.CHECKOUT),
+        ("payment_intent", PurchaseFlow.PAYMENT_INTENT),
+        ("embedded", PurchaseFlow.PAYMENT_INTENT),  # the earlier name of the card form
+    ],
+)
+def test_the_purchase_flow_setting_names_a_purchase_flow(setting: str, flow: PurchaseFlow) -> None:
+    settings = _settings(
+        stripe_secret_key="sk_test_x",
+        stripe_publishable_key="pk_test_x",
+        purchase_flow=setting,
+    )
+    seller = billing_from_settings(settings)
+    assert seller is not None and seller.flow is flow
+
+
+def test_a_card_form_needs_the_publishable_key() -> None:
+    settings = _settings(stripe_secret_key="sk_test_x", purchase_flow="payment_intent")
+    with pytest.raises(ConfigurationError, match="STRIPE_PUBLISHABLE_KEY"):
+        billing_from_settings(settings)
+
+
+def test_the_login_limit_keeps_its_earlier_name() -> None:
+    assert _settings().login_limit_per_email == "10/10 minutes"
+    earlier = _settings(TOKENBANK_LOGIN_LIMIT_PER_ACCOUNT="3/minute")
+    assert earlier.login_limit_per_email == "3/minute"
+    assert _settings(TOKENBANK_LOGIN_LIMIT_PER_EMAIL="4/minute").login_limit_per_email == "4/minute"

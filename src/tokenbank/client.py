@@ -28,6 +28,7 @@ __all__ = [
     "Balance",
     "Checkout",
     "Forbidden",
+    "HistoryPage",
     "Hold",
     "IdempotencyConflict",
     "InsufficientTokens",
@@ -36,8 +37,7 @@ __all__ = [
     "RateLimited",
     "Receipt",
     "TokenBank",
-    "Transaction",
-    "TransactionPage",
+    "Transfer",
     "Unauthorized",
 ]
 
@@ -142,7 +142,7 @@ class Receipt:
 
 
 @dataclass(frozen=True, slots=True)
-class Transaction:
+class Transfer:
     transfer_id: int
     kind: str
     amount: int
@@ -156,8 +156,8 @@ class Transaction:
 
 
 @dataclass(frozen=True, slots=True)
-class TransactionPage:
-    items: list[Transaction]
+class HistoryPage:
+    items: list[Transfer]
     next_cursor: str | None
 
 
@@ -188,8 +188,8 @@ def _hold_state(body: dict[str, Any]) -> HoldState:
     )
 
 
-def _transaction(body: dict[str, Any]) -> Transaction:
-    return Transaction(
+def _transfer(body: dict[str, Any]) -> Transfer:
+    return Transfer(
         transfer_id=body["transfer_id"],
         kind=body["kind"],
         amount=body["amount"],
@@ -429,22 +429,23 @@ class TokenBank:
         kinds: Sequence[str] | None = None,
         limit: int = 50,
         cursor: str | None = None,
-    ) -> TransactionPage:
-        """One page, newest first; pass ``next_cursor`` back for older transactions."""
+    ) -> HistoryPage:
+        """One page of the wallet's transfers, newest first; pass ``next_cursor`` back for
+        older ones."""
         params: list[tuple[str, str | int | float | bool | None]] = [("limit", limit)]
         params += [("kind", kind) for kind in kinds or ()]
         if cursor is not None:
             params.append(("cursor", cursor))
-        body = self._request("GET", f"/users/{_id(user_id)}/transactions", params=params)
-        return TransactionPage(
-            items=[_transaction(item) for item in body["items"]],
+        body = self._request("GET", f"/users/{_id(user_id)}/history", params=params)
+        return HistoryPage(
+            items=[_transfer(item) for item in body["items"]],
             next_cursor=body["next_cursor"],
         )
 
     def iter_history(
         self, user_id: str, *, kinds: Sequence[str] | None = None, page_size: int = 200
-    ) -> Iterator[Transaction]:
-        """Every transaction, newest first, fetched page by page."""
+    ) -> Iterator[Transfer]:
+        """Every transfer of the wallet, newest first, fetched page by page."""
         cursor: str | None = None
         while True:
             page = self.history(user_id, kinds=kinds, limit=page_size, cursor=cursor)

@@ -46,7 +46,14 @@ class Settings(BaseSettings):
     # Rate limits in the ``limits`` notation; counted in the database by default, so every
     # process shares them. Any ``limits`` storage URI (``redis://...``) works as well.
     login_limit_per_ip: str = "30/10 minutes"
-    login_limit_per_account: str = "10/10 minutes"
+    login_limit_per_email: str = Field(
+        default="10/10 minutes",
+        validation_alias=AliasChoices(
+            "login_limit_per_email",
+            "TOKENBANK_LOGIN_LIMIT_PER_EMAIL",
+            "TOKENBANK_LOGIN_LIMIT_PER_ACCOUNT",  # its earlier name
+        ),
+    )
     register_limit_per_ip: str = "10/hour"
     rate_limit_storage: str = "database"
     # Wrong API keys from one address, past which it gets 429 without its keys being read.
@@ -62,7 +69,9 @@ class Settings(BaseSettings):
     # the user's next purchase first) and which payment form the pages use.
     catalog: Path = Path("catalogs/default.toml")
     clawback_policy: Literal["debt", "negative"] = "debt"
-    purchase_flow: Literal["checkout", "embedded"] = "checkout"
+    # "payment_intent": a card form (Stripe.js) in tokenbank's own page; "embedded" is the
+    # earlier name for it, still accepted.
+    purchase_flow: Literal["checkout", "payment_intent", "embedded"] = "checkout"
     #: The dashboard warns when a user's available tokens fall below this.
     low_balance_threshold: int = Field(default=100, ge=0)
     #: A spend of at least this many tokens gets a log line of its own (0: none).

@@ -62,7 +62,7 @@ STRIPE_SECRET_KEY = "sk_test_local_emulator"
 STRIPE_PUBLISHABLE_KEY = "pk_test_local_emulator"
 STRIPE_WEBHOOK_SECRET = "whsec_local_emulator"
 
-PurchaseFlow = Literal["checkout", "embedded"]
+PurchaseFlow = Literal["checkout", "payment_intent", "embedded"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -318,7 +318,7 @@ def _start_service(
             "TOKENBANK_PURCHASE_FLOW": purchase_flow,
             # Every test signs in from 127.0.0.1 against a shared instance.
             "TOKENBANK_LOGIN_LIMIT_PER_IP": "10000/minute",
-            "TOKENBANK_LOGIN_LIMIT_PER_ACCOUNT": "10000/minute",
+            "TOKENBANK_LOGIN_LIMIT_PER_EMAIL": "10000/minute",
             "TOKENBANK_REGISTER_LIMIT_PER_IP": "10000/minute",
             "STRIPE_SECRET_KEY": STRIPE_SECRET_KEY,
             "STRIPE_PUBLISHABLE_KEY": STRIPE_PUBLISHABLE_KEY,

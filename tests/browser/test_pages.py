@@ -97,14 +97,14 @@ def test_newcomer_registers_buys_with_checkout_and_downloads_csv(
     assert _available(page) == 2200
     screenshot(page, "en-dashboard")
 
-    page.get_by_role("link", name="Transactions").first.click()
+    page.get_by_role("link", name="History").first.click()
     rows = page.locator("tbody tr")
     expect(rows).to_have_count(2)
     expect(rows.nth(0)).to_have_attribute("data-kind", "bonus")
     expect(rows.nth(1)).to_have_attribute("data-kind", "purchase")
     expect(rows.nth(1).locator("td.num").first).to_have_text("+2,000")
     expect(rows.nth(0).locator("td.num").last).to_have_text("2,200")  # running balance
-    screenshot(page, "en-transactions")
+    screenshot(page, "en-history")
 
     page.get_by_label("Kind").select_option("purchase")
     page.get_by_role("button", name="Filter").click()
@@ -113,7 +113,7 @@ def test_newcomer_registers_buys_with_checkout_and_downloads_csv(
     with page.expect_download() as download_info:
         page.get_by_role("link", name="Download CSV").click()
     download = download_info.value
-    assert download.suggested_filename == "transactions-purchase.csv"
+    assert download.suggested_filename == "history-purchase.csv"
     text = Path(download.path()).read_text(encoding="utf-8-sig")  # with a byte-order mark
     table = list(csv.DictReader(io.StringIO(text)))
     assert [(r["kind"], r["tokens"], r["balance_after"]) for r in table] == [
@@ -124,7 +124,7 @@ def test_newcomer_registers_buys_with_checkout_and_downloads_csv(
 def test_embedded_modal_declined_card_credits_nothing_then_pays(
     live_service: StartService, new_page: NewPage, screenshot: Shoot
 ) -> None:
-    service = live_service(purchase_flow="embedded")
+    service = live_service(purchase_flow="payment_intent")
     page = new_page()
     _register(page, service, _email("modal"))
     page.goto(f"{service.base_url}/pricing")
@@ -161,7 +161,7 @@ def test_embedded_modal_declined_card_credits_nothing_then_pays(
     dialog.get_by_role("button", name="Close").click()
     page.wait_for_url(f"{service.base_url}/dashboard")
     assert _available(page) == 500
-    page.goto(f"{service.base_url}/transactions")
+    page.goto(f"{service.base_url}/history")
     expect(page.locator("tbody tr")).to_have_count(1)
 
 
@@ -191,11 +191,11 @@ def test_chinese_pages_with_yuan(
     page.wait_for_url(re.compile(r"/purchase/success"))
     expect(page.get_by_role("heading", name="谢谢您！")).to_be_visible()
     expect(page.get_by_text("已支付 ¥45.00")).to_be_visible()
-    page.goto(f"{service.base_url}/transactions")
-    expect(page.get_by_role("heading", name="交易记录")).to_be_visible()
+    page.goto(f"{service.base_url}/history")
+    expect(page.get_by_role("heading", name="历史记录")).to_be_visible()
     expect(page.locator("tbody tr").first).to_contain_text("赠送")
     expect(page.locator("tbody tr").last).to_contain_text("年")  # 2026年11月21日
-    screenshot(page, "zh-CN-transactions")
+    screenshot(page, "zh-CN-history")
 
     # A choice on the account page beats the browser's language.
     page.goto(f"{service.base_url}/account")
@@ -404,7 +404,7 @@ def test_every_page_renders_cleanly_in_both_languages(
     _sign_in(page, service, email)
     visit("/dashboard", "dashboard")
     visit("/pricing", "pricing-signed-in")
-    visit("/transactions", "transactions")
+    visit("/history", "history")
     visit("/account", "account")
     visit(f"/purchase/success?session_id={paid['checkout_session_id']}", "purchase-success")
     visit(f"/purchase/cancel?purchase={left['purchase_id']}", "purchase-cancel")
@@ -422,12 +422,12 @@ def test_every_page_renders_cleanly_in_both_languages(
     # A portal link from the host app lands its user signed in, on the page it names.
     link = httpx.post(
         f"{service.base_url}/api/v1/users/{user_id}/portal-sessions",
-        json={"return_path": "/transactions"},
+        json={"return_path": "/history"},
         headers=auth,
     ).json()["url"]
     fresh = new_page(locale=locale)
     fresh.goto(link)
-    assert fresh.url == f"{service.base_url}/transactions"
+    assert fresh.url == f"{service.base_url}/history"
     expect(fresh.locator("#balance-widget")).to_be_visible()
 
 
@@ -443,9 +443,9 @@ def test_buying_works_without_javascript(
     _pay_on_hosted_page(page, "4242 4242 4242 4242")
     page.wait_for_url(re.compile(r"/purchase/success"))
     expect(page.locator("[data-credited]")).to_have_attribute("data-credited", "500")
-    page.goto(f"{service.base_url}/transactions")
+    page.goto(f"{service.base_url}/history")
     page.get_by_label("Kind").select_option("purchase")
     page.get_by_role("button", name="Filter").click()
     page.wait_for_url(re.compile(r"kind=purchase"))
     expect(page.locator("tbody tr")).to_have_count(1)
-    screenshot(page, "en-nojs-transactions")
+    screenshot(page, "en-nojs-history")

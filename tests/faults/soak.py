@@ -322,7 +322,7 @@ def _check(deployment: Deployment, log: Log) -> list[str]:
                     problems.append(f"paid session {session} is {status.get(session)}")
             credited = collections.Counter(
                 item["metadata"]["purchase_id"]
-                for item in _pages(http, checks, f"{user}/transactions", kind="purchase", limit=500)
+                for item in _pages(http, checks, f"{user}/history", kind="purchase", limit=500)
             )
             problems += [f"purchase {p} credited {n} times" for p, n in credited.items() if n != 1]
     return problems

@@ -135,7 +135,7 @@ def _mixed_load(http: httpx.Client, stop: threading.Event, seen: list[Any], name
                 {"amount": 1, "idempotency_key": f"{name}-{serial}"},
             ),
             ("GET", "/api/v1/users/alice/balance", None),
-            ("GET", "/api/v1/users/alice/transactions?limit=5", None),
+            ("GET", "/api/v1/users/alice/history?limit=5", None),
         ):
             try:
                 answer = http.request(method, path, json=body)
@@ -192,7 +192,7 @@ def test_postgresql_restarted_or_backends_killed_under_load(
                         break  # past every key the load had sent
                     serial += 1
             spent = 10_000 - service.balance()
-            spends = http.get("/api/v1/users/alice/transactions?kind=spend&limit=500").json()
+            spends = http.get("/api/v1/users/alice/history?kind=spend&limit=500").json()
         assert spent == len(spends["items"])  # one token per key: each applied once
         service.verify()
     finally:
@@ -318,7 +318,7 @@ def test_a_read_only_file_system_serves_reads_and_refuses_writes(
         with service.http() as http:
             read = http.get("/api/v1/users/alice/balance")
             assert read.status_code == 200 and read.json()["available"] == 10_000, read.text
-            assert http.get("/api/v1/users/alice/transactions").status_code == 200
+            assert http.get("/api/v1/users/alice/history").status_code == 200
             write = http.post(
                 "/api/v1/users/alice/spend", json={"amount": 1, "idempotency_key": "ro"}
             )

@@ -141,11 +141,11 @@ def test_portal_link_is_one_time(db: Database) -> None:
     _host_user(db)
     with db.transaction() as conn:
         token, expires_at = identity.create_portal_link(
-            conn, user_id="host-7", next_path="/transactions", ttl=timedelta(minutes=5)
+            conn, user_id="host-7", next_path="/history", ttl=timedelta(minutes=5)
         )
     assert expires_at > utcnow()
     with db.transaction() as conn:
-        assert identity.redeem_portal_link(conn, token=token) == ("host-7", "/transactions")
+        assert identity.redeem_portal_link(conn, token=token) == ("host-7", "/history")
     for attempt in (token, token[:-1] + ("A" if token[-1] != "A" else "B"), "", "x" * 500):
         with pytest.raises(identity.InvalidPortalLink), db.transaction() as conn:
             identity.redeem_portal_link(conn, token=attempt)

@@ -199,7 +199,7 @@ def test_a_nul_in_the_url_is_a_400(client: TestClient, spender: dict[str, str]) 
         "/api/v1/users/a%00b/balance",
         "/purchase/success?payment_intent=a%00b",
         "/purchase/success?session_id=cs_%00",
-        "/transactions?kind=%00",
+        "/history?kind=%00",
         "/login?next=%2F%00",
     ):
         answer = client.get(path, headers=spender)

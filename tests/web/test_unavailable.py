@@ -73,7 +73,7 @@ def test_postgresql_backends_killed_answer_503_then_recover(
             (lambda h: h.post("/api/v1/users/alice/grants", json=grant), False),  # sync pool
             (lambda h: h.post("/api/v1/users/alice/spend", json=spend), False),  # asyncio pool
             (lambda h: h.get("/api/v1/users/alice/balance"), False),
-            (lambda h: h.get("/api/v1/users/alice/transactions"), False),
+            (lambda h: h.get("/api/v1/users/alice/history"), False),
         ]
         for number, (send, page) in enumerate(requests):
             send(http)  # every pool has connections now

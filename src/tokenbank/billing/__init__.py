@@ -3,7 +3,7 @@ disputes, admin reviews and reconciliation. Calls the ledger; reaches Stripe onl
 ``tokenbank.payments.stripe``.
 
 Settling a payment is split by concern: ``settlement`` (fetch Stripe's view, settle it
-onto the purchase), ``credits``, ``refunds`` (Stripe's money refunds), ``disputes``,
+onto the purchase), ``credits``, ``payment_refunds`` (Stripe's money refunds), ``disputes``,
 ``reviews`` (what an admin decides), with ``outcomes`` carrying what changed and its log
 lines. Callers outside billing use the names below."""
 
@@ -65,7 +65,8 @@ class Billing:
     catalog: Catalog
     prices: PriceBook
     policy: ClawbackPolicy
-    flow: str
+    #: How the pages take a payment: Stripe Checkout, or a card form in the page.
+    flow: PurchaseFlow
     publishable_key: str | None
 
 
@@ -84,9 +85,14 @@ def billing_from_settings(settings: Settings) -> Billing | None:
         timeout_seconds=settings.stripe_timeout_seconds,
         max_network_retries=settings.stripe_max_network_retries,
     )
-    if settings.purchase_flow == "embedded" and not settings.stripe_publishable_key:
+    flow = (
+        PurchaseFlow.CHECKOUT
+        if settings.purchase_flow == "checkout"
+        else PurchaseFlow.PAYMENT_INTENT  # "embedded" is its earlier name
+    )
+    if flow is PurchaseFlow.PAYMENT_INTENT and not settings.stripe_publishable_key:
         raise ConfigurationError(
-            "TOKENBANK_PURCHASE_FLOW=embedded needs STRIPE_PUBLISHABLE_KEY for Stripe.js"
+            "TOKENBANK_PURCHASE_FLOW=payment_intent needs STRIPE_PUBLISHABLE_KEY for Stripe.js"
         )
     catalog = load_catalog(settings.catalog)
     return Billing(
@@ -94,7 +100,7 @@ def billing_from_settings(settings: Settings) -> Billing | None:
         catalog=catalog,
         prices=PriceBook(stripe, catalog),
         policy=settings.clawback_policy,
-        flow=settings.purchase_flow,
+        flow=flow,
         publishable_key=settings.stripe_publishable_key,
     )
 

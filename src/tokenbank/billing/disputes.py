@@ -4,7 +4,7 @@ while Stripe decides, released if the dispute is won, clawed back if it is lost.
 Each step happens once per dispute: the ``disputes`` row records the freeze and the
 closing, and a closed dispute is never reopened by a stale snapshot. A Stripe refund during
 an open inquiry takes its tokens out of the freeze (``unfreeze_open``, then ``refreeze``),
-which is why ``refunds`` uses this module.
+which is why ``payment_refunds`` uses this module.
 """
 
 from __future__ import annotations

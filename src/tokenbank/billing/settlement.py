@@ -7,7 +7,7 @@ ends here, and does the same two steps:
    the refunds and disputes of that payment. No database row is locked meanwhile.
 2. ``settle``: in one transaction, lock the purchase row and apply whatever is not applied
    yet: the credit (``credits``), a failure or expiry, each Stripe refund's share of tokens
-   (``refunds``), each dispute's freeze, release or clawback (``disputes``). What it cannot
+   (``payment_refunds``), each dispute's freeze, release or clawback (``disputes``). What it cannot
    decide is flagged for an admin (``reviews``), never guessed.
 
 Because step 2 only ever moves a purchase forward, a snapshot that is already stale when it
@@ -28,6 +28,7 @@ from tokenbank.billing.credits import credit_paid
 from tokenbank.billing.disputes import apply_dispute
 from tokenbank.billing.models import PurchaseStatus, ReviewDecision, purchases
 from tokenbank.billing.outcomes import Outcome
+from tokenbank.billing.payment_refunds import apply_payment_refund
 from tokenbank.billing.purchases import (
     ClawbackPolicy,
     Purchase,
@@ -35,7 +36,6 @@ from tokenbank.billing.purchases import (
     lock_purchase,
     to_purchase,
 )
-from tokenbank.billing.refunds import apply_refund
 from tokenbank.billing.reviews import already_decided, flag_for_review
 from tokenbank.columns import utcnow
 from tokenbank.db import Database
@@ -132,7 +132,9 @@ def settle(
         _mark_unpaid(conn, purchase, payment, outcome, now)
     if (paid and accepted) or purchase.status is PurchaseStatus.PAID:
         for refund in sorted(payment.refunds, key=lambda r: (r.created, r.id)):
-            apply_refund(conn, purchase_id=purchase.id, refund=refund, outcome=outcome, now=now)
+            apply_payment_refund(
+                conn, purchase_id=purchase.id, refund=refund, outcome=outcome, now=now
+            )
         for dispute in sorted(payment.disputes, key=lambda d: (d.created, d.id)):
             apply_dispute(conn, purchase_id=purchase.id, dispute=dispute, outcome=outcome, now=now)
     outcome.purchase = to_purchase(

@@ -86,7 +86,7 @@ def create_app(
         identity.storage_for(settings.rate_limit_storage, database),
         {
             "login_ip": settings.login_limit_per_ip,
-            "login_account": settings.login_limit_per_account,
+            "login_email": settings.login_limit_per_email,
             "register_ip": settings.register_limit_per_ip,
             "api_key_ip": settings.api_key_failure_limit_per_ip,
         },

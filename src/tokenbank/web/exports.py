@@ -36,7 +36,7 @@ def history_page(
         return ledger.history(conn, user_id=user_id, kinds=kinds, before=before, limit=limit)
 
 
-def history_csv(
+def history_csv_lines(
     db: Database,
     *,
     user_id: str,

@@ -110,7 +110,7 @@ class GrantIn(Body):
     idempotency_key: Key
 
 
-class TransactionOut(BaseModel):
+class TransferOut(BaseModel):
     transfer_id: int
     kind: str
     amount: int = Field(description="Signed: positive credits the wallet.")
@@ -123,9 +123,9 @@ class TransactionOut(BaseModel):
     created_at: datetime
 
 
-class TransactionsOut(BaseModel):
-    items: list[TransactionOut]
-    next_cursor: str | None = Field(description="Pass as ?cursor= for older transactions.")
+class HistoryOut(BaseModel):
+    items: list[TransferOut]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for older transfers.")
 
 
 class Health(BaseModel):
@@ -288,8 +288,8 @@ def hold_out(hold: ledger.Hold) -> HoldOut:
     )
 
 
-def transaction_out(item: ledger.HistoryItem) -> TransactionOut:
-    return TransactionOut(
+def transfer_out(item: ledger.HistoryItem) -> TransferOut:
+    return TransferOut(
         transfer_id=item.transfer_id,
         kind=item.kind.value,
         amount=item.amount,

@@ -65,7 +65,7 @@ def test_spend_balance_and_insufficient(
     }
 
 
-def test_transactions_pages_filter_and_csv(
+def test_history_pages_filter_and_csv(
     client: TestClient, admin: dict[str, str], spender: dict[str, str], reader: dict[str, str]
 ) -> None:
     put_user(client, spender)
@@ -76,16 +76,16 @@ def test_transactions_pages_filter_and_csv(
             json={"amount": n + 1, "idempotency_key": f"s{n}", "description": f"call, {n}"},
             headers=spender,
         )
-    first = client.get("/api/v1/users/alice/transactions?limit=4", headers=reader).json()
+    first = client.get("/api/v1/users/alice/history?limit=4", headers=reader).json()
     rest = client.get(
-        f"/api/v1/users/alice/transactions?limit=4&cursor={first['next_cursor']}", headers=reader
+        f"/api/v1/users/alice/history?limit=4&cursor={first['next_cursor']}", headers=reader
     ).json()
     amounts = [t["amount"] for t in first["items"] + rest["items"]]
     assert amounts == [-5, -4, -3, -2, -1, 1000]
     assert rest["next_cursor"] is None
-    grants = client.get("/api/v1/users/alice/transactions?kind=grant", headers=reader).json()
+    grants = client.get("/api/v1/users/alice/history?kind=grant", headers=reader).json()
     assert [t["kind"] for t in grants["items"]] == ["grant"]
-    csv = client.get("/api/v1/users/alice/transactions.csv?kind=spend", headers=reader)
+    csv = client.get("/api/v1/users/alice/history.csv?kind=spend", headers=reader)
     assert csv.status_code == 200
     assert csv.headers["content-type"].startswith("text/csv")
     lines = csv.text.strip().splitlines()
@@ -93,7 +93,7 @@ def test_transactions_pages_filter_and_csv(
     assert lines[0] == "\ufeffdate_utc,kind,description,tokens,balance_after,transfer_id"
     assert len(lines) == 6
     assert ',spend,"call, 4",-5,985,' in lines[1]
-    problem_of(client.get("/api/v1/users/bob/transactions.csv", headers=reader), 404, "not_found")
+    problem_of(client.get("/api/v1/users/bob/history.csv", headers=reader), 404, "not_found")
 
 
 @pytest.mark.parametrize(
@@ -173,7 +173,7 @@ def test_csv_export_defuses_formulas_as_the_pages_do(
             json={"amount": 1, "idempotency_key": f"f{n}", "description": text},
             headers=spender,
         )
-    exported = client.get("/api/v1/users/alice/transactions.csv?kind=spend", headers=reader)
+    exported = client.get("/api/v1/users/alice/history.csv?kind=spend", headers=reader)
     rows = list(csv.DictReader(io.StringIO(exported.text.removeprefix("\ufeff"))))
     assert [r["description"] for r in rows] == [
         "plain",
@@ -183,3 +183,19 @@ def test_csv_export_defuses_formulas_as_the_pages_do(
         "'=HYPERLINK('http://evil')",
     ]
     assert {r["tokens"] for r in rows} == {"-1"}  # numbers are numbers, never quoted
+
+
+def test_the_history_answers_at_its_earlier_address_too(
+    client: TestClient, admin: dict[str, str], spender: dict[str, str], reader: dict[str, str]
+) -> None:
+    put_user(client, spender)
+    grant_tokens(client, admin, 10)
+    now = client.get("/api/v1/users/alice/history", headers=reader).json()
+    before = client.get("/api/v1/users/alice/transactions", headers=reader).json()
+    assert now == before and [item["kind"] for item in now["items"]] == ["grant"]
+    assert client.get("/api/v1/users/alice/transactions.csv", headers=reader).text == (
+        client.get("/api/v1/users/alice/history.csv", headers=reader).text
+    )
+    schema = client.get("/openapi.json").json()["paths"]
+    assert schema["/api/v1/users/{user_id}/transactions"]["get"]["deprecated"] is True
+    assert "deprecated" not in schema["/api/v1/users/{user_id}/history"]["get"]

@@ -49,23 +49,21 @@ def test_dashboard_shows_balance_low_balance_warning_and_last_five(
     assert 'id="balance-widget"' in page and 'hx-trigger="every 10s"' in page
 
 
-def test_transactions_keyset_pages_of_fifty_with_kind_filter(
-    client: TestClient, db: Database
-) -> None:
+def test_history_keyset_pages_of_fifty_with_kind_filter(client: TestClient, db: Database) -> None:
     user = new_user(client)
     _grant(db, user, 1_000, "g1")
     for n in range(60):
         _spend(db, user, 1, f"s{n}")
-    first = client.get("/transactions").text
+    first = client.get("/history").text
     assert first.count('<tr data-kind="') == 50
-    cursor = re.search(r'href="/transactions\?before=(\d+)"', first)
+    cursor = re.search(r'href="/history\?before=(\d+)"', first)
     assert cursor is not None
-    second = client.get(f"/transactions?before={cursor.group(1)}").text
+    second = client.get(f"/history?before={cursor.group(1)}").text
     assert second.count('<tr data-kind="') == 11  # 10 spends and the grant
     assert 'rel="next"' not in second
-    grants = client.get("/transactions?kind=grant").text
+    grants = client.get("/history?kind=grant").text
     assert grants.count('<tr data-kind="grant"') == 1 and 'data-kind="spend"' not in grants
-    assert client.get("/transactions?kind=nonsense").status_code == 200  # shows everything
+    assert client.get("/history?kind=nonsense").status_code == 200  # shows everything
 
 
 def test_csv_exports_the_filtered_view_and_defuses_formulas(
@@ -74,8 +72,8 @@ def test_csv_exports_the_filtered_view_and_defuses_formulas(
     user = new_user(client)
     _grant(db, user, 100, "g1", reason="=HYPERLINK('http://evil')")
     _spend(db, user, 30, "s1", description="image generation")
-    exported = client.get("/transactions.csv")
-    assert exported.headers["content-disposition"] == 'attachment; filename="transactions.csv"'
+    exported = client.get("/history.csv")
+    assert exported.headers["content-disposition"] == 'attachment; filename="history.csv"'
     assert exported.text.startswith("\ufeffdate_utc,")  # a BOM: spreadsheets read UTF-8
     rows = list(csv.DictReader(io.StringIO(exported.text.removeprefix("\ufeff"))))
     assert [(r["kind"], r["tokens"], r["balance_after"]) for r in rows] == [
@@ -83,14 +81,14 @@ def test_csv_exports_the_filtered_view_and_defuses_formulas(
         ("grant", "100", "100"),
     ]
     assert rows[1]["description"] == "'=HYPERLINK('http://evil')"
-    spends = client.get("/transactions.csv?kind=spend")
-    assert 'filename="transactions-spend.csv"' in spends.headers["content-disposition"]
+    spends = client.get("/history.csv?kind=spend")
+    assert 'filename="history-spend.csv"' in spends.headers["content-disposition"]
     spent = csv.DictReader(io.StringIO(spends.text.removeprefix("\ufeff")))
     assert [(r["kind"], r["description"]) for r in spent] == [("spend", "image generation")]
 
 
 def test_wallet_pages_need_a_session(client: TestClient) -> None:
-    for path in ("/dashboard", "/transactions", "/transactions.csv", "/account"):
+    for path in ("/dashboard", "/history", "/history.csv", "/account"):
         response = client.get(path, follow_redirects=False)
         assert response.status_code == 303
         assert response.headers["location"] == f"/login?next={path}"
@@ -106,3 +104,14 @@ def test_fragments_render_the_current_balance(client: TestClient, db: Database) 
     assert "<html" not in widget.text
     card = client.get("/fragments/balance-card")
     assert 'id="balance-card"' in card.text and "data-low-balance" in card.text
+
+
+def test_the_history_keeps_its_earlier_address(client: TestClient) -> None:
+    new_user(client)
+    for old, new in (
+        ("/transactions", "/history"),
+        ("/transactions?kind=spend&before=9", "/history?kind=spend&before=9"),
+        ("/transactions.csv?kind=grant", "/history.csv?kind=grant"),
+    ):
+        moved = client.get(old, follow_redirects=False)
+        assert moved.status_code == 308 and moved.headers["location"] == new

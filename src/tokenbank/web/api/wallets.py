@@ -21,17 +21,17 @@ from tokenbank.db import Database
 from tokenbank.web.api.responses import PROBLEMS, SPEND_PROBLEMS
 from tokenbank.web.auth import authorize
 from tokenbank.web.deps import Cursor, DatabaseDep, Kinds, Reader, RowId, Spender, UserId
-from tokenbank.web.exports import history_csv, plain_description
+from tokenbank.web.exports import history_csv_lines, plain_description
 from tokenbank.web.routing import StrictRoute
 from tokenbank.web.runtime import runtime
 from tokenbank.web.schemas import (
     BalanceOut,
+    HistoryOut,
     ReceiptOut,
     RefundIn,
     SpendIn,
-    TransactionsOut,
     receipt_out,
-    transaction_out,
+    transfer_out,
 )
 
 router = APIRouter(prefix="/api/v1", responses=PROBLEMS, route_class=StrictRoute, tags=["tokens"])
@@ -140,16 +140,18 @@ def refund(transfer_id: RowId, body: RefundIn, _: Spender, db: DatabaseDep) -> R
     return receipt_out(receipt)
 
 
-@router.get("/users/{user_id}/transactions")
-def transactions(
+@router.get("/users/{user_id}/history")
+@router.get("/users/{user_id}/transactions", deprecated=True)
+def history(
     user_id: UserId,
     _: Reader,
     db: DatabaseDep,
     kind: Kinds = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Cursor = None,
-) -> TransactionsOut:
-    """Newest first, in pages that stay stable while new transactions arrive."""
+) -> HistoryOut:
+    """The wallet's transfers, newest first, in pages that stay stable while new ones
+    arrive. (``/transactions``, its earlier name, stays as a deprecated alias.)"""
     with db.read() as conn:
         page = ledger.history(
             conn,
@@ -158,23 +160,30 @@ def transactions(
             before=None if cursor is None else int(cursor),
             kinds=kind,
         )
-    return TransactionsOut(
-        items=[transaction_out(item) for item in page.items],
+    return HistoryOut(
+        items=[transfer_out(item) for item in page.items],
         next_cursor=None if page.next_cursor is None else str(page.next_cursor),
     )
 
 
 @router.get(
-    "/users/{user_id}/transactions.csv",
+    "/users/{user_id}/history.csv",
     response_class=StreamingResponse,
     responses={200: {"content": {"text/csv": {}}}},
 )
-def transactions_csv(
+@router.get(
+    "/users/{user_id}/transactions.csv",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {}}}},
+    deprecated=True,
+)
+def history_csv(
     user_id: UserId, _: Reader, db: DatabaseDep, kind: Kinds = None
 ) -> StreamingResponse:
-    """Every transaction as CSV (the pages' export's columns), newest first, streamed."""
-    lines = history_csv(db, user_id=user_id, kinds=kind, describe=plain_description)
-    filename = f"transactions-{user_id}.csv".replace('"', "")
+    """Every transfer of the wallet as CSV (the pages' export's columns), newest first,
+    streamed."""
+    lines = history_csv_lines(db, user_id=user_id, kinds=kind, describe=plain_description)
+    filename = f"history-{user_id}.csv".replace('"', "")
     return StreamingResponse(
         lines,
         media_type="text/csv; charset=utf-8",

@@ -5,6 +5,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from tokenbank.web.pages import accounts, admin, buying, wallet
+from tokenbank.web.pages import admin, buying, users, wallet
 
-ROUTERS: tuple[APIRouter, ...] = (accounts.router, wallet.router, buying.router, admin.router)
+ROUTERS: tuple[APIRouter, ...] = (users.router, wallet.router, buying.router, admin.router)

@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from starlette.concurrency import run_in_threadpool
 
 from tokenbank import billing
-from tokenbank.billing import Billing
+from tokenbank.billing import Billing, PurchaseFlow
 from tokenbank.db import Database
 from tokenbank.errors import TokenbankError
 from tokenbank.web.deps import BillingDep, Lang, PagesDep, QueryRowId, RuntimeDep, Visitor
@@ -90,7 +90,7 @@ async def buy(
         )
     headers = buying_headers(seller)
     try:
-        if seller.flow == "embedded":
+        if seller.flow is PurchaseFlow.PAYMENT_INTENT:
             started = await run_in_threadpool(
                 partial(
                     billing.start_payment,

@@ -1,4 +1,4 @@
-"""The signed-in user's wallet pages: dashboard, transactions (with CSV export) and the
+"""The signed-in user's wallet pages: dashboard, history (with CSV export) and the
 fragments htmx refreshes every 10 seconds (the header widget and the balance card)."""
 
 from __future__ import annotations
@@ -6,13 +6,13 @@ from __future__ import annotations
 from functools import partial
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from tokenbank import billing, ledger
 from tokenbank.db import Database
 from tokenbank.web.deps import DatabaseDep, Lang, PagesDep, PageUser, QueryRowId, Visitor
-from tokenbank.web.exports import history_csv, history_page
+from tokenbank.web.exports import history_csv_lines, history_page
 from tokenbank.web.routing import PageRoute
 from tokenbank.web.security import PAGE_HEADERS
 from tokenbank.web.texts import describe
@@ -59,8 +59,8 @@ async def dashboard(
     )
 
 
-@router.get("/transactions")
-async def transactions(
+@router.get("/history")
+async def history(
     request: Request,
     *,
     user: PageUser,
@@ -75,7 +75,7 @@ async def transactions(
     )
     return await pages.render(
         request,
-        "transactions.html",
+        "history.html",
         items=page.items,
         next_cursor=page.next_cursor,
         kind=kinds[0].value if kinds else "",
@@ -83,17 +83,17 @@ async def transactions(
     )
 
 
-@router.get("/transactions.csv")
-async def transactions_csv(
+@router.get("/history.csv")
+async def history_csv(
     user: PageUser, lang: Lang, pages: PagesDep, db: DatabaseDep, kind: str | None = None
 ) -> Response:
-    """Every transaction of the filtered view, newest first, described as the pages
+    """Every transfer of the filtered view, newest first, described as the pages
     describe them."""
     kinds = _kinds(kind)
-    name = f"transactions-{kinds[0].value}.csv" if kinds else "transactions.csv"
+    name = f"history-{kinds[0].value}.csv" if kinds else "history.csv"
     lines = await run_in_threadpool(
         partial(
-            history_csv,
+            history_csv_lines,
             db,
             user_id=user.user_id,
             kinds=kinds,
@@ -122,6 +122,16 @@ async def _fragment(request: Request, visitor: Visitor, pages: PagesDep, templat
     if wallet is None:
         return Response(status_code=STOP_POLLING, headers=PAGE_HEADERS)
     return await pages.render(request, template, wallet=wallet, balance=wallet)
+
+
+@router.get("/transactions")
+@router.get("/transactions.csv")
+async def moved(request: Request) -> Response:
+    """The history's earlier address: bookmarks and old links still arrive."""
+    target = request.url.path.replace("/transactions", "/history", 1)
+    if request.url.query:
+        target += "?" + request.url.query
+    return RedirectResponse(target, status_code=308, headers=PAGE_HEADERS)
 
 
 def _kinds(kind: str | None) -> list[ledger.TransferKind]:

@@ -70,7 +70,7 @@
     });
 
     // The pricing page: buy buttons start a purchase without leaving the page, then go to
-    // Stripe Checkout, or (embedded flow) open the card form in a modal.
+    // Stripe Checkout, or (payment_intent flow) open the card form in a modal.
     Alpine.data("shop", function () {
       return {
         open: false, paying: false, done: false, busy: false,

@@ -1,7 +1,7 @@
-"""The pages behind a browser session: sign-up, sign-in, sign-out, account, language and
-portal links. Each handler parses the form, checks limits, calls one service function and
-renders or redirects (303, so a reload never resubmits); CSRF is checked before it runs
-(``PageRoute``)."""
+"""A user's own pages: sign-up, sign-in, sign-out, their settings (the "Account" page),
+the language menu and portal links. Each handler parses the form, checks limits, calls one
+service function and renders or redirects (303, so a reload never resubmits); CSRF is
+checked before it runs (``PageRoute``)."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ async def login(
 
     def sign_in() -> str:  # one trip to the thread pool: the limits, then the password
         parts.throttle.hit("login_ip", ip)
-        parts.throttle.hit("login_account", email.strip().lower())
+        parts.throttle.hit("login_email", email.strip().lower())
         return identity.sign_in(
             parts.db,
             email=email,
@@ -212,7 +212,7 @@ async def change_password(
     current_password: Secret = "",
 ) -> Response:
     try:
-        await run_in_threadpool(parts.throttle.hit, "login_account", user.email or user.user_id)
+        await run_in_threadpool(parts.throttle.hit, "login_email", user.email or user.user_id)
         await run_in_threadpool(
             identity.change_password,
             parts.db,

@@ -12,11 +12,12 @@ from fastapi.testclient import TestClient
 from tests.stripe_emulator import EmulatorServer, make_billing
 from tests.web.browsing import form_token, sign_up, signed_in_user
 from tests.web.conftest import PASSWORDS, SETTINGS
+from tokenbank.billing import PurchaseFlow
 from tokenbank.db import Database
 from tokenbank.web.app import create_app
 
 
-def _browser(db: Database, emulator: EmulatorServer, flow: str) -> TestClient:
+def _browser(db: Database, emulator: EmulatorServer, flow: PurchaseFlow) -> TestClient:
     emulator.reset()
     app = create_app(
         SETTINGS, db=db, passwords=PASSWORDS, seller=make_billing(emulator.url, flow=flow)
@@ -26,7 +27,7 @@ def _browser(db: Database, emulator: EmulatorServer, flow: str) -> TestClient:
 
 @pytest.fixture
 def browser(db: Database, emulator_server: EmulatorServer) -> Iterator[TestClient]:
-    with _browser(db, emulator_server, "checkout") as client:
+    with _browser(db, emulator_server, PurchaseFlow.CHECKOUT) as client:
         yield client
 
 
@@ -85,7 +86,7 @@ def test_buying_needs_a_session_and_a_csrf_token(browser: TestClient) -> None:
 def test_the_embedded_form_loads_stripe_js_from_the_emulator(
     db: Database, emulator_server: EmulatorServer
 ) -> None:
-    with _browser(db, emulator_server, "embedded") as browser:
+    with _browser(db, emulator_server, PurchaseFlow.PAYMENT_INTENT) as browser:
         sign_up(browser)
         user_id = signed_in_user(browser)
         token = form_token(browser, "/pricing")
@@ -128,7 +129,7 @@ def test_the_success_page_waits_for_stripe_then_shows_the_tokens(
 def test_buying_answers_json_for_the_pricing_page_script(
     db: Database, emulator_server: EmulatorServer
 ) -> None:
-    with _browser(db, emulator_server, "embedded") as client:
+    with _browser(db, emulator_server, PurchaseFlow.PAYMENT_INTENT) as client:
         sign_up(client)
         token = form_token(client, "/pricing")
         json_headers = {"Accept": "application/json", "Accept-Language": "zh-CN"}

@@ -27,7 +27,7 @@ from tokenbank.payments.stripe import Refund
 REFUND_UNDONE = frozenset({"failed", "canceled"})
 
 
-def apply_refund(
+def apply_payment_refund(
     conn: Connection, *, purchase_id: int, refund: Refund, outcome: Outcome, now: datetime
 ) -> None:
     """Claw back a succeeded refund's share once, or reverse one that failed since."""

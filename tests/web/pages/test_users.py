@@ -124,7 +124,7 @@ def test_password_change_signs_out_other_browsers(client: TestClient) -> None:
     assert sign_in(client, "ann@example.com", "a brand new secret").status_code == 303
 
 
-def test_brute_force_is_slowed_per_account(client: TestClient) -> None:
+def test_brute_force_is_slowed_per_email(client: TestClient) -> None:
     sign_up(client)
     client.cookies.clear()
     statuses = [sign_in(client, "ann@example.com", f"guess {n:04d}").status_code for n in range(10)]
@@ -190,8 +190,8 @@ def test_a_user_reads_only_their_own_tokens(
     assert own.status_code == 200 and own.json()["user_id"] == ann
     for path in (
         f"/api/v1/users/{bob}/balance",
-        f"/api/v1/users/{bob}/transactions",
-        f"/api/v1/users/{bob}/transactions.csv",
+        f"/api/v1/users/{bob}/history",
+        f"/api/v1/users/{bob}/history.csv",
         "/api/v1/users/nobody/balance",
     ):
         response = client.get(path)

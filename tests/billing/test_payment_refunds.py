@@ -170,7 +170,7 @@ def test_reconcile_closes_a_dispute_whose_events_were_lost(store: Store) -> None
 
 
 def _history_kinds(store: Store) -> list[str]:
-    answer = store.api.get("/api/v1/users/alice/transactions")
+    answer = store.api.get("/api/v1/users/alice/history")
     return [item["kind"] for item in answer.json()["items"]]
 
 
