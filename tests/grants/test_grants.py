@@ -32,12 +32,11 @@ def test_a_grant_credits_once_is_audited_and_logged(db: Database) -> None:
         item = ledger.history(conn, user_id="ann", limit=1).items[0]
     assert [(a.actor, a.action, a.reason) for a in actions] == [("cli:op", "grant", "welcome")]
     assert item.description == "welcome" and item.metadata == {"granted_by": "cli:op"}
-    credited = [line for line in lines if line["event"] == "credited"]
+    credited = [line for line in lines if line["event"] == "grant_credited"]
     assert credited == [
         {
-            "event": "credited",
+            "event": "grant_credited",
             "log_level": "info",
-            "kind": "grant",
             "user_id": "ann",
             "tokens": 50,
             "transfer_id": first.transfer_id,

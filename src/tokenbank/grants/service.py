@@ -53,8 +53,7 @@ def grant(
             )
     if not receipt.replayed:
         log.info(
-            "credited",
-            kind="grant",
+            "grant_credited",
             user_id=user_id,
             tokens=receipt.amount,
             transfer_id=receipt.transfer_id,

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from structlog.testing import capture_logs
 
 from tests.web.api.calls import grant_tokens, problem_of, put_user
 
@@ -199,3 +200,18 @@ def test_the_history_answers_at_its_earlier_address_too(
     schema = client.get("/openapi.json").json()["paths"]
     assert schema["/api/v1/users/{user_id}/transactions"]["get"]["deprecated"] is True
     assert "deprecated" not in schema["/api/v1/users/{user_id}/history"]["get"]
+
+
+def test_a_large_spend_gets_a_log_line_of_its_own(
+    client: TestClient, admin: dict[str, str], spender: dict[str, str]
+) -> None:
+    put_user(client, spender)
+    grant_tokens(client, admin, 30_000)
+    with capture_logs() as lines:
+        for amount, key in ((9_999, "small"), (10_000, "large"), (10_000, "large")):
+            body = {"amount": amount, "idempotency_key": key}
+            client.post("/api/v1/users/alice/spend", json=body, headers=spender)
+    spent = [line for line in lines if line["event"] == "tokens_spent"]
+    assert [(line["user_id"], line["tokens"], line["balance"]) for line in spent] == [
+        ("alice", 10_000, 10_001)
+    ]

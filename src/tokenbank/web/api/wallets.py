@@ -107,7 +107,7 @@ async def spend(user_id: UserId, body: SpendIn, request: Request) -> JSONRespons
         parts.metrics.tokens_spent.inc(receipt.amount)
         if 0 < parts.large_spend <= receipt.amount:
             log.info(
-                "spent",
+                "tokens_spent",
                 user_id=user_id,
                 tokens=receipt.amount,
                 transfer_id=receipt.transfer_id,
