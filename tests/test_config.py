@@ -96,6 +96,7 @@ def test_a_card_form_needs_the_publishable_key() -> None:
 
 def test_the_login_limit_keeps_its_earlier_name() -> None:
     assert _settings().login_limit_per_email == "10/10 minutes"
+    assert _settings(login_limit_per_email="2/minute").login_limit_per_email == "2/minute"
     earlier = _settings(TOKENBANK_LOGIN_LIMIT_PER_ACCOUNT="3/minute")
     assert earlier.login_limit_per_email == "3/minute"
     assert _settings(TOKENBANK_LOGIN_LIMIT_PER_EMAIL="4/minute").login_limit_per_email == "4/minute"

@@ -37,6 +37,8 @@ __all__ = [
     "RateLimited",
     "Receipt",
     "TokenBank",
+    "Transaction",
+    "TransactionPage",
     "Transfer",
     "Unauthorized",
 ]
@@ -159,6 +161,11 @@ class Transfer:
 class HistoryPage:
     items: list[Transfer]
     next_cursor: str | None
+
+
+#: The earlier names of ``Transfer`` and ``HistoryPage``, kept for code that imports them.
+Transaction = Transfer
+TransactionPage = HistoryPage
 
 
 @dataclass(frozen=True, slots=True)

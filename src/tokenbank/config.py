@@ -25,7 +25,11 @@ class Settings(BaseSettings):
     """
 
     model_config = SettingsConfigDict(
-        env_prefix="TOKENBANK_", env_file=".env", extra="ignore", frozen=True
+        env_prefix="TOKENBANK_",
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
     )
 
     env: Literal["development", "production"] = "development"
@@ -49,7 +53,6 @@ class Settings(BaseSettings):
     login_limit_per_email: str = Field(
         default="10/10 minutes",
         validation_alias=AliasChoices(
-            "login_limit_per_email",
             "TOKENBANK_LOGIN_LIMIT_PER_EMAIL",
             "TOKENBANK_LOGIN_LIMIT_PER_ACCOUNT",  # its earlier name
         ),

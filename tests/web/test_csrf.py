@@ -12,9 +12,10 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
-from tests.web.browsing import form_token, sign_up
+from tests.web.browsing import form_token, sign_in, sign_up, signed_in_user
 from tests.web.conftest import PASSWORDS, SETTINGS
 from tests.web.routes import PATH_VALUES, api_routes
+from tokenbank import identity
 from tokenbank.db import Database
 from tokenbank.models import metadata
 from tokenbank.web.app import create_app
@@ -75,6 +76,9 @@ def test_every_unsafe_page_route_refuses_a_missing_or_foreign_token(
     ):
         assert sign_up(ann).status_code == 303
         assert sign_up(eve, "eve@example.com").status_code == 303
+        # Ann is an admin: the admin forms must refuse her for the token alone.
+        with db.transaction() as conn:
+            identity.set_admin(conn, user_id=signed_in_user(ann), admin=True)
         foreign = form_token(eve, "/account")  # valid, but for Eve's session
         own = form_token(ann, "/account")
         pages = [(r, m) for r, m in _unsafe_routes(app) if isinstance(r, PageRoute)]
@@ -97,3 +101,14 @@ def test_every_unsafe_page_route_refuses_a_missing_or_foreign_token(
                 assert answer.status_code == 403, (method, url, attempt, answer.text[:200])
         assert _rows(db) == before  # nothing written, nobody signed in or out
         assert ann.get("/account").status_code == 200  # still signed in: /logout refused
+        # With her own token, every one of these forms gets past the check (whatever the
+        # route then answers): the refusals above were the token's doing.
+        for route, method in pages:
+            url = route.path.format(**PATH_VALUES)
+            data = {**FORMS.get(route.path, {}), "csrf_token": own}
+            answer = ann.request(method, url, data=data, follow_redirects=False)
+            assert answer.status_code != 403, (method, url, answer.text[:200])
+            if route.path in {"/logout", "/login", "/register"}:  # sessions change: sign in
+                ann.cookies.clear()
+                assert sign_in(ann, "ann@example.com").status_code == 303
+                own = form_token(ann, "/account")

@@ -21,7 +21,7 @@ from tokenbank.billing.outcomes import Outcome
 from tokenbank.billing.purchases import ClawbackPolicy, Purchase, lock_purchase, to_purchase
 from tokenbank.columns import utcnow
 from tokenbank.db import Database
-from tokenbank.errors import NothingToReview
+from tokenbank.errors import InvalidArgument, NothingToReview
 
 #: What an admin may decide, by whether the flagged purchase is ``needs_review`` (nothing
 #: credited) or a credited purchase Stripe does not show as paid.
@@ -103,7 +103,7 @@ def resolve_review(
             raise NothingToReview(purchase_id)
         allowed = REVIEW_DECISIONS[purchase.status is PurchaseStatus.NEEDS_REVIEW]
         if decision not in allowed:
-            raise ledger.InvalidArgument(
+            raise InvalidArgument(
                 "decision", f"for this purchase: {' or '.join(d.value for d in allowed)}"
             )
         audit.record(

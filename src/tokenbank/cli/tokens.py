@@ -52,10 +52,16 @@ def spend(
     description: Annotated[str | None, typer.Option(help="What the tokens paid for.")] = None,
 ) -> None:
     """Spend AMOUNT tokens of USER_ID; fails, changing nothing, if they are not there."""
+    log_from = context(ctx).settings.log_spends_from
     receipt = run(
         ctx,
         lambda conn: ledger.spend(
-            conn, user_id=user_id, amount=amount, idempotency_key=key, description=description
+            conn,
+            user_id=user_id,
+            amount=amount,
+            idempotency_key=key,
+            description=description,
+            log_from=log_from,
         ),
     )
     note = " (already spent with this key; nothing changed)" if receipt.replayed else ""

@@ -28,7 +28,9 @@ def grant(
     A grant is a decision about money, so it needs a reason, is audited (who, why) in the
     transaction that credits, and is given only to a user tokenbank knows: a typo in a user
     id must not open a wallet nobody owns. ``actor`` names who decided (``user:<id>``,
-    ``api_key:<id>``, ``cli:<login>``). A replay returns the first receipt and writes nothing.
+    ``api_key:<id>``, ``cli:<login>``); it is kept in the audit log, not on the transfer, so a
+    retry with the same key is a replay whoever sends it. A replay returns the first receipt
+    and writes nothing.
     """
     reason = audit.check_reason(reason)
     with db.transaction(wallet=user_id) as conn:
@@ -40,7 +42,7 @@ def grant(
             kind=ledger.TransferKind.GRANT,
             idempotency_key=idempotency_key,
             description=reason,
-            metadata={**(metadata or {}), "granted_by": actor},
+            metadata=metadata,
         )
         if not receipt.replayed:
             audit.record(

@@ -20,6 +20,7 @@ from tokenbank import users
 from tokenbank.columns import utcnow
 from tokenbank.db import Database
 from tokenbank.errors import (
+    EmailTaken,
     InvalidArgument,
     InvalidCredentials,
     InvalidPortalLink,
@@ -79,7 +80,7 @@ def register(
                 set_language(conn, user_id=user.id, language=language)
             token = open_session(conn, user_id=user.id, via="registration", ttl=session_ttl)
     except sa.exc.IntegrityError:  # a registration racing this one took the email
-        raise users.EmailTaken(email.strip().lower()) from None
+        raise EmailTaken(email.strip().lower()) from None
     return user, token
 
 

@@ -6,7 +6,8 @@ decides is that none of its own operations is ever half applied: one that writes
 one statement runs in ``atomic``, which adds nothing inside the caller's transaction and,
 in an ``autocommit()`` unit on PostgreSQL, commits that operation alone, as the one
 statement of a spend or a credit commits alone. So a ledger function may commit, but only
-ever a whole operation, and only where the caller chose ``autocommit()``.
+whole operations, and only where the caller chose ``autocommit()`` (``expire_holds``
+commits each wallet's releases as one such operation).
 
 This package imports nothing from the web, CLI, billing or payments packages.
 """

@@ -42,7 +42,7 @@ from tokenbank.ledger.inputs import (
     check_metadata,
     check_user_id,
 )
-from tokenbank.ledger.journal import Receipt, record_transfer
+from tokenbank.ledger.journal import Receipt, log_spent, record_transfer
 from tokenbank.ledger.models import (
     HoldKind,
     HoldStatus,
@@ -270,15 +270,25 @@ def _lock_hold(conn: Connection, hold_id: int) -> AnyRow:
 
 
 def post_hold(
-    conn: Connection, *, hold_id: int, amount: int, now: datetime | None = None
+    conn: Connection,
+    *,
+    hold_id: int,
+    amount: int,
+    now: datetime | None = None,
+    log_from: int = 0,
 ) -> Receipt:
     """Spend ``amount`` (at most the held amount) and release the rest of the hold.
 
-    Posting the same hold again with the same amount returns the first result.
+    Posting the same hold again with the same amount returns the first result. A posting of
+    at least ``log_from`` tokens (0: none) is logged (``tokens_spent``) once the caller's
+    unit of work commits it, as a spend is.
     """
     amount = check_amount(amount)
     with atomic(conn):
-        return _post(conn, hold_id=hold_id, amount=amount, now=now or utcnow())
+        receipt = _post(conn, hold_id=hold_id, amount=amount, now=now or utcnow())
+    if not receipt.replayed and 0 < log_from <= receipt.amount:
+        after_commit(conn, partial(log_spent, receipt))
+    return receipt
 
 
 def _post(conn: Connection, *, hold_id: int, amount: int, now: datetime) -> Receipt:
@@ -408,6 +418,7 @@ def _release(conn: Connection, pending: list[AnyRow], *, status: HoldStatus, now
     return len(released)
 
 
+# A freeze never expires here (it ends with its dispute): its deadline is FROZEN_UNTIL.
 _stale = (
     sa.select(holds.c.id, holds.c.account_id)
     .where(holds.c.status == HoldStatus.PENDING.value, holds.c.expires_at <= sa.bindparam("now"))

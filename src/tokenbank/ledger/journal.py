@@ -12,11 +12,14 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+import structlog
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from tokenbank.errors import IdempotencyConflict
 from tokenbank.ledger.models import TransferKind, entries, transfers
+
+log = structlog.get_logger("tokenbank.ledger")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,3 +103,15 @@ def record_transfer(
         ],
     )
     return int(transfer_id)
+
+
+def log_spent(receipt: Receipt) -> None:
+    """The line a large spend (a hold's posting included) gets. Callers write it only once
+    the spend has committed (``db.after_commit``), so it never tells of a rolled-back one."""
+    log.info(
+        "tokens_spent",
+        user_id=receipt.user_id,
+        tokens=receipt.amount,
+        transfer_id=receipt.transfer_id,
+        balance=receipt.balance,
+    )

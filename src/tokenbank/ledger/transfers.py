@@ -14,14 +14,16 @@ no-op by then) and explains it: a replay, a refusal, expired holds to release.
 from __future__ import annotations
 
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import psycopg
 import sqlalchemy as sa
+import structlog
 from sqlalchemy.engine import Connection
 
 from tokenbank.columns import utcnow
-from tokenbank.db import atomic
+from tokenbank.db import after_commit, atomic
 from tokenbank.errors import (
     InsufficientTokens,
     InvalidArgument,
@@ -33,7 +35,7 @@ from tokenbank.ledger.accounts import available_tokens, wallet_id
 from tokenbank.ledger.holds import release_expired
 from tokenbank.ledger.idempotency import Request, replay
 from tokenbank.ledger.inputs import check_amount, check_description, check_key, check_metadata
-from tokenbank.ledger.journal import Receipt, record_transfer
+from tokenbank.ledger.journal import Receipt, log_spent, record_transfer
 from tokenbank.ledger.models import SystemAccount, TransferKind, accounts, transfers
 from tokenbank.ledger.postings import (
     CREDIT_SOURCES,
@@ -43,6 +45,8 @@ from tokenbank.ledger.postings import (
     move,
     transfer_params,
 )
+
+log = structlog.get_logger("tokenbank.ledger")
 
 
 def credit(
@@ -84,9 +88,12 @@ async def try_spend(
     description: str | None = None,
     metadata: dict[str, Any] | None = None,
     now: datetime | None = None,
+    log_from: int = 0,
 ) -> Receipt | None:
     """A spend in one round trip on an autocommit asyncio connection (PostgreSQL), or None
-    when it was not applied: then call ``spend`` with the same arguments for the answer."""
+    when it was not applied: then call ``spend`` with the same arguments for the answer.
+    A spend of at least ``log_from`` tokens (0: none) is logged (``tokens_spent``): the
+    statement has committed by then, on its own."""
     request = Request.checked(
         key=idempotency_key,
         kind=TransferKind.SPEND,
@@ -108,13 +115,16 @@ async def try_spend(
     if not rows or rows[0][2] is None:
         return None
     _, balance, transfer_id = rows[0]
-    return Receipt(
+    receipt = Receipt(
         transfer_id=transfer_id,
         kind=TransferKind.SPEND,
         user_id=request.user_id,
         amount=amount,
         balance=balance,
     )
+    if 0 < log_from <= amount:
+        log_spent(receipt)
+    return receipt
 
 
 def spend(
@@ -127,9 +137,37 @@ def spend(
     metadata: dict[str, Any] | None = None,
     event_at: datetime | None = None,
     now: datetime | None = None,
+    log_from: int = 0,
 ) -> Receipt:
     """Take ``amount`` tokens from the wallet's available balance, or raise
-    ``InsufficientTokens`` and change nothing."""
+    ``InsufficientTokens`` and change nothing. A spend of at least ``log_from`` tokens (0:
+    none) is logged (``tokens_spent``) once the caller's unit of work commits it."""
+    receipt = _spend(
+        conn,
+        user_id=user_id,
+        amount=amount,
+        idempotency_key=idempotency_key,
+        description=description,
+        metadata=metadata,
+        event_at=event_at,
+        now=now,
+    )
+    if not receipt.replayed and 0 < log_from <= amount:
+        after_commit(conn, partial(log_spent, receipt))
+    return receipt
+
+
+def _spend(
+    conn: Connection,
+    *,
+    user_id: str,
+    amount: int,
+    idempotency_key: str,
+    description: str | None,
+    metadata: dict[str, Any] | None,
+    event_at: datetime | None,
+    now: datetime | None,
+) -> Receipt:
     request = Request.checked(
         key=idempotency_key,
         kind=TransferKind.SPEND,
@@ -177,7 +215,8 @@ def refund(
 ) -> Receipt:
     """Give back all or part of a spend (a failed generation, say), never more than it took.
 
-    With no ``amount``, refunds whatever of the spend has not been refunded yet.
+    With no ``amount``, refunds whatever of the spend has not been refunded yet. Each refund
+    is logged (``spend_refunded``) once the caller's unit of work commits it.
     """
     key = check_key(idempotency_key)
     if amount is not None:
@@ -187,7 +226,7 @@ def refund(
     now = now or utcnow()
 
     with atomic(conn):
-        return _refund(
+        receipt = _refund(
             conn,
             transfer_id=transfer_id,
             key=key,
@@ -196,6 +235,19 @@ def refund(
             metadata=metadata,
             now=now,
         )
+    if not receipt.replayed:
+        after_commit(
+            conn,
+            partial(
+                log.info,
+                "spend_refunded",
+                user_id=receipt.user_id,
+                tokens=receipt.amount,
+                transfer_id=receipt.transfer_id,
+                refund_of=transfer_id,
+            ),
+        )
+    return receipt
 
 
 def _refund(

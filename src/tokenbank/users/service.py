@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection
 from tokenbank import ledger
 from tokenbank.columns import utcnow
 from tokenbank.db import atomic
-from tokenbank.errors import EmailTaken, InvalidArgument, UserExists
+from tokenbank.errors import EmailTaken, InvalidArgument, UnknownUser, UserExists
 from tokenbank.ledger.inputs import check_user_id
 from tokenbank.users.models import users
 
@@ -73,7 +73,7 @@ def create_user(
 def get_user(conn: Connection, *, user_id: str) -> User:
     row = conn.execute(sa.select(users).where(users.c.id == user_id)).first()
     if row is None:
-        raise ledger.UnknownUser(user_id)
+        raise UnknownUser(user_id)
     return User(id=row.id, email=row.email, name=row.name, created_at=row.created_at)
 
 

@@ -85,8 +85,9 @@ Selling = Annotated[Billing, Depends(_selling)]
 # Who is asking: API keys (or, where said, the browser session of the user in the path).
 Reader = Annotated[ApiKey | SignedIn, Depends(requires(Scope.READ, signed_in_users=True))]
 KeyReader = Annotated[ApiKey, Depends(requires(Scope.READ))]
-Spender = Annotated[ApiKey | SignedIn, Depends(requires(Scope.SPEND))]
-Admin = Annotated[ApiKey | SignedIn, Depends(requires(Scope.ADMIN))]
+# Without ``signed_in_users``, ``requires`` answers with an API key only.
+Spender = Annotated[ApiKey, Depends(requires(Scope.SPEND))]
+Admin = Annotated[ApiKey, Depends(requires(Scope.ADMIN))]
 # Who is asking: pages. A page for users sends others to sign in; an admin page refuses
 # other users (403).
 Visitor = Annotated[SignedIn | None, Depends(_visitor)]

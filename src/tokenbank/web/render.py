@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from tokenbank import ledger
 from tokenbank.billing.catalog import Catalog
 from tokenbank.db import Database
-from tokenbank.errors import Unavailable
+from tokenbank.errors import Unavailable, UnknownUser
 from tokenbank.identity import SignedIn
 from tokenbank.identity.passwords import MIN_LENGTH
 from tokenbank.web import i18n
@@ -137,7 +137,7 @@ class Pages:
         with self.db.read() as conn:
             try:
                 return ledger.balance(conn, user_id=user_id)
-            except ledger.UnknownUser:
+            except UnknownUser:
                 return None
 
     async def require_user(self, request: Request) -> SignedIn:

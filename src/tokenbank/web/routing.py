@@ -167,8 +167,13 @@ class PageRoute(StrictRoute):
                 value = (await request.form()).get("csrf_token")
                 token = value if isinstance(value, str) else None
             if parts.browsers.csrf_valid(request, token):
-                return await handler(request)
-            await request.close()  # files of the form, never handed on
+                try:
+                    return await handler(request)
+                finally:
+                    # The form was read here: its files are closed here (FastAPI closes only
+                    # the forms of routes with form fields of their own).
+                    await request.close()
+            await request.close()
             lang = await parts.pages.language(request)
             detail = lang.gettext("This form has expired. Reload the page and try again.")
             if "application/json" in request.headers.get("accept", ""):

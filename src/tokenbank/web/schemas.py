@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
+from tokenbank.audit import MAX_REASON_LENGTH
 from tokenbank.ledger.inputs import MAX_AMOUNT, MAX_DESCRIPTION_LENGTH
 from tokenbank.ledger.models import MAX_KEY_LENGTH
 
@@ -106,7 +107,7 @@ class RefundIn(Body):
 
 class GrantIn(Body):
     amount: Amount
-    reason: Annotated[str, Field(min_length=1, max_length=MAX_DESCRIPTION_LENGTH)]
+    reason: Annotated[str, Field(min_length=1, max_length=MAX_REASON_LENGTH)]
     idempotency_key: Key
 
 

@@ -8,7 +8,7 @@ import re
 from fastapi.testclient import TestClient
 
 from tests.web.browsing import form_token, new_user
-from tokenbank import identity, ledger
+from tokenbank import audit, identity, ledger
 from tokenbank.db import Database
 
 
@@ -44,7 +44,9 @@ def test_admin_finds_a_user_and_grants_once_per_form(client: TestClient, db: Dat
     with db.read() as conn:
         assert ledger.balance(conn, user_id=user).total_granted == 250
         (item,) = ledger.history(conn, user_id=user).items
-    assert item.description == "support" and item.metadata == {"granted_by": f"user:{user}"}
+        (action,) = audit.actions_about(conn, subject=f"user:{user}")
+    assert item.description == "support" and item.metadata is None
+    assert action.actor.startswith("user:") and action.reason == "support"
     for amount, reason in (("0", "support"), ("ten", "support"), ("5", " ")):
         bad = client.post(
             f"/admin/users/{user}/grants",

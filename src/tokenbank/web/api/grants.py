@@ -6,7 +6,6 @@ from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from tokenbank import grants
-from tokenbank.apikeys import ApiKey
 from tokenbank.web.api.responses import PROBLEMS
 from tokenbank.web.deps import Admin, DatabaseDep, MetricsDep, UserId
 from tokenbank.web.routing import StrictRoute
@@ -20,7 +19,7 @@ async def grant(
     user_id: UserId, body: GrantIn, who: Admin, db: DatabaseDep, metrics: MetricsDep
 ) -> ReceiptOut:
     """Give free tokens to a known user (admin keys only), with a reason; audited."""
-    actor = f"api_key:{who.id}" if isinstance(who, ApiKey) else f"user:{who.user_id}"
+    actor = f"api_key:{who.id}"
     receipt = await run_in_threadpool(
         lambda: grants.grant(
             db,

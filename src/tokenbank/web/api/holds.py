@@ -7,7 +7,7 @@ from fastapi import APIRouter
 
 from tokenbank import ledger
 from tokenbank.web.api.responses import PROBLEMS, SPEND_PROBLEMS
-from tokenbank.web.deps import DatabaseDep, MetricsDep, RowId, RuntimeDep, Spender, UserId
+from tokenbank.web.deps import DatabaseDep, RowId, RuntimeDep, Spender, UserId
 from tokenbank.web.routing import StrictRoute
 from tokenbank.web.schemas import HoldIn, HoldOut, PostIn, ReceiptOut, hold_out, receipt_out
 
@@ -31,15 +31,15 @@ def create_hold(user_id: UserId, body: HoldIn, _: Spender, parts: RuntimeDep) ->
 
 
 @router.post("/holds/{hold_id}/post")
-def post_hold(
-    hold_id: RowId, body: PostIn, _: Spender, db: DatabaseDep, metrics: MetricsDep
-) -> ReceiptOut:
+def post_hold(hold_id: RowId, body: PostIn, _: Spender, parts: RuntimeDep) -> ReceiptOut:
     """Spend at most the held amount and release the rest. Repeating it is safe."""
-    with db.autocommit() as conn:
-        receipt = ledger.post_hold(conn, hold_id=hold_id, amount=body.amount)
+    with parts.db.autocommit() as conn:
+        receipt = ledger.post_hold(
+            conn, hold_id=hold_id, amount=body.amount, log_from=parts.large_spend
+        )
     if not receipt.replayed:
-        metrics.spends.inc()
-        metrics.tokens_spent.inc(receipt.amount)
+        parts.metrics.spends.inc()
+        parts.metrics.tokens_spent.inc(receipt.amount)
     return receipt_out(receipt)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import structlog
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
@@ -35,7 +34,6 @@ from tokenbank.web.schemas import (
 )
 
 router = APIRouter(prefix="/api/v1", responses=PROBLEMS, route_class=StrictRoute, tags=["tokens"])
-log = structlog.get_logger("tokenbank.spends")
 
 
 def _read_balance(db: Database, user_id: str) -> ledger.Balance:
@@ -43,7 +41,7 @@ def _read_balance(db: Database, user_id: str) -> ledger.Balance:
         return ledger.balance(conn, user_id=user_id)
 
 
-def _spend(db: Database, user_id: str, body: SpendIn) -> ledger.Receipt:
+def _spend(db: Database, user_id: str, body: SpendIn, log_from: int) -> ledger.Receipt:
     with db.autocommit(wallet=user_id) as conn:
         return ledger.spend(
             conn,
@@ -52,6 +50,7 @@ def _spend(db: Database, user_id: str, body: SpendIn) -> ledger.Receipt:
             idempotency_key=body.idempotency_key,
             description=body.description,
             metadata=body.metadata,
+            log_from=log_from,
         )
 
 
@@ -98,21 +97,14 @@ async def spend(user_id: UserId, body: SpendIn, request: Request) -> JSONRespons
                 idempotency_key=body.idempotency_key,
                 description=body.description,
                 metadata=body.metadata,
+                log_from=parts.large_spend,
             )
     if receipt is None:  # SQLite, or a replay, a refusal, holds to release...
-        receipt = await run_in_threadpool(_spend, parts.db, user_id, body)
+        receipt = await run_in_threadpool(_spend, parts.db, user_id, body, parts.large_spend)
     parts.faults.point("spend.committed")
     if not receipt.replayed:
         parts.metrics.spends.inc()
         parts.metrics.tokens_spent.inc(receipt.amount)
-        if 0 < parts.large_spend <= receipt.amount:
-            log.info(
-                "tokens_spent",
-                user_id=user_id,
-                tokens=receipt.amount,
-                transfer_id=receipt.transfer_id,
-                balance=receipt.balance,
-            )
     return JSONResponse(
         {
             "transfer_id": receipt.transfer_id,

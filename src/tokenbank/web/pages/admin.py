@@ -17,7 +17,13 @@ from starlette.concurrency import run_in_threadpool
 from tokenbank import billing, grants, ledger, users
 from tokenbank.billing.catalog import catalog_warnings
 from tokenbank.db import Database
-from tokenbank.errors import TokenbankError
+from tokenbank.errors import (
+    InvalidArgument,
+    PaymentsNotConfigured,
+    TokenbankError,
+    UnknownEvent,
+    UnknownUser,
+)
 from tokenbank.web.deps import (
     BillingDep,
     DatabaseDep,
@@ -74,7 +80,7 @@ async def admin_user(
         subject, balance, page, purchases = await run_in_threadpool(
             _user_overview, db, user_id, before
         )
-    except ledger.UnknownUser:
+    except UnknownUser:
         return await pages.render(
             request,
             "message.html",
@@ -214,7 +220,7 @@ async def admin_review(
     """Decide about a flagged purchase: one service call, audited."""
     try:
         if parts.billing is None:
-            raise billing.PaymentsNotConfigured("payments are not configured")
+            raise PaymentsNotConfigured("payments are not configured")
         await run_in_threadpool(
             partial(
                 billing.resolve_review,
@@ -294,7 +300,7 @@ async def admin_replay(
         )
     try:
         event = await _read(parts.db, billing.get_event, event_id=event_id)
-    except billing.UnknownEvent:
+    except UnknownEvent:
         return Response(status_code=404)
     response = await parts.pages.render(request, "fragments/webhook_row.html", e=event)
     # htmx shows the outcome as a toast (tokenbank.js listens for "tb:toast").
@@ -331,7 +337,7 @@ def _decision(value: str) -> billing.ReviewDecision:
     try:
         return billing.ReviewDecision(value)
     except ValueError:
-        raise ledger.InvalidArgument("decision", "choose one of the decisions offered") from None
+        raise InvalidArgument("decision", "choose one of the decisions offered") from None
 
 
 async def _read(db: Database, service: Callable[..., T], /, **arguments: Any) -> T:

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from tokenbank import billing
 from tokenbank.billing import Billing, PurchaseFlow
 from tokenbank.db import Database
-from tokenbank.errors import TokenbankError
+from tokenbank.errors import TokenbankError, UnknownPurchase
 from tokenbank.web.deps import BillingDep, Lang, PagesDep, QueryRowId, RuntimeDep, Visitor
 from tokenbank.web.i18n import Language
 from tokenbank.web.problems import problem, status_of
@@ -294,6 +294,6 @@ def _own_purchase(db: Database, purchase_id: int, user_id: str) -> billing.Purch
     with db.read() as conn:
         try:
             found = billing.get_purchase(conn, purchase_id=purchase_id)
-        except billing.UnknownPurchase:
+        except UnknownPurchase:
             return None
     return found if found.user_id == user_id else None

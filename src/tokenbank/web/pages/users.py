@@ -11,9 +11,9 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from tokenbank import identity, ledger
+from tokenbank import identity
 from tokenbank.db import Database
-from tokenbank.errors import TokenbankError, Unavailable
+from tokenbank.errors import InvalidArgument, InvalidPortalLink, TokenbankError, Unavailable
 from tokenbank.identity import InvalidCredentials, RateLimited
 from tokenbank.users.models import LANGUAGES
 from tokenbank.web import i18n
@@ -39,7 +39,7 @@ def client_ip(request: Request) -> str:
 def safe_next(path: str | None) -> str:
     try:
         return identity.check_next_path(path) if path else HOME
-    except ledger.InvalidArgument:
+    except InvalidArgument:
         return HOME
 
 
@@ -231,7 +231,7 @@ async def portal(request: Request, token: str, parts: RuntimeDep) -> Response:
     """A host app's one-time link: sign its user in and go where the link says."""
     try:
         session, next_path = await run_in_threadpool(_redeem, parts.db, parts.browsers, token)
-    except identity.InvalidPortalLink:
+    except InvalidPortalLink:
         lang = await parts.pages.language(request)
         return await parts.pages.render(
             request,

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from tokenbank import billing, ledger
 from tokenbank.db import Database
+from tokenbank.errors import UnknownPurchase
 from tokenbank.web.deps import DatabaseDep, Lang, PagesDep, PageUser, QueryRowId, Visitor
 from tokenbank.web.exports import history_csv_lines, history_page
 from tokenbank.web.routing import PageRoute
@@ -153,7 +154,7 @@ def _overview(
         if purchased is not None:
             try:
                 found = billing.get_purchase(conn, purchase_id=purchased)
-            except billing.UnknownPurchase:
+            except UnknownPurchase:
                 found = None
             if found and found.user_id == user_id and found.status is billing.PurchaseStatus.PAID:
                 bought = found
