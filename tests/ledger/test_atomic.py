@@ -26,6 +26,7 @@ import re
 import typing
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -180,7 +181,12 @@ class Probe:
     def call(self, name: str, *, refused: type[Exception] | None = None, **kwargs: Any) -> Any:
         function = getattr(ledger, name)
         if inspect.iscoroutinefunction(function):
-            return asyncio.run(self._call_async(name, function, kwargs))
+            # On a thread of its own: an earlier test may have left an event loop set on
+            # this one, and asyncio.run() refuses to start a loop beside it.
+            with ThreadPoolExecutor(1) as thread:
+                return thread.submit(
+                    lambda: asyncio.run(self._call_async(name, function, kwargs))
+                ).result()
         with self.db.autocommit(wallet="alice") as conn:
             with self.tracer.watch(conn.connection.driver_connection) as writes:
                 if refused is None:
