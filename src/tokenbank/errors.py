@@ -40,9 +40,20 @@ sentence in every language (``web/texts.py``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TypeVar
+
+T = TypeVar("T")
+
 
 class TokenbankError(Exception):
     code = "tokenbank_error"
+
+
+def nearest(table: Mapping[type[TokenbankError], T], exc: TokenbankError) -> T:
+    """What ``table`` says for the nearest class of ``exc`` (itself, else its family): the
+    lookup behind the HTTP status, exit status and page text tables."""
+    return next(table[kind] for kind in type(exc).__mro__ if kind in table)
 
 
 # --- what the operator set up ----------------------------------------------------------

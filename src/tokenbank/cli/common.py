@@ -73,7 +73,7 @@ EXIT_CODES: dict[type[TokenbankError], int] = {
 
 def exit_code(exc: TokenbankError) -> int:
     """The exit status of the nearest class of ``exc`` in ``EXIT_CODES``."""
-    return next(EXIT_CODES[kind] for kind in type(exc).__mro__ if kind in EXIT_CODES)
+    return errors.nearest(EXIT_CODES, exc)
 
 
 @dataclass

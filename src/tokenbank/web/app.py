@@ -30,6 +30,7 @@ from tokenbank.web.browser import Browsers
 from tokenbank.web.observe import AccessLog, Metrics, Observe
 from tokenbank.web.render import Pages, install_page_errors, unavailable_page
 from tokenbank.web.runtime import Runtime
+from tokenbank.web.security import buying_headers
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -120,6 +121,7 @@ def create_app(
         return_hosts=settings.return_hosts,
         large_spend=settings.log_spends_from,
         schema_head=migrations.head_revision(database),
+        buying_headers=buying_headers(seller),
         warnings=tuple(warnings),
     )
     app.state.runtime = parts

@@ -118,7 +118,7 @@ def problem(
 
 def status_of(exc: TokenbankError) -> int:
     """The status of the nearest class of ``exc`` in ``STATUS``."""
-    return next(STATUS[kind] for kind in type(exc).__mro__ if kind in STATUS)
+    return errors.nearest(STATUS, exc)
 
 
 UnavailablePage = Callable[[Request, Unavailable], Awaitable[Response]]

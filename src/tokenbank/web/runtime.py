@@ -42,6 +42,8 @@ class Runtime:
     large_spend: int
     #: The newest migration this version ships (read once: it does not change).
     schema_head: str | None
+    #: The buying pages' headers (a CSP that lets Stripe's origins in).
+    buying_headers: dict[str, str]
     #: What is configured to work only in part, said at start-up and by /readyz.
     warnings: tuple[str, ...] = ()
 

@@ -31,6 +31,15 @@ PAGE_HEADERS = {
 }
 
 
+def buying_headers(billing: Billing | None) -> dict[str, str]:
+    """The buying pages' headers: their policy also lets Stripe's origins in. Made once, at
+    start-up (``Runtime.buying_headers``)."""
+    return {
+        **PAGE_HEADERS,
+        "Content-Security-Policy": content_security_policy(stripe_sources(billing)),
+    }
+
+
 def stripe_sources(billing: Billing | None) -> str:
     """The origins Stripe's pages and Stripe.js live on, for the buying pages' CSP."""
     if billing is None:

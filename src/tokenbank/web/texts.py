@@ -145,7 +145,7 @@ def error_text(lang: Language, exc: TokenbankError) -> str:
         field = exc.field
         message = FIELD_TEXTS.get(field)
     if message is None:
-        message = next(ERROR_TEXTS[kind] for kind in type(exc).__mro__ if kind in ERROR_TEXTS)
+        message = errors.nearest(ERROR_TEXTS, exc)
     return lang.gettext(
         message,
         seconds=getattr(exc, "retry_after", ""),

@@ -16,12 +16,11 @@ from tokenbank import billing
 from tokenbank.billing import Billing, PurchaseFlow
 from tokenbank.db import Database
 from tokenbank.errors import TokenbankError, UnknownPurchase
-from tokenbank.web.deps import BillingDep, Lang, PagesDep, QueryRowId, RuntimeDep, Visitor
+from tokenbank.web.deps import BillingDep, Lang, QueryRowId, RuntimeDep, Visitor
 from tokenbank.web.i18n import Language
 from tokenbank.web.problems import problem, status_of
 from tokenbank.web.render import HOME, Pages, redirect
 from tokenbank.web.routing import PageRoute
-from tokenbank.web.security import PAGE_HEADERS, content_security_policy, stripe_sources
 from tokenbank.web.texts import error_text
 
 router = APIRouter(
@@ -31,14 +30,6 @@ router = APIRouter(
 MAX_POLLS = 30
 #: A Stripe id in the success page's query (cs_..., pi_...).
 StripeId = Annotated[str | None, Query(max_length=255, pattern=r"^[A-Za-z0-9_]+$")]
-
-
-def buying_headers(billing: Billing | None) -> dict[str, str]:
-    """The buying pages' headers: their policy also lets Stripe's origins in."""
-    return {
-        **PAGE_HEADERS,
-        "Content-Security-Policy": content_security_policy(stripe_sources(billing)),
-    }
 
 
 async def not_selling(pages: Pages, request: Request, lang: Language) -> Response:
@@ -52,18 +43,18 @@ async def not_selling(pages: Pages, request: Request, lang: Language) -> Respons
 
 
 @router.get("/pricing")
-async def pricing(request: Request, seller: BillingDep, pages: PagesDep, lang: Lang) -> Response:
+async def pricing(request: Request, seller: BillingDep, parts: RuntimeDep, lang: Lang) -> Response:
     if seller is None:
-        return await not_selling(pages, request, lang)
+        return await not_selling(parts.pages, request, lang)
     catalog = seller.catalog
     offers = [
         {"package": p, "savings": p.savings_against(catalog.base) if catalog.base else 0}
         for p in catalog.on_sale
     ]
-    return await pages.render(
+    return await parts.pages.render(
         request,
         "pricing.html",
-        headers=buying_headers(seller),
+        headers=parts.buying_headers,
         offers=offers,
         flow=seller.flow,
         stripe_js=seller.stripe.js_url,
@@ -88,7 +79,7 @@ async def buy(
         return await _cannot_buy(
             request, pages=parts.pages, lang=lang, selling=seller is not None, json=wants_json
         )
-    headers = buying_headers(seller)
+    headers = parts.buying_headers
     try:
         if seller.flow is PurchaseFlow.PAYMENT_INTENT:
             started = await run_in_threadpool(
@@ -105,6 +96,7 @@ async def buy(
             return await _card_form(
                 request,
                 pages=parts.pages,
+                headers=headers,
                 lang=lang,
                 seller=seller,
                 started=started,
@@ -162,6 +154,7 @@ async def _card_form(
     request: Request,
     *,
     pages: Pages,
+    headers: dict[str, str],
     lang: Language,
     seller: Billing,
     started: billing.PaymentStart,
@@ -171,7 +164,6 @@ async def _card_form(
     package = seller.catalog.find(purchase.package_id)
     name = package.localized_name(lang.tag) if package else purchase.package_id
     price = lang.money(purchase.amount, purchase.currency)
-    headers = buying_headers(seller)
     if wants_json:
         return JSONResponse(
             {
@@ -258,7 +250,7 @@ async def purchase_success(
     template = (
         "fragments/purchase_status.html" if request.headers.get("hx-request") else "purchase.html"
     )
-    return await parts.pages.render(request, template, headers=buying_headers(seller), **context)
+    return await parts.pages.render(request, template, headers=parts.buying_headers, **context)
 
 
 @router.get("/purchase/cancel")
@@ -279,7 +271,7 @@ async def purchase_cancel(
                 package = None
     # Its retry button goes to Stripe: the buying pages' policy.
     return await parts.pages.render(
-        request, "cancel.html", headers=buying_headers(seller), package=package
+        request, "cancel.html", headers=parts.buying_headers, package=package
     )
 
 
