@@ -17,6 +17,8 @@ REAL = {
     "stripe_secret_key": "sk_live_51Pq8rTzYxWvUtSrQpOnMlKjIh",
     "stripe_webhook_secret": "whsec_9aB3cD5eF7gH1iJ3kL5mN7oP9q",
     "public_url": "https://tokens.example",
+    "smtp_url": "smtp+starttls://tokenbank:Zq8pW3nV@mail.tokens.example:587",
+    "mail_from": "tokenbank <no-reply@tokens.example>",
 }
 
 
@@ -55,6 +57,8 @@ def test_production_accepts_real_secrets() -> None:
         ("stripe_secret_key", "sk_live_xxxxxxxxxxxxxxxx"),
         ("stripe_webhook_secret", "whsec_your_secret_here"),
         ("stripe_webhook_secret", None),
+        ("smtp_url", None),
+        ("mail_from", "tokenbank <tokenbank@localhost>"),
     ],
 )
 def test_production_refuses_missing_or_placeholder_secrets(field: str, value: str | None) -> None:

@@ -58,6 +58,12 @@ class Settings(BaseSettings):
         ),
     )
     register_limit_per_ip: str = "10/hour"
+    # Per address, whether or not it has an account (so a refusal tells nothing).
+    register_limit_per_email: str = "5/hour"
+    reset_limit_per_ip: str = "20/hour"
+    reset_limit_per_email: str = "5/hour"
+    # Mail a signed-in user asks for: the confirmation link again, a change of address.
+    mail_limit_per_user: str = "5/hour"
     rate_limit_storage: str = "database"
     # Wrong API keys from one address, past which it gets 429 without its keys being read.
     api_key_failure_limit_per_ip: str = "20/minute"
@@ -79,6 +85,15 @@ class Settings(BaseSettings):
     low_balance_threshold: int = Field(default=100, ge=0)
     #: A spend of at least this many tokens gets a log line of its own (0: none).
     log_spends_from: int = Field(default=10_000, ge=0)
+
+    # Mail (docs/pages.md): the SMTP server (smtp://, smtp+starttls:// or smtps://; none in
+    # development: mail is kept in the outbox and shown at /_dev/mail), the From address,
+    # whether each app process sends (``app``) or only ``tokenbank worker`` does
+    # (``worker``), and whether a new account confirms its address before it may buy.
+    smtp_url: SecretStr | None = None
+    mail_from: str = "tokenbank <tokenbank@localhost>"
+    mail_sender: Literal["app", "worker"] = "app"
+    verify_email: bool = True
 
     stripe_secret_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("STRIPE_SECRET_KEY")
@@ -150,6 +165,10 @@ def with_secrets(settings: Settings) -> Settings:
         ):
             if value is None or _stripe_placeholder(value.get_secret_value()):
                 problems.append(name)
+        if settings.smtp_url is None:
+            problems.append("TOKENBANK_SMTP_URL (sign-up and password resets need mail)")
+        if "@localhost" in settings.mail_from:
+            problems.append("TOKENBANK_MAIL_FROM (an address mail servers accept)")
         if settings.stripe_publishable_key is not None and _stripe_placeholder(
             settings.stripe_publishable_key
         ):

@@ -124,6 +124,27 @@ class InvalidArgument(TokenbankError):
         self.field = field
 
 
+class MixedScriptEmail(InvalidArgument):
+    """An address whose local part mixes scripts (``homoglyph`` with a Cyrillic "o")."""
+
+    code = "email_mixed_scripts"
+
+    def __init__(self) -> None:
+        super().__init__("email", "its name before the @ mixes letters of different scripts")
+
+
+class WeakPassword(InvalidArgument):
+    """A password long enough but too easy to guess; ``reason`` says why, as one of
+    ``REASONS`` (the pages word each in the user's language)."""
+
+    code = "weak_password"
+    REASONS = ("common", "personal", "keyboard", "repeat", "sequence", "date", "guessable")
+
+    def __init__(self, reason: str, field: str = "password") -> None:
+        super().__init__(field, f"too easy to guess ({reason})")
+        self.reason = reason
+
+
 class UnknownPackage(TokenbankError):
     code = "unknown_package"
 
@@ -307,6 +328,15 @@ class Forbidden(TokenbankError):
     code = "forbidden"
 
 
+class EmailNotVerified(Forbidden):
+    """The account's email address is not confirmed yet: it may read, not buy."""
+
+    code = "email_not_verified"
+
+    def __init__(self) -> None:
+        super().__init__("confirm your email address first")
+
+
 class RateLimited(TokenbankError):
     code = "rate_limited"
 
@@ -320,6 +350,16 @@ class InvalidPortalLink(TokenbankError):
 
     def __init__(self) -> None:
         super().__init__("this sign-in link is invalid, expired or already used")
+
+
+class InvalidEmailLink(TokenbankError):
+    """A link from a mail (confirm, reset, change of address) that is unknown, expired,
+    used, or outdated by a later change to the account."""
+
+    code = "invalid_email_link"
+
+    def __init__(self) -> None:
+        super().__init__("this link is invalid, expired or already used")
 
 
 # --- Stripe -------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from tokenbank.billing import models as billing_models
 from tokenbank.db import metadata
 from tokenbank.identity import models as identity_models
 from tokenbank.ledger import models as ledger_models
+from tokenbank.mail import models as mail_models
 from tokenbank.users import models as users_models
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "billing_models",
     "identity_models",
     "ledger_models",
+    "mail_models",
     "metadata",
     "users_models",
 ]

@@ -1,15 +1,21 @@
 """A browser's steps through the pages, for the tests of every package: a form's CSRF
-token, signing up and in, and who the session belongs to."""
+token, signing up (and following the link mailed to confirm the address), signing in, and
+who the session belongs to. Mail is read where development keeps it: the outbox."""
 
 from __future__ import annotations
 
+import email
+import email.policy
 import re
+from email.message import EmailMessage
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi.testclient import TestClient
 
-from tokenbank import identity
+from tokenbank import identity, mail
 from tokenbank.db import Database
+from tokenbank.users import emails
 
 PASSWORD = "correct horse battery"
 
@@ -22,13 +28,63 @@ def form_token(client: TestClient, path: str = "/login") -> str:
     return found.group(1)
 
 
-def sign_up(client: TestClient, email: str = "ann@example.com") -> Any:
+def sign_up(client: TestClient, email: str = "ann@example.com", password: str = PASSWORD) -> Any:
+    """The sign-up form sent: "check your inbox" (200), or the form again with an error."""
     token = form_token(client, "/register")
     return client.post(
         "/register",
-        data={"email": email, "password": PASSWORD, "csrf_token": token},
+        data={"email": email, "password": password, "csrf_token": token},
         follow_redirects=False,
     )
+
+
+def mails_to(client: TestClient, address: str) -> list[EmailMessage]:
+    """Every mail sent to ``address`` so far, oldest first, as the outbox kept it (the
+    app's sender is made to write what is due first)."""
+    runtime = client.app.state.runtime  # type: ignore[attr-defined]
+    assert runtime.mail is not None
+    runtime.mail.send_due()
+    with runtime.db.read() as conn:
+        rows = mail.recent(conn, to=emails.mailbox(address), limit=1000)
+    found = []
+    for row in reversed(rows):
+        if row.kept is not None:
+            message = email.message_from_string(row.kept, policy=email.policy.default)
+            assert isinstance(message, EmailMessage)
+            found.append(message)
+    return found
+
+
+def last_mail(client: TestClient, address: str) -> EmailMessage:
+    found = mails_to(client, address)
+    assert found, f"no mail to {address}"
+    return found[-1]
+
+
+def text_of(message: EmailMessage) -> str:
+    body = message.get_body(preferencelist=("plain",))
+    assert body is not None
+    return str(body.get_content())
+
+
+def link_in(message: EmailMessage, prefix: str) -> str:
+    """The path of the link in ``message`` that starts with ``prefix`` (``/verify/``)."""
+    for url in re.findall(r"https?://\S+", text_of(message)):
+        path = urlsplit(url).path
+        if path.startswith(prefix):
+            return path
+    raise AssertionError(f"no {prefix} link in {text_of(message)!r}")
+
+
+def follow(client: TestClient, path: str) -> Any:
+    """A link from a mail: its page, then its one button."""
+    token = form_token(client, path)
+    return client.post(path, data={"csrf_token": token}, follow_redirects=False)
+
+
+def confirm_address(client: TestClient, address: str) -> None:
+    answer = follow(client, link_in(last_mail(client, address), "/verify/"))
+    assert answer.status_code == 303, answer.text
 
 
 def sign_in(client: TestClient, email: str, password: str = PASSWORD) -> Any:
@@ -57,5 +113,9 @@ def session_user_id(client: TestClient, token: str) -> str:
 
 
 def new_user(client: TestClient, email: str = "ann@example.com") -> str:
-    assert sign_up(client, email).status_code == 303
+    """Sign up, confirm the address from the mail, sign in: the new user's id."""
+    answer = sign_up(client, email)
+    assert answer.status_code == 200 and "Check your inbox" in answer.text, answer.text
+    confirm_address(client, email)
+    assert sign_in(client, email).status_code == 303
     return signed_in_user(client)

@@ -9,7 +9,7 @@ import structlog
 import typer
 
 from tokenbank.cli import billing as billing_cli
-from tokenbank.cli import database, maintenance, service, tokens, users
+from tokenbank.cli import database, mail, maintenance, service, tokens, users
 from tokenbank.cli.common import Context
 from tokenbank.config import Settings
 from tokenbank.logs import configure_logging
@@ -28,6 +28,7 @@ app.add_typer(service.apikeys_app, name="apikeys")
 app.add_typer(billing_cli.packages_app, name="packages")
 app.add_typer(billing_cli.webhooks_app, name="webhooks")
 app.add_typer(billing_cli.purchases_app, name="purchases")
+app.add_typer(mail.mail_app, name="mail")
 for command in (
     users.sweep,
     tokens.grant,
@@ -36,6 +37,7 @@ for command in (
     tokens.balance,
     tokens.history,
     service.serve,
+    mail.worker,
     billing_cli.reconcile,
 ):
     app.command()(command)

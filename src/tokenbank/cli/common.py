@@ -28,6 +28,8 @@ err = Console(stderr=True, soft_wrap=True)
 EXIT_CODES: dict[type[TokenbankError], int] = {
     errors.TokenbankError: 1,
     errors.InvalidArgument: 2,
+    errors.MixedScriptEmail: 2,
+    errors.WeakPassword: 2,
     errors.UnknownPackage: 2,
     errors.InvalidSignature: 2,
     errors.InvalidEvent: 2,
@@ -66,7 +68,9 @@ EXIT_CODES: dict[type[TokenbankError], int] = {
     errors.InvalidApiKey: 13,
     errors.InvalidCredentials: 13,
     errors.Forbidden: 13,
+    errors.EmailNotVerified: 13,
     errors.InvalidPortalLink: 13,
+    errors.InvalidEmailLink: 13,
     errors.RateLimited: 14,
 }
 

@@ -1,7 +1,19 @@
-"""Who is signed in to the pages: passwords, server-side sessions, one-time portal links and
-the rate limits that slow password guessing. Calls ``users``; knows nothing of HTTP."""
+"""Who is signed in to the pages: passwords, server-side sessions, one-time portal links,
+the links mailed to confirm an address or reset a password, and the rate limits that slow
+password guessing. Calls ``users``; knows nothing of HTTP."""
 
 from tokenbank.errors import InvalidCredentials, InvalidPortalLink, RateLimited
+from tokenbank.identity.addresses import (
+    NotNeeded,
+    check_reset_link,
+    confirm_email_change,
+    link_token,
+    request_email_change,
+    request_reset,
+    request_verification,
+    reset_password,
+    verify_email,
+)
 from tokenbank.identity.passwords import Passwords
 from tokenbank.identity.service import (
     SignedIn,
@@ -11,6 +23,7 @@ from tokenbank.identity.service import (
     open_session,
     redeem_portal_link,
     register,
+    require_verified,
     revoke_session,
     revoke_sessions,
     session_user,
@@ -26,16 +39,25 @@ __all__ = [
     "DatabaseStorage",
     "InvalidCredentials",
     "InvalidPortalLink",
+    "NotNeeded",
     "Passwords",
     "RateLimited",
     "SignedIn",
     "Throttle",
     "change_password",
     "check_next_path",
+    "check_reset_link",
+    "confirm_email_change",
     "create_portal_link",
+    "link_token",
     "open_session",
     "redeem_portal_link",
     "register",
+    "request_email_change",
+    "request_reset",
+    "request_verification",
+    "require_verified",
+    "reset_password",
     "revoke_session",
     "revoke_sessions",
     "session_user",
@@ -45,4 +67,5 @@ __all__ = [
     "sign_in",
     "storage_for",
     "sweep",
+    "verify_email",
 ]

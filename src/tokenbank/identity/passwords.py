@@ -1,14 +1,29 @@
-"""Password hashing with argon2id (pwdlib)."""
+"""Passwords: how long, how hard to guess, and hashed with argon2id (pwdlib).
+
+A password is 8 to 128 characters long and must not be easy to guess: zxcvbn estimates the
+guesses an attacker who knows the common passwords, words, names, keyboard patterns, dates
+and the user's own email and name would need, and a password under 10^8 guesses (zxcvbn's
+score 3: "safely unguessable" for an online attacker, and a slow hash behind it) is refused
+with the pattern that gave it away. The upper bound keeps the estimate and the hash quick
+(zxcvbn's work grows with the length); 128 characters leave room for any passphrase and
+password manager.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
+from zxcvbn import zxcvbn
 
-from tokenbank.errors import InvalidArgument
+from tokenbank.errors import InvalidArgument, WeakPassword
 
-MIN_LENGTH = 10
-MAX_LENGTH = 256
+MIN_LENGTH = 8
+MAX_LENGTH = 128
+#: zxcvbn's score, 0 to 4, a password must reach: 3 is at least 10^8 guesses.
+MIN_SCORE = 3
 
 
 class Passwords:
@@ -23,7 +38,7 @@ class Passwords:
         self._decoy: str | None = None
 
     def hash(self, password: str) -> str:
-        return self._hash.hash(check_password(password))
+        return self._hash.hash(check_length(password))
 
     def verify(self, password: str, stored: str | None) -> tuple[bool, str | None]:
         """Whether ``password`` matches, and a new hash when the stored one is outdated."""
@@ -36,7 +51,53 @@ class Passwords:
         return self._hash.verify_and_update(password, stored)
 
 
-def check_password(password: object) -> str:
+def check_length(password: object, field: str = "password") -> str:
     if not isinstance(password, str) or not MIN_LENGTH <= len(password) <= MAX_LENGTH:
-        raise InvalidArgument("password", f"must be {MIN_LENGTH} to {MAX_LENGTH} characters long")
+        raise InvalidArgument(field, f"must be {MIN_LENGTH} to {MAX_LENGTH} characters long")
     return password
+
+
+def check_password(
+    password: object, *, personal: Iterable[str | None] = (), field: str = "password"
+) -> str:
+    """``password`` if it may be chosen, else ``InvalidArgument`` (its length) or
+    ``WeakPassword`` (why it is easy to guess). ``personal``: the user's email, name...
+    which an attacker would try first."""
+    password = check_length(password, field)
+    inputs = [part for value in personal if value for part in _pieces(value)]
+    estimate = zxcvbn(password, user_inputs=inputs, max_length=MAX_LENGTH)
+    if estimate["score"] < MIN_SCORE:
+        raise WeakPassword(_reason(estimate["sequence"]), field)
+    return password
+
+
+def _pieces(value: str) -> list[str]:
+    """An email counts whole and by its parts: ``ann.lee@example.com`` gives ``ann``, ..."""
+    lowered = value.lower()
+    parts = [lowered]
+    for separator in "@.+-_ ":
+        lowered = lowered.replace(separator, " ")
+    parts.extend(word for word in lowered.split() if len(word) >= 3)
+    return parts
+
+
+#: zxcvbn's patterns -> the reason the pages give, the first found in this order.
+_PATTERNS = (
+    ("user_inputs", "personal"),
+    ("passwords", "common"),
+    ("spatial", "keyboard"),
+    ("repeat", "repeat"),
+    ("sequence", "sequence"),
+    ("date", "date"),
+    ("regex", "date"),  # zxcvbn's one regex pattern is a recent year
+)
+
+
+def _reason(sequence: list[dict[str, Any]]) -> str:
+    found = {m.get("dictionary_name") or m.get("pattern") for m in sequence}
+    for pattern, reason in _PATTERNS:
+        if pattern in found:
+            return reason
+    if "dictionary" in {m.get("pattern") for m in sequence}:
+        return "common"  # an English word, a name, a word from television or Wikipedia
+    return "guessable"

@@ -20,14 +20,18 @@ from tokenbank import users
 from tokenbank.columns import utcnow
 from tokenbank.db import Database
 from tokenbank.errors import (
+    EmailNotVerified,
     EmailTaken,
     InvalidArgument,
     InvalidCredentials,
     InvalidPortalLink,
     UnknownUser,
 )
+from tokenbank.identity import links
 from tokenbank.identity.models import portal_links, rate_limits, sessions
-from tokenbank.identity.passwords import Passwords
+from tokenbank.identity.passwords import Passwords, check_password
+from tokenbank.mail import outbox
+from tokenbank.users import emails
 from tokenbank.users.models import LANGUAGES
 from tokenbank.users.models import users as users_table
 
@@ -46,6 +50,9 @@ class SignedIn:
     has_password: bool
     expires_at: datetime
     language: str | None = None  # chosen on the account page; None: the browser decides
+    #: Whether the account's address is confirmed (an account without one has nothing to
+    #: confirm: the host app vouches for it).
+    email_verified: bool = True
 
 
 def digest(token: str) -> str:
@@ -65,38 +72,92 @@ def register(
     email: str,
     password: str,
     passwords: Passwords,
-    session_ttl: timedelta,
+    language: str,
+    verify: bool = True,
     name: str | None = None,
-    language: str | None = None,
-) -> tuple[users.User, str]:
-    """Create a user who signs in with email and password; returns them and a session token.
-    ``language``: the pages' language the visitor chose before signing up, if any."""
-    hashed = passwords.hash(password)  # validates the password before anything is written
-    try:
-        with db.transaction() as conn:
-            user = users.create_user(conn, user_id=new_user_id(), email=email, name=name)
-            set_password(conn, user_id=user.id, password_hash=hashed)
-            if language is not None:
-                set_language(conn, user_id=user.id, language=language)
-            token = open_session(conn, user_id=user.id, via="registration", ttl=session_ttl)
-    except sa.exc.IntegrityError:  # a registration racing this one took the email
-        raise EmailTaken(email.strip().lower()) from None
-    return user, token
+    account_language: str | None = None,
+) -> str | None:
+    """Sign up with email and password: the new user's id, or None when the address, or
+    one that looks like it, already has an account. Either way a mail goes out (a link to
+    confirm the address, or word to the owner that someone tried to sign up with it), and
+    the caller must answer both alike: the answer must not tell an attacker which
+    addresses have accounts. ``verify``: whether the address must be confirmed before the
+    account buys; without, the mail is a welcome. ``language``: the mail's language (the
+    pages' at sign-up); ``account_language``: the one the visitor chose, kept for the
+    account (None: the browser decides)."""
+    address = emails.parse(email)
+    check_password(password, personal=(address.typed, name))
+    hashed = passwords.hash(password)
+    for _ in range(2):  # a registration racing this one for the address: look again
+        try:
+            with db.transaction() as conn:
+                return _register(
+                    conn,
+                    address=address,
+                    hashed=hashed,
+                    language=language,
+                    verify=verify,
+                    name=name,
+                    account_language=account_language,
+                )
+        except sa.exc.IntegrityError:
+            continue
+    raise EmailTaken(address.typed)
+
+
+def _register(
+    conn: Connection,
+    *,
+    address: users.Address,
+    hashed: str,
+    language: str,
+    verify: bool,
+    name: str | None,
+    account_language: str | None,
+) -> str | None:
+    owner = users.holder(conn, address)
+    if owner is not None:
+        # The same address (as its owner keeps it) or a look-alike of it (to whoever typed
+        # it: the look-alike's owner, or someone trying the owner's name).
+        same = emails.canonical(owner.email or "") == address.canonical
+        outbox.enqueue(
+            conn,
+            kind="registered_again" if same else "look_alike",
+            to=emails.mailbox(owner.email) if same and owner.email else address.mailbox,
+            language=language,
+            user_id=owner.id if same else None,
+        )
+        return None
+    user = users.create_user(
+        conn, user_id=new_user_id(), email=address.typed, name=name, email_verified=not verify
+    )
+    set_password(conn, user_id=user.id, password_hash=hashed)
+    if account_language is not None:
+        set_language(conn, user_id=user.id, language=account_language)
+    outbox.enqueue(
+        conn,
+        kind="verify" if verify else "welcome",
+        to=address.mailbox,
+        language=language,
+        user_id=user.id,
+    )
+    return user.id
 
 
 def sign_in(
     db: Database, *, email: str, password: str, passwords: Passwords, session_ttl: timedelta
 ) -> str:
-    """A new session token, or ``InvalidCredentials`` (the same for an unknown email)."""
-    email = email.strip().lower()
-    if "\x00" in email:  # no stored email has one, and PostgreSQL cannot compare it
-        raise InvalidCredentials
-    with db.read() as conn:
-        row = conn.execute(
-            sa.select(users_table.c.id, users_table.c.password_hash).where(
-                users_table.c.email == email
-            )
-        ).first()
+    """A new session token, or ``InvalidCredentials`` (the same for an unknown email, and
+    in about the same time: an unknown one is checked against a decoy hash)."""
+    canonical = emails.canonical(email)
+    row = None
+    if canonical is not None:
+        with db.read() as conn:
+            row = conn.execute(
+                sa.select(users_table.c.id, users_table.c.password_hash).where(
+                    users_table.c.email_canonical == canonical
+                )
+            ).first()
     matches, rehashed = passwords.verify(password, None if row is None else row.password_hash)
     if row is None or not matches:
         raise InvalidCredentials
@@ -120,10 +181,17 @@ def change_password(
             ).scalar()
         if not passwords.verify(current, stored)[0]:
             raise InvalidCredentials
+    check_password(new, personal=(signed_in.email, signed_in.name), field="new_password")
     hashed = passwords.hash(new)
     with db.transaction() as conn:
         set_password(conn, user_id=signed_in.user_id, password_hash=hashed)
         return revoke_sessions(conn, user_id=signed_in.user_id, keep=signed_in.session_id)
+
+
+def require_verified(signed_in: SignedIn, *, required: bool) -> None:
+    """``EmailNotVerified`` for an account that must confirm its address before it buys."""
+    if required and not signed_in.email_verified:
+        raise EmailNotVerified
 
 
 def set_password(conn: Connection, *, user_id: str, password_hash: str) -> None:
@@ -180,6 +248,7 @@ def session_user(conn: Connection, *, token: str, now: datetime | None = None) -
             users_table.c.is_admin,
             users_table.c.password_hash.is_not(None).label("has_password"),
             users_table.c.language,
+            users_table.c.email_verified_at,
         )
         .join(users_table, users_table.c.id == sessions.c.user_id)
         .where(
@@ -199,6 +268,7 @@ def session_user(conn: Connection, *, token: str, now: datetime | None = None) -
         has_password=bool(row.has_password),
         expires_at=row.expires_at,
         language=row.language,
+        email_verified=row.email is None or row.email_verified_at is not None,
     )
 
 
@@ -295,6 +365,7 @@ def sweep(conn: Connection, *, now: datetime | None = None) -> dict[str, int]:
                 sa.or_(sessions.c.expires_at <= now, sessions.c.revoked_at.is_not(None))
             )
         ).rowcount,
+        "email_links": links.sweep(conn, now=now),
         "rate_limits": conn.execute(
             sa.delete(rate_limits).where(rate_limits.c.expires_at <= now)
         ).rowcount,

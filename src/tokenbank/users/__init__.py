@@ -2,14 +2,26 @@
 users who sign in to tokenbank's pages. Calls the ledger to open their wallets."""
 
 from tokenbank.errors import EmailTaken, UserExists
-from tokenbank.users.service import User, create_user, find_users, get_user, upsert_user
+from tokenbank.users.emails import Address
+from tokenbank.users.service import (
+    User,
+    create_user,
+    email_columns,
+    find_users,
+    get_user,
+    holder,
+    upsert_user,
+)
 
 __all__ = [
+    "Address",
     "EmailTaken",
     "User",
     "UserExists",
     "create_user",
+    "email_columns",
     "find_users",
     "get_user",
+    "holder",
     "upsert_user",
 ]

@@ -14,7 +14,16 @@ users = sa.Table(
     metadata,
     # The host app's own id for the user; the wallet is keyed by the same string.
     sa.Column("id", sa.String(MAX_KEY_LENGTH), sa.ForeignKey("accounts.user_id"), primary_key=True),
-    sa.Column("email", sa.String(320), nullable=True, unique=True),  # stored lower-cased
+    # The address as typed (trimmed), where mail goes; users/emails.py explains the forms.
+    sa.Column("email", sa.String(320), nullable=True, unique=True),
+    # How the address is looked up: one account per canonical form, and per skeleton (one
+    # per group of addresses that look alike). None without an email, and for an account
+    # whose address collided with an older one's when the forms were introduced (0008).
+    sa.Column("email_canonical", sa.String(320), nullable=True, unique=True),
+    sa.Column("email_skeleton", sa.String(1000), nullable=True, unique=True),
+    # When the owner of the address followed a link sent to it (or the host app, which
+    # created the user through the API, vouched for it).
+    sa.Column("email_verified_at", UtcDateTime, nullable=True),
     sa.Column("name", sa.String(200), nullable=True),
     # Only users who sign in to the pages with a password have one (argon2id, PHC string).
     sa.Column("password_hash", sa.String(255), nullable=True),

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -13,9 +13,9 @@ from tokenbank.columns import utcnow
 from tokenbank.db import atomic
 from tokenbank.errors import EmailTaken, InvalidArgument, UnknownUser, UserExists
 from tokenbank.ledger.inputs import check_user_id
+from tokenbank.users import emails
+from tokenbank.users.emails import Address
 from tokenbank.users.models import users
-
-_EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]{1,64}@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,13 +26,34 @@ class User:
     created_at: datetime
 
 
-def _check_email(email: str | None) -> str | None:
-    if email is None:
-        return None
-    email = email.strip().lower()
-    if len(email) > 320 or not _EMAIL.match(email):
-        raise InvalidArgument("email", "must be an email address")
-    return email
+def _check_email(email: str | None) -> Address | None:
+    return None if email is None else emails.parse(email)
+
+
+def holder(conn: Connection, address: Address) -> Any:
+    """The user whose address is ``address`` or looks like it (same canonical form or
+    skeleton): their id and the address mail reaches them at."""
+    return conn.execute(
+        sa.select(users.c.id, users.c.email)
+        .where(
+            sa.or_(
+                users.c.email_canonical == address.canonical,
+                users.c.email_skeleton == address.skeleton,
+            )
+        )
+        .order_by(sa.case((users.c.email_canonical == address.canonical, 0), else_=1))
+        .limit(1)
+    ).first()
+
+
+def email_columns(address: Address | None) -> dict[str, str | None]:
+    if address is None:
+        return {"email": None, "email_canonical": None, "email_skeleton": None}
+    return {
+        "email": address.typed,
+        "email_canonical": address.canonical,
+        "email_skeleton": address.skeleton,
+    }
 
 
 def _check_name(name: str | None) -> str | None:
@@ -47,27 +68,34 @@ def create_user(
     user_id: str,
     email: str | None = None,
     name: str | None = None,
+    email_verified: bool = True,
     now: datetime | None = None,
 ) -> User:
-    """Create a user and the wallet their tokens live in."""
+    """Create a user and the wallet their tokens live in. ``email_verified``: whether the
+    address is known to be theirs (the host app vouches for the users it creates; one who
+    signs up on the pages confirms it by a link)."""
     user_id = check_user_id(user_id)
-    email = _check_email(email)
+    address = _check_email(email)
     name = _check_name(name)
     now = now or utcnow()
     with atomic(conn):
         if conn.execute(sa.select(users.c.id).where(users.c.id == user_id)).first() is not None:
             raise UserExists(user_id)
-        if email is not None and (
-            conn.execute(sa.select(users.c.id).where(users.c.email == email)).first() is not None
-        ):
-            raise EmailTaken(email)
+        if address is not None and holder(conn, address) is not None:
+            raise EmailTaken(address.typed)
         ledger.open_wallet(conn, user_id=user_id, now=now)
         conn.execute(
             sa.insert(users).values(
-                id=user_id, email=email, name=name, created_at=now, updated_at=now
+                id=user_id,
+                name=name,
+                created_at=now,
+                updated_at=now,
+                email_verified_at=now if address is not None and email_verified else None,
+                **email_columns(address),
             )
         )
-    return User(id=user_id, email=email, name=name, created_at=now)
+    typed = None if address is None else address.typed
+    return User(id=user_id, email=typed, name=name, created_at=now)
 
 
 def get_user(conn: Connection, *, user_id: str) -> User:
@@ -83,15 +111,14 @@ def find_users(conn: Connection, *, query: str, limit: int = 20) -> list[User]:
     if not query:
         return []
     prefix = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-    lowered = query.lower()
-    exact = sa.or_(users.c.id == query, users.c.email == lowered)
+    exact = sa.or_(users.c.id == query, users.c.email_canonical == emails.canonical(query))
     rows = conn.execute(
         sa.select(users)
         .where(
             sa.or_(
                 exact,
                 users.c.id.like(prefix, escape="\\"),
-                users.c.email.like(prefix.lower(), escape="\\"),
+                sa.func.lower(users.c.email).like(prefix.lower(), escape="\\"),
             )
         )
         .order_by(sa.case((exact, 0), else_=1), users.c.id)
@@ -116,21 +143,36 @@ def upsert_user(
 ) -> User:
     """Create the user (and wallet) if new, else update the fields given; safe to repeat."""
     user_id = check_user_id(user_id)
-    email = _check_email(email)
+    address = _check_email(email)
     name = _check_name(name)
     now = now or utcnow()
     with atomic(conn):
-        if email is not None:
-            owner = conn.execute(sa.select(users.c.id).where(users.c.email == email)).scalar()
-            if owner is not None and owner != user_id:
-                raise EmailTaken(email)
+        if address is not None:
+            owner = holder(conn, address)
+            if owner is not None and owner.id != user_id:
+                raise EmailTaken(address.typed)
         ledger.open_wallet(conn, user_id=user_id, now=now)
         insert = _upsert[conn.dialect.name].values(
-            id=user_id, email=email, name=name, created_at=now, updated_at=now
+            id=user_id,
+            name=name,
+            created_at=now,
+            updated_at=now,
+            email_verified_at=None if address is None else now,
+            **email_columns(address),
         )
         changes = {"updated_at": insert.excluded.updated_at}
-        if email is not None:
-            changes["email"] = insert.excluded.email
+        if address is not None:
+            for column in ("email", "email_canonical", "email_skeleton"):
+                changes[column] = insert.excluded[column]
+            # The host app vouches for the address it sets; one it had already stays as
+            # confirmed as it was.
+            changes["email_verified_at"] = sa.case(
+                (
+                    users.c.email_canonical == insert.excluded.email_canonical,
+                    sa.func.coalesce(users.c.email_verified_at, insert.excluded.email_verified_at),
+                ),
+                else_=insert.excluded.email_verified_at,
+            )
         if name is not None:
             changes["name"] = insert.excluded.name
         conn.execute(insert.on_conflict_do_update(index_elements=["id"], set_=changes))

@@ -27,6 +27,7 @@ from tokenbank.web import api, operations, problems
 from tokenbank.web import pages as page_routes
 from tokenbank.web.auth import KeyCache
 from tokenbank.web.browser import Browsers
+from tokenbank.web.letters import mail_sender
 from tokenbank.web.observe import AccessLog, Metrics, Observe
 from tokenbank.web.render import Pages, install_page_errors, unavailable_page
 from tokenbank.web.runtime import Runtime
@@ -64,9 +65,13 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await database.open_async()
         flusher = None if access_log is None else asyncio.create_task(access_log.run())
+        mailing = None if sender is None else sender.start()
         try:
             yield
         finally:
+            if sender is not None and mailing is not None:
+                sender.stop()
+                await asyncio.to_thread(mailing.join, 35)
             if flusher is not None:
                 flusher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -89,6 +94,10 @@ def create_app(
             "login_ip": settings.login_limit_per_ip,
             "login_email": settings.login_limit_per_email,
             "register_ip": settings.register_limit_per_ip,
+            "register_email": settings.register_limit_per_email,
+            "reset_ip": settings.reset_limit_per_ip,
+            "reset_email": settings.reset_limit_per_email,
+            "mail_user": settings.mail_limit_per_user,
             "api_key_ip": settings.api_key_failure_limit_per_ip,
         },
     )
@@ -104,7 +113,9 @@ def create_app(
         browsers=browsers,
         low_balance=settings.low_balance_threshold,
         catalog=seller.catalog if seller else None,
+        verify_email=settings.verify_email,
     )
+    sender = mail_sender(settings, database) if settings.mail_sender == "app" else None
     parts = Runtime(
         db=database,
         metrics=metrics,
@@ -122,6 +133,9 @@ def create_app(
         large_spend=settings.log_spends_from,
         schema_head=migrations.head_revision(database),
         buying_headers=buying_headers(seller),
+        verify_email=settings.verify_email,
+        mail=sender,
+        dev_mail=settings.env == "development",
         warnings=tuple(warnings),
     )
     app.state.runtime = parts

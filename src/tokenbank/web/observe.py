@@ -146,7 +146,9 @@ def _problem(
 
 
 #: Routes whose path carries a secret, never written to the access log.
-SECRET_ROUTES = frozenset({"/portal/{token}"})
+SECRET_ROUTES = frozenset(
+    {"/portal/{token}", "/verify/{token}", "/password/reset/{token}", "/account/email/{token}"}
+)
 
 #: Sent with every answer that does not set its own (pages set a richer CSP, and
 #: X-Frame-Options for browsers older than CSP's frame-ancestors): nothing may frame, sniff

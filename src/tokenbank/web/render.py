@@ -78,6 +78,7 @@ class Pages:
     browsers: Browsers
     low_balance: int = 100
     catalog: Catalog | None = None  # to name packages in the history
+    verify_email: bool = True  # a new account confirms its address before buying
 
     async def language(self, request: Request) -> Language:
         known = getattr(request.state, "language", None)
@@ -117,6 +118,7 @@ class Pages:
                 "lang": lang.tag,
                 "languages": i18n.LANGUAGE_NAMES,
                 "wallet": wallet,
+                "must_verify": bool(user and self.verify_email and not user.email_verified),
                 "low_balance": self.low_balance,
                 "kind_names": KIND_NAMES,
                 "status_names": STATUS_NAMES,

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from tokenbank.db import Database
     from tokenbank.faults import Faults
     from tokenbank.identity import Passwords, Throttle
+    from tokenbank.mail import Sender
     from tokenbank.web.auth import KeyCache
     from tokenbank.web.browser import Browsers
     from tokenbank.web.observe import Metrics
@@ -44,6 +45,12 @@ class Runtime:
     schema_head: str | None
     #: The buying pages' headers (a CSP that lets Stripe's origins in).
     buying_headers: dict[str, str]
+    #: Whether a new account confirms its address before it may buy.
+    verify_email: bool
+    #: Sends the outbox from this process (None: ``tokenbank worker`` does).
+    mail: Sender | None
+    #: The development mailbox at /_dev/mail (never in production).
+    dev_mail: bool
     #: What is configured to work only in part, said at start-up and by /readyz.
     warnings: tuple[str, ...] = ()
 

@@ -88,6 +88,11 @@ ERROR_TEXTS: dict[type[TokenbankError], str] = {
         "The payment service did not answer. Try again in a moment."
     ),
     errors.InvalidArgument: N_("The value of %(field)s is not accepted."),
+    errors.MixedScriptEmail: N_(
+        "This address mixes letters of different alphabets (such as Latin and Cyrillic)"
+        " before the @. Type it as your mail provider shows it."
+    ),
+    errors.WeakPassword: N_("This password is too easy to guess."),
     errors.UnknownPackage: N_("This package is not on sale any more."),
     errors.NotFound: N_("There is no such user or record."),
     errors.UnknownUser: N_("There is no such user."),
@@ -114,8 +119,15 @@ ERROR_TEXTS: dict[type[TokenbankError], str] = {
     errors.InvalidApiKey: N_("The API key is missing, unknown or revoked."),
     errors.InvalidCredentials: N_("That email and password do not match an account."),
     errors.Forbidden: N_("Your account cannot do this."),
+    errors.EmailNotVerified: N_(
+        "Confirm your email address to buy tokens: follow the link we sent you, or send a"
+        " new one from your account page."
+    ),
     errors.RateLimited: N_("Too many attempts. Try again in %(seconds)s seconds."),
     errors.InvalidPortalLink: N_("This sign-in link is invalid, expired or already used."),
+    errors.InvalidEmailLink: N_(
+        "This link is invalid, has expired or was already used. Ask for a new one."
+    ),
     errors.InvalidSignature: N_("The payment notification's signature is not valid."),
     errors.InvalidEvent: N_("The payment notification could not be read."),
     errors.PaymentProviderError: N_("The payment service refused the request."),
@@ -136,12 +148,31 @@ FIELD_TEXTS = {
 }
 
 
+#: Why a password was found too easy to guess (``WeakPassword.reason``), then one advice.
+WEAK_PASSWORD_TEXTS = {
+    "common": N_("This password is one of the most common ones, or close to one."),
+    "personal": N_("This password contains your email address or your name."),
+    "keyboard": N_("This password follows the keys of a keyboard (like qwerty)."),
+    "repeat": N_("This password repeats characters or words (like aaaa or abcabc)."),
+    "sequence": N_("This password is a sequence (like abcd or 6543)."),
+    "date": N_("This password is mostly a date or a year."),
+    "guessable": N_("This password is too easy to guess."),
+}
+PASSWORD_ADVICE = N_("Use a few unrelated words, or a longer password.")
+
+
 def error_text(lang: Language, exc: TokenbankError) -> str:
     """An error as a sentence in the page's language: the field's own text for a refused
     value, else the text of the nearest class of ``exc`` in ``ERROR_TEXTS``."""
     message = None
     field = ""
-    if isinstance(exc, errors.InvalidArgument):
+    if isinstance(exc, errors.WeakPassword):
+        return " ".join(
+            lang.gettext(text)
+            for text in (WEAK_PASSWORD_TEXTS.get(exc.reason, ""), PASSWORD_ADVICE)
+            if text
+        )
+    if isinstance(exc, errors.InvalidArgument) and type(exc) not in ERROR_TEXTS:
         field = exc.field
         message = FIELD_TEXTS.get(field)
     if message is None:

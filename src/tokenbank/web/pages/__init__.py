@@ -5,6 +5,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from tokenbank.web.pages import admin, buying, users, wallet
+from tokenbank.web.pages import admin, buying, devmail, links, users, wallet
 
-ROUTERS: tuple[APIRouter, ...] = (users.router, wallet.router, buying.router, admin.router)
+ROUTERS: tuple[APIRouter, ...] = (
+    users.router,
+    links.router,
+    wallet.router,
+    buying.router,
+    admin.router,
+    devmail.router,
+)

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from tokenbank import billing
+from tokenbank import billing, identity
 from tokenbank.billing import Billing, PurchaseFlow
 from tokenbank.db import Database
 from tokenbank.errors import TokenbankError, UnknownPurchase
@@ -81,6 +81,7 @@ async def buy(
         )
     headers = parts.buying_headers
     try:
+        identity.require_verified(visitor, required=parts.verify_email)
         if seller.flow is PurchaseFlow.PAYMENT_INTENT:
             started = await run_in_threadpool(
                 partial(

@@ -15,10 +15,12 @@ from tokenbank import identity
 from tokenbank.db import Database
 from tokenbank.errors import InvalidArgument, InvalidPortalLink, TokenbankError, Unavailable
 from tokenbank.identity import InvalidCredentials, RateLimited
+from tokenbank.users import emails
 from tokenbank.users.models import LANGUAGES
 from tokenbank.web import i18n
 from tokenbank.web.browser import Browsers
 from tokenbank.web.deps import Lang, PagesDep, PageUser, RuntimeDep, Visitor
+from tokenbank.web.i18n import N_
 from tokenbank.web.problems import status_of
 from tokenbank.web.render import HOME, Pages, redirect
 from tokenbank.web.routing import PageRoute
@@ -34,6 +36,11 @@ NextPath = Annotated[str, Form(max_length=500)]
 
 def client_ip(request: Request) -> str:
     return request.client.host if request.client else "unknown"
+
+
+def email_key(email: str) -> str:
+    """What a per-address rate limit counts: every spelling of an address counts as one."""
+    return emails.canonical(email) or email.strip().lower()
 
 
 def safe_next(path: str | None) -> str:
@@ -74,13 +81,33 @@ async def home(visitor: Visitor) -> Response:
     return redirect(HOME if visitor else "/pricing")
 
 
+#: What the sign-in page says when a link sent the browser there (``?done=...``).
+SIGN_IN_NOTICES = {
+    "verified": N_("Your email address is confirmed. Sign in to go on."),
+    "reset": N_("Your new password is saved, and every session was signed out. Sign in."),
+    "email": N_("Your new email address is confirmed. Sign in with it."),
+}
+
+
 @router.get("/login")
 async def login_form(
-    request: Request, visitor: Visitor, pages: PagesDep, next: str | None = None
+    request: Request,
+    *,
+    visitor: Visitor,
+    pages: PagesDep,
+    lang: Lang,
+    next: str | None = None,
+    done: str | None = None,
 ) -> Response:
     if visitor:
         return redirect(safe_next(next))
-    return await pages.render(request, "login.html", next=safe_next(next))
+    notice = SIGN_IN_NOTICES.get(done or "")
+    return await pages.render(
+        request,
+        "login.html",
+        next=safe_next(next),
+        notice=lang.gettext(notice) if notice else None,
+    )
 
 
 @router.post("/login")
@@ -91,7 +118,7 @@ async def login(
 
     def sign_in() -> str:  # one trip to the thread pool: the limits, then the password
         parts.throttle.hit("login_ip", ip)
-        parts.throttle.hit("login_email", email.strip().lower())
+        parts.throttle.hit("login_email", email_key(email))
         return identity.sign_in(
             parts.db,
             email=email,
@@ -119,35 +146,38 @@ async def register_form(request: Request, visitor: Visitor, pages: PagesDep) -> 
 @router.post("/register")
 async def register(
     request: Request,
+    *,
     email: Text,
     password: Secret,
     parts: RuntimeDep,
+    lang: Lang,
     name: Annotated[str, Form(max_length=200)] = "",
 ) -> Response:
+    """The same answer for an address that has an account and one that has not (a mail
+    tells its owner which): "check your inbox", signed out."""
     ip = client_ip(request)
     # A visitor who picked a language before signing up keeps it.
     chosen = request.cookies.get(i18n.LANGUAGE_COOKIE)
 
-    def register() -> str:
+    def register() -> None:
         parts.throttle.hit("register_ip", ip)
-        _, token = identity.register(
+        parts.throttle.hit("register_email", email_key(email))
+        identity.register(
             parts.db,
             email=email,
             password=password,
             name=name or None,
-            language=chosen if chosen in LANGUAGES else None,
+            language=lang.tag,
+            account_language=chosen if chosen in LANGUAGES else None,
+            verify=parts.verify_email,
             passwords=parts.passwords,
-            session_ttl=parts.browsers.session_ttl,
         )
-        return token
 
     try:
-        token = await run_in_threadpool(register)
+        await run_in_threadpool(register)
     except TokenbankError as exc:
         return await refused(parts.pages, request, exc, "register.html", email=email, name=name)
-    response = await signed_in_as(parts.db, parts.browsers, request, token, HOME)
-    response.delete_cookie(i18n.LANGUAGE_COOKIE, httponly=True, secure=parts.browsers.secure)
-    return response
+    return await parts.pages.render(request, "registered.html", email=email.strip())
 
 
 @router.post("/logout")
@@ -175,15 +205,25 @@ async def choose_language(language: Text, parts: RuntimeDep, next: NextPath = "/
     return response
 
 
+#: What the account page says after a change (``?changed=...``).
+ACCOUNT_NOTICES = {
+    "password": N_("Password saved. Other sessions were signed out."),
+    "language": N_("Language saved."),
+    "verify_sent": N_("We sent the link again. It works for 3 days."),
+    "email_sent": N_("We sent a link to the new address. Your address changes once you follow it."),
+    "email": N_("Your new email address is confirmed."),
+    "verified": N_("Your email address is confirmed: you can buy tokens."),
+}
+
+
 @router.get("/account")
 async def account(
     request: Request, _: PageUser, lang: Lang, pages: PagesDep, changed: str | None = None
 ) -> Response:
-    notices = {
-        "password": lang.gettext("Password saved. Other sessions were signed out."),
-        "language": lang.gettext("Language saved."),
-    }
-    return await pages.render(request, "account.html", notice=notices.get(changed or ""))
+    notice = ACCOUNT_NOTICES.get(changed or "")
+    return await pages.render(
+        request, "account.html", notice=lang.gettext(notice) if notice else None
+    )
 
 
 @router.post("/account/language")

@@ -1,0 +1,141 @@
+"""Email addresses as people type them, and the forms that decide whether two are the same.
+
+Two addresses that look alike must not open two accounts: the trial of a grant is once per
+person, and an attacker who registers ``paypal@x.com`` with a Cyrillic "a" next to
+``paypal@x.com`` has a look-alike for phishing. Three forms are kept for an address:
+
+- ``typed``: as the person typed it, trimmed; mail goes there.
+- ``canonical``: Unicode NFKC, default-ignorable and format characters (zero-width spaces,
+  joiners, soft hyphens, bidirectional controls...) removed, case folded, the domain in its
+  ASCII (IDNA) form. Unique among users: it is how an address is looked up.
+- ``skeleton``: the UTS #39 skeleton of the canonical form (each character replaced by its
+  prototype among the characters that look like it: ``rn`` and ``m`` share one). Unique
+  among users as well, so a look-alike of an existing address is refused.
+
+A local part that mixes scripts (Latin with Cyrillic, say) is refused outright, as UTS #39's
+"highly restrictive" level says: Latin, Han, Kana and Hangul may mix as Japanese and Korean
+write them, nothing else. The data and the checks are ICU's (PyICU), the reference
+implementation of UTS #39, kept current with each Unicode version.
+
+Sub-addressing (``ann+shop@``) and dots in Gmail local parts are not folded: providers
+differ, and mail to each form reaches whoever the provider says.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from functools import cache
+
+import icu
+
+from tokenbank.errors import InvalidArgument, MixedScriptEmail
+
+MAX_LENGTH = 320
+MAX_LOCAL_LENGTH = 64
+_SHAPE = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+
+#: Default_Ignorable_Code_Point (DerivedCoreProperties.txt) outside the Cf category, which
+#: is removed whole: Python's ``unicodedata`` does not carry the property.
+_IGNORABLE = frozenset(
+    [
+        0x034F,
+        0x115F,
+        0x1160,
+        0x17B4,
+        0x17B5,
+        0x3164,
+        0xFFA0,
+        *range(0x180B, 0x1810),  # Mongolian free variation selectors
+        *range(0xFE00, 0xFE10),  # variation selectors
+        *range(0x2065, 0x2070),
+        *range(0xE0000, 0xE1000),  # tags, variation selectors supplement
+    ]
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    typed: str
+    canonical: str
+    skeleton: str
+
+    @property
+    def mailbox(self) -> str:
+        """Where to send mail: the address as typed, without the invisible characters and
+        compatibility forms (fullwidth letters) no mail server takes; its case kept."""
+        return mailbox(self.typed)
+
+
+def mailbox(typed: str) -> str:
+    kept = "".join(c for c in unicodedata.normalize("NFKC", typed) if not _ignorable(c))
+    return unicodedata.normalize("NFKC", kept)
+
+
+def parse(text: object) -> Address:
+    """The three forms of an address, or ``InvalidArgument`` (``MixedScriptEmail`` for a
+    local part that mixes scripts)."""
+    address = forms(text)
+    if _checker().check(address.canonical.rpartition("@")[0]) != 0:
+        raise MixedScriptEmail
+    return address
+
+
+def forms(text: object) -> Address:
+    """The three forms of an address that has the shape of one, whatever its scripts (an
+    address kept from before the scripts were checked still has to be found)."""
+    if not isinstance(text, str):
+        raise InvalidArgument("email", "must be an email address")
+    typed = text.strip()
+    if (
+        len(typed) > MAX_LENGTH
+        or not _SHAPE.match(typed)
+        or any(unicodedata.category(c) in {"Cc", "Cs", "Co", "Cn"} for c in typed)
+    ):
+        raise InvalidArgument("email", "must be an email address")
+    local, _, domain = _folded(typed).rpartition("@")
+    if not local or len(local) > MAX_LOCAL_LENGTH or not domain or "@" in local:
+        raise InvalidArgument("email", "must be an email address")
+    try:
+        ascii_domain = domain.encode("idna").decode("ascii").lower()
+        unicode_domain = ascii_domain.encode("ascii").decode("idna")
+    except UnicodeError:
+        raise InvalidArgument("email", "must be an email address") from None
+    return Address(
+        typed=typed,
+        canonical=f"{local}@{ascii_domain}",
+        skeleton=_checker().getSkeleton(0, f"{local}@{unicode_domain}"),
+    )
+
+
+def canonical(text: str) -> str | None:
+    """The canonical form to look ``text`` up by, or None when it is no address at all
+    (sign-in answers such an address as it answers an unknown one)."""
+    try:
+        return forms(text).canonical
+    except InvalidArgument:
+        return None
+
+
+def _folded(text: str) -> str:
+    """NFKC_Casefold, as UTS #39 and IDNA fold identifiers."""
+    kept = "".join(c for c in unicodedata.normalize("NFKC", text) if not _ignorable(c)).casefold()
+    return unicodedata.normalize("NFKC", kept)
+
+
+def _ignorable(char: str) -> bool:
+    return unicodedata.category(char) == "Cf" or ord(char) in _IGNORABLE
+
+
+@cache
+def _checker() -> icu.SpoofChecker:
+    # ICU documents a configured checker as safe to share between threads.
+    checker = icu.SpoofChecker()
+    checker.setChecks(
+        icu.USpoofChecks.RESTRICTION_LEVEL
+        | icu.USpoofChecks.INVISIBLE
+        | icu.USpoofChecks.MIXED_NUMBERS
+    )
+    checker.setRestrictionLevel(icu.URestrictionLevel.HIGHLY_RESTRICTIVE)
+    return checker

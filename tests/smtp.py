@@ -1,0 +1,134 @@
+"""A real SMTP server for the tests (aiosmtpd, on a thread of its own): what tokenbank sends
+arrives here over TCP, as it would at any mail server. It can refuse recipients for good,
+defer everything for a while, or be stopped and started again on the same port."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from aiosmtpd.controller import Controller
+
+
+@dataclass
+class Received:
+    sender: str
+    recipients: list[str]
+    message: EmailMessage
+
+    @property
+    def text(self) -> str:
+        body = self.message.get_body(preferencelist=("plain",))
+        assert body is not None
+        return str(body.get_content())
+
+    @property
+    def html(self) -> str:
+        body = self.message.get_body(preferencelist=("html",))
+        assert body is not None
+        return str(body.get_content())
+
+    def link(self, prefix: str) -> str:
+        """The path of this mail's link that starts with ``prefix``."""
+        for url in re.findall(r"https?://\S+", self.text):
+            if urlsplit(url).path.startswith(prefix):
+                return urlsplit(url).path
+        raise AssertionError(f"no {prefix} link in {self.text!r}")
+
+
+@dataclass
+class Handler:
+    received: list[Received] = field(default_factory=list)
+    #: Recipients answered 550 (no such mailbox).
+    refuse: set[str] = field(default_factory=set)
+    #: While set, every recipient is answered 451 (try again later).
+    defer: bool = False
+    arrived: threading.Condition = field(default_factory=threading.Condition)
+
+    async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
+        self, server: Any, session: Any, envelope: Any, address: str, options: Any
+    ) -> str:
+        if self.defer:
+            return "451 4.3.0 try again later"
+        if address in self.refuse:
+            return "550 5.1.1 no such mailbox"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        assert isinstance(parsed, EmailMessage)
+        with self.arrived:
+            self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), parsed))
+            self.arrived.notify_all()
+        return "250 Message accepted"
+
+
+class SmtpServer:
+    """An SMTP server on 127.0.0.1:``port``; ``stop()`` and ``start()`` simulate an outage."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.handler = Handler()
+        self._controller: Controller | None = None
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.port}"
+
+    @property
+    def received(self) -> list[Received]:
+        return self.handler.received
+
+    def start(self) -> None:
+        self._controller = Controller(
+            self.handler, hostname="127.0.0.1", port=self.port, enable_SMTPUTF8=True
+        )
+        self._controller.start()
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+    def to(self, address: str) -> list[Received]:
+        return [r for r in self.received if address in r.recipients]
+
+    def wait_for(self, address: str, count: int = 1, timeout: float = 20.0) -> list[Received]:
+        """The mail to ``address`` once ``count`` of them arrived; fails after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self.handler.arrived:
+            while len(self.to(address)) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(
+                        f"{len(self.to(address))} of {count} mails to {address} arrived"
+                    )
+                self.handler.arrived.wait(left)
+        return self.to(address)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpServer]:
+    server = SmtpServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
