@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from tests.billing.conftest import Store
-from tests.web.browsing import form_token, sign_up, signed_in_user
+from tests.web.browsing import form_token, new_user, signed_in_user
 from tests.web.conftest import PASSWORDS, SETTINGS
 from tokenbank import audit, billing, identity
 from tokenbank.billing.credits import credit_paid
@@ -49,7 +49,7 @@ def test_a_purchase_paid_here_but_not_at_stripe_is_flagged_never_reversed(store:
     # An admin reverses it on the pages: the tokens go back, with an audit line.
     app = create_app(SETTINGS, db=store.db, passwords=PASSWORDS, seller=store.seller)
     with TestClient(app, base_url="https://tokens.example") as browser:
-        sign_up(browser, "boss@example.com")
+        new_user(browser, "boss@example.com")
         with store.db.transaction() as conn:
             identity.set_admin(conn, user_id=signed_in_user(browser), admin=True)
         page = browser.get("/admin/reviews")
@@ -163,7 +163,7 @@ def test_a_purchase_that_never_reached_stripe_ends_after_an_hour(store: Store) -
     with store.db.transaction() as conn:
         conn.execute(sa.update(purchases).values(user_id="alice"))
     with TestClient(app, base_url="https://tokens.example") as browser:
-        sign_up(browser, "alice@example.org")
+        new_user(browser, "alice@example.org")
         who = signed_in_user(browser)
         with store.db.transaction() as conn:
             conn.execute(sa.update(purchases).where(purchases.c.id == old).values(user_id=who))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import email
 import email.policy
 import re
+import time
 from email.message import EmailMessage
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,13 +40,18 @@ def sign_up(client: TestClient, email: str = "ann@example.com", password: str = 
 
 
 def mails_to(client: TestClient, address: str) -> list[EmailMessage]:
-    """Every mail sent to ``address`` so far, oldest first, as the outbox kept it (the
-    app's sender is made to write what is due first)."""
+    """Every mail sent to ``address`` so far, oldest first, as the outbox kept it. What is
+    due is written first, here or by the app's own sender thread (waited for)."""
     runtime = client.app.state.runtime  # type: ignore[attr-defined]
     assert runtime.mail is not None
-    runtime.mail.send_due()
-    with runtime.db.read() as conn:
-        rows = mail.recent(conn, to=emails.mailbox(address), limit=1000)
+    deadline = time.monotonic() + 10
+    while True:
+        runtime.mail.send_due()
+        with runtime.db.read() as conn:
+            rows = mail.recent(conn, to=emails.mailbox(address), limit=1000)
+        if all(row.status != "pending" for row in rows) or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)  # the app's sender holds the claim: it is writing the mail
     found = []
     for row in reversed(rows):
         if row.kept is not None:

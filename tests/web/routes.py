@@ -17,6 +17,7 @@ PATH_VALUES = {
     "package_id": "plus",
     "event_id": "evt_1",
     "token": "x",
+    "mail_id": "1",
 }
 
 

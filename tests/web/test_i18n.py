@@ -13,7 +13,7 @@ from babel.messages.extract import extract_from_dir
 from babel.messages.pofile import read_po
 from fastapi.testclient import TestClient
 
-from tests.web.browsing import form_token, sign_up, signed_in_user
+from tests.web.browsing import form_token, new_user, signed_in_user
 from tokenbank import identity, ledger
 from tokenbank.billing.catalog import load_catalog
 from tokenbank.db import Database
@@ -153,7 +153,7 @@ def test_language_follows_choice_then_cookie_then_accept_language(client: TestCl
     assert '<html lang="en">' in client.get("/login", headers=chinese).text
     client.cookies.delete("tb_lang")
     # Nothing chosen at registration: the browser decides, until the account page says.
-    sign_up(client)
+    new_user(client)
     assert '<html lang="zh-CN">' in client.get("/dashboard", headers=chinese).text
     token = form_token(client, "/account")
     saved = client.post(
@@ -174,7 +174,7 @@ def test_language_follows_choice_then_cookie_then_accept_language(client: TestCl
 def test_registration_keeps_the_language_picked_before(client: TestClient, db: Database) -> None:
     token = form_token(client)
     client.post("/language", data={"language": "zh-CN", "csrf_token": token})
-    sign_up(client)
+    new_user(client)
     user = signed_in_user(client)
     with db.read() as conn:
         session = identity.session_user(conn, token=client.cookies["tb_session"])

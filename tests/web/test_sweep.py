@@ -25,7 +25,7 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 from tests.stripe_emulator import EmulatorServer, event_bytes, make_billing, signed
-from tests.web.browsing import form_token, sign_up, signed_in_user
+from tests.web.browsing import form_token, new_user, signed_in_user
 from tests.web.conftest import PASSWORDS, SETTINGS, make_key
 from tests.web.routes import api_routes
 from tokenbank import identity, ledger
@@ -118,7 +118,7 @@ def _seed(db: Database, emulator: EmulatorServer) -> Iterator[Seeded]:
     app = create_app(settings, db=db, passwords=PASSWORDS, seller=seller)
     key = make_key(db, Scope.ADMIN)
     with TestClient(app, base_url="https://tokens.example") as client:
-        sign_up(client, "root@example.com")
+        new_user(client, "root@example.com")
         admin_id = signed_in_user(client)
         with db.transaction() as conn:
             identity.set_admin(conn, user_id=admin_id, admin=True)
@@ -162,6 +162,7 @@ def _seed(db: Database, emulator: EmulatorServer) -> Iterator[Seeded]:
                 "package_id": "plus",
                 "event_id": "evt_seed",
                 "token": token,
+                "mail_id": "1",
             },
         )
     emulator.reset()
@@ -213,12 +214,26 @@ BASE_FORMS: dict[str, dict[str, str]] = {
     "/admin/users/{user_id}/grants": {"amount": "1", "reason": "r", "key": "sweep-k"},
     "/admin/purchases/{purchase_id}/review": {"decision": "credit", "reason": "r"},
     "/admin/webhooks/{event_id}/replay": {},
+    "/verify/{token}": {},
+    "/account/verify": {},
+    "/password/forgot": {"email": "root@example.com"},
+    "/password/reset/{token}": {"new_password": "correct horse battery staple"},
+    "/account/email": {"email": "other@example.com", "password": "correct horse battery"},
+    "/account/email/{token}": {},
 }
 
 
 #: Routes that may sign the browser in as someone else, or out.
 SESSION_CHANGERS = frozenset(
-    {"/register", "/login", "/logout", "/portal/{token}", "/account/password", "/account/language"}
+    {
+        "/register",
+        "/login",
+        "/logout",
+        "/portal/{token}",
+        "/account/password",
+        "/account/language",
+        "/password/reset/{token}",
+    }
 )
 
 

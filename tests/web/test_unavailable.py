@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from alembic import command
 
 from tests.postgres import terminate_backends
@@ -22,6 +23,7 @@ from tests.web.conftest import PASSWORDS, SETTINGS, make_key
 from tokenbank import migrations
 from tokenbank.apikeys import Scope
 from tokenbank.db import Database, connect
+from tokenbank.users.models import users as users_table
 from tokenbank.web.app import create_app
 
 Send = Callable[[httpx.Client], httpx.Response]
@@ -204,8 +206,14 @@ def test_registration_works_again_once_the_database_is_back(db: Database, backen
             "csrf_token": token,
         }
         statuses = _until_served(http, lambda h: h.post("/register", data=form), page=True)
-        assert statuses[-1] == 303, statuses
-        assert http.get("/dashboard").status_code == 200  # signed in by the registration
+        assert statuses[-1] == 200, statuses  # "check your inbox"
+        with db.read() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(users_table)).scalar() == 1
+        page = http.get("/login")
+        token = page.text.split('name="csrf_token" value="')[1].split('"')[0]
+        signed_in = http.post("/login", data=form | {"csrf_token": token})
+        assert signed_in.status_code == 303, signed_in.text
+        assert http.get("/dashboard").status_code == 200
         _kill_backends(db)
         statuses = _until_served(http, lambda h: h.get("/dashboard"), page=True)
         assert statuses[0] == 503 and statuses[-1] == 200, statuses

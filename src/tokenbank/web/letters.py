@@ -180,12 +180,13 @@ class Letters:
         message["To"] = letter.to
         message["Subject"] = context["subject"]
         message["Date"] = formatdate(usegmt=True)
-        message["Content-Language"] = lang.tag
         message["Auto-Submitted"] = "auto-generated"
         message.set_content(TEMPLATES.get_template("mail/letter.txt").render(context))
         message.add_alternative(
             TEMPLATES.get_template("mail/letter.html").render(context), subtype="html"
         )
+        # After the parts exist: making them moves every Content- header into the first.
+        message["Content-Language"] = lang.tag
         return message
 
 

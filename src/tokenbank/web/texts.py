@@ -172,9 +172,11 @@ def error_text(lang: Language, exc: TokenbankError) -> str:
             for text in (WEAK_PASSWORD_TEXTS.get(exc.reason, ""), PASSWORD_ADVICE)
             if text
         )
-    if isinstance(exc, errors.InvalidArgument) and type(exc) not in ERROR_TEXTS:
+    if isinstance(exc, errors.InvalidArgument):
         field = exc.field
-        message = FIELD_TEXTS.get(field)
+        # A refusal with a class of its own (MixedScriptEmail) says why; others the field.
+        if type(exc) is errors.InvalidArgument or type(exc) not in ERROR_TEXTS:
+            message = FIELD_TEXTS.get(field)
     if message is None:
         message = errors.nearest(ERROR_TEXTS, exc)
     return lang.gettext(

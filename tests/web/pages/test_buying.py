@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.stripe_emulator import EmulatorServer, make_billing
-from tests.web.browsing import form_token, sign_up, signed_in_user
+from tests.web.browsing import form_token, new_user, signed_in_user
 from tests.web.conftest import PASSWORDS, SETTINGS
 from tokenbank.billing import PurchaseFlow
 from tokenbank.db import Database
@@ -42,7 +42,7 @@ def test_pricing_shows_every_package_to_anyone(browser: TestClient) -> None:
 def test_buying_goes_to_checkout_and_back(
     browser: TestClient, emulator_server: EmulatorServer
 ) -> None:
-    sign_up(browser)
+    new_user(browser)
     token = form_token(browser, "/pricing")
     answer = browser.post("/buy/plus", data={"csrf_token": token}, follow_redirects=False)
     assert answer.status_code == 303, answer.text
@@ -64,7 +64,7 @@ def test_buying_goes_to_checkout_and_back(
 def test_a_stranger_on_the_success_page_learns_nothing(
     browser: TestClient, emulator_server: EmulatorServer
 ) -> None:
-    sign_up(browser)
+    new_user(browser)
     token = form_token(browser, "/pricing")
     answer = browser.post("/buy/starter", data={"csrf_token": token}, follow_redirects=False)
     session_id = answer.headers["location"].rsplit("/", 1)[1]
@@ -87,7 +87,7 @@ def test_the_embedded_form_loads_stripe_js_from_the_emulator(
     db: Database, emulator_server: EmulatorServer
 ) -> None:
     with _browser(db, emulator_server, PurchaseFlow.PAYMENT_INTENT) as browser:
-        sign_up(browser)
+        new_user(browser)
         user_id = signed_in_user(browser)
         token = form_token(browser, "/pricing")
         page = browser.post("/buy/pro", data={"csrf_token": token})
@@ -104,7 +104,7 @@ def test_the_embedded_form_loads_stripe_js_from_the_emulator(
 def test_the_success_page_waits_for_stripe_then_shows_the_tokens(
     browser: TestClient, emulator_server: EmulatorServer
 ) -> None:
-    sign_up(browser)
+    new_user(browser)
     token = form_token(browser, "/pricing")
     answer = browser.post("/buy/starter", data={"csrf_token": token}, follow_redirects=False)
     session_id = answer.headers["location"].rsplit("/", 1)[1]
@@ -130,7 +130,7 @@ def test_buying_answers_json_for_the_pricing_page_script(
     db: Database, emulator_server: EmulatorServer
 ) -> None:
     with _browser(db, emulator_server, PurchaseFlow.PAYMENT_INTENT) as client:
-        sign_up(client)
+        new_user(client)
         token = form_token(client, "/pricing")
         json_headers = {"Accept": "application/json", "Accept-Language": "zh-CN"}
         started = client.post("/buy/plus", data={"csrf_token": token}, headers=json_headers)
