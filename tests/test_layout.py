@@ -98,3 +98,15 @@ def test_the_ledger_imports_nothing_above_it() -> None:
         if module.startswith(ABOVE_THE_LEDGER)
     ]
     assert found == []
+
+
+def test_mail_knows_nothing_of_what_letters_say() -> None:
+    """The outbox and its senders are the ledger's neighbours: the letters (web/letters.py)
+    and the accounts that send them stand above, and are passed in."""
+    found = [
+        f"{path.relative_to(ROOT)}:{line}: {module}"
+        for path in _modules(PACKAGE / "mail")
+        for line, module, _ in _imports(path)
+        if module.startswith(ABOVE_THE_LEDGER)
+    ]
+    assert found == []

@@ -12,7 +12,8 @@ def test_operations_endpoints(client: TestClient, spender: dict[str, str]) -> No
     ready = client.get("/readyz").json()
     assert ready["status"] == "ready"
     assert ready["warnings"] == [
-        "payments are not configured (STRIPE_SECRET_KEY): nothing can be bought"
+        "payments are not configured (STRIPE_SECRET_KEY): nothing can be bought",
+        "no SMTP server (TOKENBANK_SMTP_URL): mail is kept in the outbox, shown at /_dev/mail",
     ]
     put_user(client, spender)
     client.post(
@@ -24,6 +25,7 @@ def test_operations_endpoints(client: TestClient, spender: dict[str, str]) -> No
         'status="200"} 1.0' in metrics
     )
     assert 'tokenbank_refusals_total{code="insufficient_tokens"} 1.0' in metrics
+    assert 'tokenbank_mail{status="failed"} 0.0' in metrics
     response = client.get("/healthz", headers={"x-request-id": "abc-123"})
     assert response.headers["x-request-id"] == "abc-123"
     assert len(client.get("/healthz").headers["x-request-id"]) == 32

@@ -9,6 +9,8 @@ import typer
 
 from tokenbank import identity, users
 from tokenbank.cli.common import out, reported, run
+from tokenbank.identity.passwords import check_password
+from tokenbank.mail import retention
 
 users_app = typer.Typer(help="Users and their wallets.", no_args_is_help=True)
 
@@ -82,8 +84,9 @@ def users_sign_out(ctx: typer.Context, user_id: str) -> None:
 
 
 def sweep(ctx: typer.Context) -> None:
-    """Delete expired portal links, ended sessions and old rate-limit counters."""
-    removed = run(ctx, identity.sweep)
+    """Delete expired portal and mailed links, ended sessions, old rate-limit counters and
+    mail sent (or no longer needed) more than 30 days ago."""
+    removed = run(ctx, identity.sweep) | run(ctx, retention.sweep)
     out.print(", ".join(f"{count} {what.replace('_', ' ')}" for what, count in removed.items()))
 
 
@@ -96,4 +99,5 @@ def password_hash(stdin: bool, ask: bool) -> str | None:
     else:
         return None
     with reported():
-        return identity.Passwords().hash(password)
+        # The pages' rules: long enough and not easy to guess.
+        return identity.Passwords().hash(check_password(password))

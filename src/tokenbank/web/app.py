@@ -57,7 +57,7 @@ def create_app(
     seller = seller or billing_from_settings(settings)
     metrics = Metrics()
     access_log = AccessLog() if settings.log_level in {"debug", "info"} else None
-    warnings = _warnings(seller)
+    warnings = _warnings(seller) + _mail_warnings(settings)
     for warning in warnings:
         log.warning("configuration", detail=warning)
 
@@ -140,6 +140,7 @@ def create_app(
     )
     app.state.runtime = parts
     metrics.watch_reviews(database)
+    metrics.watch_mail(database)
     app.add_middleware(
         Observe,
         metrics=metrics,
@@ -171,6 +172,14 @@ def _warnings(seller: Billing | None) -> list[str]:
         return [
             "no webhook secret (STRIPE_WEBHOOK_SECRET): every Stripe event is refused (503);"
             " purchases are credited only when the buyer returns or by tokenbank reconcile"
+        ]
+    return []
+
+
+def _mail_warnings(settings: Settings) -> list[str]:
+    if settings.smtp_url is None:
+        return [
+            "no SMTP server (TOKENBANK_SMTP_URL): mail is kept in the outbox, shown at /_dev/mail"
         ]
     return []
 

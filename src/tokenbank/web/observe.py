@@ -18,6 +18,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from tokenbank.billing.purchases import count_awaiting_review
 from tokenbank.db import Database
 from tokenbank.logs import REQUEST_ID
+from tokenbank.mail import retention
+from tokenbank.mail.models import STATUSES
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -91,6 +93,29 @@ class Metrics:
             "Purchases flagged for an admin's decision.",
             registry=self.registry,
         ).set_function(count)
+
+    def watch_mail(self, db: Database) -> None:
+        """Mail in the outbox by state, counted when scraped: alert on ``failed`` > 0, and
+        on ``pending`` that keeps growing (the SMTP server is away)."""
+        gauge = Gauge(
+            "tokenbank_mail",
+            "Mails in the outbox, by state.",
+            ["status"],
+            registry=self.registry,
+        )
+
+        def counter(status: str) -> Callable[[], float]:
+            def count() -> float:
+                try:
+                    with db.read() as conn:
+                        return float(retention.counts(conn)[status])
+                except Exception:  # a scrape must not fail because the database does
+                    return float("nan")
+
+            return count
+
+        for status in STATUSES:
+            gauge.labels(status).set_function(counter(status))
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count a request and its latency (label lookups cached: they are per request)."""
