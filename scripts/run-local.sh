@@ -36,7 +36,8 @@ cat <<TXT
 
 tokenbank is starting at $TOKENBANK_PUBLIC_URL  (API docs: $TOKENBANK_PUBLIC_URL/docs)
 Payments go to $stripe_note.
-  Buy tokens in the browser: $TOKENBANK_PUBLIC_URL/register, then Buy tokens.
+  Buy tokens in the browser: $TOKENBANK_PUBLIC_URL/register, confirm the address from
+  the mail at $TOKENBANK_PUBLIC_URL/_dev/mail, sign in, then Buy tokens.
   Create an API key for your app:  $BIN/tokenbank apikeys create --name my-app --scope admin
 Stop with Ctrl-C.
 
