@@ -4,6 +4,7 @@ defer everything for a while, or be stopped and started again on the same port."
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import re
@@ -40,7 +41,8 @@ class Received:
 
     def link(self, prefix: str) -> str:
         """The path of this mail's link that starts with ``prefix``."""
-        for url in re.findall(r"https?://\S+", self.text):
+        urls: list[str] = re.findall(r"https?://\S+", self.text)
+        for url in urls:
             if urlsplit(url).path.startswith(prefix):
                 return urlsplit(url).path
         raise AssertionError(f"no {prefix} link in {self.text!r}")
@@ -53,6 +55,11 @@ class Handler:
     refuse: set[str] = field(default_factory=set)
     #: While set, every recipient is answered 451 (try again later).
     defer: bool = False
+    #: While set, the message itself is answered with this reply ("554 ...", "452 ...")
+    #: instead of being accepted.
+    data_reply: str | None = None
+    #: Seconds the server thinks before it answers a message: a slow server.
+    delay: float = 0.0
     arrived: threading.Condition = field(default_factory=threading.Condition)
 
     async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
@@ -66,6 +73,10 @@ class Handler:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.data_reply is not None:
+            return self.data_reply
         parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
         assert isinstance(parsed, EmailMessage)
         with self.arrived:
@@ -116,6 +127,21 @@ class SmtpServer:
                     )
                 self.handler.arrived.wait(left)
         return self.to(address)
+
+    def wait_count(self, count: int, timeout: float = 20.0) -> list[Received]:
+        """Every mail received, once at least ``count`` arrived (to anyone)."""
+        deadline = time.monotonic() + timeout
+        with self.handler.arrived:
+            while len(self.received) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"{len(self.received)} of {count} mails arrived")
+                self.handler.arrived.wait(left)
+            return list(self.received)
+
+    def message_ids(self) -> list[str]:
+        """The Message-ID of every mail received, in the order they arrived."""
+        return [str(r.message["Message-ID"]) for r in self.received]
 
 
 def free_port() -> int:

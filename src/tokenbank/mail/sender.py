@@ -55,7 +55,10 @@ class Outcome:
 def backoff(attempts: int) -> timedelta:
     """The wait before attempt ``attempts + 1``, with a fifth of jitter either way so
     senders that failed together do not retry together."""
-    wait: timedelta = min(FIRST_RETRY * 2 ** max(attempts - 1, 0), LONGEST_RETRY)
+    # Doubled at most 16 times (past an hour already): a mail tried all day must not
+    # overflow ``timedelta``.
+    doublings = min(max(attempts - 1, 0), 16)
+    wait: timedelta = min(FIRST_RETRY * 2**doublings, LONGEST_RETRY)
     jitter = random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not a secret
     return wait * jitter
 
@@ -78,7 +81,7 @@ class Sender:
             if not claimed:
                 return totals
             for item in claimed:
-                totals = _add(totals, self._send(item))
+                totals = _add(totals, self._send(item, now))
 
     def _claim(self, now: datetime) -> list[Letter]:
         due = (
@@ -102,13 +105,16 @@ class Sender:
             ).all()
         return sorted((letter(row) for row in rows), key=lambda item: item.id)
 
-    def _send(self, item: Letter) -> Outcome:
+    def _send(self, item: Letter, now: datetime | None) -> Outcome:
         try:
             message = self.compose(item)
         except Exception as exc:
             if unavailable(exc) is not None:  # the database went away: try later
-                return self._later(item, f"database unavailable: {type(exc).__name__}")
-            raise
+                return self._later(item, f"database unavailable: {type(exc).__name__}", now)
+            # A letter this process cannot write (a kind only a newer version knows, a
+            # bug): tried again later, and the rest of the claimed mail goes now.
+            log.exception("mail_compose_error", mail_id=item.id, kind=item.kind)
+            return self._later(item, f"compose failed: {type(exc).__name__}", now)
         if message is None:
             self._record(item, status="dropped", last_error="no longer needed")
             log.info("mail_dropped", mail_id=item.id, kind=item.kind, user_id=item.user_id)
@@ -125,7 +131,7 @@ class Sender:
             log.warning("mail_failed", mail_id=item.id, kind=item.kind, error=str(exc))
             return Outcome(failed=1)
         except MailUnavailable as exc:
-            return self._later(item, str(exc))
+            return self._later(item, str(exc), now)
         self._record(
             item,
             status="sent",
@@ -144,8 +150,10 @@ class Sender:
         )
         return Outcome(sent=1)
 
-    def _later(self, item: Letter, error: str) -> Outcome:
-        now = utcnow()
+    def _later(self, item: Letter, error: str, now: datetime | None) -> Outcome:
+        # The pass's own time when it was given one: a retry planned from the clock
+        # instead could fall due again within the same pass, and the pass never end.
+        now = now or utcnow()
         if now - item.created_at >= MAX_AGE:
             self._record(item, status="failed", last_error=error)
             log.warning("mail_failed", mail_id=item.id, kind=item.kind, error=error)
