@@ -30,7 +30,7 @@ from tests.web.browsing import (
     text_of,
 )
 from tests.web.conftest import PASSWORDS, SETTINGS
-from tokenbank import identity
+from tokenbank import identity, mail
 from tokenbank.columns import utcnow
 from tokenbank.config import Settings
 from tokenbank.db import Database
@@ -251,6 +251,9 @@ def test_forgot_password_round_trip(client: TestClient, db: Database) -> None:
             unknown.text
         ).replace("nobody@example.com", "X")
         assert mails_to(client, "nobody@example.com") == []
+        with db.read() as conn:  # the same work was done, and dropped unsent
+            (asked,) = mail.recent(conn, to="nobody@example.com")
+        assert asked.status == "dropped" and asked.user_id is None
         letter = last_mail(client, "ann@example.com")
         assert letter["Subject"] == "Choose a new password"
         assert "30 minutes" in text_of(letter)
