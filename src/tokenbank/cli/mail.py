@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-from types import FrameType
 from typing import Annotated
 
 import typer
@@ -82,11 +81,12 @@ def worker(
         settings = with_secrets(context(ctx).settings)
         sender = mail_sender(settings, context(ctx).db)
     configure_logging(settings.log_level)
-
-    def stop(_signal: int, _frame: FrameType | None) -> None:
-        sender.stop()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    # The signals are waited for here, not handled: a handler would run on this thread at
+    # any point, even inside the lock of the event the sender waits on.
+    stopping = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stopping)  # the sender's thread inherits it
+    sending = sender.start(poll=poll)
     err.print("worker: sending the mail outbox (stop with Ctrl-C)")
-    sender.run(poll=poll)
+    signal.sigwait(stopping)
+    sender.stop()
+    sending.join()

@@ -74,14 +74,16 @@ class Sender:
     _stopping: threading.Event = field(default_factory=threading.Event)
 
     def send_due(self, *, now: datetime | None = None) -> Outcome:
-        """One pass: every mail due now, in batches, until none is left."""
+        """One pass: every mail due now, in batches, until none is left (or ``stop()``
+        was called: the batch in hand is finished, the rest left to the next sender)."""
         totals = Outcome()
-        while True:
+        while not self._stopping.is_set():
             claimed = self._claim(now or utcnow())
             if not claimed:
                 return totals
             for item in claimed:
                 totals = _add(totals, self._send(item, now))
+        return totals
 
     def _claim(self, now: datetime) -> list[Letter]:
         due = (

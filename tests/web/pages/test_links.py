@@ -157,7 +157,7 @@ def test_sign_up_mail_is_in_the_visitors_language(client: TestClient) -> None:
     assert letter["Content-Language"] == "zh-CN"
     assert letter["Subject"] == "确认你的电子邮件地址"
     html = letter.get_body(preferencelist=("html",))
-    assert html is not None and 'lang="zh-CN"' in str(html.get_content())  # type: ignore[attr-defined]
+    assert html is not None and 'lang="zh-CN"' in str(html.get_content())
 
 
 # --- confirming the address before buying ------------------------------------------------------
