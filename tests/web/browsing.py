@@ -76,7 +76,7 @@ def text_of(message: EmailMessage) -> str:
 def link_in(message: EmailMessage, prefix: str) -> str:
     """The path of the link in ``message`` that starts with ``prefix`` (``/verify/``)."""
     for url in re.findall(r"https?://\S+", text_of(message)):
-        path = urlsplit(url).path
+        path = str(urlsplit(url).path)
         if path.startswith(prefix):
             return path
     raise AssertionError(f"no {prefix} link in {text_of(message)!r}")
