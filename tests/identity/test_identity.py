@@ -1,4 +1,5 @@
-"""Passwords, sessions, portal links and rate-limit counters, on SQLite and PostgreSQL."""
+"""Registration, passwords, sessions, portal links and rate-limit counters, on SQLite and
+PostgreSQL."""
 
 from __future__ import annotations
 
@@ -9,22 +10,37 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
-from tokenbank import identity, ledger, users
+from tests.identity.mailbox import kinds
+from tokenbank import identity, ledger
 from tokenbank.columns import utcnow
 from tokenbank.db import Database, connect
-from tokenbank.errors import ConfigurationError
-from tokenbank.identity import DatabaseStorage, Passwords, RateLimited, Throttle
-from tokenbank.identity.models import rate_limits, sessions
+from tokenbank.errors import ConfigurationError, EmailNotVerified, InvalidEmailLink
+from tokenbank.identity import DatabaseStorage, Passwords, RateLimited, Throttle, links
+from tokenbank.identity.models import email_links, rate_limits, sessions
+from tokenbank.users import create_user
 from tokenbank.users.models import users as users_table
 
 PASSWORDS = Passwords(memory_kib=1024, passes=1)
+PASSWORD = "correct horse battery"
 DAY = timedelta(days=1)
 
 
-def _register(db: Database, email: str = "ann@example.com") -> tuple[users.User, str]:
-    return identity.register(
-        db, email=email, password="correct horse", passwords=PASSWORDS, session_ttl=DAY
-    )
+def _register(db: Database, email: str = "ann@example.com") -> str | None:
+    return identity.register(db, email=email, password=PASSWORD, passwords=PASSWORDS, language="en")
+
+
+def _signed_up(db: Database, email: str = "ann@example.com") -> tuple[str, str]:
+    """A new account and a session of it (registration opens none: the pages sign in)."""
+    user_id = _register(db, email)
+    assert user_id is not None
+    with db.transaction() as conn:
+        token = identity.open_session(conn, user_id=user_id, via="registration", ttl=DAY)
+    return user_id, token
+
+
+def _count(db: Database, table: sa.Table) -> int:
+    with db.read() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
 
 
 def _who(db: Database, token: str) -> identity.SignedIn | None:
@@ -32,69 +48,89 @@ def _who(db: Database, token: str) -> identity.SignedIn | None:
         return identity.session_user(conn, token=token)
 
 
-def test_register_stores_argon2id_and_opens_a_session(db: Database) -> None:
-    user, token = _register(db)
+def test_register_stores_argon2id_and_opens_no_session(db: Database) -> None:
+    user_id = _register(db, email=" Ann@Example.com ")
+    assert user_id is not None and user_id.startswith("u_")
     with db.read() as conn:
         stored = conn.execute(
-            sa.select(users_table.c.password_hash).where(users_table.c.id == user.id)
+            sa.select(users_table.c.password_hash).where(users_table.c.id == user_id)
         ).scalar_one()
-        assert ledger.balance(conn, user_id=user.id).available == 0  # the wallet exists
-    assert stored.startswith("$argon2id$") and "correct horse" not in stored
+        assert ledger.balance(conn, user_id=user_id).available == 0  # the wallet exists
+    assert stored.startswith("$argon2id$") and PASSWORD not in stored
+    assert _count(db, sessions) == 0
+    token = identity.sign_in(
+        db, email="ann@example.com", password=PASSWORD, passwords=PASSWORDS, session_ttl=DAY
+    )
     signed_in = _who(db, token)
     assert signed_in is not None
     assert (signed_in.user_id, signed_in.email, signed_in.has_password) == (
-        user.id,
-        "ann@example.com",
+        user_id,
+        "Ann@Example.com",  # as typed, trimmed
         True,
     )
     assert not signed_in.is_admin
+    assert not signed_in.email_verified  # until the link mailed to it is followed
+    assert kinds(db) == [("verify", "Ann@Example.com")]
 
 
 def test_register_refuses_short_password_and_taken_email(db: Database) -> None:
-    with pytest.raises(ledger.InvalidArgument, match="password"):
+    with pytest.raises(ledger.InvalidArgument, match="password") as refused:
         identity.register(
-            db, email="bob@example.com", password="short", passwords=PASSWORDS, session_ttl=DAY
+            db, email="bob@example.com", password="short", passwords=PASSWORDS, language="en"
         )
-    _register(db)
-    with pytest.raises(users.EmailTaken):
-        _register(db, email="ANN@example.com")
-    with db.read() as conn:
-        assert conn.execute(sa.select(sa.func.count()).select_from(users_table)).scalar() == 1
+    assert refused.value.field == "password"
+    with pytest.raises(ledger.InvalidArgument) as refused:
+        _register(db, email="not an address")
+    assert refused.value.field == "email"
+    assert kinds(db) == []
+    first = _register(db)
+    assert first is not None
+    # Taken: no second account, no error to tell the visitor so; the owner hears of it.
+    assert _register(db, email="ANN@example.com") is None
+    assert _count(db, users_table) == 1
+    assert kinds(db) == [("verify", "ann@example.com"), ("registered_again", "ann@example.com")]
 
 
 def test_sign_in_same_error_for_wrong_password_and_unknown_email(db: Database) -> None:
     _register(db)
-    for email, password in (("ann@example.com", "wrong password"), ("who@x.io", "whatever1")):
+    assert _count(db, sessions) == 0
+    for email, password in (
+        ("ann@example.com", "wrong password"),
+        ("who@x.io", "whatever1"),
+        ("not an address", PASSWORD),
+    ):
         with pytest.raises(identity.InvalidCredentials) as caught:
             identity.sign_in(
                 db, email=email, password=password, passwords=PASSWORDS, session_ttl=DAY
             )
         assert str(caught.value) == "wrong email or password"
-    token = identity.sign_in(
-        db,
-        email=" Ann@Example.com ",
-        password="correct horse",
-        passwords=PASSWORDS,
-        session_ttl=DAY,
-    )
-    assert _who(db, token) is not None
+    assert _count(db, sessions) == 0
+    for spelling in (
+        " Ann@Example.com ",
+        "\uff41\uff4e\uff4e@example.com",
+        "an\u200bn@EXAMPLE.com",
+    ):
+        token = identity.sign_in(
+            db, email=spelling, password=PASSWORD, passwords=PASSWORDS, session_ttl=DAY
+        )
+        assert _who(db, token) is not None
 
 
 def test_sign_in_upgrades_an_outdated_hash(db: Database) -> None:
-    user, _ = _register(db)
+    user_id = _register(db)
     stronger = Passwords(memory_kib=2048, passes=1)
     identity.sign_in(
-        db, email="ann@example.com", password="correct horse", passwords=stronger, session_ttl=DAY
+        db, email="ann@example.com", password=PASSWORD, passwords=stronger, session_ttl=DAY
     )
     with db.read() as conn:
         stored = conn.execute(
-            sa.select(users_table.c.password_hash).where(users_table.c.id == user.id)
+            sa.select(users_table.c.password_hash).where(users_table.c.id == user_id)
         ).scalar_one()
     assert "m=2048" in stored
 
 
 def test_sessions_expire_and_are_revocable(db: Database) -> None:
-    _, token = _register(db)
+    _, token = _signed_up(db)
     with db.read() as conn:
         assert identity.session_user(conn, token=token, now=utcnow() + 2 * DAY) is None
         assert identity.session_user(conn, token=token + "x") is None
@@ -107,34 +143,34 @@ def test_sessions_expire_and_are_revocable(db: Database) -> None:
 
 
 def test_change_password_signs_out_other_sessions(db: Database) -> None:
-    _, first = _register(db)
+    _, first = _signed_up(db)
     second = identity.sign_in(
-        db, email="ann@example.com", password="correct horse", passwords=PASSWORDS, session_ttl=DAY
+        db, email="ann@example.com", password=PASSWORD, passwords=PASSWORDS, session_ttl=DAY
     )
     me = _who(db, first)
     assert me is not None
+    new = "plover trellis quartz"
     with pytest.raises(identity.InvalidCredentials):
         identity.change_password(
-            db, signed_in=me, current="not it at all", new="new password 1", passwords=PASSWORDS
+            db, signed_in=me, current="not it at all", new=new, passwords=PASSWORDS
         )
     ended = identity.change_password(
-        db, signed_in=me, current="correct horse", new="new password 1", passwords=PASSWORDS
+        db, signed_in=me, current=PASSWORD, new=new, passwords=PASSWORDS
     )
     assert ended == 1
     assert _who(db, first) is not None and _who(db, second) is None
     with pytest.raises(identity.InvalidCredentials):
         identity.sign_in(
-            db,
-            email="ann@example.com",
-            password="correct horse",
-            passwords=PASSWORDS,
-            session_ttl=DAY,
+            db, email="ann@example.com", password=PASSWORD, passwords=PASSWORDS, session_ttl=DAY
         )
+    identity.sign_in(
+        db, email="ann@example.com", password=new, passwords=PASSWORDS, session_ttl=DAY
+    )
 
 
 def _host_user(db: Database, user_id: str = "host-7") -> None:
     with db.transaction() as conn:
-        users.create_user(conn, user_id=user_id, email=f"{user_id}@host.io")
+        create_user(conn, user_id=user_id, email=f"{user_id}@host.io")
 
 
 def test_portal_link_is_one_time(db: Database) -> None:
@@ -202,17 +238,27 @@ def test_racing_redemptions_have_one_winner(db: Database) -> None:
 
 
 def test_sweep_removes_only_what_is_dead(db: Database) -> None:
-    _, live = _register(db)
+    ann, live = _signed_up(db)
     _host_user(db)
     with db.transaction() as conn:
         identity.create_portal_link(conn, user_id="host-7", next_path="/", ttl=timedelta(seconds=1))
         gone = identity.open_session(conn, user_id="host-7", via="portal", ttl=DAY)
+        reset = links.issue(
+            conn, purpose="reset", user_id=ann, email="ann@example.com", stamp="s" * 64
+        )
+        links.issue(conn, purpose="verify", user_id=ann, email="ann@example.com")
     who = _who(db, gone)
     assert who is not None
     with db.transaction() as conn:
         identity.revoke_session(conn, session_id=who.session_id)
         removed = identity.sweep(conn, now=utcnow() + timedelta(seconds=5))
-    assert removed == {"portal_links": 1, "sessions": 1, "rate_limits": 0}
+    assert removed == {"portal_links": 1, "sessions": 1, "email_links": 0, "rate_limits": 0}
+    with db.transaction() as conn:  # the reset link lasts 30 minutes, the other 3 days
+        removed = identity.sweep(conn, now=utcnow() + timedelta(minutes=31))
+        assert removed["email_links"] == 1
+        with pytest.raises(InvalidEmailLink):
+            links.peek(conn, purpose="reset", token=reset)
+    assert _count(db, email_links) == 1
     assert _who(db, live) is not None
 
 
@@ -276,10 +322,25 @@ def test_unreadable_limit_is_a_configuration_error(db: Database) -> None:
 
 
 def test_sessions_table_has_only_digests(db: Database) -> None:
-    _, token = _register(db)
+    _, token = _signed_up(db)
     with db.read() as conn:
         ids = conn.execute(sa.select(sessions.c.id)).scalars().all()
     assert token not in ids and len(ids[0]) == 64
+
+
+def test_require_verified(db: Database) -> None:
+    _, token = _signed_up(db)
+    me = _who(db, token)
+    assert me is not None and not me.email_verified
+    identity.require_verified(me, required=False)
+    with pytest.raises(EmailNotVerified):
+        identity.require_verified(me, required=True)
+    _host_user(db)  # the host app vouches for the addresses it sets
+    with db.transaction() as conn:
+        host = identity.open_session(conn, user_id="host-7", via="portal", ttl=DAY)
+    vouched = _who(db, host)
+    assert vouched is not None and vouched.email_verified
+    identity.require_verified(vouched, required=True)
 
 
 def test_racing_registrations_of_one_email(db: Database) -> None:
@@ -288,11 +349,7 @@ def test_racing_registrations_of_one_email(db: Database) -> None:
 
     def register() -> None:
         barrier.wait()
-        try:
-            _register(db, email="race@example.com")
-            outcomes.append("created")
-        except users.EmailTaken:
-            outcomes.append("taken")
+        outcomes.append("taken" if _register(db, email="race@example.com") is None else "created")
 
     threads = [threading.Thread(target=register) for _ in range(6)]
     for thread in threads:
@@ -300,3 +357,7 @@ def test_racing_registrations_of_one_email(db: Database) -> None:
     for thread in threads:
         thread.join()
     assert sorted(outcomes) == ["created"] + ["taken"] * 5
+    assert _count(db, users_table) == 1
+    assert sorted(kinds(db)) == [("registered_again", "race@example.com")] * 5 + [
+        ("verify", "race@example.com")
+    ]

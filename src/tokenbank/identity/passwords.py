@@ -72,9 +72,13 @@ def check_password(
 
 
 def _pieces(value: str) -> list[str]:
-    """An email counts whole and by its parts: ``ann.lee@example.com`` gives ``ann``, ..."""
+    """An email counts whole, by its name before the @ and by its parts:
+    ``ann.lee@example.com`` gives ``ann.lee``, ``ann``, ... (the name whole, or the
+    password ``ann.lee`` would be three guesses apart, and pass)."""
     lowered = value.lower()
     parts = [lowered]
+    if "@" in lowered:
+        parts.append(lowered.rpartition("@")[0])
     for separator in "@.+-_ ":
         lowered = lowered.replace(separator, " ")
     parts.extend(word for word in lowered.split() if len(word) >= 3)

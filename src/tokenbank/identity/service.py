@@ -88,7 +88,9 @@ def register(
     address = emails.parse(email)
     check_password(password, personal=(address.typed, name))
     hashed = passwords.hash(password)
-    for _ in range(2):  # a registration racing this one for the address: look again
+    # A registration racing this one for the address: look again. It shows as the unique
+    # index refusing the row, or (its commit seen by create_user's own look) EmailTaken.
+    for _ in range(2):
         try:
             with db.transaction() as conn:
                 return _register(
@@ -100,7 +102,7 @@ def register(
                     name=name,
                     account_language=account_language,
                 )
-        except sa.exc.IntegrityError:
+        except (sa.exc.IntegrityError, EmailTaken):
             continue
     raise EmailTaken(address.typed)
 

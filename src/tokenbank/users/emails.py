@@ -34,6 +34,8 @@ from tokenbank.errors import InvalidArgument, MixedScriptEmail
 
 MAX_LENGTH = 320
 MAX_LOCAL_LENGTH = 64
+#: The width of ``users.email_skeleton``.
+MAX_SKELETON_LENGTH = 1000
 _SHAPE = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
 
 #: Default_Ignorable_Code_Point (DerivedCoreProperties.txt) outside the Cf category, which
@@ -102,11 +104,24 @@ def forms(text: object) -> Address:
         unicode_domain = ascii_domain.encode("ascii").decode("idna")
     except UnicodeError:
         raise InvalidArgument("email", "must be an email address") from None
-    return Address(
+    address = Address(
         typed=typed,
         canonical=f"{local}@{ascii_domain}",
         skeleton=_checker().getSkeleton(0, f"{local}@{unicode_domain}"),
     )
+    # NFKC turns some characters into a space and a mark (U+00A8 "¨" is " \u0308") and
+    # some into many ("\ufdfa" is 18 characters; the skeleton of a Hangul syllable is up
+    # to 7): the forms looked up and mailed to must still have the shape of an address,
+    # and every form must fit its column.
+    if (
+        not all(
+            len(form) <= MAX_LENGTH and _SHAPE.match(form)
+            for form in (address.canonical, address.mailbox)
+        )
+        or len(address.skeleton) > MAX_SKELETON_LENGTH
+    ):
+        raise InvalidArgument("email", "must be an email address")
+    return address
 
 
 def canonical(text: str) -> str | None:

@@ -117,6 +117,13 @@ def backfill(conn: sa.Connection) -> list[str]:
         sa.column("email_skeleton"),
         sa.column("email_verified_at"),
     )
+    # Every address already there counts as confirmed, a colliding one too: its account
+    # bought before confirmation existed, and must not lose that to a collision.
+    conn.execute(
+        sa.update(users)
+        .where(users.c.email.is_not(None))
+        .values(email_verified_at=users.c.created_at)
+    )
     rows = conn.execute(
         sa.select(users.c.id, users.c.email, users.c.created_at)
         .where(users.c.email.is_not(None))
@@ -142,11 +149,7 @@ def backfill(conn: sa.Connection) -> list[str]:
         conn.execute(
             sa.update(users)
             .where(users.c.id == row.id)
-            .values(
-                email_canonical=address.canonical,
-                email_skeleton=address.skeleton,
-                email_verified_at=row.created_at,
-            )
+            .values(email_canonical=address.canonical, email_skeleton=address.skeleton)
         )
     for problem in problems:
         print(
