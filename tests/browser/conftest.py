@@ -2,18 +2,22 @@
 
 The service and its Stripe emulator are separate processes started through the ``tokenbank``
 command, the way an operator starts them, so a page sees the same app, settings and catalog
-sync a deployment would. Chromium comes from Debian's packages (installed on first use when
-missing), never from Playwright's own downloads.
+sync a deployment would. Its mail goes over SMTP to a server of the test's own
+(``tests.smtp``), where a test reads it and follows its link in the browser, as a user
+would. Chromium comes from Debian's packages (installed on first use when missing), never
+from Playwright's own downloads.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import re
 import secrets
 import shutil
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +27,12 @@ import pytest
 from playwright.sync_api import (
     Browser,
     BrowserContext,
+    ConsoleMessage,
     Page,
     Playwright,
+    Response,
     ViewportSize,
+    expect,
     sync_playwright,
 )
 
@@ -38,6 +45,7 @@ from tests.processes import (
     free_ports,
     wait_until_up,
 )
+from tests.smtp import Received, SmtpServer
 
 SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -61,6 +69,9 @@ LOG_TAIL_LINES = 80
 STRIPE_SECRET_KEY = "sk_test_local_emulator"
 STRIPE_PUBLISHABLE_KEY = "pk_test_local_emulator"
 STRIPE_WEBHOOK_SECRET = "whsec_local_emulator"
+MAIL_FROM = "tokenbank <billing@tokenbank.test>"
+#: How long a mail may take from the page that sends it to the test's SMTP server.
+MAIL_TIMEOUT = 20.0
 
 PurchaseFlow = Literal["checkout", "payment_intent", "embedded"]
 
@@ -240,14 +251,29 @@ def screenshot() -> Callable[[Page, str], Path]:
 @dataclass
 class LiveService:
     """A running tokenbank and its Stripe emulator, each in its own process, on one SQLite
-    file in ``directory``."""
+    file in ``directory``; ``smtp`` is the mail server its mail goes to."""
 
     base_url: str
     emulator_url: str
     database_url: str
     env: dict[str, str]
     directory: Path
+    smtp: SmtpServer
     processes: list[Process] = field(default_factory=list)
+
+    def mail(self, address: str, *, count: int = 1, timeout: float = MAIL_TIMEOUT) -> Received:
+        """The ``count``-th mail to ``address`` (the first by default), once it arrived."""
+        return self.smtp.wait_for(address, count, timeout)[count - 1]
+
+    def open_mail_link(
+        self, page: Page, address: str, prefix: str, *, count: int = 1
+    ) -> tuple[Received, Response | None]:
+        """Open, in ``page``, the link starting with ``prefix`` of the ``count``-th mail to
+        ``address``, as its reader would; the mail, and the page's answer."""
+        received = self.mail(address, count=count)
+        path = received.link(prefix)
+        assert f"{self.base_url}{path}" in received.text, "the link leaves this instance"
+        return received, page.goto(f"{self.base_url}{path}")
 
     def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
         """``tokenbank ARGS...`` against this instance's database and settings."""
@@ -300,14 +326,17 @@ class LiveService:
     def stop(self) -> None:
         for process in reversed(self.processes):
             process.stop()
+        self.smtp.stop()
 
 
 def _start_service(
     directory: Path, catalog: Path, purchase_flow: PurchaseFlow, extra_env: Mapping[str, str]
 ) -> LiveService:
-    port, emulator_port = free_ports(2)
+    port, emulator_port, smtp_port = free_ports(3)
     base_url, emulator_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{emulator_port}"
     database_url = f"sqlite:///{directory / 'tokenbank.db'}"
+    smtp = SmtpServer(smtp_port)
+    smtp.start()
     env = clean_env(
         {
             "TOKENBANK_DATABASE_URL": database_url,
@@ -320,14 +349,19 @@ def _start_service(
             "TOKENBANK_LOGIN_LIMIT_PER_IP": "10000/minute",
             "TOKENBANK_LOGIN_LIMIT_PER_EMAIL": "10000/minute",
             "TOKENBANK_REGISTER_LIMIT_PER_IP": "10000/minute",
+            "TOKENBANK_RESET_LIMIT_PER_IP": "10000/minute",
             "STRIPE_SECRET_KEY": STRIPE_SECRET_KEY,
             "STRIPE_PUBLISHABLE_KEY": STRIPE_PUBLISHABLE_KEY,
             "STRIPE_WEBHOOK_SECRET": STRIPE_WEBHOOK_SECRET,
             "STRIPE_API_BASE": emulator_url,
+            # Each app process sends its outbox to this test's SMTP server.
+            "TOKENBANK_SMTP_URL": smtp.url,
+            "TOKENBANK_MAIL_FROM": MAIL_FROM,
+            "TOKENBANK_MAIL_SENDER": "app",
             **extra_env,
         }
     )
-    service = LiveService(base_url, emulator_url, database_url, env, directory)
+    service = LiveService(base_url, emulator_url, database_url, env, directory, smtp)
     service.start(
         "stripe-emulator",
         *("stripe-emulator", "--host", "127.0.0.1", "--port", str(emulator_port)),
@@ -385,12 +419,108 @@ def live_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartServ
     factory.stop()
 
 
+# --- what a user does in the pages ----------------------------------------------------------
+
+#: Long and hard to guess (zxcvbn's score 4): a password the pages accept.
+PASSWORD = "correct horse battery"
+
+
+def unique_email(prefix: str) -> str:
+    """An address no other test uses: instances, and their databases, are shared."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}@example.com"
+
+
+def register(
+    page: Page, service: LiveService, email: str, name: str = "Ada", password: str = PASSWORD
+) -> Response:
+    """Fill in and send the sign-up form (in English or Chinese); the answer, a "check your
+    inbox" page, signed out (the form's own URL, no redirect)."""
+    page.goto(f"{service.base_url}/register")
+    page.get_by_label(re.compile("^(Name|姓名)")).fill(name)
+    page.get_by_label(re.compile("^(Email|邮箱)")).fill(email)
+    page.get_by_label(re.compile("^(Password|密码)")).fill(password)
+    with page.expect_navigation() as answer:
+        page.locator("form[action='/register'] button[type=submit]").click()
+    response = answer.value
+    assert response is not None and response.status == 200, response
+    assert page.url == f"{service.base_url}/register"
+    expect(page.locator("form[action='/register']")).to_have_count(0)
+    return response
+
+
+def show_mail(page: Page, received: Received) -> None:
+    """Show a mail's HTML part in ``page``, as a mail program would: in a blank page of its
+    own (written into one of ours, it would fall under that page's CSP), its links live."""
+    page.goto("about:blank")
+    page.set_content(received.html)
+
+
+def confirm_address(page: Page, service: LiveService, email: str, *, count: int = 1) -> Received:
+    """Open the confirmation link of the ``count``-th mail to ``email`` and press its one
+    button ("Confirm my address"); signed out, the browser lands on the sign-in page."""
+    received, opened = service.open_mail_link(page, email, "/verify/", count=count)
+    assert opened is not None and opened.status == 200, opened
+    page.locator("form[action^='/verify/'] button[type=submit]").click()
+    page.wait_for_url(f"{service.base_url}/login?done=verified")
+    return received
+
+
+def sign_in(page: Page, service: LiveService, email: str, password: str = PASSWORD) -> None:
+    page.goto(f"{service.base_url}/login")
+    page.get_by_label(re.compile("^(Email|邮箱)")).fill(email)
+    page.get_by_label(re.compile("^(Password|密码)")).fill(password)
+    page.locator("form[action='/login'] button[type=submit]").click()
+    page.wait_for_url(f"{service.base_url}/dashboard")
+
+
+def register_confirmed(page: Page, service: LiveService, email: str, name: str = "Ada") -> None:
+    """Sign up in the pages, confirm the address with the mailed link, and sign in: a new
+    user who may buy, on the dashboard."""
+    register(page, service, email, name)
+    confirm_address(page, service, email)
+    sign_in(page, service, email)
+
+
+def pay_on_hosted_page(page: Page, card: str) -> None:
+    """Pay on the Stripe emulator's hosted Checkout page with ``card``."""
+    page.get_by_label("Card number").fill(card)
+    page.get_by_label("Expiry").fill("12 / 34")
+    page.get_by_label("CVC").fill("123")
+    page.locator("form button[type=submit]").click()
+
+
+def watch_console(page: Page, origin: str) -> list[str]:
+    """Errors our pages log: a script that fails, a CSP refusal, a missing resource (not
+    those of Stripe's pages, here the emulator's, which a test passes through)."""
+    errors: list[str] = []
+
+    def console(message: ConsoleMessage) -> None:
+        where = message.location.get("url", "") or page.url
+        if message.type == "error" and where.startswith(origin):
+            errors.append(f"{where}: {message.text}")
+
+    page.on("console", console)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    return errors
+
+
+def take_refusals(errors: list[str], status: int) -> list[str]:
+    """Remove from ``errors`` what the browser logs for an answer with ``status`` (a page
+    or a request a test expects refused) and return the rest, which should be nothing."""
+    logged = f"the server responded with a status of {status} "
+    refusals = [e for e in errors if logged in e]
+    assert refusals, f"no {status} answer was logged: {errors}"
+    rest = [e for e in errors if logged not in e]
+    errors.clear()
+    return rest
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """A failing test's report carries the end of its services' logs: a 500 in the browser
-    is explained by the traceback the server logged."""
+    """A failing test's report carries the end of its services' logs (a 500 in the browser
+    is explained by the traceback the server logged) and the mail their SMTP servers got."""
     report = yield
     factory = getattr(item, "funcargs", {}).get("live_service")
     if report.failed and isinstance(factory, StartService):
@@ -398,4 +528,10 @@ def pytest_runtest_makereport(
             for process in service.processes:
                 tail = "\n".join(process.output().splitlines()[-LOG_TAIL_LINES:])
                 report.sections.append((f"{process.name} log ({process.log_path})", tail))
+            received = [
+                f"{', '.join(r.recipients)}: {r.message['Subject']}" for r in service.smtp.received
+            ]
+            report.sections.append(
+                (f"mail received at {service.smtp.url}", "\n".join(received[-LOG_TAIL_LINES:]))
+            )
     return report

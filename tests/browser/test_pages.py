@@ -15,41 +15,22 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import ConsoleMessage, Page, expect
+from playwright.sync_api import Page, expect
 
-from tests.browser.conftest import LiveService, NewPage, StartService
+from tests.browser.conftest import (
+    PASSWORD,
+    LiveService,
+    NewPage,
+    StartService,
+    pay_on_hosted_page,
+    register_confirmed,
+    sign_in,
+    unique_email,
+    watch_console,
+)
 
-PASSWORD = "correct horse battery"
 REPO = Path(__file__).resolve().parents[2]
 Shoot = Callable[[Page, str], Path]
-
-
-def _email(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}@example.com"
-
-
-def _register(page: Page, service: LiveService, email: str, name: str = "Ada") -> None:
-    page.goto(f"{service.base_url}/register")
-    page.get_by_label(re.compile("^(Name|姓名)")).fill(name)
-    page.get_by_label(re.compile("^(Email|邮箱)")).fill(email)
-    page.get_by_label(re.compile("^(Password|密码)")).fill(PASSWORD)
-    page.locator("form[action='/register'] button[type=submit]").click()
-    page.wait_for_url(f"{service.base_url}/dashboard")
-
-
-def _sign_in(page: Page, service: LiveService, email: str) -> None:
-    page.goto(f"{service.base_url}/login")
-    page.get_by_label(re.compile("^(Email|邮箱)")).fill(email)
-    page.get_by_label(re.compile("^(Password|密码)")).fill(PASSWORD)
-    page.locator("form[action='/login'] button[type=submit]").click()
-    page.wait_for_url(f"{service.base_url}/dashboard")
-
-
-def _pay_on_hosted_page(page: Page, card: str) -> None:
-    page.get_by_label("Card number").fill(card)
-    page.get_by_label("Expiry").fill("12 / 34")
-    page.get_by_label("CVC").fill("123")
-    page.locator("form button[type=submit]").click()
 
 
 def _available(page: Page) -> int:
@@ -70,7 +51,7 @@ def test_newcomer_registers_buys_with_checkout_and_downloads_csv(
     expect(page.locator("[data-package=plus] .bonus")).to_have_text("+200 bonus")
     screenshot(page, "en-pricing")
 
-    _register(page, service, _email("newcomer"))
+    register_confirmed(page, service, unique_email("newcomer"))
     expect(page.locator("[data-low-balance]")).to_be_visible()  # 0 tokens: below the threshold
     screenshot(page, "en-dashboard-new")
 
@@ -79,7 +60,7 @@ def test_newcomer_registers_buys_with_checkout_and_downloads_csv(
     page.wait_for_url(re.compile(re.escape(service.emulator_url) + "/checkout/"))
     expect(page.get_by_text("$20.00").first).to_be_visible()
     screenshot(page, "en-stripe-checkout")
-    _pay_on_hosted_page(page, "4242 4242 4242 4242")
+    pay_on_hosted_page(page, "4242 4242 4242 4242")
 
     page.wait_for_url(re.compile(r"/purchase/success\?session_id="))
     expect(page.get_by_role("heading", name="Thank you!")).to_be_visible()
@@ -126,7 +107,7 @@ def test_embedded_modal_declined_card_credits_nothing_then_pays(
 ) -> None:
     service = live_service(purchase_flow="payment_intent")
     page = new_page()
-    _register(page, service, _email("modal"))
+    register_confirmed(page, service, unique_email("modal"))
     page.goto(f"{service.base_url}/pricing")
     page.locator("[data-package=starter] button[type=submit]").click()
 
@@ -181,13 +162,13 @@ def test_chinese_pages_with_yuan(
     expect(page.get_by_text("代币会过期吗？")).to_be_visible()
     screenshot(page, "zh-CN-pricing")
 
-    _register(page, service, _email("zh"), name="李雷")
+    register_confirmed(page, service, unique_email("zh"), name="李雷")
     expect(page.get_by_role("heading", name="李雷，您好")).to_be_visible()
     expect(page.get_by_text("您的余额不足")).to_be_visible()
     page.goto(f"{service.base_url}/pricing")
     standard.locator("button[type=submit]").click()
     page.wait_for_url(re.compile(re.escape(service.emulator_url) + "/checkout/"))
-    _pay_on_hosted_page(page, "4242 4242 4242 4242")
+    pay_on_hosted_page(page, "4242 4242 4242 4242")
     page.wait_for_url(re.compile(r"/purchase/success"))
     expect(page.get_by_role("heading", name="谢谢您！")).to_be_visible()
     expect(page.get_by_text("已支付 ¥45.00")).to_be_visible()
@@ -210,12 +191,12 @@ def test_phone_widget_follows_a_spend_made_through_the_api(
 ) -> None:
     service = live_service()
     user_id = f"phone-{uuid.uuid4().hex[:8]}"
-    email = _email("phone")
+    email = unique_email("phone")
     service.create_user(user_id, email, PASSWORD)
     service.cli("grant", user_id, "500", "--reason", "welcome")
     key = service.api_key("spend")
     page = new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
-    _sign_in(page, service, email)
+    sign_in(page, service, email)
     assert _available(page) == 500
     overflow = page.evaluate("document.documentElement.scrollWidth > window.innerWidth")
     assert overflow is False  # nothing wider than the phone
@@ -274,11 +255,11 @@ def test_admin_grants_tokens_and_replays_a_failed_webhook(
     live_service: StartService, new_page: NewPage, screenshot: Shoot
 ) -> None:
     service = live_service(extra_env={"TOKENBANK_LOW_BALANCE_THRESHOLD": "50"})
-    admin_email = _email("admin")
+    admin_email = unique_email("admin")
     service.create_user("admin-1", admin_email, PASSWORD, admin=True)
     service.create_user("grace", "grace@example.com", PASSWORD)
     page = new_page()
-    _sign_in(page, service, admin_email)
+    sign_in(page, service, admin_email)
 
     page.get_by_role("link", name="Admin").click()
     page.get_by_label("User id or email").fill("grace@example.com")
@@ -326,24 +307,9 @@ def test_admin_grants_tokens_and_replays_a_failed_webhook(
 
     # Admin pages are for admins only.
     other = new_page()
-    _sign_in(other, service, "grace@example.com")
+    sign_in(other, service, "grace@example.com")
     response = other.goto(f"{service.base_url}/admin/webhooks")
     assert response is not None and response.status == 403
-
-
-def _watch_console(page: Page, origin: str) -> list[str]:
-    """Errors our pages log: a script that fails, a CSP refusal, a missing resource (not
-    those of Stripe's pages, here the emulator's, which a test passes through)."""
-    errors: list[str] = []
-
-    def console(message: ConsoleMessage) -> None:
-        where = message.location.get("url", "") or page.url
-        if message.type == "error" and where.startswith(origin):
-            errors.append(f"{where}: {message.text}")
-
-    page.on("console", console)
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    return errors
 
 
 UNLABELLED = """() => [...document.querySelectorAll('input, select, textarea')]
@@ -364,7 +330,7 @@ def test_every_page_renders_cleanly_in_both_languages(
     locale, catalog, package = tour
     service = live_service(catalog=REPO / "catalogs" / catalog)
     user_id = f"tour-{locale}-{uuid.uuid4().hex[:6]}"
-    email = _email(user_id)
+    email = unique_email(user_id)
     service.create_user(user_id, email, PASSWORD, admin=True)
     service.cli("grant", user_id, "300", "--reason", "welcome")
     key = service.api_key("admin")
@@ -389,7 +355,7 @@ def test_every_page_renders_cleanly_in_both_languages(
         headers=auth,
     ).json()
     page = new_page(locale=locale)
-    errors = _watch_console(page, service.base_url)
+    errors = watch_console(page, service.base_url)
 
     def visit(path: str, name: str, status: int = 200) -> None:
         response = page.goto(f"{service.base_url}{path}")
@@ -400,8 +366,9 @@ def test_every_page_renders_cleanly_in_both_languages(
 
     visit("/login", "login")
     visit("/register", "register")
+    visit("/password/forgot", "password-forgot")
     visit("/pricing", "pricing-signed-out")
-    _sign_in(page, service, email)
+    sign_in(page, service, email)
     visit("/dashboard", "dashboard")
     visit("/pricing", "pricing-signed-in")
     visit("/history", "history")
@@ -436,11 +403,11 @@ def test_buying_works_without_javascript(
 ) -> None:
     service = live_service()
     page = new_page(java_script_enabled=False)
-    _register(page, service, _email("nojs"))
+    register_confirmed(page, service, unique_email("nojs"))
     page.goto(f"{service.base_url}/pricing")
     page.locator("[data-package=starter] button[type=submit]").click()
     page.wait_for_url(re.compile(re.escape(service.emulator_url) + "/checkout/"))
-    _pay_on_hosted_page(page, "4242 4242 4242 4242")
+    pay_on_hosted_page(page, "4242 4242 4242 4242")
     page.wait_for_url(re.compile(r"/purchase/success"))
     expect(page.locator("[data-credited]")).to_have_attribute("data-credited", "500")
     page.goto(f"{service.base_url}/history")

@@ -1,15 +1,17 @@
 """The browser-test machinery itself: Chromium reaches a live tokenbank, screenshots land
-where reviewers look, and the CLI helpers act on that instance's database."""
+where reviewers look, the CLI helpers act on that instance's database, and its mail
+reaches the test's SMTP server."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 from playwright.sync_api import Page
 
-from tests.browser.conftest import NewPage, StartService
+from tests.browser.conftest import MAIL_FROM, NewPage, StartService
 
 
 def test_login_page_renders_in_chromium(
@@ -55,3 +57,31 @@ def test_cli_creates_a_user_and_an_api_key_on_the_instance(live_service: StartSe
     packages = httpx.get(f"{service.base_url}/api/v1/packages")
     assert packages.status_code == 200
     assert packages.json(), "the catalog was not synced to the emulator"
+
+
+def test_the_instance_mails_through_the_test_smtp_server(
+    live_service: StartService, new_page: NewPage
+) -> None:
+    service = live_service()
+    service.create_user("smoke-mail", "smoke-mail@example.com", "correct horse 9")
+    page = new_page()
+    page.goto(f"{service.base_url}/password/forgot")
+    page.locator("form input[name='email']").fill("smoke-mail@example.com")
+    page.locator("form[action='/password/forgot'] button[type=submit]").click()
+
+    received = service.mail("smoke-mail@example.com")
+
+    assert received.sender == "billing@tokenbank.test"  # the envelope's, from MAIL_FROM
+    assert str(received.message["From"]) == MAIL_FROM
+    assert received.recipients == ["smoke-mail@example.com"]
+    path = received.link("/password/reset/")
+    assert f"{service.base_url}{path}" in received.text  # TOKENBANK_PUBLIC_URL
+    opened = service.open_mail_link(page, "smoke-mail@example.com", "/password/reset/")[1]
+    assert opened is not None and opened.status == 200
+    assert page.url == f"{service.base_url}{path}"
+    # Sent by the app process itself, which records it a moment after the server took it.
+    deadline = time.monotonic() + 10
+    sent = ""
+    while "reset" not in sent and time.monotonic() < deadline:
+        sent = service.cli("mail", "list", "--status=sent", "--to=smoke-mail@example.com").stdout
+    assert "reset" in sent, sent
