@@ -70,7 +70,7 @@ def test_register_stores_argon2id_and_opens_no_session(db: Database) -> None:
     )
     assert not signed_in.is_admin
     assert not signed_in.email_verified  # until the link mailed to it is followed
-    assert kinds(db) == [("verify", "Ann@Example.com")]
+    assert kinds(db) == [("verify", "Ann@example.com")]
 
 
 def test_register_refuses_short_password_and_taken_email(db: Database) -> None:

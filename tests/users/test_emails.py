@@ -85,7 +85,9 @@ def test_forms_of_one_address_share_canonical_and_skeleton() -> None:
 
 
 def test_the_mailbox_drops_what_no_mail_server_takes_and_keeps_the_case() -> None:
-    assert emails.parse(" Ann@Example.com ").mailbox == "Ann@Example.com"
+    assert emails.parse(" Ann@Example.com ").mailbox == "Ann@example.com"
+    assert emails.parse("Ann@B\u00fccher.de").mailbox == "Ann@xn--bcher-kva.de"
+    assert emails.parse("ann@example\uff0ecom.").mailbox == "ann@example.com"
     assert emails.parse(FULLWIDTH).mailbox == HOMOGLYPH
     assert emails.parse(ZERO_WIDTH).mailbox == HOMOGLYPH
     assert emails.mailbox("An\u00adn@x.com") == "Ann@x.com"

@@ -2,9 +2,10 @@
 
 A password is 8 to 128 characters long and must not be easy to guess: zxcvbn estimates the
 guesses an attacker who knows the common passwords, words, names, keyboard patterns, dates
-and the user's own email and name would need, and a password under 10^8 guesses (zxcvbn's
-score 3: "safely unguessable" for an online attacker, and a slow hash behind it) is refused
-with the pattern that gave it away. The upper bound keeps the estimate and the hash quick
+and the user's own email and name would need, and a password under 10^8 guesses (where
+zxcvbn's score 3, "safely unguessable" for an online attacker, begins; a slow hash stands
+behind it) is refused with the pattern that gave it away, as is one made of the user's own
+email and name. The upper bound keeps the estimate and the hash quick
 (zxcvbn's work grows with the length); 128 characters leave room for any passphrase and
 password manager.
 """
@@ -22,8 +23,9 @@ from tokenbank.errors import InvalidArgument, WeakPassword
 
 MIN_LENGTH = 8
 MAX_LENGTH = 128
-#: zxcvbn's score, 0 to 4, a password must reach: 3 is at least 10^8 guesses.
-MIN_SCORE = 3
+#: The guesses zxcvbn must estimate a password needs: its score 3 begins there, and a
+#: random 8-character password reaches it.
+MIN_GUESSES = 10**8
 
 
 class Passwords:
@@ -65,10 +67,24 @@ def check_password(
     which an attacker would try first."""
     password = check_length(password, field)
     inputs = [part for value in personal if value for part in _pieces(value)]
+    if _made_of(password, inputs):
+        raise WeakPassword("personal", field)
     estimate = zxcvbn(password, user_inputs=inputs, max_length=MAX_LENGTH)
-    if estimate["score"] < MIN_SCORE:
+    if estimate["guesses"] < MIN_GUESSES:
         raise WeakPassword(_reason(estimate["sequence"]), field)
     return password
+
+
+def _made_of(password: str, pieces: list[str]) -> bool:
+    """Whether the password is the user's own words in some order, give or take a few
+    characters (``Kowalski-Annelise``, ``ann@example.com1``): zxcvbn prices the separator
+    between two of them as a random character, 10^8 guesses on its own."""
+    rest = "".join(c for c in password.casefold() if c.isalnum())
+    for piece in sorted(pieces, key=len, reverse=True):
+        word = "".join(c for c in piece if c.isalnum())
+        if len(word) >= 3:
+            rest = rest.replace(word, "")
+    return len(rest) < 4
 
 
 def _pieces(value: str) -> list[str]:

@@ -65,14 +65,45 @@ class Address:
 
     @property
     def mailbox(self) -> str:
-        """Where to send mail: the address as typed, without the invisible characters and
-        compatibility forms (fullwidth letters) no mail server takes; its case kept."""
         return mailbox(self.typed)
 
 
 def mailbox(typed: str) -> str:
-    kept = "".join(c for c in unicodedata.normalize("NFKC", typed) if not _ignorable(c))
+    """Where to send mail: the address as typed, without the invisible characters and
+    compatibility forms (fullwidth letters) no mail server takes, its case kept, and its
+    domain in ASCII (IDNA), which every mail server takes."""
+    visible = _visible(typed)
+    local, at, domain = visible.rpartition("@")
+    try:
+        return f"{local}@{_ascii_domain(domain)}" if at else visible
+    except InvalidArgument:
+        return visible
+
+
+def _visible(text: str) -> str:
+    kept = "".join(c for c in unicodedata.normalize("NFKC", text) if not _ignorable(c))
     return unicodedata.normalize("NFKC", kept)
+
+
+#: A domain's labels once in ASCII: letters, digits and hyphens, not at either end.
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+#: Full stops that IDNA reads as dots between labels (UTS #46).
+_DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
+
+
+def _ascii_domain(domain: str) -> str:
+    """The domain in ASCII, lower case, without the trailing dot of a fully qualified
+    name (``x.com.`` is ``x.com``); ``InvalidArgument`` for what is no domain name."""
+    domain = domain.translate(_DOTS).lower()
+    domain = domain[:-1] if domain.endswith(".") else domain
+    try:
+        ascii_domain = domain.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        raise InvalidArgument("email", "must be an email address") from None
+    labels = ascii_domain.split(".")
+    if len(labels) < 2 or not all(_LABEL.match(label) for label in labels):
+        raise InvalidArgument("email", "must be an email address")
+    return ascii_domain
 
 
 def parse(text: object) -> Address:
@@ -92,15 +123,15 @@ def forms(text: object) -> Address:
     typed = text.strip()
     if (
         len(typed) > MAX_LENGTH
-        or not _SHAPE.match(typed)
+        or not _SHAPE.match(_visible(typed).translate(_DOTS))
         or any(unicodedata.category(c) in {"Cc", "Cs", "Co", "Cn"} for c in typed)
     ):
         raise InvalidArgument("email", "must be an email address")
     local, _, domain = _folded(typed).rpartition("@")
     if not local or len(local) > MAX_LOCAL_LENGTH or not domain or "@" in local:
         raise InvalidArgument("email", "must be an email address")
+    ascii_domain = _ascii_domain(domain)
     try:
-        ascii_domain = domain.encode("idna").decode("ascii").lower()
         unicode_domain = ascii_domain.encode("ascii").decode("idna")
     except UnicodeError:
         raise InvalidArgument("email", "must be an email address") from None
