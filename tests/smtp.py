@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
-import re
 import socket
 import threading
 import time
@@ -15,10 +14,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 from aiosmtpd.controller import Controller
+
+from tests.letters import html_of, link_in, text_of
 
 
 @dataclass
@@ -29,23 +29,15 @@ class Received:
 
     @property
     def text(self) -> str:
-        body = self.message.get_body(preferencelist=("plain",))
-        assert body is not None
-        return str(body.get_content())
+        return text_of(self.message)
 
     @property
     def html(self) -> str:
-        body = self.message.get_body(preferencelist=("html",))
-        assert body is not None
-        return str(body.get_content())
+        return html_of(self.message)
 
     def link(self, prefix: str) -> str:
         """The path of this mail's link that starts with ``prefix``."""
-        urls: list[str] = re.findall(r"https?://\S+", self.text)
-        for url in urls:
-            if urlsplit(url).path.startswith(prefix):
-                return urlsplit(url).path
-        raise AssertionError(f"no {prefix} link in {self.text!r}")
+        return link_in(self.message, prefix)
 
 
 @dataclass

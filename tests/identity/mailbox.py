@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import email
 import email.policy
-import re
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any
-from urllib.parse import urlsplit
 
+from tests.letters import link_in, text_of
 from tokenbank import mail
 from tokenbank.db import Database
 from tokenbank.mail import Outcome, Sender
@@ -52,18 +51,11 @@ class Mail:
 
     @property
     def text(self) -> str:
-        body = self.message.get_body(preferencelist=("plain",))
-        assert body is not None
-        return str(body.get_content())
+        return text_of(self.message)
 
     def token(self, prefix: str) -> str:
         """The token at the end of this mail's link whose path starts with ``prefix``."""
-        urls: list[str] = re.findall(r"https?://\S+", self.text)
-        for url in urls:
-            path = urlsplit(url).path
-            if path.startswith(prefix):
-                return path.removeprefix(prefix)
-        raise AssertionError(f"no {prefix} link in {self.text!r}")
+        return link_in(self.message, prefix).removeprefix(prefix)
 
 
 def delivered(db: Database, kind: str | None = None) -> list[Mail]:

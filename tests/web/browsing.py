@@ -10,10 +10,10 @@ import re
 import time
 from email.message import EmailMessage
 from typing import Any
-from urllib.parse import urlsplit
 
 from fastapi.testclient import TestClient
 
+from tests.letters import link_in
 from tokenbank import identity, mail
 from tokenbank.db import Database
 from tokenbank.users import emails
@@ -65,21 +65,6 @@ def last_mail(client: TestClient, address: str) -> EmailMessage:
     found = mails_to(client, address)
     assert found, f"no mail to {address}"
     return found[-1]
-
-
-def text_of(message: EmailMessage) -> str:
-    body = message.get_body(preferencelist=("plain",))
-    assert body is not None
-    return str(body.get_content())
-
-
-def link_in(message: EmailMessage, prefix: str) -> str:
-    """The path of the link in ``message`` that starts with ``prefix`` (``/verify/``)."""
-    for url in re.findall(r"https?://\S+", text_of(message)):
-        path = str(urlsplit(url).path)
-        if path.startswith(prefix):
-            return path
-    raise AssertionError(f"no {prefix} link in {text_of(message)!r}")
 
 
 def follow(client: TestClient, path: str) -> Any:

@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
+from tests.letters import link_in, text_of
 from tests.stripe_emulator import EmulatorServer, make_billing
 from tests.web.browsing import (
     PASSWORD,
@@ -21,13 +22,11 @@ from tests.web.browsing import (
     follow,
     form_token,
     last_mail,
-    link_in,
     mails_to,
     new_user,
     sign_in,
     sign_up,
     signed_in_user,
-    text_of,
 )
 from tests.web.conftest import PASSWORDS, SETTINGS
 from tokenbank import identity, mail
