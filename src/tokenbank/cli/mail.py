@@ -62,7 +62,8 @@ def mail_send(ctx: typer.Context) -> None:
 
 @mail_app.command("retry")
 def mail_retry(ctx: typer.Context, mail_id: int) -> None:
-    """Send a failed mail again (once its cause, an address or the server, is fixed)."""
+    """Send a failed mail again (once its cause, an address or the server, is fixed). A
+    mail older than three days is tried once: at its first setback it fails again."""
     with reported():
         if not mail.retry(context(ctx).db, mail_id=mail_id):
             err.print(f"[bold red]error[/]: no failed mail {mail_id}")

@@ -7,7 +7,8 @@ alike, the older account keeps the forms and the others get none: they keep thei
 and sign in through portal links, but are not found by it at sign-in, and each one is
 reported on standard error for an operator to settle (give one of them another address).
 Addresses already there count as confirmed: those accounts bought before confirmation
-existed.
+existed. The forms are those of the version that runs the migration (it calls
+``users.emails.forms``), which is what that version looks addresses up by.
 
 Revision ID: 0008
 Revises: 0007
