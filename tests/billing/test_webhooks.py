@@ -126,14 +126,17 @@ def _header_cases() -> list[tuple[str, str | None]]:
         ("control character", f"t={NOW},\tv1={digest}"),
         ("too long", good + ",v0=" + "a" * 2000),
         ("other secret", signed(body, secret="whsec_another_secret_entirely")),
-        ("ten minutes old", signed(body, at=NOW - 600)),
-        ("ten minutes ahead", signed(body, at=NOW + 600)),
+        # From the time the test runs, not the time it was collected: a long run would
+        # bring "ahead" within the tolerance.
+        ("ten minutes old", signed(body, at=int(time.time()) - 600)),
+        ("ten minutes ahead", signed(body, at=int(time.time()) + 600)),
         ("a day ahead", signed(body, at=NOW + 86_400)),
     ]
 
 
-@pytest.mark.parametrize(("case", "header"), _header_cases(), ids=lambda v: str(v)[:30])
-def test_signature_headers_are_read_strictly(store: Store, case: str, header: str | None) -> None:
+@pytest.mark.parametrize("case", [case for case, _ in _header_cases()])
+def test_signature_headers_are_read_strictly(store: Store, case: str) -> None:
+    header = dict(_header_cases())[case]
     body = event_bytes(_event())
     # As raw bytes: non-ASCII goes on the wire as UTF-8, as an attacker would send it.
     headers = {} if header is None else {b"Stripe-Signature": header.encode()}
