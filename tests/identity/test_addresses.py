@@ -361,7 +361,7 @@ def test_tokens_are_stored_only_as_digests(db: Database, smtp_server: SmtpServer
         smtp=Smtp.from_url(smtp_server.url, timeout=10),
         domain="tokens.example",
     )
-    assert sender.send_due().sent == 4
+    assert sender.send_due().sent == 5  # and Bob's old address told of the move: no link
     tokens = []
     for received in smtp_server.received:
         for prefix in (VERIFY, RESET, CHANGE):
@@ -401,7 +401,11 @@ def test_a_change_of_address_round_trip(db: Database) -> None:
         passwords=PASSWORDS,
         language="en",
     )
-    assert kinds(db)[-1] == ("email_change", "Ann@new.example")  # to the new address
+    assert kinds(db)[-2:] == [
+        ("email_change", "Ann@new.example"),  # the link, to the new address
+        ("email_change_asked", ANN),  # and word of it to the current one, at once
+    ]
+    assert outbox(db)[-1].params == {"email": "Ann@new.example"}
     assert _user(db, ann).email == ANN  # nothing moves before the link is followed
     [mail] = delivered(db, "email_change")
     assert mail.message["To"] == "Ann@new.example"
@@ -443,7 +447,7 @@ def test_a_change_of_address_round_trip(db: Database) -> None:
 
 def test_an_address_of_another_account_gets_word_of_it_instead(db: Database) -> None:
     ann = _register(db)
-    _register(db, "homoglyph@x.com")
+    _register(db, "homoglyph@x.com", verify=False)  # confirmed: it holds its look
     for taken in ("HOMOGLYPH@x.com", "hornoglyph@x.com"):  # the same, or a look-alike
         identity.request_email_change(
             db,
@@ -453,10 +457,35 @@ def test_an_address_of_another_account_gets_word_of_it_instead(db: Database) -> 
             passwords=PASSWORDS,
             language="en",
         )
-        assert kinds(db)[-1] == ("email_in_use", taken)
+        assert kinds(db)[-2:] == [("email_in_use", taken), ("email_change_asked", ANN)]
     mails = delivered(db, "email_in_use")
     assert len(mails) == 2 and all(CHANGE not in mail.text for mail in mails)
-    assert [row.purpose for row in _links(db)] == ["verify", "verify"]  # no link to move
+    assert [row.purpose for row in _links(db)] == ["verify"]  # no link to move
+    assert _user(db, ann).email == ANN
+
+
+def test_a_new_password_voids_a_pending_change_of_address(db: Database) -> None:
+    """Someone with the password (or a session) asks to move the account to their own
+    address; the owner, told at once, chooses a new password: the move is void."""
+    ann = _register(db)
+    identity.request_email_change(
+        db,
+        signed_in=_me(db),
+        email="eve@evil.example",
+        password=PASSWORD,
+        passwords=PASSWORDS,
+        language="en",
+    )
+    [told] = delivered(db, "email_change_asked")
+    assert told.to == ANN and "eve@evil.example" in told.text
+    [move] = delivered(db, "email_change")
+    identity.request_reset(db, email=ANN, language="en")
+    [reset] = delivered(db, "reset")
+    identity.reset_password(
+        db, token=reset.token(RESET), password=NEW_PASSWORD, passwords=PASSWORDS
+    )
+    with pytest.raises(InvalidEmailLink):
+        identity.confirm_email_change(db, token=move.token(CHANGE))
     assert _user(db, ann).email == ANN
 
 

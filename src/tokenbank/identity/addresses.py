@@ -5,6 +5,7 @@ is written (``link_token``), so no usable token sits in the outbox."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -51,7 +52,34 @@ def link_token(conn: Connection, *, kind: str, user_id: str | None, to: str) -> 
             raise NotNeeded
         stamp = links.password_stamp(row.password_hash)
         return links.issue(conn, purpose="reset", user_id=row.id, email=row.email, stamp=stamp)
-    return links.issue(conn, purpose="email", user_id=row.id, email=to)
+    # Bound to the password too: choosing a new one (what a user does who sees a move
+    # they did not ask for) voids it.
+    stamp = links.password_stamp(row.password_hash)
+    return links.issue(conn, purpose="email", user_id=row.id, email=to, stamp=stamp)
+
+
+def _confirm(conn: Connection, row: Any, now: datetime) -> bool:
+    """Count the account's address as confirmed, which lets it hold its skeleton; False
+    when another confirmed address that looks the same holds it already (the first to
+    confirm keeps it)."""
+    address = emails.forms(row.email)
+    other = conn.execute(
+        sa.select(users_table.c.id).where(
+            users_table.c.email_skeleton == address.skeleton, users_table.c.id != row.id
+        )
+    ).first()
+    if other is not None:
+        return False
+    conn.execute(
+        sa.update(users_table)
+        .where(users_table.c.id == row.id)
+        .values(
+            email_verified_at=row.email_verified_at or now,
+            email_skeleton=address.skeleton,
+            updated_at=now,
+        )
+    )
+    return True
 
 
 # --- confirming an address -----------------------------------------------------------------
@@ -77,18 +105,17 @@ def request_verification(db: Database, *, user_id: str, language: str) -> bool:
 def verify_email(db: Database, *, token: str) -> str:
     """Confirm the address the link was sent to; returns the account's id.
     ``InvalidEmailLink`` for a used, expired or unknown link, or one sent to an address the
-    account no longer has."""
-    with db.transaction() as conn:
-        link = links.use(conn, purpose="verify", token=token)
-        row = _user(conn, link.user_id)
-        if row is None or row.email != link.email:
-            raise InvalidEmailLink
-        if row.email_verified_at is None:
-            conn.execute(
-                sa.update(users_table)
-                .where(users_table.c.id == row.id)
-                .values(email_verified_at=utcnow(), updated_at=utcnow())
-            )
+    account no longer has; ``EmailTaken`` when a look-alike address was confirmed first."""
+    try:
+        with db.transaction() as conn:
+            link = links.use(conn, purpose="verify", token=token)
+            row = _user(conn, link.user_id)
+            if row is None or row.email != link.email:
+                raise InvalidEmailLink
+            if row.email_verified_at is None and not _confirm(conn, row, utcnow()):
+                raise EmailTaken("the account's address")
+    except sa.exc.IntegrityError:  # a look-alike confirmed in the same instant
+        raise EmailTaken(link.email) from None
     return link.user_id
 
 
@@ -142,17 +169,19 @@ def reset_password(db: Database, *, token: str, password: str, passwords: Passwo
         row = _current(conn, links.peek(conn, purpose="reset", token=token))
     check_password(password, personal=(row.email, row.name))
     hashed = passwords.hash(password)  # outside the transaction: it takes a while
-    with db.transaction() as conn:
-        row = _current(conn, links.use(conn, purpose="reset", token=token))
-        set_password(conn, user_id=row.id, password_hash=hashed)
-        revoke_sessions(conn, user_id=row.id)
-        if row.email_verified_at is None:
-            conn.execute(
-                sa.update(users_table)
-                .where(users_table.c.id == row.id)
-                .values(email_verified_at=utcnow())
-            )
-    return str(row.id)
+    for _ in range(2):  # a look-alike confirmed in the same instant: the next look sees it
+        try:
+            with db.transaction() as conn:
+                row = _current(conn, links.use(conn, purpose="reset", token=token))
+                set_password(conn, user_id=row.id, password_hash=hashed)
+                revoke_sessions(conn, user_id=row.id)
+                if row.email_verified_at is None:
+                    # Unless a look-alike was confirmed first: the password is reset anyway.
+                    _confirm(conn, row, utcnow())
+            return str(row.id)
+        except sa.exc.IntegrityError:
+            continue
+    raise EmailTaken("the account's address")
 
 
 # --- moving to another address -------------------------------------------------------------
@@ -178,7 +207,7 @@ def request_email_change(
     if row.password_hash is not None and not passwords.verify(password, row.password_hash)[0]:
         raise InvalidCredentials
     if row.email_canonical == address.canonical:
-        raise InvalidArgument("email", "is already the account's address")
+        raise InvalidArgument("new_email", "is already the account's address")
     with db.transaction() as conn:
         owner = users.holder(conn, address)
         taken = owner is not None and owner.id != signed_in.user_id
@@ -189,16 +218,33 @@ def request_email_change(
             language=row.language or language,
             user_id=signed_in.user_id,
         )
+        if row.email is not None:  # the current address hears of it now, not once it is done
+            outbox.enqueue(
+                conn,
+                kind="email_change_asked",
+                to=emails.mailbox(row.email),
+                language=row.language or language,
+                user_id=signed_in.user_id,
+                params={"email": address.mailbox},
+            )
 
 
 def confirm_email_change(db: Database, *, token: str) -> str:
     """Move the account to the address the link was sent to, confirmed, and tell the old
-    address; returns the account's id. ``EmailTaken`` if another account took the address
+    address; returns the account's id. ``InvalidEmailLink`` also when the password changed
+    since the link was sent; ``EmailTaken`` if another account took the address
     meanwhile."""
+    try:
+        return _confirm_email_change(db, token)
+    except sa.exc.IntegrityError:  # another account took it in the same instant
+        raise EmailTaken("the new address") from None
+
+
+def _confirm_email_change(db: Database, token: str) -> str:
     with db.transaction() as conn:
         link = links.use(conn, purpose="email", token=token)
         row = _user(conn, link.user_id)
-        if row is None:
+        if row is None or links.password_stamp(row.password_hash) != link.password_stamp:
             raise InvalidEmailLink
         address = emails.parse(link.email)
         owner = users.holder(conn, address)

@@ -85,7 +85,12 @@ def register(
     account buys; without, the mail is a welcome. ``language``: the mail's language (the
     pages' at sign-up); ``account_language``: the one the visitor chose, kept for the
     account (None: the browser decides)."""
+    # Every refusal comes before the address is looked up: one that came after would
+    # tell a new address from a taken one.
     address = emails.parse(email)
+    name = users.check_name(name)
+    if account_language is not None and account_language not in LANGUAGES:
+        raise InvalidArgument("language", f"must be one of {', '.join(LANGUAGES)}")
     check_password(password, personal=(address.typed, name))
     hashed = passwords.hash(password)
     # A registration racing this one for the address: look again. It shows as the unique
@@ -126,7 +131,7 @@ def _register(
             conn,
             kind="registered_again" if same else "look_alike",
             to=emails.mailbox(owner.email) if same and owner.email else address.mailbox,
-            language=language,
+            language=(owner.language if same else None) or language,
             user_id=owner.id if same else None,
         )
         return None

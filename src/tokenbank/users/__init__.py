@@ -5,6 +5,7 @@ from tokenbank.errors import EmailTaken, UserExists
 from tokenbank.users.emails import Address
 from tokenbank.users.service import (
     User,
+    check_name,
     create_user,
     email_columns,
     find_users,
@@ -18,6 +19,7 @@ __all__ = [
     "EmailTaken",
     "User",
     "UserExists",
+    "check_name",
     "create_user",
     "email_columns",
     "find_users",

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from functools import cache
 
 import icu
+import idna
 
 from tokenbank.errors import InvalidArgument, MixedScriptEmail
 
@@ -97,8 +98,10 @@ def _ascii_domain(domain: str) -> str:
     domain = domain.translate(_DOTS).lower()
     domain = domain[:-1] if domain.endswith(".") else domain
     try:
-        ascii_domain = domain.encode("idna").decode("ascii").lower()
-    except UnicodeError:
+        # IDNA 2008 with UTS #46's mapping, not Python's IDNA 2003 codec, which maps
+        # "faß.de" to "fass.de", another domain.
+        ascii_domain = idna.encode(domain, uts46=True, transitional=False).decode().lower()
+    except (idna.IDNAError, UnicodeError):
         raise InvalidArgument("email", "must be an email address") from None
     labels = ascii_domain.split(".")
     if len(labels) < 2 or not all(_LABEL.match(label) for label in labels):
@@ -125,20 +128,23 @@ def forms(text: object) -> Address:
         len(typed) > MAX_LENGTH
         or not _SHAPE.match(_visible(typed).translate(_DOTS))
         or any(unicodedata.category(c) in {"Cc", "Cs", "Co", "Cn"} for c in typed)
+        or any(c in _BIDI_CONTROLS for c in typed)
     ):
         raise InvalidArgument("email", "must be an email address")
-    local, _, domain = _folded(typed).rpartition("@")
+    typed_local, _, domain = _visible(typed).rpartition("@")
+    local = _folded(typed_local)  # the domain is folded by IDNA's own rules
     if not local or len(local) > MAX_LOCAL_LENGTH or not domain or "@" in local:
         raise InvalidArgument("email", "must be an email address")
     ascii_domain = _ascii_domain(domain)
-    try:
-        unicode_domain = ascii_domain.encode("ascii").decode("idna")
-    except UnicodeError:
-        raise InvalidArgument("email", "must be an email address") from None
+    if not _dot_atom(local):
+        raise InvalidArgument("email", "must be an email address")
+    # Look-alikes within one domain: a look-alike domain is its registrar's business, and
+    # comparing across domains would tell the owner of "exarnple.com" who has an account
+    # at "example.com".
     address = Address(
         typed=typed,
         canonical=f"{local}@{ascii_domain}",
-        skeleton=_checker().getSkeleton(0, f"{local}@{unicode_domain}"),
+        skeleton=f"{_checker().getSkeleton(0, local)}@{ascii_domain}",
     )
     # NFKC turns some characters into a space and a mark (U+00A8 "¨" is " \u0308") and
     # some into many ("\ufdfa" is 18 characters; the skeleton of a Hangul syllable is up
@@ -153,6 +159,31 @@ def forms(text: object) -> Address:
     ):
         raise InvalidArgument("email", "must be an email address")
     return address
+
+
+#: What may stand in a local part besides letters, marks and digits: RFC 5322's dot-atom
+#: (no quoted strings, comments or specials, which a mail header would read as more than
+#: one address), with RFC 6531's letters of every script.
+_ATOM_SYMBOLS = frozenset("!#$%&'*+-/=?^_`{|}~")
+#: Invisible characters that reorder text on screen: an address that carries them shows
+#: as another one.
+_BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+
+
+def _dot_atom(local: str) -> bool:
+    atoms = local.split(".")
+    return all(
+        atom
+        and all(
+            c in _ATOM_SYMBOLS
+            or (c.isascii() and c.isalnum())
+            or (not c.isascii() and unicodedata.category(c)[0] in "LMN")
+            for c in atom
+        )
+        for atom in atoms
+    )
 
 
 def canonical(text: str) -> str | None:

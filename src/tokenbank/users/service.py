@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -31,10 +32,11 @@ def _check_email(email: str | None) -> Address | None:
 
 
 def holder(conn: Connection, address: Address) -> Any:
-    """The user whose address is ``address`` or looks like it (same canonical form or
-    skeleton): their id and the address mail reaches them at."""
+    """The user whose address is ``address`` (same canonical form) or looks like it (same
+    skeleton, held by confirmed addresses only): their id, the address mail reaches them
+    at and their language."""
     return conn.execute(
-        sa.select(users.c.id, users.c.email)
+        sa.select(users.c.id, users.c.email, users.c.language)
         .where(
             sa.or_(
                 users.c.email_canonical == address.canonical,
@@ -46,19 +48,33 @@ def holder(conn: Connection, address: Address) -> Any:
     ).first()
 
 
-def email_columns(address: Address | None) -> dict[str, str | None]:
+def email_columns(address: Address | None, *, confirmed: bool = True) -> dict[str, str | None]:
+    """The columns of an address. Only a confirmed one holds its skeleton: an address
+    nobody confirmed must not keep the owner of a look-alike from signing up."""
     if address is None:
         return {"email": None, "email_canonical": None, "email_skeleton": None}
     return {
         "email": address.typed,
         "email_canonical": address.canonical,
-        "email_skeleton": address.skeleton,
+        "email_skeleton": address.skeleton if confirmed else None,
     }
 
 
-def _check_name(name: str | None) -> str | None:
-    if name is not None and (len(name) > 200 or not name.isprintable()):
-        raise InvalidArgument("name", "must be at most 200 printable characters")
+#: What a name may not hold: control characters and those that reorder text on screen.
+_NOT_IN_NAMES = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+
+
+def check_name(name: str | None) -> str | None:
+    """A display name: up to 200 characters, emoji sequences (joiners) welcome, but no
+    control characters or bidirectional overrides."""
+    if name is not None and (
+        len(name) > 200
+        or any(unicodedata.category(c) in {"Cc", "Cs", "Co", "Cn", "Zl", "Zp"} for c in name)
+        or any(c in _NOT_IN_NAMES for c in name)
+    ):
+        raise InvalidArgument("name", "must be at most 200 characters, none of them a control")
     return name
 
 
@@ -76,7 +92,7 @@ def create_user(
     signs up on the pages confirms it by a link)."""
     user_id = check_user_id(user_id)
     address = _check_email(email)
-    name = _check_name(name)
+    name = check_name(name)
     now = now or utcnow()
     with atomic(conn):
         if conn.execute(sa.select(users.c.id).where(users.c.id == user_id)).first() is not None:
@@ -91,7 +107,7 @@ def create_user(
                 created_at=now,
                 updated_at=now,
                 email_verified_at=now if address is not None and email_verified else None,
-                **email_columns(address),
+                **email_columns(address, confirmed=email_verified),
             )
         )
     typed = None if address is None else address.typed
@@ -144,7 +160,7 @@ def upsert_user(
     """Create the user (and wallet) if new, else update the fields given; safe to repeat."""
     user_id = check_user_id(user_id)
     address = _check_email(email)
-    name = _check_name(name)
+    name = check_name(name)
     now = now or utcnow()
     with atomic(conn):
         if address is not None:

@@ -120,6 +120,21 @@ KINDS: dict[str, Kind] = {
         button=N_("Sign in"),
         path="/login",
     ),
+    "email_change_asked": Kind(
+        subject=N_("A change of your email address was asked for"),
+        lines=(
+            N_(
+                "Someone signed in to your tokenbank account asked to move it to %(email)s."
+                " It moves once that address confirms."
+            ),
+            N_(
+                "If it was not you, choose a new password now: that cancels the move and"
+                " signs everyone out. Then tell the operator of this service."
+            ),
+        ),
+        button=N_("Choose a new password"),
+        path="/password/forgot",
+    ),
     "email_changed": Kind(
         subject=N_("Your email address was changed"),
         lines=(

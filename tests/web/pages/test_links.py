@@ -13,6 +13,7 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from tests.letters import link_in, text_of
 from tests.stripe_emulator import EmulatorServer, make_billing
@@ -72,6 +73,37 @@ def test_sign_up_answers_alike_for_a_new_and_a_taken_address(client: TestClient)
     assert "/password/forgot" in text_of(letters[1]) and "/verify/" not in text_of(letters[1])
 
 
+@pytest.mark.parametrize("name", ["Ann\tLee", "Ann\u202eeeL", "x" * 201])
+def test_a_refused_name_is_refused_alike_for_a_new_and_a_taken_address(
+    client: TestClient, db: Database, name: str
+) -> None:
+    """Every refusal comes before the address is looked up, or it would tell them apart."""
+    sign_up(client, "ann@example.com")
+    answers = []
+    for email in ("ann@example.com", "new@example.com"):
+        token = form_token(client, "/register")
+        form = {"email": email, "password": PASSWORD, "name": name, "csrf_token": token}
+        answers.append(client.post("/register", data=form))
+    assert [a.status_code for a in answers] == [422, 422]
+    if len(name) <= 200:  # longer, the form itself refuses it
+        assert "without control characters" in answers[0].text
+    assert _csrf_free(answers[0].text).replace("ann@", "x@") == _csrf_free(answers[1].text).replace(
+        "new@", "x@"
+    )
+    assert _accounts(db) == ["ann@example.com"]
+
+
+def test_a_name_may_hold_an_emoji_sequence(client: TestClient, db: Database) -> None:
+    token = form_token(client, "/register")
+    form = {
+        "email": "ann@example.com",
+        "password": PASSWORD,
+        "name": "Ann \U0001f469\u200d\U0001f4bb",
+    }
+    assert client.post("/register", data=form | {"csrf_token": token}).status_code == 200
+    assert _accounts(db) == ["ann@example.com"]
+
+
 def test_sign_up_takes_as_long_for_a_taken_address(db: Database) -> None:
     """The time a sign-up takes tells nothing either: real argon2id, the same work."""
     settings = SETTINGS.model_copy(
@@ -115,12 +147,31 @@ def test_look_alike_addresses_end_in_one_account(client: TestClient, db: Databas
     assert sign_in(client, "\uff48omoglyph@X.com").status_code == 303  # the same account
 
 
-def test_a_look_alike_of_another_address_is_told_by_mail(client: TestClient) -> None:
+def test_a_look_alike_of_a_confirmed_address_is_told_by_mail(client: TestClient) -> None:
     sign_up(client, "modern@x.com")
+    confirm_address(client, "modern@x.com")
     answer = sign_up(client, "rnodern@x.com")  # "rn" looks like "m"
     assert answer.status_code == 200 and "Check your inbox" in answer.text
     told = last_mail(client, "rnodern@x.com")
     assert told["Subject"] == "This address cannot open an account"
+
+
+def test_an_unconfirmed_look_alike_keeps_nobody_out(client: TestClient, db: Database) -> None:
+    """A squatter who signs up with a look-alike, and never confirms it, does not keep the
+    owner of the real address out: the first address confirmed holds the look."""
+    sign_up(client, "rnary@x.com")  # never confirmed
+    sign_up(client, "mary@x.com")
+    assert last_mail(client, "mary@x.com")["Subject"] == "Confirm your email address"
+    confirm_address(client, "mary@x.com")
+    late = follow(client, link_in(last_mail(client, "rnary@x.com"), "/verify/"))
+    assert late.status_code == 409 and "confirmed first" in late.text
+    assert sorted(_accounts(db)) == ["mary@x.com", "rnary@x.com"]
+    with db.read() as conn:
+        held = {
+            row.email: row.email_skeleton
+            for row in conn.execute(sa.select(users_table.c.email, users_table.c.email_skeleton))
+        }
+    assert held == {"mary@x.com": "rnary@x.com", "rnary@x.com": None}
 
 
 @pytest.mark.parametrize(
@@ -374,7 +425,15 @@ def test_an_address_in_use_is_told_to_its_owner_not_moved(client: TestClient, db
 # --- the development mailbox --------------------------------------------------------------------
 
 
-def test_the_development_mailbox_shows_the_mail_and_its_link(client: TestClient) -> None:
+LOCAL = SETTINGS.model_copy(update={"public_url": "http://127.0.0.1:8000"})
+
+
+def test_the_development_mailbox_shows_the_mail_and_its_link(db: Database) -> None:
+    with TestClient(create_app(LOCAL, db=db, passwords=PASSWORDS)) as client:
+        _the_mailbox_shows(client)
+
+
+def _the_mailbox_shows(client: TestClient) -> None:
     sign_up(client, "ann@example.com")
     confirm = link_in(last_mail(client, "ann@example.com"), "/verify/")
     listing = client.get("/_dev/mail")
@@ -382,17 +441,25 @@ def test_the_development_mailbox_shows_the_mail_and_its_link(client: TestClient)
     mail_id = re.search(r'href="/_dev/mail/(\d+)"', listing.text)
     assert mail_id
     one = client.get(f"/_dev/mail/{mail_id.group(1)}")
-    assert one.status_code == 200 and f'href="https://tokens.example{confirm}"' in one.text
+    assert one.status_code == 200 and f'href="http://127.0.0.1:8000{confirm}"' in one.text
     html = client.get(f"/_dev/mail/{mail_id.group(1)}/html")
     assert html.status_code == 200 and confirm in html.text
     assert html.headers["content-security-policy"].startswith("sandbox")
 
 
-def test_the_development_mailbox_is_not_in_production(db: Database) -> None:
-    production = SETTINGS.model_copy(
-        update={"env": "production", "smtp_url": "smtp://127.0.0.1:9", "mail_sender": "worker"}
-    )
-    with _client(db, production) as client:
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"env": "production", "smtp_url": SecretStr("smtp://127.0.0.1:9"), "mail_sender": "worker"},
+        {},  # development, but reachable by others: a public address
+        {"public_url": "http://127.0.0.1:8000", "smtp_url": SecretStr("smtp://127.0.0.1:9")},
+    ],
+)
+def test_the_development_mailbox_is_only_for_development_on_this_machine(
+    db: Database, changes: dict[str, object]
+) -> None:
+    with _client(db, SETTINGS.model_copy(update=changes)) as client:
+        sign_up(client, "ann@example.com")
         for path in ("/_dev/mail", "/_dev/mail/1", "/_dev/mail/1/html"):
             assert client.get(path).status_code == 404, path
 

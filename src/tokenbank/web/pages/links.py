@@ -63,6 +63,20 @@ async def verify(
         user_id = await run_in_threadpool(identity.verify_email, parts.db, token=token)
     except InvalidEmailLink:
         return await link_refused(parts.pages, request, lang)
+    except EmailTaken:
+        return await parts.pages.render(
+            request,
+            "message.html",
+            409,
+            heading=lang.gettext("This address cannot be confirmed"),
+            message=lang.gettext(
+                "An account whose address looks the same as this one was confirmed first:"
+                " two addresses that look alike would be mistaken for each other. Sign up"
+                " with another address."
+            ),
+            link="/register",
+            link_text=lang.gettext("Create account"),
+        )
     if visitor is not None and visitor.user_id == user_id:
         return redirect("/account?changed=verified")
     return redirect("/login?done=verified")
