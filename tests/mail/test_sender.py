@@ -441,3 +441,24 @@ def test_the_sender_thread_outlives_a_failing_pass(db: Database, smtp_server: Sm
         thread.join(10)
     assert not thread.is_alive()
     assert smtp_server.message_ids() == [message_id(mail_id)]
+
+
+def test_a_sender_whose_claim_lapsed_leaves_the_outcome_to_the_one_that_took_over(
+    db: Database, smtp_server: SmtpServer
+) -> None:
+    """A sender too slow for its claim: another claims the mail and sends it. The slow
+    one's late outcome is not recorded over the other's (and does not fail the pass)."""
+    mail_id = enqueue(db, "ann@example.com")
+    other = make_sender(db, smtp_server)
+
+    def slow(letter: Letter) -> EmailMessage:
+        # While this sender writes, its claim lapses and the other sender takes the mail.
+        later = utcnow() + CLAIM + timedelta(seconds=1)
+        assert other.send_due(now=later) == Outcome(sent=1)
+        return compose(letter)
+
+    assert make_sender(db, smtp_server, compose=slow).send_due() == Outcome(sent=1)
+    found = row(db, mail_id)
+    assert (found.status, found.attempts, found.claimed_until) == ("sent", 2, None)
+    # Both sent it (at least once, never lost): the same Message-ID, shown once.
+    assert smtp_server.message_ids() == [message_id(mail_id)] * 2

@@ -33,6 +33,8 @@ class Letter:
     params: Mapping[str, Any]
     attempts: int
     created_at: datetime
+    #: Until when the sender that holds it may send it (what its outcome is recorded under).
+    claimed_until: datetime | None = None
 
 
 def enqueue(
@@ -75,6 +77,7 @@ def letter(row: Any) -> Letter:
         params=row.params or {},
         attempts=row.attempts,
         created_at=row.created_at,
+        claimed_until=row.claimed_until,
     )
 
 

@@ -33,8 +33,9 @@ from tokenbank.mail.smtp import MailRejected, MailUnavailable, Smtp
 
 log = structlog.get_logger("tokenbank.mail")
 
-#: How long a claim lasts: longer than one SMTP conversation may take.
-CLAIM = timedelta(minutes=2)
+#: How long a claim lasts: longer than the SMTP conversations of one batch may take (each
+#: step of one waits at most ``Smtp.timeout``).
+CLAIM = timedelta(minutes=5)
 #: How long a mail is tried before it is given up as failed.
 MAX_AGE = timedelta(days=3)
 FIRST_RETRY = timedelta(minutes=1)
@@ -70,7 +71,9 @@ class Sender:
     #: None: keep each mail in the outbox (development, no SMTP server).
     smtp: Smtp | None
     domain: str = "tokenbank.localhost"
-    batch: int = 20
+    #: Mails claimed at a time: one by default, so that a claim covers one conversation
+    #: with the server, and another sender takes the rest meanwhile.
+    batch: int = 1
     _stopping: threading.Event = field(default_factory=threading.Event)
 
     def send_due(self, *, now: datetime | None = None) -> Outcome:
@@ -86,13 +89,19 @@ class Sender:
         return totals
 
     def _claim(self, now: datetime) -> list[Letter]:
+        ready = sa.and_(
+            outbox.c.status == "pending",
+            outbox.c.next_attempt_at <= now,
+            sa.or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until <= now),
+        )
+        # A look first, without a write: an idle sender polls often, and on SQLite a
+        # write transaction takes the one write lock.
+        with self.db.read() as conn:
+            if conn.execute(sa.select(outbox.c.id).where(ready).limit(1)).first() is None:
+                return []
         due = (
             sa.select(outbox.c.id)
-            .where(
-                outbox.c.status == "pending",
-                outbox.c.next_attempt_at <= now,
-                sa.or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until <= now),
-            )
+            .where(ready)
             .order_by(outbox.c.id)
             .limit(self.batch)
             .with_for_update(skip_locked=True)
@@ -127,7 +136,7 @@ class Sender:
             if self.smtp is None:
                 kept = message.as_string()
             else:
-                self.smtp.deliver(message)
+                self.smtp.deliver(message, to=item.to)
         except MailRejected as exc:
             self._record(item, status="failed", last_error=str(exc))
             log.warning("mail_failed", mail_id=item.id, kind=item.kind, error=str(exc))
@@ -173,13 +182,23 @@ class Sender:
         return Outcome(retried=1)
 
     def _record(self, item: Letter, **values: object) -> None:
+        """The outcome, if this sender's claim still stands: one that lapsed (the sender
+        was too slow) belongs to whichever sender claimed the mail since, and records."""
         last_error = values.get("last_error")
         if isinstance(last_error, str):
             values["last_error"] = last_error[:500]
         with self.db.transaction() as conn:
-            conn.execute(
-                sa.update(outbox).where(outbox.c.id == item.id).values(claimed_until=None, **values)
-            )
+            recorded = conn.execute(
+                sa.update(outbox)
+                .where(
+                    outbox.c.id == item.id,
+                    outbox.c.status == "pending",
+                    outbox.c.claimed_until == item.claimed_until,
+                )
+                .values(claimed_until=None, **values)
+            ).rowcount
+        if not recorded:
+            log.warning("mail_claim_lost", mail_id=item.id, kind=item.kind)
 
     # --- the loop ------------------------------------------------------------------------
 

@@ -35,10 +35,10 @@ class Smtp:
     port: int
     username: str | None = None
     password: str | None = field(default=None, repr=False)
-    timeout: float = 30.0
+    timeout: float = 20.0
 
     @classmethod
-    def from_url(cls, url: str, *, timeout: float = 30.0) -> Smtp:
+    def from_url(cls, url: str, *, timeout: float = 20.0) -> Smtp:
         parts = urlsplit(url)
         if parts.scheme not in PORTS or not parts.hostname:
             raise ConfigurationError(
@@ -57,8 +57,10 @@ class Smtp:
             timeout=timeout,
         )
 
-    def deliver(self, message: EmailMessage) -> None:
-        """Send ``message``; ``MailRejected`` or ``MailUnavailable`` if it was not."""
+    def deliver(self, message: EmailMessage, *, to: str | None = None) -> None:
+        """Send ``message`` to ``to`` (else to its To header); ``MailRejected`` or
+        ``MailUnavailable`` if it was not. The envelope names ``to`` alone, whatever a
+        header might be read to say."""
         context = ssl.create_default_context()
         try:
             client: smtplib.SMTP
@@ -73,7 +75,7 @@ class Smtp:
                     client.starttls(context=context)
                 if self.username:
                     client.login(self.username, self.password or "")
-                client.send_message(message)
+                client.send_message(message, to_addrs=None if to is None else [to])
         except smtplib.SMTPRecipientsRefused as exc:
             codes = [code for code, _ in exc.recipients.values()]
             if codes and all(code >= 500 for code in codes):
@@ -83,6 +85,11 @@ class Smtp:
             if exc.smtp_code >= 500:
                 raise MailRejected(f"message refused: {exc.smtp_code}") from None
             raise MailUnavailable(f"message deferred: {exc.smtp_code}") from None
+        except smtplib.SMTPNotSupportedError as exc:
+            if "SMTPUTF8" in str(exc):  # this address, never by this server: no retry helps
+                raise MailRejected(f"not supported by the server: {exc}"[:300]) from None
+            # STARTTLS or AUTH not offered: a configuration to fix, the mail waits for it.
+            raise MailUnavailable(f"{type(exc).__name__}: {exc}"[:300]) from None
         except smtplib.SMTPResponseException as exc:
             raise MailUnavailable(f"server answered {exc.smtp_code}") from None
         except (smtplib.SMTPException, OSError) as exc:
