@@ -13,7 +13,7 @@ def test_operations_endpoints(client: TestClient, spender: dict[str, str]) -> No
     assert ready["status"] == "ready"
     assert ready["warnings"] == [
         "payments are not configured (STRIPE_SECRET_KEY): nothing can be bought",
-        "no SMTP server (TOKENBANK_SMTP_URL): mail is kept in the outbox, shown at /_dev/mail",
+        "no SMTP server (TOKENBANK_SMTP_URL): mail is kept in the outbox, unsent",
     ]
     put_user(client, spender)
     client.post(

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import structlog
 from fastapi import FastAPI
@@ -17,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 
 from tokenbank import __version__, identity, migrations
 from tokenbank.billing import Billing, billing_from_settings
-from tokenbank.config import Settings, with_secrets
+from tokenbank.config import LOCAL_HOSTS, Settings, with_secrets
 from tokenbank.db import Database, connect, unavailable
 from tokenbank.errors import ConfigurationError, SchemaOutOfDate
 from tokenbank.faults import from_settings as faults_from_settings
@@ -135,7 +136,11 @@ def create_app(
         buying_headers=buying_headers(seller),
         verify_email=settings.verify_email,
         mail=sender,
-        dev_mail=settings.env == "development",
+        # Development on this machine, with no SMTP server: the mailbox shows every link,
+        # so it is never served where anyone else could reach it.
+        dev_mail=settings.env == "development"
+        and settings.smtp_url is None
+        and not settings.secure_cookies,
         warnings=tuple(warnings),
     )
     app.state.runtime = parts
@@ -178,8 +183,13 @@ def _warnings(seller: Billing | None) -> list[str]:
 
 def _mail_warnings(settings: Settings) -> list[str]:
     if settings.smtp_url is None:
+        where = "shown at /_dev/mail" if not settings.secure_cookies else "unsent"
+        return [f"no SMTP server (TOKENBANK_SMTP_URL): mail is kept in the outbox, {where}"]
+    smtp = urlsplit(settings.smtp_url.get_secret_value())
+    if smtp.scheme == "smtp" and smtp.password and smtp.hostname not in LOCAL_HOSTS:
         return [
-            "no SMTP server (TOKENBANK_SMTP_URL): mail is kept in the outbox, shown at /_dev/mail"
+            "TOKENBANK_SMTP_URL sends its password and every mail's links in the clear to"
+            f" {smtp.hostname}: use smtp+starttls:// or smtps://"
         ]
     return []
 

@@ -300,7 +300,9 @@ class Observe:
         except BodyTooLarge:
             pass
         except Exception:
-            log.exception("unhandled_error", path=scope["path"], method=scope["method"])
+            route = getattr(scope.get("route"), "path", None)
+            path = route if route in SECRET_ROUTES else scope["path"]  # no token in the log
+            log.exception("unhandled_error", path=path, method=scope["method"])
             if not too_large:
                 await answer(
                     *_problem(500, "internal_error", "Internal error", CRASHED, request_id)
