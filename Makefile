@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 PORT   ?= 8000
+EMULATOR_PORT ?= 12111
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
@@ -20,7 +21,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 run: install ## Start tokenbank at http://127.0.0.1:8000 on SQLite (./var), with the built-in Stripe emulator
-	@BIN=$(BIN) PORT=$(PORT) scripts/run-local.sh
+	@BIN=$(BIN) PORT=$(PORT) EMULATOR_PORT=$(EMULATOR_PORT) scripts/run-local.sh
 
 test: install ## Run the test suite (SQLite and PostgreSQL)
 	$(BIN)/pytest

@@ -2,13 +2,58 @@
 # `make run`: tokenbank on SQLite, with the built-in Stripe emulator beside it, wired
 # together and the catalog synced, so a purchase works offline end to end.
 # With STRIPE_SECRET_KEY already set (real Stripe test keys), no emulator is started.
+#
+# Both ports are checked before anything is written: a second `make run` beside a running
+# one stops at once and touches none of its files. The service and the emulator stop with
+# this script, and this script with its parent (`make`): Ctrl-C or a signal to make stops
+# everything.
 set -euo pipefail
 BIN="${BIN:-.venv/bin}"
 PORT="${PORT:-8000}"
 EMULATOR_PORT="${EMULATOR_PORT:-12111}"
+VAR="${TOKENBANK_VAR_DIR:-var}"
 export TOKENBANK_PUBLIC_URL="${TOKENBANK_PUBLIC_URL:-http://127.0.0.1:$PORT}"
 
-mkdir -p var
+in_use() {
+    "$BIN/python" - "$1" <<'PY'
+import socket, sys
+with socket.socket() as probe:
+    try:
+        probe.bind(("127.0.0.1", int(sys.argv[1])))
+    except OSError:
+        sys.exit(0)  # in use
+sys.exit(1)
+PY
+}
+
+ports=("$PORT")
+[ -z "${STRIPE_SECRET_KEY:-}" ] && ports+=("$EMULATOR_PORT")
+for port in "${ports[@]}"; do
+    if in_use "$port"; then
+        cat >&2 <<TXT
+Port $port is in use: is tokenbank already running (another make run)?
+Stop it (Ctrl-C in its terminal), or start this one on other ports:
+    make run PORT=8001 EMULATOR_PORT=12121
+TXT
+        exit 1
+    fi
+done
+
+children=()
+stop() {
+    trap - EXIT INT TERM
+    [ "${#children[@]}" -gt 0 ] && kill "${children[@]}" 2>/dev/null || true
+    wait 2>/dev/null || true
+}
+trap stop EXIT
+trap 'stop; exit 130' INT
+trap 'stop; exit 143' TERM
+# make does not pass a signal on to its recipe: stop when the parent is gone.
+parent=$PPID
+( while kill -0 "$parent" 2>/dev/null; do sleep 1; done; kill -TERM $$ 2>/dev/null ) &
+children+=($!)
+
+mkdir -p "$VAR"
 "$BIN/tokenbank" db upgrade
 
 if [ -z "${STRIPE_SECRET_KEY:-}" ]; then
@@ -16,14 +61,20 @@ if [ -z "${STRIPE_SECRET_KEY:-}" ]; then
     export STRIPE_PUBLISHABLE_KEY="pk_test_local_emulator"
     export STRIPE_WEBHOOK_SECRET="whsec_local_emulator"
     export STRIPE_API_BASE="http://127.0.0.1:$EMULATOR_PORT"
+    # One log per emulator port: an instance on other ports keeps its own.
+    emulator_log="$VAR/stripe-emulator-$EMULATOR_PORT.log"
     "$BIN/tokenbank" stripe-emulator --port "$EMULATOR_PORT" \
-        --webhook-url "http://127.0.0.1:$PORT/webhooks/stripe" >var/stripe-emulator.log 2>&1 &
+        --webhook-url "http://127.0.0.1:$PORT/webhooks/stripe" >"$emulator_log" 2>&1 &
     emulator=$!
-    trap 'kill "$emulator" 2>/dev/null || true' EXIT INT TERM
+    children+=("$emulator")
     for _ in $(seq 100); do
+        kill -0 "$emulator" 2>/dev/null || {
+            echo "the Stripe emulator did not start; its log, $emulator_log:" >&2
+            tail -20 "$emulator_log" >&2
+            exit 1
+        }
         "$BIN/python" -c "import urllib.request, sys; urllib.request.urlopen(sys.argv[1], timeout=1)" \
             "$STRIPE_API_BASE/_emulator/health" 2>/dev/null && break
-        kill -0 "$emulator" 2>/dev/null || { echo "the Stripe emulator did not start" >&2; exit 1; }
         sleep 0.1
     done
     stripe_note="the built-in Stripe emulator at $STRIPE_API_BASE (test card 4242 4242 4242 4242)"
@@ -42,4 +93,6 @@ Payments go to $stripe_note.
 Stop with Ctrl-C.
 
 TXT
-"$BIN/tokenbank" serve --host 127.0.0.1 --port "$PORT"
+"$BIN/tokenbank" serve --host 127.0.0.1 --port "$PORT" &
+children+=($!)
+wait "$!"
