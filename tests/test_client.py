@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from decimal import Decimal
 
 import httpx
 import pytest
 
+from tests.processes import free_ports
 from tests.servers import serving
+from tests.stripe_emulator import EmulatorServer, make_billing
 from tests.web.conftest import PASSWORDS, SETTINGS, make_key
 from tokenbank.apikeys import Scope
 from tokenbank.client import (
@@ -17,6 +20,9 @@ from tokenbank.client import (
     InsufficientTokens,
     InvalidRequest,
     NotFound,
+    Package,
+    Purchase,
+    ServiceUnavailable,
     TokenBank,
     Unauthorized,
 )
@@ -159,3 +165,39 @@ def test_user_ids_are_sent_as_one_path_segment(bank: TokenBank) -> None:
     bank.grant(odd, 5, reason="r")
     assert bank.balance(odd).available == 5
     assert bank.spend(odd, 2).user_id == odd
+
+
+def test_a_service_that_does_not_answer_is_one_error(db: Database) -> None:
+    """A connection refused, after the retries, is ``ServiceUnavailable``, not httpx's."""
+    (port,) = free_ports(1)
+    with (
+        TokenBank(f"http://127.0.0.1:{port}", "tb_nothing", retries=1) as bank,
+        pytest.raises(ServiceUnavailable) as caught,
+    ):
+        bank.balance("alice")
+    assert caught.value.status == 503 and caught.value.code == "unreachable"
+    assert isinstance(caught.value, ApiError)
+
+
+def test_a_503_is_service_unavailable(bank: TokenBank) -> None:
+    with pytest.raises(ServiceUnavailable) as caught:  # this service sells nothing
+        bank.packages()
+    assert caught.value.code == "payments_not_configured"
+
+
+def test_packages_and_purchases_are_typed(db: Database, emulator_server: EmulatorServer) -> None:
+    emulator_server.reset()
+    app = create_app(SETTINGS, db=db, passwords=PASSWORDS, seller=make_billing(emulator_server.url))
+    with serving(app) as url, _bank(db, url) as bank:
+        packages = bank.packages()
+        assert all(isinstance(p, Package) for p in packages)
+        plus = next(p for p in packages if p.id == "plus")
+        assert (plus.total_tokens, plus.price, plus.currency) == (2200, 2000, "usd")
+        assert isinstance(plus.price_per_token, Decimal)
+        assert plus.price_per_token * plus.total_tokens == Decimal("20")
+        bank.upsert_user("alice")
+        started = bank.checkout("alice", "plus", idempotency_key="typed-1")
+        purchase = bank.purchase(started.purchase_id)
+        assert isinstance(purchase, Purchase)
+        assert (purchase.status, purchase.tokens + purchase.bonus_tokens) == ("pending", 2200)
+        assert purchase.created_at.tzinfo is not None and purchase.paid_at is None

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
@@ -34,8 +35,11 @@ __all__ = [
     "InsufficientTokens",
     "InvalidRequest",
     "NotFound",
+    "Package",
+    "Purchase",
     "RateLimited",
     "Receipt",
+    "ServiceUnavailable",
     "TokenBank",
     "Transaction",
     "TransactionPage",
@@ -100,6 +104,12 @@ class InvalidRequest(ApiError):
     """422: the request breaks a rule (an amount of zero, a key too long...)."""
 
 
+class ServiceUnavailable(ApiError):
+    """The service could not be reached, or answered 503 (its database or Stripe away, a
+    migration pending), after the client's retries: nothing is known to have happened, and
+    the same call (the same idempotency key) may be made again later."""
+
+
 _ERRORS: dict[str, type[ApiError]] = {
     "insufficient_tokens": InsufficientTokens,
     "idempotency_conflict": IdempotencyConflict,
@@ -124,6 +134,46 @@ class Balance:
     total_granted: int
     total_spent: int
     debt: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Package:
+    id: str
+    #: By language tag ("en", "zh-CN"): what the pages call it.
+    name: dict[str, str]
+    features: dict[str, list[str]]
+    tokens: int
+    bonus_tokens: int
+    total_tokens: int
+    #: In the currency's minor unit (cents, fen).
+    price: int
+    currency: str
+    #: Major units per token, bonus included.
+    price_per_token: Decimal
+    savings_percent: int
+    badge: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Purchase:
+    purchase_id: int
+    user_id: str
+    package_id: str
+    #: pending, paid, failed, expired, canceled or needs_review.
+    status: str
+    flow: str
+    tokens: int
+    bonus_tokens: int
+    amount: int
+    currency: str
+    checkout_session_id: str | None
+    payment_intent_id: str | None
+    failure_code: str | None
+    failure_message: str | None
+    refunded_amount: int
+    clawed_back_tokens: int
+    created_at: datetime
+    paid_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,10 +379,9 @@ class TokenBank:
 
     # buying tokens
 
-    def packages(self) -> list[dict[str, Any]]:
+    def packages(self) -> list[Package]:
         """The packages on sale (tokens, bonus, price in minor units, savings, badge)."""
-        packages: list[dict[str, Any]] = self._request("GET", "/packages")["packages"]
-        return packages
+        return [_package(body) for body in self._request("GET", "/packages")["packages"]]
 
     def checkout(
         self,
@@ -355,9 +404,9 @@ class TokenBank:
         answer = self._request("POST", f"/users/{_id(user_id)}/checkout-sessions", json=body)
         return Checkout(**{name: answer[name] for name in Checkout.__slots__})
 
-    def purchase(self, purchase_id: int) -> dict[str, Any]:
+    def purchase(self, purchase_id: int) -> Purchase:
         """A purchase and its status: pending, paid, failed, expired or canceled."""
-        return self._request("GET", f"/purchases/{int(purchase_id)}")
+        return _purchase(self._request("GET", f"/purchases/{int(purchase_id)}"))
 
     # tokens
 
@@ -481,9 +530,11 @@ class TokenBank:
                 response = self._http.request(
                     method, self._base + path, json=json, params=params, headers=self._headers
                 )
-            except httpx.TransportError:
+            except httpx.TransportError as exc:
                 if attempt == retries:
-                    raise
+                    raise ServiceUnavailable(
+                        503, "unreachable", f"{self._base} did not answer: {exc!r}", {}
+                    ) from exc
             else:
                 if response.status_code not in RETRY_STATUSES or attempt == retries:
                     return _answer(response)
@@ -507,7 +558,25 @@ def _answer(response: httpx.Response) -> dict[str, Any]:
         problem = {}
     code = str(problem.get("code", "http_error"))
     detail = str(problem.get("detail", response.reason_phrase))
-    raise _ERRORS.get(code, ApiError)(response.status_code, code, detail, problem)
+    kind = _ERRORS.get(code) or (ServiceUnavailable if response.status_code == 503 else ApiError)
+    raise kind(response.status_code, code, detail, problem)
+
+
+def _package(body: dict[str, Any]) -> Package:
+    values = {name: body[name] for name in Package.__slots__}
+    return Package(**values | {"price_per_token": Decimal(body["price_per_token"])})
+
+
+def _purchase(body: dict[str, Any]) -> Purchase:
+    values = {name: body[name] for name in Purchase.__slots__}
+    paid_at = body["paid_at"]
+    return Purchase(
+        **values
+        | {
+            "created_at": datetime.fromisoformat(body["created_at"]),
+            "paid_at": None if paid_at is None else datetime.fromisoformat(paid_at),
+        }
+    )
 
 
 def _id(user_id: str) -> str:
