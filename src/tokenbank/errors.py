@@ -313,8 +313,8 @@ class Unauthenticated(TokenbankError):
 
 
 class InvalidApiKey(Unauthenticated):
-    def __init__(self) -> None:
-        super().__init__("missing, unknown or revoked API key")
+    def __init__(self, detail: str = "missing, unknown or revoked API key") -> None:
+        super().__init__(detail)
 
 
 class InvalidCredentials(Unauthenticated):

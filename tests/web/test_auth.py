@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
 
 from tests.web.api.calls import problem_of, put_user
@@ -29,3 +30,21 @@ def test_scopes_and_keys(
         key_id = next(k.id for k in apikeys.list_keys(conn) if "spend" in k.scopes)
         apikeys.revoke_key(conn, key_id=key_id)
     problem_of(client.get("/api/v1/users/alice/balance", headers=spender), 401, "unauthorized")
+
+
+@pytest.mark.parametrize(
+    ("header", "detail"),
+    [
+        (None, "missing API key: send the API key as 'Authorization: Bearer <key>'"),
+        ("tb_abc123", "send the API key as 'Authorization: Bearer <key>'"),
+        ("Token tb_abc123", "send the API key as 'Authorization: Bearer <key>'"),
+        ("Bearer tb_wrong", "missing, unknown or revoked API key"),
+    ],
+)
+def test_a_key_sent_without_bearer_is_told_how_to_send_it(
+    client: TestClient, header: str | None, detail: str
+) -> None:
+    headers = {} if header is None else {"Authorization": header}
+    answer = client.get("/api/v1/users/alice/balance", headers=headers)
+    assert answer.status_code == 401 and answer.headers["www-authenticate"] == "Bearer"
+    assert answer.json()["code"] == "unauthorized" and answer.json()["detail"] == detail

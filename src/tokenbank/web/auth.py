@@ -54,7 +54,7 @@ class KeyCache:
         """The key in an ``Authorization: Bearer`` header, or ``InvalidApiKey`` (or
         ``RateLimited`` for the ``client`` address when it sent too many wrong keys)."""
         if header is None:
-            raise InvalidApiKey
+            raise InvalidApiKey("missing API key: " + BEARER_HINT)
         hit = self._known.get(header)
         if hit is not None and hit[1] > time.monotonic():
             return hit[0]
@@ -73,10 +73,14 @@ class KeyCache:
                     del self._known[header]
 
 
+#: What a 401 says to a caller who sent a key, but not as a bearer token.
+BEARER_HINT = "send the API key as 'Authorization: Bearer <key>'"
+
+
 def bearer_secret(header: bytes) -> str:
     scheme, _, secret = header.decode("latin-1").partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
-        raise InvalidApiKey
+        raise InvalidApiKey(BEARER_HINT if header.strip() else "missing API key")
     return secret.strip()
 
 
