@@ -66,10 +66,16 @@ def test_a_tour(tokenbank: object, db: Database) -> None:
     spends = json.loads(run("history", "alice", "--json", "--kind", "spend"))  # type: ignore[operator]
     transfer_id = spends["items"][0]["transfer_id"]
     assert "refunded 10" in run("refund", str(transfer_id), "--key", "r1", "--amount", "10")  # type: ignore[operator]
+    run("spend", "alice", "5", "--key", "s3")  # type: ignore[operator]
+    # A replay changes nothing and says so, with the balance now, not the one it left then.
+    again = run("refund", str(transfer_id), "--key", "r1", "--amount", "10")  # type: ignore[operator]
+    assert "already refunded with this key, nothing changed; balance now 75" in again
+    replayed = run("spend", "alice", "5", "--key", "s3")  # type: ignore[operator]
+    assert "already spent with this key, nothing changed; balance now 75" in replayed
     assert "ledger verified" in run("ledger", "verify")  # type: ignore[operator]
     assert "expired 0 holds" in run("holds", "expire")  # type: ignore[operator]
     with db.read() as conn:
-        assert ledger.balance(conn, user_id="alice").available == 80
+        assert ledger.balance(conn, user_id="alice").available == 75
 
 
 def test_errors_have_exit_codes(tokenbank: object) -> None:

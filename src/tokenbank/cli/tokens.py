@@ -36,10 +36,9 @@ def grant(
             idempotency_key=key,
             actor=f"cli:{_login()}",
         )
-    note = " (already granted with this key; nothing changed)" if receipt.replayed else ""
     out.print(
         f"granted {receipt.amount} tokens to {user_id}: transfer {receipt.transfer_id},"
-        f" balance {receipt.balance}, key {key}{note}",
+        f" {_balance(ctx, receipt, 'granted')}, key {key}",
         highlight=False,
     )
 
@@ -64,10 +63,9 @@ def spend(
             log_from=log_from,
         ),
     )
-    note = " (already spent with this key; nothing changed)" if receipt.replayed else ""
     out.print(
         f"spent {receipt.amount} tokens of {user_id}: transfer {receipt.transfer_id},"
-        f" balance {receipt.balance}{note}",
+        f" {_balance(ctx, receipt, 'spent')}",
         highlight=False,
     )
 
@@ -90,9 +88,19 @@ def refund(
     )
     out.print(
         f"refunded {receipt.amount} tokens to {receipt.user_id}: transfer {receipt.transfer_id},"
-        f" balance {receipt.balance}",
+        f" {_balance(ctx, receipt, 'refunded')}",
         highlight=False,
     )
+
+
+def _balance(ctx: typer.Context, receipt: ledger.Receipt, done: str) -> str:
+    """The balance after the transfer; for one replayed (the key was used before), that it
+    changed nothing, and the balance now rather than the one it left then."""
+    if not receipt.replayed:
+        return f"balance {receipt.balance}"
+    with reported(), context(ctx).db.read() as conn:
+        now = ledger.balance(conn, user_id=receipt.user_id).balance
+    return f"already {done} with this key, nothing changed; balance now {now}"
 
 
 def balance(
