@@ -77,7 +77,10 @@ def test_webhooks_list_and_replay_and_reconcile(store: Store, tokenbank: Run) ->
     assert "nothing_to_review" in tokenbank(
         "purchases", "resolve", str(purchase_id), "refuse", "--reason", "again", code=5
     )
-    assert "nothing new" in tokenbank("webhooks", "replay", completed["id"])
+    assert "already up to date, nothing to do" in tokenbank("webhooks", "replay", completed["id"])
+    listed = tokenbank("webhooks", "list")
+    assert "checkout.session.completed" in listed and "done" in listed
+    assert max(len(line) for line in listed.splitlines()) <= 80, listed  # a terminal's width
     reconciled = tokenbank("reconcile", "--since", "1h")
     assert "0 fixed" in reconciled and "0 errors; 0 purchases await review" in reconciled
     assert store.balance()["available"] == 2200

@@ -66,5 +66,5 @@ class Outcome:
     def __str__(self) -> str:
         if self.purchase is None:
             return "not a tokenbank payment"
-        what = "; ".join(self.changes) if self.changes else "nothing new"
+        what = "; ".join(self.changes) if self.changes else "already up to date, nothing to do"
         return f"purchase {self.purchase.id}: {what}"

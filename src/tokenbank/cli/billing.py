@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import getpass
 import re
+import textwrap
 from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
@@ -140,20 +141,19 @@ def webhooks_list(
     if as_json:
         out.print_json(to_json([asdict(e) for e in events]))
         return
-    table = Table()
-    for column in ("event", "type", "received", "state", "attempts", "outcome / last error"):
-        table.add_column(column, overflow="fold")  # ids in full, wrapped if need be
+    # One line per event (received: UTC) and its outcome indented below: readable in an
+    # 80-column terminal, where a table of six columns folded every id.
     for event in events:
-        state = "processed" if event.processed_at else ("failed" if event.failed else "pending")
-        table.add_row(
-            event.event_id,
-            event.type,
-            event.received_at.strftime("%Y-%m-%d %H:%M:%S"),
-            state,
-            str(event.attempts),
-            (event.outcome if event.processed_at else event.last_error) or "",
+        state = "done" if event.processed_at else ("FAILED" if event.failed else "waiting")
+        out.print(
+            f"{event.event_id} {event.type} {event.received_at:%m-%d %H:%M} {state}",
+            highlight=False,
         )
-    out.print(table)
+        said = (event.outcome if event.processed_at else event.last_error) or ""
+        if event.attempts > 1:
+            said = f"{event.attempts} tries; {said}"
+        for line in textwrap.wrap(said, width=76):
+            out.print(f"    {line}", highlight=False)
     out.print(f"{len(events)} events")
 
 
