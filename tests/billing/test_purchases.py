@@ -59,6 +59,8 @@ def test_packages_are_public(store: Store) -> None:
         "popular",
     )
     assert plus["savings_percent"] == 9
+    # A fraction of a cent, to ten places: never the thirty digits of the division.
+    assert [p["price_per_token"] for p in body["packages"]][:2] == ["0.0100000000", "0.0090909091"]
 
 
 def test_checkout_on_the_hosted_page_credits_once(store: Store) -> None:

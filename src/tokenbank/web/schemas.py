@@ -163,6 +163,10 @@ PackageId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z
 Locale = Annotated[str | None, Field(default=None, pattern=r"^(en|zh-CN)$")]
 
 
+#: A price per token is a fraction of a cent: ten places, whatever the division gives.
+PER_TOKEN_PLACES = Decimal("1e-10")
+
+
 class PackageOut(BaseModel):
     id: str
     name: dict[str, str]
@@ -172,7 +176,10 @@ class PackageOut(BaseModel):
     total_tokens: int
     price: int = Field(description="In the currency's minor unit (cents, fen).")
     currency: str
-    price_per_token: str = Field(description="Major units per token, bonus included.")
+    price_per_token: str = Field(
+        description="Major units per token, bonus included, to 10 decimal places.",
+        examples=["0.0090909091"],
+    )
     savings_percent: int = Field(description="Saved per token against the smallest package.")
     badge: str | None
 
@@ -306,6 +313,7 @@ def transfer_out(item: ledger.HistoryItem) -> TransferOut:
 
 def package_out(package: Package, base: Package | None) -> PackageOut:
     savings = package.savings_against(base) if base else Decimal(0)
+    per_token = package.price_per_token.quantize(PER_TOKEN_PLACES, rounding=ROUND_HALF_UP)
     return PackageOut(
         id=package.id,
         name=package.name,
@@ -315,7 +323,7 @@ def package_out(package: Package, base: Package | None) -> PackageOut:
         total_tokens=package.total_tokens,
         price=package.price,
         currency=package.currency,
-        price_per_token=f"{package.price_per_token.normalize():f}",
+        price_per_token=f"{per_token:f}",
         savings_percent=int((savings * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP)),
         badge=package.badge,
     )
