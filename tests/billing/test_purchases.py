@@ -386,12 +386,12 @@ def test_without_a_webhook_secret_every_delivery_is_refused(
 def test_the_python_client_buys_tokens(store: Store) -> None:
     key = store.api.headers["Authorization"].removeprefix("Bearer ")
     with TokenBank(str(store.api.base_url), api_key=key) as bank:
-        assert [p["id"] for p in bank.packages()] == ["starter", "plus", "pro", "scale"]
+        assert [p.id for p in bank.packages()] == ["starter", "plus", "pro", "scale"]
         checkout = bank.checkout("alice", "starter")
         assert checkout.url.startswith(store.emulator.url)
         store.emulator.pay(checkout.checkout_session_id)
         store.emulator.settle()
-        assert bank.purchase(checkout.purchase_id)["status"] == "paid"
+        assert bank.purchase(checkout.purchase_id).status == "paid"
         assert bank.balance("alice").available == 500
         with pytest.raises(ApiError) as refused:
             bank.checkout("alice", "nope")
