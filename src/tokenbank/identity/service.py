@@ -7,7 +7,6 @@ SQLite a write transaction holds the one write lock).
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -28,6 +27,7 @@ from tokenbank.errors import (
     UnknownUser,
 )
 from tokenbank.identity import links
+from tokenbank.identity.links import digest
 from tokenbank.identity.models import portal_links, rate_limits, sessions
 from tokenbank.identity.passwords import Passwords, check_password
 from tokenbank.mail import outbox
@@ -53,10 +53,6 @@ class SignedIn:
     #: Whether the account's address is confirmed (an account without one has nothing to
     #: confirm: the host app vouches for it).
     email_verified: bool = True
-
-
-def digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def new_user_id() -> str:

@@ -128,7 +128,7 @@ def forms(text: object) -> Address:
         len(typed) > MAX_LENGTH
         or not _SHAPE.match(_visible(typed).translate(_DOTS))
         or any(unicodedata.category(c) in {"Cc", "Cs", "Co", "Cn"} for c in typed)
-        or any(c in _BIDI_CONTROLS for c in typed)
+        or any(c in BIDI_CONTROLS for c in typed)
     ):
         raise InvalidArgument("email", "must be an email address")
     typed_local, _, domain = _visible(typed).rpartition("@")
@@ -167,7 +167,7 @@ def forms(text: object) -> Address:
 _ATOM_SYMBOLS = frozenset("!#$%&'*+-/=?^_`{|}~")
 #: Invisible characters that reorder text on screen: an address that carries them shows
 #: as another one.
-_BIDI_CONTROLS = frozenset(
+BIDI_CONTROLS = frozenset(
     "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 )
 

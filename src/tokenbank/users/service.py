@@ -60,19 +60,13 @@ def email_columns(address: Address | None, *, confirmed: bool = True) -> dict[st
     }
 
 
-#: What a name may not hold: control characters and those that reorder text on screen.
-_NOT_IN_NAMES = frozenset(
-    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
-)
-
-
 def check_name(name: str | None) -> str | None:
     """A display name: up to 200 characters, emoji sequences (joiners) welcome, but no
     control characters or bidirectional overrides."""
     if name is not None and (
         len(name) > 200
         or any(unicodedata.category(c) in {"Cc", "Cs", "Co", "Cn", "Zl", "Zp"} for c in name)
-        or any(c in _NOT_IN_NAMES for c in name)
+        or any(c in emails.BIDI_CONTROLS for c in name)
     ):
         raise InvalidArgument("name", "must be at most 200 characters, none of them a control")
     return name
