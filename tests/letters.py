@@ -17,7 +17,7 @@ def html_of(message: EmailMessage) -> str:
 
 def link_in(message: EmailMessage, prefix: str) -> str:
     """The path of the link in ``message`` that starts with ``prefix`` (``/verify/``)."""
-    for url in re.findall(r"https?://\S+", text_of(message)):
+    for url in re.findall(r"https?://\S+?(?=[.,;:!?)]*(?:\s|$))", text_of(message)):
         path = str(urlsplit(url).path)
         if path.startswith(prefix):
             return path

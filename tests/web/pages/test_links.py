@@ -445,6 +445,14 @@ def _the_mailbox_shows(client: TestClient) -> None:
     html = client.get(f"/_dev/mail/{mail_id.group(1)}/html")
     assert html.status_code == 200 and confirm in html.text
     assert html.headers["content-security-policy"].startswith("sandbox")
+    # A link that ends a sentence is shown without the sentence's full stop.
+    sign_up(client, "ann@example.com")
+    listing = client.get("/_dev/mail")
+    newest = re.search(r'href="/_dev/mail/(\d+)"', listing.text)
+    assert newest
+    again = client.get(f"/_dev/mail/{newest.group(1)}").text
+    assert 'href="http://127.0.0.1:8000/password/forgot"' in again
+    assert 'href="http://127.0.0.1:8000/password/forgot."' not in again
 
 
 @pytest.mark.parametrize(

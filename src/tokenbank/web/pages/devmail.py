@@ -23,7 +23,8 @@ from tokenbank.web.routing import PageRoute
 router = APIRouter(
     include_in_schema=False, default_response_class=HTMLResponse, route_class=PageRoute
 )
-_LINK = re.compile(r"https?://\S+")
+#: A link in a letter's text, without the full stop or comma of the sentence it ends.
+_LINK = re.compile(r"https?://\S+?(?=[.,;:!?)]*(?:\s|$))")
 #: The HTML part is shown alone, with no script, no request out and no form.
 SANDBOX = {
     "Content-Security-Policy": (
