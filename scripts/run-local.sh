@@ -18,6 +18,8 @@ in_use() {
     "$BIN/python" - "$1" <<'PY'
 import socket, sys
 with socket.socket() as probe:
+    # As the servers bind: a port left in TIME_WAIT by an instance just stopped is free.
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         probe.bind(("127.0.0.1", int(sys.argv[1])))
     except OSError:

@@ -138,3 +138,39 @@ def test_stopping_make_stops_the_service_and_the_emulator(running: Instance) -> 
             break
         assert time.monotonic() < deadline, "processes of make run's group are still alive"
         time.sleep(0.1)
+
+
+def test_make_run_starts_again_at_once_on_the_ports_it_left(
+    running: Instance, tmp_path: Path
+) -> None:
+    """The stopped instance's connections leave its ports in TIME_WAIT: no reason to wait."""
+    assert httpx.get(f"http://127.0.0.1:{running.port}/readyz", timeout=5).status_code == 200
+    os.killpg(running.popen.pid, signal.SIGTERM)
+    running.popen.wait(10)
+    while _listening(running.port) or _listening(running.emulator_port):
+        time.sleep(0.1)
+    with (tmp_path / "again.log").open("wb") as out:
+        again = subprocess.Popen(
+            [str(SCRIPT)],
+            cwd=REPO,
+            env=_env(running.port, running.emulator_port, tmp_path / "again"),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            assert again.poll() is None, (tmp_path / "again.log").read_text()
+            try:
+                url = f"http://127.0.0.1:{running.port}/readyz"
+                if httpx.get(url, timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "again.log").read_text()
+            time.sleep(0.1)
+    finally:
+        os.killpg(again.pid, signal.SIGKILL)
+        again.wait(10)
