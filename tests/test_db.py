@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
+import psycopg
+import psycopg_pool
 import pytest
 import sqlalchemy as sa
 from alembic import command
@@ -16,6 +19,7 @@ from tokenbank.db import (
     atomic,
     commits_alone,
     connect,
+    connection_lost,
     normalize_url,
 )
 from tokenbank.errors import ConfigurationError
@@ -126,3 +130,59 @@ def test_after_commit_in_autocommit_and_atomic(fresh_database: DatabaseFactory) 
                 after_commit(conn, lambda: done.append("rolled back"))
                 raise RuntimeError
     assert done == ["alone", "atomic"]
+
+
+@pytest.mark.parametrize(
+    ("failure", "lost"),
+    [
+        (psycopg.errors.AdminShutdown("terminating connection"), True),  # killed, restarted
+        (psycopg.errors.CrashShutdown("crash"), True),
+        (psycopg.errors.CannotConnectNow("the database system is starting up"), True),
+        (psycopg.errors.ConnectionFailure("connection failure"), True),  # class 08
+        (psycopg.OperationalError("consuming input failed"), True),  # client side: no state
+        (psycopg.OperationalError("another command is already in progress"), True),
+        (psycopg.InterfaceError("the connection is closed"), True),
+        (
+            sa.exc.OperationalError("SELECT 1", {}, Exception("gone"), connection_invalidated=True),
+            True,
+        ),
+        (sa.exc.OperationalError("SELECT 1", {}, psycopg.errors.AdminShutdown("x")), True),
+        (psycopg.errors.QueryCanceled("statement timeout"), False),  # the connection is fine
+        (psycopg.errors.LockNotAvailable("lock timeout"), False),
+        (psycopg.errors.ReadOnlySqlTransaction("read-only"), False),
+        (psycopg.errors.UniqueViolation("duplicate"), False),
+        (psycopg_pool.PoolTimeout("every connection busy"), False),  # busy, not lost
+        (sa.exc.TimeoutError("QueuePool limit"), False),
+        (sqlite3.OperationalError("database is locked"), False),
+        (ValueError("a bug"), False),
+    ],
+)
+def test_connection_lost_tells_a_lost_connection_from_other_failures(
+    failure: BaseException, lost: bool
+) -> None:
+    """Only a lost connection makes the service drop its pools (``Database.recover``): doing
+    it for a busy pool or a slow statement would throw away healthy connections."""
+    assert connection_lost(failure) is lost
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_a_connection_left_mid_command_is_never_handed_out_again(
+    fresh_database: DatabaseFactory, backend: str
+) -> None:
+    """A statement interrupted before its result was read leaves the driver refusing every
+    other ("another command is already in progress"), which SQLAlchemy does not take for a
+    lost connection; nor does a connection whose server went away unnoticed. Both pools hand
+    out only connections ready for a statement."""
+    db = fresh_database()
+    for engine in (db.engine, db.read_engine):
+        with engine.connect() as conn:
+            driver = conn.connection.driver_connection
+            assert driver is not None
+            driver.pgconn.send_query(b"SELECT 1")  # never read
+        with engine.connect() as conn:
+            driver = conn.connection.driver_connection
+            assert driver is not None
+            driver.pgconn.finish()  # as if the server had closed it
+        for _ in range(db.pool_size + 1):
+            with engine.connect() as conn:
+                assert conn.execute(sa.text("SELECT 1")).scalar() == 1

@@ -44,7 +44,6 @@ import asyncio
 import json
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import (
     AbstractAsyncContextManager,
@@ -273,6 +272,26 @@ def unavailable(exc: BaseException) -> Unavailable | None:
     return DatabaseUnavailable("the database connection was lost") if lost else None
 
 
+#: SQLSTATEs of a connection the server ended: class 08 (connection exception) and
+#: admin_shutdown, crash_shutdown, cannot_connect_now.
+_ENDED = ("08", "57P01", "57P02", "57P03")
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` says a PostgreSQL connection is gone (a restart, a failover, a killed
+    backend), so that its idle siblings are likely gone too; ``Database.recover()`` then
+    drops them. A busy pool, a timeout or a read-only server is not a lost connection."""
+    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+    if isinstance(orig, psycopg_pool.PoolTimeout | psycopg_pool.TooManyRequests):
+        return False  # the pool's own refusals (subclasses of OperationalError)
+    if not isinstance(orig, psycopg.OperationalError | psycopg.InterfaceError):
+        return False
+    # Client-side failures carry no SQLSTATE: closed, unreadable, or left mid-command.
+    return orig.sqlstate is None or orig.sqlstate.startswith(_ENDED)
+
+
 def _postgres_failure(exc: psycopg.Error, *, lost: bool) -> Unavailable | None:
     if exc.sqlstate in _UNDEFINED:
         return SchemaOutOfDate("the database is behind this version's migrations")
@@ -326,7 +345,6 @@ class Database:
     _async_pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool[Any]] = field(
         default_factory=dict, repr=False
     )
-    _recovered_at: float = field(default=0.0, repr=False)
 
     @property
     def dialect(self) -> Dialect:
@@ -427,18 +445,19 @@ class Database:
         return self._async_pools[asyncio.get_running_loop()].connection()
 
     async def recover(self) -> None:
-        """After a connection was found dead: a server restart killed its idle siblings
-        too, so drop them now rather than let each fail one request (at most once a
-        second). Connections in use are left to finish or fail on their own."""
-        now = time.monotonic()
-        if self.dialect != "postgresql" or now - self._recovered_at < 1:
+        """After a connection was found lost (``connection_lost``): a server restart killed
+        its idle siblings too, so drop every pooled connection now rather than let each
+        fail one request of its own. Connections in use finish or fail on their own and
+        are not pooled again. Cheap (nothing is asked of the server), so it runs on every
+        loss: an outage with empty pools costs nothing, and a second failover soon after
+        the first is recovered from like the first."""
+        if self.dialect != "postgresql":
             return
-        self._recovered_at = now
         self.engine.dispose()
         self.read_engine.dispose()
         pool = self._async_pools.get(asyncio.get_running_loop())
         if pool is not None:
-            await pool.check()
+            await pool.drain()
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -480,7 +499,22 @@ def _connect_postgresql(url: sa.URL, *, pool_size: int) -> Database:
         pool_reset_on_return=None,  # nothing to roll back: atomic() always ends its transaction
         json_serializer=json_dumps,
     )
+    for each in (engine, autocommit_engine):
+        event.listen(each, "checkout", _refuse_unready)
     return Database(url=url, engine=engine, read_engine=autocommit_engine, pool_size=pool_size)
+
+
+def _refuse_unready(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+    """Hand out a pooled connection only if it is ready for a statement; the pool replaces
+    it otherwise. One the server ended, or one an interrupted statement left mid-command
+    (psycopg then refuses every statement with "another command is already in progress",
+    which SQLAlchemy does not take for a lost connection), would fail every request it
+    served. This reads the driver's own state: no round trip."""
+    pgconn = dbapi_conn.pgconn
+    if pgconn.status != psycopg.pq.ConnStatus.OK or (
+        pgconn.transaction_status != psycopg.pq.TransactionStatus.IDLE
+    ):
+        raise sa.exc.DisconnectionError("the pooled connection is not ready")
 
 
 class ReadOnlySqlite(sqlite3.Connection):

@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from tokenbank import errors, migrations
-from tokenbank.db import Database, unavailable
+from tokenbank.db import Database, connection_lost, unavailable
 from tokenbank.errors import (
     DatabaseUnavailable,
     SchemaOutOfDate,
@@ -177,7 +177,7 @@ def install(
             else:
                 if current:
                     raise exc  # the schema is right: the query is wrong, a bug
-        elif db is not None:
+        elif db is not None and connection_lost(exc):
             await db.recover()
         log.warning("unavailable", code=found.code, detail=str(found), error=type(exc).__name__)
         return await respond(request, found)
