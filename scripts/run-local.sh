@@ -66,6 +66,7 @@ if [ -z "${STRIPE_SECRET_KEY:-}" ]; then
     # One log per emulator port: an instance on other ports keeps its own.
     emulator_log="$VAR/stripe-emulator-$EMULATOR_PORT.log"
     "$BIN/tokenbank" stripe-emulator --port "$EMULATOR_PORT" \
+        --state "$VAR/stripe-emulator-$EMULATOR_PORT.json" \
         --webhook-url "http://127.0.0.1:$PORT/webhooks/stripe" >"$emulator_log" 2>&1 &
     emulator=$!
     children+=("$emulator")
@@ -83,6 +84,19 @@ if [ -z "${STRIPE_SECRET_KEY:-}" ]; then
 else
     stripe_note="Stripe with your STRIPE_SECRET_KEY"
 fi
+# The settings of this instance, for commands run from another terminal (reconcile,
+# refund, ...): the CLI reads $VAR/.env (a ./.env of yours, or the environment, wins).
+# Real Stripe keys are never written here: they stay in your environment.
+{
+    echo "# Written by make run for the instance at $TOKENBANK_PUBLIC_URL; rewritten at each start."
+    echo "TOKENBANK_PUBLIC_URL=$TOKENBANK_PUBLIC_URL"
+    if [ -n "${emulator:-}" ]; then
+        echo "STRIPE_SECRET_KEY=$STRIPE_SECRET_KEY"
+        echo "STRIPE_PUBLISHABLE_KEY=$STRIPE_PUBLISHABLE_KEY"
+        echo "STRIPE_WEBHOOK_SECRET=$STRIPE_WEBHOOK_SECRET"
+        echo "STRIPE_API_BASE=$STRIPE_API_BASE"
+    fi
+} >"$VAR/.env.$$" && mv "$VAR/.env.$$" "$VAR/.env"
 "$BIN/tokenbank" packages sync >/dev/null
 
 cat <<TXT

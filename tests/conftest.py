@@ -32,6 +32,9 @@ from tokenbank.logs import configure_logging
 from tokenbank.models import metadata
 
 BACKENDS = ["sqlite", "postgresql"]
+# Commands run in this process read no .env file: not the checkout's, nor the var/.env a
+# `make run` of the developer's left (tests that are about those files name their own).
+os.environ["TOKENBANK_ENV_FILE"] = ""
 # As the command line does: log lines go to stderr, which pytest shows when a test fails.
 configure_logging("info", stream="stderr", cache=False)
 #: Every table, children before parents: a table added to the models is emptied too.

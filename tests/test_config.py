@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
+from pydantic import AliasChoices, SecretStr
 
 from tokenbank.billing import PurchaseFlow, billing_from_settings
-from tokenbank.config import Settings, with_secrets
+from tokenbank.config import Settings, env_files, with_secrets
 from tokenbank.errors import ConfigurationError
 
+REPO = Path(__file__).resolve().parents[1]
 REAL = {
     "secret_key": "Jv3q9nq2u6ZrC0bT1pWm8sYd4kF7hL5xA-QeR_tUo2c",
     "stripe_secret_key": "sk_live_51Pq8rTzYxWvUtSrQpOnMlKjIh",
@@ -104,3 +107,60 @@ def test_the_login_limit_keeps_its_earlier_name() -> None:
     earlier = _settings(TOKENBANK_LOGIN_LIMIT_PER_ACCOUNT="3/minute")
     assert earlier.login_limit_per_email == "3/minute"
     assert _settings(TOKENBANK_LOGIN_LIMIT_PER_EMAIL="4/minute").login_limit_per_email == "4/minute"
+
+
+def _env_name(name: str) -> str:
+    alias = Settings.model_fields[name].validation_alias
+    return str(alias.choices[0]) if isinstance(alias, AliasChoices) else f"TOKENBANK_{name.upper()}"
+
+
+def test_env_files_default_to_var_then_the_working_directory() -> None:
+    assert env_files({}) == (Path("var/.env"), Path(".env"))
+    assert env_files({"TOKENBANK_VAR_DIR": "/srv/tb"}) == (Path("/srv/tb/.env"), Path(".env"))
+    assert env_files({"TOKENBANK_ENV_FILE": ""}) == ()
+    assert env_files({"TOKENBANK_ENV_FILE": f"a.env{os.pathsep}b.env"}) == (
+        Path("a.env"),
+        Path("b.env"),
+    )
+
+
+def test_settings_load_reads_env_files_and_the_environment_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``make run`` writes var/.env so a second terminal's CLI reaches the same emulator;
+    a developer's .env overrides it, and the environment overrides both."""
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / ".env").write_text(
+        "STRIPE_SECRET_KEY=sk_test_written_by_make_run\n"
+        "STRIPE_API_BASE=http://127.0.0.1:12111\n"
+        "TOKENBANK_PUBLIC_URL=http://127.0.0.1:8000\n"
+    )
+    (tmp_path / ".env").write_text(
+        "TOKENBANK_PUBLIC_URL=http://127.0.0.1:9000\nTOKENBANK_LOG_LEVEL=debug\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    for name in ("TOKENBANK_ENV_FILE", "TOKENBANK_VAR_DIR", "STRIPE_SECRET_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TOKENBANK_LOG_LEVEL", "warning")
+    loaded = Settings.load()
+    assert loaded.stripe_secret_key == SecretStr("sk_test_written_by_make_run")
+    assert loaded.stripe_api_base == "http://127.0.0.1:12111"
+    assert loaded.public_url == "http://127.0.0.1:9000"  # ./.env over var/.env
+    assert loaded.log_level == "warning"  # the environment over both
+    # Settings built in code read no file: a test never picks up a developer's.
+    assert Settings().stripe_secret_key is None
+
+
+def test_env_example_lists_every_setting_with_its_default() -> None:
+    """.env.example is the reference a newcomer copies: nothing missing, nothing stale."""
+    listed: dict[str, str] = {}
+    for line in (REPO / ".env.example").read_text().splitlines():
+        if match := re.fullmatch(r"# ([A-Z][A-Z0-9_]+)=(.*)", line):
+            listed[match[1]] = match[2].strip('"')
+    expected = {}
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if isinstance(default, SecretStr):
+            default = default.get_secret_value()
+        expected[_env_name(name)] = "" if default is None else str(default)
+    assert listed == expected

@@ -5,6 +5,7 @@ stops the service and the emulator with it."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -38,6 +39,8 @@ def _env(port: int, emulator_port: int, var: Path) -> dict[str, str]:
             "PORT": str(port),
             "EMULATOR_PORT": str(emulator_port),
             "TOKENBANK_VAR_DIR": str(var),
+            # The instance's own file only, never a ./.env of the checkout's.
+            "TOKENBANK_ENV_FILE": str(var / ".env"),
             "TOKENBANK_DATABASE_URL": f"sqlite:///{var / 'tokenbank.db'}",
             "TOKENBANK_LOG_LEVEL": "warning",
         }
@@ -140,11 +143,47 @@ def test_stopping_make_stops_the_service_and_the_emulator(running: Instance) -> 
         time.sleep(0.1)
 
 
-def test_make_run_starts_again_at_once_on_the_ports_it_left(
+def _terminal(instance: Instance, *args: str) -> subprocess.CompletedProcess[str]:
+    """A command typed in a second terminal: none of make run's environment, only its
+    files (the database, and the var/.env it wrote)."""
+    env = _env(instance.port, instance.emulator_port, instance.var)
+    for name in ("BIN", "PORT", "EMULATOR_PORT"):
+        env.pop(name)
+    return subprocess.run(
+        [str(TOKENBANK), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_second_terminal_and_a_restart_keep_the_same_stripe(
     running: Instance, tmp_path: Path
 ) -> None:
-    """The stopped instance's connections leave its ports in TIME_WAIT: no reason to wait."""
-    assert httpx.get(f"http://127.0.0.1:{running.port}/readyz", timeout=5).status_code == 200
+    """The CLI reaches the emulator make run started (through var/.env), and a restart on
+    the ports it left, at once, finds the emulated account as it was: checkout links work,
+    reconcile finds nothing wrong."""
+    written = (running.var / ".env").read_text()
+    assert f"STRIPE_API_BASE=http://127.0.0.1:{running.emulator_port}" in written
+    created = _terminal(running, "apikeys", "create", "--name", "t", "--scope", "admin")
+    assert created.returncode == 0, created
+    key = created.stdout.strip().splitlines()[-1]
+    api = httpx.Client(
+        base_url=f"http://127.0.0.1:{running.port}",
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=10,
+    )
+    assert api.put("/api/v1/users/ann", json={}).status_code in (200, 201)
+    started = api.post("/api/v1/users/ann/checkout-sessions", json={"package_id": "plus"})
+    assert started.status_code == 201, started.text
+    checkout_url = started.json()["url"]
+    reconciled = _terminal(running, "reconcile")
+    assert reconciled.returncode == 0, reconciled
+    assert " 0 errors" in reconciled.stdout
+
     os.killpg(running.popen.pid, signal.SIGTERM)
     running.popen.wait(10)
     while _listening(running.port) or _listening(running.emulator_port):
@@ -153,7 +192,7 @@ def test_make_run_starts_again_at_once_on_the_ports_it_left(
         again = subprocess.Popen(
             [str(SCRIPT)],
             cwd=REPO,
-            env=_env(running.port, running.emulator_port, tmp_path / "again"),
+            env=_env(running.port, running.emulator_port, running.var),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -171,6 +210,66 @@ def test_make_run_starts_again_at_once_on_the_ports_it_left(
                 pass
             assert time.monotonic() < deadline, (tmp_path / "again.log").read_text()
             time.sleep(0.1)
+        page = httpx.get(checkout_url, timeout=10)
+        assert page.status_code == 200 and 'name="card_number"' in page.text
+        reconciled = _terminal(running, "reconcile")
+        assert reconciled.returncode == 0 and " 0 errors" in reconciled.stdout, reconciled
+        assert api.get("/api/v1/purchases/1").json()["status"] == "pending"
     finally:
+        api.close()
         os.killpg(again.pid, signal.SIGKILL)
         again.wait(10)
+
+
+def _tour() -> tuple[list[str], list[str]]:
+    """The README tour's shell and Python blocks, in order."""
+    readme = (REPO / "README.md").read_text()
+    tour = readme.split("## A 5-minute tour", 1)[1].split("\n## ", 1)[0]
+    shell = re.findall(r"```sh\n(.*?)```", tour, flags=re.S)
+    python = re.findall(r"```python\n(.*?)```", tour, flags=re.S)
+    return shell, python
+
+
+def test_the_readme_tour_runs_top_to_bottom_as_written(running: Instance) -> None:
+    """Every command of the README's tour, in a second terminal beside `make run`: each one
+    succeeds but the one whose comment says how it fails, and the Python that needs no
+    model (the library block) runs too."""
+    shell, python = _tour()
+    assert len(shell) >= 2 and python
+    here = f"127.0.0.1:{running.port}"
+    env = _env(running.port, running.emulator_port, running.var)
+    for name in ("BIN", "PORT", "EMULATOR_PORT"):
+        env.pop(name)
+    # One terminal: what the first block exports, the next ones use.
+    script = "\n".join(shell).replace("localhost:8000", here).replace("127.0.0.1:8000", here)
+    ran = subprocess.run(
+        ["bash", "-c", "trap 'echo \"FAILED $? :: $BASH_COMMAND\" >&2' ERR\n" + script],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    failures = [line for line in ran.stderr.splitlines() if line.startswith("FAILED ")]
+    assert "already granted with this key, nothing changed" in ran.stdout, ran
+    assert "refunded 50 tokens to bob" in ran.stdout, ran
+    assert " 0 errors" in ran.stdout and "ledger verified" in ran.stdout, ran
+    # Only the spend the README says fails (exit 4), nothing else.
+    assert [line.split(" :: ")[0] for line in failures] == ["FAILED 4"], failures
+    assert "spend bob 5000" in failures[0]
+    database = f"sqlite:///{running.var / 'tokenbank.db'}"
+    for block in python:
+        if "llm." in block:
+            continue  # needs a model: shown, not run
+        code = block.replace("sqlite:///var/tokenbank.db", database)
+        ran = subprocess.run(
+            [str(TOKENBANK.parent / "python"), "-c", code],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert ran.returncode == 0, ran

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -17,8 +18,22 @@ DEFAULT_VAR_DIR = Path("var")
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
+def env_files(environ: Mapping[str, str] | None = None) -> tuple[Path, ...]:
+    """The ``.env`` files settings are read from, the last one winning: the development one
+    ``make run`` writes under the var directory (so a second terminal's commands reach the
+    same emulator), then ``./.env``. ``TOKENBANK_ENV_FILE`` names others instead
+    (``os.pathsep``-separated; empty for none). The environment beats every file."""
+    environ = os.environ if environ is None else environ
+    if (named := environ.get("TOKENBANK_ENV_FILE")) is not None:
+        return tuple(Path(path) for path in named.split(os.pathsep) if path)
+    var_dir = Path(environ.get("TOKENBANK_VAR_DIR") or DEFAULT_VAR_DIR)
+    return (var_dir / ".env", Path(".env"))
+
+
 class Settings(BaseSettings):
-    """Every setting comes from a ``TOKENBANK_``-prefixed environment variable or ``.env``.
+    """Every setting comes from a ``TOKENBANK_``-prefixed environment variable or, through
+    ``load()``, a ``.env`` file (see ``env_files``); a ``Settings(...)`` built in code reads
+    no file, so a test never picks up a developer's.
 
     The Stripe keys keep Stripe's own standard names (``STRIPE_SECRET_KEY``...), so an
     existing deployment's environment works unchanged.
@@ -26,7 +41,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(
         env_prefix="TOKENBANK_",
-        env_file=".env",
+        env_file=None,
         extra="ignore",
         frozen=True,
         populate_by_name=True,
@@ -115,6 +130,11 @@ class Settings(BaseSettings):
     # Fault injection for the recovery tests (tokenbank.faults); refused in production.
     fault_injection: bool = False
     fault_points: str = ""
+
+    @classmethod
+    def load(cls) -> Settings:
+        """The settings of this process: its environment, then its ``.env`` files."""
+        return cls(_env_file=env_files())
 
     @property
     def return_hosts(self) -> frozenset[str]:

@@ -164,8 +164,11 @@ class UnknownUser(NotFound):
 
 
 class UnknownTransfer(NotFound):
-    def __init__(self, transfer_id: int) -> None:
-        super().__init__(f"no transfer {transfer_id}")
+    def __init__(self, transfer_id: int | str) -> None:
+        if isinstance(transfer_id, int):
+            super().__init__(f"no transfer {transfer_id}")
+        else:
+            super().__init__(f"no transfer with idempotency key {transfer_id!r}")
         self.transfer_id = transfer_id
 
 

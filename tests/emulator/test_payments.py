@@ -422,3 +422,14 @@ def test_sessions_expire_on_their_own(emu: Harness) -> None:
     assert emu.client.v1.checkout.sessions.retrieve(session.id).status == "expired"
     (event,) = emu.client.v1.events.list({"type": "checkout.session.expired"}).data
     assert event.request is not None and event.request.id is None
+
+
+def test_a_session_past_its_lifetime_expires_unasked_and_says_so(emu: Harness) -> None:
+    """As Stripe does in the background: nobody reads the session, the event still comes."""
+    session = _session(emu)
+    emu.emulator.checkout_sessions[session.id]["expires_at"] = int(time.time()) - 1
+    deadline = time.monotonic() + 5
+    while "checkout.session.expired" not in emu.receiver.types():
+        assert time.monotonic() < deadline, emu.receiver.types()
+        time.sleep(0.05)
+    assert emu.emulator.checkout_sessions[session.id]["status"] == "expired"

@@ -18,6 +18,10 @@ SETTINGS = Settings(
     public_url="https://tokens.example",
     api_key_cache_seconds=0,
     secret_key="test-only-key-0123456789abcdef0123456789",
+    # No access log: its lines are flushed by a timer, and one firing after a test ended
+    # (pytest reporting, capture paused) would print into pytest's output. Tests about the
+    # access log turn it on.
+    log_level="warning",
 )
 #: Real argon2id at its cheapest, so tests that sign in many times stay fast.
 PASSWORDS = Passwords(memory_kib=1024, passes=1)

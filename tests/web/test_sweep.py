@@ -213,6 +213,7 @@ BASE_FORMS: dict[str, dict[str, str]] = {
     "/buy/{package_id}": {},
     "/admin/users/{user_id}/grants": {"amount": "1", "reason": "r", "key": "sweep-k"},
     "/admin/purchases/{purchase_id}/review": {"decision": "credit", "reason": "r"},
+    "/purchases/{purchase_id}/cancel": {},
     "/admin/webhooks/{event_id}/replay": {},
     "/verify/{token}": {},
     "/account/verify": {},

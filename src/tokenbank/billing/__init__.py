@@ -32,6 +32,7 @@ from tokenbank.billing.purchases import (
 from tokenbank.billing.reconcile import Reconciliation, reconcile
 from tokenbank.billing.reviews import REVIEW_DECISIONS, resolve_review
 from tokenbank.billing.settlement import Payment, fetch_payment, settle, settle_returning_buyer
+from tokenbank.billing.unpaid import Resume, cancel_purchase, resume_purchase
 from tokenbank.billing.webhooks import (
     HANDLED_EVENTS,
     InboxEvent,
@@ -129,12 +130,14 @@ __all__ = [
     "PurchaseFlow",
     "PurchaseStatus",
     "Reconciliation",
+    "Resume",
     "ReviewDecision",
     "SyncStep",
     "UnknownEvent",
     "UnknownPackage",
     "UnknownPurchase",
     "billing_from_settings",
+    "cancel_purchase",
     "count_awaiting_review",
     "customer_for",
     "fetch_payment",
@@ -149,6 +152,7 @@ __all__ = [
     "reconcile",
     "replay",
     "resolve_review",
+    "resume_purchase",
     "sales_by_package",
     "settle",
     "settle_returning_buyer",

@@ -362,7 +362,10 @@ def start_checkout(
     finds the purchase, and Stripe answers the repeated call with the same session, so a
     crash or a lost answer never makes a second session or charge.
 
-    ``success_url`` and ``cancel_url`` may hold ``{PURCHASE_ID}``; Stripe fills in
+    ``success_url`` and ``cancel_url`` may hold ``{PURCHASE_ID}`` and
+    ``{PURCHASE_REFERENCE}`` (the purchase's unguessable reference: a link holding it may
+    cancel the purchase without a signed-in session, as Stripe's cancel link does); Stripe
+    fills in
     ``{CHECKOUT_SESSION_ID}``. With ``prices``, the package's synced Stripe price is used
     when it still matches the catalog; otherwise the price is sent inline.
     """
@@ -402,8 +405,8 @@ def start_checkout(
             customer_id=customer_id,
             client_reference_id=str(purchase.id),
             metadata=_metadata(purchase),
-            success_url=success_url.replace("{PURCHASE_ID}", str(purchase.id)),
-            cancel_url=cancel_url.replace("{PURCHASE_ID}", str(purchase.id)),
+            success_url=_filled(success_url, purchase),
+            cancel_url=_filled(cancel_url, purchase),
             locale={"zh-CN": "zh"}.get(locale or "", locale),
             idempotency_key=purchase.reference,
         )
@@ -413,6 +416,12 @@ def start_checkout(
     faults.point("purchase.created")
     purchase = _store_id(db, purchase.id, purchases.c.checkout_session_id, session.id)
     return _checkout_start(purchase, session, success_url)
+
+
+def _filled(url: str, purchase: Purchase) -> str:
+    return url.replace("{PURCHASE_ID}", str(purchase.id)).replace(
+        "{PURCHASE_REFERENCE}", purchase.reference
+    )
 
 
 def _store_id(db: Database, purchase_id: int, column: sa.Column[Any], stripe_id: str) -> Purchase:

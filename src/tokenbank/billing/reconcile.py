@@ -31,6 +31,7 @@ from tokenbank.billing.outcomes import Outcome
 from tokenbank.billing.purchases import ClawbackPolicy, count_awaiting_review, to_purchase
 from tokenbank.billing.reviews import flag_purchase
 from tokenbank.billing.settlement import fetch_payment, settle
+from tokenbank.billing.unpaid import ABANDONED_AFTER, cancel_purchase
 from tokenbank.columns import utcnow
 from tokenbank.db import Database
 from tokenbank.errors import PaymentProviderError, StripeObjectMissing, Unavailable
@@ -65,6 +66,8 @@ class Reconciliation:
     flagged: list[tuple[int, str]] = field(default_factory=list)
     #: Pending purchases that ended: never started, or unknown to Stripe.
     expired: list[tuple[int, str]] = field(default_factory=list)
+    #: Purchases whose PaymentIntent nobody paid within ``ABANDONED_AFTER``.
+    canceled: list[int] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     #: Purchases waiting for an admin's decision, this run's and earlier ones.
     awaiting_review: int = 0
@@ -96,6 +99,7 @@ def reconcile(
         if progress is not None:
             progress(1)
     _expire_not_started(db, now, result)
+    _cancel_abandoned(db, stripe, now, policy=policy, result=result)
     with db.read() as conn:
         result.awaiting_review = count_awaiting_review(conn)
     log.info(
@@ -104,6 +108,7 @@ def reconcile(
         fixed=len(result.fixed),
         flagged=len(result.flagged),
         expired=len(result.expired),
+        canceled=len(result.canceled),
         errors=len(result.errors),
         awaiting_review=result.awaiting_review,
     )
@@ -224,6 +229,32 @@ def _expire_not_started(db: Database, now: datetime, result: Reconciliation) -> 
         message = "The purchase never reached Stripe; nothing was charged."
         if _expire(db, purchase_id, "not_started", message):
             result.expired.append((purchase_id, "never reached Stripe"))
+
+
+def _cancel_abandoned(
+    db: Database, stripe: Stripe, now: datetime, *, policy: ClawbackPolicy, result: Reconciliation
+) -> None:
+    """Cancel at Stripe, then here, the PaymentIntents of tokenbank's card form that nobody
+    paid within ``ABANDONED_AFTER`` (a Checkout Session expires at Stripe by itself)."""
+    with db.read() as conn:
+        stale = conn.execute(
+            sa.select(purchases.c.id, purchases.c.payment_intent_id).where(
+                purchases.c.status == PurchaseStatus.PENDING.value,
+                purchases.c.checkout_session_id.is_(None),
+                purchases.c.payment_intent_id.is_not(None),
+                purchases.c.created_at < now - ABANDONED_AFTER,
+            )
+        ).all()
+    for purchase_id, intent_id in stale:
+        try:
+            ended = cancel_purchase(
+                db, stripe, purchase_id=purchase_id, policy=policy, reason="abandoned"
+            )
+        except (PaymentProviderError, Unavailable) as exc:
+            result.errors.append(f"{intent_id}: {exc}")
+            continue
+        if ended.status is PurchaseStatus.CANCELED:
+            result.canceled.append(purchase_id)
 
 
 def _unfinished(db: Database, since: datetime, now: datetime) -> list[Work]:

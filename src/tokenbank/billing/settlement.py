@@ -228,6 +228,8 @@ def _mark_unpaid(
     session, intent = payment.session, payment.intent
     status, code, message = purchase.status, purchase.failure_code, purchase.failure_message
     if session is not None and session.status == "expired":
+        if purchase.status is PurchaseStatus.CANCELED:
+            return  # the buyer canceled: this expiry is that cancel, as Stripe reports it
         status, code, message = PurchaseStatus.EXPIRED, "expired", "The checkout page expired."
     elif intent is not None and intent.status == "canceled":
         status, code, message = PurchaseStatus.CANCELED, "canceled", "The payment was canceled."

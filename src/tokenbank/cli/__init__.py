@@ -46,7 +46,7 @@ app.command("stripe-emulator")(billing_cli.stripe_emulator)
 
 @app.callback()
 def _main(ctx: typer.Context) -> None:
-    settings = Settings()
+    settings = Settings.load()
     # Money events a command causes are logged on stderr: stdout is the command's output.
     # (A program that configured logging itself, and calls the command line, keeps its own.)
     if not structlog.is_configured():

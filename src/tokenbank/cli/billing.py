@@ -196,6 +196,8 @@ def reconcile(
         out.print(f"fixed {outcome}", highlight=False)
     for purchase_id, reason in result.expired:
         out.print(f"expired purchase {purchase_id}: {reason}", highlight=False)
+    for purchase_id in result.canceled:
+        out.print(f"canceled purchase {purchase_id}: nobody paid it in time", highlight=False)
     for purchase_id, reason in result.flagged:
         err.print(
             f"[bold yellow]needs review[/]: purchase {purchase_id}: {reason}", highlight=False
@@ -204,7 +206,8 @@ def reconcile(
         err.print(f"[bold red]error[/]: {error}", highlight=False)
     out.print(
         f"{result.checked} payments checked, {len(result.fixed)} fixed,"
-        f" {len(result.expired)} expired, {len(result.flagged)} flagged,"
+        f" {len(result.expired)} expired, {len(result.canceled)} canceled,"
+        f" {len(result.flagged)} flagged,"
         f" {len(result.errors)} errors; {result.awaiting_review} purchases await review"
         + (" (tokenbank purchases review, or the admin pages)" if result.awaiting_review else "")
     )
@@ -278,6 +281,10 @@ def stripe_emulator(
         typer.Option(envvar="STRIPE_WEBHOOK_SECRET", help="whsec_... to sign them with."),
     ] = None,
     public_url: Annotated[str | None, typer.Option(help="Base URL browsers reach it on.")] = None,
+    state: Annotated[
+        Path | None,
+        typer.Option(help="Keep the account in this file across restarts (none: in memory)."),
+    ] = None,
 ) -> None:
     """Run the built-in Stripe emulator: the part of Stripe's API tokenbank uses, a hosted
     checkout page that takes Stripe's test cards, and signed webhook deliveries."""
@@ -288,4 +295,5 @@ def stripe_emulator(
         webhook_url=webhook_url,
         webhook_secret=webhook_secret,
         public_url=public_url,
+        state=state,
     )

@@ -10,9 +10,11 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from sqlalchemy.engine import Connection
 
 from tokenbank import grants, ledger
 from tokenbank.cli.common import context, out, reported, run, to_json
+from tokenbank.errors import InvalidArgument
 
 
 def grant(
@@ -72,20 +74,32 @@ def spend(
 
 def refund(
     ctx: typer.Context,
-    transfer_id: int,
     key: Annotated[str, typer.Option(help="Idempotency key; rerunning with it refunds once.")],
+    transfer_id: Annotated[
+        int | None, typer.Argument(help="The spend's transfer id (or --of its key).")
+    ] = None,
+    of: Annotated[
+        str | None, typer.Option("--of", help="The idempotency key the spend was made with.")
+    ] = None,
     amount: Annotated[
         int | None, typer.Option(help="Tokens to give back (default: all not yet refunded).")
     ] = None,
     reason: Annotated[str | None, typer.Option(help="Why the spend is refunded.")] = None,
 ) -> None:
-    """Give back all or part of spend TRANSFER_ID."""
-    receipt = run(
-        ctx,
-        lambda conn: ledger.refund(
-            conn, transfer_id=transfer_id, amount=amount, idempotency_key=key, description=reason
-        ),
-    )
+    """Give back all or part of spend TRANSFER_ID (or of the spend made with key --of)."""
+    if (transfer_id is None) == (of is None):
+        with reported():
+            raise InvalidArgument("transfer_id", "give the spend's transfer id, or --of its key")
+
+    def give_back(conn: Connection) -> ledger.Receipt:
+        spent = transfer_id
+        if spent is None:
+            spent = ledger.get_transfer(conn, idempotency_key=of).id
+        return ledger.refund(
+            conn, transfer_id=spent, amount=amount, idempotency_key=key, description=reason
+        )
+
+    receipt = run(ctx, give_back)
     out.print(
         f"refunded {receipt.amount} tokens to {receipt.user_id}: transfer {receipt.transfer_id},"
         f" {_balance(ctx, receipt, 'refunded')}",

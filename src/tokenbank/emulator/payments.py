@@ -152,6 +152,13 @@ def refresh_session(em: Emulator, session: Obj) -> Obj:
     return session
 
 
+def expire_due(em: Emulator) -> None:
+    """Expire every open session past its ``expires_at``: Stripe does it on its own and
+    says so (``checkout.session.expired``) whether or not anyone reads the session."""
+    for session in list(em.checkout_sessions.values()):
+        refresh_session(em, session)
+
+
 def expire_session(em: Emulator, session: Obj) -> Obj:
     if session["status"] != "open":
         raise invalid('Only Checkout Sessions with a status in ["open"] can be expired.')

@@ -153,6 +153,11 @@ _STORES = {
 }
 
 
+def stores() -> tuple[str, ...]:
+    """The names of the emulator's object stores (``products``, ``prices``...)."""
+    return tuple(_STORES.values())
+
+
 def clear(em: Emulator) -> None:
     """Forget every object, event and idempotent reply (deliveries are stopped elsewhere)."""
     for name in {*_STORES.values(), "line_items", "cards", "intent_data"}:

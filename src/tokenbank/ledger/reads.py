@@ -191,10 +191,21 @@ class Transfer:
     created_at: datetime
 
 
-def get_transfer(conn: Connection, *, transfer_id: int) -> Transfer:
-    row = conn.execute(sa.select(transfers).where(transfers.c.id == transfer_id)).first()
+def get_transfer(
+    conn: Connection, *, transfer_id: int | None = None, idempotency_key: str | None = None
+) -> Transfer:
+    """A transfer by its id, or by the idempotency key it was made with (what the app that
+    made it knows: its own request id)."""
+    if (transfer_id is None) == (idempotency_key is None):
+        raise TypeError("give transfer_id or idempotency_key")
+    where = (
+        transfers.c.id == transfer_id
+        if transfer_id is not None
+        else transfers.c.idempotency_key == idempotency_key
+    )
+    row = conn.execute(sa.select(transfers).where(where)).first()
     if row is None:
-        raise UnknownTransfer(transfer_id)
+        raise UnknownTransfer(transfer_id if transfer_id is not None else str(idempotency_key))
     return Transfer(
         id=row.id,
         idempotency_key=row.idempotency_key,

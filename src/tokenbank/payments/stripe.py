@@ -345,6 +345,26 @@ class Stripe:
         )
         return _intent(_plain(found))
 
+    def expire_checkout_session(self, session_id: str) -> CheckoutSession:
+        """Close an open session's page, so that nothing can pay it any more. Stripe
+        refuses one that is no longer open (paid, or expired already): the caller then
+        reads it."""
+        found = self._call(
+            "expire a Checkout Session", self._client.v1.checkout.sessions.expire, session_id
+        )
+        return _session(_plain(found))
+
+    def cancel_payment_intent(self, payment_intent_id: str, *, reason: str) -> PaymentIntent:
+        """Cancel a PaymentIntent nobody will pay (``reason``: Stripe's
+        ``abandoned``, ``requested_by_customer``...); refused once it succeeded."""
+        found = self._call(
+            "cancel a PaymentIntent",
+            self._client.v1.payment_intents.cancel,
+            payment_intent_id,
+            {"cancellation_reason": reason},
+        )
+        return _intent(_plain(found))
+
     def charge_payment_intent_id(self, charge_id: str) -> str | None:
         found = self._call("read a charge", self._client.v1.charges.retrieve, charge_id)
         return _id(_plain(found).get("payment_intent"))

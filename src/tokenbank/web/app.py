@@ -208,7 +208,7 @@ def settle_process() -> None:
 
 def app_from_environment() -> FastAPI:
     """For ``uvicorn --factory`` with several workers: each reads the settings itself."""
-    settings = with_secrets(Settings())
+    settings = with_secrets(Settings.load())
     configure_logging(settings.log_level)
     database = connect(settings.database_url, pool_size=settings.database_pool_size)
     check_schema(database)

@@ -125,6 +125,7 @@ class Pages:
                 "failure_texts": FAILURE_TEXTS,
                 "path": request.url.path,
                 "describe": partial(describe, lang=lang, catalog=self.catalog),
+                "catalog": self.catalog,
                 **lang.jinja_globals(),
                 **context,
             },

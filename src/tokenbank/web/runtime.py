@@ -58,7 +58,8 @@ class Runtime:
         """Where Stripe Checkout sends a buyer back: this site's success and cancel pages."""
         return (
             f"{self.public_url}/purchase/success?session_id={{CHECKOUT_SESSION_ID}}",
-            f"{self.public_url}/purchase/cancel?purchase={{PURCHASE_ID}}",
+            f"{self.public_url}/purchase/cancel"
+            "?purchase={PURCHASE_ID}&reference={PURCHASE_REFERENCE}",
         )
 
 

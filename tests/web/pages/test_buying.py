@@ -7,13 +7,17 @@ import re
 from collections.abc import Iterator
 
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from tests.stripe_emulator import EmulatorServer, make_billing
+from tests.stripe_emulator import SECRET_KEY, EmulatorServer, make_billing
 from tests.web.browsing import form_token, new_user, signed_in_user
 from tests.web.conftest import PASSWORDS, SETTINGS
+from tokenbank import billing
 from tokenbank.billing import PurchaseFlow
+from tokenbank.billing.models import purchases
 from tokenbank.db import Database
+from tokenbank.users.models import users
 from tokenbank.web.app import create_app
 
 
@@ -145,3 +149,133 @@ def test_buying_answers_json_for_the_pricing_page_script(
         assert unknown.json()["detail"] == "该代币包已停售。"
         expired = client.post("/buy/plus", data={"csrf_token": "x"}, headers=json_headers)
         assert expired.status_code == 403 and expired.json()["code"] == "csrf"
+
+
+def _session(emulator: EmulatorServer, session_id: str) -> dict[str, object]:
+    found: dict[str, object] = emulator.http.get(
+        f"/v1/checkout/sessions/{session_id}", headers={"Authorization": f"Bearer {SECRET_KEY}"}
+    ).json()
+    return found
+
+
+def _start(browser: TestClient, package: str = "plus") -> str:
+    token = form_token(browser, "/pricing")
+    answer = browser.post(f"/buy/{package}", data={"csrf_token": token}, follow_redirects=False)
+    assert answer.status_code == 303, answer.text
+    return str(answer.headers["location"].rsplit("/", 1)[1])
+
+
+def _status(db: Database) -> str:
+    with db.read() as conn:
+        (purchase,) = billing.list_purchases(conn, user_id=_only_user(db), limit=5)
+    return purchase.status.value
+
+
+def _only_user(db: Database) -> str:
+    with db.read() as conn:
+        (user_id,) = conn.execute(sa.select(users.c.id)).scalars().all()
+    return str(user_id)
+
+
+def test_leaving_checkout_cancels_the_purchase_and_closes_its_page(
+    browser: TestClient, db: Database, emulator_server: EmulatorServer
+) -> None:
+    new_user(browser)
+    session_id = _start(browser)
+    cancel_url = str(_session(emulator_server, session_id)["cancel_url"])
+    assert cancel_url.startswith("https://tokens.example/purchase/cancel?purchase=")
+    page = browser.get(cancel_url.removeprefix("https://tokens.example"))
+    assert page.status_code == 200
+    assert "Nothing was charged" in page.text and "The purchase is canceled" in page.text
+    assert "Try Plus again" in page.text
+    assert _status(db) == "canceled"
+    assert _session(emulator_server, session_id)["status"] == "expired"
+    assert emulator_server.pay(session_id).status_code >= 400  # nothing can pay it now
+    # Stripe's word on the expiry arrives later: the buyer's cancel stands.
+    emulator_server.settle()
+    browser.get("/purchase/success", params={"session_id": session_id})
+    assert _status(db) == "canceled"
+    assert "Canceled" in browser.get("/dashboard").text
+
+
+@pytest.mark.parametrize("query", ["", "&reference=tokenbank-0000", "&reference=x%00"])
+def test_a_cancel_link_without_its_reference_changes_nothing(
+    browser: TestClient, db: Database, emulator_server: EmulatorServer, query: str
+) -> None:
+    """Only Stripe's link (it holds the purchase's unguessable reference) cancels: another
+    site cannot end a signed-in buyer's purchase by linking to this page."""
+    new_user(browser)
+    session_id = _start(browser)
+    cancel_url = str(_session(emulator_server, session_id)["cancel_url"])
+    purchase_id = cancel_url.split("purchase=")[1].split("&", maxsplit=1)[0]
+    page = browser.get(f"/purchase/cancel?purchase={purchase_id}{query}")
+    assert page.status_code in (200, 400, 422)
+    assert _status(db) == "pending"
+    assert _session(emulator_server, session_id)["status"] == "open"
+
+
+def test_a_buyer_back_signed_out_cancels_with_stripes_link(
+    browser: TestClient, db: Database, emulator_server: EmulatorServer
+) -> None:
+    new_user(browser)
+    session_id = _start(browser)
+    cancel_url = str(_session(emulator_server, session_id)["cancel_url"])
+    browser.cookies.clear()
+    page = browser.get(cancel_url.removeprefix("https://tokens.example"))
+    assert "The purchase is canceled" in page.text and "Sign in to buy again" in page.text
+    assert _status(db) == "canceled"
+
+
+def test_a_cancel_after_paying_keeps_the_payment(
+    browser: TestClient, db: Database, emulator_server: EmulatorServer
+) -> None:
+    new_user(browser)
+    session_id = _start(browser)
+    cancel_url = str(_session(emulator_server, session_id)["cancel_url"])
+    assert emulator_server.pay(session_id).status_code == 200
+    answer = browser.get(cancel_url.removeprefix("https://tokens.example"), follow_redirects=False)
+    assert answer.status_code == 303 and "/dashboard?purchased=" in answer.headers["location"]
+    assert _status(db) == "paid"
+
+
+def test_the_dashboard_continues_or_cancels_a_pending_purchase(
+    browser: TestClient, db: Database, emulator_server: EmulatorServer
+) -> None:
+    new_user(browser)
+    session_id = _start(browser)
+    dashboard = browser.get("/dashboard").text
+    assert "Plus" in dashboard and "Pending" in dashboard
+    continue_url = re.search(r'href="(/purchases/\d+/continue)"', dashboard)
+    cancel_action = re.search(r'action="(/purchases/\d+/cancel)"', dashboard)
+    assert continue_url and cancel_action
+    again = browser.get(continue_url[1], follow_redirects=False)
+    assert again.status_code == 303
+    assert again.headers["location"] == f"{emulator_server.url}/checkout/{session_id}"
+    # Cancel needs the page's CSRF token, like every form.
+    assert browser.post(cancel_action[1], data={"csrf_token": "x"}).status_code == 403
+    assert _status(db) == "pending"
+    token = form_token(browser, "/dashboard")
+    done = browser.post(cancel_action[1], data={"csrf_token": token}, follow_redirects=False)
+    assert done.status_code == 303 and _status(db) == "canceled"
+    assert "Continue paying" not in browser.get("/dashboard").text
+    gone = browser.get(continue_url[1], follow_redirects=False)
+    assert gone.status_code == 303 and gone.headers["location"] == "/dashboard"
+
+
+def test_someone_elses_purchase_can_be_neither_continued_nor_canceled(
+    browser: TestClient, db: Database, emulator_server: EmulatorServer
+) -> None:
+    new_user(browser)
+    _start(browser)
+    dashboard = browser.get("/dashboard").text
+    cancel_action = re.search(r'action="(/purchases/\d+/cancel)"', dashboard)
+    assert cancel_action
+    browser.cookies.clear()
+    new_user(browser, email="mallory@example.com")
+    token = form_token(browser, "/dashboard")
+    browser.post(cancel_action[1], data={"csrf_token": token})
+    continued = browser.get(cancel_action[1].replace("cancel", "continue"), follow_redirects=False)
+    assert continued.headers["location"] == "/dashboard"
+    with db.read() as conn:
+        statuses = conn.execute(sa.select(purchases.c.status)).scalars().all()
+    assert statuses == ["pending"]

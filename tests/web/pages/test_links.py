@@ -475,7 +475,7 @@ def test_the_development_mailbox_is_only_for_development_on_this_machine(
 def test_link_tokens_stay_out_of_the_access_log(
     db: Database, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with _client(db) as client:
+    with _client(db, SETTINGS.model_copy(update={"log_level": "info"})) as client:
         sign_up(client, "ann@example.com")
         confirm_address(client, "ann@example.com")
     logged = capsys.readouterr().out

@@ -289,7 +289,8 @@ def test_portal_tokens_stay_out_of_the_access_log(
     with db.transaction() as conn:
         users.create_user(conn, user_id="host-9")
     with TestClient(
-        create_app(SETTINGS, db=db, passwords=PASSWORDS), base_url="https://tokens.example"
+        create_app(SETTINGS.model_copy(update={"log_level": "info"}), db=db, passwords=PASSWORDS),
+        base_url="https://tokens.example",
     ) as client:
         url = _portal(client, spender, "host-9").json()["url"]
         token = url.rsplit("/", 1)[1]

@@ -4,6 +4,7 @@ Stripe.js's card form inside ours."""
 
 from __future__ import annotations
 
+import hmac
 from functools import partial
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -16,7 +17,7 @@ from tokenbank import billing, identity
 from tokenbank.billing import Billing, PurchaseFlow
 from tokenbank.db import Database
 from tokenbank.errors import TokenbankError, UnknownPurchase
-from tokenbank.web.deps import BillingDep, Lang, QueryRowId, RuntimeDep, Visitor
+from tokenbank.web.deps import BillingDep, Lang, QueryRowId, RowId, RuntimeDep, Visitor
 from tokenbank.web.i18n import Language
 from tokenbank.web.problems import problem, status_of
 from tokenbank.web.render import HOME, Pages, redirect
@@ -30,6 +31,8 @@ router = APIRouter(
 MAX_POLLS = 30
 #: A Stripe id in the success page's query (cs_..., pi_...).
 StripeId = Annotated[str | None, Query(max_length=255, pattern=r"^[A-Za-z0-9_]+$")]
+#: A purchase's reference in the cancel link Stripe sends a buyer back with.
+Reference = Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
 
 async def not_selling(pages: Pages, request: Request, lang: Language) -> Response:
@@ -257,23 +260,121 @@ async def purchase_success(
 @router.get("/purchase/cancel")
 async def purchase_cancel(
     request: Request,
+    *,
     seller: BillingDep,
     visitor: Visitor,
     parts: RuntimeDep,
     purchase: QueryRowId = None,
+    reference: Reference = None,
 ) -> Response:
-    """Back from Stripe without paying: nothing was charged; offer the same package."""
-    package = None
-    if seller is not None and visitor is not None and purchase is not None:
-        found = await run_in_threadpool(_own_purchase, parts.db, purchase, visitor.user_id)
+    """Back from Stripe without paying: the purchase is canceled (its Checkout page closed,
+    so nothing can pay it later) and the same package is offered again. Stripe's link holds
+    the purchase's unguessable reference, which is what allows this GET to change it: a
+    link without it (or a buyer back signed out with a wrong one) changes nothing."""
+    found = None
+    if seller is not None and purchase is not None and reference is not None:
+        found = await run_in_threadpool(_by_reference, parts.db, purchase, reference)
         if found is not None:
-            package = seller.catalog.find(found.package_id)
-            if package is not None and not package.active:
-                package = None
+            found = await run_in_threadpool(
+                partial(
+                    billing.cancel_purchase,
+                    parts.db,
+                    seller.stripe,
+                    purchase_id=found.id,
+                    policy=seller.policy,
+                )
+            )
+            if found.status is billing.PurchaseStatus.PAID:
+                return redirect(f"{HOME}?purchased={found.id}")
+    package = None
+    if found is not None and seller is not None:
+        package = seller.catalog.find(found.package_id)
+        if package is not None and not package.active:
+            package = None
     # Its retry button goes to Stripe: the buying pages' policy.
     return await parts.pages.render(
-        request, "cancel.html", headers=parts.buying_headers, package=package
+        request,
+        "cancel.html",
+        headers=parts.buying_headers,
+        package=package,
+        canceled=found is not None and found.status is billing.PurchaseStatus.CANCELED,
+        signed_out=visitor is None,
     )
+
+
+@router.post("/purchases/{purchase_id}/cancel")
+async def cancel_pending(
+    request: Request, purchase_id: RowId, seller: BillingDep, visitor: Visitor, parts: RuntimeDep
+) -> Response:
+    """The dashboard's Cancel on a pending purchase of the signed-in buyer."""
+    if visitor is None:
+        return redirect("/login?next=/")
+    if seller is not None:
+        found = await run_in_threadpool(_own_purchase, parts.db, purchase_id, visitor.user_id)
+        if found is not None:
+            await run_in_threadpool(
+                partial(
+                    billing.cancel_purchase,
+                    parts.db,
+                    seller.stripe,
+                    purchase_id=found.id,
+                    policy=seller.policy,
+                )
+            )
+    return redirect(HOME)
+
+
+@router.get("/purchases/{purchase_id}/continue")
+async def continue_pending(
+    request: Request,
+    *,
+    purchase_id: RowId,
+    seller: BillingDep,
+    visitor: Visitor,
+    parts: RuntimeDep,
+    lang: Lang,
+) -> Response:
+    """The dashboard's "Continue paying": back to Stripe's page, or to the card form, while
+    the purchase can still be paid; otherwise back to the dashboard, which shows how it
+    ended. Reading Stripe changes nothing it had not already decided."""
+    if visitor is None:
+        return redirect(f"/login?next=/purchases/{purchase_id}/continue")
+    if seller is None:
+        return await not_selling(parts.pages, request, lang)
+    found = await run_in_threadpool(_own_purchase, parts.db, purchase_id, visitor.user_id)
+    if found is None:
+        return redirect(HOME)
+    resumed = await run_in_threadpool(
+        partial(
+            billing.resume_purchase,
+            parts.db,
+            seller.stripe,
+            purchase_id=found.id,
+            policy=seller.policy,
+        )
+    )
+    if resumed.checkout_url is not None:
+        return RedirectResponse(resumed.checkout_url, status_code=303)
+    if resumed.payment is not None:
+        return await _card_form(
+            request,
+            pages=parts.pages,
+            headers=parts.buying_headers,
+            lang=lang,
+            seller=seller,
+            started=resumed.payment,
+            wants_json=False,
+        )
+    return redirect(HOME)
+
+
+def _by_reference(db: Database, purchase_id: int, reference: str) -> billing.Purchase | None:
+    with db.read() as conn:
+        try:
+            found = billing.get_purchase(conn, purchase_id=purchase_id)
+        except UnknownPurchase:
+            return None
+    return found if hmac.compare_digest(found.reference, reference) else None
 
 
 def _next_poll(request: Request, tries: int) -> str:
