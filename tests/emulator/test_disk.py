@@ -95,7 +95,9 @@ def test_a_snapshot_restores_every_store() -> None:
     em = Emulator()
     em.products["prod_1"] = {"id": "prod_1", "object": "product", "metadata": {"a": "b"}}
     em.hidden.add("prod_1")
+    em.payers["cs_test_1"] = {"email": "payer@example.com", "name": None}
     restored = Emulator()
     restore(restored, snapshot(em))
     assert restored.products == em.products and restored.hidden == {"prod_1"}
+    assert restored.payers == {"cs_test_1": {"email": "payer@example.com", "name": None}}
     assert snapshot(restored) == snapshot(em)

@@ -467,7 +467,7 @@ def create_payment_intent(call: Call) -> Obj:
     )
     method = text(params, "payment_method")
     if boolean(params, "confirm"):
-        payments.confirm(em, intent, payment_method=method)
+        payments.confirm(em, intent, payment_method=method, public_url=call.public_url)
     elif method is not None:
         payments.attach_payment_method(em, intent, payment_method=method)
     return render(em, intent, params)
@@ -491,7 +491,12 @@ def update_payment_intent(call: Call) -> Obj:
 def confirm_payment_intent(call: Call) -> Obj:
     intent = _intent_for(call)
     try:
-        payments.confirm(call.em, intent, payment_method=text(call.params, "payment_method"))
+        payments.confirm(
+            call.em,
+            intent,
+            payment_method=text(call.params, "payment_method"),
+            public_url=call.public_url,
+        )
     except StripeError as error:
         if call.publishable and "payment_intent" in error.extra:
             error.extra["payment_intent"] = _show_intent(call, intent)

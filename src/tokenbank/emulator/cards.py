@@ -1,7 +1,8 @@
 """Stripe's test cards: the numbers a person types and the ``pm_card_*`` tokens code sends.
 
 Both map to one outcome, so the hosted page, Stripe.js stand-in and the API agree on what a
-card does. Unknown (even Luhn-valid) numbers are refused like live cards in test mode.
+card does (is charged, is declined, or first asks its holder to authenticate). Unknown (even
+Luhn-valid) numbers are refused like live cards in test mode.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ class TestCard:
     message: str = ""
     #: Refunds of its charges succeed, then fail a moment later (Stripe's 4000000000005126).
     refund_fails: bool = False
+    #: Its bank asks the customer to authenticate (3D Secure) every one-time payment before
+    #: it is charged (Stripe's 4000002500003155).
+    authentication_required: bool = False
 
     @property
     def last4(self) -> str:
@@ -46,6 +50,12 @@ CARDS: tuple[TestCard, ...] = (
         payment_method="pm_card_refundFail",
         brand="visa",
         refund_fails=True,
+    ),
+    TestCard(
+        number="4000002500003155",
+        payment_method="pm_card_authenticationRequired",
+        brand="visa",
+        authentication_required=True,
     ),
     TestCard(
         number="4000000000000002",

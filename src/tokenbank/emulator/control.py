@@ -61,10 +61,34 @@ async def pay_session(em: Emulator, body: Params, path: dict[str, Any]) -> Any:
         email=text(body, "email"),
         name=text(body, "name"),
         async_outcome=text(body, "async"),
+        authentication=text(body, "authenticate"),
     )
+    failure = intent["last_payment_error"] or {}
+    if failure.get("code") == payments.AUTHENTICATION_FAILURE:
+        # Not paid, like a decline: the same 402, the session still open for another card.
+        raise StripeError(
+            status=402,
+            code=payments.AUTHENTICATION_FAILURE,
+            message=failure["message"],
+            extra={"payment_intent": render(em, intent, {})},
+        )
     return {
         "checkout_session": render(em, session, {}),
         "payment_intent": render(em, intent, {}),
+    }
+
+
+async def authenticate(em: Emulator, body: Params, path: dict[str, Any]) -> Any:
+    """The customer answers a PaymentIntent's 3D Secure challenge, as on its page."""
+    intent = get(em.payment_intents, path["id"], kind="payment_intent")
+    outcome = text(body, "outcome")
+    if outcome not in {"complete", "fail"}:
+        raise invalid('outcome must be "complete" or "fail".', param="outcome")
+    payments.authenticate(em, intent, completed=outcome == "complete")
+    session = payments.session_paid_by(em, intent)
+    return {
+        "payment_intent": render(em, intent, {}),
+        "checkout_session": render(em, session, {}) if session is not None else None,
     }
 
 
@@ -185,6 +209,7 @@ async def health(em: Emulator, body: Params, path: dict[str, Any]) -> Any:
 def routes() -> list[BaseRoute]:
     table: list[tuple[str, Handler, str]] = [
         ("/_emulator/checkout_sessions/{id}/pay", pay_session, "POST"),
+        ("/_emulator/payment_intents/{id}/authenticate", authenticate, "POST"),
         ("/_emulator/disputes", create_dispute, "POST"),
         ("/_emulator/disputes/{id}/close", close_dispute, "POST"),
         ("/_emulator/refunds/{id}/fail", fail_refund, "POST"),

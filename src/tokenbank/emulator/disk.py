@@ -34,7 +34,7 @@ ASGI = Callable[[Scope, Receive, Send], Awaitable[None]]
 def snapshot(em: Emulator) -> str:
     """The account as JSON: what a restarted emulator needs to go on where it was."""
     kept: dict[str, Any] = {"format": FORMAT}
-    for name in (*stores(), "line_items", "intent_data"):
+    for name in (*stores(), "line_items", "intent_data", "payers"):
         kept[name] = getattr(em, name)
     kept["hidden"] = sorted(em.hidden)
     kept["cards"] = {method: card.number for method, card in em.cards.items()}
@@ -48,7 +48,7 @@ def restore(em: Emulator, text: str) -> None:
     kept = json.loads(text)
     if kept.get("format") != FORMAT:
         raise ValueError(f"unknown emulator state format: {kept.get('format')!r}")
-    for name in (*stores(), "line_items", "intent_data"):
+    for name in (*stores(), "line_items", "intent_data", "payers"):
         getattr(em, name).update(kept.get(name, {}))
     em.hidden.update(kept.get("hidden", []))
     em.cards.update({method: BY_NUMBER[number] for method, number in kept["cards"].items()})

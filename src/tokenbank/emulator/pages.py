@@ -1,7 +1,9 @@
-"""What a browser sees: the hosted Checkout page, the billing portal, and a Stripe.js stand-in.
+"""What a browser sees: the hosted Checkout page, the billing portal, a Stripe.js stand-in,
+and the 3D Secure challenge a bank shows before it lets a card pay.
 
 The Checkout page works without JavaScript (a plain form POST), so tests and people can pay
-with the same test cards Stripe documents.
+with the same test cards Stripe documents. Its challenge is a page of its own; the one the
+Stripe.js stand-in opens in its frame tells the page around it when it has been answered.
 """
 
 from __future__ import annotations
@@ -51,7 +53,11 @@ SHOWN_CARDS = (
     ("4242 4242 4242 4242", "succeeds"),
     ("4000 0000 0000 0002", "is declined"),
     ("4000 0000 0000 9995", "is declined for insufficient funds"),
+    ("4000 0025 0000 3155", "asks you to authenticate (3D Secure) first"),
 )
+#: Tells the Stripe.js stand-in's frame that its challenge was answered (``stripe.js``).
+CHALLENGE_ANSWERED = "stripe-emulator:three-d-secure-answered"
+UNANSWERED = "Choose an answer to the challenge."
 
 
 def format_amount(amount: int, currency: str) -> str:
@@ -69,9 +75,13 @@ def safe_url(url: str | None) -> str | None:
     return None
 
 
-def _page(template: str, *, status: int = 200, **context: Any) -> HTMLResponse:
+def _page(
+    template: str, *, status: int = 200, headers: dict[str, str] | None = None, **context: Any
+) -> HTMLResponse:
     html = TEMPLATES.get_template(template).render(**context)
-    return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
+    return HTMLResponse(
+        html, status_code=status, headers={"Cache-Control": "no-store", **(headers or {})}
+    )
 
 
 def _checkout_page(
@@ -90,18 +100,36 @@ def _checkout_page(
         }
         for item in em.line_items.get(session["id"], [])
     ]
+    payer = em.payers.get(session["id"], {})
     return _page(
         "checkout.html",
         status=status,
         session=session,
         items=items,
         total=format_amount(session["amount_total"], session["currency"]),
-        error=error,
-        form=form or {"email": session["customer_email"] or ""},
+        error=error or _last_failure(em, session),
+        form=form
+        or {
+            "email": payer.get("email") or session["customer_email"] or "",
+            "name": payer.get("name") or "",
+        },
         cancel_url=safe_url(session["cancel_url"]),
         success_url=safe_url(_success_url(session)),
         cards=SHOWN_CARDS,
     )
+
+
+def _last_failure(em: Emulator, session: Obj) -> str | None:
+    """Why the last attempt on an open session did not pay, as Checkout says it to the payer."""
+    intent = em.payment_intents.get(session["payment_intent"] or "")
+    if session["status"] != "open" or intent is None:
+        return None
+    failure = intent["last_payment_error"]
+    if intent["status"] != "requires_payment_method" or not failure:
+        return None
+    if failure.get("code") == payments.AUTHENTICATION_FAILURE:
+        return payments.AUTHENTICATION_FAILED_FOR_CUSTOMER
+    return str(failure.get("message") or "")
 
 
 def _success_url(session: Obj) -> str | None:
@@ -137,15 +165,102 @@ def _submit(em: Emulator, session: Obj, form: dict[str, str]) -> Response:
             expiry=form.get("expiry", ""),
             cvc=form.get("cvc", ""),
         )
-        payments.pay_session(em, session, card=card, email=email, name=kept["name"].strip() or None)
+        intent = payments.pay_session(
+            em, session, card=card, email=email, name=kept["name"].strip() or None
+        )
     except CardInvalid as invalid_card:
         return _checkout_page(em, session, status=400, error=str(invalid_card), form=kept)
     except StripeError as error:
         return _checkout_page(em, session, status=error.status, error=error.message, form=kept)
+    if intent["status"] == "requires_action":
+        return RedirectResponse(f"{session['url']}/authenticate", status_code=303)
+    return _paid(em, session)
+
+
+def _paid(em: Emulator, session: Obj) -> Response:
     target = _success_url(session)
     if target is None:
         return _checkout_page(em, session)
     return RedirectResponse(target, status_code=303)
+
+
+def _challenge(em: Emulator, intent: Obj, *, status: int = 200, **context: Any) -> HTMLResponse:
+    method = em.payment_methods[intent["payment_method"]]
+    return _page(
+        "authenticate.html",
+        status=status,
+        amount=format_amount(intent["amount"], intent["currency"]),
+        brand=method["card"]["brand"].capitalize(),
+        last4=method["card"]["last4"],
+        **context,
+    )
+
+
+async def _outcome(request: Request) -> str | None:
+    """The challenge's answer: "complete" or "fail", None for anything else."""
+    form = dict(parse_qsl((await request.body()).decode("utf-8", "replace")))
+    outcome = form.get("outcome")
+    return outcome if outcome in {"complete", "fail"} else None
+
+
+async def checkout_challenge(request: Request) -> Response:
+    """Checkout's challenge for a card that asks for authentication: answered, the payment
+    completes (on to the success page) or the payer is back on the checkout page, told why."""
+    em: Emulator = request.app.state.emulator
+    session = em.checkout_sessions.get(request.path_params["id"])
+    if session is None:
+        return _not_found("checkout session")
+    payments.refresh_session(em, session)
+    intent = em.payment_intents.get(session["payment_intent"] or "")
+    if session["status"] != "open":
+        return _checkout_page(em, session, status=200 if request.method == "GET" else 409)
+    if intent is None or intent["status"] != "requires_action":
+        return RedirectResponse(session["url"], status_code=303)
+    outcome = await _outcome(request) if request.method == "POST" else None
+    if outcome is None:
+        error = None if request.method == "GET" else UNANSWERED
+        return _challenge(em, intent, status=400 if error else 200, error=error)
+    payments.authenticate(em, intent, completed=outcome == "complete")
+    if intent["status"] == "succeeded":
+        return _paid(em, session)
+    return RedirectResponse(session["url"], status_code=303)
+
+
+async def stripe_js_challenge(request: Request) -> Response:
+    """The challenge the Stripe.js stand-in shows in its frame (``next_action``'s
+    ``stripe_js``). Once it is answered, or when there is nothing left to answer, the page
+    tells the page around it, which then reads the PaymentIntent as Stripe.js does."""
+    em: Emulator = request.app.state.emulator
+    intent = em.payment_intents.get(request.path_params["intent"])
+    if intent is None:
+        return _not_found("payment intent")
+    action = (intent["next_action"] or {}).get("use_stripe_sdk") or {}
+    pending = (
+        intent["status"] == "requires_action"
+        and action.get("source") == request.path_params["source"]
+    )
+    # The stand-in may answer for a customer who closed its frame: a cross-origin POST.
+    cors = {"Access-Control-Allow-Origin": "*"}
+    if request.method == "GET" and pending:
+        return _challenge(em, intent)
+    if request.method == "POST" and pending:
+        outcome = await _outcome(request)
+        if outcome is None:
+            return _challenge(em, intent, status=400, headers=cors, error=UNANSWERED)
+        payments.authenticate(em, intent, completed=outcome == "complete")
+    answered = intent["status"] == "succeeded"
+    return _page(
+        "answered.html",
+        status=409 if request.method == "POST" and not pending else 200,
+        headers=cors,
+        title="Authentication complete" if answered else "Authentication ended",
+        message=(
+            "You can close this window: the payment goes on."
+            if answered
+            else "This payment was not authenticated. You can close this window."
+        ),
+        notice={"type": CHALLENGE_ANSWERED, "payment_intent": intent["id"]},
+    )
 
 
 async def portal(request: Request) -> Response:
@@ -163,7 +278,11 @@ async def portal(request: Request) -> Response:
 
 async def stripe_js(request: Request) -> Response:
     table = {card.number: card.payment_method for card in CARDS}
-    script = TEMPLATES.get_template("stripe.js").render(cards=json.dumps(table))
+    script = TEMPLATES.get_template("stripe.js").render(
+        cards=json.dumps(table),
+        answered=json.dumps(CHALLENGE_ANSWERED),
+        authentication_failed=json.dumps(payments.AUTHENTICATION_FAILED_FOR_CUSTOMER),
+    )
     return Response(
         script,
         media_type="application/javascript",
@@ -174,6 +293,8 @@ async def stripe_js(request: Request) -> Response:
 def routes() -> list[BaseRoute]:
     return [
         Route("/checkout/{id}", checkout, methods=["GET", "POST"]),
+        Route("/checkout/{id}/authenticate", checkout_challenge, methods=["GET", "POST"]),
+        Route("/3d_secure/{intent}/{source}", stripe_js_challenge, methods=["GET", "POST"]),
         Route("/billing_portal/{id}", portal, methods=["GET"]),
         Route("/v3", stripe_js, methods=["GET"]),
         Route("/v3/", stripe_js, methods=["GET"]),

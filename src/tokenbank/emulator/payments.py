@@ -2,7 +2,9 @@
 
 Each function changes the stored objects the way Stripe would and emits the events Stripe
 sends, in Stripe's order. A declined card raises a 402 ``StripeError`` after recording the
-failed charge, so the state change survives the error reply.
+failed charge, so the state change survives the error reply. A card whose bank asks for
+authentication is not charged when confirmed: the PaymentIntent waits in ``requires_action``
+until its holder answers the challenge (``authenticate``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,17 @@ from tokenbank.emulator.shapes import Obj
 from tokenbank.emulator.state import Emulator, current_origin, render
 
 CONFIRMABLE = {"requires_payment_method", "requires_confirmation", "requires_action"}
+AUTHENTICATION_FAILURE = "payment_intent_authentication_failure"
+#: What Stripe records on the PaymentIntent when its holder fails the challenge.
+AUTHENTICATION_FAILED = (
+    "The provided PaymentMethod has failed authentication. You can provide "
+    "payment_method_data or a new PaymentMethod to attempt to fulfill this PaymentIntent again."
+)
+#: What Checkout and Stripe.js tell the customer then (the API's words are for developers).
+AUTHENTICATION_FAILED_FOR_CUSTOMER = (
+    "We are unable to authenticate your payment method. "
+    "Please choose a different payment method and try again."
+)
 
 
 def create_payment_intent(
@@ -59,12 +72,13 @@ def attach_payment_method(em: Emulator, intent: Obj, *, payment_method: str) -> 
         em.payment_methods[method["id"]] = method
         em.cards[method["id"]] = card
         intent["payment_method"] = method["id"]
-    if intent["status"] == "requires_payment_method":
-        intent["status"] = "requires_confirmation"
+    if intent["status"] in {"requires_payment_method", "requires_action"}:
+        intent.update(status="requires_confirmation", next_action=None)
 
 
-def confirm(em: Emulator, intent: Obj, *, payment_method: str | None) -> Obj:
-    """Confirm with a card: it succeeds at once or is declined (402, intent reusable)."""
+def confirm(em: Emulator, intent: Obj, *, payment_method: str | None, public_url: str) -> Obj:
+    """Confirm with a card: it succeeds at once, is declined (402, intent reusable), or waits
+    for its holder to authenticate (``public_url``: where the challenge page is served)."""
     if intent["status"] not in CONFIRMABLE:
         raise invalid(
             f"You cannot confirm this PaymentIntent because it has a status of {intent['status']}.",
@@ -79,13 +93,79 @@ def confirm(em: Emulator, intent: Obj, *, payment_method: str | None) -> Obj:
             code="payment_intent_unexpected_state",
         )
     card = em.cards[intent["payment_method"]]
+    if card.authentication_required:
+        return _require_authentication(em, intent, public_url=public_url)
     return charge(em, intent, card=card, raise_decline=True)
 
 
-def charge(em: Emulator, intent: Obj, *, card: TestCard, raise_decline: bool) -> Obj:
+def _require_authentication(em: Emulator, intent: Obj, *, public_url: str) -> Obj:
+    intent.update(
+        status="requires_action",
+        next_action=shapes.three_d_secure_action(intent_id=intent["id"], public_url=public_url),
+        last_payment_error=None,
+    )
+    emit(em, "payment_intent.requires_action", intent)
+    return intent
+
+
+def authenticate(em: Emulator, intent: Obj, *, completed: bool) -> Obj:
+    """The customer answers the bank's challenge. Completed, the card is charged, and a
+    Checkout Session waiting on it completes; failed, nothing is charged and the
+    PaymentIntent wants another payment method, as after a decline."""
+    session = session_paid_by(em, intent)
+    if session is not None:
+        refresh_session(em, session)  # a page past its lifetime has canceled the intent
+    if intent["status"] != "requires_action":
+        raise invalid(
+            "This PaymentIntent has no authentication to answer: its status is "
+            f"{intent['status']}.",
+            code="payment_intent_unexpected_state",
+        )
+    method = em.payment_methods[intent["payment_method"]]
+    intent["next_action"] = None
+    if completed:
+        charge(
+            em,
+            intent,
+            card=em.cards[method["id"]],
+            raise_decline=False,
+            three_d_secure=shapes.three_d_secure_result(),
+        )
+        if session is not None and session["status"] == "open":
+            payer = em.payers.pop(session["id"], {})
+            _complete(em, session, email=payer.get("email"), name=payer.get("name"), paid=True)
+        return intent
+    failure = StripeError(
+        status=402, code=AUTHENTICATION_FAILURE, message=AUTHENTICATION_FAILED
+    ).body()["error"]
+    intent.update(
+        status="requires_payment_method",
+        payment_method=None,
+        last_payment_error={**failure, "payment_method": copy.deepcopy(method)},
+    )
+    emit(em, "payment_intent.payment_failed", intent)
+    return intent
+
+
+def session_paid_by(em: Emulator, intent: Obj) -> Obj | None:
+    """The Checkout Session a PaymentIntent was made for, if any."""
+    for session in em.checkout_sessions.values():
+        if session["payment_intent"] == intent["id"]:
+            return session
+    return None
+
+
+def charge(
+    em: Emulator,
+    intent: Obj,
+    *,
+    card: TestCard,
+    raise_decline: bool,
+    three_d_secure: Obj | None = None,
+) -> Obj:
     """Create the charge for a confirmed intent and settle the intent from its outcome."""
     method = em.payment_methods[intent["payment_method"]]
-    created = shapes.charge(intent=intent, method=method, card=card)
+    created = shapes.charge(intent=intent, method=method, card=card, three_d_secure=three_d_secure)
     em.charges[created["id"]] = created
     intent["latest_charge"] = created["id"]
     if not card.declined:
@@ -136,7 +216,9 @@ def cancel(em: Emulator, intent: Obj, *, reason: str | None) -> Obj:
             "requires_action, processing.",
             code="payment_intent_unexpected_state",
         )
-    intent.update(status="canceled", canceled_at=shapes.now(), cancellation_reason=reason)
+    intent.update(
+        status="canceled", canceled_at=shapes.now(), cancellation_reason=reason, next_action=None
+    )
     emit(em, "payment_intent.canceled", intent)
     return intent
 
@@ -198,18 +280,41 @@ def pay_session(
     email: str | None = None,
     name: str | None = None,
     async_outcome: str | None = None,
+    authentication: str | None = None,
 ) -> Obj:
     """Pay an open Checkout Session as its hosted page does; returns the PaymentIntent.
 
     ``async_outcome`` ("succeeded" or "failed") plays a delayed payment method: the session
     completes unpaid first, then the outcome arrives as ``checkout.session.async_payment_*``.
+    A card that asks for authentication leaves the session open and its PaymentIntent in
+    ``requires_action``, unless ``authentication`` ("complete" or "fail") answers the
+    challenge at once, as its holder would.
     """
+    if authentication not in {None, "complete", "fail"}:
+        raise invalid('authenticate must be "complete" or "fail".', param="authenticate")
+    if authentication is not None and not card.authentication_required:
+        raise invalid(
+            "authenticate is for a card that asks for authentication, such as 4000 0025 0000 3155.",
+            param="authenticate",
+        )
+    if async_outcome is not None and card.authentication_required:
+        raise invalid("A card that asks for authentication is not a delayed method.", param="async")
     refresh_session(em, session)
     if session["status"] != "open":
         raise invalid(f"This Checkout Session is no longer active (status {session['status']}).")
     intent = _session_intent(em, session)
+    if card.authentication_required:
+        em.payers[session["id"]] = {"email": email, "name": name}
+        intent = confirm(
+            em, intent, payment_method=card.payment_method, public_url=_public_url(session)
+        )
+        if authentication is None:
+            return intent
+        return authenticate(em, intent, completed=authentication == "complete")
     if async_outcome is None or card.declined:
-        intent = confirm(em, intent, payment_method=card.payment_method)
+        intent = confirm(
+            em, intent, payment_method=card.payment_method, public_url=_public_url(session)
+        )
         _complete(em, session, email=email, name=name, paid=True)
         return intent
     if async_outcome not in {"succeeded", "failed"}:
@@ -226,6 +331,11 @@ def pay_session(
         charge(em, intent, card=BY_METHOD["pm_card_chargeDeclined"], raise_decline=False)
         emit(em, "checkout.session.async_payment_failed", session)
     return intent
+
+
+def _public_url(session: Obj) -> str:
+    """Where the session's own page is served (its challenge is served beside it)."""
+    return str(session["url"]).removesuffix(f"/checkout/{session['id']}")
 
 
 def _complete(

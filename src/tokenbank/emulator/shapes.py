@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 import string
 import time
+import uuid
 from typing import Any
 
 from tokenbank.emulator.cards import TestCard
@@ -421,7 +422,35 @@ def _billing_details() -> Obj:
     return {"address": _address(), "email": None, "name": None, "phone": None, "tax_id": None}
 
 
-def charge(*, intent: Obj, method: Obj, card: TestCard) -> Obj:
+def three_d_secure_action(*, intent_id: str, public_url: str) -> Obj:
+    """The ``next_action`` of a PaymentIntent whose card asks for authentication: Stripe.js
+    opens ``stripe_js`` in its challenge frame. ``source`` names this one challenge, so a
+    page of an earlier one cannot answer it."""
+    source = new_id("src")
+    return {
+        "type": "use_stripe_sdk",
+        "use_stripe_sdk": {
+            "source": source,
+            "stripe_js": f"{public_url}/3d_secure/{intent_id}/{source}",
+            "type": "three_d_secure_redirect",
+        },
+    }
+
+
+def three_d_secure_result() -> Obj:
+    """``payment_method_details.card.three_d_secure`` of a charge its holder authenticated."""
+    return {
+        "authentication_flow": "challenge",
+        "electronic_commerce_indicator": "05",
+        "exemption_indicator": None,
+        "result": "authenticated",
+        "result_reason": None,
+        "transaction_id": str(uuid.uuid4()),
+        "version": "2.2.0",
+    }
+
+
+def charge(*, intent: Obj, method: Obj, card: TestCard, three_d_secure: Obj | None = None) -> Obj:
     id = new_id("ch")
     paid = not card.declined
     pm_card = method["card"]
@@ -492,7 +521,7 @@ def charge(*, intent: Obj, method: Obj, card: TestCard) -> Obj:
                     "status": "unavailable",
                 },
                 "regulated_status": "unregulated",
-                "three_d_secure": None,
+                "three_d_secure": three_d_secure,
                 "wallet": None,
             },
             "type": "card",

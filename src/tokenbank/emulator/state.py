@@ -125,6 +125,9 @@ class Emulator:
     cards: dict[str, TestCard] = field(default_factory=dict, repr=False)
     # Each Checkout Session's payment_intent_data, used when its PaymentIntent is created.
     intent_data: dict[str, Params] = field(default_factory=dict, repr=False)
+    # What the customer typed on a Checkout page whose payment waits on their authentication,
+    # recorded on the session once they complete it.
+    payers: dict[str, Params] = field(default_factory=dict, repr=False)
     replies: dict[str, StoredReply] = field(default_factory=dict, repr=False)
 
     api_faults: list[ApiFault] = field(default_factory=list, repr=False)
@@ -160,7 +163,7 @@ def stores() -> tuple[str, ...]:
 
 def clear(em: Emulator) -> None:
     """Forget every object, event and idempotent reply (deliveries are stopped elsewhere)."""
-    for name in {*_STORES.values(), "line_items", "cards", "intent_data"}:
+    for name in {*_STORES.values(), "line_items", "cards", "intent_data", "payers"}:
         getattr(em, name).clear()
     em.hidden.clear()
     em.replies.clear()

@@ -1,10 +1,14 @@
 /* Stripe emulator: the part of Stripe.js v3 a card payment page uses.
  * Stripe(pk).elements().create('card').mount(selector), card.on('change', cb) and
  * stripe.confirmCardPayment(clientSecret, {payment_method: {card}}) behave like Stripe.js,
- * but talk to the emulator that served this file and only know Stripe's test cards. */
+ * but talk to the emulator that served this file and only know Stripe's test cards.
+ * A card whose bank asks for authentication gets Stripe.js's modal challenge: a frame over
+ * the page, styled through the DOM only (the page's CSP may refuse inline styles). */
 (function () {
   "use strict";
   var CARDS = {{ cards }};
+  var ANSWERED = {{ answered }};
+  var AUTHENTICATION_FAILED = {{ authentication_failed }};
   var script = document.currentScript;
   var ORIGIN = script && script.src
     ? new URL(script.src, window.location.href).origin
@@ -196,7 +200,117 @@
     });
   };
 
-  Stripe.prototype.confirmCardPayment = function (clientSecret, data) {
+  function styled(element, styles) {
+    Object.keys(styles).forEach(function (name) { element.style[name] = styles[name]; });
+    return element;
+  }
+
+  // The modal challenge: a native modal dialog where there is one, so it sits above any
+  // modal dialog the page has open (a fixed overlay would be behind it, and inert).
+  function ChallengeFrame(url, onClose) {
+    var probe = document.createElement("dialog");
+    var modal = typeof probe.showModal === "function";
+    var root = modal ? probe : document.createElement("div");
+    root.className = "StripeEmulator-challenge";
+    root.setAttribute("aria-label", "3D Secure authentication");
+    styled(root, {
+      position: "fixed", top: "0", left: "0", width: "100%", height: "100%",
+      maxWidth: "none", maxHeight: "none", margin: "0", padding: "0", border: "0",
+      display: "flex", alignItems: "center", justifyContent: "center",
+      background: "rgba(15, 23, 42, 0.6)", zIndex: "2147483647"
+    });
+    var box = styled(document.createElement("div"), {
+      position: "relative", width: "min(500px, calc(100vw - 32px))",
+      height: "min(600px, calc(100vh - 32px))", background: "#fff", borderRadius: "8px",
+      overflow: "hidden", boxShadow: "0 20px 50px rgba(0, 0, 0, 0.3)"
+    });
+    var close = styled(document.createElement("button"), {
+      position: "absolute", top: "8px", right: "8px", width: "32px", height: "32px",
+      margin: "0", padding: "0", border: "0", borderRadius: "16px", background: "#fff",
+      color: "#1a1f36", font: "20px/32px system-ui, sans-serif", cursor: "pointer"
+    });
+    close.type = "button";
+    close.textContent = "\u00d7";
+    close.setAttribute("aria-label", "Close");
+    close.autofocus = true;  // focus starts outside the frame, where Escape reaches the dialog
+    close.addEventListener("click", onClose);
+    var frame = styled(document.createElement("iframe"), {
+      width: "100%", height: "100%", border: "0", display: "block"
+    });
+    frame.title = "3D Secure authentication";
+    frame.src = url;
+    box.appendChild(frame);
+    box.appendChild(close);
+    root.appendChild(box);
+    if (modal) {
+      root.addEventListener("cancel", function (event) { event.preventDefault(); onClose(); });
+    }
+    document.body.appendChild(root);
+    if (modal) { root.showModal(); }
+    this._root = root;
+    this._modal = modal;
+  }
+
+  ChallengeFrame.prototype.remove = function () {
+    if (this._modal && this._root.open) { this._root.close(); }
+    if (this._root.parentNode) { this._root.parentNode.removeChild(this._root); }
+  };
+
+  // What confirmCardPayment resolves with once the PaymentIntent is read again.
+  function settled(result) {
+    var intent = result.paymentIntent;
+    if (result.error || intent.status !== "requires_payment_method" || !intent.last_payment_error) {
+      return result;
+    }
+    var error = {};
+    Object.keys(intent.last_payment_error).forEach(function (name) {
+      error[name] = intent.last_payment_error[name];
+    });
+    if (error.code === "payment_intent_authentication_failure") {
+      error.message = AUTHENTICATION_FAILED;
+    }
+    error.payment_intent = intent;
+    return { error: error };
+  }
+
+  // Show the bank's challenge until it is answered (or closed, which fails it, as in
+  // Stripe.js), then read the PaymentIntent again.
+  Stripe.prototype._authenticate = function (clientSecret, intent) {
+    var self = this;
+    var url = intent.next_action.use_stripe_sdk.stripe_js;
+    var origin = new URL(url, window.location.href).origin;
+    return new Promise(function (resolve) {
+      var done = false;
+      var challenge = null;
+      function finish() {
+        if (done) { return; }
+        done = true;
+        window.removeEventListener("message", answered);
+        challenge.remove();
+        self.retrievePaymentIntent(clientSecret).then(function (result) {
+          resolve(settled(result));
+        });
+      }
+      function answered(event) {
+        var data = event.data || {};
+        if (event.origin === origin && data.type === ANSWERED && data.payment_intent === intent.id) {
+          finish();
+        }
+      }
+      function closed() {
+        if (done) { return; }
+        fetch(url, {
+          method: "POST",
+          headers: { "Content-Type": "application/x-www-form-urlencoded" },
+          body: "outcome=fail"
+        }).catch(function () { /* read below whatever happened */ }).then(finish);
+      }
+      window.addEventListener("message", answered);
+      challenge = new ChallengeFrame(url, closed);
+    });
+  };
+
+  Stripe.prototype.confirmCardPayment = function (clientSecret, data, options) {
     var id = String(clientSecret || "").split("_secret_")[0];
     var method = data && data.payment_method;
     var token;
@@ -215,8 +329,17 @@
         } });
       }
     }
+    var self = this;
+    var handleActions = !options || options.handleActions !== false;
     return this._request("POST", "/v1/payment_intents/" + encodeURIComponent(id) + "/confirm", {
       client_secret: clientSecret, payment_method: token
+    }).then(function (result) {
+      var intent = result.paymentIntent;
+      if (!handleActions || !intent || intent.status !== "requires_action" ||
+          !intent.next_action || intent.next_action.type !== "use_stripe_sdk") {
+        return result;
+      }
+      return self._authenticate(clientSecret, intent);
     });
   };
 
