@@ -197,3 +197,39 @@ def test_registration_keeps_the_language_picked_before(client: TestClient, db: D
 )
 def test_accept_language_negotiation(header: str, expected: str) -> None:
     assert negotiate(header) == expected
+
+
+@pytest.mark.parametrize(
+    ("tag", "zone", "full", "short", "name"),
+    [
+        ("en", None, "Dec 7, 2026, 4:07 AM UTC", "Dec 7, 4:07 AM", "UTC"),
+        ("en", "Asia/Shanghai", "Dec 7, 2026, 12:07 PM GMT+08:00", "Dec 7, 12:07 PM", "China Time"),
+        ("en", "America/New_York", "Dec 6, 2026, 11:07 PM ET", "Dec 6, 11:07 PM", "Eastern Time"),
+        ("zh-CN", "Asia/Shanghai", "2026年12月7日 12:07 GMT+08:00", "12月7日 12:07", "中国时间"),
+        ("en", "Mars/Olympus", "Dec 7, 2026, 4:07 AM UTC", "Dec 7, 4:07 AM", "UTC"),  # unknown
+    ],
+)
+def test_times_in_the_readers_zone(
+    tag: str, zone: str | None, full: str, short: str, name: str
+) -> None:
+    moment = datetime(2026, 12, 7, 4, 7, tzinfo=UTC)
+    lang = i18n.zoned(tag, zone)
+    assert _spaced(lang.datetime(moment)) == full
+    if datetime.now(UTC).year == 2026:  # else the short form says the year
+        assert _spaced(lang.when(moment)) == short
+    assert lang.zone_name == name
+
+
+def _spaced(text: str) -> str:
+    """CLDR puts a narrow no-break space before AM/PM."""
+    return text.replace("\u202f", " ")
+
+
+def test_a_short_time_of_another_year_says_the_year() -> None:
+    moment = datetime(2020, 1, 2, 3, 4, tzinfo=UTC)
+    assert _spaced(i18n.zoned("en", None).when(moment)) == "Jan 2, 2020, 3:04 AM"
+
+
+def test_prices_per_thousand_tokens_are_to_the_cent() -> None:
+    assert i18n.language("en").per_thousand(Decimal("0.0090909091"), "usd") == "$9.09"
+    assert i18n.language("zh-CN").per_thousand(Decimal("0.05"), "cny") == "¥50.00"

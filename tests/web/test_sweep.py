@@ -209,6 +209,7 @@ BASE_FORMS: dict[str, dict[str, str]] = {
     "/logout": {},
     "/language": {"language": "zh-CN", "next": "/pricing"},
     "/account/language": {"language": "en"},
+    "/account/time-zone": {"time_zone": "Europe/Paris"},
     "/account/password": {"current_password": "nope nope nope", "new_password": "x" * 12},
     "/buy/{package_id}": {},
     "/admin/users/{user_id}/grants": {"amount": "1", "reason": "r", "key": "sweep-k"},

@@ -20,6 +20,7 @@ from tokenbank.identity.service import (
     change_password,
     check_next_path,
     create_portal_link,
+    known_time_zone,
     open_session,
     redeem_portal_link,
     register,
@@ -30,8 +31,10 @@ from tokenbank.identity.service import (
     set_admin,
     set_language,
     set_password,
+    set_time_zone,
     sign_in,
     sweep,
+    time_zone_names,
 )
 from tokenbank.identity.throttle import DatabaseStorage, Throttle, storage_for
 
@@ -49,6 +52,7 @@ __all__ = [
     "check_reset_link",
     "confirm_email_change",
     "create_portal_link",
+    "known_time_zone",
     "link_token",
     "open_session",
     "redeem_portal_link",
@@ -64,8 +68,10 @@ __all__ = [
     "set_admin",
     "set_language",
     "set_password",
+    "set_time_zone",
     "sign_in",
     "storage_for",
     "sweep",
+    "time_zone_names",
     "verify_email",
 ]

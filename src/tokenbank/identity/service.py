@@ -8,8 +8,10 @@ SQLite a write transaction holds the one write lock).
 from __future__ import annotations
 
 import secrets
+import zoneinfo
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Literal
 
 import sqlalchemy as sa
@@ -50,6 +52,7 @@ class SignedIn:
     has_password: bool
     expires_at: datetime
     language: str | None = None  # chosen on the account page; None: the browser decides
+    time_zone: str | None = None  # IANA; None: the browser's, else UTC
     #: Whether the account's address is confirmed (an account without one has nothing to
     #: confirm: the host app vouches for it).
     email_verified: bool = True
@@ -72,6 +75,7 @@ def register(
     verify: bool = True,
     name: str | None = None,
     account_language: str | None = None,
+    time_zone: str | None = None,
 ) -> str | None:
     """Sign up with email and password: the new user's id, or None when the address, or
     one that looks like it, already has an account. Either way a mail goes out (a link to
@@ -80,7 +84,8 @@ def register(
     addresses have accounts. ``verify``: whether the address must be confirmed before the
     account buys; without, the mail is a welcome. ``language``: the mail's language (the
     pages' at sign-up); ``account_language``: the one the visitor chose, kept for the
-    account (None: the browser decides)."""
+    account (None: the browser decides); ``time_zone``: the browser's, kept for the account
+    when it is a known IANA zone (an unknown one is dropped, never a reason to refuse)."""
     # Every refusal comes before the address is looked up: one that came after would
     # tell a new address from a taken one.
     address = emails.parse(email)
@@ -102,6 +107,7 @@ def register(
                     verify=verify,
                     name=name,
                     account_language=account_language,
+                    time_zone=time_zone if known_time_zone(time_zone) else None,
                 )
         except (sa.exc.IntegrityError, EmailTaken):
             continue
@@ -119,6 +125,7 @@ def _register(
     verify: bool,
     name: str | None,
     account_language: str | None,
+    time_zone: str | None,
 ) -> str | None:
     owner = users.holder(conn, address)
     if owner is not None:
@@ -139,6 +146,8 @@ def _register(
     set_password(conn, user_id=user.id, password_hash=hashed)
     if account_language is not None:
         set_language(conn, user_id=user.id, language=account_language)
+    if time_zone is not None:
+        set_time_zone(conn, user_id=user.id, time_zone=time_zone)
     outbox.enqueue(
         conn,
         kind="verify" if verify else "welcome",
@@ -207,6 +216,35 @@ def set_admin(conn: Connection, *, user_id: str, admin: bool) -> None:
     _update_user(conn, user_id, is_admin=admin, updated_at=utcnow())
 
 
+def known_time_zone(name: str | None) -> bool:
+    """Whether ``name`` is an IANA time zone this system knows ("Asia/Shanghai")."""
+    return name is not None and name in available_time_zones()
+
+
+@cache
+def available_time_zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+@cache
+def time_zone_names() -> tuple[str, ...]:
+    """Every IANA zone, sorted, for a menu (the "Etc/GMT+5" kind and legacy aliases left
+    out: their signs read backwards, and every place has a proper name)."""
+    places = sorted(
+        name
+        for name in available_time_zones()
+        if "/" in name and not name.startswith(("Etc/", "SystemV/", "US/", "posix", "right"))
+    )
+    return (*places, "UTC")
+
+
+def set_time_zone(conn: Connection, *, user_id: str, time_zone: str | None) -> None:
+    """The time zone of the user's pages; None goes back to the browser's."""
+    if time_zone is not None and not known_time_zone(time_zone):
+        raise InvalidArgument("time_zone", "must be an IANA time zone, such as Asia/Shanghai")
+    _update_user(conn, user_id, time_zone=time_zone, updated_at=utcnow())
+
+
 def set_language(conn: Connection, *, user_id: str, language: str | None) -> None:
     """The language of the user's pages; None goes back to the browser's preference."""
     if language is not None and language not in LANGUAGES:
@@ -253,6 +291,7 @@ def session_user(conn: Connection, *, token: str, now: datetime | None = None) -
             users_table.c.is_admin,
             users_table.c.password_hash.is_not(None).label("has_password"),
             users_table.c.language,
+            users_table.c.time_zone,
             users_table.c.email_verified_at,
         )
         .join(users_table, users_table.c.id == sessions.c.user_id)
@@ -273,6 +312,7 @@ def session_user(conn: Connection, *, token: str, now: datetime | None = None) -
         has_password=bool(row.has_password),
         expires_at=row.expires_at,
         language=row.language,
+        time_zone=row.time_zone,
         email_verified=row.email is None or row.email_verified_at is not None,
     )
 

@@ -30,6 +30,9 @@ users = sa.Table(
     sa.Column("is_admin", sa.Boolean(), nullable=False, server_default=sa.false()),
     # The language the user chose for the pages; none: the browser's Accept-Language decides.
     sa.Column("language", sa.String(16), nullable=True),
+    # The IANA time zone the pages show times in (the browser's at sign-up, changeable on
+    # the account page); none: the browser's, as it says on each visit, else UTC.
+    sa.Column("time_zone", sa.String(64), nullable=True),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
     sa.CheckConstraint(

@@ -1,12 +1,14 @@
 """The one CSV writer behind both exports of a wallet's history, the API's and the pages':
-the same columns, text a spreadsheet would run as a formula defused, streamed in batches so
-a long history is never held in memory whole."""
+text a spreadsheet would run as a formula defused, streamed in batches so a long history is
+never held in memory whole. The API's columns are for programs (English names, UTC, kinds
+as codes: ``COLUMNS``, ``machine_row``); the pages' are for the person reading them (their
+language, their time zone, a status column), and given by the pages."""
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from tokenbank import ledger
 from tokenbank.db import Database
@@ -36,40 +38,47 @@ def history_page(
         return ledger.history(conn, user_id=user_id, kinds=kinds, before=before, limit=limit)
 
 
+Row = Callable[[ledger.HistoryItem], Sequence[object]]
+
+
+def machine_row(item: ledger.HistoryItem) -> tuple[object, ...]:
+    """A line under ``COLUMNS``: UTC, the kind's code, the description as written."""
+    return (
+        item.created_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        item.kind.value,
+        cell(plain_description(item)),
+        item.amount,
+        item.balance_after,
+        item.transfer_id,
+    )
+
+
 def history_csv_lines(
     db: Database,
     *,
     user_id: str,
     kinds: list[ledger.TransferKind] | None,
-    describe: Callable[[ledger.HistoryItem], str],
+    headings: Sequence[str] = COLUMNS,
+    row: Row = machine_row,
 ) -> Iterator[str]:
-    """The wallet's history, newest first, under ``COLUMNS``. The first page is read before
+    """The wallet's history, newest first, under ``headings``, a line per transfer from
+    ``row`` (which defuses its own text cells with ``cell``). The first page is read before
     anything is sent, so an unknown user is still an error answer, not a cut-off file. It
     starts with a byte-order mark, so spreadsheet programs read UTF-8 (Chinese
-    descriptions) as UTF-8. ``describe`` words each line (the pages translate theirs)."""
+    descriptions) as UTF-8."""
     page = history_page(db, user_id=user_id, kinds=kinds)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
 
     def rows(items: list[ledger.HistoryItem]) -> str:
-        writer.writerows(
-            (
-                item.created_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                item.kind.value,
-                cell(describe(item)),
-                item.amount,
-                item.balance_after,
-                item.transfer_id,
-            )
-            for item in items
-        )
+        writer.writerows(row(item) for item in items)
         text = buffer.getvalue()
         buffer.seek(0)
         buffer.truncate()
         return text
 
     def lines() -> Iterator[str]:
-        writer.writerow(COLUMNS)
+        writer.writerow(headings)
         yield "\ufeff" + rows(page.items)
         cursor = page.next_cursor
         while cursor is not None:

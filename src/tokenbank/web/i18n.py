@@ -5,12 +5,16 @@ Every string the pages show goes through gettext; the catalogs are the ``.po`` f
 the repository holds no binary ``.mo`` files. A request's language is the signed-in user's
 choice, else the ``tb_lang`` cookie (the language menu of signed-out visitors), else the
 best match for the browser's ``Accept-Language``, else English.
+
+Times are shown in the reader's time zone: the one kept on their account, else the one
+their browser reports (the ``tb_tz`` cookie tokenbank.js keeps up to date), else UTC.
 """
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
+import zoneinfo
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import cache
@@ -18,7 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from babel import Locale
-from babel.dates import format_date, format_time
+from babel.dates import (
+    format_date,
+    format_datetime,
+    format_skeleton,
+    format_time,
+    get_timezone_name,
+)
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.numbers import format_currency, format_decimal, format_percent
@@ -30,9 +40,13 @@ from markupsafe import Markup
 from tokenbank.billing.money import to_major
 from tokenbank.users.models import LANGUAGES
 
+Moment = datetime  # for annotations inside Language, where ``datetime`` is its method
+
 LOCALES_DIR = Path(__file__).parent / "locales"
 DEFAULT = "en"
 LANGUAGE_COOKIE = "tb_lang"
+#: The browser's time zone, as its script reports it (IANA name).
+ZONE_COOKIE = "tb_tz"
 #: How each language names itself, for the language menus.
 LANGUAGE_NAMES = {"en": "English", "zh-CN": "简体中文"}
 
@@ -62,6 +76,7 @@ class Language:
     tag: str  # BCP 47, as in <html lang>: "en", "zh-CN"
     translations: NullTranslations = field(repr=False)
     locale: Locale = field(repr=False)
+    zone: zoneinfo.ZoneInfo = field(default=zoneinfo.ZoneInfo("UTC"))
 
     def gettext(self, message: str, **variables: Any) -> str:
         text = self.translations.gettext(message)
@@ -91,20 +106,59 @@ class Language:
             locale=self.locale,
         )
 
+    def per_thousand(self, price_per_token: Decimal, currency: str) -> str:
+        """What 1,000 tokens cost, to the currency's cents: "$9.09", not "$0.009091"."""
+        return format_currency(
+            (price_per_token * 1000).quantize(Decimal("0.01")), currency.upper(), locale=self.locale
+        )
+
     def percent(self, fraction: Decimal | float) -> str:
         return format_percent(fraction, locale=self.locale)
 
     def datetime(self, moment: datetime) -> str:
-        """A moment in UTC: the locale's medium date with a short time ("Nov 21, 2026,
-        8:42 AM", "2026年11月21日 08:42"). UTC, because the pages do not know the user's
-        time zone, and the CSV export uses the same clock."""
+        """A moment in the reader's zone, named: the locale's medium date with a short time
+        ("Nov 21, 2026, 8:42 AM GMT+08:00", "2026年11月21日 08:42 UTC")."""
+        local = moment.astimezone(self.zone)
         pattern = str(self.locale.datetime_formats["medium"])
         return (
-            pattern.replace("{1}", format_date(moment, "medium", locale=self.locale)).replace(
-                "{0}", format_time(moment, "short", tzinfo=UTC, locale=self.locale)
+            pattern.replace("{1}", format_date(local, "medium", locale=self.locale)).replace(
+                "{0}", format_time(local, "short", tzinfo=self.zone, locale=self.locale)
             )
-            + " UTC"
+            + " "
+            + self.zone_abbreviation
         )
+
+    def when(self, moment: Moment) -> str:
+        """A moment in the reader's zone, short enough for a table on a phone ("Dec 7,
+        12:07 PM"; the year only when it is not this one). The table's heading names the
+        zone (``zone_name``)."""
+        local = moment.astimezone(self.zone)
+        this_year = local.year == datetime.now(self.zone).year
+        day = format_skeleton("MMMd" if this_year else "yMMMd", local, locale=self.locale)
+        time = format_time(local, "short", tzinfo=self.zone, locale=self.locale)
+        pattern = str(self.locale.datetime_formats["medium"])
+        return pattern.replace("{1}", day).replace("{0}", time)
+
+    @property
+    def zone_name(self) -> str:
+        """The zone as this locale calls it ("China Time", "中国时间", "UTC")."""
+        if self.zone.key in UTC_ZONES:
+            return "UTC"
+        return str(get_timezone_name(self.zone, "long", locale=self.locale))
+
+    @property
+    def zone_abbreviation(self) -> str:
+        """A short name for the zone after a time: "UTC", "ET", else its offset."""
+        if self.zone.key in UTC_ZONES:
+            return "UTC"
+        short = str(get_timezone_name(self.zone, "short", locale=self.locale))
+        if len(short) <= 5:
+            return short
+        return str(format_datetime(datetime.now(UTC), "ZZZZ", tzinfo=self.zone, locale=self.locale))
+
+    def in_zone(self, name: str | None) -> Language:
+        """This language with times in zone ``name`` (an IANA name; unknown ones: UTC)."""
+        return zoned(self.tag, name)
 
     def jinja_globals(self) -> dict[str, Any]:
         """``gettext``/``ngettext`` for Jinja's i18n extension (new-style: the translation
@@ -126,6 +180,21 @@ class Language:
             return text % values
 
         return {"gettext": gettext, "ngettext": ngettext, "_": gettext}
+
+
+UTC_ZONES = frozenset({"UTC", "Etc/UTC", "Etc/UCT", "UCT", "Universal", "Zulu", "Etc/Zulu"})
+
+
+@cache
+def zoned(tag: str, zone: str | None) -> Language:
+    """``language(tag)`` in time zone ``zone`` (kept per pair: a handful in practice)."""
+    base = language(tag)
+    if not zone or zone == base.zone.key:
+        return base
+    try:
+        return replace(base, zone=zoneinfo.ZoneInfo(zone))
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return base
 
 
 @cache

@@ -26,7 +26,7 @@ from tokenbank.web import i18n
 from tokenbank.web.browser import Browsers
 from tokenbank.web.i18n import Language
 from tokenbank.web.security import PAGE_HEADERS
-from tokenbank.web.texts import FAILURE_TEXTS, KIND_NAMES, STATUS_NAMES, describe
+from tokenbank.web.texts import FAILURE_TEXTS, FILTER_KINDS, KIND_NAMES, STATUS_NAMES, describe
 
 HOME = "/dashboard"
 
@@ -89,7 +89,7 @@ class Pages:
             chosen=user.language if user else None,
             cookie=request.cookies.get(i18n.LANGUAGE_COOKIE),
             accept_language=request.headers.get("accept-language"),
-        )
+        ).in_zone((user.time_zone if user else None) or request.cookies.get(i18n.ZONE_COOKIE))
         request.state.language = chosen
         return chosen
 
@@ -121,6 +121,7 @@ class Pages:
                 "must_verify": bool(user and self.verify_email and not user.email_verified),
                 "low_balance": self.low_balance,
                 "kind_names": KIND_NAMES,
+                "filter_kinds": FILTER_KINDS,
                 "status_names": STATUS_NAMES,
                 "failure_texts": FAILURE_TEXTS,
                 "path": request.url.path,

@@ -20,6 +20,11 @@ KIND_NAMES = {
     ledger.TransferKind.RESTORE: N_("Returned"),
     ledger.TransferKind.EXPIRY: N_("Expiry"),
 }
+#: The kinds the history page filters by: not expiries, while nothing sold or granted here
+#: expires (the pages say tokens never expire).
+FILTER_KINDS = {
+    kind: name for kind, name in KIND_NAMES.items() if kind is not ledger.TransferKind.EXPIRY
+}
 STATUS_NAMES = {
     "pending": N_("Pending"),
     "paid": N_("Paid"),
@@ -146,6 +151,7 @@ FIELD_TEXTS = {
     "reason": N_("Give a reason of at most 500 characters."),
     "decision": N_("Choose one of the decisions offered."),
     "language": N_("Choose one of the languages offered."),
+    "time_zone": N_("Choose one of the time zones offered."),
 }
 
 

@@ -40,7 +40,10 @@ def test_pricing_shows_every_package_to_anyone(browser: TestClient) -> None:
     assert page.status_code == 200
     for text in ("Starter", "$5.00", "Plus", "$20.00", "+ 200 bonus", "Most popular", "Best value"):
         assert text in page.text
-    assert "Sign in to buy" in page.text
+    # A new visitor is led to sign up; one with an account, to sign in.
+    assert 'href="/register">Create an account to buy' in page.text
+    assert 'href="/login?next=/pricing"' in page.text
+    assert "$9.09 per 1,000 tokens" in page.text  # Plus: $20.00 for 2,200 tokens
 
 
 def test_buying_goes_to_checkout_and_back(

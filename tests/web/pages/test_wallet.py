@@ -7,9 +7,10 @@ import csv
 import io
 import re
 
+import pytest
 from fastapi.testclient import TestClient
 
-from tests.web.browsing import new_user
+from tests.web.browsing import PASSWORD, confirm_address, new_user, sign_in
 from tokenbank import ledger
 from tokenbank.db import Database
 
@@ -74,17 +75,73 @@ def test_csv_exports_the_filtered_view_and_defuses_formulas(
     _spend(db, user, 30, "s1", description="image generation")
     exported = client.get("/history.csv")
     assert exported.headers["content-disposition"] == 'attachment; filename="history.csv"'
-    assert exported.text.startswith("\ufeffdate_utc,")  # a BOM: spreadsheets read UTF-8
-    rows = list(csv.DictReader(io.StringIO(exported.text.removeprefix("\ufeff"))))
-    assert [(r["kind"], r["tokens"], r["balance_after"]) for r in rows] == [
-        ("spend", "-30", "70"),
-        ("grant", "100", "100"),
+    assert exported.text.startswith("\ufeffDate (UTC),")  # a BOM: spreadsheets read UTF-8
+    rows = list(csv.reader(io.StringIO(exported.text.removeprefix("\ufeff"))))
+    assert rows[0] == [
+        "Date (UTC)",
+        "Kind",
+        "Description",
+        "Status",
+        "Tokens",
+        "Balance",
+        "Transfer",
     ]
-    assert rows[1]["description"] == "'=HYPERLINK('http://evil')"
+    assert [(r[1], r[3], r[4], r[5]) for r in rows[1:]] == [
+        ("Spend", "Completed", "-30", "70"),
+        ("Grant", "Completed", "100", "100"),
+    ]
+    assert rows[2][2] == "'=HYPERLINK('http://evil')"
+    assert rows[1][0].endswith("+00:00")  # ISO 8601 with its offset
     spends = client.get("/history.csv?kind=spend")
     assert 'filename="history-spend.csv"' in spends.headers["content-disposition"]
-    spent = csv.DictReader(io.StringIO(spends.text.removeprefix("\ufeff")))
-    assert [(r["kind"], r["description"]) for r in spent] == [("spend", "image generation")]
+    spent = list(csv.reader(io.StringIO(spends.text.removeprefix("\ufeff"))))[1:]
+    assert [(r[1], r[2]) for r in spent] == [("Spend", "image generation")]
+
+
+def test_times_are_in_the_readers_zone_named_and_the_csv_in_their_language(
+    client: TestClient, db: Database
+) -> None:
+    """The account's zone, else the browser's (the cookie the pages' script keeps), else
+    UTC; the CSV a Chinese reader downloads is in Chinese, in their zone, with a status."""
+    user = new_user(client)
+    _spend_free(db, user)
+    assert "Date (UTC)" in client.get("/history").text
+    client.cookies.set("tb_tz", "America/New_York")
+    assert "Date (Eastern Time)" in client.get("/history").text
+    token = _form_token(client, "/account")
+    saved = client.post(
+        "/account/time-zone",
+        data={"time_zone": "Asia/Shanghai", "csrf_token": token},
+        follow_redirects=False,
+    )
+    assert saved.status_code == 303
+    page = client.get("/history").text
+    assert "Date (China Time)" in page  # the account's zone beats the browser's
+    account = client.get("/account").text
+    assert "Times on these pages are in China Time." in account
+    assert '<option value="Asia/Shanghai" selected>' in account
+    refused = client.post(
+        "/account/time-zone", data={"time_zone": "Mars/Olympus", "csrf_token": token}
+    )
+    assert refused.status_code == 422 and "Choose one of the time zones offered." in refused.text
+    lang = _form_token(client, "/account")
+    client.post("/account/language", data={"language": "zh-CN", "csrf_token": lang})
+    rows = list(csv.reader(io.StringIO(client.get("/history.csv").text.removeprefix("\ufeff"))))
+    assert rows[0] == ["日期（中国时间）", "类型", "说明", "状态", "代币", "余额", "转账编号"]
+    assert rows[1][0].endswith("+08:00") and rows[1][3] == "已完成"
+
+
+def test_history_rows_say_something_and_filter_only_what_can_happen(
+    client: TestClient, db: Database
+) -> None:
+    user = new_user(client)
+    _grant(db, user, 100, "g1")
+    _spend(db, user, 5, "s-bare")  # no description
+    page = client.get("/history").text
+    assert 'class="dash"' in page  # not an empty cell
+    assert 'value="expiry"' not in page  # tokens never expire here
+    assert 'value="spend"' in page
+    assert 'class="menu-toggle"' in page  # the header folds on a phone
 
 
 def test_wallet_pages_need_a_session(client: TestClient) -> None:
@@ -115,3 +172,31 @@ def test_the_history_keeps_its_earlier_address(client: TestClient) -> None:
     ):
         moved = client.get(old, follow_redirects=False)
         assert moved.status_code == 308 and moved.headers["location"] == new
+
+
+def _spend_free(db: Database, user_id: str) -> None:
+    _grant(db, user_id, 10, "tz-g")
+    _spend(db, user_id, 1, "tz-s", description="one")
+
+
+def _form_token(client: TestClient, path: str) -> str:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', client.get(path).text)
+    assert found is not None
+    return found.group(1)
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"), [("Asia/Shanghai", "China Time"), ("Mars/Olympus", "UTC")]
+)
+def test_sign_up_keeps_the_browsers_time_zone(
+    client: TestClient, db: Database, given: str, kept: str
+) -> None:
+    """The page's script fills in the browser's zone; one this system does not know is
+    dropped, never a reason to refuse the sign-up."""
+    token = _form_token(client, "/register")
+    form = {"email": "zoe@example.com", "password": PASSWORD, "time_zone": given}
+    answer = client.post("/register", data={**form, "csrf_token": token})
+    assert answer.status_code == 200 and 'class="notice error"' not in answer.text
+    confirm_address(client, "zoe@example.com")
+    assert sign_in(client, "zoe@example.com").status_code == 303
+    assert f"Times on these pages are in {kept}." in client.get("/account").text

@@ -20,7 +20,7 @@ from tokenbank.db import Database
 from tokenbank.web.api.responses import PROBLEMS, SPEND_PROBLEMS
 from tokenbank.web.auth import authorize
 from tokenbank.web.deps import Cursor, DatabaseDep, Kinds, Reader, RowId, Spender, UserId
-from tokenbank.web.exports import history_csv_lines, plain_description
+from tokenbank.web.exports import history_csv_lines
 from tokenbank.web.routing import StrictRoute
 from tokenbank.web.runtime import runtime
 from tokenbank.web.schemas import (
@@ -174,7 +174,7 @@ def history_csv(
 ) -> StreamingResponse:
     """Every transfer of the wallet as CSV (the pages' export's columns), newest first,
     streamed."""
-    lines = history_csv_lines(db, user_id=user_id, kinds=kind, describe=plain_description)
+    lines = history_csv_lines(db, user_id=user_id, kinds=kind)
     filename = f"history-{user_id}.csv".replace('"', "")
     return StreamingResponse(
         lines,

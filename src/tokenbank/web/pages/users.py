@@ -152,9 +152,11 @@ async def register(
     parts: RuntimeDep,
     lang: Lang,
     name: Annotated[str, Form(max_length=200)] = "",
+    time_zone: Annotated[str, Form(max_length=64)] = "",
 ) -> Response:
     """The same answer for an address that has an account and one that has not (a mail
-    tells its owner which): "check your inbox", signed out."""
+    tells its owner which): "check your inbox", signed out. ``time_zone``: the browser's,
+    filled in by the page's script."""
     ip = client_ip(request)
     # A visitor who picked a language before signing up keeps it.
     chosen = request.cookies.get(i18n.LANGUAGE_COOKIE)
@@ -169,6 +171,7 @@ async def register(
             name=name or None,
             language=lang.tag,
             account_language=chosen if chosen in LANGUAGES else None,
+            time_zone=time_zone or request.cookies.get(i18n.ZONE_COOKIE),
             verify=parts.verify_email,
             passwords=parts.passwords,
         )
@@ -209,6 +212,7 @@ async def choose_language(language: Text, parts: RuntimeDep, next: NextPath = "/
 ACCOUNT_NOTICES = {
     "password": N_("Password saved. Other sessions were signed out."),
     "language": N_("Language saved."),
+    "time_zone": N_("Time zone saved."),
     "verify_sent": N_("We sent the link again. It works for 3 days."),
     "email_sent": N_("We sent a link to the new address. Your address changes once you follow it."),
     "email": N_("Your new email address is confirmed."),
@@ -222,7 +226,10 @@ async def account(
 ) -> Response:
     notice = ACCOUNT_NOTICES.get(changed or "")
     return await pages.render(
-        request, "account.html", notice=lang.gettext(notice) if notice else None
+        request,
+        "account.html",
+        notice=lang.gettext(notice) if notice else None,
+        time_zones=identity.time_zone_names(),
     )
 
 
@@ -241,6 +248,26 @@ async def account_language(
     # The signed-out menu's cookie would otherwise outlive "same as my browser".
     response.delete_cookie(i18n.LANGUAGE_COOKIE, httponly=True, secure=parts.browsers.secure)
     return response
+
+
+@router.post("/account/time-zone")
+async def account_time_zone(
+    request: Request,
+    user: PageUser,
+    parts: RuntimeDep,
+    time_zone: Annotated[str, Form(max_length=64)] = "",
+) -> Response:
+    """The zone the pages show times in; empty goes back to the browser's."""
+    try:
+        await run_in_threadpool(_set_time_zone, parts.db, user.user_id, time_zone or None)
+    except TokenbankError as exc:
+        return await refused(parts.pages, request, exc, "account.html")
+    return redirect("/account?changed=time_zone")
+
+
+def _set_time_zone(db: Database, user_id: str, time_zone: str | None) -> None:
+    with db.transaction() as conn:
+        identity.set_time_zone(conn, user_id=user_id, time_zone=time_zone)
 
 
 @router.post("/account/password")

@@ -13,10 +13,10 @@ from tokenbank import billing, ledger
 from tokenbank.db import Database
 from tokenbank.errors import UnknownPurchase
 from tokenbank.web.deps import DatabaseDep, Lang, PagesDep, PageUser, QueryRowId, Visitor
-from tokenbank.web.exports import history_csv_lines, history_page
+from tokenbank.web.exports import cell, history_csv_lines, history_page
 from tokenbank.web.routing import PageRoute
 from tokenbank.web.security import PAGE_HEADERS
-from tokenbank.web.texts import describe
+from tokenbank.web.texts import KIND_NAMES, describe
 
 router = APIRouter(
     include_in_schema=False, default_response_class=HTMLResponse, route_class=PageRoute
@@ -88,17 +88,37 @@ async def history(
 async def history_csv(
     user: PageUser, lang: Lang, pages: PagesDep, db: DatabaseDep, kind: str | None = None
 ) -> Response:
-    """Every transfer of the filtered view, newest first, described as the pages
-    describe them."""
+    """Every transfer of the filtered view, newest first, as the history page shows it:
+    in the reader's language and time zone (ISO 8601 with its offset, which spreadsheets
+    read), with a status column."""
     kinds = _kinds(kind)
     name = f"history-{kinds[0].value}.csv" if kinds else "history.csv"
+    words = partial(describe, lang=lang, catalog=pages.catalog)
+    completed = lang.gettext("Completed")
+
+    def row(item: ledger.HistoryItem) -> tuple[object, ...]:
+        return (
+            item.created_at.astimezone(lang.zone).isoformat(timespec="seconds"),
+            lang.gettext(KIND_NAMES[item.kind]),
+            cell(words(item)),
+            completed,
+            item.amount,
+            item.balance_after,
+            item.transfer_id,
+        )
+
+    headings = (
+        lang.gettext("Date (%(zone)s)", zone=lang.zone_name),
+        lang.gettext("Kind"),
+        lang.gettext("Description"),
+        lang.gettext("Status"),
+        lang.gettext("Tokens"),
+        lang.gettext("Balance"),
+        lang.gettext("Transfer"),
+    )
     lines = await run_in_threadpool(
         partial(
-            history_csv_lines,
-            db,
-            user_id=user.user_id,
-            kinds=kinds,
-            describe=partial(describe, lang=lang, catalog=pages.catalog),
+            history_csv_lines, db, user_id=user.user_id, kinds=kinds, headings=headings, row=row
         )
     )
     return StreamingResponse(

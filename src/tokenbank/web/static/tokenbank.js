@@ -12,6 +12,31 @@
     window.dispatchEvent(new CustomEvent("tb:toast", { detail: { text: text, tone: tone || "" } }));
   }
 
+  document.documentElement.classList.add("js");
+
+  // Times are shown in the reader's zone: the browser's, until the account names one.
+  var zone = "";
+  try { zone = Intl.DateTimeFormat().resolvedOptions().timeZone || ""; } catch (e) { /* none */ }
+  if (!/^[A-Za-z0-9_+\-\/]{1,64}$/.test(zone)) zone = "";  // an IANA name is cookie-safe as it is
+  if (zone && !document.cookie.split("; ").some(function (c) { return c === "tb_tz=" + zone; })) {
+    document.cookie = "tb_tz=" + zone + "; path=/; max-age=31536000; samesite=lax" +
+      (location.protocol === "https:" ? "; secure" : "");
+  }
+  document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("input[data-browser-time-zone]").forEach(function (input) {
+      if (!input.value) input.value = zone;
+    });
+  });
+
+  // The header's menu folds on a phone: its button opens and closes it.
+  document.addEventListener("click", function (event) {
+    var toggle = event.target instanceof Element && event.target.closest(".menu-toggle");
+    if (!toggle) return;
+    var open = toggle.getAttribute("aria-expanded") !== "true";
+    toggle.setAttribute("aria-expanded", open ? "true" : "false");
+    toggle.closest(".top").classList.toggle("open", open);
+  });
+
   // A form that is being sent shows it and cannot be sent twice.
   document.addEventListener("submit", function (event) {
     var form = event.target;
