@@ -89,6 +89,9 @@ def test_sync_creates_then_keeps_then_follows_changes(emulator_server: EmulatorS
     first = billing.sync_catalog(seller.stripe, catalog)
     assert len([s for s in first if s.action == "create price"]) == 4
     assert {s.action for s in billing.sync_catalog(seller.stripe, catalog)} == {"ok"}
+    # What the package gives is the product's description: Checkout shows it under the name.
+    product = seller.stripe.product("tokenbank_plus") or {}
+    assert (product.get("name"), product.get("description")) == ("Plus", "2,000 tokens + 200 bonus")
 
     plus = catalog.find("plus")
     assert plus is not None

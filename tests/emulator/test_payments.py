@@ -433,3 +433,34 @@ def test_a_session_past_its_lifetime_expires_unasked_and_says_so(emu: Harness) -
         assert time.monotonic() < deadline, emu.receiver.types()
         time.sleep(0.05)
     assert emu.emulator.checkout_sessions[session.id]["status"] == "expired"
+
+
+def test_the_checkout_page_says_what_is_bought_in_the_buyers_language(emu: Harness) -> None:
+    """As Stripe's Checkout: the product's description under its name, the page in the
+    session's ``locale``, and room around the form on a phone."""
+    session = emu.client.v1.checkout.sessions.create(
+        {
+            "mode": "payment",
+            "line_items": [
+                {
+                    "price_data": {
+                        "currency": "usd",
+                        "unit_amount": 2000,
+                        "product_data": {"name": "进阶包", "description": "2,000 代币，另赠 200"},
+                    },
+                    "quantity": 1,
+                }
+            ],
+            "success_url": "https://shop.example/ok",
+            "cancel_url": "https://shop.example/cancel",
+            "locale": "zh",
+        }
+    )
+    assert session.url is not None
+    page = emu.http.get(session.url).text
+    assert '<html lang="zh-CN">' in page
+    assert "进阶包" in page and "2,000 代币，另赠 200" in page
+    assert "支付 $20.00" in page and "卡号" in page and "取消并返回" in page
+    english = emu.http.get(str(_session(emu).url)).text
+    assert "Card number" in english and "Total due" in english
+    assert "@media (max-width: 480px)" in english

@@ -52,6 +52,15 @@ class Package:
     def localized_name(self, locale: str) -> str:
         return self.name.get(locale) or self.name["en"]
 
+    def summary(self, locale: str = "en") -> str:
+        """What the package gives, for Stripe's product description (Checkout shows it
+        under the name): "2,000 tokens + 200 bonus", "2,000 代币，另赠 200"."""
+        if locale == "zh-CN":
+            bonus = f"，另赠 {self.bonus_tokens:,}" if self.bonus_tokens else ""
+            return f"{self.tokens:,} 代币{bonus}"
+        bonus = f" + {self.bonus_tokens:,} bonus" if self.bonus_tokens else ""
+        return f"{self.tokens:,} tokens{bonus}"
+
     def savings_against(self, base: Package) -> Decimal:
         """The fraction saved per token compared with ``base`` (0.18 is 18 %)."""
         return 1 - self.price_per_token / base.price_per_token

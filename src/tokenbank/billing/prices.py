@@ -54,7 +54,11 @@ def _package_steps(stripe: Stripe, package: Package, price: Price | None) -> lis
     if product is None:
         if package.active:
             steps.append(SyncStep(package.id, "create product", name))
-    elif product.get("name") != name or bool(product.get("active")) != package.active:
+    elif (
+        product.get("name") != name
+        or product.get("description") != package.summary()
+        or bool(product.get("active")) != package.active
+    ):
         steps.append(SyncStep(package.id, "update product", name))
     current = (
         price is not None
@@ -92,13 +96,20 @@ def _apply(stripe: Stripe, catalog: Catalog, step: SyncStep) -> None:
     name = package.localized_name("en") if package else step.package_id
     active = bool(package and package.active)
     if step.action == "create product":
+        assert package is not None
         stripe.create_product(
             product_id=product_id(step.package_id),
             name=name,
+            description=package.summary(),
             metadata={"tokenbank_package_id": step.package_id},
         )
     elif step.action == "update product":
-        stripe.update_product(product_id(step.package_id), name=name, active=active)
+        stripe.update_product(
+            product_id(step.package_id),
+            name=name,
+            description=package.summary() if package else None,
+            active=active,
+        )
     elif step.action == "create price":
         assert package is not None
         stripe.create_price(

@@ -391,7 +391,10 @@ def start_checkout(
             "price_data": {
                 "currency": package.currency,
                 "unit_amount": package.price,
-                "product_data": {"name": package.localized_name(locale or "en")},
+                "product_data": {
+                    "name": package.localized_name(locale or "en"),
+                    "description": package.summary(locale or "en"),
+                },
             },
             "quantity": 1,
         }

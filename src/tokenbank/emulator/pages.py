@@ -49,6 +49,53 @@ SYMBOLS = {
     "brl": "R$",
     "mxn": "MX$",
 }
+#: The hosted checkout page's words in the languages a session's ``locale`` may ask for
+#: (Stripe's Checkout speaks the buyer's language; card errors stay in English here).
+WORDS: dict[str, dict[str, str]] = {
+    "en": {
+        "banner": "Test mode · Stripe emulator",
+        "pay_total": "Pay {total}",
+        "summary": "Order summary",
+        "total": "Total due",
+        "complete": "This checkout session is complete: the payment was received.",
+        "continue": "Continue",
+        "expired": "This checkout session has expired. Start again from the site you came from.",
+        "back": "Back",
+        "email": "Email (optional)",
+        "card": "Card number",
+        "expiry": "Expiry",
+        "cvc": "CVC",
+        "name": "Name on card (optional)",
+        "pay": "Pay",
+        "cancel": "Cancel and return",
+        "cards": "Test cards (any future expiry, any CVC):",
+    },
+    "zh": {
+        "banner": "测试模式 · Stripe 模拟器",
+        "pay_total": "支付 {total}",
+        "summary": "订单摘要",
+        "total": "应付总额",
+        "complete": "此结账已完成：已收到付款。",
+        "continue": "继续",
+        "expired": "此结账已过期。请回到原网站重新开始。",
+        "back": "返回",
+        "email": "邮箱（可选）",
+        "card": "卡号",
+        "expiry": "有效期",
+        "cvc": "安全码",
+        "name": "持卡人姓名（可选）",
+        "pay": "支付",
+        "cancel": "取消并返回",
+        "cards": "测试卡（任意未来有效期、任意安全码）：",
+    },
+}
+
+
+def words_for(locale: str | None) -> dict[str, str]:
+    """A session's ``locale`` ("zh", "zh-TW", "auto", None...) as the page's words."""
+    return WORDS.get((locale or "en").split("-")[0].lower(), WORDS["en"])
+
+
 SHOWN_CARDS = (
     ("4242 4242 4242 4242", "succeeds"),
     ("4000 0000 0000 0002", "is declined"),
@@ -95,6 +142,8 @@ def _checkout_page(
     items = [
         {
             "name": item["description"],
+            # What the product is, as Checkout shows it under the name ("2,000 tokens").
+            "detail": (em.products.get(item["price"]["product"]) or {}).get("description"),
             "quantity": item["quantity"],
             "amount": format_amount(item["amount_total"], item["currency"]),
         }
@@ -116,6 +165,8 @@ def _checkout_page(
         cancel_url=safe_url(session["cancel_url"]),
         success_url=safe_url(_success_url(session)),
         cards=SHOWN_CARDS,
+        words=words_for(session.get("locale")),
+        lang="zh-CN" if session.get("locale", "") and session["locale"].startswith("zh") else "en",
     )
 
 

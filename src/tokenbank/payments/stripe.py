@@ -446,19 +446,26 @@ class Stripe:
         except StripeObjectMissing:
             return None
 
-    def create_product(self, *, product_id: str, name: str, metadata: dict[str, str]) -> None:
+    def create_product(
+        self, *, product_id: str, name: str, description: str, metadata: dict[str, str]
+    ) -> None:
         self._call(
             "create a product",
             self._client.v1.products.create,
-            {"id": product_id, "name": name, "metadata": metadata},
+            {"id": product_id, "name": name, "description": description, "metadata": metadata},
         )
 
-    def update_product(self, product_id: str, *, name: str, active: bool) -> None:
+    def update_product(
+        self, product_id: str, *, name: str, description: str | None, active: bool
+    ) -> None:
+        params: dict[str, Any] = {"name": name, "active": active}
+        if description is not None:
+            params["description"] = description
         self._call(
             "update a product",
             self._client.v1.products.update,
             product_id,
-            {"name": name, "active": active},
+            params,
         )
 
     def create_price(

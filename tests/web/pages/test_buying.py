@@ -80,6 +80,8 @@ def test_a_stranger_on_the_success_page_learns_nothing(
     page = browser.get("/purchase/success", params={"session_id": session_id})
     assert page.status_code == 200 and "data-credited" not in page.text
     assert "tokens were added" not in page.text
+    # A buyer back signed out (another browser, a session that ended) is shown the way in.
+    assert 'href="/login?next=/dashboard"' in page.text and "Sign in to see them." in page.text
     assert browser.get("/purchase/success", params={"session_id": "cs_nope"}).status_code == 200
 
 
