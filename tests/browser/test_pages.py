@@ -218,6 +218,16 @@ def test_phone_widget_follows_a_spend_made_through_the_api(
     screenshot(page, "en-phone-dashboard-after-spend")
     page.goto(f"{service.base_url}/pricing")
     screenshot(page, "en-phone-pricing")
+    # The menu is folded behind its button, and opens to every page.
+    history = page.get_by_role("navigation", name="Main").get_by_role("link", name="History")
+    expect(history).to_be_hidden()
+    menu = page.get_by_role("button", name="Menu")
+    menu.click()
+    expect(menu).to_have_attribute("aria-expanded", "true")
+    screenshot(page, "en-phone-menu")
+    history.click()
+    page.wait_for_url(f"{service.base_url}/history")
+    expect(page.locator("table.history tr[data-kind='spend'] td.tokens")).to_have_text("-120")
 
 
 def _failed_purchase_event(service: LiveService, user_id: str) -> tuple[int, str]:
@@ -367,6 +377,8 @@ def test_every_page_renders_cleanly_in_both_languages(
             expect(page.locator("html")).to_have_attribute("lang", locale)
             assert page.evaluate(UNLABELLED) == [], path
             assert layout_problems(page) == [], (path, width)
+            # One compact header row, signed in or out (the menu folds on a phone).
+            assert page.evaluate("document.querySelector('header.top').offsetHeight") <= 64
             screenshot(page, f"{locale}-page-{name}" + ("-phone" if width < 600 else ""))
 
     visit("/login", "login")
