@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make run`: tokenbank on SQLite, with the built-in Stripe emulator beside it, wired
 # together and the catalog synced, so a purchase works offline end to end.
-# With STRIPE_SECRET_KEY already set (real Stripe test keys), no emulator is started.
+# With STRIPE_SECRET_KEY already set (real Stripe test keys, in the environment or ./.env),
+# no emulator is started.
 #
 # Both ports are checked before anything is written: a second `make run` beside a running
 # one stops at once and touches none of its files. The service and the emulator stop with
@@ -28,8 +29,16 @@ sys.exit(1)
 PY
 }
 
+# A Stripe key of your own (in the environment, or in ./.env, which tokenbank reads too)
+# means real Stripe: no emulator, and nothing of Stripe's written to var/.env.
+own_stripe="${STRIPE_SECRET_KEY:-}"
+if [ -z "$own_stripe" ] && [ -z "${TOKENBANK_ENV_FILE+set}" ] && [ -f .env ] &&
+    grep -Eq '^[[:space:]]*(export[[:space:]]+)?STRIPE_SECRET_KEY=.' .env; then
+    own_stripe="from ./.env"
+fi
+
 ports=("$PORT")
-[ -z "${STRIPE_SECRET_KEY:-}" ] && ports+=("$EMULATOR_PORT")
+[ -z "$own_stripe" ] && ports+=("$EMULATOR_PORT")
 for port in "${ports[@]}"; do
     if in_use "$port"; then
         cat >&2 <<TXT
@@ -58,7 +67,7 @@ children+=($!)
 mkdir -p "$VAR"
 "$BIN/tokenbank" db upgrade
 
-if [ -z "${STRIPE_SECRET_KEY:-}" ]; then
+if [ -z "$own_stripe" ]; then
     export STRIPE_SECRET_KEY="sk_test_local_emulator"
     export STRIPE_PUBLISHABLE_KEY="pk_test_local_emulator"
     export STRIPE_WEBHOOK_SECRET="whsec_local_emulator"
@@ -82,7 +91,7 @@ if [ -z "${STRIPE_SECRET_KEY:-}" ]; then
     done
     stripe_note="the built-in Stripe emulator at $STRIPE_API_BASE (test card 4242 4242 4242 4242)"
 else
-    stripe_note="Stripe with your STRIPE_SECRET_KEY"
+    stripe_note="Stripe with your STRIPE_SECRET_KEY ($([ -n "${STRIPE_SECRET_KEY:-}" ] && echo environment || echo ./.env))"
 fi
 # The settings of this instance, for commands run from another terminal (reconcile,
 # refund, ...): the CLI reads $VAR/.env (a ./.env of yours, or the environment, wins).

@@ -11,7 +11,7 @@ import pytest
 from pydantic import AliasChoices, SecretStr
 
 from tokenbank.billing import PurchaseFlow, billing_from_settings
-from tokenbank.config import Settings, env_files, with_secrets
+from tokenbank.config import Settings, env_files, instance_file, with_secrets
 from tokenbank.errors import ConfigurationError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,33 +114,41 @@ def _env_name(name: str) -> str:
     return str(alias.choices[0]) if isinstance(alias, AliasChoices) else f"TOKENBANK_{name.upper()}"
 
 
-def test_env_files_default_to_var_then_the_working_directory() -> None:
-    assert env_files({}) == (Path("var/.env"), Path(".env"))
-    assert env_files({"TOKENBANK_VAR_DIR": "/srv/tb"}) == (Path("/srv/tb/.env"), Path(".env"))
+def test_env_file_names_other_files_or_none() -> None:
+    assert env_files({}) is None  # Settings.load decides
     assert env_files({"TOKENBANK_ENV_FILE": ""}) == ()
     assert env_files({"TOKENBANK_ENV_FILE": f"a.env{os.pathsep}b.env"}) == (
         Path("a.env"),
         Path("b.env"),
     )
+    assert instance_file({"TOKENBANK_VAR_DIR": "/srv/tb"}) == Path("/srv/tb/.env")
 
 
-def test_settings_load_reads_env_files_and_the_environment_wins(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """``make run`` writes var/.env so a second terminal's CLI reaches the same emulator;
-    a developer's .env overrides it, and the environment overrides both."""
+@pytest.fixture
+def checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working directory with the var/.env a `make run` wrote, and no settings in the
+    environment."""
     (tmp_path / "var").mkdir()
     (tmp_path / "var" / ".env").write_text(
         "STRIPE_SECRET_KEY=sk_test_written_by_make_run\n"
         "STRIPE_API_BASE=http://127.0.0.1:12111\n"
         "TOKENBANK_PUBLIC_URL=http://127.0.0.1:8000\n"
     )
-    (tmp_path / ".env").write_text(
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.startswith(("TOKENBANK_", "STRIPE_")):
+            monkeypatch.delenv(name)
+    return tmp_path
+
+
+def test_settings_load_reads_env_files_and_the_environment_wins(
+    checkout: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``make run`` writes var/.env so a second terminal's CLI reaches the same emulator;
+    a developer's .env overrides it, and the environment overrides both."""
+    (checkout / ".env").write_text(
         "TOKENBANK_PUBLIC_URL=http://127.0.0.1:9000\nTOKENBANK_LOG_LEVEL=debug\n"
     )
-    monkeypatch.chdir(tmp_path)
-    for name in ("TOKENBANK_ENV_FILE", "TOKENBANK_VAR_DIR", "STRIPE_SECRET_KEY"):
-        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("TOKENBANK_LOG_LEVEL", "warning")
     loaded = Settings.load()
     assert loaded.stripe_secret_key == SecretStr("sk_test_written_by_make_run")
@@ -149,6 +157,40 @@ def test_settings_load_reads_env_files_and_the_environment_wins(
     assert loaded.log_level == "warning"  # the environment over both
     # Settings built in code read no file: a test never picks up a developer's.
     assert Settings().stripe_secret_key is None
+
+
+@pytest.mark.parametrize("where", ["environment", ".env"])
+def test_a_stripe_key_of_your_own_is_never_paired_with_the_emulators_address(
+    checkout: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Stripe's settings come from one source: with a key in the environment or ./.env,
+    the var/.env of an earlier `make run` is not read at all."""
+    if where == "environment":
+        monkeypatch.setenv("STRIPE_SECRET_KEY", "sk_test_mine_0123456789abcdef")
+    else:
+        (checkout / ".env").write_text("STRIPE_SECRET_KEY=sk_test_mine_0123456789abcdef\n")
+    loaded = Settings.load()
+    assert loaded.stripe_secret_key == SecretStr("sk_test_mine_0123456789abcdef")
+    assert loaded.stripe_api_base is None
+
+
+def test_production_never_reads_the_development_file(
+    checkout: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOKENBANK_ENV", "production")
+    loaded = Settings.load()
+    assert loaded.stripe_api_base is None and loaded.stripe_secret_key is None
+    with pytest.raises(ConfigurationError, match="STRIPE_API_BASE"):
+        with_secrets(_settings(env="production", stripe_api_base="http://127.0.0.1:1", **REAL))
+
+
+def test_a_live_key_is_never_sent_to_another_address() -> None:
+    settings = _settings(
+        stripe_secret_key="sk_live_51Pq8rTzYxWvUtSrQpOnMlKjIh",
+        stripe_api_base="http://127.0.0.1:12111",
+    )
+    with pytest.raises(ConfigurationError, match="live"):
+        billing_from_settings(settings)
 
 
 def test_env_example_lists_every_setting_with_its_default() -> None:

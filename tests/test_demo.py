@@ -301,8 +301,22 @@ def test_a_run_that_stopped_half_way_is_finished_by_the_next(
         ({"stripe_secret_key": "sk_live_0123456789abcdef"}, ConfigurationError, "live key"),
         ({"stripe_api_base": None}, ConfigurationError, "real Stripe"),
         ({"stripe_api_base": "https://api.stripe.com"}, ConfigurationError, "real Stripe"),
+        ({"public_url": "https://tokens.example"}, ConfigurationError, "this machine"),
+        (
+            {"database_url": "postgresql://tb@db.internal:5432/tokenbank"},
+            ConfigurationError,
+            "db.internal",
+        ),
     ],
-    ids=["production", "no-key", "live-key", "no-emulator", "stripe-itself"],
+    ids=[
+        "production",
+        "no-key",
+        "live-key",
+        "no-emulator",
+        "stripe-itself",
+        "public-site",
+        "remote-database",
+    ],
 )
 def test_refuses_production_and_real_stripe(
     changes: dict[str, Any], refusal: type[Exception], said: str

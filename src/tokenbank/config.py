@@ -18,16 +18,19 @@ DEFAULT_VAR_DIR = Path("var")
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
-def env_files(environ: Mapping[str, str] | None = None) -> tuple[Path, ...]:
-    """The ``.env`` files settings are read from, the last one winning: the development one
-    ``make run`` writes under the var directory (so a second terminal's commands reach the
-    same emulator), then ``./.env``. ``TOKENBANK_ENV_FILE`` names others instead
-    (``os.pathsep``-separated; empty for none). The environment beats every file."""
+def env_files(environ: Mapping[str, str] | None = None) -> tuple[Path, ...] | None:
+    """The ``.env`` files ``TOKENBANK_ENV_FILE`` names (``os.pathsep``-separated; empty for
+    none), or None when it is not set and ``Settings.load`` decides."""
     environ = os.environ if environ is None else environ
-    if (named := environ.get("TOKENBANK_ENV_FILE")) is not None:
-        return tuple(Path(path) for path in named.split(os.pathsep) if path)
-    var_dir = Path(environ.get("TOKENBANK_VAR_DIR") or DEFAULT_VAR_DIR)
-    return (var_dir / ".env", Path(".env"))
+    if (named := environ.get("TOKENBANK_ENV_FILE")) is None:
+        return None
+    return tuple(Path(path) for path in named.split(os.pathsep) if path)
+
+
+def instance_file(environ: Mapping[str, str] | None = None) -> Path:
+    """The settings ``make run`` writes for the instance it started (``var/.env``)."""
+    environ = os.environ if environ is None else environ
+    return Path(environ.get("TOKENBANK_VAR_DIR") or DEFAULT_VAR_DIR) / ".env"
 
 
 class Settings(BaseSettings):
@@ -132,9 +135,23 @@ class Settings(BaseSettings):
     fault_points: str = ""
 
     @classmethod
-    def load(cls) -> Settings:
-        """The settings of this process: its environment, then its ``.env`` files."""
-        return cls(_env_file=env_files())
+    def load(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """The settings of this process: its environment, then ``./.env``; then, in
+        development only, and only when neither names a Stripe key of its own, the
+        ``var/.env`` that ``make run`` wrote (the emulator's address and keys), so a second
+        terminal's commands reach the instance it started. Stripe's settings thus come
+        together from one source: a key of yours is never paired with the emulator's
+        address. ``TOKENBANK_ENV_FILE`` names the files instead."""
+        named = env_files(environ)
+        if named is not None:
+            return cls(_env_file=named)
+        own = cls(_env_file=Path(".env"))
+        instance = instance_file(environ)
+        if own.env != "development" or own.stripe_secret_key is not None:
+            return own
+        if not instance.is_file():
+            return own
+        return cls(_env_file=(instance, Path(".env")))
 
     @property
     def return_hosts(self) -> frozenset[str]:
@@ -187,6 +204,8 @@ def with_secrets(settings: Settings) -> Settings:
                 problems.append(name)
         if settings.smtp_url is None:
             problems.append("TOKENBANK_SMTP_URL (sign-up and password resets need mail)")
+        if settings.stripe_api_base:
+            problems.append("no STRIPE_API_BASE (another Stripe address is for the emulator)")
         if "@localhost" in settings.mail_from:
             problems.append("TOKENBANK_MAIL_FROM (an address mail servers accept)")
         if settings.stripe_publishable_key is not None and _stripe_placeholder(

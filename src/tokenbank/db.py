@@ -448,9 +448,12 @@ class Database:
         """After a connection was found lost (``connection_lost``): a server restart killed
         its idle siblings too, so drop every pooled connection now rather than let each
         fail one request of its own. Connections in use finish or fail on their own and
-        are not pooled again. Cheap (nothing is asked of the server), so it runs on every
-        loss: an outage with empty pools costs nothing, and a second failover soon after
-        the first is recovered from like the first."""
+        are not pooled again. It runs on every loss, with no throttle: an outage with empty
+        pools costs nothing, a second failover soon after the first is recovered from like
+        the first, and the price (the asyncio pool reconnecting its minimum in the
+        background, a request in flight on a dead connection dropping the fresh ones once
+        more) is paid only when connections were lost. A busy pool, a slow statement or a
+        read-only server never gets here (``connection_lost``)."""
         if self.dialect != "postgresql":
             return
         self.engine.dispose()

@@ -103,3 +103,21 @@ def test_a_checkout_session_expired_by_stripe_ends_the_purchase_expired(store: S
     store.emulator.settle()  # checkout.session.expired, delivered to the service
     ended = store.purchase(started["purchase_id"])
     assert (ended["status"], ended["failure_code"]) == ("expired", "expired")
+
+
+def test_a_declined_purchase_canceled_closes_its_page(store: Store) -> None:
+    """A declined card leaves the purchase failed, but its page could still take another
+    card: leaving it closes it, as for a pending one."""
+    started = store.checkout("plus")
+    declined = store.emulator.pay(started["checkout_session_id"], card="4000000000000002")
+    assert declined.status_code == 402
+    store.emulator.settle()
+    assert store.purchase(started["purchase_id"])["status"] == "failed"
+    ended = billing.cancel_purchase(
+        store.db, store.seller.stripe, purchase_id=started["purchase_id"], policy="debt"
+    )
+    assert ended.status is billing.PurchaseStatus.CANCELED
+    assert store.emulator.pay(started["checkout_session_id"]).status_code >= 400
+    store.emulator.settle()
+    assert store.purchase(started["purchase_id"])["status"] == "canceled"
+    assert store.balance()["total_purchased"] == 0

@@ -4,13 +4,14 @@ Stripe account outlives a restart of anything."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import stripe
 
-from tests.emulator.conftest import serving
+from tests.emulator.conftest import SECRET, Receiver, serving
 from tokenbank.emulator import create_app
 from tokenbank.emulator.disk import restore, snapshot
 from tokenbank.emulator.state import Emulator
@@ -101,3 +102,39 @@ def test_a_snapshot_restores_every_store() -> None:
     assert restored.products == em.products and restored.hidden == {"prod_1"}
     assert restored.payers == {"cs_test_1": {"email": "payer@example.com", "name": None}}
     assert snapshot(restored) == snapshot(em)
+
+
+def test_events_on_their_way_when_it_stopped_are_sent_after_a_restart(
+    tmp_path: Path, receiver: Receiver, receiver_url: str
+) -> None:
+    """As Stripe goes on retrying: an event not yet delivered when the emulator stopped is
+    delivered once it is back (the endpoint was down meanwhile)."""
+    state = tmp_path / "stripe.json"
+    receiver.reset()
+    app = create_app(
+        state=state, webhook_url=receiver_url, webhook_secret=SECRET, retry_delays=(30,)
+    )
+    with serving(app) as url:
+        receiver.fail_next = 1  # the first attempt fails; the retry is 30 s away
+        client = stripe.StripeClient("sk_test_disk", base_addresses={"api": url})
+        client.v1.payment_intents.create({"amount": 500, "currency": "usd"})
+        deadline = time.monotonic() + 5
+        while receiver.requests < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    assert receiver.events == []
+    with serving(create_app(state=state, webhook_url=receiver_url, webhook_secret=SECRET)):
+        deadline = time.monotonic() + 5
+        while not receiver.events:
+            assert time.monotonic() < deadline, "the pending event was never sent again"
+            time.sleep(0.02)
+    assert receiver.types() == ["payment_intent.created"]
+
+
+def test_an_unreadable_account_file_is_moved_aside_not_fatal(tmp_path: Path) -> None:
+    state = tmp_path / "stripe.json"
+    state.write_text('{"format": 1, "products": {"prod_1": ')  # cut off mid-write
+    with serving(create_app(state=state)) as url:
+        assert httpx.get(f"{url}/_emulator/health").status_code == 200
+    assert (tmp_path / "stripe.json.unreadable").read_text().startswith('{"format": 1')
+    assert json.loads(state.read_text())["products"] == {}

@@ -6,11 +6,18 @@ from __future__ import annotations
 import json
 
 import pytest
+import stripe
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokenbank.errors import InvalidEvent, InvalidSignature
-from tokenbank.payments.stripe import parse_event, parse_signature
+from tokenbank.errors import (
+    InvalidEvent,
+    InvalidSignature,
+    PaymentProviderError,
+    PaymentProviderUnavailable,
+    StripeObjectMissing,
+)
+from tokenbank.payments.stripe import parse_event, parse_signature, provider_error
 
 V1 = "a" * 64
 
@@ -54,3 +61,24 @@ def test_any_body_is_an_event_or_refused(body: bytes) -> None:
     except InvalidEvent:
         return
     assert event.id and event.type and isinstance(event.object, dict)
+
+
+@pytest.mark.parametrize(
+    ("failure", "kind"),
+    [
+        (stripe.IdempotencyError("other parameters", http_status=400), PaymentProviderError),
+        (stripe.IdempotencyError("still running", http_status=409), PaymentProviderUnavailable),
+        (stripe.APIConnectionError("unreachable"), PaymentProviderUnavailable),  # type: ignore[no-untyped-call]
+        (
+            stripe.InvalidRequestError("No such session", param=None, http_status=404),  # type: ignore[no-untyped-call]
+            StripeObjectMissing,
+        ),
+    ],
+)
+def test_stripe_failures_say_whether_a_retry_can_help(
+    failure: stripe.StripeError, kind: type[Exception]
+) -> None:
+    """A key reused with other parameters (a purchase started by an older version, say)
+    will never be accepted: an error, not "unavailable, try again" for a day."""
+    found = provider_error("create a Checkout Session", failure)
+    assert type(found) is kind

@@ -233,3 +233,19 @@ def test_a_short_time_of_another_year_says_the_year() -> None:
 def test_prices_per_thousand_tokens_are_to_the_cent() -> None:
     assert i18n.language("en").per_thousand(Decimal("0.0090909091"), "usd") == "$9.09"
     assert i18n.language("zh-CN").per_thousand(Decimal("0.05"), "cny") == "¥50.00"
+
+
+def test_a_time_carries_its_own_offset_summer_or_winter() -> None:
+    berlin = i18n.zoned("en", "Europe/Berlin")
+    assert berlin.datetime(datetime(2026, 7, 1, 12, tzinfo=UTC)).endswith("GMT+02:00")
+    assert berlin.datetime(datetime(2026, 1, 1, 12, tzinfo=UTC)).endswith("GMT+01:00")
+
+
+def test_a_zone_from_a_cookie_reaches_the_cache_only_when_known() -> None:
+    """The browser's zone arrives in a cookie anyone can write: junk falls back to UTC and
+    is never kept (a cache keyed by it would grow without bound)."""
+    before = i18n.zoned.cache_info().currsize
+    for junk in ("Mars/Olympus", "x" * 4000, "../../etc/passwd", ""):
+        assert i18n.language("en").in_zone(junk).zone.key == "UTC"
+    assert i18n.zoned.cache_info().currsize == before
+    assert i18n.language("en").in_zone("Asia/Tokyo").zone.key == "Asia/Tokyo"

@@ -75,6 +75,13 @@ def billing_from_settings(settings: Settings) -> Billing | None:
     """None when no Stripe key is configured: the service then runs without selling."""
     if settings.stripe_secret_key is None:
         return None
+    if settings.stripe_api_base and settings.stripe_secret_key.get_secret_value().startswith(
+        ("sk_live_", "rk_live_")
+    ):
+        raise ConfigurationError(
+            f"STRIPE_API_BASE ({settings.stripe_api_base}) with a live STRIPE_SECRET_KEY: a live"
+            " key goes to Stripe only; unset STRIPE_API_BASE (a leftover var/.env of make run?)"
+        )
     stripe = Stripe(
         secret_key=settings.stripe_secret_key.get_secret_value(),
         webhook_secret=(

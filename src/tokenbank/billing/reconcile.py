@@ -235,11 +235,12 @@ def _cancel_abandoned(
     db: Database, stripe: Stripe, now: datetime, *, policy: ClawbackPolicy, result: Reconciliation
 ) -> None:
     """Cancel at Stripe, then here, the PaymentIntents of tokenbank's card form that nobody
-    paid within ``ABANDONED_AFTER`` (a Checkout Session expires at Stripe by itself)."""
+    paid within ``ABANDONED_AFTER``, declined ones included (a Checkout Session expires at
+    Stripe by itself)."""
     with db.read() as conn:
         stale = conn.execute(
             sa.select(purchases.c.id, purchases.c.payment_intent_id).where(
-                purchases.c.status == PurchaseStatus.PENDING.value,
+                purchases.c.status.in_([PurchaseStatus.PENDING.value, PurchaseStatus.FAILED.value]),
                 purchases.c.checkout_session_id.is_(None),
                 purchases.c.payment_intent_id.is_not(None),
                 purchases.c.created_at < now - ABANDONED_AFTER,
@@ -252,6 +253,9 @@ def _cancel_abandoned(
             )
         except (PaymentProviderError, Unavailable) as exc:
             result.errors.append(f"{intent_id}: {exc}")
+            continue
+        except Exception as exc:  # one bad payment must not stop the others
+            result.errors.append(f"{intent_id}: {type(exc).__name__}: {exc}")
             continue
         if ended.status is PurchaseStatus.CANCELED:
             result.canceled.append(purchase_id)

@@ -41,6 +41,9 @@ from tokenbank.payments.stripe import Stripe
 ABANDONED_AFTER = timedelta(hours=24)
 
 
+#: A purchase nobody has paid, and that someone still could: a failed one too (a declined
+#: card; another card can still pay its page).
+UNPAID = frozenset({PurchaseStatus.PENDING, PurchaseStatus.FAILED})
 #: The PaymentIntent states in which a buyer can still pay it.
 PAYABLE = frozenset({"requires_payment_method", "requires_confirmation", "requires_action"})
 
@@ -58,10 +61,11 @@ class Resume:
 def resume_purchase(
     db: Database, stripe: Stripe, *, purchase_id: int, policy: ClawbackPolicy
 ) -> Resume:
-    """Go back to paying a pending purchase (the caller checked it is the buyer's)."""
+    """Go back to paying an unpaid purchase, pending or declined (the caller checked it is
+    the buyer's)."""
     with db.read() as conn:
         purchase = get_purchase(conn, purchase_id=purchase_id)
-    if purchase.status is not PurchaseStatus.PENDING:
+    if purchase.status not in UNPAID:
         return Resume(purchase=purchase)
     if purchase.checkout_session_id is not None:
         session = stripe.checkout_session(purchase.checkout_session_id)
@@ -85,14 +89,15 @@ def cancel_purchase(
     policy: ClawbackPolicy,
     reason: str = "requested_by_customer",
 ) -> Purchase:
-    """End a pending purchase its buyer gave up on (the caller checked it is theirs).
+    """End an unpaid purchase (pending, or failed: a declined card) its buyer gave up on;
+    the caller checked it is theirs.
 
-    Idempotent: a purchase no longer pending is returned as it is. ``reason``: Stripe's
+    Idempotent: a purchase paid, or ended already, is returned as it is. ``reason``: Stripe's
     ``cancellation_reason`` for a PaymentIntent (``abandoned`` from ``reconcile``).
     """
     with db.read() as conn:
         purchase = get_purchase(conn, purchase_id=purchase_id)
-    if purchase.status is not PurchaseStatus.PENDING:
+    if purchase.status not in UNPAID:
         return purchase
     try:
         if purchase.checkout_session_id is not None:
@@ -125,7 +130,17 @@ def _mark_canceled(db: Database, purchase: Purchase, *, reason: str) -> Purchase
     with db.transaction() as conn:
         ended = conn.execute(
             sa.update(purchases)
-            .where(purchases.c.id == purchase.id, purchases.c.status == PurchaseStatus.PENDING)
+            .where(
+                purchases.c.id == purchase.id,
+                sa.or_(
+                    purchases.c.status.in_([status.value for status in UNPAID]),
+                    # Our own expiry, already reported by Stripe's webhook: still the cancel.
+                    sa.and_(
+                        purchases.c.status == PurchaseStatus.EXPIRED.value,
+                        purchases.c.failure_code == "expired",
+                    ),
+                ),
+            )
             .values(
                 status=PurchaseStatus.CANCELED.value,
                 failure_code="canceled",

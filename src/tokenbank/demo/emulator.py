@@ -4,8 +4,9 @@ has no buttons for those, so the demo only ever runs against the built-in emulat
 test helpers (``/_emulator/``) are those buttons.
 
 Everything that could reach real money is refused here, before anything is written: a
-production configuration, a live key, no emulator address, an address that is Stripe's, and
-an address where something other than the emulator answers.
+production configuration, a public address or a database that is not on this machine, a
+live key, no emulator address, an address that is Stripe's, and an address where something
+other than the emulator answers.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from tokenbank.config import Settings
+from tokenbank.config import LOCAL_HOSTS, Settings
+from tokenbank.db import normalize_url
 from tokenbank.errors import (
     ConfigurationError,
     PaymentProviderError,
@@ -39,6 +41,22 @@ def emulator_address(settings: Settings) -> str:
         raise ConfigurationError(
             "tokenbank demo makes up users and payments for a development database;"
             " TOKENBANK_ENV=production refuses it"
+        )
+    # Production is also what is not on this machine, whatever TOKENBANK_ENV says: a shell
+    # with a production database's URL and a leftover var/.env must not get demo users.
+    site = (urlsplit(settings.public_url).hostname or "").lower()
+    if site not in LOCAL_HOSTS:
+        raise ConfigurationError(
+            f"TOKENBANK_PUBLIC_URL is {settings.public_url}: tokenbank demo only fills a"
+            " development instance on this machine (127.0.0.1 or localhost)"
+        )
+    database = normalize_url(settings.database_url)
+    if database.get_backend_name() != "sqlite" and (database.host or "localhost") not in (
+        LOCAL_HOSTS
+    ):
+        raise ConfigurationError(
+            f"TOKENBANK_DATABASE_URL names a database on {database.host}: tokenbank demo"
+            " only fills a development database on this machine"
         )
     key = settings.stripe_secret_key.get_secret_value() if settings.stripe_secret_key else ""
     if not key:

@@ -3,8 +3,12 @@
 Without it, ``make run`` restarted would leave every checkout link a 404 and every purchase
 unknown to Stripe. The file is JSON, rewritten whole (aside, then renamed into place) after
 each request that may change the account and whenever a delayed change (a refund that fails
-later, an expired checkout page, a webhook delivery) has happened since. Test misbehaviours
-(API faults, webhook settings) are not kept: a restart starts without them.
+later, an expired checkout page, a webhook delivery) has happened since, and flushed to the
+disk before the rename, so a crash leaves the old file or the new one, never half of one.
+Test misbehaviours (API faults, webhook settings) are not kept: a restart starts without
+them. Events still on their way when the emulator stopped are sent again when it starts,
+as Stripe goes on retrying; held ones stay held. A file that cannot be read is moved aside
+with a warning and the emulator starts empty, rather than not at all.
 """
 
 from __future__ import annotations
@@ -12,14 +16,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from tokenbank.emulator import events
 from tokenbank.emulator.cards import BY_NUMBER
 from tokenbank.emulator.state import Delivery, Emulator, StoredReply, stores
+
+log = logging.getLogger("tokenbank.emulator")
 
 FORMAT = 1
 #: How often delayed changes are looked for.
@@ -40,6 +48,7 @@ def snapshot(em: Emulator) -> str:
     kept["cards"] = {method: card.number for method, card in em.cards.items()}
     kept["replies"] = {key: asdict(reply) for key, reply in em.replies.items()}
     kept["deliveries"] = {id: asdict(delivery) for id, delivery in em.deliveries.items()}
+    kept["held"] = list(em.held)
     return json.dumps(kept, separators=(",", ":"), sort_keys=True)
 
 
@@ -54,12 +63,22 @@ def restore(em: Emulator, text: str) -> None:
     em.cards.update({method: BY_NUMBER[number] for method, number in kept["cards"].items()})
     em.replies.update({key: StoredReply(**reply) for key, reply in kept["replies"].items()})
     for id, delivery in kept["deliveries"].items():
-        # One still on its way when the emulator stopped is not retried: reconcile finds it.
-        if delivery["state"] == "pending":
-            delivery["state"] = "failed"
-            delivery["last_error"] = "the emulator stopped before delivering it"
-        delivery["outstanding"] = 0
+        delivery["outstanding"] = 0  # no attempt outlives the process: ``resume`` sends again
         em.deliveries[id] = Delivery(**delivery)
+    em.held.extend(kept.get("held", []))
+
+
+def resume(em: Emulator) -> list[str]:
+    """Send again the events that were still on their way when the emulator stopped (in the
+    running loop); returns their ids."""
+    unsent = [
+        id
+        for id, delivery in em.deliveries.items()
+        if delivery.state == "pending" and id in em.events and id not in em.held
+    ]
+    for id in unsent:
+        events.redeliver(em, em.events[id])
+    return unsent
 
 
 class Keeper:
@@ -71,18 +90,53 @@ class Keeper:
         self.written = ""
 
     def load(self) -> None:
-        if self.path.exists():
-            self.written = self.path.read_text(encoding="utf-8")
-            restore(self.em, self.written)
+        if not self.path.exists():
+            return
+        try:
+            text = self.path.read_text(encoding="utf-8")
+            restore(self.em, text)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            aside = self.path.with_name(f"{self.path.name}.unreadable")
+            log.warning(
+                "the saved account %s cannot be read (%s): moved to %s, starting empty",
+                self.path,
+                exc,
+                aside,
+            )
+            self.path.replace(aside)
+            for name in (
+                *stores(),
+                "line_items",
+                "intent_data",
+                "payers",
+                "cards",
+                "replies",
+                "deliveries",
+            ):
+                getattr(self.em, name).clear()
+            self.em.hidden.clear()
+            self.em.held.clear()
+            return
+        self.written = text
 
     def save(self) -> None:
         text = snapshot(self.em)
         if text == self.written:
             return
         draft = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-        draft.write_text(text, encoding="utf-8")
+        with draft.open("w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
         os.replace(draft, self.path)
         self.written = text
+
+    def save_or_warn(self) -> None:
+        """``save``, for the background: a full disk is said, and tried again next time."""
+        try:
+            self.save()
+        except OSError as exc:
+            log.warning("the account could not be saved to %s: %s", self.path, exc)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -91,8 +145,9 @@ class Keeper:
         async def watch() -> None:
             while True:
                 await asyncio.sleep(SAVE_EVERY_SECONDS)
-                self.save()
+                self.save_or_warn()
 
+        resume(self.em)
         task = asyncio.get_running_loop().create_task(watch())
         try:
             yield
@@ -100,7 +155,7 @@ class Keeper:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            self.save()
+            self.save_or_warn()
 
 
 class SaveAfterWrites:
@@ -115,4 +170,4 @@ class SaveAfterWrites:
             await self.app(scope, receive, send)
         finally:
             if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD"):
-                self.keeper.save()
+                self.keeper.save_or_warn()

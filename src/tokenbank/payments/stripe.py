@@ -494,6 +494,9 @@ def provider_error(what: str, exc: stripe.StripeError) -> TokenbankError:
     limited, a 5xx, a request with the same idempotency key still running) or not."""
     status = exc.http_status or 0
     message = f"Stripe could not {what}: {exc.user_message or exc}"
+    if isinstance(exc, stripe.IdempotencyError) and status == 400:
+        # The key was used with other parameters: retrying the same request never helps.
+        return PaymentProviderError(message)
     if isinstance(exc, stripe.APIConnectionError | stripe.RateLimitError | stripe.IdempotencyError):
         return PaymentProviderUnavailable(message, retry_after=5)
     if status >= 500 or status == 429 or isinstance(exc, stripe.APIError):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import zoneinfo
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from functools import cache
 from pathlib import Path
@@ -125,7 +125,7 @@ class Language:
                 "{0}", format_time(local, "short", tzinfo=self.zone, locale=self.locale)
             )
             + " "
-            + self.zone_abbreviation
+            + self._zone_at(local)
         )
 
     def when(self, moment: Moment) -> str:
@@ -146,18 +146,21 @@ class Language:
             return "UTC"
         return str(get_timezone_name(self.zone, "long", locale=self.locale))
 
-    @property
-    def zone_abbreviation(self) -> str:
-        """A short name for the zone after a time: "UTC", "ET", else its offset."""
+    def _zone_at(self, local: Moment) -> str:
+        """A short name for the zone after a time: "UTC", "ET", else its offset at that
+        moment (summer and winter differ)."""
         if self.zone.key in UTC_ZONES:
             return "UTC"
         short = str(get_timezone_name(self.zone, "short", locale=self.locale))
         if len(short) <= 5:
             return short
-        return str(format_datetime(datetime.now(UTC), "ZZZZ", tzinfo=self.zone, locale=self.locale))
+        return str(format_datetime(local, "ZZZZ", tzinfo=self.zone, locale=self.locale))
 
     def in_zone(self, name: str | None) -> Language:
-        """This language with times in zone ``name`` (an IANA name; unknown ones: UTC)."""
+        """This language with times in zone ``name`` (an IANA name; unknown ones: UTC).
+        ``name`` may come from a cookie: only a zone this system knows reaches the cache."""
+        if not name or name not in known_zones():
+            return language(self.tag)
         return zoned(self.tag, name)
 
     def jinja_globals(self) -> dict[str, Any]:
@@ -186,10 +189,17 @@ UTC_ZONES = frozenset({"UTC", "Etc/UTC", "Etc/UCT", "UCT", "Universal", "Zulu", 
 
 
 @cache
+def known_zones() -> frozenset[str]:
+    """Every IANA zone this system has."""
+    return frozenset(zoneinfo.available_timezones())
+
+
+@cache
 def zoned(tag: str, zone: str | None) -> Language:
-    """``language(tag)`` in time zone ``zone`` (kept per pair: a handful in practice)."""
+    """``language(tag)`` in time zone ``zone``, kept per pair; callers pass only known zones
+    (``Language.in_zone``), so the cache holds at most languages times zones."""
     base = language(tag)
-    if not zone or zone == base.zone.key:
+    if not zone or zone == base.zone.key or zone not in known_zones():
         return base
     try:
         return replace(base, zone=zoneinfo.ZoneInfo(zone))

@@ -9,6 +9,7 @@ from functools import partial
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
+import structlog
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
@@ -16,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from tokenbank import billing, identity
 from tokenbank.billing import Billing, PurchaseFlow
 from tokenbank.db import Database
-from tokenbank.errors import TokenbankError, UnknownPurchase
+from tokenbank.errors import TokenbankError, Unavailable, UnknownPurchase
 from tokenbank.web.deps import BillingDep, Lang, QueryRowId, RowId, RuntimeDep, Visitor
 from tokenbank.web.i18n import Language
 from tokenbank.web.problems import problem, status_of
@@ -24,6 +25,7 @@ from tokenbank.web.render import HOME, Pages, redirect
 from tokenbank.web.routing import PageRoute
 from tokenbank.web.texts import error_text
 
+log = structlog.get_logger("tokenbank.web")
 router = APIRouter(
     include_in_schema=False, default_response_class=HTMLResponse, route_class=PageRoute
 )
@@ -31,8 +33,9 @@ router = APIRouter(
 MAX_POLLS = 30
 #: A Stripe id in the success page's query (cs_..., pi_...).
 StripeId = Annotated[str | None, Query(max_length=255, pattern=r"^[A-Za-z0-9_]+$")]
-#: A purchase's reference in the cancel link Stripe sends a buyer back with.
-Reference = Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+#: A purchase's reference in the cancel link Stripe sends a buyer back with (anything else
+#: simply matches no purchase: the page still says nothing was charged).
+Reference = Annotated[str | None, Query(max_length=200)]
 
 
 async def not_selling(pages: Pages, request: Request, lang: Language) -> Response:
@@ -275,17 +278,26 @@ async def purchase_cancel(
     if seller is not None and purchase is not None and reference is not None:
         found = await run_in_threadpool(_by_reference, parts.db, purchase, reference)
         if found is not None:
-            found = await run_in_threadpool(
-                partial(
-                    billing.cancel_purchase,
-                    parts.db,
-                    seller.stripe,
-                    purchase_id=found.id,
-                    policy=seller.policy,
+            try:
+                found = await run_in_threadpool(
+                    partial(
+                        billing.cancel_purchase,
+                        parts.db,
+                        seller.stripe,
+                        purchase_id=found.id,
+                        policy=seller.policy,
+                    )
                 )
-            )
+            except TokenbankError as exc:
+                # Stripe away or refusing: nothing was charged all the same, and Stripe ends
+                # the page itself within a day; reconcile settles the rest.
+                log.warning("cancel_deferred", purchase_id=found.id, code=exc.code)
             if found.status is billing.PurchaseStatus.PAID:
                 return redirect(f"{HOME}?purchased={found.id}")
+    elif seller is not None and purchase is not None and visitor is not None:
+        # A link without its reference (an older one) changes nothing; its owner still
+        # gets the package offered again.
+        found = await run_in_threadpool(_own_purchase, parts.db, purchase, visitor.user_id)
     package = None
     if found is not None and seller is not None:
         package = seller.catalog.find(found.package_id)
@@ -312,15 +324,20 @@ async def cancel_pending(
     if seller is not None:
         found = await run_in_threadpool(_own_purchase, parts.db, purchase_id, visitor.user_id)
         if found is not None:
-            await run_in_threadpool(
-                partial(
-                    billing.cancel_purchase,
-                    parts.db,
-                    seller.stripe,
-                    purchase_id=found.id,
-                    policy=seller.policy,
+            try:
+                await run_in_threadpool(
+                    partial(
+                        billing.cancel_purchase,
+                        parts.db,
+                        seller.stripe,
+                        purchase_id=found.id,
+                        policy=seller.policy,
+                    )
                 )
-            )
+            except Unavailable:
+                raise  # "unavailable for a moment, try again", as a page
+            except TokenbankError as exc:
+                log.warning("cancel_refused", purchase_id=found.id, code=exc.code)
     return redirect(HOME)
 
 
@@ -341,18 +358,9 @@ async def continue_pending(
         return redirect(f"/login?next=/purchases/{purchase_id}/continue")
     if seller is None:
         return await not_selling(parts.pages, request, lang)
-    found = await run_in_threadpool(_own_purchase, parts.db, purchase_id, visitor.user_id)
-    if found is None:
-        return redirect(HOME)
-    resumed = await run_in_threadpool(
-        partial(
-            billing.resume_purchase,
-            parts.db,
-            seller.stripe,
-            purchase_id=found.id,
-            policy=seller.policy,
-        )
-    )
+    resumed = await run_in_threadpool(_resume, parts.db, seller, purchase_id, visitor.user_id)
+    if resumed is None:
+        return redirect(HOME)  # not theirs, or nothing can pay it: the dashboard says how
     if resumed.checkout_url is not None:
         return RedirectResponse(resumed.checkout_url, status_code=303)
     if resumed.payment is not None:
@@ -366,6 +374,22 @@ async def continue_pending(
             wants_json=False,
         )
     return redirect(HOME)
+
+
+def _resume(db: Database, seller: Billing, purchase_id: int, user_id: str) -> billing.Resume | None:
+    """The buyer's way back to paying, or None. Stripe away is "unavailable for a moment"
+    (a page); Stripe refusing means nothing can pay it any more."""
+    found = _own_purchase(db, purchase_id, user_id)
+    if found is None:
+        return None
+    try:
+        return billing.resume_purchase(
+            db, seller.stripe, purchase_id=found.id, policy=seller.policy
+        )
+    except Unavailable:
+        raise
+    except TokenbankError:
+        return None
 
 
 def _by_reference(db: Database, purchase_id: int, reference: str) -> billing.Purchase | None:
