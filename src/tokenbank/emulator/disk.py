@@ -25,7 +25,7 @@ from typing import Any
 
 from tokenbank.emulator import events
 from tokenbank.emulator.cards import BY_NUMBER
-from tokenbank.emulator.state import Delivery, Emulator, StoredReply, stores
+from tokenbank.emulator.state import Delivery, Emulator, StoredReply, clear, stores
 
 log = logging.getLogger("tokenbank.emulator")
 
@@ -104,18 +104,7 @@ class Keeper:
                 aside,
             )
             self.path.replace(aside)
-            for name in (
-                *stores(),
-                "line_items",
-                "intent_data",
-                "payers",
-                "cards",
-                "replies",
-                "deliveries",
-            ):
-                getattr(self.em, name).clear()
-            self.em.hidden.clear()
-            self.em.held.clear()
+            clear(self.em)  # whatever the cut-off file got in
             return
         self.written = text
 

@@ -38,6 +38,7 @@ from jinja2.runtime import Context
 from markupsafe import Markup
 
 from tokenbank.billing.money import to_major
+from tokenbank.identity import known_time_zone
 from tokenbank.users.models import LANGUAGES
 
 Moment = datetime  # for annotations inside Language, where ``datetime`` is its method
@@ -159,7 +160,7 @@ class Language:
     def in_zone(self, name: str | None) -> Language:
         """This language with times in zone ``name`` (an IANA name; unknown ones: UTC).
         ``name`` may come from a cookie: only a zone this system knows reaches the cache."""
-        if not name or name not in known_zones():
+        if not known_time_zone(name):
             return language(self.tag)
         return zoned(self.tag, name)
 
@@ -189,17 +190,11 @@ UTC_ZONES = frozenset({"UTC", "Etc/UTC", "Etc/UCT", "UCT", "Universal", "Zulu", 
 
 
 @cache
-def known_zones() -> frozenset[str]:
-    """Every IANA zone this system has."""
-    return frozenset(zoneinfo.available_timezones())
-
-
-@cache
 def zoned(tag: str, zone: str | None) -> Language:
     """``language(tag)`` in time zone ``zone``, kept per pair; callers pass only known zones
     (``Language.in_zone``), so the cache holds at most languages times zones."""
     base = language(tag)
-    if not zone or zone == base.zone.key or zone not in known_zones():
+    if not zone or zone == base.zone.key or not known_time_zone(zone):
         return base
     try:
         return replace(base, zone=zoneinfo.ZoneInfo(zone))

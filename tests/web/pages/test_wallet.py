@@ -10,7 +10,7 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.web.browsing import PASSWORD, confirm_address, new_user, sign_in
+from tests.web.browsing import PASSWORD, confirm_address, form_token, new_user, sign_in
 from tokenbank import ledger
 from tokenbank.db import Database
 
@@ -108,7 +108,7 @@ def test_times_are_in_the_readers_zone_named_and_the_csv_in_their_language(
     assert "Date (UTC)" in client.get("/history").text
     client.cookies.set("tb_tz", "America/New_York")
     assert "Date (Eastern Time)" in client.get("/history").text
-    token = _form_token(client, "/account")
+    token = form_token(client, "/account")
     saved = client.post(
         "/account/time-zone",
         data={"time_zone": "Asia/Shanghai", "csrf_token": token},
@@ -124,7 +124,7 @@ def test_times_are_in_the_readers_zone_named_and_the_csv_in_their_language(
         "/account/time-zone", data={"time_zone": "Mars/Olympus", "csrf_token": token}
     )
     assert refused.status_code == 422 and "Choose one of the time zones offered." in refused.text
-    lang = _form_token(client, "/account")
+    lang = form_token(client, "/account")
     client.post("/account/language", data={"language": "zh-CN", "csrf_token": lang})
     rows = list(csv.reader(io.StringIO(client.get("/history.csv").text.removeprefix("\ufeff"))))
     assert rows[0] == ["日期（中国时间）", "类型", "说明", "状态", "代币", "余额", "转账编号"]
@@ -179,12 +179,6 @@ def _spend_free(db: Database, user_id: str) -> None:
     _spend(db, user_id, 1, "tz-s", description="one")
 
 
-def _form_token(client: TestClient, path: str) -> str:
-    found = re.search(r'name="csrf_token" value="([^"]+)"', client.get(path).text)
-    assert found is not None
-    return found.group(1)
-
-
 @pytest.mark.parametrize(
     ("given", "kept"), [("Asia/Shanghai", "China Time"), ("Mars/Olympus", "UTC")]
 )
@@ -193,7 +187,7 @@ def test_sign_up_keeps_the_browsers_time_zone(
 ) -> None:
     """The page's script fills in the browser's zone; one this system does not know is
     dropped, never a reason to refuse the sign-up."""
-    token = _form_token(client, "/register")
+    token = form_token(client, "/register")
     form = {"email": "zoe@example.com", "password": PASSWORD, "time_zone": given}
     answer = client.post("/register", data={**form, "csrf_token": token})
     assert answer.status_code == 200 and 'class="notice error"' not in answer.text
