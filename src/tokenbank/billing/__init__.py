@@ -31,7 +31,13 @@ from tokenbank.billing.purchases import (
 )
 from tokenbank.billing.reconcile import Reconciliation, reconcile
 from tokenbank.billing.reviews import REVIEW_DECISIONS, resolve_review
-from tokenbank.billing.settlement import Payment, fetch_payment, settle, settle_returning_buyer
+from tokenbank.billing.settlement import (
+    Payment,
+    fetch_payment,
+    settle,
+    settle_from_stripe,
+    settle_returning_buyer,
+)
 from tokenbank.billing.unpaid import Resume, cancel_purchase, resume_purchase
 from tokenbank.billing.webhooks import (
     HANDLED_EVENTS,
@@ -162,6 +168,7 @@ __all__ = [
     "resume_purchase",
     "sales_by_package",
     "settle",
+    "settle_from_stripe",
     "settle_returning_buyer",
     "start_checkout",
     "start_payment",

@@ -30,7 +30,7 @@ from tokenbank.billing.models import DisputeStatus, PurchaseStatus, disputes, pu
 from tokenbank.billing.outcomes import Outcome
 from tokenbank.billing.purchases import ClawbackPolicy, count_awaiting_review, to_purchase
 from tokenbank.billing.reviews import flag_purchase
-from tokenbank.billing.settlement import fetch_payment, settle
+from tokenbank.billing.settlement import settle_from_stripe
 from tokenbank.billing.unpaid import ABANDONED_AFTER, cancel_purchase
 from tokenbank.columns import utcnow
 from tokenbank.db import Database
@@ -120,19 +120,19 @@ def _check(
 ) -> None:
     try:
         try:
-            payment = (
-                fetch_payment(stripe, session_id=item.stripe_id)
-                if item.kind == "session"
-                else fetch_payment(stripe, payment_intent_id=item.stripe_id)
+            outcome = settle_from_stripe(
+                db,
+                stripe,
+                session_id=item.stripe_id if item.kind == "session" else None,
+                payment_intent_id=item.stripe_id if item.kind == "intent" else None,
+                policy=policy,
+                source="reconcile",
             )
         except StripeObjectMissing:
             if item.purchase_id is None:
                 raise
             _missing(db, item, result)
             return
-        with db.transaction() as conn:
-            outcome = settle(conn, payment, policy=policy)
-        outcome.log_changes("reconcile")
     except (PaymentProviderError, Unavailable) as exc:
         result.errors.append(f"{item.stripe_id}: {exc}")
     except Exception as exc:  # one bad payment must not stop the others

@@ -152,6 +152,25 @@ def _stripe_state(payment: Payment) -> str:
     return ", ".join(parts) or "missing"
 
 
+def settle_from_stripe(
+    db: Database,
+    stripe: Stripe,
+    *,
+    session_id: str | None,
+    payment_intent_id: str | None,
+    policy: ClawbackPolicy,
+    source: str,
+) -> Outcome:
+    """Both steps for one payment: Stripe's current objects (nothing locked), then one
+    transaction that settles them; the money events are logged once it committed, with
+    ``source`` (who asked: ``success_page``, ``cancel``, ``reconcile``...)."""
+    payment = fetch_payment(stripe, session_id=session_id, payment_intent_id=payment_intent_id)
+    with db.transaction() as conn:
+        outcome = settle(conn, payment, policy=policy)
+    outcome.log_changes(source)
+    return outcome
+
+
 def settle_returning_buyer(
     db: Database,
     stripe: Stripe,
@@ -170,12 +189,16 @@ def settle_returning_buyer(
     if known is None or known.status is PurchaseStatus.PAID:
         return known
     try:
-        payment = fetch_payment(stripe, session_id=session_id, payment_intent_id=payment_intent_id)
+        outcome = settle_from_stripe(
+            db,
+            stripe,
+            session_id=session_id,
+            payment_intent_id=payment_intent_id,
+            policy=policy,
+            source="success_page",
+        )
     except PaymentProviderUnavailable:
         return known  # as it stands: the page asks again, and the webhook will come
-    with db.transaction() as conn:
-        outcome = settle(conn, payment, policy=policy)
-    outcome.log_changes("success_page")
     return outcome.purchase
 
 

@@ -30,7 +30,7 @@ from tokenbank.billing.purchases import (
     get_purchase,
     to_purchase,
 )
-from tokenbank.billing.settlement import fetch_payment, settle
+from tokenbank.billing.settlement import settle_from_stripe
 from tokenbank.columns import utcnow
 from tokenbank.db import Database
 from tokenbank.errors import PaymentProviderError, StripeObjectMissing
@@ -115,14 +115,14 @@ def _settle_instead(
     db: Database, stripe: Stripe, purchase: Purchase, *, policy: ClawbackPolicy
 ) -> Purchase:
     """Stripe would not close it: no longer open, so Stripe's word settles it."""
-    payment = fetch_payment(
+    outcome = settle_from_stripe(
+        db,
         stripe,
         session_id=purchase.checkout_session_id,
         payment_intent_id=None if purchase.checkout_session_id else purchase.payment_intent_id,
+        policy=policy,
+        source="cancel",
     )
-    with db.transaction() as conn:
-        outcome = settle(conn, payment, policy=policy)
-    outcome.log_changes("cancel")
     return outcome.purchase or purchase
 
 

@@ -283,14 +283,14 @@ class _Script:
     def _settle(self, purchase: Purchase) -> billing.Outcome:
         """As reconcile settles a payment: from Stripe's current objects, whatever the
         webhooks (delivered to a running service meanwhile) did or did not do already."""
-        payment = billing.fetch_payment(
+        outcome = billing.settle_from_stripe(
+            self.db,
             self.seller.stripe,
             session_id=purchase.checkout_session_id,
             payment_intent_id=purchase.payment_intent_id,
+            policy=self.seller.policy,
+            source="reconcile",
         )
-        with self.db.transaction() as conn:
-            outcome = billing.settle(conn, payment, policy=self.seller.policy)
-        outcome.log_changes("reconcile")
         if outcome.purchase is None:
             raise PaymentMismatch(f"Stripe's payment does not name purchase {purchase.id}")
         return outcome
