@@ -103,6 +103,17 @@ class Settings(BaseSettings):
     low_balance_threshold: int = Field(default=100, ge=0)
     #: A spend of at least this many tokens gets a log line of its own (0: none).
     log_spends_from: int = Field(default=10_000, ge=0)
+    #: Days purchased tokens stay usable (0: they never expire, the default).
+    purchase_token_days: int = Field(default=0, ge=0, le=36_500)
+
+    # Free trial (docs/grants.md): tokens a new user gets once per person (0: no trial),
+    # and the days they stay usable.
+    trial_tokens: int = Field(default=0, ge=0, le=10**9)
+    trial_days: int = Field(default=14, ge=1, le=3650)
+
+    # The worker (docs/worker.md): how often it reconciles with Stripe, over how many hours.
+    reconcile_minutes: int = Field(default=15, ge=1, le=24 * 60)
+    reconcile_hours: int = Field(default=72, ge=1, le=24 * 90)
 
     # Mail (docs/pages.md): the SMTP server (smtp://, smtp+starttls:// or smtps://; none in
     # development: mail is kept in the outbox and shown at /_dev/mail), the From address,

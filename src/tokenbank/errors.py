@@ -12,6 +12,7 @@
     │   └── PaymentProviderUnavailable
     ├── InvalidArgument               a value the caller sent is not acceptable (by field)
     ├── UnknownPackage                no such package on sale
+    ├── UnknownFeature                no such feature in the catalog
     ├── NotFound
     │   ├── UnknownUser · UnknownTransfer · UnknownHold · UnknownApiKey
     │   └── UnknownPurchase · UnknownEvent
@@ -151,6 +152,16 @@ class UnknownPackage(TokenbankError):
     def __init__(self, package_id: str) -> None:
         self.package_id = package_id
         super().__init__(f"no package {package_id!r} is on sale")
+
+
+class UnknownFeature(TokenbankError):
+    """A spend, hold or check of a feature the catalog does not price."""
+
+    code = "unknown_feature"
+
+    def __init__(self, feature: str) -> None:
+        self.feature = feature
+        super().__init__(f"no feature {feature!r} in the catalog")
 
 
 class NotFound(TokenbankError):

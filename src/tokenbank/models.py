@@ -4,6 +4,7 @@ from tokenbank.apikeys import models as apikeys_models
 from tokenbank.audit import models as audit_models
 from tokenbank.billing import models as billing_models
 from tokenbank.db import metadata
+from tokenbank.grants import models as grants_models
 from tokenbank.identity import models as identity_models
 from tokenbank.ledger import models as ledger_models
 from tokenbank.mail import models as mail_models
@@ -13,6 +14,7 @@ __all__ = [
     "apikeys_models",
     "audit_models",
     "billing_models",
+    "grants_models",
     "identity_models",
     "ledger_models",
     "mail_models",

@@ -31,6 +31,7 @@ EXIT_CODES: dict[type[TokenbankError], int] = {
     errors.MixedScriptEmail: 2,
     errors.WeakPassword: 2,
     errors.UnknownPackage: 2,
+    errors.UnknownFeature: 2,
     errors.InvalidSignature: 2,
     errors.InvalidEvent: 2,
     errors.NotFound: 3,

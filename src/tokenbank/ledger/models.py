@@ -1,4 +1,4 @@
-"""Ledger tables: accounts, transfers, entries and holds.
+"""Ledger tables: accounts, transfers, entries, holds, and the buckets tokens are kept in.
 
 A wallet is the only account with a stored, locked balance. System accounts (where tokens
 come from and go to) keep no balance row: their balance is the sum of their entries, so no
@@ -47,6 +47,20 @@ class TransferKind(enum.StrEnum):
     EXPIRY = "expiry"
 
 
+class Source(enum.StrEnum):
+    """Where a bucket's tokens came from; it decides their place in the order of use."""
+
+    PURCHASE = "purchase"  # bought (with their bonus), or given back by a restore
+    SUBSCRIPTION = "subscription"
+    TRIAL = "trial"
+    PROMO = "promo"
+    ADMIN = "admin"
+
+
+#: Tokens someone paid for: used after promotional ones that expire at the same time.
+PAID_SOURCES = frozenset({Source.PURCHASE, Source.SUBSCRIPTION})
+
+
 class HoldStatus(enum.StrEnum):
     PENDING = "pending"
     POSTED = "posted"
@@ -68,6 +82,7 @@ def _in(column: str, values: type[enum.StrEnum]) -> str:
 
 
 MAX_KEY_LENGTH = 255
+MAX_FEATURE_LENGTH = 64
 
 accounts = sa.Table(
     "accounts",
@@ -113,7 +128,14 @@ transfers = sa.Table(
     sa.Column("refund_of_id", Id, sa.ForeignKey("transfers.id"), nullable=True, index=True),
     sa.Column("event_at", UtcDateTime, nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
+    # A spend of a catalog feature (migration 0010): which, and how many units.
+    sa.Column("feature", sa.String(MAX_FEATURE_LENGTH), nullable=True),
+    sa.Column("quantity", sa.BigInteger, nullable=True),
     sa.CheckConstraint(_in("kind", TransferKind), name="kind"),
+    sa.CheckConstraint(
+        "(feature IS NULL AND quantity IS NULL) OR (feature IS NOT NULL AND quantity > 0)",
+        name="feature_quantity",
+    ),
     sa.CheckConstraint("amount > 0", name="amount_positive"),
     sa.CheckConstraint("debit_account_id <> credit_account_id", name="two_accounts"),
     sa.CheckConstraint(
@@ -156,7 +178,13 @@ holds = sa.Table(
     sa.Column("transfer_id", Id, sa.ForeignKey("transfers.id"), nullable=True, unique=True),
     # Added by migration 0007; before it, a freeze was known by its key's prefix.
     sa.Column("kind", sa.String(16), nullable=False, server_default=HoldKind.HOLD.value),
+    sa.Column("feature", sa.String(MAX_FEATURE_LENGTH), nullable=True),
+    sa.Column("quantity", sa.BigInteger, nullable=True),
     sa.CheckConstraint(_in("status", HoldStatus), name="status"),
+    sa.CheckConstraint(
+        "(feature IS NULL AND quantity IS NULL) OR (feature IS NOT NULL AND quantity > 0)",
+        name="feature_quantity",
+    ),
     sa.CheckConstraint(_in("kind", HoldKind), name="kind"),
     sa.CheckConstraint("amount > 0", name="amount_positive"),
     sa.CheckConstraint(
@@ -181,5 +209,62 @@ holds = sa.Table(
         "account_id",
         postgresql_where=sa.text("status = 'pending'"),
         sqlite_where=sa.text("status = 'pending'"),
+    ),
+)
+
+# What is left of each credit (migration 0010). A wallet's balance is the sum of its
+# buckets' ``remaining``, and its ``held`` the sum of theirs: every change to one changes
+# the other in the same step, under the wallet's lock, and ``verify`` checks both.
+buckets = sa.Table(
+    "buckets",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("account_id", Id, sa.ForeignKey("accounts.id"), nullable=False),
+    # The credit that filled it; NULL only for a balance carried over by migration 0010.
+    sa.Column("transfer_id", Id, sa.ForeignKey("transfers.id"), nullable=True, unique=True),
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("paid", sa.Boolean, nullable=False),
+    sa.Column("amount", sa.BigInteger, nullable=False),
+    sa.Column("remaining", sa.BigInteger, nullable=False),
+    # Of ``remaining``, what pending holds reserve.
+    sa.Column("held", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("expires_at", UtcDateTime, nullable=True),
+    # When what was left of it was moved out (its ``expiry`` transfer).
+    sa.Column("expired_at", UtcDateTime, nullable=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.CheckConstraint(_in("source", Source), name="source"),
+    sa.CheckConstraint("amount > 0", name="amount_positive"),
+    sa.CheckConstraint("held >= 0 AND held <= remaining AND remaining <= amount", name="within"),
+    sa.CheckConstraint("expired_at IS NULL OR expires_at IS NOT NULL", name="expiry"),
+    sa.Index(
+        "ix_buckets_live",
+        "account_id",
+        postgresql_where=sa.text("remaining > 0"),
+        sqlite_where=sa.text("remaining > 0"),
+    ),
+    sa.Index(
+        "ix_buckets_due",
+        "expires_at",
+        postgresql_where=sa.text("expires_at IS NOT NULL AND remaining > held"),
+        sqlite_where=sa.text("expires_at IS NOT NULL AND remaining > held"),
+    ),
+)
+
+# Which buckets each spend, clawback, expiry or refund took tokens from or gave them back to
+# (``transfer_id``), and which ones each hold reserves (``hold_id``).
+draws = sa.Table(
+    "draws",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("bucket_id", Id, sa.ForeignKey("buckets.id"), nullable=False, index=True),
+    sa.Column("transfer_id", Id, sa.ForeignKey("transfers.id"), nullable=True, index=True),
+    sa.Column("hold_id", Id, sa.ForeignKey("holds.id"), nullable=True, index=True),
+    # Taken from the bucket (positive), or given back to it (negative: a refund).
+    sa.Column("amount", sa.BigInteger, nullable=False),
+    sa.CheckConstraint("amount <> 0", name="amount_nonzero"),
+    sa.CheckConstraint(
+        "(transfer_id IS NULL AND hold_id IS NOT NULL AND amount > 0)"
+        " OR (transfer_id IS NOT NULL AND hold_id IS NULL)",
+        name="one_cause",
     ),
 )

@@ -52,6 +52,7 @@ STATUS: dict[type[TokenbankError], int] = {
     errors.MixedScriptEmail: 422,
     errors.WeakPassword: 422,
     errors.UnknownPackage: 422,
+    errors.UnknownFeature: 422,
     errors.NotFound: 404,
     errors.UnknownUser: 404,
     errors.UnknownTransfer: 404,

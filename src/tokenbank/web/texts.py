@@ -99,6 +99,7 @@ ERROR_TEXTS: dict[type[TokenbankError], str] = {
     ),
     errors.WeakPassword: N_("This password is too easy to guess."),
     errors.UnknownPackage: N_("This package is not on sale any more."),
+    errors.UnknownFeature: N_("This feature is not offered."),
     errors.NotFound: N_("There is no such user or record."),
     errors.UnknownUser: N_("There is no such user."),
     errors.UnknownTransfer: N_("There is no such record."),
