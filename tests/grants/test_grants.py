@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from structlog.testing import capture_logs
@@ -41,6 +42,8 @@ def test_a_grant_credits_once_is_audited_and_logged(db: Database) -> None:
             "tokens": 50,
             "transfer_id": first.transfer_id,
             "actor": "cli:op",
+            "source": "admin",
+            "expires_at": None,
         }
     ]
 
@@ -105,3 +108,95 @@ def test_a_retry_by_another_actor_is_a_replay(db: Database) -> None:
     assert again.replayed and again.transfer_id == first.transfer_id
     with db.read() as conn:
         assert [a.actor for a in audit.actions_about(conn, subject="user:ann")] == ["api_key:1"]
+
+
+NOW = datetime(2026, 11, 21, 9, 30, tzinfo=UTC)
+
+
+def test_a_grant_may_expire_and_be_a_promotion(db: Database) -> None:
+    _user(db)
+    expires_at = grants.expiry(days=30, now=NOW)
+    assert expires_at == NOW + timedelta(days=30)
+    given = grants.grant(
+        db,
+        user_id="ann",
+        amount=40,
+        reason="launch week",
+        idempotency_key="promo-1",
+        actor="cli:op",
+        source=ledger.Source.PROMO,
+        expires_at=expires_at,
+        now=NOW,
+    )
+    assert (given.source, given.expires_at, given.replayed) == (
+        ledger.Source.PROMO,
+        expires_at,
+        False,
+    )
+    # A retry that asks other terms is still the first grant, and says the first's terms.
+    again = grants.grant(
+        db,
+        user_id="ann",
+        amount=40,
+        reason="launch week",
+        idempotency_key="promo-1",
+        actor="cli:op",
+        expires_at=NOW + timedelta(days=31),
+        now=NOW,
+    )
+    assert again.replayed and (again.source, again.expires_at) == (ledger.Source.PROMO, expires_at)
+    with db.read() as conn:
+        balance = ledger.balance(conn, user_id="ann", now=NOW)
+        (action,) = audit.actions_about(conn, subject="user:ann")
+    assert [(e.amount, e.expires_at, e.source) for e in balance.expiring] == [
+        (40, expires_at, ledger.Source.PROMO)
+    ]
+    assert action.details == {
+        "amount": 40,
+        "transfer_id": given.transfer_id,
+        "source": "promo",
+        "expires_at": expires_at.isoformat(),
+    }
+    with db.read() as conn:  # a day after it expired, the tokens are no longer there to use
+        later = ledger.balance(conn, user_id="ann", now=expires_at + timedelta(days=1))
+    assert later.available == 0
+
+
+@pytest.mark.parametrize(
+    ("terms", "field"),
+    [
+        ({"expires_at": NOW}, "expires_at"),  # not in the future
+        ({"expires_at": NOW - timedelta(seconds=1)}, "expires_at"),
+        ({"expires_at": NOW + timedelta(days=3651)}, "expires_at"),
+        ({"expires_at": NOW.replace(tzinfo=None) + timedelta(days=1)}, "expires_at"),
+        ({"source": "trial"}, "source"),  # the trial's own path gives those
+        ({"source": "purchase"}, "source"),
+    ],
+)
+def test_a_grant_with_bad_terms_changes_nothing(
+    db: Database, terms: dict[str, object], field: str
+) -> None:
+    _user(db)
+    with pytest.raises(ledger.InvalidArgument) as refused:
+        grants.grant(
+            db,
+            user_id="ann",
+            amount=5,
+            reason="r",
+            idempotency_key="g",
+            actor="cli:op",
+            now=NOW,
+            **terms,  # type: ignore[arg-type]
+        )
+    assert refused.value.field == field
+    with db.read() as conn:
+        assert ledger.balance(conn, user_id="ann").total_granted == 0
+        assert audit.actions_about(conn, subject="user:ann") == []
+
+
+@pytest.mark.parametrize("days", [0, -1, 3651, True])
+def test_an_expiry_is_one_to_ten_years_of_days(days: int) -> None:
+    with pytest.raises(ledger.InvalidArgument) as refused:
+        grants.expiry(days=days, now=NOW)
+    assert refused.value.field == "expires_in_days"
+    assert grants.expiry(days=3650, now=NOW) == NOW + timedelta(days=3650)

@@ -395,3 +395,52 @@ def test_the_columns_hold_the_longest_forms(db: Database) -> None:
         users.create_user(conn, user_id="long", email=longest.typed)
     assert _register(db, f"m{'m' * 63}@x.com") is not None
     assert len(_accounts(db)) == 3
+
+
+# --- the person behind an address ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("typed", "person"),
+    [
+        # Gmail ignores dots and tags, and googlemail.com is gmail.com.
+        ("Ann.Smith@gmail.com", "annsmith@gmail.com"),
+        ("a.n.n.s.m.i.t.h+shop@GMAIL.com", "annsmith@gmail.com"),
+        ("annsmith+a+b@googlemail.com", "annsmith@gmail.com"),
+        ("\uff41nnsmith@gmail.com", "annsmith@gmail.com"),  # fullwidth "a": NFKC
+        ("ann\u200bsmith@gmail.com", "annsmith@gmail.com"),  # zero-width space
+        # Microsoft: tags, not dots; each domain its own.
+        ("ann.smith+x@outlook.com", "ann.smith@outlook.com"),
+        ("Ann.Smith+y@Hotmail.com", "ann.smith@hotmail.com"),
+        ("ann+z@live.com", "ann@live.com"),
+        ("ann+z@msn.com", "ann@msn.com"),
+        # Apple: one name on all three domains.
+        ("ann+news@me.com", "ann@icloud.com"),
+        ("ann@mac.com", "ann@icloud.com"),
+        ("a.nn@icloud.com", "a.nn@icloud.com"),
+        # Fastmail: tags.
+        ("ann+x@fastmail.com", "ann@fastmail.com"),
+        ("ann+x@fastmail.fm", "ann@fastmail.fm"),
+        # Proton: one name on every domain.
+        ("ann+x@protonmail.com", "ann@proton.me"),
+        ("ann@pm.me", "ann@proton.me"),
+        ("ann@protonmail.ch", "ann@proton.me"),
+        # Yahoo's disposable addresses: base-keyword.
+        ("annbase-shop@yahoo.com", "annbase@yahoo.com"),
+        ("ann.smith+x@yahoo.com", "ann.smith+x@yahoo.com"),
+        # A domain not in the table is taken as typed (canonical form only).
+        ("Ann.Smith+x@Example.com", "ann.smith+x@example.com"),
+        ("ann.smith@mail.gmail.com", "ann.smith@mail.gmail.com"),
+        # A local part that is all tag is no variant of another.
+        ("+x@gmail.com", "+x@gmail.com"),
+    ],
+)
+def test_the_person_behind_an_address(typed: str, person: str) -> None:
+    assert emails.person(emails.forms(typed)) == person
+
+
+def test_every_provider_keys_its_addresses_under_a_domain_of_its_own() -> None:
+    """A provider's key domain is itself in the table, with the same rule: a key is
+    never folded into another person's."""
+    for provider in emails.MAIL_PROVIDERS.values():
+        assert emails.MAIL_PROVIDERS[provider.domain] == provider

@@ -66,24 +66,31 @@ def test_a_user_id_and_an_email_are_taken_once(db: Database) -> None:
 
 def test_upsert_creates_then_updates(db: Database) -> None:
     with db.transaction() as conn:
-        users.upsert_user(conn, user_id="ann", email=None, name=None)
+        created = users.upsert_user(conn, user_id="ann", email=None, name=None)
+    assert created.first_address is None  # no address yet
     with db.transaction() as conn:
-        updated = users.upsert_user(conn, user_id="ann", email="ann@example.com", name="A")
+        done = users.upsert_user(conn, user_id="ann", email="ann@example.com", name="A")
+    updated = done.user
     with db.read() as conn:
         assert users.get_user(conn, user_id="ann") == updated
     assert (updated.email, updated.name) == ("ann@example.com", "A")
+    # The user's first address: the moment a trial is given.
+    assert done.first_address is not None
+    assert done.first_address.canonical == "ann@example.com"
     first = _row(db, "ann")
     assert first.email_verified_at is not None
     with db.transaction() as conn:  # the same address in other letters: still confirmed
         again = users.upsert_user(conn, user_id="ann", email="Ann@Example.com")
-    assert (again.email, again.name) == ("Ann@Example.com", "A")
+    assert (again.user.email, again.user.name) == ("Ann@Example.com", "A")
+    assert again.first_address is None
     row = _row(db, "ann")
     assert (row.email_canonical, row.email_verified_at) == (
         "ann@example.com",
         first.email_verified_at,
     )
     with db.transaction() as conn:  # another address, vouched for anew
-        users.upsert_user(conn, user_id="ann", email="ann@elsewhere.example")
+        moved = users.upsert_user(conn, user_id="ann", email="ann@elsewhere.example")
+    assert moved.first_address is None  # not the first
     row = _row(db, "ann")
     assert row.email_canonical == "ann@elsewhere.example"
     assert row.email_verified_at is not None and row.email_verified_at >= first.email_verified_at

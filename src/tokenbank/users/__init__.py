@@ -4,6 +4,7 @@ users who sign in to tokenbank's pages. Calls the ledger to open their wallets."
 from tokenbank.errors import EmailTaken, UserExists
 from tokenbank.users.emails import Address
 from tokenbank.users.service import (
+    Upsert,
     User,
     check_name,
     create_user,
@@ -17,6 +18,7 @@ from tokenbank.users.service import (
 __all__ = [
     "Address",
     "EmailTaken",
+    "Upsert",
     "User",
     "UserExists",
     "check_name",

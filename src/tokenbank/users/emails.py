@@ -18,7 +18,10 @@ write them, nothing else. The data and the checks are ICU's (PyICU), the referen
 implementation of UTS #39, kept current with each Unicode version.
 
 Sub-addressing (``ann+shop@``) and dots in Gmail local parts are not folded: providers
-differ, and mail to each form reaches whoever the provider says.
+differ, and mail to each form reaches whoever the provider says. What is once per person
+(the trial) goes one step further, with ``person``: for the providers of ``MAIL_PROVIDERS``,
+which document that they deliver every such variant to one mailbox, the variants are one
+person.
 """
 
 from __future__ import annotations
@@ -216,3 +219,71 @@ def _checker() -> icu.SpoofChecker:
     )
     checker.setRestrictionLevel(icu.URestrictionLevel.HIGHLY_RESTRICTIVE)
     return checker
+
+
+# --- the person behind an address ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    """How a mail provider reads the local part of its addresses: which variants of one
+    address it delivers to the same mailbox."""
+
+    #: The domain its mailboxes are keyed under: a provider's domains that share one
+    #: namespace of names (``googlemail.com`` is ``gmail.com``) are keyed under one.
+    domain: str
+    #: Whether dots in the local part are ignored (``a.nn`` is ``ann``).
+    ignores_dots: bool
+    #: The character that starts a tag (``ann+shop`` is ``ann``), or None.
+    tag: str | None
+
+
+_GMAIL = Provider("gmail.com", ignores_dots=True, tag="+")
+_ICLOUD = Provider("icloud.com", ignores_dots=False, tag="+")
+_PROTON = Provider("proton.me", ignores_dots=False, tag="+")
+
+#: The providers whose variants of an address reach one mailbox, by the domain an address
+#: has (in its ASCII form, as ``Address.canonical`` has it). The list is short on purpose:
+#: a provider is here only when it documents the rule for every one of its addresses. A
+#: domain that is not here (a company's own, Google Workspace's, a catch-all) is taken as
+#: typed: its owner decides what reaches whom, and folding what they keep apart would
+#: refuse a trial to a second person. docs/grants.md has the same table.
+MAIL_PROVIDERS: dict[str, Provider] = {
+    "gmail.com": _GMAIL,
+    "googlemail.com": _GMAIL,
+    "outlook.com": Provider("outlook.com", ignores_dots=False, tag="+"),
+    "hotmail.com": Provider("hotmail.com", ignores_dots=False, tag="+"),
+    "live.com": Provider("live.com", ignores_dots=False, tag="+"),
+    "msn.com": Provider("msn.com", ignores_dots=False, tag="+"),
+    # One Apple ID's name is its name on all three.
+    "icloud.com": _ICLOUD,
+    "me.com": _ICLOUD,
+    "mac.com": _ICLOUD,
+    "fastmail.com": Provider("fastmail.com", ignores_dots=False, tag="+"),
+    "fastmail.fm": Provider("fastmail.fm", ignores_dots=False, tag="+"),
+    # One Proton account's name is its name on every Proton domain.
+    "proton.me": _PROTON,
+    "protonmail.com": _PROTON,
+    "protonmail.ch": _PROTON,
+    "pm.me": _PROTON,
+    # Yahoo's disposable addresses are ``base-keyword@``: the base is the person's own.
+    "yahoo.com": Provider("yahoo.com", ignores_dots=False, tag="-"),
+}
+
+
+def person(address: Address) -> str:
+    """The key of the person behind ``address``: its canonical form with, for the providers
+    of ``MAIL_PROVIDERS``, the variants their mailboxes ignore removed (the tag, the dots)
+    and the domain the provider keys them under. Two addresses with one key reach one
+    mailbox; two with different keys may still (a domain of one's own takes mail for any
+    name), which is the limit of what an address can tell."""
+    local, _, domain = address.canonical.rpartition("@")
+    provider = MAIL_PROVIDERS.get(domain)
+    if provider is None:
+        return address.canonical
+    if provider.tag is not None:
+        # A local part that is all tag ("+x") is no variant of another: kept as it is.
+        local = local.split(provider.tag, 1)[0] or local
+    if provider.ignores_dots:
+        local = local.replace(".", "") or local
+    return f"{local}@{provider.domain}"

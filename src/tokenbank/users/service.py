@@ -27,6 +27,16 @@ class User:
     created_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class Upsert:
+    """What ``upsert_user`` did: the user as they are now, and the address it gave a user
+    who had none (a new user's, or an existing user's first), when it did: the moment a
+    new person's trial is given (``grants.grant_trial``)."""
+
+    user: User
+    first_address: Address | None
+
+
 def _check_email(email: str | None) -> Address | None:
     return None if email is None else emails.parse(email)
 
@@ -150,17 +160,23 @@ def upsert_user(
     email: str | None = None,
     name: str | None = None,
     now: datetime | None = None,
-) -> User:
+) -> Upsert:
     """Create the user (and wallet) if new, else update the fields given; safe to repeat."""
     user_id = check_user_id(user_id)
     address = _check_email(email)
     name = check_name(name)
     now = now or utcnow()
     with atomic(conn):
+        first_address = None
         if address is not None:
             owner = holder(conn, address)
             if owner is not None and owner.id != user_id:
                 raise EmailTaken(address.typed)
+            had = conn.execute(
+                sa.select(users.c.email_canonical).where(users.c.id == user_id)
+            ).first()
+            if had is None or had.email_canonical is None:
+                first_address = address
         ledger.open_wallet(conn, user_id=user_id, now=now)
         insert = _upsert[conn.dialect.name].values(
             id=user_id,
@@ -186,4 +202,4 @@ def upsert_user(
         if name is not None:
             changes["name"] = insert.excluded.name
         conn.execute(insert.on_conflict_do_update(index_elements=["id"], set_=changes))
-        return get_user(conn, user_id=user_id)
+        return Upsert(user=get_user(conn, user_id=user_id), first_address=first_address)
