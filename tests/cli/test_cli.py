@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from tokenbank import identity, ledger
 from tokenbank.cli import app
+from tokenbank.columns import utcnow
 from tokenbank.db import Database
 
 runner = CliRunner()
@@ -206,3 +207,22 @@ def test_admin_users_and_sessions(tokenbank: object, db: Database) -> None:
     assert "not_found" in run("users", "admin", "ghost", code=3)  # type: ignore[operator]
     assert "0 session(s) of root signed out" in run("users", "sign-out", "root")  # type: ignore[operator]
     assert "sessions" in run("sweep")  # type: ignore[operator]
+
+
+def test_a_grant_may_expire_and_be_a_promotion(tokenbank: object, db: Database) -> None:
+    run = tokenbank
+    run("users", "create", "alice")  # type: ignore[operator]
+    granted = run(  # type: ignore[operator]
+        "grant", "alice", "40", "--reason", "launch", "--key", "p1",
+        "--expires-in", "30", "--source", "promo",
+    )  # fmt: skip
+    assert "granted 40 tokens to alice (promo, expiring " in granted and "balance 40" in granted
+    with db.read() as conn:
+        (soonest,) = ledger.balance(conn, user_id="alice").expiring
+    assert soonest.source == ledger.Source.PROMO
+    assert timedelta(days=29) < soonest.expires_at - utcnow() <= timedelta(days=30)
+    assert soonest.expires_at.strftime("%Y-%m-%d %H:%M") in granted
+    refused = run("grant", "alice", "1", "--reason", "r", "--expires-in", "0", code=2)  # type: ignore[operator]
+    assert "expires_in_days" in refused
+    refused = run("grant", "alice", "1", "--reason", "r", "--source", "trial", code=2)  # type: ignore[operator]
+    assert "--source" in refused

@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 from structlog.testing import capture_logs
 
+from tests.identity.mailbox import last_token
 from tokenbank import audit, grants, identity, ledger, users
 from tokenbank.db import Database
 from tokenbank.grants.models import trials
@@ -21,6 +22,26 @@ NOW = datetime(2026, 11, 21, 9, 30, tzinfo=UTC)
 TRIAL = grants.Trial(tokens=120, days=14)
 PASSWORDS = Passwords(memory_kib=1024, passes=1)
 PASSWORD = "correct horse battery"
+NEW_PASSWORD = "another horse, another battery"
+
+
+def _register(db: Database, email: str, *, verify: bool, trial: grants.Trial = TRIAL) -> str:
+    user_id = identity.register(
+        db,
+        email=email,
+        password=PASSWORD,
+        passwords=PASSWORDS,
+        language="en",
+        verify=verify,
+        trial=trial,
+    )
+    assert user_id is not None
+    return user_id
+
+
+def _granted(db: Database, user_id: str) -> int:
+    with db.read() as conn:
+        return ledger.balance(conn, user_id=user_id).total_granted
 
 
 def _put(db: Database, user_id: str, email: str, trial: grants.Trial = TRIAL) -> bool:
@@ -141,26 +162,18 @@ def test_racing_accounts_of_one_person_get_one_trial(db: Database) -> None:
         "a.n.n.s.m.i.t.h@gmail.com",
     ]
     start = threading.Barrier(len(variants))
-    results: dict[str, str | None] = {}
+    results: dict[str, str] = {}
 
     def register(n: int) -> None:
         start.wait()
-        results[variants[n]] = identity.register(
-            db,
-            email=variants[n],
-            password=PASSWORD,
-            passwords=PASSWORDS,
-            language="en",
-            verify=False,
-            trial=TRIAL,
-        )
+        results[variants[n]] = _register(db, variants[n], verify=False)
 
     threads = [threading.Thread(target=register, args=(n,)) for n in range(len(variants))]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert all(user_id is not None for user_id in results.values())  # ten accounts
+    assert len(set(results.values())) == len(variants)  # ten accounts
     (given,) = _trials(db)
     assert given[0] == "annsmith@gmail.com"
     with db.read() as conn:
@@ -214,3 +227,43 @@ def test_racing_host_app_users_of_one_person_get_one_trial(db: Database) -> None
     assert _trials(db) == [("annsmith@gmail.com", f"user-{winner}")]
     with db.read() as conn:
         assert ledger.verify(conn).ok
+
+
+# --- on the pages: a registration, and the confirmation of its address --------------------
+
+
+def test_a_registration_without_confirming_gets_the_trial_at_once(db: Database) -> None:
+    ann = _register(db, "Ann.Smith@gmail.com", verify=False)
+    assert _granted(db, ann) == 120
+    bob = _register(db, "annsmith+again@gmail.com", verify=False)
+    assert _granted(db, bob) == 0
+    off = _register(db, "carol@example.com", verify=False, trial=grants.Trial(tokens=0))
+    assert _granted(db, off) == 0
+
+
+def test_a_registration_to_confirm_gets_the_trial_when_it_is_confirmed(db: Database) -> None:
+    """Not before: an unconfirmed variant of someone's address must not take their
+    trial. Whoever confirms first among one person's addresses has it."""
+    squatter = _register(db, "a.nn.smith@gmail.com", verify=True)  # never confirmed
+    ann = _register(db, "Ann.Smith@gmail.com", verify=True)
+    assert _granted(db, squatter) == _granted(db, ann) == 0
+    assert _trials(db) == []
+    token = last_token(db, "verify", "/verify/")  # the newest: Ann's
+    assert identity.verify_email(db, token=token, trial=TRIAL) == ann
+    assert _granted(db, ann) == 120
+    assert _trials(db) == [("annsmith@gmail.com", ann)]
+
+
+def test_a_reset_that_confirms_the_address_gives_the_trial(db: Database) -> None:
+    ann = _register(db, "ann@example.com", verify=True)
+    identity.request_reset(db, email="ann@example.com", language="en")
+    token = last_token(db, "reset", "/password/reset/")
+    identity.reset_password(
+        db, token=token, password=NEW_PASSWORD, passwords=PASSWORDS, trial=TRIAL
+    )
+    assert _granted(db, ann) == 120
+    # Confirmed already: a second reset gives nothing more.
+    identity.request_reset(db, email="ann@example.com", language="en")
+    token = last_token(db, "reset", "/password/reset/")
+    identity.reset_password(db, token=token, password=PASSWORD, passwords=PASSWORDS, trial=TRIAL)
+    assert _granted(db, ann) == 120

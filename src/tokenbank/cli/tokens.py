@@ -3,6 +3,7 @@ the command line, through the same service functions as the API."""
 
 from __future__ import annotations
 
+import enum
 import getpass
 import uuid
 from dataclasses import asdict
@@ -14,7 +15,15 @@ from sqlalchemy.engine import Connection
 
 from tokenbank import grants, ledger
 from tokenbank.cli.common import context, out, reported, run, to_json
+from tokenbank.columns import utcnow
 from tokenbank.errors import InvalidArgument
+
+
+class GrantSource(enum.StrEnum):
+    """``--source``: what granted tokens are (``trial`` is given only by the trial)."""
+
+    ADMIN = "admin"
+    PROMO = "promo"
 
 
 def grant(
@@ -25,22 +34,42 @@ def grant(
     key: Annotated[
         str | None, typer.Option(help="Idempotency key; rerunning with it grants once.")
     ] = None,
+    expires_in: Annotated[
+        int | None,
+        typer.Option(
+            "--expires-in",
+            metavar="DAYS",
+            help=f"Days the tokens stay usable (1-{grants.MAX_DAYS}); without, they never expire.",
+        ),
+    ] = None,
+    source: Annotated[
+        GrantSource, typer.Option(help="What the tokens are: an operator's grant, or a promotion.")
+    ] = GrantSource.ADMIN,
 ) -> None:
     """Grant AMOUNT free tokens to USER_ID (a known user), with a reason; audited as the
     operating system's user running the command."""
     key = key or f"grant-{uuid.uuid4()}"
     with reported():
-        receipt = grants.grant(
+        now = utcnow()
+        expires_at = None if expires_in is None else grants.expiry(days=expires_in, now=now)
+        given = grants.grant(
             context(ctx).db,
             user_id=user_id,
             amount=amount,
             reason=reason,
             idempotency_key=key,
             actor=f"cli:{_login()}",
+            expires_at=expires_at,
+            source=ledger.Source(source.value),
+            now=now,
         )
+    terms = [] if given.source == ledger.Source.ADMIN else [given.source.value]
+    if given.expires_at is not None:
+        terms.append(f"expiring {given.expires_at:%Y-%m-%d %H:%M} UTC")
     out.print(
-        f"granted {receipt.amount} tokens to {user_id}: transfer {receipt.transfer_id},"
-        f" {_balance(ctx, receipt, 'granted')}, key {key}",
+        f"granted {given.amount} tokens to {user_id}"
+        + (f" ({', '.join(terms)})" if terms else "")
+        + f": transfer {given.transfer_id}, {_balance(ctx, given, 'granted')}, key {key}",
         highlight=False,
     )
 

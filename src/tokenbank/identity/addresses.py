@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tokenbank import users
+from tokenbank import grants, users
 from tokenbank.columns import utcnow
 from tokenbank.db import Database
 from tokenbank.errors import EmailTaken, InvalidArgument, InvalidCredentials, InvalidEmailLink
@@ -102,18 +102,24 @@ def request_verification(db: Database, *, user_id: str, language: str) -> bool:
     return True
 
 
-def verify_email(db: Database, *, token: str) -> str:
+def verify_email(db: Database, *, token: str, trial: grants.Trial | None = None) -> str:
     """Confirm the address the link was sent to; returns the account's id.
     ``InvalidEmailLink`` for a used, expired or unknown link, or one sent to an address the
-    account no longer has; ``EmailTaken`` when a look-alike address was confirmed first."""
+    account no longer has; ``EmailTaken`` when a look-alike address was confirmed first.
+    ``trial``: the free trial, given with the confirmation (not before: an address nobody
+    confirmed could be a variant of someone else's, taking their trial)."""
     try:
         with db.transaction() as conn:
             link = links.use(conn, purpose="verify", token=token)
             row = _user(conn, link.user_id)
             if row is None or row.email != link.email:
                 raise InvalidEmailLink
-            if row.email_verified_at is None and not _confirm(conn, row, utcnow()):
-                raise EmailTaken("the account's address")
+            if row.email_verified_at is None:
+                if not _confirm(conn, row, utcnow()):
+                    raise EmailTaken("the account's address")
+                if trial is not None:
+                    address = emails.forms(row.email)
+                    grants.grant_trial(conn, user_id=row.id, address=address, trial=trial)
     except sa.exc.IntegrityError:  # a look-alike confirmed in the same instant
         raise EmailTaken(link.email) from None
     return link.user_id
@@ -162,9 +168,17 @@ def check_reset_link(db: Database, *, token: str) -> None:
         _current(conn, links.peek(conn, purpose="reset", token=token))
 
 
-def reset_password(db: Database, *, token: str, password: str, passwords: Passwords) -> str:
+def reset_password(
+    db: Database,
+    *,
+    token: str,
+    password: str,
+    passwords: Passwords,
+    trial: grants.Trial | None = None,
+) -> str:
     """Set a new password through a reset link, sign out every session of the account, and
-    count the address as confirmed (the link reached it); returns the account's id."""
+    count the address as confirmed (the link reached it), with the free trial that comes
+    with a confirmation (``verify_email``); returns the account's id."""
     with db.read() as conn:
         row = _current(conn, links.peek(conn, purpose="reset", token=token))
     check_password(password, personal=(row.email, row.name))
@@ -175,9 +189,14 @@ def reset_password(db: Database, *, token: str, password: str, passwords: Passwo
                 row = _current(conn, links.use(conn, purpose="reset", token=token))
                 set_password(conn, user_id=row.id, password_hash=hashed)
                 revoke_sessions(conn, user_id=row.id)
-                if row.email_verified_at is None:
-                    # Unless a look-alike was confirmed first: the password is reset anyway.
-                    _confirm(conn, row, utcnow())
+                # Unless a look-alike was confirmed first: the password is reset anyway.
+                if (
+                    row.email_verified_at is None
+                    and _confirm(conn, row, utcnow())
+                    and trial is not None
+                ):
+                    address = emails.forms(row.email)
+                    grants.grant_trial(conn, user_id=row.id, address=address, trial=trial)
             return str(row.id)
         except sa.exc.IntegrityError:
             continue

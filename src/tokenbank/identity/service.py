@@ -17,7 +17,7 @@ from typing import Literal
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tokenbank import users
+from tokenbank import grants, users
 from tokenbank.columns import utcnow
 from tokenbank.db import Database
 from tokenbank.errors import (
@@ -76,6 +76,7 @@ def register(
     name: str | None = None,
     account_language: str | None = None,
     time_zone: str | None = None,
+    trial: grants.Trial | None = None,
 ) -> str | None:
     """Sign up with email and password: the new user's id, or None when the address, or
     one that looks like it, already has an account. Either way a mail goes out (a link to
@@ -85,7 +86,9 @@ def register(
     account buys; without, the mail is a welcome. ``language``: the mail's language (the
     pages' at sign-up); ``account_language``: the one the visitor chose, kept for the
     account (None: the browser decides); ``time_zone``: the browser's, kept for the account
-    when it is a known IANA zone (an unknown one is dropped, never a reason to refuse)."""
+    when it is a known IANA zone (an unknown one is dropped, never a reason to refuse).
+    ``trial``: the free trial, given here when the address needs no confirming, else
+    once it is confirmed (``verify_email``)."""
     # Every refusal comes before the address is looked up: one that came after would
     # tell a new address from a taken one.
     address = emails.parse(email)
@@ -108,6 +111,7 @@ def register(
                     name=name,
                     account_language=account_language,
                     time_zone=time_zone if known_time_zone(time_zone) else None,
+                    trial=None if verify else trial,
                 )
         except (sa.exc.IntegrityError, EmailTaken):
             continue
@@ -126,6 +130,7 @@ def _register(
     name: str | None,
     account_language: str | None,
     time_zone: str | None,
+    trial: grants.Trial | None,
 ) -> str | None:
     owner = users.holder(conn, address)
     if owner is not None:
@@ -148,6 +153,8 @@ def _register(
         set_language(conn, user_id=user.id, language=account_language)
     if time_zone is not None:
         set_time_zone(conn, user_id=user.id, time_zone=time_zone)
+    if trial is not None:
+        grants.grant_trial(conn, user_id=user.id, address=address, trial=trial)
     outbox.enqueue(
         conn,
         kind="verify" if verify else "welcome",

@@ -22,6 +22,7 @@ from tokenbank.config import LOCAL_HOSTS, Settings, with_secrets
 from tokenbank.db import Database, connect, unavailable
 from tokenbank.errors import ConfigurationError, SchemaOutOfDate
 from tokenbank.faults import from_settings as faults_from_settings
+from tokenbank.grants import Trial
 from tokenbank.identity import Passwords, Throttle
 from tokenbank.logs import configure_logging
 from tokenbank.web import api, operations, problems
@@ -135,6 +136,7 @@ def create_app(
         schema_head=migrations.head_revision(database),
         buying_headers=buying_headers(seller),
         verify_email=settings.verify_email,
+        trial=Trial(tokens=settings.trial_tokens, days=settings.trial_days),
         mail=sender,
         # Development on this machine, with no SMTP server: the mailbox shows every link,
         # so it is never served where anyone else could reach it.

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from tokenbank.billing import Billing
     from tokenbank.db import Database
     from tokenbank.faults import Faults
+    from tokenbank.grants import Trial
     from tokenbank.identity import Passwords, Throttle
     from tokenbank.mail import Sender
     from tokenbank.web.auth import KeyCache
@@ -47,6 +48,8 @@ class Runtime:
     buying_headers: dict[str, str]
     #: Whether a new account confirms its address before it may buy.
     verify_email: bool
+    #: The free trial a new person gets once (docs/grants.md); None: no trial.
+    trial: Trial | None = None
     #: Sends the outbox from this process (None: ``tokenbank worker`` does).
     mail: Sender | None
     #: The development mailbox at /_dev/mail (never in production).

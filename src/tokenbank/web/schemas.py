@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from tokenbank.audit import MAX_REASON_LENGTH
 from tokenbank.ledger.inputs import MAX_AMOUNT, MAX_DESCRIPTION_LENGTH
 from tokenbank.ledger.models import MAX_KEY_LENGTH
 
 if TYPE_CHECKING:
-    from tokenbank import ledger
+    from tokenbank import grants, ledger
     from tokenbank.billing import Package, Purchase
 
 Amount = Annotated[StrictInt, Field(gt=0, le=MAX_AMOUNT, description="Whole tokens.")]
@@ -45,6 +45,11 @@ class UserOut(BaseModel):
     email: str | None
     name: str | None
     created_at: datetime
+    trial_granted: bool = Field(
+        default=False,
+        description="True when this request gave the user the free trial (TOKENBANK_TRIAL_"
+        "TOKENS), once per person: never again for another spelling of the same address.",
+    )
 
 
 class BalanceOut(BaseModel):
@@ -109,6 +114,28 @@ class GrantIn(Body):
     amount: Amount
     reason: Annotated[str, Field(min_length=1, max_length=MAX_REASON_LENGTH)]
     idempotency_key: Key
+    expires_at: AwareDatetime | None = Field(
+        default=None,
+        description="When the tokens stop being usable, with its UTC offset; in the future,"
+        " within 3650 days. Not with expires_in_days. Neither: they never expire.",
+    )
+    expires_in_days: Annotated[StrictInt | None, Field(default=None, ge=1, le=3650)] = Field(
+        default=None, description="Days from now the tokens stay usable. Not with expires_at."
+    )
+    source: Literal["admin", "promo"] = Field(
+        default="admin", description="What the tokens are: an operator's grant, or a promotion."
+    )
+
+    @model_validator(mode="after")
+    def one_expiry(self) -> GrantIn:
+        if self.expires_at is not None and self.expires_in_days is not None:
+            raise ValueError("give expires_at or expires_in_days, not both")
+        return self
+
+
+class GrantOut(ReceiptOut):
+    source: str = Field(description="admin or promo: the first grant's, for a replay.")
+    expires_at: datetime | None = Field(description="When the tokens expire; null: never.")
 
 
 class TransferOut(BaseModel):
@@ -278,6 +305,14 @@ def receipt_out(receipt: ledger.Receipt) -> ReceiptOut:
         amount=receipt.amount,
         balance=receipt.balance,
         replayed=receipt.replayed,
+    )
+
+
+def grant_out(grant: grants.Grant) -> GrantOut:
+    return GrantOut(
+        **receipt_out(grant).model_dump(),
+        source=grant.source.value,
+        expires_at=grant.expires_at,
     )
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
 
 from tests.web.api.calls import grant_tokens, problem_of, put_user
-from tokenbank import audit
+from tokenbank import audit, ledger
 from tokenbank.db import Database
 
 
@@ -55,3 +56,81 @@ def test_a_money_event_carries_the_request_id(
     assert credited["request_id"] == "req-grant-1" and credited["tokens"] == 5
     secret = admin["Authorization"].removeprefix("Bearer ")
     assert all(secret not in json.dumps(line) for line in lines)
+
+
+def test_a_grant_may_expire_and_be_a_promotion(
+    client: TestClient, admin: dict[str, str], spender: dict[str, str], db: Database
+) -> None:
+    put_user(client, spender)
+    body = {
+        "amount": 40,
+        "reason": "launch week",
+        "idempotency_key": "promo-1",
+        "expires_in_days": 30,
+        "source": "promo",
+    }
+    before = datetime.now(UTC)
+    first = client.post("/api/v1/users/alice/grants", json=body, headers=admin)
+    assert first.status_code == 201, first.text
+    given = first.json()
+    expires_at = datetime.fromisoformat(given["expires_at"])
+    assert before + timedelta(days=30) <= expires_at <= datetime.now(UTC) + timedelta(days=30)
+    assert (given["source"], given["amount"], given["replayed"]) == ("promo", 40, False)
+    # A retry a moment later is the first grant, with the first one's expiry.
+    again = client.post("/api/v1/users/alice/grants", json=body, headers=admin).json()
+    assert again["replayed"] and again["expires_at"] == given["expires_at"]
+    at = (datetime.now(UTC) + timedelta(days=7)).replace(microsecond=0)
+    dated = {
+        "amount": 5,
+        "reason": "sorry",
+        "idempotency_key": "g-at",
+        "expires_at": at.isoformat(),
+    }
+    answer = client.post("/api/v1/users/alice/grants", json=dated, headers=admin).json()
+    assert (answer["source"], datetime.fromisoformat(answer["expires_at"])) == ("admin", at)
+    plain = {"amount": 1, "reason": "forever", "idempotency_key": "g-plain"}
+    answer = client.post("/api/v1/users/alice/grants", json=plain, headers=admin).json()
+    assert (answer["source"], answer["expires_at"]) == ("admin", None)
+    with db.read() as conn:
+        balance = ledger.balance(conn, user_id="alice")
+        actions = audit.actions_about(conn, subject="user:alice")
+    assert [(e.amount, e.source) for e in balance.expiring] == [
+        (5, ledger.Source.ADMIN),
+        (40, ledger.Source.PROMO),
+    ]
+    assert [a.details["source"] for a in actions if a.details] == ["admin", "admin", "promo"]
+
+
+@pytest.mark.parametrize(
+    ("terms", "message"),
+    [
+        ({"expires_in_days": 30, "expires_at": "2099-01-01T00:00:00Z"}, "not both"),
+        ({"expires_in_days": 0}, "greater than or equal to 1"),
+        ({"expires_in_days": 3651}, "less than or equal to 3650"),
+        ({"expires_in_days": "30"}, "valid integer"),
+        ({"expires_at": "2099-01-01T00:00:00"}, "timezone"),
+        ({"expires_at": "2020-01-01T00:00:00Z"}, "expires_at: must be in the future"),
+        ({"expires_at": "2199-01-01T00:00:00Z"}, "expires_at: must be within 3650 days"),
+        ({"source": "trial"}, "'admin' or 'promo'"),
+        ({"source": "purchase"}, "'admin' or 'promo'"),
+    ],
+)
+def test_bad_terms_are_refused_with_the_reason(
+    client: TestClient,
+    admin: dict[str, str],
+    *,
+    spender: dict[str, str],
+    db: Database,
+    terms: dict[str, object],
+    message: str,
+) -> None:
+    put_user(client, spender)
+    body = {"amount": 5, "reason": "r", "idempotency_key": "g-bad", **terms}
+    refused = problem_of(
+        client.post("/api/v1/users/alice/grants", json=body, headers=admin),
+        422,
+        "validation_error",
+    )
+    assert message in json.dumps(refused)
+    with db.read() as conn:
+        assert ledger.balance(conn, user_id="alice").total_granted == 0

@@ -30,7 +30,7 @@ from tests.web.browsing import (
     signed_in_user,
 )
 from tests.web.conftest import PASSWORDS, SETTINGS
-from tokenbank import identity, mail
+from tokenbank import identity, ledger, mail
 from tokenbank.columns import utcnow
 from tokenbank.config import Settings
 from tokenbank.db import Database
@@ -278,6 +278,26 @@ def test_verification_can_be_turned_off(db: Database) -> None:
         assert last_mail(client, "ann@example.com")["Subject"] == "Welcome to tokenbank"
         sign_in(client, "ann@example.com")
         assert "Confirm your email address" not in client.get("/dashboard").text
+
+
+def test_the_trial_comes_with_the_confirmation(db: Database) -> None:
+    """TOKENBANK_TRIAL_TOKENS reaches the pages: a new account's trial is given when its
+    address is confirmed, and a second account of the same person gets none."""
+    trial = SETTINGS.model_copy(update={"trial_tokens": 120, "trial_days": 14})
+    with _client(db, trial) as client:
+        sign_up(client, "Ann.Smith@gmail.com")
+        with db.read() as conn:
+            (ann,) = conn.execute(sa.select(users_table.c.id)).scalars()
+            assert ledger.balance(conn, user_id=ann).total_granted == 0
+        follow(client, link_in(last_mail(client, "Ann.Smith@gmail.com"), "/verify/"))
+        sign_up(client, "annsmith+2@gmail.com")
+        follow(client, link_in(last_mail(client, "annsmith+2@gmail.com"), "/verify/"))
+    with db.read() as conn:
+        granted = {
+            row.email: ledger.balance(conn, user_id=row.id).total_granted
+            for row in conn.execute(sa.select(users_table.c.id, users_table.c.email))
+        }
+    assert granted == {"Ann.Smith@gmail.com": 120, "annsmith+2@gmail.com": 0}
 
 
 # --- a forgotten password ---------------------------------------------------------------------

@@ -5,11 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
-from tokenbank import grants
+from tokenbank import grants, ledger
+from tokenbank.columns import utcnow
 from tokenbank.web.api.responses import PROBLEMS
 from tokenbank.web.deps import Admin, DatabaseDep, MetricsDep, UserId
 from tokenbank.web.routing import StrictRoute
-from tokenbank.web.schemas import GrantIn, ReceiptOut, receipt_out
+from tokenbank.web.schemas import GrantIn, GrantOut, grant_out
 
 router = APIRouter(prefix="/api/v1", responses=PROBLEMS, route_class=StrictRoute, tags=["tokens"])
 
@@ -17,10 +18,15 @@ router = APIRouter(prefix="/api/v1", responses=PROBLEMS, route_class=StrictRoute
 @router.post("/users/{user_id}/grants", status_code=201)
 async def grant(
     user_id: UserId, body: GrantIn, who: Admin, db: DatabaseDep, metrics: MetricsDep
-) -> ReceiptOut:
-    """Give free tokens to a known user (admin keys only), with a reason; audited."""
+) -> GrantOut:
+    """Give free tokens to a known user (admin keys only), with a reason; audited. They
+    expire at ``expires_at``, or ``expires_in_days`` from now, or never."""
     actor = f"api_key:{who.id}"
-    receipt = await run_in_threadpool(
+    now = utcnow()
+    expires_at = body.expires_at
+    if body.expires_in_days is not None:
+        expires_at = grants.expiry(days=body.expires_in_days, now=now)
+    given = await run_in_threadpool(
         lambda: grants.grant(
             db,
             user_id=user_id,
@@ -28,8 +34,11 @@ async def grant(
             reason=body.reason,
             idempotency_key=body.idempotency_key,
             actor=actor,
+            expires_at=expires_at,
+            source=ledger.Source(body.source),
+            now=now,
         )
     )
-    if not receipt.replayed:
+    if not given.replayed:
         metrics.credits.labels("grant").inc()
-    return receipt_out(receipt)
+    return grant_out(given)

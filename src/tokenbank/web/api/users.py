@@ -7,9 +7,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body
 
-from tokenbank import identity, users
+from tokenbank import grants, identity, users
 from tokenbank.web.api.responses import PROBLEMS
-from tokenbank.web.deps import DatabaseDep, RuntimeDep, Spender, UserId
+from tokenbank.web.deps import RuntimeDep, Spender, UserId
 from tokenbank.web.routing import StrictRoute
 from tokenbank.web.schemas import PortalIn, PortalOut, UserIn, UserOut
 
@@ -17,11 +17,27 @@ router = APIRouter(prefix="/api/v1", responses=PROBLEMS, route_class=StrictRoute
 
 
 @router.put("/users/{user_id}")
-def put_user(user_id: UserId, body: UserIn, _: Spender, db: DatabaseDep) -> UserOut:
-    """Create the user and their wallet, or update their email and name."""
-    with db.autocommit(wallet=user_id) as conn:
-        user = users.upsert_user(conn, user_id=user_id, email=body.email, name=body.name)
-    return UserOut(user_id=user.id, email=user.email, name=user.name, created_at=user.created_at)
+def put_user(user_id: UserId, body: UserIn, _: Spender, parts: RuntimeDep) -> UserOut:
+    """Create the user and their wallet, or update their email and name. A user given an
+    address for the first time gets the free trial, when there is one, unless the person
+    behind the address had it already (``trial_granted`` says which)."""
+    granted = False
+    # One unit: a user never stands without the trial they were due, nor a trial without
+    # its user.
+    with parts.db.transaction(wallet=user_id) as conn:
+        done = users.upsert_user(conn, user_id=user_id, email=body.email, name=body.name)
+        if done.first_address is not None and parts.trial is not None:
+            granted = grants.grant_trial(
+                conn, user_id=user_id, address=done.first_address, trial=parts.trial
+            )
+    user = done.user
+    return UserOut(
+        user_id=user.id,
+        email=user.email,
+        name=user.name,
+        created_at=user.created_at,
+        trial_granted=granted,
+    )
 
 
 @router.post("/users/{user_id}/portal-sessions", status_code=201)

@@ -60,7 +60,9 @@ async def verify(
     request: Request, token: str, visitor: Visitor, parts: RuntimeDep, lang: Lang
 ) -> Response:
     try:
-        user_id = await run_in_threadpool(identity.verify_email, parts.db, token=token)
+        user_id = await run_in_threadpool(
+            identity.verify_email, parts.db, token=token, trial=parts.trial
+        )
     except InvalidEmailLink:
         return await link_refused(parts.pages, request, lang)
     except EmailTaken:
@@ -150,6 +152,7 @@ async def reset(
             token=token,
             password=new_password,
             passwords=parts.passwords,
+            trial=parts.trial,
         )
     except InvalidEmailLink:
         return await link_refused(parts.pages, request, lang)

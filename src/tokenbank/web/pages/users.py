@@ -174,6 +174,7 @@ async def register(
             time_zone=time_zone or request.cookies.get(i18n.ZONE_COOKIE),
             verify=parts.verify_email,
             passwords=parts.passwords,
+            trial=parts.trial,
         )
 
     try:
