@@ -25,6 +25,7 @@ from tokenbank.client import (
     ServiceUnavailable,
     TokenBank,
     Unauthorized,
+    UnknownFeature,
 )
 from tokenbank.db import Database
 from tokenbank.web.app import create_app
@@ -124,6 +125,41 @@ def test_hold_refused_when_short(bank: TokenBank) -> None:
     with pytest.raises(InsufficientTokens), bank.hold("alice", 10_000):
         ran = True
     assert not ran
+
+
+def test_features_are_priced_by_the_server(bank: TokenBank) -> None:
+    receipt = bank.spend("alice", feature="image", quantity=3, idempotency_key="img-1")
+    assert (receipt.amount, receipt.balance, receipt.feature, receipt.quantity) == (
+        120,
+        880,
+        "image",
+        3,
+    )
+    assert bank.spend("alice", feature="image", quantity=3, idempotency_key="img-1").replayed
+    with pytest.raises(UnknownFeature) as unknown:
+        bank.spend("alice", feature="video")
+    assert isinstance(unknown.value, InvalidRequest) and unknown.value.code == "unknown_feature"
+    with pytest.raises(InvalidRequest):
+        bank.spend("alice", 40, feature="image")  # the price is the server's to name
+    with bank.hold("alice", feature="document_summary", quantity=2) as hold:
+        assert (hold.amount, hold.state and hold.state.feature) == (50, "document_summary")
+        hold.post(30)
+    (last, *_) = bank.history("alice").items
+    assert (last.amount, last.feature, last.quantity) == (-30, "document_summary", 2)
+
+
+def test_check_advises_and_changes_nothing(bank: TokenBank) -> None:
+    image = bank.check("alice", feature="image")
+    assert (image.allowed, image.cost, image.available, image.short_by) == (True, 40, 1000, 0)
+    assert image.expires_soonest is None
+    assert image.buy_url == "https://tokens.example/pricing"
+    many = bank.check("alice", feature="image", quantity=30)
+    assert (many.allowed, many.cost, many.short_by) == (False, 1200, 200)
+    assert bank.check("alice", amount=1000).allowed
+    assert bank.balance("alice").available == 1000
+    assert [item.kind for item in bank.history("alice").items] == ["grant"]
+    with pytest.raises(NotFound):
+        bank.check("nobody", amount=1)
 
 
 class DropFirst(httpx.HTTPTransport):

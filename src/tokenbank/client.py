@@ -28,6 +28,8 @@ __all__ = [
     "ApiError",
     "Balance",
     "Checkout",
+    "Entitlement",
+    "Expiring",
     "Forbidden",
     "HistoryPage",
     "Hold",
@@ -45,6 +47,7 @@ __all__ = [
     "TransactionPage",
     "Transfer",
     "Unauthorized",
+    "UnknownFeature",
 ]
 
 RETRY_STATUSES = frozenset({502, 503, 504})
@@ -104,6 +107,10 @@ class InvalidRequest(ApiError):
     """422: the request breaks a rule (an amount of zero, a key too long...)."""
 
 
+class UnknownFeature(InvalidRequest):
+    """422: the catalog prices no such feature (nothing was spent or held)."""
+
+
 class ServiceUnavailable(ApiError):
     """The service could not be reached, or answered 503 (its database or Stripe away, a
     migration pending), after the client's retries: nothing is known to have happened, and
@@ -118,6 +125,7 @@ _ERRORS: dict[str, type[ApiError]] = {
     "forbidden": Forbidden,
     "rate_limited": RateLimited,
     "validation_error": InvalidRequest,
+    "unknown_feature": UnknownFeature,
 }
 
 
@@ -191,6 +199,9 @@ class Receipt:
     amount: int
     balance: int
     replayed: bool
+    #: The feature and units a spend bought, when it named one (the server priced it).
+    feature: str | None = None
+    quantity: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +216,8 @@ class Transfer:
     idempotency_key: str
     event_at: datetime
     created_at: datetime
+    feature: str | None = None
+    quantity: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,10 +240,33 @@ class HoldState:
     expires_at: datetime
     posted_amount: int | None
     transfer_id: int | None
+    feature: str | None = None
+    quantity: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Expiring:
+    amount: int
+    expires_at: datetime
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class Entitlement:
+    """What ``TokenBank.check`` answers: advice for a page (grey out a button), not a
+    promise; the spend or hold that follows decides."""
+
+    allowed: bool
+    cost: int
+    available: int
+    short_by: int
+    expires_soonest: Expiring | None
+    buy_url: str
 
 
 def _receipt(body: dict[str, Any]) -> Receipt:
-    return Receipt(**{name: body[name] for name in Receipt.__slots__})
+    values: dict[str, Any] = {name: body.get(name) for name in Receipt.__slots__}
+    return Receipt(**values)
 
 
 def _hold_state(body: dict[str, Any]) -> HoldState:
@@ -242,6 +278,8 @@ def _hold_state(body: dict[str, Any]) -> HoldState:
         expires_at=datetime.fromisoformat(body["expires_at"]),
         posted_amount=body["posted_amount"],
         transfer_id=body["transfer_id"],
+        feature=body.get("feature"),
+        quantity=body.get("quantity"),
     )
 
 
@@ -257,6 +295,26 @@ def _transfer(body: dict[str, Any]) -> Transfer:
         idempotency_key=body["idempotency_key"],
         event_at=datetime.fromisoformat(body["event_at"]),
         created_at=datetime.fromisoformat(body["created_at"]),
+        feature=body.get("feature"),
+        quantity=body.get("quantity"),
+    )
+
+
+def _entitlement(body: dict[str, Any]) -> Entitlement:
+    soonest = body["expires_soonest"]
+    return Entitlement(
+        allowed=body["allowed"],
+        cost=body["cost"],
+        available=body["available"],
+        short_by=body["short_by"],
+        expires_soonest=None
+        if soonest is None
+        else Expiring(
+            amount=soonest["amount"],
+            expires_at=datetime.fromisoformat(soonest["expires_at"]),
+            source=soonest["source"],
+        ),
+        buy_url=body["buy_url"],
     )
 
 
@@ -272,10 +330,11 @@ class Hold:
     """
 
     def __init__(
-        self, bank: TokenBank, user_id: str, amount: int, key: str, body: dict[str, Any]
+        self, bank: TokenBank, user_id: str, amount: int | None, key: str, body: dict[str, Any]
     ) -> None:
         self._bank = bank
         self.user_id = user_id
+        #: The tokens held; for a feature, known once placed (the server prices it).
         self.amount = amount
         self.idempotency_key = key
         self._body = body
@@ -292,6 +351,7 @@ class Hold:
         self.state = _hold_state(
             self._bank._request("POST", f"/users/{_id(self.user_id)}/holds", json=self._body)
         )
+        self.amount = self.state.amount
         return self.state
 
     def post(self, amount: int) -> Receipt:
@@ -413,15 +473,22 @@ class TokenBank:
     def spend(
         self,
         user_id: str,
-        amount: int,
+        amount: int | None = None,
         *,
+        feature: str | None = None,
+        quantity: int | None = None,
         idempotency_key: str | None = None,
         description: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> Receipt:
-        """Spend now; ``InsufficientTokens`` when the user has too few (nothing is spent)."""
+        """Spend now: ``amount`` tokens, or ``quantity`` units (default 1) of ``feature``,
+        which the server prices from its catalog. ``InsufficientTokens`` when the user has
+        too few, ``UnknownFeature`` for a feature the catalog does not price (nothing is
+        spent either way)."""
         body = {
             "amount": amount,
+            "feature": feature,
+            "quantity": quantity,
             "idempotency_key": idempotency_key or _new_key("spend"),
             "description": description,
             "metadata": metadata,
@@ -458,23 +525,43 @@ class TokenBank:
     def hold(
         self,
         user_id: str,
-        amount: int,
+        amount: int | None = None,
         *,
+        feature: str | None = None,
+        quantity: int | None = None,
         idempotency_key: str | None = None,
         ttl_seconds: int | None = None,
         description: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> Hold:
-        """A hold to use as a context manager (see ``Hold``)."""
+        """A hold to use as a context manager (see ``Hold``): of ``amount`` tokens, or of
+        what ``quantity`` units (default 1) of ``feature`` cost at the server's prices."""
         key = idempotency_key or _new_key("hold")
         body = {
             "amount": amount,
+            "feature": feature,
+            "quantity": quantity,
             "idempotency_key": key,
             "ttl_seconds": ttl_seconds,
             "description": description,
             "metadata": metadata,
         }
         return Hold(self, user_id, amount, key, body)
+
+    def check(
+        self,
+        user_id: str,
+        *,
+        feature: str | None = None,
+        quantity: int | None = None,
+        amount: int | None = None,
+    ) -> Entitlement:
+        """Whether the user could spend ``amount`` tokens, or ``quantity`` units of
+        ``feature``, now: the cost, what is available and missing, where to buy more.
+        Changes nothing; it is advice (to grey out a button), and the spend or hold that
+        follows is what decides."""
+        body = {"amount": amount, "feature": feature, "quantity": quantity}
+        return _entitlement(self._request("POST", f"/users/{_id(user_id)}/check", json=body))
 
     # history
 

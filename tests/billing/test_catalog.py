@@ -11,7 +11,8 @@ import pytest
 
 from tests.stripe_emulator import EmulatorServer, make_billing
 from tokenbank import billing
-from tokenbank.billing.catalog import Catalog, catalog_warnings, parse_catalog
+from tokenbank.billing.catalog import Catalog, catalog_warnings, features_catalog, parse_catalog
+from tokenbank.ledger.inputs import MAX_AMOUNT
 
 CATALOGS = Path("catalogs")
 
@@ -115,3 +116,75 @@ def test_sync_creates_then_keeps_then_follows_changes(emulator_server: EmulatorS
     book = billing.PriceBook(seller.stripe, changed)
     assert book.price_id(replace(plus, price=2500)) == prices[plus.lookup_key].id
     assert book.price_id(plus) is None  # the catalog says 2000: sent inline instead
+
+
+def _feature(**overrides: Any) -> dict[str, Any]:
+    return {"name": {"en": "Image", "zh-CN": "图片"}, "tokens": 40, **overrides}
+
+
+def test_the_shipped_catalogs_price_features_in_both_languages() -> None:
+    for name in ("default.toml", "cny.toml"):
+        catalog = billing.load_catalog(CATALOGS / name)
+        assert {f.id for f in catalog.features} >= {"image", "chat_message"}
+        for feature in catalog.features:
+            assert feature.tokens >= 1
+            assert feature.localized_name("en") != feature.localized_name("zh-CN")
+    usd = billing.load_catalog(CATALOGS / "default.toml")
+    assert [(f.id, f.tokens) for f in usd.features][:2] == [("chat_message", 5), ("image", 40)]
+
+
+def test_features_are_read_and_named_and_a_catalog_without_any_is_valid() -> None:
+    bare = parse_catalog({"currency": "usd", "packages": [_package()]}, source="test")
+    assert bare.features == () and bare.feature("image") is None
+    catalog = parse_catalog(
+        {
+            "currency": "usd",
+            "packages": [_package()],
+            "features": {"image": _feature(), "chat-message_2": _feature(tokens=1)},
+        },
+        source="test",
+    )
+    image = catalog.feature("image")
+    assert image is not None and image.tokens == 40
+    assert (image.localized_name("zh-CN"), image.localized_name("fr")) == ("图片", "Image")
+    assert catalog.feature_name("image", "zh-CN") == "图片"
+    # A history line of a feature since taken out of the catalog is named by its id.
+    assert catalog.feature_name("video", "en") == "video"
+
+
+@pytest.mark.parametrize(
+    ("features", "problem"),
+    [
+        ({"image": _feature(tokens=0)}, "tokens (per unit) must be a whole number >= 1"),
+        ({"image": _feature(tokens=2.5)}, "tokens (per unit) must be a whole number >= 1"),
+        ({"image": _feature(tokens=True)}, "tokens (per unit) must be a whole number >= 1"),
+        ({"image": _feature(tokens=MAX_AMOUNT + 1)}, f"must be at most {MAX_AMOUNT}"),
+        ({"image": {"name": {"en": "Image"}, "tokens": 1}}, "name needs text for each of"),
+        ({"image": _feature(name={"en": "Image", "zh-CN": " "})}, "name needs text"),
+        ({"image": _feature(price=40)}, "unknown key 'price'"),
+        ({"has space": _feature()}, "id must be 1-64 ASCII letters"),
+        ({"x" * 65: _feature()}, "id must be 1-64 ASCII letters"),
+        ({"图片": _feature()}, "id must be 1-64 ASCII letters"),
+        ({"image": 40}, "feature 'image': not a table"),
+        ([_feature()], "features must be tables"),
+    ],
+)
+def test_feature_mistakes_are_reported_with_the_packages(features: Any, problem: str) -> None:
+    with pytest.raises(billing.CatalogError) as caught:
+        parse_catalog(
+            {"currency": "usd", "packages": [_package(tokens=0)], "features": features},
+            source="test",
+        )
+    problems = caught.value.problems
+    assert any(problem in p for p in problems), problems
+    assert any("package 'small'" in p for p in problems)  # one report lists both
+
+
+def test_a_service_that_sells_nothing_reads_the_catalog_for_its_features(tmp_path: Path) -> None:
+    assert features_catalog(tmp_path / "absent.toml") is None
+    catalog = features_catalog(CATALOGS / "default.toml")
+    assert catalog is not None and catalog.feature("image") is not None
+    broken = tmp_path / "broken.toml"
+    broken.write_text('currency = "usd"\n[features.image]\ntokens = 1\n')
+    with pytest.raises(billing.CatalogError):
+        features_catalog(broken)

@@ -185,6 +185,7 @@ BASE_BODIES: dict[str, dict[str, Any]] = {
         "description": "d",
         "metadata": {},
     },
+    "/api/v1/users/{user_id}/check": {"feature": "image", "quantity": 2},
     "/api/v1/holds/{hold_id}/post": {"amount": 1},
     "/api/v1/transfers/{transfer_id}/refund": {
         "idempotency_key": "sweep-r",

@@ -1,7 +1,10 @@
-"""The catalog: the token packages on sale, read from a TOML file chosen in settings.
+"""The catalog: the token packages on sale, and the features tokens buy, read from a TOML
+file chosen in settings.
 
 Prices and tokens are decided here, on the server: a purchase copies them from the catalog
-when it is created, and nothing a client or a Stripe event says can change them.
+when it is created, and nothing a client or a Stripe event says can change them. So do
+features: a spend of ``3 x image`` is priced from the catalog's ``[features.image]``, never
+from a number the caller sends (``tokenbank.entitlements.price_feature``).
 """
 
 from __future__ import annotations
@@ -15,12 +18,16 @@ from typing import Any
 
 from tokenbank.billing.money import EXPONENTS, MINIMUM_CHARGE, to_major
 from tokenbank.errors import CatalogError
+from tokenbank.ledger.inputs import MAX_AMOUNT
 
 LOCALES = ("en", "zh-CN")
 BADGES = ("popular", "best_value")
 #: A price per token outside this band (in major units) is almost surely a typo.
 PRICE_PER_TOKEN_BAND = (Decimal("0.00001"), Decimal("10"))
 MAX_TOKENS = 10**9
+#: An id (of a package or a feature): what a URL, a lookup key and a log line carry as is.
+MAX_ID_LENGTH = 64
+FEATURE_KEYS = frozenset({"name", "tokens"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,10 +74,34 @@ class Package:
 
 
 @dataclass(frozen=True, slots=True)
+class Feature:
+    """Something the app does that costs a fixed number of tokens per unit (an image, a chat
+    message): callers spend ``{"feature": "image", "quantity": 3}`` and the server prices it."""
+
+    id: str
+    name: dict[str, str]
+    #: Tokens per unit.
+    tokens: int
+
+    def localized_name(self, locale: str) -> str:
+        return self.name.get(locale) or self.name["en"]
+
+
+@dataclass(frozen=True, slots=True)
 class Catalog:
     packages: tuple[Package, ...]
     currency: str
     source: str
+    features: tuple[Feature, ...] = ()
+
+    def feature(self, feature_id: str) -> Feature | None:
+        return next((f for f in self.features if f.id == feature_id), None)
+
+    def feature_name(self, feature_id: str, locale: str) -> str:
+        """How a history line names a feature: the catalog's name, or its id once the
+        catalog no longer has it."""
+        found = self.feature(feature_id)
+        return found.localized_name(locale) if found else feature_id
 
     @property
     def on_sale(self) -> tuple[Package, ...]:
@@ -96,6 +127,15 @@ def load_catalog(path: Path) -> Catalog:
     return parse_catalog(raw, source=str(path))
 
 
+def features_catalog(path: Path) -> Catalog | None:
+    """The catalog of a service that sells nothing (no Stripe key): its features still
+    price spends. None when there is no such file (such a service needs none); an invalid
+    one is a ``CatalogError``, as when selling."""
+    if not path.is_file():
+        return None
+    return load_catalog(path)
+
+
 def parse_catalog(raw: dict[str, Any], *, source: str) -> Catalog:
     problems: list[str] = []
     default_currency = raw.get("currency")
@@ -110,14 +150,10 @@ def parse_catalog(raw: dict[str, Any], *, source: str) -> Catalog:
             problems.append(f"{where}: not a table")
             continue
         package_id = entry.get("id")
-        if (
-            not isinstance(package_id, str)
-            or not package_id.replace("-", "").replace("_", "").isalnum()
-            or len(package_id) > 64
-            or not package_id.isascii()
-        ):
+        if not is_catalog_id(package_id):
             problems.append(f"{where}: id must be 1-64 ASCII letters, digits, '-' or '_'")
             continue
+        assert isinstance(package_id, str)
         where = f"package {package_id!r}"
         if package_id in seen:
             problems.append(f"{where}: duplicate id")
@@ -130,9 +166,60 @@ def parse_catalog(raw: dict[str, Any], *, source: str) -> Catalog:
         problems.append(f"packages use several currencies ({', '.join(sorted(currencies))})")
     if packages and not any(p.active for p in packages):
         problems.append("no package is active")
+    features = _features(raw.get("features", {}), problems)
     if problems:
         raise CatalogError(source, problems)
-    return Catalog(packages=tuple(packages), currency=packages[0].currency, source=source)
+    return Catalog(
+        packages=tuple(packages),
+        currency=packages[0].currency,
+        source=source,
+        features=features,
+    )
+
+
+def is_catalog_id(value: object) -> bool:
+    """1-64 ASCII letters, digits, '-' or '_': the shape of package and feature ids."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_ID_LENGTH
+        and value.isascii()
+        and value.replace("-", "").replace("_", "").isalnum()
+    )
+
+
+def _features(raw: object, problems: list[str]) -> tuple[Feature, ...]:
+    """``[features.<id>]`` tables: ``name = {en = ..., zh-CN = ...}`` and ``tokens``, the
+    price of one unit. A catalog without any is valid: spends then name amounts."""
+    if not isinstance(raw, dict):
+        problems.append("features must be tables: [features.<id>]")
+        return ()
+    features = []
+    for feature_id, entry in raw.items():
+        where = f"feature {feature_id!r}"
+        if not is_catalog_id(feature_id):
+            problems.append(f"{where}: id must be 1-64 ASCII letters, digits, '-' or '_'")
+            continue
+        if not isinstance(entry, dict):
+            problems.append(f"{where}: not a table")
+            continue
+        before = len(problems)
+        for unknown in sorted(set(entry) - FEATURE_KEYS):
+            problems.append(f"{where}: unknown key {unknown!r} (a feature has name and tokens)")
+        name = entry.get("name")
+        if not isinstance(name, dict) or not all(
+            isinstance(name.get(locale), str) and name[locale].strip() for locale in LOCALES
+        ):
+            problems.append(f"{where}: name needs text for each of {', '.join(LOCALES)}")
+        tokens = entry.get("tokens")
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+            problems.append(f"{where}: tokens (per unit) must be a whole number >= 1")
+        elif tokens > MAX_AMOUNT:
+            problems.append(f"{where}: tokens (per unit) must be at most {MAX_AMOUNT}")
+        if len(problems) > before:
+            continue
+        assert isinstance(name, dict) and isinstance(tokens, int)
+        features.append(Feature(id=feature_id, name=dict(name), tokens=tokens))
+    return tuple(features)
 
 
 def _package(

@@ -93,6 +93,20 @@ def packages_check(
             "yes" if package.active else "no",
         )
     out.print(table)
+    if catalog.features:
+        priced = Table(title="features: what the tokens buy")
+        for column in ("id", "name", "name (zh-CN)", "tokens per unit"):
+            priced.add_column(
+                column, justify="right" if column == "tokens per unit" else "left", overflow="fold"
+            )
+        for feature in catalog.features:
+            priced.add_row(
+                feature.id,
+                feature.localized_name("en"),
+                feature.localized_name("zh-CN"),
+                f"{feature.tokens:,}",
+            )
+        out.print(priced)
     for warning in catalog_warnings(catalog):
         err.print(f"[yellow]warning[/]: {warning}", highlight=False)
     out.print(f"{len(catalog.packages)} packages, {len(catalog.on_sale)} on sale: OK")

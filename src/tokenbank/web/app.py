@@ -18,6 +18,7 @@ from fastapi.staticfiles import StaticFiles
 
 from tokenbank import __version__, identity, migrations
 from tokenbank.billing import Billing, billing_from_settings
+from tokenbank.billing.catalog import features_catalog
 from tokenbank.config import LOCAL_HOSTS, Settings, with_secrets
 from tokenbank.db import Database, connect, unavailable
 from tokenbank.errors import ConfigurationError, SchemaOutOfDate
@@ -57,6 +58,8 @@ def create_app(
         raise ConfigurationError("no secret key: pass the settings through with_secrets()")
     database = db or connect(settings.database_url, pool_size=settings.database_pool_size)
     seller = seller or billing_from_settings(settings)
+    # Features are priced from the catalog whether or not anything is sold.
+    catalog = seller.catalog if seller else features_catalog(settings.catalog)
     metrics = Metrics()
     access_log = AccessLog() if settings.log_level in {"debug", "info"} else None
     warnings = _warnings(seller) + _mail_warnings(settings)
@@ -114,7 +117,7 @@ def create_app(
         db=database,
         browsers=browsers,
         low_balance=settings.low_balance_threshold,
-        catalog=seller.catalog if seller else None,
+        catalog=catalog,
         verify_email=settings.verify_email,
     )
     sender = mail_sender(settings, database) if settings.mail_sender == "app" else None
@@ -127,6 +130,7 @@ def create_app(
         passwords=passwords or Passwords(),
         throttle=throttle,
         billing=seller,
+        catalog=catalog,
         faults=faults_from_settings(settings),
         public_url=settings.public_url.rstrip("/"),
         default_hold_ttl=settings.default_hold_ttl_seconds,
@@ -161,7 +165,7 @@ def create_app(
     install_page_errors(app, pages)
     problems.install(
         app,
-        buy_url=f"{parts.public_url}/pricing",
+        buy_url=parts.buy_url,
         on_refusal=lambda code: metrics.refusals.labels(code).inc(),
         page=partial(unavailable_page, pages),
         db=database,

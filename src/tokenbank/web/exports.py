@@ -13,7 +13,17 @@ from collections.abc import Callable, Iterator, Sequence
 from tokenbank import ledger
 from tokenbank.db import Database
 
-COLUMNS = ("date_utc", "kind", "description", "tokens", "balance_after", "transfer_id")
+#: Programs read these by position too: a new column only ever goes at the end.
+COLUMNS = (
+    "date_utc",
+    "kind",
+    "description",
+    "tokens",
+    "balance_after",
+    "transfer_id",
+    "feature",
+    "quantity",
+)
 BATCH = 500
 #: The first characters with which a spreadsheet program reads a cell as a formula.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -50,6 +60,8 @@ def machine_row(item: ledger.HistoryItem) -> tuple[object, ...]:
         item.amount,
         item.balance_after,
         item.transfer_id,
+        cell(item.feature),
+        "" if item.quantity is None else item.quantity,
     )
 
 

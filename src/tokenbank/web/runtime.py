@@ -11,6 +11,7 @@ from fastapi import Request
 
 if TYPE_CHECKING:
     from tokenbank.billing import Billing
+    from tokenbank.billing.catalog import Catalog
     from tokenbank.db import Database
     from tokenbank.faults import Faults
     from tokenbank.grants import Trial
@@ -56,6 +57,14 @@ class Runtime:
     dev_mail: bool
     #: What is configured to work only in part, said at start-up and by /readyz.
     warnings: tuple[str, ...] = ()
+    #: The catalog: the packages (when selling) and the features spends are priced from;
+    #: None for a service that sells nothing and has no catalog file.
+    catalog: Catalog | None = None
+
+    @property
+    def buy_url(self) -> str:
+        """The pricing page: where a user short of tokens can buy more."""
+        return f"{self.public_url}/pricing"
 
     def return_urls(self) -> tuple[str, str]:
         """Where Stripe Checkout sends a buyer back: this site's success and cancel pages."""

@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from tokenbank.audit import MAX_REASON_LENGTH
+from tokenbank.entitlements import MAX_QUANTITY
 from tokenbank.ledger.inputs import MAX_AMOUNT, MAX_DESCRIPTION_LENGTH
-from tokenbank.ledger.models import MAX_KEY_LENGTH
+from tokenbank.ledger.models import MAX_FEATURE_LENGTH, MAX_KEY_LENGTH
 
 if TYPE_CHECKING:
-    from tokenbank import grants, ledger
+    from tokenbank import entitlements, grants, ledger
     from tokenbank.billing import Package, Purchase
 
 Amount = Annotated[StrictInt, Field(gt=0, le=MAX_AMOUNT, description="Whole tokens.")]
@@ -31,8 +32,56 @@ Metadata = Annotated[
 ]
 
 
+FeatureId = Annotated[
+    str | None,
+    Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_FEATURE_LENGTH,
+        description="A feature of the catalog (GET /api/v1/packages lists them): the server"
+        " prices it; instead of amount.",
+        examples=["image"],
+    ),
+]
+Quantity = Annotated[
+    StrictInt | None,
+    Field(
+        default=None,
+        gt=0,
+        le=MAX_QUANTITY,
+        description="Units of the feature (default 1); only with feature.",
+    ),
+]
+
+
 class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class Priced(Body):
+    """A body that names what it costs in one of two ways: an ``amount`` of tokens, or a
+    ``feature`` (and a ``quantity``) that the server prices from its catalog. Never both:
+    a caller cannot name the price of a feature."""
+
+    amount: Annotated[StrictInt | None, Field(default=None, gt=0, le=MAX_AMOUNT)] = None
+    feature: FeatureId = None
+    quantity: Quantity = None
+
+    @model_validator(mode="after")
+    def _one_price(self) -> Priced:
+        if self.feature is None:
+            if self.amount is None:
+                raise ValueError("name an amount, or a feature (and a quantity)")
+            if self.quantity is not None:
+                raise ValueError("quantity goes with a feature; with an amount, leave it out")
+            return self
+        if self.amount is not None:
+            raise ValueError(
+                "name either an amount or a feature, not both: a feature's price is the catalog's"
+            )
+        if self.quantity is None:
+            self.quantity = 1
+        return self
 
 
 class UserIn(Body):
@@ -63,8 +112,7 @@ class BalanceOut(BaseModel):
     debt: int = Field(default=0, description="Clawed back (refund, dispute) but not covered.")
 
 
-class SpendIn(Body):
-    amount: Amount
+class SpendIn(Priced):
     idempotency_key: Key
     description: Description = None
     metadata: Metadata = None
@@ -77,10 +125,11 @@ class ReceiptOut(BaseModel):
     amount: int
     balance: int = Field(description="The wallet's balance right after this transfer.")
     replayed: bool = Field(description="True when this repeats the first result of the key.")
+    feature: str | None = Field(default=None, description="The feature spent, if one was.")
+    quantity: int | None = Field(default=None, description="Its units.")
 
 
-class HoldIn(Body):
-    amount: Amount
+class HoldIn(Priced):
     idempotency_key: Key
     ttl_seconds: Annotated[StrictInt | None, Field(default=None, gt=0, le=7 * 24 * 3600)] = None
     description: Description = None
@@ -98,6 +147,8 @@ class HoldOut(BaseModel):
     posted_amount: int | None
     transfer_id: int | None
     replayed: bool
+    feature: str | None = Field(default=None, description="The feature held for, if one was.")
+    quantity: int | None = Field(default=None, description="Its units.")
 
 
 class PostIn(Body):
@@ -149,11 +200,34 @@ class TransferOut(BaseModel):
     idempotency_key: str
     event_at: datetime
     created_at: datetime
+    feature: str | None = Field(default=None, description="The feature spent, if one was.")
+    quantity: int | None = Field(default=None, description="Its units.")
 
 
 class HistoryOut(BaseModel):
     items: list[TransferOut]
     next_cursor: str | None = Field(description="Pass as ?cursor= for older transfers.")
+
+
+class CheckIn(Priced):
+    """What a check asks about: an amount, or a feature and a quantity."""
+
+
+class ExpiringOut(BaseModel):
+    amount: int
+    expires_at: datetime
+    source: str = Field(description="purchase, subscription, trial, promo or admin.")
+
+
+class CheckOut(BaseModel):
+    allowed: bool = Field(description="Whether the cost can be spent now. Advice only.")
+    cost: int = Field(description="Tokens the feature and quantity (or the amount) cost.")
+    available: int
+    short_by: int = Field(description="Tokens missing; 0 when allowed.")
+    expires_soonest: ExpiringOut | None = Field(
+        description="The tokens that expire first, if any do."
+    )
+    buy_url: str = Field(description="Where the user can buy more tokens.")
 
 
 class Health(BaseModel):
@@ -328,6 +402,8 @@ def hold_out(hold: ledger.Hold) -> HoldOut:
         posted_amount=hold.posted_amount,
         transfer_id=hold.transfer_id,
         replayed=hold.replayed,
+        feature=hold.feature,
+        quantity=hold.quantity,
     )
 
 
@@ -343,6 +419,24 @@ def transfer_out(item: ledger.HistoryItem) -> TransferOut:
         idempotency_key=item.idempotency_key,
         event_at=item.event_at,
         created_at=item.created_at,
+        feature=item.feature,
+        quantity=item.quantity,
+    )
+
+
+def check_out(entitlement: entitlements.Entitlement) -> CheckOut:
+    soonest = entitlement.expires_soonest
+    return CheckOut(
+        allowed=entitlement.allowed,
+        cost=entitlement.cost,
+        available=entitlement.available,
+        short_by=entitlement.short_by,
+        expires_soonest=None
+        if soonest is None
+        else ExpiringOut(
+            amount=soonest.amount, expires_at=soonest.expires_at, source=soonest.source.value
+        ),
+        buy_url=entitlement.buy_url,
     )
 
 

@@ -91,9 +91,11 @@ def test_history_pages_filter_and_csv(
     assert csv.headers["content-type"].startswith("text/csv")
     lines = csv.text.strip().splitlines()
     # The pages' export's columns (one writer behind both), a BOM for spreadsheets.
-    assert lines[0] == "\ufeffdate_utc,kind,description,tokens,balance_after,transfer_id"
+    assert lines[0] == (
+        "\ufeffdate_utc,kind,description,tokens,balance_after,transfer_id,feature,quantity"
+    )
     assert len(lines) == 6
-    assert ',spend,"call, 4",-5,985,' in lines[1]
+    assert ',spend,"call, 4",-5,985,' in lines[1] and lines[1].endswith(",,")
     problem_of(client.get("/api/v1/users/bob/history.csv", headers=reader), 404, "not_found")
 
 

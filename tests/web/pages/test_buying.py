@@ -46,6 +46,17 @@ def test_pricing_shows_every_package_to_anyone(browser: TestClient) -> None:
     assert "$9.09 per 1,000 tokens" in page.text  # Plus: $20.00 for 2,200 tokens
 
 
+def test_pricing_says_what_the_tokens_buy_at_the_prices_the_api_charges(
+    browser: TestClient,
+) -> None:
+    page = browser.get("/pricing").text
+    assert "What your tokens buy" in page
+    assert re.search(r'data-feature="image"><span>Image</span> <strong>40 tokens each<', page)
+    assert re.search(r'data-feature="chat_message"><span>Chat message</span> <strong>5 ', page)
+    chinese = browser.get("/pricing", headers={"accept-language": "zh-CN"}).text
+    assert 'data-feature="image"><span>图片</span>' in chinese
+
+
 def test_buying_goes_to_checkout_and_back(
     browser: TestClient, emulator_server: EmulatorServer
 ) -> None:

@@ -85,6 +85,8 @@ def test_csv_exports_the_filtered_view_and_defuses_formulas(
         "Tokens",
         "Balance",
         "Transfer",
+        "Feature",
+        "Quantity",
     ]
     assert [(r[1], r[3], r[4], r[5]) for r in rows[1:]] == [
         ("Spend", "Completed", "-30", "70"),
@@ -127,7 +129,17 @@ def test_times_are_in_the_readers_zone_named_and_the_csv_in_their_language(
     lang = form_token(client, "/account")
     client.post("/account/language", data={"language": "zh-CN", "csrf_token": lang})
     rows = list(csv.reader(io.StringIO(client.get("/history.csv").text.removeprefix("\ufeff"))))
-    assert rows[0] == ["日期（中国时间）", "类型", "说明", "状态", "代币", "余额", "转账编号"]
+    assert rows[0] == [
+        "日期（中国时间）",
+        "类型",
+        "说明",
+        "状态",
+        "代币",
+        "余额",
+        "转账编号",
+        "功能",
+        "数量",
+    ]
     assert rows[1][0].endswith("+08:00") and rows[1][3] == "已完成"
 
 
@@ -194,3 +206,39 @@ def test_sign_up_keeps_the_browsers_time_zone(
     confirm_address(client, "zoe@example.com")
     assert sign_in(client, "zoe@example.com").status_code == 303
     assert f"Times on these pages are in {kept}." in client.get("/account").text
+
+
+TIMES = "\N{MULTIPLICATION SIGN}"
+
+
+def test_a_feature_spend_says_how_many_of_what_in_the_readers_language(
+    client: TestClient, db: Database
+) -> None:
+    user = new_user(client)
+    _grant(db, user, 1000, "g1")
+    with db.transaction() as conn:
+        ledger.spend(
+            conn, user_id=user, amount=120, idempotency_key="f1", feature="image", quantity=3
+        )
+        ledger.spend(
+            conn,
+            user_id=user,
+            amount=50,
+            idempotency_key="f2",
+            feature="retired_feature",  # no longer in the catalog: named by its id
+            quantity=2,
+            description="old model",
+        )
+    page = client.get("/history").text
+    assert f'<span class="feature">3 {TIMES} Image</span>' in page
+    assert f'<span class="feature">2 {TIMES} retired_feature</span> · old model' in page
+    assert f"3 {TIMES} Image" in client.get("/dashboard").text
+    rows = list(csv.reader(io.StringIO(client.get("/history.csv").text.removeprefix("\ufeff"))))
+    assert [(r[4], r[-2], r[-1]) for r in rows[1:]] == [
+        ("-50", "retired_feature", "2"),
+        ("-120", "Image", "3"),
+        ("1000", "", ""),
+    ]
+    lang = form_token(client, "/account")
+    client.post("/account/language", data={"language": "zh-CN", "csrf_token": lang})
+    assert f'<span class="feature">3 {TIMES} 图片</span>' in client.get("/history").text

@@ -1,11 +1,12 @@
 """Holds over the API: reserve tokens before work whose cost is not known yet, then post
-what it cost or void it."""
+what it cost or void it. A hold names an amount, or a feature and quantity that the
+catalog prices (the most the work may cost)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-from tokenbank import ledger
+from tokenbank import entitlements, ledger
 from tokenbank.web.api.responses import PROBLEMS, SPEND_PROBLEMS
 from tokenbank.web.deps import DatabaseDep, RowId, RuntimeDep, Spender, UserId
 from tokenbank.web.routing import StrictRoute
@@ -16,16 +17,23 @@ router = APIRouter(prefix="/api/v1", responses=PROBLEMS, route_class=StrictRoute
 
 @router.post("/users/{user_id}/holds", status_code=201, responses=SPEND_PROBLEMS)
 def create_hold(user_id: UserId, body: HoldIn, _: Spender, parts: RuntimeDep) -> HoldOut:
-    """Reserve tokens before work whose cost is not known yet; post or void it after."""
+    """Reserve tokens before work whose cost is not known yet; post or void it after. An
+    ``amount``, or a ``feature`` and ``quantity`` priced by the catalog (422
+    ``unknown_feature`` for one it does not price)."""
+    amount = entitlements.cost_of(
+        parts.catalog, amount=body.amount, feature=body.feature, quantity=body.quantity
+    )
     with parts.db.autocommit(wallet=user_id) as conn:
         hold = ledger.hold(
             conn,
             user_id=user_id,
-            amount=body.amount,
+            amount=amount,
             idempotency_key=body.idempotency_key,
             ttl_seconds=body.ttl_seconds or parts.default_hold_ttl,
             description=body.description,
             metadata=body.metadata,
+            feature=body.feature,
+            quantity=body.quantity,
         )
     return hold_out(hold)
 

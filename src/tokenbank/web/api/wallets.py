@@ -1,10 +1,12 @@
-"""A wallet over the API: its balance, spends, refunds of spends, and its history.
+"""A wallet over the API: its balance, spends, refunds of spends, the entitlement check,
+and its history.
 
 The two hottest routes (balance, spend) come first, since routes are matched in order;
 they check the key and reach the service's parts directly and answer with a ready
 ``JSONResponse`` (the model in the decorator documents it), because on this path FastAPI's
 dependency resolution and response validation cost more than the work itself
-(docs/benchmarks.md)."""
+(docs/benchmarks.md). A spend of a feature takes the same path once the catalog has priced
+it (a lookup in a tuple of a few features, in the event loop)."""
 
 from __future__ import annotations
 
@@ -14,21 +16,33 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from tokenbank import ledger
+from tokenbank import entitlements, ledger
 from tokenbank.apikeys import Scope
 from tokenbank.db import Database
 from tokenbank.web.api.responses import PROBLEMS, SPEND_PROBLEMS
 from tokenbank.web.auth import authorize
-from tokenbank.web.deps import Cursor, DatabaseDep, Kinds, Reader, RowId, Spender, UserId
+from tokenbank.web.deps import (
+    Cursor,
+    DatabaseDep,
+    Kinds,
+    Reader,
+    RowId,
+    RuntimeDep,
+    Spender,
+    UserId,
+)
 from tokenbank.web.exports import history_csv_lines
 from tokenbank.web.routing import StrictRoute
 from tokenbank.web.runtime import runtime
 from tokenbank.web.schemas import (
     BalanceOut,
+    CheckIn,
+    CheckOut,
     HistoryOut,
     ReceiptOut,
     RefundIn,
     SpendIn,
+    check_out,
     receipt_out,
     transfer_out,
 )
@@ -41,16 +55,18 @@ def _read_balance(db: Database, user_id: str) -> ledger.Balance:
         return ledger.balance(conn, user_id=user_id)
 
 
-def _spend(db: Database, user_id: str, body: SpendIn, log_from: int) -> ledger.Receipt:
+def _spend(db: Database, user_id: str, body: SpendIn, amount: int, log_from: int) -> ledger.Receipt:
     with db.autocommit(wallet=user_id) as conn:
         return ledger.spend(
             conn,
             user_id=user_id,
-            amount=body.amount,
+            amount=amount,
             idempotency_key=body.idempotency_key,
             description=body.description,
             metadata=body.metadata,
             log_from=log_from,
+            feature=body.feature,
+            quantity=body.quantity,
         )
 
 
@@ -84,37 +100,83 @@ async def get_balance(user_id: UserId, request: Request) -> JSONResponse:
     response_model=ReceiptOut,
 )
 async def spend(user_id: UserId, body: SpendIn, request: Request) -> JSONResponse:
-    """Spend tokens now. 402 ``insufficient_tokens`` changes nothing."""
+    """Spend tokens now: an ``amount``, or a ``feature`` and ``quantity`` priced by the
+    catalog (422 ``unknown_feature`` for one it does not price). 402 ``insufficient_tokens``
+    changes nothing."""
     await authorize(request, Scope.SPEND)
     parts = runtime(request)
+    amount = body.amount
+    if amount is None:  # a feature (SpendIn names one or the other), priced by the catalog
+        amount = entitlements.cost_of(parts.catalog, feature=body.feature, quantity=body.quantity)
     receipt = None
     if parts.db.has_async:  # PostgreSQL: the common case in one round trip, in the event loop
         async with parts.db.async_autocommit() as conn:
             receipt = await ledger.try_spend(
                 conn,
                 user_id=user_id,
-                amount=body.amount,
+                amount=amount,
                 idempotency_key=body.idempotency_key,
                 description=body.description,
                 metadata=body.metadata,
                 log_from=parts.large_spend,
+                feature=body.feature,
+                quantity=body.quantity,
             )
     if receipt is None:  # SQLite, or a replay, a refusal, holds to release...
-        receipt = await run_in_threadpool(_spend, parts.db, user_id, body, parts.large_spend)
+        receipt = await run_in_threadpool(
+            _spend, parts.db, user_id, body, amount, parts.large_spend
+        )
     parts.faults.point("spend.committed")
     if not receipt.replayed:
         parts.metrics.spends.inc()
         parts.metrics.tokens_spent.inc(receipt.amount)
-    return JSONResponse(
-        {
-            "transfer_id": receipt.transfer_id,
-            "kind": receipt.kind.value,
-            "user_id": receipt.user_id,
-            "amount": receipt.amount,
-            "balance": receipt.balance,
-            "replayed": receipt.replayed,
-        },
-        status_code=201,
+    answer: dict[str, object] = {
+        "transfer_id": receipt.transfer_id,
+        "kind": receipt.kind.value,
+        "user_id": receipt.user_id,
+        "amount": receipt.amount,
+        "balance": receipt.balance,
+        "replayed": receipt.replayed,
+    }
+    if body.feature is not None:  # a replay matched them: they are the transfer's own
+        answer |= {"feature": body.feature, "quantity": body.quantity}
+    return JSONResponse(answer, status_code=201)
+
+
+def _check(
+    parts: RuntimeDep,
+    *,
+    user_id: str,
+    feature: str | None,
+    quantity: int | None,
+    amount: int | None,
+) -> entitlements.Entitlement:
+    with parts.db.read() as conn:
+        return entitlements.check(
+            conn,
+            catalog=parts.catalog,
+            user_id=user_id,
+            buy_url=parts.buy_url,
+            feature=feature,
+            quantity=quantity,
+            amount=amount,
+        )
+
+
+@router.post("/users/{user_id}/check", responses=PROBLEMS)
+def check(user_id: UserId, body: CheckIn, _: Reader, parts: RuntimeDep) -> CheckOut:
+    """Whether the user could spend an ``amount``, or a ``feature`` and ``quantity``, now:
+    the cost, what is available, what is missing and where to buy it. Changes nothing, and
+    is advice (for greying out a button): the spend or hold that follows is the gate. Needs
+    the ``read`` scope, as the balance does (a signed-in user may check their own)."""
+    return check_out(
+        _check(
+            parts,
+            user_id=user_id,
+            feature=body.feature,
+            quantity=body.quantity,
+            amount=body.amount,
+        )
     )
 
 

@@ -95,8 +95,12 @@ async def history_csv(
     name = f"history-{kinds[0].value}.csv" if kinds else "history.csv"
     words = partial(describe, lang=lang, catalog=pages.catalog)
     completed = lang.gettext("Completed")
+    catalog = pages.catalog
 
     def row(item: ledger.HistoryItem) -> tuple[object, ...]:
+        feature = item.feature
+        if feature is not None and catalog is not None:
+            feature = catalog.feature_name(feature, lang.tag)
         return (
             item.created_at.astimezone(lang.zone).isoformat(timespec="seconds"),
             lang.gettext(KIND_NAMES[item.kind]),
@@ -105,6 +109,8 @@ async def history_csv(
             item.amount,
             item.balance_after,
             item.transfer_id,
+            cell(feature),
+            "" if item.quantity is None else item.quantity,
         )
 
     headings = (
@@ -115,6 +121,8 @@ async def history_csv(
         lang.gettext("Tokens"),
         lang.gettext("Balance"),
         lang.gettext("Transfer"),
+        lang.gettext("Feature"),
+        lang.gettext("Quantity"),
     )
     lines = await run_in_threadpool(
         partial(
