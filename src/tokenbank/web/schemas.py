@@ -38,8 +38,8 @@ FeatureId = Annotated[
         default=None,
         min_length=1,
         max_length=MAX_FEATURE_LENGTH,
-        description="A feature of the catalog (GET /api/v1/packages lists them): the server"
-        " prices it; instead of amount.",
+        description="A feature of the catalog ([features.<id>]; the pricing page lists"
+        " them): the server prices it. Instead of amount, never with it.",
         examples=["image"],
     ),
 ]
