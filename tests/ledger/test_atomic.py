@@ -13,7 +13,8 @@ transaction it ran in: its PostgreSQL transaction id, or "alone" when it committ
 itself; on SQLite, the ``BEGIN`` it followed (every SQLite unit is a transaction, so there
 the check confirms that, and that every scenario runs on both databases). A call passes
 when everything it changed is in one transaction, or is one statement. ``expire_holds``
-alone commits per wallet, by design (its docstring), so it may use several transactions,
+and ``expire_grants``
+alone commit per wallet, by design (their docstrings), so it may use several transactions,
 but never a statement alone among others.
 """
 
@@ -47,7 +48,7 @@ T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 LATER = T0 + timedelta(minutes=5)
 _WRITE = re.compile(r"\bINSERT\s+INTO\b|\bDELETE\s+FROM\b|\bUPDATE\s+\w+\s+SET\b", re.IGNORECASE)
 #: Functions documented to commit in steps (one per wallet) rather than whole.
-COMMITS_IN_STEPS = {"expire_holds"}
+COMMITS_IN_STEPS = {"expire_holds", "expire_grants"}
 
 
 @dataclass(frozen=True)
@@ -276,6 +277,21 @@ def _scenarios(probe: Probe, *, postgres: bool) -> None:
                 now=T0,
             )
     probe.call("expire_holds", now=LATER)
+    for key in ("c-expiring", "c-expiring-2"):
+        probe.call(
+            "credit",
+            user_id="alice",
+            amount=40,
+            kind=ledger.TransferKind.GRANT,
+            idempotency_key=key,
+            source=ledger.Source.PROMO,
+            expires_at=T0 + timedelta(minutes=1),
+            now=T0,
+        )
+    probe.call("expire_grants", now=LATER)
+    # A hold on tokens that then expire: voided late, what it frees expires with it.
+    held_expiring = probe.call("hold", user_id="alice", amount=30, idempotency_key="h-e", now=T0)
+    probe.call("void_hold", hold_id=held_expiring.id, now=LATER)
     probe.hold(50, "h-stale-4", ttl=1)
     frozen = probe.call("freeze", user_id="alice", amount=100, reference="dispute:1", now=LATER)
     probe.call("void_hold", refused=ledger.HoldFrozen, hold_id=frozen.id, now=LATER)

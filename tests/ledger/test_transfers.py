@@ -273,3 +273,8 @@ def test_the_database_refuses_an_overdraft_and_edits_of_history(db: Database) ->
         conn.execute(sa.text("UPDATE transfers SET amount = 1"))
     with pytest.raises(sa.exc.DatabaseError, match="immutable"), db.transaction() as conn:
         conn.execute(sa.text("DELETE FROM entries"))
+    with db.transaction() as conn:
+        ledger.spend(conn, user_id="alice", amount=1, idempotency_key="drawn")
+    for change in ("UPDATE draws SET amount = 2", "DELETE FROM draws"):
+        with pytest.raises(sa.exc.DatabaseError, match="immutable"), db.transaction() as conn:
+            conn.execute(sa.text(change))

@@ -1,4 +1,5 @@
-"""The ledger: wallets, immutable transfers and their entries, and holds.
+"""The ledger: wallets, immutable transfers and their entries, holds, and the buckets that
+keep what is left of each credit and when it expires.
 
 Every function takes a ``Connection`` from a unit of work the caller opened
 (``tokenbank.db``): the caller decides how much stands or falls together. What the ledger
@@ -26,6 +27,7 @@ from tokenbank.errors import (
     UnknownUser,
 )
 from tokenbank.ledger.accounts import open_wallet, wallet_exists
+from tokenbank.ledger.buckets import ORDER, Expiring, expire_grants
 from tokenbank.ledger.clawbacks import (
     FROZEN_UNTIL,
     Clawback,
@@ -38,7 +40,7 @@ from tokenbank.ledger.clawbacks import (
 )
 from tokenbank.ledger.holds import Hold, expire_holds, get_hold, hold, post_hold, void_hold
 from tokenbank.ledger.journal import Receipt
-from tokenbank.ledger.models import HoldKind, HoldStatus, SystemAccount, TransferKind
+from tokenbank.ledger.models import HoldKind, HoldStatus, Source, SystemAccount, TransferKind
 from tokenbank.ledger.reads import (
     Balance,
     HistoryItem,
@@ -54,8 +56,10 @@ from tokenbank.ledger.verify import VerifyReport, verify
 
 __all__ = [
     "FROZEN_UNTIL",
+    "ORDER",
     "Balance",
     "Clawback",
+    "Expiring",
     "HistoryItem",
     "HistoryPage",
     "Hold",
@@ -71,6 +75,7 @@ __all__ = [
     "Receipt",
     "RefundExceedsSpend",
     "Restore",
+    "Source",
     "SystemAccount",
     "Transfer",
     "TransferKind",
@@ -83,6 +88,7 @@ __all__ = [
     "claw_back",
     "credit",
     "credit_purchase",
+    "expire_grants",
     "expire_holds",
     "freeze",
     "get_hold",

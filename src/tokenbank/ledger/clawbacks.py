@@ -27,13 +27,15 @@ from sqlalchemy.engine import Connection
 from tokenbank.columns import utcnow
 from tokenbank.db import atomic
 from tokenbank.errors import InvalidArgument, UnknownUser
+from tokenbank.ledger import buckets
 from tokenbank.ledger.accounts import wallet_id
 from tokenbank.ledger.holds import Hold, get_hold, release_expired, reserve
 from tokenbank.ledger.idempotency import KeyPurpose, Request, reserved_key
-from tokenbank.ledger.inputs import check_amount, check_metadata
+from tokenbank.ledger.inputs import check_amount, check_expires_at, check_metadata
 from tokenbank.ledger.journal import Receipt, record_transfer
 from tokenbank.ledger.models import (
     HoldKind,
+    Source,
     SystemAccount,
     TransferKind,
     accounts,
@@ -59,9 +61,11 @@ class Clawback:
 
 
 def _lock_wallet(conn: Connection, user_id: str, now: datetime) -> Any:
-    """Lock the wallet and release its holds past their deadline (they count for nothing)."""
+    """Lock the wallet, release its holds past their deadline and expire its tokens past
+    their expiry (they count for nothing)."""
     account_id = wallet_id(conn, user_id, lock=True)
     release_expired(conn, account_id=account_id, now=now)
+    buckets.expire_due(conn, account_id=account_id, now=now)
     row = conn.execute(
         sa.select(accounts.c.id, accounts.c.balance, accounts.c.held, accounts.c.debt)
         .where(accounts.c.user_id == user_id)
@@ -90,13 +94,17 @@ def credit_purchase(
     metadata: dict[str, Any] | None = None,
     event_at: datetime | None = None,
     now: datetime | None = None,
+    expires_at: datetime | None = None,
 ) -> tuple[Receipt, Receipt | None]:
-    """Credit a paid purchase and its bonus, once per ``reference`` (the purchase).
+    """Credit a paid purchase and its bonus, once per ``reference`` (the purchase), in
+    buckets of source ``purchase`` that expire at ``expires_at`` (None: never, the default;
+    an operator may set a validity for purchased tokens).
 
     The two credits are one step (``atomic``): a purchase is never credited without its
     bonus, even in an autocommit unit where each credit alone would commit by itself.
     """
     now = now or utcnow()
+    expires_at = check_expires_at(expires_at, now)
     metadata = check_metadata(metadata)
     requests = [
         Request(
@@ -122,7 +130,8 @@ def credit_purchase(
                 amount=request.amount,
                 system=system,
                 total=total,
-                spend=False,
+                source=Source.PURCHASE,
+                expires_at=expires_at,
                 now=now,
             )
             receipts.append(receipt or explain_unapplied(conn, request))
@@ -185,6 +194,7 @@ def claw_back(
                 event_at=now,
                 now=now,
             )
+            buckets.draw(conn, account_id=wallet.id, amount=taken, now=now, transfer_id=transfer_id)
     return Clawback(
         user_id=user_id, taken=taken, debt=debt, transfer_id=transfer_id, balance=balance
     )
@@ -260,6 +270,16 @@ def restore(
                 event_at=now,
                 now=now,
             )
+            # What a clawback took comes back as purchased tokens that never expire.
+            buckets.fill(
+                conn,
+                account_id=wallet.id,
+                transfer_id=transfer_id,
+                source=Source.PURCHASE,
+                amount=given,
+                expires_at=None,
+                now=now,
+            )
     return Restore(
         user_id=user_id, given=given, cancelled=cancelled, transfer_id=transfer_id, balance=balance
     )
@@ -308,6 +328,7 @@ def settle_debt(
             event_at=now,
             now=now,
         )
+        buckets.draw(conn, account_id=wallet.id, amount=taken, now=now, transfer_id=transfer_id)
     return Clawback(
         user_id=user_id,
         taken=taken,

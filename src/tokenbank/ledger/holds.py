@@ -1,6 +1,7 @@
 """Holds: tokens reserved before work whose cost is not known yet (a streaming model call).
 
-A hold raises the wallet's ``held`` amount and moves nothing. It ends exactly once:
+A hold raises the wallet's ``held`` amount and moves nothing; it reserves its tokens in the
+wallet's buckets in the order of use (``buckets``). It ends exactly once:
 posted (a spend of at most the held amount, the rest released), voided, or expired at its
 deadline. Every change to a hold happens while its wallet row is locked, so a hold's status
 and the wallet's ``held`` total always change together; every change is several statements,
@@ -33,11 +34,13 @@ from tokenbank.errors import (
     InvalidArgument,
     UnknownHold,
 )
+from tokenbank.ledger import buckets
 from tokenbank.ledger.accounts import available_tokens, wallet_id
 from tokenbank.ledger.idempotency import KeyPurpose, reserved_key
 from tokenbank.ledger.inputs import (
     check_amount,
     check_description,
+    check_feature,
     check_key,
     check_metadata,
     check_user_id,
@@ -76,6 +79,8 @@ class Hold:
     posted_amount: int | None
     transfer_id: int | None
     kind: HoldKind = HoldKind.HOLD
+    feature: str | None = None
+    quantity: int | None = None
     replayed: bool = False
 
 
@@ -94,6 +99,8 @@ _hold_columns = (
     holds.c.posted_amount,
     holds.c.transfer_id,
     holds.c.kind,
+    holds.c.feature,
+    holds.c.quantity,
 )
 _select_hold = sa.select(*_hold_columns).join(accounts, accounts.c.id == holds.c.account_id)
 
@@ -113,6 +120,8 @@ def _to_hold(row: AnyRow, *, replayed: bool = False) -> Hold:
         posted_amount=row.posted_amount,
         transfer_id=row.transfer_id,
         kind=HoldKind(row.kind),
+        feature=row.feature,
+        quantity=row.quantity,
         replayed=replayed,
     )
 
@@ -142,8 +151,11 @@ def hold(
     description: str | None = None,
     metadata: dict[str, Any] | None = None,
     now: datetime | None = None,
+    feature: str | None = None,
+    quantity: int | None = None,
 ) -> Hold:
-    """Reserve ``amount`` tokens of ``user_id`` until ``ttl_seconds`` from now."""
+    """Reserve ``amount`` tokens of ``user_id`` until ``ttl_seconds`` from now; ``feature``
+    and ``quantity`` say what for, and go on to the spend that posts it."""
     user_id = check_user_id(user_id)
     amount = check_amount(amount)
     key = check_key(idempotency_key)
@@ -153,6 +165,7 @@ def hold(
         raise InvalidArgument("ttl_seconds", f"must be between 1 and {MAX_TTL_SECONDS}")
     description = check_description(description)
     metadata = check_metadata(metadata)
+    feature, quantity = check_feature(feature, quantity)
     now = now or utcnow()
 
     return reserve(
@@ -165,6 +178,8 @@ def hold(
         description=description,
         metadata=metadata,
         now=now,
+        feature=feature,
+        quantity=quantity,
     )
 
 
@@ -179,6 +194,8 @@ def reserve(
     description: str | None,
     metadata: dict[str, Any] | None,
     now: datetime,
+    feature: str | None = None,
+    quantity: int | None = None,
 ) -> Hold:
     """Create a hold of ``kind`` from checked values, or replay the one ``key`` made.
 
@@ -196,6 +213,8 @@ def reserve(
             description=description,
             metadata=metadata,
             now=now,
+            feature=feature,
+            quantity=quantity,
         )
 
 
@@ -210,17 +229,21 @@ def _reserve(
     description: str | None,
     metadata: dict[str, Any] | None,
     now: datetime,
+    feature: str | None = None,
+    quantity: int | None = None,
 ) -> Hold:
     account_id = wallet_id(conn, user_id, lock=True)
     existing = conn.execute(_select_hold.where(holds.c.idempotency_key == key)).first()
     if existing is not None:
-        asked = (user_id, amount, kind.value, description, metadata)
+        asked = (user_id, amount, kind.value, description, metadata, feature, quantity)
         stored = (
             existing.user_id,
             existing.amount,
             existing.kind,
             existing.description,
             existing.metadata,
+            existing.feature,
+            existing.quantity,
         )
         if asked != stored:
             raise IdempotencyConflict(key, "a hold with other parameters")
@@ -232,6 +255,8 @@ def _reserve(
         .values(held=accounts.c.held + amount)
         .returning(accounts.c.held)
     )
+    # Tokens past their expiry count for nothing: move them out first (rarely any).
+    buckets.expire_due(conn, account_id=account_id, now=now)
     reserved = conn.execute(reserve).first() is not None or (
         # Holds past their deadline still count until released; release them and retry.
         release_expired(conn, account_id=account_id, now=now) > 0
@@ -253,10 +278,13 @@ def _reserve(
             "metadata": metadata,
             "expires_at": expires_at,
             "created_at": now,
+            "feature": feature,
+            "quantity": quantity,
         },
     ).scalar()
     if hold_id is None:
         raise IdempotencyConflict(key, "the key belongs to another wallet's hold")
+    buckets.draw(conn, account_id=account_id, amount=amount, now=now, hold_id=hold_id)
     return get_hold(conn, hold_id=hold_id)
 
 
@@ -345,7 +373,12 @@ def _post(conn: Connection, *, hold_id: int, amount: int, now: datetime) -> Rece
         metadata=current.metadata,
         event_at=now,
         now=now,
+        feature=current.feature,
+        quantity=current.quantity,
     )
+    buckets.settle_hold(conn, hold_id=hold_id, spent=amount, transfer_id=transfer_id, now=now)
+    # What the hold freed in a bucket that expired meanwhile expires now.
+    balance -= buckets.expire_due(conn, account_id=current.account_id, now=now)
     conn.execute(
         sa.update(holds)
         .where(holds.c.id == hold_id)
@@ -403,12 +436,17 @@ def _release(conn: Connection, pending: list[AnyRow], *, status: HoldStatus, now
     ).all()
     if not released:
         return 0
+    account_id = pending[0].account_id
     user_id = conn.execute(
         sa.update(accounts)
-        .where(accounts.c.id == pending[0].account_id)
+        .where(accounts.c.id == account_id)
         .values(held=accounts.c.held - sum(amount for _, amount in released))
         .returning(accounts.c.user_id)
     ).scalar_one()
+    for hold_id, _ in released:
+        buckets.settle_hold(conn, hold_id=hold_id, spent=0, transfer_id=None, now=now)
+    # What came back to a bucket that expired meanwhile expires now.
+    buckets.expire_due(conn, account_id=account_id, now=now)
     if status is HoldStatus.EXPIRED:
         for hold_id, amount in released:
             after_commit(

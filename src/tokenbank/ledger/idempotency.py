@@ -23,6 +23,7 @@ from tokenbank.ledger.inputs import (
     check_amount,
     check_description,
     check_event_at,
+    check_feature,
     check_key,
     check_metadata,
     check_user_id,
@@ -44,6 +45,7 @@ class KeyPurpose(enum.StrEnum):
     SETTLE = "settle"  # settle_debt
     FREEZE = "freeze"  # a hold's key, not a transfer's
     POST = "post"  # a hold's posting: reference ``hold:{hold_id}``
+    EXPIRY = "expiry"  # what was left of a bucket: reference ``bucket:{id}[:{n}]``
 
 
 def reserved_key(purpose: KeyPurpose, reference: str) -> str:
@@ -74,6 +76,8 @@ class Request:
     metadata: dict[str, Any] | None
     event_at: datetime | None  # only compared when the caller set it
     refund_of_id: int | None = None
+    feature: str | None = None
+    quantity: int | None = None
 
     @classmethod
     def checked(
@@ -86,8 +90,11 @@ class Request:
         description: object,
         metadata: object,
         event_at: object,
+        feature: object = None,
+        quantity: object = None,
     ) -> Request:
         """A request from caller input, every field validated."""
+        feature, quantity = check_feature(feature, quantity)
         return cls(
             key=check_key(key),
             kind=kind,
@@ -96,6 +103,8 @@ class Request:
             description=check_description(description),
             metadata=check_metadata(metadata),
             event_at=check_event_at(event_at),
+            feature=feature,
+            quantity=quantity,
         )
 
 
@@ -108,6 +117,8 @@ _stored = (
         transfers.c.metadata,
         transfers.c.refund_of_id,
         transfers.c.event_at,
+        transfers.c.feature,
+        transfers.c.quantity,
         accounts.c.user_id,
         entries.c.balance_after,
     )
@@ -135,6 +146,8 @@ def replay(conn: Connection, request: Request) -> Receipt | None:
             ("metadata", row.metadata, request.metadata),
             ("refund_of", row.refund_of_id, request.refund_of_id),
             ("event_at", row.event_at, request.event_at or row.event_at),
+            ("feature", row.feature, request.feature),
+            ("quantity", row.quantity, request.quantity),
         )
         if stored != asked
     ]

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from tokenbank.errors import InvalidArgument
-from tokenbank.ledger.models import MAX_KEY_LENGTH
+from tokenbank.ledger.models import MAX_FEATURE_LENGTH, MAX_KEY_LENGTH
 
 #: Per-operation ceiling: far above any real purchase, far below BIGINT overflow in sums.
 MAX_AMOUNT = 10**12
@@ -108,3 +108,31 @@ def check_event_at(event_at: object) -> datetime | None:
     if not isinstance(event_at, datetime) or event_at.tzinfo is None:
         raise InvalidArgument("event_at", "must be a timezone-aware datetime")
     return event_at
+
+
+def check_feature(feature: object, quantity: object) -> tuple[str | None, int | None]:
+    """What a spend or hold was for: a catalog feature's id and how many units, or neither.
+    The ledger records them; what they cost is the catalog's business, decided before."""
+    if feature is None and quantity is None:
+        return None, None
+    if feature is None:
+        raise InvalidArgument("feature", "a quantity needs a feature")
+    name = check_text(feature, "feature", MAX_FEATURE_LENGTH)
+    return name, check_amount(quantity, "quantity")
+
+
+#: The furthest a credit may expire: a typo of a year must not make tokens nearly eternal.
+MAX_EXPIRY = timedelta(days=36_500)
+
+
+def check_expires_at(expires_at: object, now: datetime) -> datetime | None:
+    """When credited tokens expire: None (never), or an aware time after ``now``."""
+    if expires_at is None:
+        return None
+    if not isinstance(expires_at, datetime) or expires_at.tzinfo is None:
+        raise InvalidArgument("expires_at", "must be a timezone-aware datetime")
+    if expires_at <= now:
+        raise InvalidArgument("expires_at", "must be in the future")
+    if expires_at > now + MAX_EXPIRY:
+        raise InvalidArgument("expires_at", "must be within 100 years")
+    return expires_at

@@ -58,6 +58,8 @@ def record_transfer(
     event_at: datetime,
     now: datetime,
     refund_of_id: int | None = None,
+    feature: str | None = None,
+    quantity: int | None = None,
 ) -> int:
     """Insert a transfer and its two entries, after the caller has changed the wallet row.
 
@@ -75,6 +77,8 @@ def record_transfer(
             "description": description,
             "metadata": metadata,
             "refund_of_id": refund_of_id,
+            "feature": feature,
+            "quantity": quantity,
             "event_at": event_at,
             "created_at": now,
         },

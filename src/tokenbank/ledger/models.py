@@ -220,7 +220,8 @@ buckets = sa.Table(
     metadata,
     sa.Column("id", Id, primary_key=True),
     sa.Column("account_id", Id, sa.ForeignKey("accounts.id"), nullable=False),
-    # The credit that filled it; NULL only for a balance carried over by migration 0010.
+    # The credit that filled it; NULL only for the balance (maybe none) a wallet had when
+    # migration 0010 made buckets, carried over in one bucket.
     sa.Column("transfer_id", Id, sa.ForeignKey("transfers.id"), nullable=True, unique=True),
     sa.Column("source", sa.String(16), nullable=False),
     sa.Column("paid", sa.Boolean, nullable=False),
@@ -233,7 +234,8 @@ buckets = sa.Table(
     sa.Column("expired_at", UtcDateTime, nullable=True),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.CheckConstraint(_in("source", Source), name="source"),
-    sa.CheckConstraint("amount > 0", name="amount_positive"),
+    # Only the bucket a wallet's earlier balance was carried over in may be empty.
+    sa.CheckConstraint("amount > 0 OR transfer_id IS NULL", name="amount_positive"),
     sa.CheckConstraint("held >= 0 AND held <= remaining AND remaining <= amount", name="within"),
     sa.CheckConstraint("expired_at IS NULL OR expires_at IS NOT NULL", name="expiry"),
     sa.Index(

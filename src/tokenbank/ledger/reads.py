@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -14,15 +14,27 @@ from sqlalchemy.engine import Connection
 from tokenbank.columns import UtcDateTime, utcnow
 from tokenbank.db import Statement
 from tokenbank.errors import InvalidArgument, UnknownTransfer, UnknownUser
+from tokenbank.ledger.buckets import ORDER, Expiring
 from tokenbank.ledger.inputs import check_user_id
-from tokenbank.ledger.models import HoldStatus, TransferKind, accounts, entries, holds, transfers
+from tokenbank.ledger.models import (
+    HoldStatus,
+    Source,
+    TransferKind,
+    accounts,
+    buckets,
+    entries,
+    holds,
+    transfers,
+)
 
 MAX_PAGE = 500
 
 
 @dataclass(frozen=True, slots=True)
 class Balance:
-    """``available`` can be spent now; ``held`` is reserved by pending holds."""
+    """``available`` can be spent now; ``held`` is reserved by pending holds; ``expiring``
+    is what will expire unless used first, soonest first (tokens past their expiry that
+    no sweep has moved out yet count for nothing)."""
 
     user_id: str
     available: int
@@ -31,10 +43,37 @@ class Balance:
     total_granted: int
     total_spent: int
     debt: int = 0  # clawed back but not covered by the balance (see ``claw_back``)
+    expiring: list[Expiring] = field(default_factory=list)
 
     @property
     def balance(self) -> int:
         return self.available + self.held
+
+
+def _expiring_query(now: sa.ColumnElement[Any]) -> sa.Select[Any]:
+    """What of the wallet expires, soonest first; and, marked by a NULL source, what is
+    past its expiry and not moved out yet (``due``), in the same query."""
+    wallet = sa.select(accounts.c.id).where(accounts.c.user_id == sa.bindparam("user_id"))
+    live = buckets.c.expires_at > now
+    return (
+        sa.select(
+            sa.case((live, buckets.c.remaining), else_=buckets.c.remaining - buckets.c.held),
+            buckets.c.expires_at,
+            sa.case((live, buckets.c.source), else_=sa.null()),
+        )
+        .where(
+            buckets.c.account_id == wallet.scalar_subquery(),
+            buckets.c.remaining > 0,
+            buckets.c.expires_at.is_not(None),
+            sa.or_(live, buckets.c.remaining > buckets.c.held),
+        )
+        .order_by(*ORDER)
+        .limit(MAX_EXPIRING)
+    )
+
+
+#: How many expiring buckets a balance lists (and reads to find what is due).
+MAX_EXPIRING = 20
 
 
 def _balance_query(now: sa.ColumnElement[Any]) -> sa.Select[Any]:
@@ -60,34 +99,46 @@ def _balance_query(now: sa.ColumnElement[Any]) -> sa.Select[Any]:
     ).where(accounts.c.user_id == sa.bindparam("user_id"))
 
 
-_balance = _balance_query(sa.bindparam("now", type_=UtcDateTime()))
+_NOW = sa.bindparam("now", type_=UtcDateTime())
+_balance = _balance_query(_NOW)
+_expiring = _expiring_query(_NOW)
 # The asyncio variant asks the server for the time: one value fewer to send per read.
 _balance_now = Statement(_balance_query(sa.func.now()))
+_expiring_now = Statement(_expiring_query(sa.func.now()))
 
 
 def balance(conn: Connection, *, user_id: str, now: datetime | None = None) -> Balance:
-    row = conn.execute(_balance, {"user_id": user_id, "now": now or utcnow()}).first()
-    return _to_balance(user_id, row)
+    params = {"user_id": user_id, "now": now or utcnow()}
+    row = conn.execute(_balance, params).first()
+    return _to_balance(user_id, row, conn.execute(_expiring, params).all())
 
 
 async def balance_async(conn: psycopg.AsyncConnection[Any], *, user_id: str) -> Balance:
     """``balance`` on an asyncio PostgreSQL connection (the HTTP service's hot path)."""
     rows = await _balance_now.rows_async(conn, {"user_id": user_id})
-    return _to_balance(user_id, rows[0] if rows else None)
+    if not rows:
+        raise UnknownUser(user_id)
+    return _to_balance(user_id, rows[0], await _expiring_now.rows_async(conn, {"user_id": user_id}))
 
 
-def _to_balance(user_id: str, row: Any) -> Balance:
+def _to_balance(user_id: str, row: Any, expiring: Sequence[Any]) -> Balance:
     if row is None:
         raise UnknownUser(user_id)
     balance, held, total_purchased, total_granted, total_spent, debt, stale = row
+    due = sum(amount for amount, _, source in expiring if source is None)
     return Balance(
         user_id=user_id,
-        available=balance - held + stale,
+        available=balance - held + stale - due,
         held=held - stale,
         total_purchased=total_purchased,
         total_granted=total_granted,
         total_spent=total_spent,
         debt=debt,
+        expiring=[
+            Expiring(amount=amount, expires_at=at, source=Source(source))
+            for amount, at, source in expiring
+            if source is not None
+        ],
     )
 
 
@@ -106,6 +157,8 @@ class HistoryItem:
     idempotency_key: str
     event_at: datetime
     created_at: datetime
+    feature: str | None = None  # what a spend bought, from the catalog, and how many
+    quantity: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +180,8 @@ _history = (
         transfers.c.idempotency_key,
         transfers.c.event_at,
         transfers.c.created_at,
+        transfers.c.feature,
+        transfers.c.quantity,
     )
     .join(transfers, transfers.c.id == entries.c.transfer_id)
     .order_by(entries.c.id.desc())
@@ -170,6 +225,8 @@ def history(
             idempotency_key=row.idempotency_key,
             event_at=row.event_at,
             created_at=row.created_at,
+            feature=row.feature,
+            quantity=row.quantity,
         )
         for row in rows[:limit]
     ]

@@ -1,14 +1,15 @@
 """Credits, spends and refunds: the transfers a caller asks for by their own key.
 
-A credit or a spend is one statement when it applies (``postings.move``); only when it
-does not (a replay, a refusal, expired holds to release first) does ``spend`` take the
-wallet's lock in a short transaction of its own (``atomic``). A refund is always several
-statements, so it always runs in ``atomic``.
+A credit is one statement when it applies (``postings.move``). A spend is one statement
+too where it commits alone on PostgreSQL and finds its tokens (``postings.spend_at_once``);
+otherwise (SQLite, a caller's transaction, a replay, a refusal, tokens to expire or holds
+to release first) ``spend`` takes the wallet's lock in a short transaction of its own
+(``atomic``) and does each step in turn. A refund is always several statements, so it
+always runs in ``atomic``.
 
 ``try_spend`` is the PostgreSQL spend for an asyncio connection: the same statement, for
 the HTTP service's hot path. It handles the common case (the key is new, the tokens are
-there) and leaves every other outcome to ``spend``, which re-sends the same statement (a
-no-op by then) and explains it: a replay, a refusal, expired holds to release.
+there) and leaves every other outcome to ``spend``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import structlog
 from sqlalchemy.engine import Connection
 
 from tokenbank.columns import utcnow
-from tokenbank.db import after_commit, atomic
+from tokenbank.db import after_commit, atomic, commits_alone
 from tokenbank.errors import (
     InsufficientTokens,
     InvalidArgument,
@@ -31,18 +32,28 @@ from tokenbank.errors import (
     RefundExceedsSpend,
     UnknownTransfer,
 )
+from tokenbank.ledger import buckets
 from tokenbank.ledger.accounts import available_tokens, wallet_id
 from tokenbank.ledger.holds import release_expired
 from tokenbank.ledger.idempotency import Request, replay
-from tokenbank.ledger.inputs import check_amount, check_description, check_key, check_metadata
+from tokenbank.ledger.inputs import (
+    check_amount,
+    check_description,
+    check_expires_at,
+    check_key,
+    check_metadata,
+)
 from tokenbank.ledger.journal import Receipt, log_spent, record_transfer
-from tokenbank.ledger.models import SystemAccount, TransferKind, accounts, transfers
+from tokenbank.ledger.models import Source, SystemAccount, TransferKind, accounts, transfers
 from tokenbank.ledger.postings import (
     CREDIT_SOURCES,
+    DEFAULT_SOURCE,
     NOT_NULL_VIOLATION,
     POSTGRES_SPEND,
     explain_unapplied,
     move,
+    spend_at_once,
+    spent,
     transfer_params,
 )
 
@@ -60,8 +71,12 @@ def credit(
     metadata: dict[str, Any] | None = None,
     event_at: datetime | None = None,
     now: datetime | None = None,
+    source: Source | None = None,
+    expires_at: datetime | None = None,
 ) -> Receipt:
-    """Add tokens to a wallet: a purchase, the bonus that came with it, or a grant."""
+    """Add tokens to a wallet: a purchase, the bonus that came with it, or a grant, in a
+    bucket of their ``source`` (by default: a purchase's, or an admin's for a grant) that
+    expires at ``expires_at`` (None: never)."""
     if kind not in CREDIT_SOURCES:
         raise InvalidArgument("kind", f"a credit is one of {', '.join(CREDIT_SOURCES)}")
     request = Request.checked(
@@ -73,9 +88,18 @@ def credit(
         metadata=metadata,
         event_at=event_at,
     )
-    system, total = CREDIT_SOURCES[kind]
     now = now or utcnow()
-    receipt = move(conn, request, amount=amount, system=system, total=total, spend=False, now=now)
+    system, total = CREDIT_SOURCES[kind]
+    receipt = move(
+        conn,
+        request,
+        amount=amount,
+        system=system,
+        total=total,
+        source=Source(source) if source is not None else DEFAULT_SOURCE[kind],
+        expires_at=check_expires_at(expires_at, now),
+        now=now,
+    )
     return receipt or explain_unapplied(conn, request)
 
 
@@ -89,6 +113,8 @@ async def try_spend(
     metadata: dict[str, Any] | None = None,
     now: datetime | None = None,
     log_from: int = 0,
+    feature: str | None = None,
+    quantity: int | None = None,
 ) -> Receipt | None:
     """A spend in one round trip on an autocommit asyncio connection (PostgreSQL), or None
     when it was not applied: then call ``spend`` with the same arguments for the answer.
@@ -102,27 +128,22 @@ async def try_spend(
         description=description,
         metadata=metadata,
         event_at=None,
+        feature=feature,
+        quantity=quantity,
     )
     params = transfer_params(
         "postgresql", request, amount=amount, system=SystemAccount.CONSUMPTION, now=now or utcnow()
     )
     try:
-        rows = await POSTGRES_SPEND[True].rows_async(conn, params)
+        rows = await POSTGRES_SPEND.rows_async(conn, params)
     except sa.exc.IntegrityError as exc:
         if getattr(exc.orig, "sqlstate", None) == NOT_NULL_VIOLATION:
             return None  # a racing copy of the key won; nothing of this one committed
         raise
-    if not rows or rows[0][2] is None:
-        return None
-    _, balance, transfer_id = rows[0]
-    receipt = Receipt(
-        transfer_id=transfer_id,
-        kind=TransferKind.SPEND,
-        user_id=request.user_id,
-        amount=amount,
-        balance=balance,
-    )
-    if 0 < log_from <= amount:
+    except psycopg.errors.DivisionByZero:
+        return None  # the buckets it could see had too few tokens: ``spend`` looks again
+    receipt = spent(request, amount, rows)
+    if receipt is not None and 0 < log_from <= amount:
         log_spent(receipt)
     return receipt
 
@@ -138,36 +159,14 @@ def spend(
     event_at: datetime | None = None,
     now: datetime | None = None,
     log_from: int = 0,
+    feature: str | None = None,
+    quantity: int | None = None,
 ) -> Receipt:
-    """Take ``amount`` tokens from the wallet's available balance, or raise
-    ``InsufficientTokens`` and change nothing. A spend of at least ``log_from`` tokens (0:
-    none) is logged (``tokens_spent``) once the caller's unit of work commits it."""
-    receipt = _spend(
-        conn,
-        user_id=user_id,
-        amount=amount,
-        idempotency_key=idempotency_key,
-        description=description,
-        metadata=metadata,
-        event_at=event_at,
-        now=now,
-    )
-    if not receipt.replayed and 0 < log_from <= amount:
-        after_commit(conn, partial(log_spent, receipt))
-    return receipt
-
-
-def _spend(
-    conn: Connection,
-    *,
-    user_id: str,
-    amount: int,
-    idempotency_key: str,
-    description: str | None,
-    metadata: dict[str, Any] | None,
-    event_at: datetime | None,
-    now: datetime | None,
-) -> Receipt:
+    """Take ``amount`` tokens from the wallet's available balance, in the order of use
+    (``buckets``), or raise ``InsufficientTokens`` and change nothing. ``feature`` and
+    ``quantity`` say what the tokens bought (priced by the caller, from the catalog). A
+    spend of at least ``log_from`` tokens (0: none) is logged (``tokens_spent``) once the
+    caller's unit of work commits it."""
     request = Request.checked(
         key=idempotency_key,
         kind=TransferKind.SPEND,
@@ -176,30 +175,62 @@ def _spend(
         description=description,
         metadata=metadata,
         event_at=event_at,
+        feature=feature,
+        quantity=quantity,
     )
-    now = now or utcnow()
+    receipt = _spend(conn, request, amount=amount, now=now or utcnow())
+    if not receipt.replayed and 0 < log_from <= amount:
+        after_commit(conn, partial(log_spent, receipt))
+    return receipt
 
-    def attempt() -> Receipt | None:
-        return move(
-            conn,
-            request,
-            amount=amount,
-            system=SystemAccount.CONSUMPTION,
-            total="total_spent",
-            spend=True,
-            now=now,
-        )
 
-    if (receipt := attempt() or replay(conn, request)) is not None:
+def _spend(conn: Connection, request: Request, *, amount: int, now: datetime) -> Receipt:
+    if commits_alone(conn) and (receipt := spend_at_once(conn, request, amount=amount, now=now)):
         return receipt
     with atomic(conn):
         account_id = wallet_id(conn, request.user_id, lock=True)
-        # Holds past their deadline still count until released; release them and retry.
-        if release_expired(conn, account_id=account_id, now=now) and (receipt := attempt()):
-            return receipt
         if (receipt := replay(conn, request)) is not None:
             return receipt
+        # Holds past their deadline and tokens past their expiry count for nothing.
+        release_expired(conn, account_id=account_id, now=now)
+        buckets.expire_due(conn, account_id=account_id, now=now)
         available = available_tokens(conn, account_id)
+        if available >= amount:
+            balance = conn.execute(
+                sa.update(accounts)
+                .where(accounts.c.id == account_id)
+                .values(
+                    balance=accounts.c.balance - amount,
+                    total_spent=accounts.c.total_spent + amount,
+                )
+                .returning(accounts.c.balance)
+            ).scalar_one()
+            transfer_id = record_transfer(
+                conn,
+                key=request.key,
+                kind=TransferKind.SPEND,
+                debit_account_id=account_id,
+                credit_account_id=SystemAccount.CONSUMPTION,
+                amount=amount,
+                wallet_id=account_id,
+                wallet_balance=balance,
+                description=request.description,
+                metadata=request.metadata,
+                event_at=request.event_at or now,
+                now=now,
+                feature=request.feature,
+                quantity=request.quantity,
+            )
+            buckets.draw(
+                conn, account_id=account_id, amount=amount, now=now, transfer_id=transfer_id
+            )
+            return Receipt(
+                transfer_id=transfer_id,
+                kind=TransferKind.SPEND,
+                user_id=request.user_id,
+                amount=amount,
+                balance=balance,
+            )
     raise InsufficientTokens(request.user_id, requested=amount, available=available)
 
 
@@ -319,6 +350,16 @@ def _refund(
         now=now,
         refund_of_id=transfer_id,
     )
+    buckets.give_back(
+        conn,
+        account_id=account_id,
+        spend_id=transfer_id,
+        refund_id=refund_id,
+        amount=give_back,
+        now=now,
+    )
+    # Tokens back in a bucket that has expired meanwhile expire at once.
+    balance -= buckets.expire_due(conn, account_id=account_id, now=now)
     return Receipt(
         transfer_id=refund_id,
         kind=TransferKind.REFUND,

@@ -157,6 +157,85 @@ _CHECKS: list[tuple[str, str, str, str]] = [
         "wallet {user_id}: totals {total_purchased}/{total_granted}/{total_spent},"
         " transfers say {purchased}/{granted}/{spent}",
     ),
+    (
+        "buckets_sum",
+        "each wallet's balance and held amount equal the sums of its buckets'",
+        """
+        SELECT a.user_id, a.balance, a.held, COALESCE(b.remaining, 0) AS remaining,
+               COALESCE(b.held, 0) AS bucket_held
+          FROM accounts a
+          LEFT JOIN (SELECT account_id, SUM(remaining) AS remaining, SUM(held) AS held
+                       FROM buckets GROUP BY account_id) b ON b.account_id = a.id
+         WHERE a.kind = 'wallet'
+           AND (a.balance <> COALESCE(b.remaining, 0) OR a.held <> COALESCE(b.held, 0))
+        """,
+        "wallet {user_id}: balance {balance}, held {held};"
+        " buckets hold {remaining}, reserve {bucket_held}",
+    ),
+    (
+        "buckets_drawn",
+        "each bucket holds what it was filled with less what was drawn from it, and reserves"
+        " what its pending holds reserve",
+        """
+        SELECT b.id, b.amount, b.remaining, b.held,
+               COALESCE(d.drawn, 0) AS drawn, COALESCE(h.reserved, 0) AS reserved
+          FROM buckets b
+          LEFT JOIN (SELECT bucket_id, SUM(amount) AS drawn FROM draws
+                      WHERE transfer_id IS NOT NULL GROUP BY bucket_id) d ON d.bucket_id = b.id
+          LEFT JOIN (SELECT dr.bucket_id, SUM(dr.amount) AS reserved
+                       FROM draws dr JOIN holds ho ON ho.id = dr.hold_id
+                      WHERE ho.status = 'pending' GROUP BY dr.bucket_id) h
+                 ON h.bucket_id = b.id
+         WHERE b.remaining <> b.amount - COALESCE(d.drawn, 0)
+            OR b.held <> COALESCE(h.reserved, 0)
+        """,
+        "bucket {id}: filled {amount}, drawn {drawn}, remaining {remaining};"
+        " held {held}, pending holds reserve {reserved}",
+    ),
+    (
+        "transfers_drawn",
+        "each credit filled one bucket of its amount, and each spend, clawback or expiry drew"
+        " its amount on the wallet's buckets, and each refund gave its amount back to them"
+        " (transfers from before buckets existed, migration 0010, aside)",
+        """
+        SELECT t.id, t.kind, t.amount, COALESCE(d.drawn, 0) AS drawn,
+               COALESCE(f.filled, 0) AS filled
+          FROM transfers t
+          JOIN accounts w ON w.kind = 'wallet'
+                         AND w.id IN (t.debit_account_id, t.credit_account_id)
+          LEFT JOIN (SELECT account_id, MIN(created_at) AS since FROM buckets
+                      WHERE transfer_id IS NULL GROUP BY account_id) c ON c.account_id = w.id
+          LEFT JOIN (SELECT transfer_id, SUM(amount) AS drawn FROM draws
+                      WHERE transfer_id IS NOT NULL GROUP BY transfer_id) d
+                 ON d.transfer_id = t.id
+          LEFT JOIN (SELECT transfer_id, SUM(amount) AS filled FROM buckets
+                      WHERE transfer_id IS NOT NULL GROUP BY transfer_id) f
+                 ON f.transfer_id = t.id
+         WHERE (c.since IS NULL OR t.created_at > c.since)
+           AND CASE WHEN t.kind IN ('purchase', 'bonus', 'grant', 'restore')
+                    THEN COALESCE(f.filled, 0) <> t.amount OR COALESCE(d.drawn, 0) <> 0
+                    WHEN t.kind = 'refund'
+                    THEN COALESCE(f.filled, 0) - COALESCE(d.drawn, 0) <> t.amount
+                    ELSE COALESCE(d.drawn, 0) <> t.amount OR COALESCE(f.filled, 0) <> 0
+               END
+        """,
+        "transfer {id} ({kind} of {amount}): drew {drawn}, filled {filled}",
+    ),
+    (
+        "buckets_of_their_wallet",
+        "a draw takes from a bucket of the wallet its transfer or hold belongs to",
+        """
+        SELECT d.id, d.bucket_id, b.account_id
+          FROM draws d
+          JOIN buckets b ON b.id = d.bucket_id
+          LEFT JOIN transfers t ON t.id = d.transfer_id
+          LEFT JOIN holds h ON h.id = d.hold_id
+         WHERE (t.id IS NOT NULL
+                AND b.account_id NOT IN (t.debit_account_id, t.credit_account_id))
+            OR (h.id IS NOT NULL AND b.account_id <> h.account_id)
+        """,
+        "draw {id} on bucket {bucket_id} of account {account_id}: another wallet's",
+    ),
 ]
 
 

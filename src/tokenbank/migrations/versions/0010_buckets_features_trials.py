@@ -3,8 +3,9 @@ and hold drew on, a feature and quantity on transfers and holds, and the trials 
 
 Each wallet's balance before this revision is carried over as one bucket that never
 expires (source ``purchase``, no credit transfer: tokens credited before buckets existed
-are not told apart), holding what the wallet's pending holds reserve; each pending hold
-draws on that bucket. ``ledger verify`` then holds at once: every wallet's balance and held
+are not told apart; empty when the balance was), holding what the wallet's pending holds
+reserve; each pending hold draws on that bucket. Its time is the upgrade's, which tells
+``ledger verify`` which of the wallet's transfers came before buckets. ``ledger verify`` then holds at once: every wallet's balance and held
 amount equal the sums of its buckets'.
 
 Revision ID: 0010
@@ -15,6 +16,7 @@ Create Date: 2026-12-07
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -32,14 +34,31 @@ FEATURE_QUANTITY = (
 )
 
 
+def _sqlite_immutable(table: str) -> None:
+    """SQLite's append-only triggers (as 0001 made them for transfers): a batch operation
+    rebuilds the table without them."""
+    for action in ("UPDATE", "DELETE"):
+        op.execute(
+            f"CREATE TRIGGER {table}_immutable_{action.lower()} BEFORE {action} ON {table}"
+            f" BEGIN SELECT RAISE(ABORT, '{table} rows are immutable'); END"
+        )
+
+
+def _feature_columns(table: str) -> None:
+    sqlite = op.get_bind().dialect.name == "sqlite"
+    with op.batch_alter_table(table, schema=None) as batch_op:
+        batch_op.add_column(sa.Column("feature", sa.String(length=64), nullable=True))
+        batch_op.add_column(sa.Column("quantity", sa.BigInteger(), nullable=True))
+        batch_op.create_check_constraint(
+            batch_op.f(f"ck_{table}_feature_quantity"), FEATURE_QUANTITY
+        )
+    if sqlite and table == "transfers":
+        _sqlite_immutable(table)
+
+
 def upgrade() -> None:
     for table in ("transfers", "holds"):
-        with op.batch_alter_table(table, schema=None) as batch_op:
-            batch_op.add_column(sa.Column("feature", sa.String(length=64), nullable=True))
-            batch_op.add_column(sa.Column("quantity", sa.BigInteger(), nullable=True))
-            batch_op.create_check_constraint(
-                batch_op.f(f"ck_{table}_feature_quantity"), FEATURE_QUANTITY
-            )
+        _feature_columns(table)
 
     op.create_table(
         "buckets",
@@ -54,7 +73,9 @@ def upgrade() -> None:
         sa.Column("expires_at", UtcDateTime(), nullable=True),
         sa.Column("expired_at", UtcDateTime(), nullable=True),
         sa.Column("created_at", UtcDateTime(), nullable=False),
-        sa.CheckConstraint("amount > 0", name=op.f("ck_buckets_amount_positive")),
+        sa.CheckConstraint(
+            "amount > 0 OR transfer_id IS NULL", name=op.f("ck_buckets_amount_positive")
+        ),
         sa.CheckConstraint(
             "expired_at IS NULL OR expires_at IS NOT NULL", name=op.f("ck_buckets_expiry")
         ),
@@ -116,6 +137,14 @@ def upgrade() -> None:
     op.create_index(op.f("ix_draws_bucket_id"), "draws", ["bucket_id"], unique=False)
     op.create_index(op.f("ix_draws_hold_id"), "draws", ["hold_id"], unique=False)
     op.create_index(op.f("ix_draws_transfer_id"), "draws", ["transfer_id"], unique=False)
+    # Draws are history, as transfers and entries are: never changed, never removed.
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(
+            "CREATE TRIGGER draws_immutable BEFORE UPDATE OR DELETE ON draws"
+            " FOR EACH ROW EXECUTE FUNCTION tokenbank_reject_change()"
+        )
+    else:
+        _sqlite_immutable("draws")
 
     op.create_table(
         "trials",
@@ -132,13 +161,18 @@ def upgrade() -> None:
         sa.UniqueConstraint("user_id", name=op.f("uq_trials_user_id")),
     )
 
-    # Each wallet's balance so far, as one bucket; its pending holds draw on it.
+    # Each wallet's balance so far, as one bucket; its pending holds draw on it. The
+    # bucket's time is the upgrade's: ``ledger verify`` checks the buckets of transfers
+    # made after it.
     op.execute(
         sa.text(
             "INSERT INTO buckets (account_id, source, paid, amount, remaining, held, created_at)"
-            " SELECT id, 'purchase', :paid, balance, balance, held, created_at FROM accounts"
-            " WHERE kind = 'wallet' AND balance > 0"
-        ).bindparams(paid=True)
+            " SELECT id, 'purchase', :paid, balance, balance, held, :now FROM accounts"
+            " WHERE kind = 'wallet'"
+        ).bindparams(
+            sa.bindparam("paid", True),
+            sa.bindparam("now", datetime.now(UTC), type_=UtcDateTime()),
+        )
     )
     op.execute(
         sa.text(
@@ -150,6 +184,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    sqlite = op.get_bind().dialect.name == "sqlite"
     op.drop_table("trials")
     op.drop_index(op.f("ix_draws_transfer_id"), table_name="draws")
     op.drop_index(op.f("ix_draws_hold_id"), table_name="draws")
@@ -163,3 +198,5 @@ def downgrade() -> None:
             batch_op.drop_constraint(batch_op.f(f"ck_{table}_feature_quantity"), type_="check")
             batch_op.drop_column("quantity")
             batch_op.drop_column("feature")
+        if sqlite and table == "transfers":
+            _sqlite_immutable(table)
