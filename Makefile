@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
-run: install ## Start tokenbank at http://127.0.0.1:8000 on SQLite (./var), with the built-in Stripe emulator
+run: install ## Start tokenbank at http://127.0.0.1:8000 on SQLite (./var), with the built-in Stripe emulator and the worker
 	@BIN=$(BIN) PORT=$(PORT) EMULATOR_PORT=$(EMULATOR_PORT) scripts/run-local.sh
 
 test: install ## Run the test suite (SQLite and PostgreSQL)

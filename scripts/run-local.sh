@@ -4,10 +4,13 @@
 # With STRIPE_SECRET_KEY already set (real Stripe test keys, in the environment or ./.env),
 # no emulator is started.
 #
+# `tokenbank worker` runs beside the service (timed jobs: expiring holds and grants,
+# reconcile, sweep; and mail), its log in $VAR/worker-$PORT.log.
+#
 # Both ports are checked before anything is written: a second `make run` beside a running
-# one stops at once and touches none of its files. The service and the emulator stop with
-# this script, and this script with its parent (`make`): Ctrl-C or a signal to make stops
-# everything.
+# one stops at once and touches none of its files. The service, the emulator and the worker
+# stop with this script, and this script with its parent (`make`): Ctrl-C or a signal to
+# make stops everything.
 set -euo pipefail
 BIN="${BIN:-.venv/bin}"
 PORT="${PORT:-8000}"
@@ -107,6 +110,10 @@ fi
     fi
 } >"$VAR/.env.$$" && mv "$VAR/.env.$$" "$VAR/.env"
 "$BIN/tokenbank" packages sync >/dev/null
+# The timed jobs (docs/worker.md). One log per port, as the emulator's.
+worker_log="$VAR/worker-$PORT.log"
+"$BIN/tokenbank" worker >"$worker_log" 2>&1 &
+children+=($!)
 
 cat <<TXT
 
@@ -115,6 +122,7 @@ Payments go to $stripe_note.
   Buy tokens in the browser: $TOKENBANK_PUBLIC_URL/register, confirm the address from
   the mail at $TOKENBANK_PUBLIC_URL/_dev/mail, sign in, then Buy tokens.
   Create an API key for your app:  $BIN/tokenbank apikeys create --name my-app --scope admin
+The worker (expiring holds and grants, reconcile, sweep, mail) logs to $worker_log.
 Stop with Ctrl-C.
 
 TXT

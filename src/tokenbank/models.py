@@ -9,6 +9,7 @@ from tokenbank.identity import models as identity_models
 from tokenbank.ledger import models as ledger_models
 from tokenbank.mail import models as mail_models
 from tokenbank.users import models as users_models
+from tokenbank.worker import models as worker_models
 
 __all__ = [
     "apikeys_models",
@@ -20,4 +21,5 @@ __all__ = [
     "mail_models",
     "metadata",
     "users_models",
+    "worker_models",
 ]

@@ -10,6 +10,7 @@ import typer
 
 from tokenbank.cli import billing as billing_cli
 from tokenbank.cli import database, demo, mail, maintenance, service, tokens, users
+from tokenbank.cli import worker as worker_cli
 from tokenbank.cli.common import Context
 from tokenbank.config import Settings
 from tokenbank.logs import configure_logging
@@ -37,12 +38,12 @@ for command in (
     tokens.balance,
     tokens.history,
     service.serve,
-    mail.worker,
     billing_cli.reconcile,
 ):
     app.command()(command)
 app.command("stripe-emulator")(billing_cli.stripe_emulator)
 app.command("demo")(demo.demo_command)
+app.command("worker")(worker_cli.worker_command)
 
 
 @app.callback()

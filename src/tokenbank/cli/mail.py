@@ -1,8 +1,7 @@
-"""``tokenbank mail`` and ``tokenbank worker``: the outbox, and the process that sends it."""
+"""``tokenbank mail``: the outbox (``tokenbank worker`` sends it: cli/worker.py)."""
 
 from __future__ import annotations
 
-import signal
 from typing import Annotated
 
 import typer
@@ -11,7 +10,6 @@ from rich.table import Table
 from tokenbank import mail
 from tokenbank.cli.common import context, err, out, reported
 from tokenbank.config import with_secrets
-from tokenbank.logs import configure_logging
 from tokenbank.mail.models import STATUSES
 from tokenbank.web.letters import mail_sender
 
@@ -69,25 +67,3 @@ def mail_retry(ctx: typer.Context, mail_id: int) -> None:
             err.print(f"[bold red]error[/]: no failed mail {mail_id}")
             raise typer.Exit(3)
     out.print(f"mail {mail_id} will be sent again")
-
-
-def worker(
-    ctx: typer.Context,
-    poll: Annotated[float, typer.Option(help="Seconds between looks at the outbox.")] = 5.0,
-) -> None:
-    """Send the outbox until stopped (SIGTERM or Ctrl-C). Any number may run, beside app
-    processes that send too (``TOKENBANK_MAIL_SENDER=app``) or instead of them
-    (``=worker``)."""
-    with reported():
-        settings = with_secrets(context(ctx).settings)
-        sender = mail_sender(settings, context(ctx).db)
-    configure_logging(settings.log_level)
-    # The signals are waited for here, not handled: a handler would run on this thread at
-    # any point, even inside the lock of the event the sender waits on.
-    stopping = {signal.SIGTERM, signal.SIGINT}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stopping)  # the sender's thread inherits it
-    sending = sender.start(poll=poll)
-    err.print("worker: sending the mail outbox (stop with Ctrl-C)")
-    signal.sigwait(stopping)
-    sender.stop()
-    sending.join()

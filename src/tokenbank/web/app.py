@@ -152,6 +152,7 @@ def create_app(
     app.state.runtime = parts
     metrics.watch_reviews(database)
     metrics.watch_mail(database)
+    metrics.watch_jobs(database)
     app.add_middleware(
         Observe,
         metrics=metrics,

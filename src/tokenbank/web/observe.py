@@ -9,17 +9,20 @@ import json
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from tokenbank.billing.purchases import count_awaiting_review
 from tokenbank.db import Database
 from tokenbank.logs import REQUEST_ID
 from tokenbank.mail import retention
 from tokenbank.mail.models import STATUSES
+from tokenbank.worker import states
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -117,6 +120,12 @@ class Metrics:
         for status in STATUSES:
             gauge.labels(status).set_function(counter(status))
 
+    def watch_jobs(self, db: Database) -> None:
+        """The worker's timed jobs as every worker recorded them in the database, read when
+        scraped, so that any number of workers report here and none needs a port: alert on
+        a last success too long ago, or on failures that grow."""
+        self.registry.register(JobsCollector(db))
+
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count a request and its latency (label lookups cached: they are per request)."""
         key = (method, route, status)
@@ -130,6 +139,70 @@ class Metrics:
                 self._children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+
+class JobsCollector(Collector):
+    """``tokenbank_job_*{job}``, one sample per row of the ``jobs`` table."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def describe(self) -> Iterable[Metric]:
+        # The families without samples: registering must not read the database.
+        return self._families()
+
+    def collect(self) -> Iterable[Metric]:
+        families = self._families()
+        try:
+            with self.db.read() as conn:
+                found = states(conn)
+        except Exception:  # a scrape must not fail because the database does
+            return families
+        success, failure, runs, failures, items = families
+        for job in found:
+            success.add_metric(
+                [job.name], job.last_success_at.timestamp() if job.last_success_at else 0.0
+            )
+            failure.add_metric(
+                [job.name], job.last_failure_at.timestamp() if job.last_failure_at else 0.0
+            )
+            runs.add_metric([job.name], job.runs)
+            failures.add_metric([job.name], job.failures)
+            items.add_metric([job.name], job.items)
+        return families
+
+    @staticmethod
+    def _families() -> tuple[
+        GaugeMetricFamily,
+        GaugeMetricFamily,
+        CounterMetricFamily,
+        CounterMetricFamily,
+        CounterMetricFamily,
+    ]:
+        return (
+            GaugeMetricFamily(
+                "tokenbank_job_last_success_timestamp_seconds",
+                "When a run of the job last succeeded (0: never).",
+                labels=["job"],
+            ),
+            GaugeMetricFamily(
+                "tokenbank_job_last_failure_timestamp_seconds",
+                "When a run of the job last failed (0: never).",
+                labels=["job"],
+            ),
+            CounterMetricFamily(
+                "tokenbank_job_runs", "Runs of the job started, by all workers.", labels=["job"]
+            ),
+            CounterMetricFamily(
+                "tokenbank_job_failures", "Runs of the job that failed.", labels=["job"]
+            ),
+            CounterMetricFamily(
+                "tokenbank_job_items",
+                "What the job's runs handled: holds or buckets expired, payments fixed, rows"
+                " swept.",
+                labels=["job"],
+            ),
+        )
 
 
 def _given_id(value: bytes) -> str | None:
