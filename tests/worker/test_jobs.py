@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 
-from tests.billing.conftest import Store, open_store
+from tests.billing.conftest import Store, store
 from tests.conftest import EPOCH
 from tests.processes import STOP_TIMEOUT, Process, clean_env
-from tests.stripe_emulator import EmulatorServer
 from tests.worker.conftest import LATER, MADE, holds_past_due
 from tokenbank import ledger, worker
 from tokenbank.columns import utcnow
@@ -26,6 +23,8 @@ from tokenbank.identity.models import rate_limits
 from tokenbank.ledger import HoldStatus, Source, TransferKind
 from tokenbank.ledger.models import accounts, holds, transfers
 from tokenbank.worker import Run, jobs
+
+__all__ = ["store"]  # a fixture
 
 
 def hold_statuses(db: Database) -> dict[str, int]:
@@ -209,13 +208,6 @@ def test_the_schedule_leaves_reconcile_out_without_payments() -> None:
     plan = worker.schedule(settings, seller=None)
     assert [job.name for job in plan.jobs] == ["expire_holds", "expire_grants", "sweep"]
     assert [name for name, _ in plan.skipped] == ["reconcile"]
-
-
-@pytest.fixture
-def store(db: Database, emulator_server: EmulatorServer) -> Iterator[Store]:
-    with open_store(db, emulator_server) as opened:
-        opened.user()
-        yield opened
 
 
 def test_reconcile_credits_a_payment_whose_webhook_never_came(store: Store) -> None:
