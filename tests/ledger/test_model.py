@@ -1,8 +1,10 @@
 """The ledger against a plain model, driven by hypothesis.
 
-Random sequences of credits, spends, refunds, holds, posts, voids, expiries and replays of
-earlier keys run on a real database; after every step the balances match the model, none is
-negative, and ``verify`` passes.
+Random sequences of credits (of every source, some expiring), spends, refunds, holds,
+posts, voids, time passing, sweeps of holds and of expired buckets, and replays of earlier
+keys run on a real database; the model keeps every wallet as buckets drawn on in the
+documented order. After every step the balances and what expires next match the model,
+none is negative, and ``verify`` passes.
 """
 
 from __future__ import annotations
@@ -26,16 +28,75 @@ from tests.conftest import DatabaseFactory
 from tokenbank import ledger
 from tokenbank.db import Database
 from tokenbank.ledger import TransferKind
+from tokenbank.ledger.models import PAID_SOURCES
 
 USERS = ("ann", "bo")
 T0 = datetime(2026, 11, 21, tzinfo=UTC)
 
 
 @dataclass
+class Bucket:
+    """What the model knows of one credit: the ledger's bucket, simulated."""
+
+    seq: int
+    user_id: str
+    paid: bool
+    expires_at: datetime | None
+    remaining: int
+    held: int = 0
+
+    def live(self, now: datetime) -> bool:
+        return self.expires_at is None or self.expires_at > now
+
+    def order(self) -> tuple[bool, datetime, bool, int]:
+        return (self.expires_at is None, self.expires_at or T0, self.paid, self.seq)
+
+
+@dataclass
 class Model:
-    available: dict[str, int] = field(default_factory=lambda: dict.fromkeys(USERS, 0))
-    held: dict[str, int] = field(default_factory=lambda: dict.fromkeys(USERS, 0))
+    """The wallets as buckets, drawn on in the documented order of use."""
+
+    buckets: list[Bucket] = field(default_factory=list)
+    reserved: dict[int, list[tuple[Bucket, int]]] = field(default_factory=dict)  # hold id
+    drawn: dict[int, list[tuple[Bucket, int]]] = field(default_factory=dict)  # spend id
     refundable: dict[int, int] = field(default_factory=dict)  # spend transfer id -> left
+
+    def of(self, user: str) -> list[Bucket]:
+        return sorted((b for b in self.buckets if b.user_id == user), key=Bucket.order)
+
+    def available(self, user: str, now: datetime) -> int:
+        return sum(b.remaining - b.held for b in self.of(user) if b.live(now))
+
+    def take(
+        self, user: str, amount: int, now: datetime, *, hold: bool
+    ) -> list[tuple[Bucket, int]]:
+        taken, left = [], amount
+        for b in self.of(user):
+            free = b.remaining - b.held
+            if left == 0 or not b.live(now) or free <= 0:
+                continue
+            n = min(free, left)
+            left -= n
+            if hold:
+                b.held += n
+            else:
+                b.remaining -= n
+            taken.append((b, n))
+        assert left == 0
+        return taken
+
+    def end_hold(self, hold_id: int, spent: int) -> None:
+        left = spent
+        for b, n in self.reserved.pop(hold_id):
+            t = min(n, left)
+            left -= t
+            b.held -= n
+            b.remaining -= t
+
+    def expire(self, user: str, now: datetime) -> None:
+        for b in self.of(user):
+            if not b.live(now) and b.remaining > b.held:
+                b.remaining = b.held
 
 
 @dataclass(frozen=True)
@@ -56,6 +117,29 @@ class HeldTokens:
     user_id: str
     amount: int
     expires_at: datetime
+
+
+def _first(drawn: list[tuple[Bucket, int]], amount: int) -> list[tuple[Bucket, int]]:
+    """The first ``amount`` tokens of what was drawn, in order."""
+    out, left = [], amount
+    for b, n in drawn:
+        if left:
+            out.append((b, min(n, left)))
+            left -= min(n, left)
+    return out
+
+
+def _less(drawn: list[tuple[Bucket, int]], amount: int) -> list[tuple[Bucket, int]]:
+    """What is still out of a spend's draws after ``amount`` came back, the last first."""
+    kept = list(drawn)
+    while amount:
+        b, n = kept.pop()
+        if n > amount:
+            kept.append((b, n - amount))
+            amount = 0
+        else:
+            amount -= n
+    return kept
 
 
 def make_machine(fresh_database: DatabaseFactory, unit: str) -> type[RuleBasedStateMachine]:
@@ -79,31 +163,51 @@ def make_machine(fresh_database: DatabaseFactory, unit: str) -> type[RuleBasedSt
             self.serial += 1
             return f"k{self.serial}"
 
-        @rule(target=done, user=st.sampled_from(USERS), amount=st.integers(1, 50))
-        def credit(self, user: str, amount: int) -> Done:
+        @rule(
+            target=done,
+            user=st.sampled_from(USERS),
+            amount=st.integers(1, 50),
+            source=st.sampled_from(list(ledger.Source)),
+            lasts=st.none() | st.integers(1, 240),
+        )
+        def credit(self, user: str, amount: int, source: ledger.Source, lasts: int | None) -> Done:
             key = self._key()
+            expires_at = None if lasts is None else self.now + timedelta(seconds=lasts)
             with self.unit() as conn:
                 r = ledger.credit(
-                    conn, user_id=user, amount=amount, kind=TransferKind.GRANT, idempotency_key=key
+                    conn,
+                    user_id=user,
+                    amount=amount,
+                    kind=TransferKind.GRANT,
+                    idempotency_key=key,
+                    source=source,
+                    expires_at=expires_at,
+                    now=self.now,
                 )
-            self.model.available[user] += amount
+            self.model.buckets.append(
+                Bucket(r.transfer_id, user, source in PAID_SOURCES, expires_at, amount)
+            )
             return Done(key, user, amount, "grant", r.transfer_id, r.balance)
 
         @rule(target=done, user=st.sampled_from(USERS), amount=st.integers(1, 60))
         def spend(self, user: str, amount: int) -> Done:
-            self._expire_in_model(user)  # expired holds count as released
             key = self._key()
+            available = self.model.available(user, self.now) + self._stale(user)
             try:
                 with self.unit() as conn:
                     r = ledger.spend(
                         conn, user_id=user, amount=amount, idempotency_key=key, now=self.now
                     )
             except ledger.InsufficientTokens as exc:
-                assert amount > self.model.available[user]
-                assert exc.available == self.model.available[user]
+                assert amount > available
+                assert exc.available == available
+                self._expire_in_model(user)  # the refusal released and expired what was due
                 return Done(key, user, amount, "refused", 0, 0)
-            assert amount <= self.model.available[user]
-            self.model.available[user] -= amount
+            assert amount <= available
+            if r.balance != self._balance(user) - amount:
+                # The long way: it released and expired what was due first.
+                self._expire_in_model(user)
+            self.model.drawn[r.transfer_id] = self.model.take(user, amount, self.now, hold=False)
             self.model.refundable[r.transfer_id] = amount
             return Done(key, user, amount, "spend", r.transfer_id, r.balance)
 
@@ -160,13 +264,22 @@ def make_machine(fresh_database: DatabaseFactory, unit: str) -> type[RuleBasedSt
                         transfer_id=earlier.transfer_id,
                         amount=amount,
                         idempotency_key=self._key(),
+                        now=self.now,
                     )
             except ledger.RefundExceedsSpend:
                 assert left == 0 or (amount or left) > left
                 return
             assert r.amount == (amount or left) <= left
             self.model.refundable[earlier.transfer_id] -= r.amount
-            self.model.available[earlier.user_id] += r.amount
+            back = r.amount
+            for b, n in reversed(self.model.drawn[earlier.transfer_id]):
+                given = min(n, back)
+                back -= given
+                b.remaining += given
+            self.model.drawn[earlier.transfer_id] = _less(
+                self.model.drawn[earlier.transfer_id], r.amount
+            )
+            self._expire_in_model(earlier.user_id)
 
         @rule(
             target=holds,
@@ -176,6 +289,7 @@ def make_machine(fresh_database: DatabaseFactory, unit: str) -> type[RuleBasedSt
         )
         def hold(self, user: str, amount: int, ttl: int) -> HeldTokens:
             self._expire_in_model(user)
+            available = self.model.available(user, self.now)
             try:
                 with self.unit() as conn:
                     h = ledger.hold(
@@ -187,10 +301,9 @@ def make_machine(fresh_database: DatabaseFactory, unit: str) -> type[RuleBasedSt
                         now=self.now,
                     )
             except ledger.InsufficientTokens:
-                assert amount > self.model.available[user]
+                assert amount > available
                 return HeldTokens(0, user, 0, self.now)
-            self.model.available[user] -= amount
-            self.model.held[user] += amount
+            self.model.reserved[h.id] = self.model.take(user, amount, self.now, hold=True)
             self.pending[h.id] = HeldTokens(h.id, user, amount, h.expires_at)
             return self.pending[h.id]
 
@@ -205,10 +318,12 @@ def make_machine(fresh_database: DatabaseFactory, unit: str) -> type[RuleBasedSt
             except ledger.HoldNotPending:
                 assert held.id not in self.pending or held.expires_at <= self.now
                 return
-            spent = self.pending.pop(held.id)
-            self.model.held[spent.user_id] -= spent.amount
-            self.model.available[spent.user_id] += spent.amount - amount
+            self.pending.pop(held.id)
+            drawn = [(b, n) for b, n in self.model.reserved[held.id]]
+            self.model.end_hold(held.id, amount)
+            self.model.drawn[r.transfer_id] = _first(drawn, amount)
             self.model.refundable[r.transfer_id] = amount
+            self.model.expire(held.user_id, self.now)
 
         @rule(held=consumes(holds))
         def void(self, held: HeldTokens) -> None:
@@ -221,40 +336,66 @@ def make_machine(fresh_database: DatabaseFactory, unit: str) -> type[RuleBasedSt
                 assert held.id not in self.pending  # it was posted
                 return
             if self.pending.pop(held.id, None) is not None:
-                self.model.held[held.user_id] -= held.amount
-                self.model.available[held.user_id] += held.amount
+                self.model.end_hold(held.id, 0)
+                self.model.expire(held.user_id, self.now)
 
-        @rule(seconds=st.integers(1, 90))
+        @rule(seconds=st.integers(1, 120))
         def time_passes(self, seconds: int) -> None:
             self.now += timedelta(seconds=seconds)
 
-        @rule()
-        def sweep(self) -> None:
+        @rule(grants_first=st.booleans())
+        def sweep(self, grants_first: bool) -> None:
+            """The worker's two expiry jobs, in either order."""
             with self.unit() as conn:
+                if grants_first:
+                    ledger.expire_grants(conn, now=self.now)
                 ledger.expire_holds(conn, now=self.now)
+                ledger.expire_grants(conn, now=self.now)
             for user in USERS:
                 self._expire_in_model(user)
 
+        def _stale(self, user: str) -> int:
+            """Tokens of holds past their deadline, in buckets still live: free once released."""
+            return sum(
+                n
+                for hold_id, h in self.pending.items()
+                if h.user_id == user and h.expires_at <= self.now
+                for b, n in self.model.reserved[hold_id]
+                if b.live(self.now)
+            )
+
+        def _balance(self, user: str) -> int:
+            return sum(b.remaining for b in self.model.of(user))
+
         def _expire_in_model(self, user: str) -> None:
+            """What the ledger does under the wallet's lock before it uses its tokens:
+            release holds past their deadline, then expire what is left of buckets past
+            their expiry."""
             for hold_id, h in list(self.pending.items()):
                 if h.user_id == user and h.expires_at <= self.now:
                     del self.pending[hold_id]
-                    self.model.held[user] -= h.amount
-                    self.model.available[user] += h.amount
+                    self.model.end_hold(hold_id, 0)
+            self.model.expire(user, self.now)
 
         @invariant()
         def balances_match_the_model(self) -> None:
             with self.db.read() as conn:
                 for user in USERS:
                     balance = ledger.balance(conn, user_id=user, now=self.now)
-                    stale = sum(
+                    held = sum(
                         h.amount
                         for h in self.pending.values()
-                        if h.user_id == user and h.expires_at <= self.now
+                        if h.user_id == user and h.expires_at > self.now
                     )
-                    assert balance.available == self.model.available[user] + stale
-                    assert balance.held == self.model.held[user] - stale
+                    available = self.model.available(user, self.now) + self._stale(user)
+                    assert (balance.available, balance.held) == (available, held)
                     assert balance.available >= 0 and balance.held >= 0
+                    expiring = [
+                        (b.remaining, b.expires_at)
+                        for b in self.model.of(user)
+                        if b.expires_at is not None and b.live(self.now) and b.remaining
+                    ]
+                    assert [(e.amount, e.expires_at) for e in balance.expiring] == expiring
 
         @invariant()
         def verify_passes(self) -> None:

@@ -22,6 +22,7 @@ from tokenbank.ledger.models import (
     TransferKind,
     accounts,
     buckets,
+    draws,
     entries,
     holds,
     transfers,
@@ -52,12 +53,27 @@ class Balance:
 
 def _expiring_query(now: sa.ColumnElement[Any]) -> sa.Select[Any]:
     """What of the wallet expires, soonest first; and, marked by a NULL source, what is
-    past its expiry and not moved out yet (``due``), in the same query."""
+    past its expiry and not moved out yet (``due``), in the same query. Of a bucket past
+    its expiry, what a pending hold reserves is not due, unless that hold is past its own
+    deadline too (a read treats such a hold as released)."""
     wallet = sa.select(accounts.c.id).where(accounts.c.user_id == sa.bindparam("user_id"))
     live = buckets.c.expires_at > now
+    stale_reserved = (
+        sa.select(sa.func.coalesce(sa.func.sum(draws.c.amount), 0))
+        .join(holds, holds.c.id == draws.c.hold_id)
+        .where(
+            draws.c.bucket_id == buckets.c.id,
+            holds.c.status == HoldStatus.PENDING.value,
+            holds.c.expires_at <= now,
+        )
+        .scalar_subquery()
+    )
     return (
         sa.select(
-            sa.case((live, buckets.c.remaining), else_=buckets.c.remaining - buckets.c.held),
+            sa.case(
+                (live, buckets.c.remaining),
+                else_=buckets.c.remaining - buckets.c.held + stale_reserved,
+            ),
             buckets.c.expires_at,
             sa.case((live, buckets.c.source), else_=sa.null()),
         )
@@ -65,7 +81,6 @@ def _expiring_query(now: sa.ColumnElement[Any]) -> sa.Select[Any]:
             buckets.c.account_id == wallet.scalar_subquery(),
             buckets.c.remaining > 0,
             buckets.c.expires_at.is_not(None),
-            sa.or_(live, buckets.c.remaining > buckets.c.held),
         )
         .order_by(*ORDER)
         .limit(MAX_EXPIRING)
