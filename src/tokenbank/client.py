@@ -133,6 +133,13 @@ _ERRORS: dict[str, type[ApiError]] = {
 
 
 @dataclass(frozen=True, slots=True)
+class Expiring:
+    amount: int
+    expires_at: datetime
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
 class Balance:
     user_id: str
     available: int
@@ -142,6 +149,8 @@ class Balance:
     total_granted: int
     total_spent: int
     debt: int = 0
+    #: What will expire unless used first, soonest first.
+    expiring: tuple[Expiring, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,13 +254,6 @@ class HoldState:
 
 
 @dataclass(frozen=True, slots=True)
-class Expiring:
-    amount: int
-    expires_at: datetime
-    source: str
-
-
-@dataclass(frozen=True, slots=True)
 class Entitlement:
     """What ``TokenBank.check`` answers: advice for a page (grey out a button), not a
     promise; the spend or hold that follows decides."""
@@ -300,6 +302,14 @@ def _transfer(body: dict[str, Any]) -> Transfer:
     )
 
 
+def _expiring(body: dict[str, Any]) -> Expiring:
+    return Expiring(
+        amount=body["amount"],
+        expires_at=datetime.fromisoformat(body["expires_at"]),
+        source=body["source"],
+    )
+
+
 def _entitlement(body: dict[str, Any]) -> Entitlement:
     soonest = body["expires_soonest"]
     return Entitlement(
@@ -307,13 +317,7 @@ def _entitlement(body: dict[str, Any]) -> Entitlement:
         cost=body["cost"],
         available=body["available"],
         short_by=body["short_by"],
-        expires_soonest=None
-        if soonest is None
-        else Expiring(
-            amount=soonest["amount"],
-            expires_at=datetime.fromisoformat(soonest["expires_at"]),
-            source=soonest["source"],
-        ),
+        expires_soonest=None if soonest is None else _expiring(soonest),
         buy_url=body["buy_url"],
     )
 
@@ -428,7 +432,8 @@ class TokenBank:
 
     def balance(self, user_id: str) -> Balance:
         body = self._request("GET", f"/users/{_id(user_id)}/balance")
-        return Balance(**{name: body[name] for name in Balance.__slots__})
+        values = {name: body[name] for name in Balance.__slots__ if name != "expiring"}
+        return Balance(**values, expiring=tuple(_expiring(e) for e in body.get("expiring", [])))
 
     def portal_url(self, user_id: str, *, return_path: str = "/dashboard") -> str:
         """A one-time link, valid for minutes, that signs the user in to the pages."""

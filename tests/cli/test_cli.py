@@ -57,6 +57,7 @@ def test_a_tour(tokenbank: object, db: Database) -> None:
         "total_granted": 100,
         "total_spent": 30,
         "debt": 0,
+        "expiring": [],
         "balance": 70,
     }
     assert "available" in run("balance", "alice")  # type: ignore[operator]

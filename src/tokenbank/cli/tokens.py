@@ -166,6 +166,11 @@ def balance(
         ("total spent", result.total_spent),
     ):
         table.add_row(label, f"{value:,}")
+    for expiring in result.expiring:
+        table.add_row(
+            f"expires {expiring.expires_at:%Y-%m-%d %H:%M} UTC",
+            f"{expiring.amount:,} ({expiring.source})",
+        )
     out.print(table)
 
 

@@ -342,6 +342,8 @@ def _post(conn: Connection, *, hold_id: int, amount: int, now: datetime) -> Rece
             amount=amount,
             balance=balance_after,
             replayed=True,
+            feature=current.feature,
+            quantity=current.quantity,
         )
     if status is not HoldStatus.PENDING:
         raise HoldNotPending(hold_id, status.value)
@@ -395,6 +397,8 @@ def _post(conn: Connection, *, hold_id: int, amount: int, now: datetime) -> Rece
         user_id=current.user_id,
         amount=amount,
         balance=balance,
+        feature=current.feature,
+        quantity=current.quantity,
     )
 
 

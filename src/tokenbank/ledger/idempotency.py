@@ -160,4 +160,6 @@ def replay(conn: Connection, request: Request) -> Receipt | None:
         amount=row.amount,
         balance=row.balance_after,
         replayed=True,
+        feature=row.feature,
+        quantity=row.quantity,
     )

@@ -33,6 +33,8 @@ class Receipt:
     amount: int
     balance: int
     replayed: bool = False
+    feature: str | None = None  # what a spend bought, and how many
+    quantity: int | None = None
 
 
 _insert_transfer = {

@@ -298,6 +298,8 @@ def move(
         user_id=request.user_id,
         amount=amount,
         balance=balance,
+        feature=request.feature,
+        quantity=request.quantity,
     )
 
 
@@ -332,6 +334,8 @@ def spent(request: Request, amount: int, rows: list[tuple[Any, ...]]) -> Receipt
         user_id=request.user_id,
         amount=amount,
         balance=balance,
+        feature=request.feature,
+        quantity=request.quantity,
     )
 
 

@@ -59,7 +59,7 @@ def _expiring_query(now: sa.ColumnElement[Any]) -> sa.Select[Any]:
     wallet = sa.select(accounts.c.id).where(accounts.c.user_id == sa.bindparam("user_id"))
     live = buckets.c.expires_at > now
     stale_reserved = (
-        sa.select(sa.func.coalesce(sa.func.sum(draws.c.amount), 0))
+        sa.select(sa.cast(sa.func.coalesce(sa.func.sum(draws.c.amount), 0), sa.BigInteger))
         .join(holds, holds.c.id == draws.c.hold_id)
         .where(
             draws.c.bucket_id == buckets.c.id,
@@ -140,7 +140,7 @@ def _to_balance(user_id: str, row: Any, expiring: Sequence[Any]) -> Balance:
     if row is None:
         raise UnknownUser(user_id)
     balance, held, total_purchased, total_granted, total_spent, debt, stale = row
-    due = sum(amount for amount, _, source in expiring if source is None)
+    due = sum(int(amount) for amount, _, source in expiring if source is None)
     return Balance(
         user_id=user_id,
         available=balance - held + stale - due,
@@ -150,7 +150,7 @@ def _to_balance(user_id: str, row: Any, expiring: Sequence[Any]) -> Balance:
         total_spent=total_spent,
         debt=debt,
         expiring=[
-            Expiring(amount=amount, expires_at=at, source=Source(source))
+            Expiring(amount=int(amount), expires_at=at, source=Source(source))
             for amount, at, source in expiring
             if source is not None
         ],

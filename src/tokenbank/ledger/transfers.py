@@ -230,6 +230,8 @@ def _spend(conn: Connection, request: Request, *, amount: int, now: datetime) ->
                 user_id=request.user_id,
                 amount=amount,
                 balance=balance,
+                feature=request.feature,
+                quantity=request.quantity,
             )
     raise InsufficientTokens(request.user_id, requested=amount, available=available)
 

@@ -101,6 +101,12 @@ class UserOut(BaseModel):
     )
 
 
+class ExpiringOut(BaseModel):
+    amount: int
+    expires_at: datetime
+    source: str = Field(description="purchase, subscription, trial, promo or admin.")
+
+
 class BalanceOut(BaseModel):
     user_id: str
     available: int = Field(description="Tokens that can be spent now.")
@@ -110,6 +116,10 @@ class BalanceOut(BaseModel):
     total_granted: int
     total_spent: int
     debt: int = Field(default=0, description="Clawed back (refund, dispute) but not covered.")
+    expiring: list[ExpiringOut] = Field(
+        default_factory=list,
+        description="Tokens that will expire unless used first, soonest first (up to 20).",
+    )
 
 
 class SpendIn(Priced):
@@ -211,12 +221,6 @@ class HistoryOut(BaseModel):
 
 class CheckIn(Priced):
     """What a check asks about: an amount, or a feature and a quantity."""
-
-
-class ExpiringOut(BaseModel):
-    amount: int
-    expires_at: datetime
-    source: str = Field(description="purchase, subscription, trial, promo or admin.")
 
 
 class CheckOut(BaseModel):
@@ -379,6 +383,8 @@ def receipt_out(receipt: ledger.Receipt) -> ReceiptOut:
         amount=receipt.amount,
         balance=receipt.balance,
         replayed=receipt.replayed,
+        feature=receipt.feature,
+        quantity=receipt.quantity,
     )
 
 

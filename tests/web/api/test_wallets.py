@@ -63,6 +63,7 @@ def test_spend_balance_and_insufficient(
         "total_granted": 100,
         "total_spent": 30,
         "debt": 0,
+        "expiring": [],
     }
 
 

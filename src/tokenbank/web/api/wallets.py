@@ -89,6 +89,14 @@ async def get_balance(user_id: UserId, request: Request) -> JSONResponse:
             "total_granted": balance.total_granted,
             "total_spent": balance.total_spent,
             "debt": balance.debt,
+            "expiring": [
+                {
+                    "amount": e.amount,
+                    "expires_at": e.expires_at.isoformat(),
+                    "source": e.source.value,
+                }
+                for e in balance.expiring
+            ],
         }
     )
 
