@@ -103,8 +103,6 @@ class Settings(BaseSettings):
     low_balance_threshold: int = Field(default=100, ge=0)
     #: A spend of at least this many tokens gets a log line of its own (0: none).
     log_spends_from: int = Field(default=10_000, ge=0)
-    #: Days purchased tokens stay usable (0: they never expire, the default).
-    purchase_token_days: int = Field(default=0, ge=0, le=36_500)
 
     # Free trial (docs/grants.md): tokens a new user gets once per person (0: no trial),
     # and the days they stay usable.

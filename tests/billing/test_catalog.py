@@ -61,6 +61,9 @@ def test_the_shipped_catalogs_are_valid() -> None:
         ([_package(), _package(id="cny", currency="cny")], "several currencies"),
         ([_package(active=False)], "no package is active"),
         ([_package(id="has space")], "id must be"),
+        ([_package(expires_after_days=0)], "expires_after_days must be a whole number"),
+        ([_package(expires_after_days=36_501)], "expires_after_days must be a whole number"),
+        ([_package(expires_after_days="30")], "expires_after_days must be a whole number"),
         ([], "no [[packages]]"),
     ],
 )

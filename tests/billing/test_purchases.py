@@ -6,6 +6,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -580,3 +581,30 @@ def test_return_urls_only_to_this_service_or_allowed_hosts(
                 headers=headers,
             )
             assert started.status_code == status, (host, started.text)
+
+
+def test_a_pack_whose_tokens_expire_credits_them_with_the_terms_it_was_sold_on(
+    db: Database, emulator_server: EmulatorServer
+) -> None:
+    """A package's ``expires_after_days`` is copied to the purchase when it is sold; its
+    tokens (bonus included) expire that many days after the payment is credited, even if
+    the catalog changes in between."""
+    lasting = billing.load_catalog(Path("catalogs/default.toml"))
+    packages = tuple(
+        replace(p, expires_after_days=30) if p.id == "plus" else p for p in lasting.packages
+    )
+    with open_store(db, emulator_server, catalog=replace(lasting, packages=packages)) as store:
+        store.user()
+        started = store.checkout("plus")
+        assert store.emulator.pay(started["checkout_session_id"]).status_code == 200
+        store.emulator.settle()
+        with db.read() as conn:
+            (row,) = conn.execute(
+                sa.select(purchases.c.tokens_expire_days, purchases.c.paid_at)
+            ).all()
+            balance = ledger.balance(conn, user_id="alice")
+    assert row.tokens_expire_days == 30
+    assert [(e.amount, e.expires_at, e.source) for e in balance.expiring] == [
+        (2000, row.paid_at + timedelta(days=30), ledger.Source.PURCHASE),
+        (200, row.paid_at + timedelta(days=30), ledger.Source.PURCHASE),
+    ]

@@ -29,6 +29,9 @@ MAX_TOKENS = 10**9
 MAX_ID_LENGTH = 64
 FEATURE_KEYS = frozenset({"name", "tokens"})
 
+#: The longest a package's tokens may be made to last (100 years: "practically never").
+MAX_VALID_DAYS = 36_500
+
 
 @dataclass(frozen=True, slots=True)
 class Package:
@@ -41,6 +44,8 @@ class Package:
     currency: str
     badge: str | None
     active: bool
+    #: Days its tokens stay usable after the purchase is paid; None: they never expire.
+    expires_after_days: int | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -262,6 +267,7 @@ def _package(
     active = entry.get("active", True)
     if not isinstance(active, bool):
         problems.append(f"{where}: active must be true or false")
+    days = _valid_days(entry.get("expires_after_days"), where, problems)
     if len(problems) > before:
         return None
     assert isinstance(tokens, int) and isinstance(price, int) and isinstance(bonus, int)
@@ -276,6 +282,7 @@ def _package(
         currency=currency,
         badge=badge,
         active=active,
+        expires_after_days=days,
     )
     low, high = PRICE_PER_TOKEN_BAND
     if not low <= package.price_per_token <= high:
@@ -286,6 +293,16 @@ def _package(
     if price < MINIMUM_CHARGE.get(currency, 0):
         problems.append(f"{where}: price is below Stripe's minimum charge")
     return package
+
+
+def _valid_days(days: object, where: str, problems: list[str]) -> int | None:
+    """A package's ``expires_after_days``: absent (its tokens never expire) or 1-36,500."""
+    if days is None:
+        return None
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_VALID_DAYS:
+        problems.append(f"{where}: expires_after_days must be a whole number, 1-{MAX_VALID_DAYS}")
+        return None
+    return days
 
 
 def catalog_warnings(catalog: Catalog) -> list[str]:

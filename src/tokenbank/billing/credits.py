@@ -7,7 +7,7 @@ at most once, so this is its own module that settling and reviews both use.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -40,6 +40,9 @@ def credit_paid(
         description=f"Purchase of {purchase.package_id}",
         metadata={"purchase_id": purchase.id, "package_id": purchase.package_id},
         now=now,
+        expires_at=None
+        if purchase.tokens_expire_days is None
+        else now + timedelta(days=purchase.tokens_expire_days),
     )
     conn.execute(
         sa.update(purchases)

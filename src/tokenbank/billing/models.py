@@ -75,6 +75,8 @@ purchases = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
     sa.Column("paid_at", UtcDateTime, nullable=True),
+    # The package's terms when it was sold: days its tokens stay usable (None: forever).
+    sa.Column("tokens_expire_days", sa.Integer, nullable=True),
     # Why an admin must look (a payment that does not match; paid here, not at Stripe), and
     # what they decided; every decision is also in the audit log.
     sa.Column("review", sa.Text, nullable=True),

@@ -74,6 +74,8 @@ class Purchase:
     review_decision: ReviewDecision | None = None
     reviewed_by: str | None = None
     reviewed_at: datetime | None = None
+    #: Days the tokens stay usable once paid (the package's terms when sold); None: forever.
+    tokens_expire_days: int | None = None
 
     @property
     def awaiting_review(self) -> bool:
@@ -109,6 +111,7 @@ def to_purchase(row: Any) -> Purchase:
         review_decision=ReviewDecision(row.review_decision) if row.review_decision else None,
         reviewed_by=row.reviewed_by,
         reviewed_at=row.reviewed_at,
+        tokens_expire_days=row.tokens_expire_days,
     )
 
 
@@ -255,6 +258,7 @@ def _open_purchase(
                 # Stripe account can never collide on a key.
                 stripe_idempotency_key=f"tokenbank-{secrets.token_hex(12)}",
                 idempotency_key=idempotency_key,
+                tokens_expire_days=package.expires_after_days,
                 created_at=now,
                 updated_at=now,
             )

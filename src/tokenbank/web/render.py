@@ -26,7 +26,14 @@ from tokenbank.web import i18n
 from tokenbank.web.browser import Browsers
 from tokenbank.web.i18n import Language
 from tokenbank.web.security import PAGE_HEADERS
-from tokenbank.web.texts import FAILURE_TEXTS, FILTER_KINDS, KIND_NAMES, STATUS_NAMES, describe
+from tokenbank.web.texts import (
+    FAILURE_TEXTS,
+    FILTER_KINDS,
+    KIND_NAMES,
+    SOURCE_NAMES,
+    STATUS_NAMES,
+    describe,
+)
 
 HOME = "/dashboard"
 
@@ -121,6 +128,7 @@ class Pages:
                 "must_verify": bool(user and self.verify_email and not user.email_verified),
                 "low_balance": self.low_balance,
                 "kind_names": KIND_NAMES,
+                "source_names": SOURCE_NAMES,
                 "filter_kinds": FILTER_KINDS,
                 "status_names": STATUS_NAMES,
                 "failure_texts": FAILURE_TEXTS,

@@ -20,10 +20,23 @@ KIND_NAMES = {
     ledger.TransferKind.RESTORE: N_("Returned"),
     ledger.TransferKind.EXPIRY: N_("Expiry"),
 }
-#: The kinds the history page filters by: not expiries, while nothing sold or granted here
-#: expires (the pages say tokens never expire).
-FILTER_KINDS = {
-    kind: name for kind, name in KIND_NAMES.items() if kind is not ledger.TransferKind.EXPIRY
+#: The kinds the history page filters by.
+FILTER_KINDS = KIND_NAMES
+#: Where tokens came from, as the dashboard says what expires ("from your free trial").
+SOURCE_NAMES = {
+    ledger.Source.PURCHASE: N_("purchased"),
+    ledger.Source.SUBSCRIPTION: N_("from your plan"),
+    ledger.Source.TRIAL: N_("from your free trial"),
+    ledger.Source.PROMO: N_("from a promotion"),
+    ledger.Source.ADMIN: N_("given to you"),
+}
+#: How the history describes an expiry, by the source of the tokens that expired.
+EXPIRY_TEXTS = {
+    ledger.Source.PURCHASE: N_("Purchased tokens expired"),
+    ledger.Source.SUBSCRIPTION: N_("Unused plan tokens expired"),
+    ledger.Source.TRIAL: N_("Free trial tokens expired"),
+    ledger.Source.PROMO: N_("Promotional tokens expired"),
+    ledger.Source.ADMIN: N_("Granted tokens expired"),
 }
 STATUS_NAMES = {
     "pending": N_("Pending"),
@@ -60,6 +73,8 @@ def describe(item: ledger.HistoryItem, *, lang: Language, catalog: Catalog | Non
         return lang.gettext("Purchase of %(package)s", package=name)
     if "settles_debt" in meta:
         return lang.gettext("Tokens owed, collected from a purchase")
+    if item.kind is ledger.TransferKind.EXPIRY and meta.get("source") in EXPIRY_TEXTS:
+        return lang.gettext(EXPIRY_TEXTS[ledger.Source(meta["source"])])
     if purchase is not None:
         # The first marker the metadata carries names what happened to the purchase.
         for marker, text in PURCHASE_EVENTS:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 import sqlalchemy as sa
@@ -44,6 +45,26 @@ def test_pricing_shows_every_package_to_anyone(browser: TestClient) -> None:
     assert 'href="/register">Create an account to buy' in page.text
     assert 'href="/login?next=/pricing"' in page.text
     assert "$9.09 per 1,000 tokens" in page.text  # Plus: $20.00 for 2,200 tokens
+
+
+def test_pricing_says_tokens_never_expire_only_while_no_pack_expires(
+    db: Database, emulator_server: EmulatorServer
+) -> None:
+    with _browser(db, emulator_server, PurchaseFlow.CHECKOUT) as lasting:
+        assert "Tokens never expire, and bigger packs" in lasting.get("/pricing").text
+    catalog = make_billing(emulator_server.url).catalog
+    packages = tuple(
+        replace(p, expires_after_days=365) if p.id == "plus" else p for p in catalog.packages
+    )
+    seller = replace(make_billing(emulator_server.url), catalog=replace(catalog, packages=packages))
+    app = create_app(SETTINGS, db=db, passwords=PASSWORDS, seller=seller)
+    with TestClient(app, base_url="https://tokens.example") as browser:
+        page = browser.get("/pricing").text
+        assert "Tokens never expire, and" not in page
+        assert 'class="validity">Tokens usable for 365 days after purchase<' in page
+        assert page.count('class="validity">Tokens never expire<') == len(packages) - 1
+        chinese = browser.get("/pricing", headers={"accept-language": "zh-CN"}).text
+        assert "购买后 365 天内可用" in chinese
 
 
 def test_pricing_says_what_the_tokens_buy_at_the_prices_the_api_charges(

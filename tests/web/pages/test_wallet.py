@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
@@ -143,6 +144,46 @@ def test_times_are_in_the_readers_zone_named_and_the_csv_in_their_language(
     assert rows[1][0].endswith("+08:00") and rows[1][3] == "已完成"
 
 
+def test_expiring_tokens_on_the_dashboard_and_their_expiry_in_the_history(
+    client: TestClient, db: Database
+) -> None:
+    """The dashboard says how many tokens expire when and where they came from; once they
+    have expired the history says so, in the reader's language."""
+    user = new_user(client)
+    now = datetime.now(UTC)
+    soon, later = now + timedelta(seconds=2), now + timedelta(days=30)
+    with db.transaction() as conn:
+        for key, amount, source, expires_at in (
+            ("trial", 120, ledger.Source.TRIAL, soon),
+            ("promo", 1_500, ledger.Source.PROMO, later),
+            ("kept", 10, ledger.Source.ADMIN, None),
+        ):
+            ledger.credit(
+                conn,
+                user_id=user,
+                amount=amount,
+                kind=ledger.TransferKind.GRANT,
+                idempotency_key=key,
+                source=source,
+                expires_at=expires_at,
+            )
+    page = client.get("/dashboard").text
+    assert "120 tokens expire on" in page and "(from your free trial)" in page
+    assert "1,500 tokens expire on" in page and "(from a promotion)" in page
+    assert page.index("120 tokens") < page.index("1,500 tokens")  # soonest first
+    assert page.count("<li data-expires-at=") == 2  # what never expires is not listed
+    with db.autocommit() as conn:
+        assert ledger.expire_grants(conn, now=soon) == 1
+    history = client.get("/history?kind=expiry").text
+    assert "Free trial tokens expired" in history and history.count('<tr data-kind="') == 1
+    token = form_token(client, "/account")
+    client.post("/account/language", data={"language": "zh-CN", "csrf_token": token})
+    page = client.get("/dashboard").text
+    assert "1,500 代币将于" in page and "过期" in page and "（来自促销）" not in page
+    assert "(来自促销)" in page
+    assert "免费试用代币已过期" in client.get("/history").text
+
+
 def test_history_rows_say_something_and_filter_only_what_can_happen(
     client: TestClient, db: Database
 ) -> None:
@@ -151,7 +192,7 @@ def test_history_rows_say_something_and_filter_only_what_can_happen(
     _spend(db, user, 5, "s-bare")  # no description
     page = client.get("/history").text
     assert 'class="dash"' in page  # not an empty cell
-    assert 'value="expiry"' not in page  # tokens never expire here
+    assert 'value="expiry"' in page  # a grant or a pack may expire
     assert 'value="spend"' in page
     assert 'class="menu-toggle"' in page  # the header folds on a phone
 

@@ -1,5 +1,6 @@
 """Buckets (what is left of each credit, and when it expires), the buckets each transfer
-and hold drew on, a feature and quantity on transfers and holds, and the trials given.
+and hold drew on, a feature and quantity on transfers and holds, the trials given, and a
+purchase's terms: how long its tokens stay usable.
 
 Each wallet's balance before this revision is carried over as one bucket that never
 expires (source ``purchase``, no credit transfer: tokens credited before buckets existed
@@ -59,6 +60,8 @@ def _feature_columns(table: str) -> None:
 def upgrade() -> None:
     for table in ("transfers", "holds"):
         _feature_columns(table)
+    with op.batch_alter_table("purchases", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("tokens_expire_days", sa.Integer(), nullable=True))
 
     op.create_table(
         "buckets",
@@ -185,6 +188,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     sqlite = op.get_bind().dialect.name == "sqlite"
+    with op.batch_alter_table("purchases", schema=None) as batch_op:
+        batch_op.drop_column("tokens_expire_days")
     op.drop_table("trials")
     op.drop_index(op.f("ix_draws_transfer_id"), table_name="draws")
     op.drop_index(op.f("ix_draws_hold_id"), table_name="draws")
