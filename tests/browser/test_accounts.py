@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from playwright.sync_api import Page, expect
@@ -259,4 +260,44 @@ def test_sign_up_in_chinese_sends_a_chinese_mail(
     page.wait_for_url(f"{service.base_url}/account?changed=verified")
     expect(page.get_by_text("你的电子邮件地址已确认：现在可以购买代币了。")).to_be_visible()
     expect(page.locator(UNCONFIRMED)).to_have_count(0)
+    assert errors == []
+
+
+def test_a_confirmed_newcomer_sees_the_trial_and_when_it_expires(
+    live_service: StartService, new_page: NewPage, screenshot: Shoot
+) -> None:
+    """With a trial configured, confirming the address gives it (once per person), and the
+    dashboard says how many tokens expire when, in English and in Chinese."""
+    service = live_service(
+        extra_env={"TOKENBANK_TRIAL_TOKENS": "120", "TOKENBANK_TRIAL_DAYS": "14"}
+    )
+    email = unique_email("trial")
+    page = new_page()
+    errors = watch_console(page, service.base_url)
+    register(page, service, email)
+    page.goto(f"{service.base_url}{service.mail(email).link('/verify/')}")
+    page.get_by_role("button", name="Confirm my address").click()
+    page.wait_for_url(f"{service.base_url}/login?done=verified")
+    confirmed_at = datetime.now(UTC)
+    sign_in(page, service, email)
+    card = page.locator("#balance-card")
+    expect(card.locator("[data-available]")).to_have_attribute("data-available", "120")
+    expiring = card.locator("[data-expiring] li")
+    expect(expiring).to_have_count(1)
+    expect(expiring).to_contain_text("120 tokens expire on")
+    expect(expiring).to_contain_text("(from your free trial)")
+    expires_at = datetime.fromisoformat(str(expiring.get_attribute("data-expires-at")))
+    assert abs(expires_at - (confirmed_at + timedelta(days=14))) < timedelta(minutes=2)
+    # The date as the page writes it: "Dec 21, 2026, ..." in the reader's zone (UTC here).
+    expect(expiring).to_contain_text(f"{expires_at:%b} {expires_at.day}, {expires_at.year}")
+    screenshot(page, "en-dashboard-trial")
+    page.goto(f"{service.base_url}/account")
+    page.locator("select[name=language]").select_option("zh-CN")
+    page.locator("form[action='/account/language'] button[type=submit]").click()
+    page.goto(f"{service.base_url}/dashboard")
+    expect(page.locator("#balance-card [data-expiring] li")).to_contain_text(
+        f"120 代币将于 {expires_at.year}年{expires_at.month}月{expires_at.day}日"
+    )
+    expect(page.locator("#balance-card [data-expiring] li")).to_contain_text("(来自免费试用)")
+    screenshot(page, "zh-dashboard-trial")
     assert errors == []
