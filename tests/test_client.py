@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import httpx
@@ -49,6 +50,17 @@ def bank(db: Database, live_url: str) -> Iterator[TokenBank]:
         bank.upsert_user("alice", email="alice@example.com")
         bank.grant("alice", 1000, reason="welcome", idempotency_key="welcome-alice")
         yield bank
+
+
+def test_promotional_tokens_that_expire_are_listed_and_used_first(bank: TokenBank) -> None:
+    bank.grant("alice", 50, reason="launch", source="promo", expires_in_days=7)
+    balance = bank.balance("alice")
+    assert balance.available == 1050
+    ((amount, source),) = [(e.amount, e.source) for e in balance.expiring]
+    assert (amount, source) == (50, "promo")
+    assert balance.expiring[0].expires_at - datetime.now(UTC) > timedelta(days=6)
+    bank.spend("alice", 30, idempotency_key="first-use")
+    assert [e.amount for e in bank.balance("alice").expiring] == [20]  # the promo's first
 
 
 def test_spend_balance_refund_history(bank: TokenBank) -> None:

@@ -501,14 +501,26 @@ class TokenBank:
         return _receipt(self._request("POST", f"/users/{_id(user_id)}/spend", json=body))
 
     def grant(
-        self, user_id: str, amount: int, *, reason: str, idempotency_key: str | None = None
+        self,
+        user_id: str,
+        amount: int,
+        *,
+        reason: str,
+        idempotency_key: str | None = None,
+        expires_in_days: int | None = None,
+        source: str = "admin",
     ) -> Receipt:
-        """Give free tokens (the key needs the ``admin`` scope)."""
-        body = {
+        """Give free tokens (the key needs the ``admin`` scope): an operator's (``admin``)
+        or a promotion's (``promo``), usable for ``expires_in_days`` days (None: for good).
+        Expiring tokens are used before others (docs/grants.md)."""
+        body: dict[str, Any] = {
             "amount": amount,
             "reason": reason,
             "idempotency_key": idempotency_key or _new_key("grant"),
+            "source": source,
         }
+        if expires_in_days is not None:
+            body["expires_in_days"] = expires_in_days
         return _receipt(self._request("POST", f"/users/{_id(user_id)}/grants", json=body))
 
     def refund(
