@@ -2,7 +2,8 @@
 
 FastAPI on uvicorn, async endpoints, a psycopg connection pool, no authentication, no
 logging, no metrics. Its spend sends tokenbank's own one-statement spend (the same SQL text,
-so the database does identical work) and its balance is a one-row SELECT. Run as:
+so the database does identical work: the wallet, its buckets and the draws on them) and
+its balance is a one-row SELECT. Run as:
 
     TOKENBANK_DATABASE_URL=postgresql://... uvicorn bench.reference_app:app
 """
@@ -15,6 +16,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, HTTPException
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel
@@ -24,7 +26,7 @@ from tokenbank.ledger import SystemAccount
 from tokenbank.ledger.postings import POSTGRES_SPEND
 
 URL = os.environ["TOKENBANK_DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
-SPEND_SQL, _ = POSTGRES_SPEND[True]._compile(psycopg_dialect.dialect())  # type: ignore[no-untyped-call]
+SPEND_SQL, _ = POSTGRES_SPEND._compile(psycopg_dialect.dialect())  # type: ignore[no-untyped-call]
 BALANCE_SQL = "SELECT balance - held, held FROM accounts WHERE user_id = %s"
 
 pool = AsyncConnectionPool(URL, min_size=16, max_size=16, open=False, kwargs={"autocommit": True})
@@ -56,12 +58,17 @@ async def spend(user_id: str, body: SpendIn) -> dict[str, Any]:
         "system_id": int(SystemAccount.CONSUMPTION),
         "description": None,
         "metadata": None,
+        "feature": None,
+        "quantity": None,
         "event_at": now,
         "now": now,
     }
-    async with pool.connection() as conn:
-        row = await (await conn.execute(SPEND_SQL, params)).fetchone()
-    if row is None:
+    try:
+        async with pool.connection() as conn:
+            row = await (await conn.execute(SPEND_SQL, params)).fetchone()
+    except psycopg.errors.DivisionByZero:  # fewer tokens in the buckets than the balance
+        raise HTTPException(402, "insufficient tokens") from None
+    if row is None or row[2] is None:
         raise HTTPException(402, "insufficient tokens")
     return {"transfer_id": row[2], "balance": row[1]}
 
