@@ -52,6 +52,10 @@ from tokenbank.ledger.models import (
 
 log = structlog.get_logger("tokenbank.ledger")
 
+#: The condition of ``ix_buckets_live``, spelled out so that a query on one wallet's buckets
+#: uses that index: neither database infers it from ``remaining > held``.
+LIVE = buckets.c.remaining > 0
+
 #: The order of use: soonest-expiring first (never last), promotional before paid, oldest.
 ORDER = (
     buckets.c.expires_at.is_(None),
@@ -102,6 +106,7 @@ def _live(account_id: int, now: datetime) -> sa.Select[Any]:
         sa.select(buckets.c.id, buckets.c.remaining - buckets.c.held)
         .where(
             buckets.c.account_id == account_id,
+            LIVE,
             buckets.c.remaining > buckets.c.held,
             sa.or_(buckets.c.expires_at.is_(None), buckets.c.expires_at > now),
         )
@@ -229,6 +234,7 @@ def _expire(conn: Connection, account_id: int, now: datetime) -> list[int]:
         )
         .where(
             buckets.c.account_id == account_id,
+            LIVE,
             buckets.c.expires_at.is_not(None),
             buckets.c.expires_at <= now,
             buckets.c.remaining > buckets.c.held,
@@ -324,34 +330,3 @@ def expire_grants(conn: Connection, *, now: datetime | None = None, limit: int =
             )
             done += len(_expire(conn, account_id, now))
     return done
-
-
-def due_tokens(conn: Connection, *, account_id: int, now: datetime) -> int:
-    """Free tokens in the wallet's buckets past their expiry, not yet moved out."""
-    return int(
-        conn.execute(
-            sa.select(sa.func.coalesce(sa.func.sum(buckets.c.remaining - buckets.c.held), 0)).where(
-                buckets.c.account_id == account_id,
-                buckets.c.expires_at.is_not(None),
-                buckets.c.expires_at <= now,
-                buckets.c.remaining > buckets.c.held,
-            )
-        ).scalar_one()
-    )
-
-
-def expiring(
-    conn: Connection, *, account_id: int, now: datetime, limit: int = 10
-) -> list[Expiring]:
-    """What of the wallet will expire, soonest first."""
-    rows = conn.execute(
-        sa.select(buckets.c.remaining, buckets.c.expires_at, buckets.c.source)
-        .where(
-            buckets.c.account_id == account_id,
-            buckets.c.remaining > 0,
-            buckets.c.expires_at > now,
-        )
-        .order_by(*ORDER)
-        .limit(limit)
-    ).all()
-    return [Expiring(amount=r[0], expires_at=r[1], source=Source(r[2])) for r in rows]

@@ -124,7 +124,8 @@ WITH w AS (
 ), b AS (
     SELECT k.id, k.remaining - k.held AS free, k.expires_at, k.paid
       FROM buckets k JOIN w ON k.account_id = w.id
-     WHERE k.remaining > k.held AND (k.expires_at IS NULL OR k.expires_at > :now)
+     WHERE k.remaining > 0 AND k.remaining > k.held
+       AND (k.expires_at IS NULL OR k.expires_at > :now)
        FOR UPDATE OF k
 ), o AS (
     SELECT id, free,
