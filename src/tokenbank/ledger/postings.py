@@ -15,8 +15,13 @@ it does not use tokens past their expiry that no sweep has moved out yet; then i
 fewer tokens than the wallet's balance promised and fails whole on purpose (a division by
 zero), and the caller spends in the long way instead: a transaction that
 locks the wallet first, expires what is due, and draws on every bucket it then sees
-(``transfers.spend``). That is also the way on SQLite, whose writers are serialised, and
-inside a caller's transaction, where a failed statement would end the caller's work.
+(``transfers.spend``). That is also the way inside a caller's transaction on PostgreSQL,
+where a failed statement would end the caller's work.
+
+On SQLite writers are already serialised and every unit is a transaction: a credit is the
+same steps as three plain statements and ``buckets.fill``; a spend reads the wallet's live
+buckets first and writes only when they suffice and none is past its expiry
+(``spend_serialised``), else it too goes the long way.
 
 ``move`` answers only "applied" or "not applied"; the callers decide what "not applied"
 means, with ``explain_unapplied`` when it can only be a replay or an unknown wallet.
@@ -193,6 +198,46 @@ VALUES (:transfer_id, :wallet_id, :kind, :amount, :balance, :now),
     )
 
 
+_SQLITE_SPEND = (
+    # The wallet's buckets with free tokens, in the order of use, and whether each is due.
+    Statement(
+        sa.text("""
+SELECT k.id, k.remaining - k.held, k.expires_at IS NOT NULL AND k.expires_at <= :now
+  FROM buckets k
+ WHERE k.account_id = (SELECT id FROM accounts WHERE user_id = :user_id)
+   AND k.remaining > 0 AND k.remaining > k.held
+ ORDER BY k.expires_at IS NULL, k.expires_at, k.paid, k.id""")
+    ),
+    Statement(
+        sa.text("""
+UPDATE accounts
+   SET balance = balance - :amount, total_spent = total_spent + :amount
+ WHERE user_id = :user_id AND balance - held >= :amount
+   AND NOT EXISTS (SELECT 1 FROM transfers WHERE idempotency_key = :key)
+RETURNING id, balance""")
+    ),
+    Statement(
+        sa.text(f"""
+INSERT INTO transfers ({_TRANSFER_COLUMNS.format(wallet_side="debit", system_side="credit")})
+VALUES (:key, 'spend', :wallet_id, :system_id, :amount, :description, :metadata, :feature,
+        :quantity, :event_at, :now)
+RETURNING id""")  # noqa: S608
+    ),
+    Statement(
+        sa.text("""
+INSERT INTO entries (transfer_id, account_id, kind, amount, balance_after, created_at)
+VALUES (:transfer_id, :wallet_id, 'spend', -:amount, :balance, :now),
+       (:transfer_id, :system_id, 'spend', :amount, NULL, :now)""")
+    ),
+    Statement(sa.text("UPDATE buckets SET remaining = remaining - :take WHERE id = :bucket_id")),
+    Statement(
+        sa.text(
+            "INSERT INTO draws (bucket_id, transfer_id, amount)"
+            " VALUES (:bucket_id, :transfer_id, :take)"
+        )
+    ),
+)
+
 _TOTALS = {total for _, total in CREDIT_SOURCES.values()}
 POSTGRES_SPEND = _postgres_spend()
 _POSTGRES_CREDIT = {
@@ -322,6 +367,39 @@ def spend_at_once(
     except psycopg.errors.DivisionByZero:
         return None  # the buckets it could see had too few tokens
     return spent(request, amount, rows)
+
+
+def spend_serialised(
+    conn: Connection, request: Request, *, amount: int, now: datetime
+) -> Receipt | None:
+    """The spend on SQLite, whose writers are serialised: the wallet's live buckets are read,
+    then the wallet, the transfer, its entries and the draws written, each statement
+    compiled once. None when it was not applied (too few live tokens, tokens or holds past
+    their time to clear first, a replay): the caller then spends the long way, in the same
+    transaction, which explains or applies it."""
+    free, update, insert_transfer, insert_entries, take_from, draw_on = _SQLITE_SPEND
+    params = transfer_params(
+        "sqlite", request, amount=amount, system=SystemAccount.CONSUMPTION, now=now
+    )
+    rows = free.rows(conn, params)
+    if any(due for _, _, due in rows) or sum(n for _, n, _ in rows) < amount:
+        return None
+    applied = update.rows(conn, params)
+    if not applied:
+        return None
+    params["wallet_id"], params["balance"] = applied[0]
+    ((params["transfer_id"],),) = insert_transfer.rows(conn, params)
+    insert_entries.rows(conn, params)
+    left = amount
+    for bucket_id, n, _ in rows:
+        take = min(n, left)
+        left -= take
+        step = {"bucket_id": bucket_id, "take": take, "transfer_id": params["transfer_id"]}
+        take_from.rows(conn, step)
+        draw_on.rows(conn, step)
+        if left == 0:
+            break
+    return spent(request, amount, [(*applied[0], params["transfer_id"], None)])
 
 
 def spent(request: Request, amount: int, rows: list[tuple[Any, ...]]) -> Receipt | None:
