@@ -11,11 +11,12 @@ hot wallet and spread over 10,000 wallets, it measures spends per second of:
   for one ledger operation (on SQLite the same as ``db.transaction()``);
 * (a) the bare driver (sqlite3 / psycopg) sending exactly the SQL a tokenbank spend sends:
   on PostgreSQL the one spend statement (``postings.POSTGRES_SPEND``, compiled by the same
-  dialect), autocommitted; on SQLite the statements of the long way (``transfers.spend``:
-  look up the wallet, check the key, release expired holds, expire due buckets, check the
-  available tokens, update the wallet, record the transfer, draw on the buckets), their
-  text traced from a real spend at start-up, in ``BEGIN IMMEDIATE`` ... ``COMMIT`` under
-  an in-process writer lock, as tokenbank runs them;
+  dialect), autocommitted; on SQLite the six statements of ``postings.spend_serialised``
+  (read the wallet's live buckets in the order of use, update the wallet if the key is
+  new, record the transfer and its entries, take from the bucket and record the draw),
+  their text and the order of their values traced from a real spend at start-up, in
+  ``BEGIN IMMEDIATE`` ... ``COMMIT`` under an in-process writer lock, as tokenbank runs
+  them;
 * (b) the minimal spend: a conditional ``UPDATE ... RETURNING`` plus one insert with a
   unique key into two bare tables (one autocommit statement on PostgreSQL).
 
@@ -46,7 +47,7 @@ from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from tokenbank import ledger, migrations
 from tokenbank.columns import utcnow
 from tokenbank.config import Settings
-from tokenbank.db import Database, Statement, connect
+from tokenbank.db import Database, Statement, connect, driver_datetime
 from tokenbank.ledger import SystemAccount, TransferKind
 from tokenbank.ledger.postings import POSTGRES_SPEND
 
@@ -159,64 +160,119 @@ def sqlite_connection(path: Path) -> sqlite3.Connection:
     return conn
 
 
-#: What each statement of a SQLite spend starts with, in the order tokenbank sends them.
+#: What each statement of a SQLite spend starts with, in the order tokenbank sends them
+#: (``postings.spend_serialised`` on a wallet whose live buckets suffice).
 SQLITE_SPEND_STEPS = (
-    "SELECT accounts.id FROM accounts",  # the wallet (its lock is the writer lock)
-    "SELECT transfers.id, transfers.kind",  # a replay of the key?
-    "SELECT holds.id, holds.account_id FROM holds",  # holds past their deadline
-    "SELECT buckets.id, buckets.remaining - buckets.held AS anon_1, buckets.expired_at",  # due
-    "SELECT accounts.balance - accounts.held",  # available
-    "UPDATE accounts SET balance=",
+    "BEGIN IMMEDIATE",
+    "SELECT k.id, k.remaining - k.held, k.expires_at IS NOT NULL",  # live buckets, in order
+    "UPDATE accounts SET balance = balance -",  # the wallet, if the key is new
     "INSERT INTO transfers",
     "INSERT INTO entries",
-    "SELECT buckets.id, buckets.remaining - buckets.held AS anon_1 FROM buckets",  # live
-    "UPDATE buckets SET remaining=",
-    "INSERT INTO draws",
+    "UPDATE buckets SET remaining = remaining -",  # each bucket drawn on...
+    "INSERT INTO draws",  # ... and its draw
 )
 
 
-def sqlite_spend_statements(db: Database, user_id: str) -> list[str]:
-    """The statements a tokenbank spend of one token sends on SQLite, traced from a real one.
+@dataclass(frozen=True)
+class SqliteSpend:
+    """The text of each statement of a SQLite spend, as tokenbank sends it to the driver."""
 
-    The benchmark fails here, rather than measure something else, when the ledger sends other
-    statements than ``SQLITE_SPEND_STEPS``.
+    live_buckets: str
+    update_wallet: str
+    insert_transfer: str
+    insert_entries: str
+    take_from: str
+    draw_on: str
+
+
+class TracedSqlite(sqlite3.Connection):
+    """A sqlite3 connection that records what is executed on it (``db.Statement`` runs
+    straight on the driver, where SQLAlchemy's events do not see it)."""
+
+    sent: list[tuple[str, Any]] | None = None
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        if self.sent is not None:
+            self.sent.append((sql, parameters))
+        return super().execute(sql, parameters)
+
+
+def sqlite_spend_statements(url: str, user_id: str) -> SqliteSpend:
+    """The statements a tokenbank spend sends on SQLite, traced from a real one.
+
+    The benchmark fails here, rather than measure something else, when the ledger sends
+    other statements than ``SQLITE_SPEND_STEPS``, or binds other values, or in another
+    order, than ``sqlite_exact`` does.
     """
-    sent: list[str] = []
+    db = connect(url, pool_size=1)
+
+    def traced(_dialect: Any, _record: Any, _args: Any, kwargs: dict[str, Any]) -> None:
+        kwargs["factory"] = TracedSqlite
+
+    sent: list[tuple[str, Any]] = []
 
     def record(*args: Any) -> None:
-        sent.append(args[2])  # (conn, cursor, statement, parameters, context, executemany)
+        sent.append((args[2], args[3]))  # (conn, cursor, statement, parameters, ...)
 
-    sa.event.listen(db.engine, "before_cursor_execute", record)
+    sa.event.listen(db.engine, "do_connect", traced)
+    with db.transaction(wallet=user_id) as conn:  # a first spend opens the connection
+        ledger.spend(conn, user_id=user_id, amount=1, idempotency_key=uuid.uuid4().hex)
+        driver = conn.connection.driver_connection
+        assert isinstance(driver, TracedSqlite)
+    sa.event.listen(db.engine, "before_cursor_execute", record)  # any Core statement too
+    key, now, amount = uuid.uuid4().hex, utcnow(), 3
+    driver.sent = sent
     try:
         with db.transaction(wallet=user_id) as conn:
-            ledger.spend(conn, user_id=user_id, amount=1, idempotency_key=uuid.uuid4().hex)
+            receipt = ledger.spend(
+                conn, user_id=user_id, amount=amount, idempotency_key=key, now=now
+            )
     finally:
-        sa.event.remove(db.engine, "before_cursor_execute", record)
-    steps = [" ".join(sql.split()) for sql in sent]
-    if len(steps) != len(SQLITE_SPEND_STEPS) or not all(
-        step.startswith(start) for step, start in zip(steps, SQLITE_SPEND_STEPS, strict=True)
+        driver.sent = None
+    with db.read() as conn:
+        ((wallet,),) = conn.execute(
+            sa.text("SELECT id FROM accounts WHERE user_id = :u"), {"u": user_id}
+        ).all()
+        ((bucket,),) = conn.execute(
+            sa.text("SELECT bucket_id FROM draws WHERE transfer_id = :t"),
+            {"t": receipt.transfer_id},
+        ).all()
+    db.dispose()
+
+    stamp, consumption, transfer = (
+        driver_datetime("sqlite", now),
+        int(SystemAccount.CONSUMPTION),
+        receipt.transfer_id,
+    )
+    expected_values = [
+        (),
+        (stamp, user_id),
+        (amount, amount, user_id, amount, key),
+        (key, wallet, consumption, amount, None, None, None, None, stamp, stamp),
+        (transfer, wallet, amount, receipt.balance, stamp, transfer, consumption, amount, stamp),
+        (amount, bucket),
+        (bucket, transfer, amount),
+    ]
+    steps = [" ".join(sql.split()) for sql, _ in sent]
+    if (
+        len(steps) != len(SQLITE_SPEND_STEPS)
+        or not all(
+            step.startswith(start) for step, start in zip(steps, SQLITE_SPEND_STEPS, strict=True)
+        )
+        or [tuple(values) for _, values in sent] != expected_values
     ):
-        raise RuntimeError("a SQLite spend sends other statements now:\n" + "\n".join(steps))
-    return sent
+        raise RuntimeError(
+            "a SQLite spend sends other statements or values now:\n"
+            + "\n".join(f"{sql} {values!r}" for sql, values in sent)
+        )
+    return SqliteSpend(*(sql for sql, _ in sent[1:]))
 
 
-def sqlite_exact(path: Path, statements: list[str]) -> SpendFactory:
+def sqlite_exact(path: Path, statements: SqliteSpend) -> SpendFactory:
     """BEGIN IMMEDIATE, tokenbank's spend statements with its values, COMMIT, under a writer
-    lock (``transfers.spend`` and ``buckets.draw`` on a wallet with nothing to expire)."""
+    lock (``postings.spend_serialised`` on a wallet whose live buckets suffice)."""
     lock = threading.Lock()
-    (
-        wallet,
-        replay,
-        expired_holds,
-        due_buckets,
-        available,
-        update,
-        insert_transfer,
-        insert_entries,
-        live_buckets,
-        update_bucket,
-        insert_draw,
-    ) = statements
+    s = statements
     consumption = int(SystemAccount.CONSUMPTION)
     conns: dict[int, sqlite3.Connection] = {}
 
@@ -224,39 +280,30 @@ def sqlite_exact(path: Path, statements: list[str]) -> SpendFactory:
         conn = conns[n] if n in conns else conns.setdefault(n, sqlite_connection(path))
 
         def spend(user_id: str, key: str) -> None:
-            now = spend_params("sqlite", user_id, key)["now"]
+            now = driver_datetime("sqlite", utcnow())
             with lock:
                 conn.execute("BEGIN IMMEDIATE")
-                ((account_id,),) = conn.execute(wallet, (user_id,)).fetchall()
-                assert not conn.execute(replay, ("wallet", key)).fetchall()
-                assert not conn.execute(expired_holds, ("pending", now, account_id)).fetchall()
-                assert not conn.execute(due_buckets, (account_id, now)).fetchall()
-                ((free,),) = conn.execute(available, (account_id,)).fetchall()
-                assert free >= 1
-                ((balance,),) = conn.execute(update, (1, 1, account_id)).fetchall()
-                # key, kind, debit, credit, amount, description, metadata (JSON null),
-                # refund_of_id, event_at, created_at, feature, quantity
-                transfer = (key, "spend", account_id, consumption, 1, None, "null", None)
-                ((transfer_id,),) = conn.execute(
-                    insert_transfer, (*transfer, now, now, None, None)
+                live = conn.execute(s.live_buckets, (now, user_id)).fetchall()
+                assert not any(due for _, _, due in live) and sum(n for _, n, _ in live) >= 1
+                ((wallet, balance),) = conn.execute(
+                    s.update_wallet, (1, 1, user_id, 1, key)
                 ).fetchall()
-                conn.executemany(
-                    insert_entries,
-                    [
-                        (transfer_id, account_id, "spend", -1, balance, now),
-                        (transfer_id, consumption, "spend", 1, None, now),
-                    ],
-                )
+                # key, debit, credit, amount, description, metadata, feature, quantity,
+                # event_at, created_at
+                transfer = (key, wallet, consumption, 1, None, None, None, None, now, now)
+                ((transfer_id,),) = conn.execute(s.insert_transfer, transfer).fetchall()
+                conn.execute(
+                    s.insert_entries,
+                    (transfer_id, wallet, 1, balance, now, transfer_id, consumption, 1, now),
+                ).fetchall()
                 left = 1
-                for bucket_id, in_bucket in conn.execute(
-                    live_buckets, (account_id, now)
-                ).fetchall():
-                    if left == 0:
-                        break
+                for bucket_id, in_bucket, _ in live:
                     take = min(in_bucket, left)
                     left -= take
-                    conn.execute(update_bucket, (take, bucket_id))
-                    conn.execute(insert_draw, (bucket_id, transfer_id, None, take))
+                    conn.execute(s.take_from, (take, bucket_id)).fetchall()
+                    conn.execute(s.draw_on, (bucket_id, transfer_id, take)).fetchall()
+                    if left == 0:
+                        break
                 conn.execute("COMMIT")
 
         return spend
@@ -450,9 +497,7 @@ def main() -> None:
             path = Path(scratch) / "bench.db"
             url = f"sqlite:///{path}"
             prepare(url)
-            db = connect(url, pool_size=2)
-            statements = sqlite_spend_statements(db, "u0")
-            db.dispose()
+            statements = sqlite_spend_statements(url, "u0")
             points += run_backend(
                 "sqlite", url, sqlite_exact(path, statements), sqlite_minimal(path), args.seconds
             )
