@@ -47,7 +47,7 @@ from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from tokenbank import ledger, migrations
 from tokenbank.columns import utcnow
 from tokenbank.config import Settings
-from tokenbank.db import Database, Statement, connect, driver_datetime
+from tokenbank.db import Database, connect, driver_datetime
 from tokenbank.ledger import SystemAccount, TransferKind
 from tokenbank.ledger.postings import POSTGRES_SPEND
 
@@ -144,10 +144,6 @@ def spend_params(dialect: str, user_id: str, key: str) -> dict[str, Any]:
         "event_at": stamp,
         "now": stamp,
     }
-
-
-def compiled(statement: Statement, dialect: sa.Dialect) -> tuple[str, tuple[str, ...] | None]:
-    return statement._compile(dialect)
 
 
 # --- SQLite --------------------------------------------------------------------------------
@@ -367,7 +363,7 @@ def postgres_exact(url: str) -> SpendFactory:
     shortfall in the buckets it sees would raise ``DivisionByZero`` (the benchmark's wallets
     hold far more than it spends, so none does).
     """
-    sql, _ = compiled(POSTGRES_SPEND, psycopg_dialect.dialect())  # type: ignore[no-untyped-call]
+    sql, _ = POSTGRES_SPEND.compile(psycopg_dialect.dialect())  # type: ignore[no-untyped-call]
 
     conns: dict[int, psycopg.Connection[Any]] = {}
 

@@ -26,7 +26,7 @@ from tokenbank.ledger import SystemAccount
 from tokenbank.ledger.postings import POSTGRES_SPEND
 
 URL = os.environ["TOKENBANK_DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
-SPEND_SQL, _ = POSTGRES_SPEND._compile(psycopg_dialect.dialect())  # type: ignore[no-untyped-call]
+SPEND_SQL, _ = POSTGRES_SPEND.compile(psycopg_dialect.dialect())  # type: ignore[no-untyped-call]
 BALANCE_SQL = "SELECT balance - held, held FROM accounts WHERE user_id = %s"
 
 pool = AsyncConnectionPool(URL, min_size=16, max_size=16, open=False, kwargs={"autocommit": True})

@@ -106,14 +106,18 @@ class Statement:
         # Values a Core expression binds itself (the 0 in coalesce(x, 0)...).
         self._literals = {k: v for k, v in clause.compile().params.items() if v is not None}
 
-    def _compile(self, dialect: sa.Dialect) -> tuple[str, tuple[str, ...] | None]:
+    def compile(self, dialect: sa.Dialect) -> tuple[str, tuple[str, ...] | None]:
+        """The SQL text for ``dialect`` and, for a positional driver, the order of its values.
+
+        Public so that the benchmarks send the very text the service sends.
+        """
         compiled = cast(SQLCompiler, self._clause.compile(dialect=dialect))
         names = tuple(compiled.positiontup or ()) if compiled.positional else None
         self._compiled[dialect.name] = (compiled.string, names)
         return self._compiled[dialect.name]
 
     def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-        sql, names = self._compiled.get(conn.dialect.name) or self._compile(conn.dialect)
+        sql, names = self._compiled.get(conn.dialect.name) or self.compile(conn.dialect)
         if self._literals:
             params = {**self._literals, **params}
         args = params if names is None else tuple(params[name] for name in names)
@@ -135,7 +139,7 @@ class Statement:
         self, conn: psycopg.AsyncConnection[Any], params: Mapping[str, Any]
     ) -> list[tuple[Any, ...]]:
         """The same on an asyncio PostgreSQL connection (``Database.async_autocommit()``)."""
-        sql, _ = self._compiled.get("postgresql") or self._compile(_POSTGRES)
+        sql, _ = self._compiled.get("postgresql") or self.compile(_POSTGRES)
         if self._literals:
             params = {**self._literals, **params}
         try:

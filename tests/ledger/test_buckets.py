@@ -5,6 +5,7 @@ and other sweeps)."""
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -263,3 +264,54 @@ def test_two_sweeps_at_once_expire_each_bucket_once(db: Database) -> None:
     assert sorted(_expiries(db).values()) == [1] * 60
     with db.read() as conn:
         assert all(ledger.balance(conn, user_id=u, now=after).available == 0 for u in users)
+
+
+def test_a_read_leaves_out_every_bucket_past_its_expiry_however_many(db: Database) -> None:
+    """What a read subtracts is not limited to the buckets a balance lists."""
+    wallet(db)
+    for n in range(25):
+        _credit(db, f"promo-{n}", 10, Source.PROMO, T0 + DAY)
+    _credit(db, "kept", 5, Source.PURCHASE)
+    _credit(db, "later", 7, Source.PROMO, T0 + 9 * DAY)
+    with db.read() as conn:
+        balance = ledger.balance(conn, user_id="alice", now=T0 + 2 * DAY)
+    assert balance.available == 12
+    assert [(e.amount, e.expires_at) for e in balance.expiring] == [(7, T0 + 9 * DAY)]
+
+
+def test_a_spend_waiting_on_a_refund_uses_what_it_gave_back_in_order(db: Database) -> None:
+    """PostgreSQL: a spend whose one statement waited for the wallet while a refund gave
+    tokens back to a bucket reads that bucket stale; it must neither fail nor skip the
+    bucket the order says comes first (it spends the long way instead)."""
+    if db.dialect != "postgresql":
+        return  # SQLite serialises writers: no statement waits with a stale snapshot
+    for gave_back, spent_before in ((1, 2), (2, 3)):
+        user = f"alice-{gave_back}"
+        wallet(db, user_id=user)
+        first = _credit(db, f"{user}-first", 3, Source.ADMIN, user_id=user)
+        then = _credit(db, f"{user}-then", 10, Source.ADMIN, user_id=user)
+        with db.autocommit() as conn:
+            spend = ledger.spend(conn, user_id=user, amount=spent_before, idempotency_key=user)
+        results: list[object] = []
+
+        def spend_two(user: str = user, results: list[object] = results) -> None:
+            try:
+                with db.autocommit() as conn:
+                    results.append(
+                        ledger.spend(conn, user_id=user, amount=2, idempotency_key=f"{user}-2")
+                    )
+            except Exception as exc:
+                results.append(exc)
+
+        with db.transaction() as conn:
+            ledger.refund(
+                conn, transfer_id=spend.transfer_id, idempotency_key=f"{user}-r", amount=gave_back
+            )
+            waiting = threading.Thread(target=spend_two)
+            waiting.start()
+            time.sleep(0.3)  # the spend's statement is now waiting for the wallet's lock
+        waiting.join()
+        assert isinstance(results[0], ledger.Receipt), results
+        left = _left(db)
+        assert left[first][0] == 3 - spent_before + gave_back - 2  # the first bucket first
+        assert left[then][0] == 10

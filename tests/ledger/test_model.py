@@ -204,8 +204,12 @@ def make_machine(fresh_database: DatabaseFactory, unit: str) -> type[RuleBasedSt
                 self._expire_in_model(user)  # the refusal released and expired what was due
                 return Done(key, user, amount, "refused", 0, 0)
             assert amount <= available
-            if r.balance != self._balance(user) - amount:
-                # The long way: it released and expired what was due first.
+            if (
+                r.balance != self._balance(user) - amount
+                or self.model.available(user, self.now) < amount
+            ):
+                # The long way (it expired tokens, or only tokens of holds past their
+                # deadline could serve it): it released and expired what was due first.
                 self._expire_in_model(user)
             self.model.drawn[r.transfer_id] = self.model.take(user, amount, self.now, hold=False)
             self.model.refundable[r.transfer_id] = amount

@@ -127,8 +127,9 @@ def draw(
     """Take ``amount`` free tokens from the wallet's live buckets in the order of use: for a
     transfer (they leave the buckets) or for a hold (they are reserved in them).
 
-    The caller has checked that the wallet has them; returns how many were found, which is
-    ``amount`` unless the wallet's rows disagree (``verify`` would say so).
+    The caller has checked that the wallet has them (its row says so); buckets that do not
+    hold them would contradict it, and the caller's step is refused whole rather than
+    written half-drawn.
     """
     left = amount
     for bucket_id, free in conn.execute(_live(account_id, now)).all():
@@ -146,7 +147,9 @@ def draw(
                 bucket_id=bucket_id, transfer_id=transfer_id, hold_id=hold_id, amount=take
             )
         )
-    return amount - left
+    if left:
+        raise RuntimeError(f"account {account_id}: its buckets lack {left} of {amount} tokens")
+    return amount
 
 
 def settle_hold(

@@ -110,11 +110,19 @@ SELECT w.id, w.balance, t.id FROM w LEFT JOIN t ON true
 def _postgres_spend() -> Statement:
     """A spend as one PostgreSQL statement that commits alone (see the module docstring).
 
-    ``b`` locks the wallet's live buckets after ``w`` has locked the wallet, so it reads the
-    buckets as the last writer left them; ``o`` orders them (``buckets.ORDER``) with what
-    comes before each; ``u`` takes what the spend needs from the first ones. A racing copy of
-    the key fails the statement at the entries' NOT NULL transfer id; too few tokens in the
-    buckets fail it with a division by zero. Either way nothing of it commits.
+    ``b`` locks the wallet's live buckets after ``w`` has locked the wallet; ``o`` orders
+    them (``buckets.ORDER``) with what comes before each; ``u`` takes what the spend needs
+    from the first ones. Every part of the statement reads the snapshot it started with,
+    which a writer that held the wallet's lock meanwhile (a refund, a credit, a hold) has
+    made stale; the locked rows are then re-read as the writer left them, but a bucket the
+    snapshot saw empty is not looked at again. So the last line checks that what ``b`` saw
+    free is exactly what the wallet row, re-read under its lock, says is available, and that
+    ``u`` took the whole amount; ``u`` takes from a bucket only where its snapshot row holds
+    the tokens too (otherwise the database would check the new row, computed from the
+    stale one, against ``ck_buckets_within`` first, and refuse it). When either check fails
+    the statement divides by zero: nothing of it commits, and the caller spends the long
+    way, where the order of use and the sums hold by construction. A racing copy of the key
+    fails the statement at the entries' NOT NULL transfer id.
     """
     columns = _TRANSFER_COLUMNS.format(wallet_side="debit", system_side="credit")
     return Statement(
@@ -125,7 +133,7 @@ WITH w AS (
            total_spent = total_spent + CAST(:amount AS BIGINT)
      WHERE user_id = :user_id AND balance - held >= CAST(:amount AS BIGINT)
        AND NOT EXISTS (SELECT 1 FROM transfers WHERE idempotency_key = :key)
- RETURNING id, balance
+ RETURNING id, balance, held
 ), b AS (
     SELECT k.id, k.remaining - k.held AS free, k.expires_at, k.paid
       FROM buckets k JOIN w ON k.account_id = w.id
@@ -142,6 +150,7 @@ WITH w AS (
        SET remaining = k.remaining - LEAST(o.free, CAST(:amount AS BIGINT) - o.before)
       FROM o
      WHERE k.id = o.id AND o.before < CAST(:amount AS BIGINT)
+       AND k.remaining - k.held >= LEAST(o.free, CAST(:amount AS BIGINT) - o.before)
  RETURNING k.id, LEAST(o.free, CAST(:amount AS BIGINT) - o.before) AS taken
 ), t AS (
     INSERT INTO transfers ({columns})
@@ -163,6 +172,8 @@ WITH w AS (
 )
 SELECT w.id, w.balance, t.id,
        1 / CASE WHEN (SELECT COALESCE(SUM(taken), 0) FROM u) = CAST(:amount AS BIGINT)
+                 AND (SELECT COALESCE(SUM(free), 0) FROM b)
+                     = w.balance + CAST(:amount AS BIGINT) - w.held
                 THEN 1 ELSE 0 END
   FROM w LEFT JOIN t ON true
 """)  # noqa: S608

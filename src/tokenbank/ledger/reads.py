@@ -52,42 +52,21 @@ class Balance:
 
 
 def _expiring_query(now: sa.ColumnElement[Any]) -> sa.Select[Any]:
-    """What of the wallet expires, soonest first; and, marked by a NULL source, what is
-    past its expiry and not moved out yet (``due``), in the same query. Of a bucket past
-    its expiry, what a pending hold reserves is not due, unless that hold is past its own
-    deadline too (a read treats such a hold as released)."""
+    """What of the wallet will expire unless used first, soonest first."""
     wallet = sa.select(accounts.c.id).where(accounts.c.user_id == sa.bindparam("user_id"))
-    live = buckets.c.expires_at > now
-    stale_reserved = (
-        sa.select(sa.cast(sa.func.coalesce(sa.func.sum(draws.c.amount), 0), sa.BigInteger))
-        .join(holds, holds.c.id == draws.c.hold_id)
-        .where(
-            draws.c.bucket_id == buckets.c.id,
-            holds.c.status == HoldStatus.PENDING.value,
-            holds.c.expires_at <= now,
-        )
-        .scalar_subquery()
-    )
     return (
-        sa.select(
-            sa.case(
-                (live, buckets.c.remaining),
-                else_=buckets.c.remaining - buckets.c.held + stale_reserved,
-            ),
-            buckets.c.expires_at,
-            sa.case((live, buckets.c.source), else_=sa.null()),
-        )
+        sa.select(buckets.c.remaining, buckets.c.expires_at, buckets.c.source)
         .where(
             buckets.c.account_id == wallet.scalar_subquery(),
             buckets.c.remaining > 0,
-            buckets.c.expires_at.is_not(None),
+            buckets.c.expires_at > now,
         )
         .order_by(*ORDER)
         .limit(MAX_EXPIRING)
     )
 
 
-#: How many expiring buckets a balance lists (and reads to find what is due).
+#: How many expiring buckets a balance lists.
 MAX_EXPIRING = 20
 
 
@@ -102,6 +81,41 @@ def _balance_query(now: sa.ColumnElement[Any]) -> sa.Select[Any]:
         )
         .scalar_subquery()
     )
+    # Tokens past their expiry are expired lazily too: a read leaves out what is free in
+    # such buckets, and what holds past their deadline reserve there (the read counts those
+    # holds as released, into a bucket that has expired). Rarely any: the sweep runs every
+    # minute, and the index on a wallet's buckets with tokens left finds them.
+    stale_reserved = (
+        sa.select(sa.func.coalesce(sa.func.sum(draws.c.amount), 0))
+        .join(holds, holds.c.id == draws.c.hold_id)
+        .where(
+            draws.c.bucket_id == buckets.c.id,
+            holds.c.status == HoldStatus.PENDING.value,
+            holds.c.expires_at <= now,
+        )
+        .scalar_subquery()
+    )
+    due = (
+        sa.select(
+            sa.cast(
+                sa.func.coalesce(
+                    sa.func.sum(
+                        buckets.c.remaining
+                        - buckets.c.held
+                        + sa.case((buckets.c.held > 0, stale_reserved), else_=0)
+                    ),
+                    0,
+                ),
+                sa.BigInteger,
+            )
+        )
+        .where(
+            buckets.c.account_id == accounts.c.id,
+            buckets.c.remaining > 0,
+            buckets.c.expires_at <= now,
+        )
+        .scalar_subquery()
+    )
     return sa.select(
         accounts.c.balance,
         accounts.c.held,
@@ -111,6 +125,7 @@ def _balance_query(now: sa.ColumnElement[Any]) -> sa.Select[Any]:
         accounts.c.debt,
         # Most wallets hold nothing: then the holds table is not looked at.
         sa.case((accounts.c.held > 0, stale_held), else_=0).label("stale"),
+        due.label("due"),
     ).where(accounts.c.user_id == sa.bindparam("user_id"))
 
 
@@ -139,8 +154,7 @@ async def balance_async(conn: psycopg.AsyncConnection[Any], *, user_id: str) -> 
 def _to_balance(user_id: str, row: Any, expiring: Sequence[Any]) -> Balance:
     if row is None:
         raise UnknownUser(user_id)
-    balance, held, total_purchased, total_granted, total_spent, debt, stale = row
-    due = sum(int(amount) for amount, _, source in expiring if source is None)
+    balance, held, total_purchased, total_granted, total_spent, debt, stale, due = row
     return Balance(
         user_id=user_id,
         available=balance - held + stale - due,
@@ -150,9 +164,8 @@ def _to_balance(user_id: str, row: Any, expiring: Sequence[Any]) -> Balance:
         total_spent=total_spent,
         debt=debt,
         expiring=[
-            Expiring(amount=int(amount), expires_at=at, source=Source(source))
+            Expiring(amount=amount, expires_at=at, source=Source(source))
             for amount, at, source in expiring
-            if source is not None
         ],
     )
 
