@@ -154,6 +154,38 @@ def test_same_key_other_parameters_is_a_conflict(
         assert ledger.balance(conn, user_id="bob").available == 100
 
 
+@pytest.mark.parametrize("operation", ["spend", "hold"])
+def test_a_feature_retried_after_its_price_changed_is_a_replay(
+    db: Database, unit: Unit, operation: str
+) -> None:
+    """The caller named a feature and a quantity, never the amount: the catalog's price when
+    the key was first used stands, and only another feature or quantity is a conflict."""
+    wallet(db, tokens=500)
+    act = getattr(ledger, operation)
+    extra = {"ttl_seconds": 60} if operation == "hold" else {}
+
+    def ask(amount: int, quantity: int) -> object:
+        with unit() as conn:
+            return act(
+                conn,
+                user_id="alice",
+                amount=amount,
+                idempotency_key="img-1",
+                feature="image",
+                quantity=quantity,
+                **extra,
+            )
+
+    first = ask(120, 3)
+    again = ask(150, 3)  # the image now costs 50
+    assert again.replayed and not first.replayed  # type: ignore[attr-defined]
+    assert again.amount == first.amount == 120  # type: ignore[attr-defined]
+    with pytest.raises(ledger.IdempotencyConflict):
+        ask(200, 4)
+    with db.read() as conn:
+        assert ledger.balance(conn, user_id="alice").available == 380
+
+
 def test_a_key_used_by_a_credit_cannot_spend(db: Database) -> None:
     wallet(db, tokens=100)
     with pytest.raises(ledger.IdempotencyConflict, match="kind"), db.transaction() as conn:

@@ -235,10 +235,12 @@ def _reserve(
     account_id = wallet_id(conn, user_id, lock=True)
     existing = conn.execute(_select_hold.where(holds.c.idempotency_key == key)).first()
     if existing is not None:
+        # A feature's amount is its price when the key was first used (see ``replay``).
+        priced = feature is not None and existing.feature is not None
         asked = (user_id, amount, kind.value, description, metadata, feature, quantity)
         stored = (
             existing.user_id,
-            existing.amount,
+            amount if priced else existing.amount,
             existing.kind,
             existing.description,
             existing.metadata,

@@ -136,12 +136,19 @@ def replay(conn: Connection, request: Request) -> Receipt | None:
     row = conn.execute(_stored, {"key": request.key}).first()
     if row is None:
         return None
+    # A feature's amount is the catalog's price when the key was first used: the feature
+    # and quantity are what the caller asked for, so a retry after a price change is a replay.
+    priced = row.feature is not None and request.feature is not None
     differences = [
         name
         for name, stored, asked in (
             ("kind", row.kind, request.kind.value),
             ("user_id", row.user_id, request.user_id),
-            ("amount", row.amount, row.amount if request.amount is None else request.amount),
+            (
+                "amount",
+                row.amount,
+                row.amount if request.amount is None or priced else request.amount,
+            ),
             ("description", row.description, request.description),
             ("metadata", row.metadata, request.metadata),
             ("refund_of", row.refund_of_id, request.refund_of_id),

@@ -102,7 +102,10 @@ class UserOut(BaseModel):
 
 
 class ExpiringOut(BaseModel):
-    amount: int
+    amount: int = Field(
+        description="What is left of the grant, including tokens a pending hold reserves in it "
+        "(those expire too if the hold is voided or lapses after expires_at)."
+    )
     expires_at: datetime
     source: str = Field(description="purchase, subscription, trial, promo or admin.")
 
