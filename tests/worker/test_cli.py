@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 import signal
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -111,3 +112,27 @@ def test_the_worker_runs_its_jobs_until_sigterm(db: Database, tmp_path: Path) ->
     assert "expire_holds every 30 s" in output and "sweep every 1 h" in output
     assert f'"items": {count}' in output and '"job": "expire_holds"' in output
     assert '"job_skipped"' in output and '"job": "reconcile"' in output
+
+
+def test_a_worker_killed_mid_job_loses_nothing_and_the_next_run_finishes_it(
+    tokenbank: Run, db: Database, tmp_path: Path
+) -> None:
+    count = holds_past_due(db, wallets=400, per_wallet=5, made=utcnow() - timedelta(hours=1))
+    env = clean_env({**env_for(db, tmp_path), "TOKENBANK_ENV_FILE": ""})
+    process = Process.start("worker", ("worker", "--poll", "0.2"), env=env, directory=tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        while pending_holds(db) == count:  # until the job has released its first wallets
+            assert time.monotonic() < deadline, process.output()
+            time.sleep(0.002)
+        process.popen.send_signal(signal.SIGKILL)
+        process.popen.wait(STOP_TIMEOUT)
+    finally:
+        process.stop()
+    left = pending_holds(db)
+    assert 0 < left < count, "the worker was not killed in the middle of its job"
+
+    ran = tokenbank("worker", "--once")
+
+    assert f"expire_holds: {left} done" in ran
+    assert pending_holds(db) == 0
