@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 
 from tests.web.browsing import form_token, new_user
 from tokenbank import audit, identity, ledger
+from tokenbank.columns import utcnow
 from tokenbank.db import Database
 
 
@@ -54,3 +55,43 @@ def test_admin_finds_a_user_and_grants_once_per_form(client: TestClient, db: Dat
         )
         assert bad.status_code == 422
     assert client.get("/admin/users/nobody").status_code == 404
+
+
+def test_admin_grants_promotional_tokens_that_expire(client: TestClient, db: Database) -> None:
+    user = new_user(client, "boss@example.com")
+    with db.transaction() as conn:
+        identity.set_admin(conn, user_id=user, admin=True)
+    page = client.get(f"/admin/users/{user}").text
+    assert 'name="expires_in_days"' in page and 'value="promo"' in page
+    token = form_token(client, f"/admin/users/{user}")
+    form = {
+        "amount": "300",
+        "reason": "launch week",
+        "key": "k-promo",
+        "source": "promo",
+        "expires_in_days": "7",
+        "csrf_token": token,
+    }
+    sent = client.post(f"/admin/users/{user}/grants", data=form, follow_redirects=False)
+    assert sent.headers["location"] == f"/admin/users/{user}?granted=300"
+    with db.read() as conn:
+        (soon,) = ledger.balance(conn, user_id=user).expiring
+        (action,) = audit.actions_about(conn, subject=f"user:{user}")
+    assert (soon.amount, soon.source) == (300, "promo")
+    assert 6 < (soon.expires_at - utcnow()).total_seconds() / 86400 <= 7
+    assert action.details is not None and action.details["source"] == "promo"
+    assert "300 tokens expire on" in client.get(f"/admin/users/{user}").text
+    for field, value in (
+        ("expires_in_days", "0"),
+        ("expires_in_days", "soon"),
+        ("expires_in_days", "3651"),
+        ("source", "trial"),
+        ("source", "purchase"),
+    ):
+        bad = client.post(
+            f"/admin/users/{user}/grants",
+            data={**form, "key": f"k-{field}-{value}", field: value},
+        )
+        assert bad.status_code == 422, (field, value)
+    with db.read() as conn:
+        assert ledger.balance(conn, user_id=user).total_granted == 300

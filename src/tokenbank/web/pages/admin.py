@@ -107,6 +107,7 @@ async def admin_user(
         next_cursor=page.next_cursor,
         subject_purchases=purchases,
         grant_key=f"admin-grant-{secrets.token_urlsafe(16)}",
+        grant_max_days=grants.MAX_DAYS,
         toasts=toasts,
     )
 
@@ -122,21 +123,27 @@ async def admin_grant(
     amount: Annotated[str, Form(max_length=20)],
     reason: Annotated[str, Form(max_length=600)],
     key: Annotated[str, Form(max_length=100)],
+    source: Annotated[str, Form(max_length=20)] = ledger.Source.ADMIN.value,
+    expires_in_days: Annotated[str, Form(max_length=20)] = "",
 ) -> Response:
-    """Grant tokens. The form carries an idempotency key made when it was shown, so a
-    double click or a resubmitted form grants once."""
-    digits = amount.strip()
-    tokens = int(digits) if digits.isascii() and digits.isdigit() else 0
+    """Grant tokens, as an operator's decision or a promotion, lasting forever or some
+    days. The form carries an idempotency key made when it was shown, so a double click or
+    a resubmitted form grants once."""
     try:
+        expires_at = None
+        if expires_in_days.strip():  # 0 for text that is not a number: refused as such
+            expires_at = grants.expiry(days=_whole(expires_in_days) or 0)
         receipt = await run_in_threadpool(
             partial(
                 grants.grant,
                 parts.db,
                 user_id=user_id,
-                amount=tokens,
+                amount=_whole(amount) or 0,
                 reason=reason,
                 idempotency_key=key,
                 actor=f"user:{admin.user_id}",
+                source=grants.check_source(source),
+                expires_at=expires_at,
             )
         )
     except TokenbankError as exc:
@@ -152,6 +159,12 @@ async def admin_grant(
     if not receipt.replayed:
         parts.metrics.credits.labels("grant").inc()
     return redirect(f"/admin/users/{user_id}?granted={receipt.amount}")
+
+
+def _whole(text: str) -> int | None:
+    """A form's whole number, or None for anything else (the service says what is wrong)."""
+    digits = text.strip()
+    return int(digits) if digits.isascii() and digits.isdigit() and len(digits) <= 12 else None
 
 
 @router.get("/admin/purchases")
