@@ -140,6 +140,9 @@ def test_hold_refused_when_short(bank: TokenBank) -> None:
 
 
 def test_features_are_priced_by_the_server(bank: TokenBank) -> None:
+    listed = {f.id: f for f in bank.features()}
+    assert (listed["image"].tokens, listed["image"].name["zh-CN"]) == (40, "图片")
+    assert set(listed) == {"chat_message", "image", "document_summary"}
     receipt = bank.spend("alice", feature="image", quantity=3, idempotency_key="img-1")
     assert (receipt.amount, receipt.balance, receipt.feature, receipt.quantity) == (
         120,

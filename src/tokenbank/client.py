@@ -30,6 +30,7 @@ __all__ = [
     "Checkout",
     "Entitlement",
     "Expiring",
+    "Feature",
     "Forbidden",
     "HistoryPage",
     "Hold",
@@ -169,6 +170,19 @@ class Package:
     price_per_token: Decimal
     savings_percent: int
     badge: str | None
+    #: Days its tokens stay usable after the purchase; None: they never expire.
+    expires_after_days: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Feature:
+    """Something the app sells by the unit, priced in tokens by the server's catalog."""
+
+    id: str
+    #: By language tag ("en", "zh-CN").
+    name: dict[str, str]
+    #: Tokens per unit.
+    tokens: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,6 +462,14 @@ class TokenBank:
         """The packages on sale (tokens, bonus, price in minor units, savings, badge)."""
         return [_package(body) for body in self._request("GET", "/packages")["packages"]]
 
+    def features(self) -> list[Feature]:
+        """What the tokens buy: the features ``spend``, ``hold`` and ``check`` take, and
+        their price in tokens per unit."""
+        return [
+            Feature(id=body["id"], name=body["name"], tokens=body["tokens"])
+            for body in self._request("GET", "/features")["features"]
+        ]
+
     def checkout(
         self,
         user_id: str,
@@ -667,7 +689,7 @@ def _answer(response: httpx.Response) -> dict[str, Any]:
 
 
 def _package(body: dict[str, Any]) -> Package:
-    values = {name: body[name] for name in Package.__slots__}
+    values = {name: body[name] for name in Package.__slots__ if name in body}
     return Package(**values | {"price_per_token": Decimal(body["price_per_token"])})
 
 

@@ -60,6 +60,7 @@ def test_packages_are_public(store: Store) -> None:
         "popular",
     )
     assert plus["savings_percent"] == 9
+    assert plus["expires_after_days"] is None  # the default catalog's tokens never expire
     # A fraction of a cent, to ten places: never the thirty digits of the division.
     assert [p["price_per_token"] for p in body["packages"]][:2] == ["0.0100000000", "0.0090909091"]
 

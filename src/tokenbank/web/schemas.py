@@ -290,11 +290,27 @@ class PackageOut(BaseModel):
     )
     savings_percent: int = Field(description="Saved per token against the smallest package.")
     badge: str | None
+    expires_after_days: int | None = Field(
+        default=None, description="Days its tokens stay usable after the purchase; null: never."
+    )
+
+
+class FeatureOut(BaseModel):
+    id: str
+    name: dict[str, str] = Field(description="By language tag (en, zh-CN).")
+    tokens: int = Field(description="Tokens per unit: a spend of 3 costs 3 x this.")
 
 
 class PackagesOut(BaseModel):
     currency: str
     packages: list[PackageOut]
+
+
+class FeaturesOut(BaseModel):
+    features: list[FeatureOut] = Field(
+        description="What the tokens buy: spend, hold or check {feature, quantity} and the"
+        " server prices it."
+    )
 
 
 PurchaseKey = Annotated[
@@ -464,6 +480,7 @@ def package_out(package: Package, base: Package | None) -> PackageOut:
         price_per_token=f"{per_token:f}",
         savings_percent=int((savings * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP)),
         badge=package.badge,
+        expires_after_days=package.expires_after_days,
     )
 
 

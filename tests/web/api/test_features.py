@@ -171,6 +171,17 @@ def test_a_hold_names_a_feature_and_its_post_records_it(
     assert (spent["amount"], spent["feature"], spent["quantity"]) == (-75, "document_summary", 4)
 
 
+def test_what_the_tokens_buy_is_public(client: TestClient) -> None:
+    answer = client.get("/api/v1/features")
+    assert answer.status_code == 200
+    listed = {f["id"]: f for f in answer.json()["features"]}
+    assert listed["chat_message"] == {
+        "id": "chat_message",
+        "name": {"en": "Chat message", "zh-CN": "聊天消息"},
+        "tokens": 5,
+    }
+
+
 def test_the_check_answers_and_changes_nothing(
     client: TestClient,
     admin: dict[str, str],

@@ -38,6 +38,8 @@ from tokenbank.web.schemas import (
     BalanceOut,
     CheckIn,
     CheckOut,
+    FeatureOut,
+    FeaturesOut,
     HistoryOut,
     ReceiptOut,
     RefundIn,
@@ -68,6 +70,13 @@ def _spend(db: Database, user_id: str, body: SpendIn, amount: int, log_from: int
             feature=body.feature,
             quantity=body.quantity,
         )
+
+
+@router.get("/features")
+def features(parts: RuntimeDep) -> FeaturesOut:
+    """What the tokens buy and what each costs (public: no key needed, as the pricing page)."""
+    priced = parts.catalog.features if parts.catalog is not None else ()
+    return FeaturesOut(features=[FeatureOut(id=f.id, name=f.name, tokens=f.tokens) for f in priced])
 
 
 @router.get("/users/{user_id}/balance", response_model=BalanceOut)
