@@ -11,7 +11,7 @@ import stripe
 
 from tests.billing.conftest import Store, open_store
 from tests.stripe_emulator import SECRET_KEY, EmulatorServer
-from tokenbank import billing
+from tokenbank import billing, ledger
 from tokenbank.billing.models import disputes
 from tokenbank.columns import utcnow
 from tokenbank.db import Database
@@ -127,6 +127,32 @@ def test_a_lost_dispute_claws_back_once(store: Store) -> None:
     store.emulator.settle()
     balance = store.balance()
     assert (balance["available"], balance["debt"]) == (0, 200)
+    assert store.purchase(started["purchase_id"])["clawed_back_tokens"] == 2200
+
+
+def test_a_dispute_freezes_the_purchase_not_the_promotion_and_a_loss_takes_it(
+    store: Store,
+) -> None:
+    """Promotional tokens that expire stay usable while the disputed purchase is frozen;
+    spent meanwhile, they do not turn the lost dispute into debt."""
+    started = store.paid_checkout("plus")
+    with store.db.transaction() as conn:
+        ledger.credit(
+            conn,
+            user_id="alice",
+            amount=300,
+            kind=ledger.TransferKind.GRANT,
+            idempotency_key="launch-week",
+            source=ledger.Source.PROMO,
+            expires_at=utcnow() + timedelta(days=7),
+        )
+    dispute = _dispute(store, _intent(store, started))
+    balance = store.balance()
+    assert (balance["available"], balance["held"]) == (300, 2200)
+    assert store.spend(300, "llm-1").status_code == 201
+    _close(store, dispute, "lost")
+    balance = store.balance()
+    assert (balance["available"], balance["held"], balance["debt"]) == (0, 0, 0)
     assert store.purchase(started["purchase_id"])["clawed_back_tokens"] == 2200
 
 

@@ -1,5 +1,6 @@
 """Disputes (chargebacks and inquiries): the disputed share of a purchase's tokens is frozen
-while Stripe decides, released if the dispute is won, clawed back if it is lost.
+while Stripe decides (paid tokens first), released if the dispute is won, clawed back if it
+is lost (the frozen tokens first).
 
 Each step happens once per dispute: the ``disputes`` row records the freeze and the
 closing, and a closed dispute is never reopened by a stale snapshot. A Stripe refund during
@@ -40,9 +41,9 @@ def apply_dispute(
         known = _open(conn, row, dispute, outcome, now)
     if known.status != DisputeStatus.OPEN or dispute.status in OPEN_DISPUTE:
         return  # closed once, never reopened; or still open
-    if known.hold_id is not None:
-        _release(conn, known.hold_id, now)
     if dispute.status in DISPUTE_RELEASED:
+        if known.hold_id is not None:
+            _release(conn, known.hold_id, now)
         conn.execute(
             sa.update(disputes)
             .where(disputes.c.id == known.id)
@@ -67,8 +68,11 @@ def apply_dispute(
             description=f"Dispute {dispute.id} of purchase {purchase_id} lost",
             metadata={"purchase_id": purchase_id, "dispute_id": dispute.id},
             now=now,
+            frozen=known.hold_id,  # its tokens first, even those that expired while frozen
         )
         taken, debt = clawback.taken, clawback.debt
+    elif known.hold_id is not None:
+        _release(conn, known.hold_id, now)
     conn.execute(
         sa.update(disputes)
         .where(disputes.c.id == known.id)

@@ -100,8 +100,13 @@ def fill(
     )
 
 
-def _live(account_id: int, now: datetime) -> sa.Select[Any]:
-    """The wallet's buckets with tokens free to use now, in the order of use, locked."""
+#: The order a freeze reserves in: paid tokens first (they are what a dispute is about, and
+#: they do not lapse while frozen), then the order of use.
+PAID_FIRST = (buckets.c.paid.desc(), *ORDER)
+
+
+def _live(account_id: int, now: datetime, order: tuple[Any, ...] = ORDER) -> sa.Select[Any]:
+    """The wallet's buckets with tokens free to use now, in ``order``, locked."""
     return (
         sa.select(buckets.c.id, buckets.c.remaining - buckets.c.held)
         .where(
@@ -110,7 +115,7 @@ def _live(account_id: int, now: datetime) -> sa.Select[Any]:
             buckets.c.remaining > buckets.c.held,
             sa.or_(buckets.c.expires_at.is_(None), buckets.c.expires_at > now),
         )
-        .order_by(*ORDER)
+        .order_by(*order)
         .with_for_update()
     )
 
@@ -123,16 +128,19 @@ def draw(
     now: datetime,
     transfer_id: int | None = None,
     hold_id: int | None = None,
+    paid_first: bool = False,
 ) -> int:
-    """Take ``amount`` free tokens from the wallet's live buckets in the order of use: for a
-    transfer (they leave the buckets) or for a hold (they are reserved in them).
+    """Take ``amount`` free tokens from the wallet's live buckets in the order of use (a
+    freeze: ``paid_first``): for a transfer (they leave the buckets) or for a hold (they are
+    reserved in them).
 
     The caller has checked that the wallet has them (its row says so); buckets that do not
     hold them would contradict it, and the caller's step is refused whole rather than
     written half-drawn.
     """
     left = amount
-    for bucket_id, free in conn.execute(_live(account_id, now)).all():
+    order = PAID_FIRST if paid_first else ORDER
+    for bucket_id, free in conn.execute(_live(account_id, now, order)).all():
         if left == 0:
             break
         take = min(free, left)

@@ -35,6 +35,7 @@ from tokenbank.ledger.inputs import check_amount, check_expires_at, check_metada
 from tokenbank.ledger.journal import Receipt, record_transfer
 from tokenbank.ledger.models import (
     HoldKind,
+    HoldStatus,
     Source,
     SystemAccount,
     TransferKind,
@@ -147,8 +148,14 @@ def claw_back(
     description: str | None = None,
     metadata: dict[str, Any] | None = None,
     now: datetime | None = None,
+    frozen: int | None = None,
 ) -> Clawback:
     """Take ``amount`` tokens back: what the wallet can give now, the rest as debt.
+
+    ``frozen`` names the freeze of a lost dispute: it ends here, and its tokens are taken
+    first, before any other in the order of use. Frozen tokens of a bucket that expired
+    during the dispute are still the wallet's (a pending hold's tokens never expire), so
+    the clawback gets them; released first, they would expire and leave only debt.
 
     The transfer's key makes a repeat with the same ``reference`` take nothing more. When
     nothing could be taken there is no transfer, so the caller records that the clawback
@@ -170,13 +177,14 @@ def claw_back(
                 balance=wallet.balance,
                 replayed=True,
             )
-        taken = max(0, min(amount, wallet.balance - wallet.held))
+        freeze = 0 if frozen is None else _end_freeze(conn, frozen, wallet.id, now)
+        taken = max(0, min(amount, wallet.balance - wallet.held + freeze))
         debt = amount - taken
         balance = wallet.balance - taken
         conn.execute(
             sa.update(accounts)
             .where(accounts.c.id == wallet.id)
-            .values(balance=balance, debt=accounts.c.debt + debt)
+            .values(balance=balance, debt=accounts.c.debt + debt, held=accounts.c.held - freeze)
         )
         transfer_id = None
         if taken:
@@ -194,10 +202,43 @@ def claw_back(
                 event_at=now,
                 now=now,
             )
-            buckets.draw(conn, account_id=wallet.id, amount=taken, now=now, transfer_id=transfer_id)
+        from_freeze = min(taken, freeze)
+        if frozen is not None and freeze:
+            buckets.settle_hold(
+                conn, hold_id=frozen, spent=from_freeze, transfer_id=transfer_id, now=now
+            )
+        if taken > from_freeze:
+            buckets.draw(
+                conn,
+                account_id=wallet.id,
+                amount=taken - from_freeze,
+                now=now,
+                transfer_id=transfer_id,
+            )
+        if freeze > from_freeze:
+            # What the freeze held beyond the clawback is free again; in a bucket that
+            # expired meanwhile it expires now.
+            balance -= buckets.expire_due(conn, account_id=wallet.id, now=now)
     return Clawback(
         user_id=user_id, taken=taken, debt=debt, transfer_id=transfer_id, balance=balance
     )
+
+
+def _end_freeze(conn: Connection, hold_id: int, account_id: int, now: datetime) -> int:
+    """End the wallet's pending freeze ``hold_id`` for a clawback; returns the tokens it
+    held (0 when it had already ended, an operator having released it)."""
+    ended = conn.execute(
+        sa.update(holds)
+        .where(
+            holds.c.id == hold_id,
+            holds.c.account_id == account_id,
+            holds.c.kind == HoldKind.FREEZE.value,
+            holds.c.status == HoldStatus.PENDING.value,
+        )
+        .values(status=HoldStatus.VOIDED.value, resolved_at=now)
+        .returning(holds.c.amount)
+    ).scalar()
+    return int(ended or 0)
 
 
 @dataclass(frozen=True, slots=True)

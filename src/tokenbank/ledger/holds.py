@@ -286,7 +286,14 @@ def _reserve(
     ).scalar()
     if hold_id is None:
         raise IdempotencyConflict(key, "the key belongs to another wallet's hold")
-    buckets.draw(conn, account_id=account_id, amount=amount, now=now, hold_id=hold_id)
+    buckets.draw(
+        conn,
+        account_id=account_id,
+        amount=amount,
+        now=now,
+        hold_id=hold_id,
+        paid_first=kind is HoldKind.FREEZE,
+    )
     return get_hold(conn, hold_id=hold_id)
 
 
