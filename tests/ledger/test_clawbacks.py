@@ -150,10 +150,8 @@ def _trial_and_purchase(db: Database) -> None:
 
 def _held_by_source(db: Database) -> dict[str, int]:
     with db.read() as conn:
-        return {
-            source: held
-            for source, held in conn.execute(sa.select(buckets.c.source, buckets.c.held))
-        }
+        rows = conn.execute(sa.select(buckets.c.source, buckets.c.held)).all()
+    return {row.source: row.held for row in rows}
 
 
 def test_a_freeze_holds_paid_tokens_and_a_lost_dispute_takes_them(db: Database) -> None:
