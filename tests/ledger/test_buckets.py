@@ -173,9 +173,40 @@ def test_a_refund_to_an_expired_bucket_expires_at_once(db: Database) -> None:
         refunded = ledger.refund(
             conn, transfer_id=spent.transfer_id, idempotency_key="r1", now=after
         )
-    assert refunded.balance == 0 and _left(db) == {trial: (0, 0)}
+    # The receipt is the refund's own (the balance just after it), as a replay returns it;
+    # the expiry that follows is a transfer of its own.
+    assert refunded.balance == 10 and _left(db) == {trial: (0, 0)}
+    with db.transaction() as conn:
+        again = ledger.refund(conn, transfer_id=spent.transfer_id, idempotency_key="r1", now=after)
+    assert again.replayed and again.balance == refunded.balance
     with db.read() as conn:
         assert ledger.balance(conn, user_id="alice", now=after).available == 0
+        kinds = [item.kind for item in ledger.history(conn, user_id="alice").items]
+    assert kinds[:2] == ["expiry", "refund"]
+
+
+def test_a_posting_that_frees_tokens_of_an_expired_bucket_answers_as_its_replay(
+    db: Database,
+) -> None:
+    wallet(db)
+    _credit(db, "trial", 100, Source.TRIAL, T0 + DAY)
+    _credit(db, "kept", 50, Source.ADMIN)
+    with db.transaction() as conn:
+        held = ledger.hold(
+            conn, user_id="alice", amount=80, idempotency_key="h1", ttl_seconds=7 * 86400, now=T0
+        )
+    after = T0 + 2 * DAY
+    answers = []
+    for _ in range(2):
+        with db.transaction() as conn:
+            answers.append(ledger.post_hold(conn, hold_id=held.id, amount=10, now=after))
+    first, again = answers
+    assert again.replayed and (again.transfer_id, again.balance) == (
+        first.transfer_id,
+        first.balance,
+    )
+    with db.read() as conn:
+        assert ledger.balance(conn, user_id="alice", now=after).available == 50
 
 
 def test_a_spend_does_not_use_tokens_past_their_expiry_nobody_has_swept(

@@ -388,8 +388,9 @@ def _post(conn: Connection, *, hold_id: int, amount: int, now: datetime) -> Rece
         quantity=current.quantity,
     )
     buckets.settle_hold(conn, hold_id=hold_id, spent=amount, transfer_id=transfer_id, now=now)
-    # What the hold freed in a bucket that expired meanwhile expires now.
-    balance -= buckets.expire_due(conn, account_id=current.account_id, now=now)
+    # What the hold freed in a bucket that expired meanwhile expires now, by a transfer of
+    # its own: the receipt's balance is this transfer's, the one a replay returns.
+    buckets.expire_due(conn, account_id=current.account_id, now=now)
     conn.execute(
         sa.update(holds)
         .where(holds.c.id == hold_id)

@@ -369,8 +369,9 @@ def _refund(
         amount=give_back,
         now=now,
     )
-    # Tokens back in a bucket that has expired meanwhile expire at once.
-    balance -= buckets.expire_due(conn, account_id=account_id, now=now)
+    # Tokens back in a bucket that has expired meanwhile expire at once, by a transfer of
+    # their own: the receipt's balance is the refund's, the one a replay returns.
+    buckets.expire_due(conn, account_id=account_id, now=now)
     return Receipt(
         transfer_id=refund_id,
         kind=TransferKind.REFUND,
