@@ -418,9 +418,13 @@ def test_the_columns_hold_the_longest_forms(db: Database) -> None:
         ("ann+news@me.com", "ann@icloud.com"),
         ("ann@mac.com", "ann@icloud.com"),
         ("a.nn@icloud.com", "a.nn@icloud.com"),
-        # Fastmail: tags.
+        # Fastmail: tags, and the name as a subdomain (any local part reaches it).
         ("ann+x@fastmail.com", "ann@fastmail.com"),
         ("ann+x@fastmail.fm", "ann@fastmail.fm"),
+        ("shop@ann.fastmail.com", "ann@fastmail.com"),
+        ("Other.Shop+x@Ann.FastMail.fm", "ann@fastmail.fm"),
+        ("shop@mail.ann.fastmail.com", "shop@mail.ann.fastmail.com"),  # not a name's
+        ("shop@ann.gmail.com", "shop@ann.gmail.com"),  # Gmail has no such addresses
         # Proton: one name on every domain.
         ("ann+x@protonmail.com", "ann@proton.me"),
         ("ann@pm.me", "ann@proton.me"),

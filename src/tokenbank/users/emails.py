@@ -236,6 +236,9 @@ class Provider:
     ignores_dots: bool
     #: The character that starts a tag (``ann+shop`` is ``ann``), or None.
     tag: str | None
+    #: Whether a name may also be a subdomain, any local part then reaching it
+    #: (``shop@ann.fastmail.com`` is ``ann@fastmail.com``).
+    subdomains: bool = False
 
 
 _GMAIL = Provider("gmail.com", ignores_dots=True, tag="+")
@@ -259,8 +262,8 @@ MAIL_PROVIDERS: dict[str, Provider] = {
     "icloud.com": _ICLOUD,
     "me.com": _ICLOUD,
     "mac.com": _ICLOUD,
-    "fastmail.com": Provider("fastmail.com", ignores_dots=False, tag="+"),
-    "fastmail.fm": Provider("fastmail.fm", ignores_dots=False, tag="+"),
+    "fastmail.com": Provider("fastmail.com", ignores_dots=False, tag="+", subdomains=True),
+    "fastmail.fm": Provider("fastmail.fm", ignores_dots=False, tag="+", subdomains=True),
     # One Proton account's name is its name on every Proton domain.
     "proton.me": _PROTON,
     "protonmail.com": _PROTON,
@@ -280,7 +283,11 @@ def person(address: Address) -> str:
     local, _, domain = address.canonical.rpartition("@")
     provider = MAIL_PROVIDERS.get(domain)
     if provider is None:
-        return address.canonical
+        name, _, parent = domain.partition(".")
+        provider = MAIL_PROVIDERS.get(parent)
+        if provider is None or not provider.subdomains:
+            return address.canonical
+        local = name  # anything@ann.fastmail.com reaches ann@fastmail.com
     if provider.tag is not None:
         # A local part that is all tag ("+x") is no variant of another: kept as it is.
         local = local.split(provider.tag, 1)[0] or local
