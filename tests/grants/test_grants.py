@@ -48,7 +48,9 @@ def test_a_grant_credits_once_is_audited_and_logged(db: Database) -> None:
     ]
 
 
-@pytest.mark.parametrize("reason", ["", "   ", "x" * 501, "a\x00b"])
+@pytest.mark.parametrize(
+    "reason", ["", "   ", "x" * 501, "a\x00b", "\u200b", "\u3000\u200d", "\x07"]
+)
 def test_a_grant_needs_a_reason(db: Database, reason: str) -> None:
     _user(db)
     with pytest.raises(ledger.InvalidArgument) as refused:
@@ -160,6 +162,34 @@ def test_a_grant_may_expire_and_be_a_promotion(db: Database) -> None:
     with db.read() as conn:  # a day after it expired, the tokens are no longer there to use
         later = ledger.balance(conn, user_id="ann", now=expires_at + timedelta(days=1))
     assert later.available == 0
+
+
+def test_a_grant_retried_after_it_expired_is_its_replay(db: Database) -> None:
+    """The same request, sent again once its expires_at has passed (a queue that retried
+    late): the first grant, not a refusal of a time in the past."""
+    _user(db)
+    asked = {
+        "user_id": "ann",
+        "amount": 10,
+        "reason": "launch week",
+        "idempotency_key": "promo-late",
+        "actor": "cli:op",
+        "source": ledger.Source.PROMO,
+        "expires_at": NOW + timedelta(days=1),
+    }
+    first = grants.grant(db, now=NOW, **asked)  # type: ignore[arg-type]
+    again = grants.grant(db, now=NOW + timedelta(days=2), **asked)  # type: ignore[arg-type]
+    assert again.replayed and (again.transfer_id, again.expires_at) == (
+        first.transfer_id,
+        first.expires_at,
+    )
+    # A new key with a time in the past is still refused.
+    with pytest.raises(ledger.InvalidArgument):
+        grants.grant(
+            db,
+            now=NOW + timedelta(days=2),
+            **{**asked, "idempotency_key": "promo-new"},  # type: ignore[arg-type]
+        )
 
 
 @pytest.mark.parametrize(

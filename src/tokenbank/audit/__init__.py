@@ -6,6 +6,7 @@ without the other.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -63,7 +64,9 @@ def check_reason(reason: str) -> str:
     """The reason an audited decision must give, trimmed; checked before anything is
     written, so a decision without one changes nothing."""
     reason = reason.strip()
-    if not reason or len(reason) > MAX_REASON_LENGTH or "\x00" in reason:
+    # Something a reader can see: not only spaces, controls or invisible characters.
+    visible = any(unicodedata.category(c)[0] not in "CZ" for c in reason)
+    if not visible or len(reason) > MAX_REASON_LENGTH or "\x00" in reason:
         raise InvalidArgument("reason", f"say why, in at most {MAX_REASON_LENGTH} characters")
     return reason
 

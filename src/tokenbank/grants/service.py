@@ -4,7 +4,7 @@ pages alike, so the rules cannot drift apart between them."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -15,7 +15,7 @@ from tokenbank import audit, ledger, users
 from tokenbank.columns import utcnow
 from tokenbank.db import Database
 from tokenbank.errors import InvalidArgument
-from tokenbank.ledger.models import buckets
+from tokenbank.ledger.models import buckets, transfers
 
 log = structlog.get_logger("tokenbank.grants")
 
@@ -52,7 +52,7 @@ def check_grant_expiry(expires_at: object, *, now: datetime) -> datetime | None:
         raise InvalidArgument("expires_at", "must be in the future")
     if expires_at > now + timedelta(days=MAX_DAYS):
         raise InvalidArgument("expires_at", f"must be within {MAX_DAYS} days")
-    return expires_at
+    return expires_at.astimezone(UTC)  # as the bucket keeps it, and a replay answers
 
 
 def check_source(source: object) -> ledger.Source:
@@ -90,9 +90,16 @@ def grant(
     reason = audit.check_reason(reason)
     source = check_source(source)
     now = now or utcnow()
-    expires_at = check_grant_expiry(expires_at, now=now)
+    refused: InvalidArgument | None = None
+    try:
+        expires_at = check_grant_expiry(expires_at, now=now)
+    except InvalidArgument as exc:
+        # A retry of a grant whose expiry has passed since is still that grant's replay.
+        refused, expires_at = exc, None
     with db.transaction(wallet=user_id) as conn:
         users.get_user(conn, user_id=user_id)
+        if refused is not None and not _used(conn, idempotency_key):
+            raise refused
         receipt = ledger.credit(
             conn,
             user_id=user_id,
@@ -134,6 +141,14 @@ def grant(
         )
     given = {field.name: getattr(receipt, field.name) for field in fields(receipt)}
     return Grant(**given, source=source, expires_at=expires_at)
+
+
+def _used(conn: Connection, key: object) -> bool:
+    """Whether a transfer already has this idempotency key."""
+    if not isinstance(key, str):
+        return False
+    found = conn.execute(sa.select(transfers.c.id).where(transfers.c.idempotency_key == key))
+    return found.first() is not None
 
 
 def _terms(conn: Connection, transfer_id: int) -> tuple[ledger.Source, datetime | None]:

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
 
 from tokenbank.audit import MAX_REASON_LENGTH
 from tokenbank.entitlements import MAX_QUANTITY
@@ -174,6 +183,10 @@ class RefundIn(Body):
     reason: Description = None
 
 
+#: The start of an RFC 3339 date and time (the offset is checked by ``AwareDatetime``).
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
 class GrantIn(Body):
     amount: Amount
     reason: Annotated[str, Field(min_length=1, max_length=MAX_REASON_LENGTH)]
@@ -189,6 +202,15 @@ class GrantIn(Body):
     source: Literal["admin", "promo"] = Field(
         default="admin", description="What the tokens are: an operator's grant, or a promotion."
     )
+
+    @field_validator("expires_at", mode="before")
+    @classmethod
+    def a_written_time(cls, value: object) -> object:
+        """A date and time as text (RFC 3339), never a number of seconds: a Unix time
+        read as a date is a mistake that would silently grant until an odd day."""
+        if value is not None and not (isinstance(value, str) and _RFC3339.match(value)):
+            raise ValueError("must be a date and time with its UTC offset, as text (RFC 3339)")
+        return value
 
     @model_validator(mode="after")
     def one_expiry(self) -> GrantIn:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from fastapi.testclient import TestClient
@@ -84,10 +84,12 @@ def test_a_grant_may_expire_and_be_a_promotion(
         "amount": 5,
         "reason": "sorry",
         "idempotency_key": "g-at",
-        "expires_at": at.isoformat(),
+        "expires_at": at.astimezone(timezone(timedelta(hours=8))).isoformat(),
     }
     answer = client.post("/api/v1/users/alice/grants", json=dated, headers=admin).json()
     assert (answer["source"], datetime.fromisoformat(answer["expires_at"])) == ("admin", at)
+    replay = client.post("/api/v1/users/alice/grants", json=dated, headers=admin).json()
+    assert replay["replayed"] and replay["expires_at"] == answer["expires_at"]  # UTC, both
     plain = {"amount": 1, "reason": "forever", "idempotency_key": "g-plain"}
     answer = client.post("/api/v1/users/alice/grants", json=plain, headers=admin).json()
     assert (answer["source"], answer["expires_at"]) == ("admin", None)
@@ -111,6 +113,10 @@ def test_a_grant_may_expire_and_be_a_promotion(
         ({"expires_at": "2099-01-01T00:00:00"}, "timezone"),
         ({"expires_at": "2020-01-01T00:00:00Z"}, "expires_at: must be in the future"),
         ({"expires_at": "2199-01-01T00:00:00Z"}, "expires_at: must be within 3650 days"),
+        ({"expires_at": 1900000000}, "as text (RFC 3339)"),  # never read as a Unix time
+        ({"expires_at": 1900000000.5}, "as text (RFC 3339)"),
+        ({"expires_at": "1900000000"}, "as text (RFC 3339)"),
+        ({"expires_at": "2099-01-01"}, "as text (RFC 3339)"),  # a day is not a time
         ({"source": "trial"}, "'admin' or 'promo'"),
         ({"source": "purchase"}, "'admin' or 'promo'"),
     ],
