@@ -12,6 +12,7 @@ import pytest
 from tests.stripe_emulator import EmulatorServer, make_billing
 from tokenbank import billing
 from tokenbank.billing.catalog import Catalog, catalog_warnings, features_catalog, parse_catalog
+from tokenbank.billing.plans import Interval, Unused
 from tokenbank.ledger.inputs import MAX_AMOUNT
 
 CATALOGS = Path("catalogs")
@@ -191,3 +192,144 @@ def test_a_service_that_sells_nothing_reads_the_catalog_for_its_features(tmp_pat
     broken.write_text('currency = "usd"\n[features.image]\ntokens = 1\n')
     with pytest.raises(billing.CatalogError):
         features_catalog(broken)
+
+
+# --- plans ---------------------------------------------------------------------------------
+
+
+def _plan(**overrides: Any) -> dict[str, Any]:
+    return {
+        "name": {"en": "Pro", "zh-CN": "专业版"},
+        "tokens_per_month": 5000,
+        "price_month": 2900,
+        "price_year": 29000,
+        **overrides,
+    }
+
+
+def _with_plans(plans: Any, **extra: Any) -> Catalog:
+    return parse_catalog(
+        {
+            "currency": "usd",
+            "packages": [_package()],
+            "features": {"image": _feature()},
+            "plans": plans,
+            **extra,
+        },
+        source="test",
+    )
+
+
+def test_the_shipped_catalogs_sell_plans_monthly_and_yearly_in_both_languages() -> None:
+    for name in ("default.toml", "cny.toml"):
+        catalog = billing.load_catalog(CATALOGS / name)
+        assert len(catalog.plans_on_sale) == 3
+        for plan in catalog.plans:
+            assert plan.currency == catalog.currency
+            assert plan.price(Interval.YEAR) < 12 * plan.price(Interval.MONTH)
+            assert plan.localized_name("en") != plan.localized_name("zh-CN")
+            assert plan.features["en"] and plan.features["zh-CN"]
+        policies = {(p.unused, p.rollover_cap is not None) for p in catalog.plans}
+        assert policies == {(Unused.RESET, False), (Unused.ROLLOVER, True)}
+        assert any(p.trial_days for p in catalog.plans)
+        assert any(p.unlimited for p in catalog.plans)
+    usd = billing.load_catalog(CATALOGS / "default.toml")
+    pro = usd.plan("pro")
+    assert pro is not None
+    assert (pro.tokens_per_month, pro.rollover_cap, pro.trial_days) == (5000, 5000, 7)
+    assert pro.lookup_key(Interval.YEAR) == "tokenbank_plan_pro_year"
+    assert round(pro.yearly_savings, 2) == Decimal("0.17")
+    studio = usd.plan("studio")
+    assert studio is not None and studio.unlimited == {"image": 1000}
+
+
+def test_a_catalog_without_plans_sells_packages_only() -> None:
+    bare = parse_catalog({"currency": "usd", "packages": [_package()]}, source="test")
+    assert bare.plans == () and bare.plan("pro") is None
+
+
+def test_plans_are_read_with_their_defaults() -> None:
+    catalog = _with_plans(
+        {
+            "basic": _plan(),
+            "unlimited": _plan(tokens_per_month=0, unlimited=["image"], active=False),
+            "capped": _plan(unlimited=["image"], fair_use={"image": 300}),
+        }
+    )
+    basic = catalog.plan("basic")
+    assert basic is not None
+    assert (basic.unused, basic.rollover_cap, basic.trial_days, basic.unlimited) == (
+        Unused.RESET,
+        None,
+        None,
+        None,
+    )
+    assert basic.prices == {Interval.MONTH: 2900, Interval.YEAR: 29000}
+    assert [p.id for p in catalog.plans_on_sale] == ["basic", "capped"]
+    assert catalog.plan("unlimited") is not None
+    assert catalog.plan("unlimited").unlimited == {"image": None}  # type: ignore[union-attr]
+    assert catalog.plan("capped").unlimited == {"image": 300}  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("plans", "problem"),
+    [
+        ({"pro": _plan(price_year=34800)}, "price_year must be less than 12 x price_month"),
+        ({"pro": _plan(price_year=40000)}, "price_year must be less than 12 x price_month"),
+        ({"pro": _plan(price_month=0)}, "price_month must be a whole number"),
+        ({"pro": _plan(price_year=None)}, "price_year must be a whole number"),
+        ({"pro": _plan(price_month=10, price_year=100)}, "below Stripe's minimum charge"),
+        ({"pro": _plan(tokens_per_month=-1)}, "tokens_per_month must be a whole number"),
+        ({"pro": _plan(tokens_per_month=2.5)}, "tokens_per_month must be a whole number"),
+        ({"pro": _plan(tokens_per_month=0)}, "grants tokens_per_month, or makes features"),
+        ({"pro": _plan(unused="keep")}, "unused must be 'reset' or 'rollover'"),
+        ({"pro": _plan(unused="rollover")}, "rollover needs rollover_cap"),
+        ({"pro": _plan(unused="rollover", rollover_cap=0)}, "rollover needs rollover_cap"),
+        ({"pro": _plan(rollover_cap=100)}, "rollover_cap is only for unused = 'rollover'"),
+        ({"pro": _plan(trial_days=0)}, "trial_days must be a whole number, 1-730"),
+        ({"pro": _plan(trial_days=731)}, "trial_days must be a whole number, 1-730"),
+        ({"pro": _plan(unlimited=["video"])}, "unlimited names 'video', which [features]"),
+        ({"pro": _plan(unlimited="image")}, "unlimited must be a list of feature ids"),
+        ({"pro": _plan(unlimited=["image", "image"])}, "unlimited names a feature twice"),
+        ({"pro": _plan(fair_use={"image": 5})}, "fair_use caps 'image', which is not unlimited"),
+        (
+            {"pro": _plan(unlimited=["image"], fair_use={"image": 0})},
+            "fair_use for 'image' must be a whole number >= 1",
+        ),
+        ({"pro": _plan(name={"en": "Pro"})}, "name needs text for each of en, zh-CN"),
+        ({"pro": _plan(features=["x"])}, "features must map each locale"),
+        ({"pro": _plan(badge="cheap")}, "badge must be one of"),
+        ({"pro": _plan(active="yes")}, "active must be true or false"),
+        ({"pro": _plan(tokens=5000)}, "unknown key 'tokens'"),
+        ({"has space": _plan()}, "id must be 1-64 ASCII letters"),
+        ({"pro": 5}, "plan 'pro': not a table"),
+        ([_plan()], "plans must be tables"),
+    ],
+)
+def test_plan_mistakes_are_reported_with_the_packages(plans: Any, problem: str) -> None:
+    with pytest.raises(billing.CatalogError) as caught:
+        parse_catalog(
+            {
+                "currency": "usd",
+                "packages": [_package(tokens=0)],
+                "features": {"image": _feature()},
+                "plans": plans,
+            },
+            source="test",
+        )
+    problems = caught.value.problems
+    assert any(problem in p for p in problems), problems
+    assert any("package 'small'" in p for p in problems)  # one report lists both
+
+
+def test_a_plan_cannot_take_a_packages_stripe_lookup_key() -> None:
+    with pytest.raises(billing.CatalogError) as caught:
+        parse_catalog(
+            {
+                "currency": "usd",
+                "packages": [_package(id="plan_pro_month")],
+                "plans": {"pro": _plan()},
+            },
+            source="test",
+        )
+    assert any("lookup key is a package's" in p for p in caught.value.problems)

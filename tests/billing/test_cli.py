@@ -37,7 +37,8 @@ def tokenbank(store: Store) -> Run:
 
 def test_packages_check_and_sync(tokenbank: Run, tmp_path: Path) -> None:
     checked = tokenbank("packages", "check")
-    assert "4 packages, 4 on sale: OK" in checked and "$20.00" in checked
+    assert "4 packages, 4 on sale, 3 plans: OK" in checked and "$20.00" in checked
+    assert "$290.00" in checked and "rollover" in checked  # the plans, by the year too
     assert "¥45.00" in tokenbank("packages", "check", "catalogs/cny.toml")
     broken = tmp_path / "broken.toml"
     broken.write_text('currency = "usd"\n[[packages]]\nid = "a"\ntokens = -1\nprice = 100\n')

@@ -1,5 +1,5 @@
-"""The catalog: the token packages on sale, and the features tokens buy, read from a TOML
-file chosen in settings.
+"""The catalog: the token packages and plans on sale, and the features tokens buy, read
+from a TOML file chosen in settings (plans: ``billing/plans.py``).
 
 Prices and tokens are decided here, on the server: a purchase copies them from the catalog
 when it is created, and nothing a client or a Stripe event says can change them. So do
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenbank.billing.money import EXPONENTS, MINIMUM_CHARGE, to_major
+from tokenbank.billing.plans import Interval, Plan, parse_plans
 from tokenbank.errors import CatalogError
 from tokenbank.ledger.inputs import MAX_AMOUNT
 
@@ -98,6 +99,7 @@ class Catalog:
     currency: str
     source: str
     features: tuple[Feature, ...] = ()
+    plans: tuple[Plan, ...] = ()
 
     def feature(self, feature_id: str) -> Feature | None:
         return next((f for f in self.features if f.id == feature_id), None)
@@ -111,6 +113,13 @@ class Catalog:
     @property
     def on_sale(self) -> tuple[Package, ...]:
         return tuple(p for p in self.packages if p.active)
+
+    @property
+    def plans_on_sale(self) -> tuple[Plan, ...]:
+        return tuple(p for p in self.plans if p.active)
+
+    def plan(self, plan_id: str) -> Plan | None:
+        return next((p for p in self.plans if p.id == plan_id), None)
 
     def find(self, package_id: str) -> Package | None:
         return next((p for p in self.packages if p.id == package_id), None)
@@ -172,6 +181,21 @@ def parse_catalog(raw: dict[str, Any], *, source: str) -> Catalog:
     if packages and not any(p.active for p in packages):
         problems.append("no package is active")
     features = _features(raw.get("features", {}), problems)
+    plans = parse_plans(
+        raw.get("plans"),
+        currency=packages[0].currency if packages else _currency(default_currency),
+        features=frozenset(f.id for f in features),
+        badges=BADGES,
+        is_id=is_catalog_id,
+        locales=LOCALES,
+        max_tokens=MAX_TOKENS,
+        problems=problems,
+    )
+    keys = {p.lookup_key for p in packages}
+    for plan in plans:
+        for interval in Interval:
+            if plan.lookup_key(interval) in keys:
+                problems.append(f"plan {plan.id!r}: its Stripe lookup key is a package's")
     if problems:
         raise CatalogError(source, problems)
     return Catalog(
@@ -179,7 +203,13 @@ def parse_catalog(raw: dict[str, Any], *, source: str) -> Catalog:
         currency=packages[0].currency,
         source=source,
         features=features,
+        plans=plans,
     )
+
+
+def _currency(value: object) -> str | None:
+    """The catalog's ``currency``, when it is one Stripe knows."""
+    return value.lower() if isinstance(value, str) and value.lower() in EXPONENTS else None
 
 
 def is_catalog_id(value: object) -> bool:

@@ -19,6 +19,7 @@ from tokenbank import billing
 from tokenbank.billing import Billing, PaymentsNotConfigured
 from tokenbank.billing.catalog import catalog_warnings, load_catalog
 from tokenbank.billing.money import format_amount
+from tokenbank.billing.plans import Interval
 from tokenbank.cli.common import context, err, out, reported, to_json
 from tokenbank.columns import utcnow
 from tokenbank.emulator import serve
@@ -107,9 +108,42 @@ def packages_check(
                 f"{feature.tokens:,}",
             )
         out.print(priced)
+    if catalog.plans:
+        out.print(_plans_table(catalog))
     for warning in catalog_warnings(catalog):
         err.print(f"[yellow]warning[/]: {warning}", highlight=False)
-    out.print(f"{len(catalog.packages)} packages, {len(catalog.on_sale)} on sale: OK")
+    plans = f", {len(catalog.plans)} plans" if catalog.plans else ""
+    out.print(f"{len(catalog.packages)} packages, {len(catalog.on_sale)} on sale{plans}: OK")
+
+
+def _plans_table(catalog: billing.Catalog) -> Table:
+    table = Table(title="plans: subscriptions that grant tokens every month")
+    columns = ("id", "name", "tokens / month", "month", "year", "saves", "unused", "unlimited")
+    for column in columns:
+        table.add_column(
+            column,
+            justify="right" if column in {"tokens / month", "month", "year", "saves"} else "left",
+            overflow="fold",
+        )
+    for plan in catalog.plans:
+        unused = plan.unused.value
+        if plan.rollover_cap is not None:
+            unused += f" (cap {plan.rollover_cap:,})"
+        unlimited = ", ".join(
+            name if cap is None else f"{name} ({cap:,}/month)"
+            for name, cap in (plan.unlimited or {}).items()
+        )
+        table.add_row(
+            plan.id,
+            plan.localized_name("en") + ("" if plan.active else " (not on sale)"),
+            f"{plan.tokens_per_month:,}",
+            format_amount(plan.price(Interval.MONTH), plan.currency),
+            format_amount(plan.price(Interval.YEAR), plan.currency),
+            f"{plan.yearly_savings:.0%}",
+            unused + (f", {plan.trial_days}-day trial" if plan.trial_days else ""),
+            unlimited or "-",
+        )
+    return table
 
 
 @packages_app.command("sync")
