@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import stripe
 
-from tests.stripe_emulator import EmulatorServer, make_billing
+from tests.stripe_emulator import SECRET_KEY, EmulatorServer, make_billing
 from tokenbank import billing
 from tokenbank.billing.catalog import Catalog, catalog_warnings, features_catalog, parse_catalog
 from tokenbank.billing.plans import Interval, Unused
@@ -92,7 +93,7 @@ def test_sync_creates_then_keeps_then_follows_changes(emulator_server: EmulatorS
     }
     assert seller.stripe.active_prices() == []  # a dry run changes nothing
     first = billing.sync_catalog(seller.stripe, catalog)
-    assert len([s for s in first if s.action == "create price"]) == 4
+    assert len([s for s in first if s.action == "create price"]) == 4 + 3 * 2  # plans: 2 each
     assert {s.action for s in billing.sync_catalog(seller.stripe, catalog)} == {"ok"}
     # What the package gives is the product's description: Checkout shows it under the name.
     product = seller.stripe.product("tokenbank_plus") or {}
@@ -108,8 +109,9 @@ def test_sync_creates_then_keeps_then_follows_changes(emulator_server: EmulatorS
         ),
         currency="usd",
         source="test",
+        plans=catalog.plans,
     )
-    steps = {(s.package_id, s.action) for s in billing.sync_catalog(seller.stripe, changed)}
+    steps = {(s.item, s.action) for s in billing.sync_catalog(seller.stripe, changed)}
     assert ("plus", "create price") in steps and ("plus", "archive price") in steps
     assert ("scale", "archive price") in steps
     prices = {p.lookup_key: p for p in seller.stripe.active_prices()}
@@ -120,6 +122,68 @@ def test_sync_creates_then_keeps_then_follows_changes(emulator_server: EmulatorS
     book = billing.PriceBook(seller.stripe, changed)
     assert book.price_id(replace(plus, price=2500)) == prices[plus.lookup_key].id
     assert book.price_id(plus) is None  # the catalog says 2000: sent inline instead
+
+
+def test_sync_gives_each_plan_a_monthly_and_a_yearly_price_and_follows_changes(
+    emulator_server: EmulatorServer,
+) -> None:
+    emulator_server.reset()
+    seller = make_billing(emulator_server.url)
+    catalog = seller.catalog
+    billing.sync_catalog(seller.stripe, catalog)
+    prices = {p.lookup_key: p for p in seller.stripe.active_prices()}
+    month, year = prices["tokenbank_plan_pro_month"], prices["tokenbank_plan_pro_year"]
+    assert (month.unit_amount, month.interval, year.unit_amount, year.interval) == (
+        2900,
+        "month",
+        29000,
+        "year",
+    )
+    assert month.product_id == year.product_id == "tokenbank_plan_pro"
+    product = seller.stripe.product("tokenbank_plan_studio") or {}
+    assert (product.get("name"), product.get("description")) == (
+        "Studio",
+        "Unlimited image; 2,000 tokens every month",
+    )
+    assert prices["tokenbank_plus"].interval is None  # packages stay one-time
+
+    pro = catalog.plan("pro")
+    assert pro is not None
+    dearer = replace(pro, prices={**pro.prices, Interval.YEAR: 27000})
+    changed = replace(
+        catalog,
+        plans=tuple(dearer if p.id == "pro" else p for p in catalog.plans if p.id != "basic"),
+    )
+    steps = [(s.item, s.action) for s in billing.sync_catalog(seller.stripe, changed)]
+    assert ("plan:pro/year", "create price") in steps
+    assert ("plan:pro/year", "archive price") in steps
+    assert ("plan:pro/month", "ok") in steps
+    # The plan taken out: both its prices archived, its product made inactive once.
+    assert steps.count(("plan_basic_month", "archive price")) == 1
+    assert steps.count(("plan_basic_year", "archive price")) == 1
+    assert len([s for s in steps if s[1] == "update product"]) == 1
+    prices = {p.lookup_key: p for p in seller.stripe.active_prices()}
+    assert prices["tokenbank_plan_pro_year"].unit_amount == 27000
+    assert "tokenbank_plan_basic_month" not in prices
+    assert (seller.stripe.product("tokenbank_plan_basic") or {}).get("active") is False
+    assert {s.action for s in billing.sync_catalog(seller.stripe, changed)} == {"ok"}
+
+
+def test_a_checkout_for_a_pack_refuses_a_recurring_price(emulator_server: EmulatorServer) -> None:
+    """The emulator answers as Stripe does to a payment-mode session given a plan's price."""
+    emulator_server.reset()
+    seller = make_billing(emulator_server.url)
+    billing.sync_catalog(seller.stripe, seller.catalog)
+    price = seller.stripe.prices_by_lookup_key(["tokenbank_plan_pro_month"])
+    sdk = stripe.StripeClient(SECRET_KEY, base_addresses={"api": emulator_server.url})
+    with pytest.raises(stripe.InvalidRequestError, match="recurring price"):
+        sdk.v1.checkout.sessions.create(
+            {
+                "mode": "payment",
+                "line_items": [{"price": price["tokenbank_plan_pro_month"].id, "quantity": 1}],
+                "success_url": "https://tokens.example/ok",
+            }
+        )
 
 
 def _feature(**overrides: Any) -> dict[str, Any]:

@@ -43,9 +43,10 @@ def test_packages_check_and_sync(tokenbank: Run, tmp_path: Path) -> None:
     broken = tmp_path / "broken.toml"
     broken.write_text('currency = "usd"\n[[packages]]\nid = "a"\ntokens = -1\nprice = 100\n')
     assert "tokens must be a whole number" in tokenbank("packages", "check", str(broken), code=9)
-    assert "8 would change" in tokenbank("packages", "sync", "--dry-run")
-    assert "8 changed" in tokenbank("packages", "sync")
-    assert "0 changed, 4 already in sync" in tokenbank("packages", "sync")
+    # Four packages (a product and a price each), three plans (a product and two prices).
+    assert "17 would change" in tokenbank("packages", "sync", "--dry-run")
+    assert "17 changed" in tokenbank("packages", "sync")
+    assert "0 changed, 10 already in sync" in tokenbank("packages", "sync")
 
 
 def test_webhooks_list_and_replay_and_reconcile(store: Store, tokenbank: Run) -> None:

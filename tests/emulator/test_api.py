@@ -36,6 +36,65 @@ def test_form_decoding_nests_like_stripe() -> None:
         decode_form("a=1&a[b]=2")
 
 
+def test_recurring_prices_bill_monthly_or_yearly(emu: Harness) -> None:
+    client = emu.client
+    product = client.v1.products.create({"id": "plan_pro", "name": "Pro"})
+    monthly = client.v1.prices.create(
+        {
+            "product": product.id,
+            "unit_amount": 2900,
+            "currency": "usd",
+            "recurring": {"interval": "month"},
+        }
+    )
+    assert monthly.type == "recurring"
+    assert plain(monthly.recurring) == {
+        "interval": "month",
+        "interval_count": 1,
+        "meter": None,
+        "trial_period_days": None,
+        "usage_type": "licensed",
+    }
+    yearly = client.v1.prices.create(
+        {
+            "product": product.id,
+            "unit_amount": 29000,
+            "currency": "usd",
+            "recurring": {"interval": "year", "interval_count": 1, "usage_type": "licensed"},
+        }
+    )
+    assert yearly.recurring is not None and yearly.recurring.interval == "year"
+    listed = client.v1.prices.list({"type": "recurring"})
+    assert {p.id for p in listed.data} == {monthly.id, yearly.id}
+
+
+@pytest.mark.parametrize(
+    "recurring",
+    [
+        {"interval": "fortnight"},
+        {"interval_count": 1},
+        {"interval": "week"},
+        {"interval": "month", "interval_count": 3},
+        {"interval": "month", "usage_type": "metered"},
+        {"interval": "month", "meter": "mtr_1"},
+    ],
+)
+def test_a_recurring_price_the_emulator_cannot_bill_is_refused(
+    emu: Harness, recurring: dict[str, Any]
+) -> None:
+    product = emu.client.v1.products.create({"name": "Pro"})
+    with pytest.raises(stripe.InvalidRequestError) as refused:
+        emu.client.v1.prices.create(
+            {
+                "product": product.id,
+                "unit_amount": 2900,
+                "currency": "usd",
+                "recurring": recurring,  # type: ignore[typeddict-item]
+            }
+        )
+    assert (refused.value.param or "").startswith("recurring")
+
+
 def test_products_and_prices_with_lookup_key_transfer_and_archive(emu: Harness) -> None:
     client = emu.client
     product = client.v1.products.create(

@@ -86,6 +86,14 @@ class Plan:
     def localized_name(self, locale: str) -> str:
         return self.name.get(locale) or self.name["en"]
 
+    def summary(self) -> str:
+        """What the plan gives, for Stripe's product description (Checkout shows it under
+        the name): "5,000 tokens every month", "Unlimited image; 2,000 tokens every month"."""
+        parts = [f"Unlimited {name}" for name in self.unlimited or {}]
+        if self.tokens_per_month:
+            parts.append(f"{self.tokens_per_month:,} tokens every month")
+        return "; ".join(parts)
+
     @property
     def yearly_savings(self) -> Decimal:
         """The fraction a year billed yearly saves against twelve months (0.17 is 17 %)."""

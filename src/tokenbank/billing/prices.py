@@ -1,4 +1,5 @@
-"""The catalog in Stripe: one product per package, and its current price by lookup key.
+"""The catalog in Stripe: one product per package and per plan, and their current prices by
+lookup key (a package's one-time price; a plan's monthly and yearly recurring prices).
 
 Stripe prices cannot change amount, so a new amount is a new price that takes over the
 lookup key (``transfer_lookup_key``); the old one is archived. Syncing twice changes
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tokenbank.billing.catalog import Catalog, Package
+from tokenbank.billing.plans import Interval, Plan
 from tokenbank.errors import PaymentProviderError, PaymentProviderUnavailable
 from tokenbank.payments.stripe import Price, Stripe
 
@@ -21,13 +23,83 @@ LOOKUP_PREFIX = "tokenbank_"
 
 @dataclass(frozen=True, slots=True)
 class SyncStep:
-    package_id: str
+    #: What the step is about: a package's id, or ``plan:<id>`` (``plan:<id>/<interval>``
+    #: for one of a plan's prices).
+    item: str
     action: str  # "create product", "update product", "create price", "archive price", "ok"
     detail: str = ""
+    product_id: str = ""
+    lookup_key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Offer:
+    """One price the catalog wants in Stripe."""
+
+    item: str
+    lookup_key: str
+    amount: int
+    currency: str
+    interval: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Product:
+    """One product the catalog wants in Stripe, with its prices."""
+
+    item: str
+    product_id: str
+    name: str
+    description: str
+    active: bool
+    metadata: dict[str, str]
+    offers: tuple[_Offer, ...]
 
 
 def product_id(package_id: str) -> str:
     return f"{LOOKUP_PREFIX}{package_id}"
+
+
+def plan_product_id(plan_id: str) -> str:
+    return f"{LOOKUP_PREFIX}plan_{plan_id}"
+
+
+def _products(catalog: Catalog) -> list[_Product]:
+    products = [
+        _Product(
+            item=package.id,
+            product_id=product_id(package.id),
+            name=package.localized_name("en"),
+            description=package.summary(),
+            active=package.active,
+            metadata={"tokenbank_package_id": package.id},
+            offers=(_Offer(package.id, package.lookup_key, package.price, package.currency, None),),
+        )
+        for package in catalog.packages
+    ]
+    products += [_plan_product(plan) for plan in catalog.plans]
+    return products
+
+
+def _plan_product(plan: Plan) -> _Product:
+    return _Product(
+        item=f"plan:{plan.id}",
+        product_id=plan_product_id(plan.id),
+        name=plan.localized_name("en"),
+        description=plan.summary(),
+        active=plan.active,
+        metadata={"tokenbank_plan_id": plan.id},
+        offers=tuple(
+            _Offer(
+                f"plan:{plan.id}/{interval.value}",
+                plan.lookup_key(interval),
+                plan.price(interval),
+                plan.currency,
+                interval.value,
+            )
+            for interval in Interval
+        ),
+    )
 
 
 def plan_sync(stripe: Stripe, catalog: Catalog) -> list[SyncStep]:
@@ -38,39 +110,60 @@ def plan_sync(stripe: Stripe, catalog: Catalog) -> list[SyncStep]:
         if p.lookup_key and p.lookup_key.startswith(LOOKUP_PREFIX)
     }
     steps: list[SyncStep] = []
-    for package in catalog.packages:
-        steps.extend(_package_steps(stripe, package, prices.pop(package.lookup_key, None)))
+    for product in _products(catalog):
+        steps.extend(_product_steps(stripe, product))
+        for offer in product.offers:
+            steps.extend(_price_steps(product, offer, prices.pop(offer.lookup_key, None)))
+    retired: set[str] = set()
     for lookup_key, price in sorted(prices.items()):
-        package_id = lookup_key.removeprefix(LOOKUP_PREFIX)
-        steps.append(SyncStep(package_id, "archive price", f"{price.id} (not in the catalog)"))
-        steps.append(SyncStep(package_id, "update product", "inactive"))
+        item = lookup_key.removeprefix(LOOKUP_PREFIX)
+        steps.append(
+            SyncStep(item, "archive price", f"{price.id} (not in the catalog)", price.product_id)
+        )
+        if price.product_id not in retired:
+            retired.add(price.product_id)
+            steps.append(SyncStep(item, "update product", "inactive", price.product_id))
     return steps
 
 
-def _package_steps(stripe: Stripe, package: Package, price: Price | None) -> list[SyncStep]:
-    steps = []
-    product = stripe.product(product_id(package.id))
-    name = package.localized_name("en")
-    if product is None:
-        if package.active:
-            steps.append(SyncStep(package.id, "create product", name))
-    elif (
-        product.get("name") != name
-        or product.get("description") != package.summary()
-        or bool(product.get("active")) != package.active
+def _product_steps(stripe: Stripe, product: _Product) -> list[SyncStep]:
+    found = stripe.product(product.product_id)
+    if found is None:
+        if product.active:
+            return [SyncStep(product.item, "create product", product.name, product.product_id)]
+        return []
+    if (
+        found.get("name") != product.name
+        or found.get("description") != product.description
+        or bool(found.get("active")) != product.active
     ):
-        steps.append(SyncStep(package.id, "update product", name))
+        return [SyncStep(product.item, "update product", product.name, product.product_id)]
+    return []
+
+
+def _price_steps(product: _Product, offer: _Offer, price: Price | None) -> list[SyncStep]:
+    steps = []
     current = (
         price is not None
-        and price.unit_amount == package.price
-        and price.currency == package.currency
+        and price.unit_amount == offer.amount
+        and price.currency == offer.currency
+        and price.interval == offer.interval
     )
-    if package.active and not current:
-        steps.append(SyncStep(package.id, "create price", f"{package.price} {package.currency}"))
-    if price is not None and (not current or not package.active):
-        steps.append(SyncStep(package.id, "archive price", price.id))
+    if product.active and not current:
+        every = f" every {offer.interval}" if offer.interval else ""
+        steps.append(
+            SyncStep(
+                offer.item,
+                "create price",
+                f"{offer.amount} {offer.currency}{every}",
+                product.product_id,
+                offer.lookup_key,
+            )
+        )
+    if price is not None and (not current or not product.active):
+        steps.append(SyncStep(offer.item, "archive price", price.id, product.product_id))
     if not steps:
-        steps.append(SyncStep(package.id, "ok"))
+        steps.append(SyncStep(offer.item, "ok"))
     return steps
 
 
@@ -83,40 +176,40 @@ def sync_catalog(
 ) -> list[SyncStep]:
     """Make Stripe's products and prices match the catalog; returns the steps taken."""
     steps = plan_sync(stripe, catalog)
+    products = {p.product_id: p for p in _products(catalog)}
+    offers = {o.lookup_key: o for p in products.values() for o in p.offers}
     for step in steps:
         if not dry_run:
-            _apply(stripe, catalog, step)
+            _apply(stripe, step, products.get(step.product_id), offers.get(step.lookup_key))
         if progress is not None:
             progress(step)
     return steps
 
 
-def _apply(stripe: Stripe, catalog: Catalog, step: SyncStep) -> None:
-    package = catalog.find(step.package_id)
-    name = package.localized_name("en") if package else step.package_id
-    active = bool(package and package.active)
+def _apply(stripe: Stripe, step: SyncStep, product: _Product | None, offer: _Offer | None) -> None:
     if step.action == "create product":
-        assert package is not None
+        assert product is not None
         stripe.create_product(
-            product_id=product_id(step.package_id),
-            name=name,
-            description=package.summary(),
-            metadata={"tokenbank_package_id": step.package_id},
+            product_id=product.product_id,
+            name=product.name,
+            description=product.description,
+            metadata=product.metadata,
         )
     elif step.action == "update product":
         stripe.update_product(
-            product_id(step.package_id),
-            name=name,
-            description=package.summary() if package else None,
-            active=active,
+            step.product_id,
+            name=product.name if product else step.item,
+            description=product.description if product else None,
+            active=bool(product and product.active),
         )
     elif step.action == "create price":
-        assert package is not None
+        assert offer is not None
         stripe.create_price(
-            product_id=product_id(package.id),
-            unit_amount=package.price,
-            currency=package.currency,
-            lookup_key=package.lookup_key,
+            product_id=step.product_id,
+            unit_amount=offer.amount,
+            currency=offer.currency,
+            lookup_key=offer.lookup_key,
+            interval=offer.interval,
         )
     elif step.action == "archive price":
         stripe.archive_price(step.detail.split(" ", 1)[0])

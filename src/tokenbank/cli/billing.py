@@ -153,8 +153,8 @@ def packages_sync(
         bool, typer.Option("--dry-run", help="Show what would change; change nothing.")
     ] = False,
 ) -> None:
-    """Create or update the Stripe products and prices of the catalog (by lookup key), and
-    archive the prices of packages no longer on sale. Safe to repeat."""
+    """Create or update the Stripe products and prices of the catalog's packages and plans
+    (by lookup key), and archive the prices of those no longer on sale. Safe to repeat."""
     seller = _selling(ctx)
     with reported(), Progress(console=err, transient=True) as progress:
         steps = billing.plan_sync(seller.stripe, seller.catalog)
@@ -169,7 +169,7 @@ def packages_sync(
         )
     changes = [s for s in steps if s.action != "ok"]
     for step in steps:
-        out.print(f"  {step.package_id:<20} {step.action:<16} {step.detail}", highlight=False)
+        out.print(f"  {step.item:<24} {step.action:<16} {step.detail}", highlight=False)
     verb = "would change" if dry_run else "changed"
     out.print(f"{len(changes)} {verb}, {len(steps) - len(changes)} already in sync")
 

@@ -115,8 +115,7 @@ def _claim_lookup_key(em: Emulator, key: str | None, *, transfer: bool, owner: s
 
 def create_price(call: Call) -> Obj:
     em, params = call.em, call.params
-    if "recurring" in params:
-        raise invalid("The emulator supports one-time prices only.", param="recurring")
+    interval = _interval(params)
     product_id = text(params, "product")
     data = mapping(params, "product_data")
     if product_id is not None:
@@ -147,9 +146,33 @@ def create_price(call: Call) -> Obj:
         lookup_key=lookup_key,
         nickname=nickname,
         metadata=price_metadata,
+        interval=interval,
     )
     em.prices[price["id"]] = price
     return render(em, price, params)
+
+
+def _interval(params: Params) -> str | None:
+    """``recurring[interval]`` of a new price: ``month`` or ``year``, every one of them
+    (the emulator bills no other interval, count or usage type)."""
+    if "recurring" not in params:
+        return None
+    recurring = mapping(params, "recurring")
+    interval = recurring.get("interval")
+    if interval not in ("day", "week", "month", "year"):
+        raise invalid(
+            "Invalid recurring[interval]: must be one of day, week, month, or year",
+            param="recurring[interval]",
+        )
+    if interval not in ("month", "year") or recurring.get("interval_count", "1") not in (1, "1"):
+        raise invalid(
+            "The emulator bills monthly and yearly prices only.", param="recurring[interval]"
+        )
+    for key in sorted(set(recurring) - {"interval", "interval_count", "usage_type"}):
+        raise invalid(f"The emulator does not support recurring[{key}].", param=f"recurring[{key}]")
+    if recurring.get("usage_type", "licensed") != "licensed":
+        raise invalid("The emulator supports licensed usage only.", param="recurring[usage_type]")
+    return str(interval)
 
 
 def _unit_amount(params: Params, prefix: str) -> int:
@@ -266,6 +289,12 @@ def _line_item(em: Emulator, raw: object, index: int) -> Obj:
         if not price["active"]:
             raise invalid(
                 "The price specified is inactive. This field only accepts active prices.",
+                param=f"{prefix}[price]",
+            )
+        if price["recurring"] is not None:  # sessions here are in payment mode
+            raise invalid(
+                "You specified `payment` mode but passed a recurring price. Either switch to"
+                " `subscription` mode or use only one-time prices.",
                 param=f"{prefix}[price]",
             )
         return shapes.line_item(

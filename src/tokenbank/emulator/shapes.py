@@ -80,7 +80,17 @@ def price(
     lookup_key: str | None,
     nickname: str | None,
     metadata: Obj,
+    interval: str | None = None,
 ) -> Obj:
+    recurring = None
+    if interval is not None:
+        recurring = {
+            "interval": interval,
+            "interval_count": 1,
+            "meter": None,
+            "trial_period_days": None,
+            "usage_type": "licensed",
+        }
     return {
         "id": new_id("price"),
         "object": "price",
@@ -94,11 +104,11 @@ def price(
         "metadata": metadata,
         "nickname": nickname,
         "product": product,
-        "recurring": None,
+        "recurring": recurring,
         "tax_behavior": "unspecified",
         "tiers_mode": None,
         "transform_quantity": None,
-        "type": "one_time",
+        "type": "one_time" if recurring is None else "recurring",
         "unit_amount": unit_amount,
         "unit_amount_decimal": str(unit_amount),
     }

@@ -117,6 +117,8 @@ class Price:
     currency: str
     lookup_key: str | None
     active: bool
+    #: How often a recurring price bills (``month``, ``year``); None for a one-time price.
+    interval: str | None = None
 
 
 def _id(value: Any) -> str | None:
@@ -187,6 +189,7 @@ def _price(data: dict[str, Any]) -> Price:
         currency=data["currency"],
         lookup_key=data.get("lookup_key"),
         active=bool(data.get("active")),
+        interval=(data.get("recurring") or {}).get("interval"),
     )
 
 
@@ -469,20 +472,27 @@ class Stripe:
         )
 
     def create_price(
-        self, *, product_id: str, unit_amount: int, currency: str, lookup_key: str
+        self,
+        *,
+        product_id: str,
+        unit_amount: int,
+        currency: str,
+        lookup_key: str,
+        interval: str | None = None,
     ) -> Price:
-        created = self._call(
-            "create a price",
-            self._client.v1.prices.create,
-            {
-                "product": product_id,
-                "unit_amount": unit_amount,
-                "currency": currency,
-                "lookup_key": lookup_key,
-                "transfer_lookup_key": True,
-                "metadata": {"tokenbank": "1"},
-            },
-        )
+        """A price that takes over ``lookup_key``; recurring every ``interval`` (a plan's)
+        or one-time (a package's)."""
+        params: dict[str, Any] = {
+            "product": product_id,
+            "unit_amount": unit_amount,
+            "currency": currency,
+            "lookup_key": lookup_key,
+            "transfer_lookup_key": True,
+            "metadata": {"tokenbank": "1"},
+        }
+        if interval is not None:
+            params["recurring"] = {"interval": interval}
+        created = self._call("create a price", self._client.v1.prices.create, params)
         return _price(_plain(created))
 
     def archive_price(self, price_id: str) -> None:
