@@ -229,7 +229,7 @@ def test_lists_paginate_newest_first_with_created_filters(emu: Harness) -> None:
 
 
 def test_unknown_urls_answer_like_stripe(emu: Harness) -> None:
-    response = emu.http.get("/v1/subscriptions", headers={"Authorization": "Bearer sk_test_x"})
+    response = emu.http.get("/v1/quotes", headers={"Authorization": "Bearer sk_test_x"})
     assert response.status_code == 404
     assert "Unrecognized request URL" in response.json()["error"]["message"]
     assert emu.http.get("/_emulator/health").json() == {"ok": True}

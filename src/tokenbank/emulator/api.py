@@ -7,7 +7,7 @@ import re
 
 from starlette.routing import BaseRoute, Route
 
-from tokenbank.emulator import payments, shapes
+from tokenbank.emulator import billing, payments, shapes
 from tokenbank.emulator.gateway import Call, Endpoint, api, unknown_url
 from tokenbank.emulator.params import (
     Params,
@@ -272,7 +272,7 @@ def list_customers(call: Call) -> Obj:
 # Checkout sessions
 
 
-def _line_item(em: Emulator, raw: object, index: int) -> Obj:
+def _line_item(em: Emulator, raw: object, index: int, *, mode: str = "payment") -> Obj:
     prefix = f"line_items[{index}]"
     if not isinstance(raw, dict):
         raise invalid("Invalid line item.", param=prefix)
@@ -291,7 +291,7 @@ def _line_item(em: Emulator, raw: object, index: int) -> Obj:
                 "The price specified is inactive. This field only accepts active prices.",
                 param=f"{prefix}[price]",
             )
-        if price["recurring"] is not None:  # sessions here are in payment mode
+        if price["recurring"] is not None and mode == "payment":
             raise invalid(
                 "You specified `payment` mode but passed a recurring price. Either switch to"
                 " `subscription` mode or use only one-time prices.",
@@ -340,6 +340,31 @@ def _line_item(em: Emulator, raw: object, index: int) -> Obj:
     return shapes.line_item(price=dict(price), quantity=quantity, description=product["name"])
 
 
+def _subscription_data(params: Params) -> Params:
+    """``subscription_data`` of a subscription-mode session: metadata, description and
+    ``trial_period_days`` (at least 1), used when the session is paid."""
+    data = mapping(params, "subscription_data")
+    for key in sorted(set(data) - {"metadata", "description", "trial_period_days"}):
+        raise invalid(
+            f"The emulator does not support subscription_data[{key}].",
+            param=f"subscription_data[{key}]",
+        )
+    try:
+        trial = integer(data, "trial_period_days", minimum=1)
+    except StripeError as error:
+        error.param = f"subscription_data[{error.param}]"
+        raise
+    if trial is not None and trial > 730:
+        raise invalid(
+            "trial_period_days must be at most 730.", param="subscription_data[trial_period_days]"
+        )
+    return {
+        "metadata": metadata(data),
+        "description": text(data, "description"),
+        "trial_period_days": trial,
+    }
+
+
 def _method_types(params: Params) -> list[str]:
     """The methods asked for (older API versions name the list payment_method_types).
 
@@ -355,19 +380,26 @@ def _method_types(params: Params) -> list[str]:
 def create_checkout_session(call: Call) -> Obj:
     em, params = call.em, call.params
     mode = text(params, "mode") or "payment"
-    if mode != "payment":
-        raise invalid("The emulator supports mode=payment only.", param="mode")
+    if mode not in {"payment", "subscription"}:
+        raise invalid("The emulator supports mode=payment and mode=subscription.", param="mode")
     ui_mode = text(params, "ui_mode") or "hosted_page"
     if ui_mode not in {"hosted", "hosted_page"}:
         raise invalid("The emulator supports ui_mode=hosted only.", param="ui_mode")
     raw_items = params.get("line_items")
     if not isinstance(raw_items, list) or not raw_items:
         raise invalid(
-            "You must specify `line_items` in `payment` mode.",
+            f"You must specify `line_items` in `{mode}` mode.",
             param="line_items",
             code="parameter_missing",
         )
-    items = [_line_item(em, raw, i) for i, raw in enumerate(raw_items)]
+    items = [_line_item(em, raw, i, mode=mode) for i, raw in enumerate(raw_items)]
+    if mode == "subscription":
+        billing.check_session_items(items)
+        if "payment_intent_data" in params:
+            raise invalid(
+                "You can not pass `payment_intent_data` in `subscription` mode.",
+                param="payment_intent_data",
+            )
     currencies = {item["currency"] for item in items}
     if len(currencies) > 1:
         raise invalid("All line items must use the same currency.", param="line_items")
@@ -404,8 +436,11 @@ def create_checkout_session(call: Call) -> Obj:
         payment_method_types=_method_types(params),
         submit_type=text(params, "submit_type"),
         allow_promotion_codes=boolean(params, "allow_promotion_codes"),
+        mode=mode,
     )
     em.checkout_sessions[id] = session
+    if mode == "subscription":
+        em.subscription_data[id] = _subscription_data(params)
     em.line_items[id] = items
     em.intent_data[id] = {
         "metadata": metadata(intent_data),
@@ -646,6 +681,92 @@ def retrieve_event(call: Call) -> Obj:
     return render(call.em, get(call.em.events, call.path["id"], kind="event"), call.params)
 
 
+# Subscriptions and invoices
+
+
+def _subscription(call: Call) -> Obj:
+    return get(call.em.subscriptions, call.path["id"], kind="subscription")
+
+
+def retrieve_subscription(call: Call) -> Obj:
+    return render(call.em, _subscription(call), call.params)
+
+
+def update_subscription(call: Call) -> Obj:
+    params = call.params
+    _unknown(params, "items", "proration_behavior", "billing_cycle_anchor", "trial_end")
+    return render(call.em, billing.update(call.em, _subscription(call), params), params)
+
+
+def cancel_subscription(call: Call) -> Obj:
+    return render(call.em, billing.end_now(call.em, _subscription(call)), call.params)
+
+
+def list_subscriptions(call: Call) -> Obj:
+    em, params = call.em, call.params
+    customer, status, price = (
+        text(params, "customer"),
+        text(params, "status"),
+        text(params, "price"),
+    )
+    created = created_matches(params)
+    items = [
+        s
+        for s in em.subscriptions.values()
+        if _matches(s, "customer", customer)
+        and (
+            status == "all"
+            or (status is None and s["status"] != "canceled")
+            or s["status"] == status
+        )
+        and (price is None or s["items"]["data"][0]["price"]["id"] == price)
+        and created(s)
+    ]
+    return page(em, items, params, url="/v1/subscriptions")
+
+
+def retrieve_invoice(call: Call) -> Obj:
+    return render(call.em, get(call.em.invoices, call.path["id"], kind="invoice"), call.params)
+
+
+def list_invoices(call: Call) -> Obj:
+    em, params = call.em, call.params
+    customer, status = text(params, "customer"), text(params, "status")
+    subscription, created = text(params, "subscription"), created_matches(params)
+    items = [
+        i
+        for i in em.invoices.values()
+        if _matches(i, "customer", customer)
+        and _matches(i, "status", status)
+        and (
+            subscription is None
+            or (i["parent"]["subscription_details"] or {}).get("subscription") == subscription
+        )
+        and created(i)
+    ]
+    return page(em, items, params, url="/v1/invoices")
+
+
+def pay_invoice(call: Call) -> Obj:
+    invoice = get(call.em.invoices, call.path["id"], kind="invoice")
+    paid = billing.pay_invoice(call.em, invoice, payment_method=text(call.params, "payment_method"))
+    return render(call.em, paid, call.params)
+
+
+def list_invoice_payments(call: Call) -> Obj:
+    em, params = call.em, call.params
+    invoice = text(params, "invoice")
+    payment = mapping(params, "payment")
+    intent = text(payment, "payment_intent") if payment else None
+    items = [
+        p
+        for p in em.invoice_payments.values()
+        if _matches(p, "invoice", invoice)
+        and (intent is None or p["payment"].get("payment_intent") == intent)
+    ]
+    return page(em, items, params, url="/v1/invoice_payments")
+
+
 # Billing portal
 
 
@@ -705,6 +826,14 @@ def routes() -> list[BaseRoute]:
         ("/v1/events", list_events, "GET"),
         ("/v1/events/{id}", retrieve_event, "GET"),
         ("/v1/billing_portal/sessions", create_portal_session, "POST"),
+        ("/v1/subscriptions", list_subscriptions, "GET"),
+        ("/v1/subscriptions/{id}", retrieve_subscription, "GET"),
+        ("/v1/subscriptions/{id}", update_subscription, "POST"),
+        ("/v1/subscriptions/{id}", cancel_subscription, "DELETE"),
+        ("/v1/invoices", list_invoices, "GET"),
+        ("/v1/invoices/{id}", retrieve_invoice, "GET"),
+        ("/v1/invoices/{id}/pay", pay_invoice, "POST"),
+        ("/v1/invoice_payments", list_invoice_payments, "GET"),
     ]
     result: list[BaseRoute] = [
         _route(

@@ -57,6 +57,14 @@ CARDS: tuple[TestCard, ...] = (
         brand="visa",
         authentication_required=True,
     ),
+    # Attaches to a customer, but every charge of it fails: the card for failed renewals.
+    TestCard(
+        number="4000000000000341",
+        payment_method="pm_card_chargeCustomerFail",
+        brand="visa",
+        decline_code="generic_decline",
+        message="Your card was declined.",
+    ),
     TestCard(
         number="4000000000000002",
         payment_method="pm_card_chargeDeclined",

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from tokenbank.emulator import events, payments
+from tokenbank.emulator import billing, events, payments
 from tokenbank.emulator.cards import BY_METHOD, BY_NUMBER, UNKNOWN_CARD_MESSAGE
 from tokenbank.emulator.params import Params, StripeError, integer, invalid, text
 from tokenbank.emulator.state import ApiFault, Emulator, WebhookConfig, clear, get, render
@@ -63,6 +63,11 @@ async def pay_session(em: Emulator, body: Params, path: dict[str, Any]) -> Any:
         async_outcome=text(body, "async"),
         authentication=text(body, "authenticate"),
     )
+    if intent is None:  # a subscription-mode session
+        return {
+            "checkout_session": render(em, session, {}),
+            "subscription": render(em, em.subscriptions[session["subscription"]], {}),
+        }
     failure = intent["last_payment_error"] or {}
     if failure.get("code") == payments.AUTHENTICATION_FAILURE:
         # Not paid, like a decline: the same 402, the session still open for another card.
@@ -206,6 +211,15 @@ async def health(em: Emulator, body: Params, path: dict[str, Any]) -> Any:
     return {"ok": True}
 
 
+async def advance_clock(em: Emulator, body: Params, path: dict[str, Any]) -> Any:
+    """Move the account's time forward ``seconds``, renewing (or failing to renew) every
+    subscription whose period ends on the way, with their invoices and events."""
+    seconds = integer(_as_text(body, "seconds"), "seconds", minimum=1)
+    if seconds is None:
+        raise invalid("seconds must be a whole number >= 1.", param="seconds")
+    return {"now": billing.advance(em, seconds)}
+
+
 def routes() -> list[BaseRoute]:
     table: list[tuple[str, Handler, str]] = [
         ("/_emulator/checkout_sessions/{id}/pay", pay_session, "POST"),
@@ -219,6 +233,7 @@ def routes() -> list[BaseRoute]:
         ("/_emulator/webhooks/flush", flush, "POST"),
         ("/_emulator/webhooks/deliveries", deliveries, "GET"),
         ("/_emulator/events/{id}/redeliver", redeliver, "POST"),
+        ("/_emulator/clock/advance", advance_clock, "POST"),
         ("/_emulator/reset", reset, "POST"),
         ("/_emulator/health", health, "GET"),
     ]

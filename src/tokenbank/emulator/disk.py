@@ -23,7 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from tokenbank.emulator import events
+from tokenbank.emulator import events, shapes
 from tokenbank.emulator.cards import BY_NUMBER
 from tokenbank.emulator.state import Delivery, Emulator, StoredReply, clear, stores
 
@@ -42,8 +42,9 @@ ASGI = Callable[[Scope, Receive, Send], Awaitable[None]]
 def snapshot(em: Emulator) -> str:
     """The account as JSON: what a restarted emulator needs to go on where it was."""
     kept: dict[str, Any] = {"format": FORMAT}
-    for name in (*stores(), "line_items", "intent_data", "payers"):
+    for name in (*stores(), "line_items", "intent_data", "payers", "subscription_data"):
         kept[name] = getattr(em, name)
+    kept["clock_offset"] = shapes.CLOCK.offset
     kept["hidden"] = sorted(em.hidden)
     kept["cards"] = {method: card.number for method, card in em.cards.items()}
     kept["replies"] = {key: asdict(reply) for key, reply in em.replies.items()}
@@ -57,8 +58,9 @@ def restore(em: Emulator, text: str) -> None:
     kept = json.loads(text)
     if kept.get("format") != FORMAT:
         raise ValueError(f"unknown emulator state format: {kept.get('format')!r}")
-    for name in (*stores(), "line_items", "intent_data", "payers"):
+    for name in (*stores(), "line_items", "intent_data", "payers", "subscription_data"):
         getattr(em, name).update(kept.get(name, {}))
+    shapes.CLOCK.offset = int(kept.get("clock_offset", 0))
     em.hidden.update(kept.get("hidden", []))
     em.cards.update({method: BY_NUMBER[number] for method, number in kept["cards"].items()})
     em.replies.update({key: StoredReply(**reply) for key, reply in kept["replies"].items()})

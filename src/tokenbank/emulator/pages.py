@@ -223,7 +223,7 @@ def _submit(em: Emulator, session: Obj, form: dict[str, str]) -> Response:
         return _checkout_page(em, session, status=400, error=str(invalid_card), form=kept)
     except StripeError as error:
         return _checkout_page(em, session, status=error.status, error=error.message, form=kept)
-    if intent["status"] == "requires_action":
+    if intent is not None and intent["status"] == "requires_action":
         return RedirectResponse(f"{session['url']}/authenticate", status_code=303)
     return _paid(em, session)
 

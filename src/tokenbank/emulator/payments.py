@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import copy
 
-from tokenbank.emulator import shapes
+from tokenbank.emulator import billing, shapes
 from tokenbank.emulator.cards import BY_METHOD, TestCard
 from tokenbank.emulator.events import emit
 from tokenbank.emulator.params import Params, StripeError, invalid, missing
@@ -281,8 +281,9 @@ def pay_session(
     name: str | None = None,
     async_outcome: str | None = None,
     authentication: str | None = None,
-) -> Obj:
-    """Pay an open Checkout Session as its hosted page does; returns the PaymentIntent.
+) -> Obj | None:
+    """Pay an open Checkout Session as its hosted page does; returns the PaymentIntent
+    (None for a subscription: ``billing.start_from_session`` made it and its invoice).
 
     ``async_outcome`` ("succeeded" or "failed") plays a delayed payment method: the session
     completes unpaid first, then the outcome arrives as ``checkout.session.async_payment_*``.
@@ -302,6 +303,11 @@ def pay_session(
     refresh_session(em, session)
     if session["status"] != "open":
         raise invalid(f"This Checkout Session is no longer active (status {session['status']}).")
+    if session["mode"] == "subscription":
+        if async_outcome is not None or card.authentication_required:
+            raise invalid("The emulator's subscriptions are paid by card at once.", param="card")
+        billing.start_from_session(em, session, card=card, email=email, name=name)
+        return None
     intent = _session_intent(em, session)
     if card.authentication_required:
         em.payers[session["id"]] = {"email": email, "name": name}

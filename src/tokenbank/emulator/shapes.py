@@ -31,8 +31,19 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_1{random_text(23)}"
 
 
+class Clock:
+    """The account's time: the wall clock, moved forward by a test (``/_emulator/clock/
+    advance``, a test clock's ``advance``) to play months of renewals in seconds. Stripe's
+    test clocks move their customers' time the same way, away from the wall clock."""
+
+    offset: int = 0
+
+
+CLOCK = Clock()
+
+
 def now() -> int:
-    return int(time.time())
+    return int(time.time()) + CLOCK.offset
 
 
 def _address() -> Obj:
@@ -191,6 +202,7 @@ def checkout_session(
     payment_method_types: list[str],
     submit_type: str | None,
     allow_promotion_codes: bool | None,
+    mode: str = "payment",
 ) -> Obj:
     return {
         "id": id,
@@ -246,7 +258,7 @@ def checkout_session(
         "locale": locale,
         "managed_payments": None,
         "metadata": metadata,
-        "mode": "payment",
+        "mode": mode,
         "name_collection": None,
         "optional_items": None,
         "origin_context": None,
@@ -714,4 +726,326 @@ def event(
         "pending_webhooks": pending_webhooks,
         "request": {"id": request_id, "idempotency_key": idempotency_key},
         "type": type,
+    }
+
+
+# --- Billing: subscriptions, their items and invoices -----------------------------------------
+
+
+def subscription_item(*, subscription: str, price: Obj, start: int, end: int) -> Obj:
+    return {
+        "id": new_id("si"),
+        "object": "subscription_item",
+        "billing_thresholds": None,
+        "created": now(),
+        "current_period_end": end,
+        "current_period_start": start,
+        "discounts": [],
+        "metadata": {},
+        "plan": plan_of(price),
+        "price": price,
+        "quantity": 1,
+        "subscription": subscription,
+        "tax_rates": [],
+    }
+
+
+def plan_of(price: Obj) -> Obj:
+    """The legacy ``plan`` view of a recurring price, which items still carry."""
+    recurring = price["recurring"] or {}
+    return {
+        "id": price["id"],
+        "object": "plan",
+        "active": price["active"],
+        "amount": price["unit_amount"],
+        "amount_decimal": str(price["unit_amount"]),
+        "billing_scheme": "per_unit",
+        "created": price["created"],
+        "currency": price["currency"],
+        "interval": recurring.get("interval"),
+        "interval_count": recurring.get("interval_count", 1),
+        "livemode": False,
+        "metadata": price["metadata"],
+        "meter": None,
+        "nickname": price["nickname"],
+        "product": price["product"],
+        "tiers_mode": None,
+        "transform_usage": None,
+        "trial_period_days": None,
+        "usage_type": "licensed",
+    }
+
+
+def subscription(
+    *,
+    id: str,
+    customer: str,
+    currency: str,
+    metadata: Obj,
+    default_payment_method: str | None,
+    trial_start: int | None,
+    trial_end: int | None,
+    description: str | None,
+) -> Obj:
+    created = now()
+    return {
+        "id": id,
+        "object": "subscription",
+        "application": None,
+        "application_fee_percent": None,
+        "automatic_tax": {"disabled_reason": None, "enabled": False, "liability": None},
+        "billing_cycle_anchor": trial_end or created,
+        "billing_cycle_anchor_config": None,
+        "billing_mode": {"flexible": {}, "type": "flexible", "updated_at": created},
+        "billing_schedules": [],
+        "billing_thresholds": None,
+        "cancel_at": None,
+        "cancel_at_period_end": False,
+        "canceled_at": None,
+        "cancellation_details": {"comment": None, "feedback": None, "reason": None},
+        "collection_method": "charge_automatically",
+        "created": created,
+        "currency": currency,
+        "customer": customer,
+        "customer_account": None,
+        "days_until_due": None,
+        "default_payment_method": default_payment_method,
+        "default_source": None,
+        "default_tax_rates": [],
+        "description": description,
+        "discounts": [],
+        "ended_at": None,
+        "invoice_settings": {"account_tax_ids": None, "issuer": {"type": "self"}},
+        "items": {
+            "object": "list",
+            "data": [],
+            "has_more": False,
+            "url": f"/v1/subscription_items?subscription={id}",
+        },
+        "latest_invoice": None,
+        "livemode": False,
+        "managed_payments": None,
+        "metadata": metadata,
+        "next_pending_invoice_item_invoice": None,
+        "on_behalf_of": None,
+        "pause_collection": None,
+        "payment_settings": {
+            "payment_method_options": None,
+            "payment_method_types": None,
+            "save_default_payment_method": "off",
+        },
+        "pending_invoice_item_interval": None,
+        "pending_setup_intent": None,
+        "pending_update": None,
+        "schedule": None,
+        "start_date": created,
+        "status": "incomplete",
+        "test_clock": None,
+        "transfer_data": None,
+        "trial_end": trial_end,
+        "trial_settings": {"end_behavior": {"missing_payment_method": "create_invoice"}},
+        "trial_start": trial_start,
+    }
+
+
+def invoice_line(
+    *,
+    invoice: str,
+    subscription: Obj,
+    item: Obj,
+    amount: int,
+    start: int,
+    end: int,
+    proration: bool,
+    description: str,
+) -> Obj:
+    price = item["price"]
+    return {
+        "id": new_id("il"),
+        "object": "line_item",
+        "amount": amount,
+        "currency": price["currency"],
+        "description": description,
+        "discount_amounts": [],
+        "discountable": True,
+        "discounts": [],
+        "invoice": invoice,
+        "livemode": False,
+        "metadata": {},
+        "parent": {
+            "invoice_item_details": None,
+            "subscription_item_details": {
+                "invoice_item": None,
+                "proration": proration,
+                "proration_details": {"credited_items": None},
+                "subscription": subscription["id"],
+                "subscription_item": item["id"],
+            },
+            "type": "subscription_item_details",
+        },
+        "period": {"end": end, "start": start},
+        "pretax_credit_amounts": [],
+        "pricing": {
+            "price_details": {"price": price["id"], "product": price["product"]},
+            "type": "price_details",
+            "unit_amount_decimal": str(price["unit_amount"]),
+        },
+        "quantity": 1,
+        "quantity_decimal": "1",
+        "subscription": None,
+        "subtotal": amount,
+        "taxes": [],
+    }
+
+
+def invoice(
+    *,
+    id: str,
+    subscription: Obj,
+    customer: Obj,
+    billing_reason: str,
+    lines: list[Obj],
+    period_start: int,
+    period_end: int,
+) -> Obj:
+    total = sum(line["amount"] for line in lines)
+    created = now()
+    return {
+        "id": id,
+        "object": "invoice",
+        "account_country": "US",
+        "account_name": "tokenbank emulator",
+        "account_tax_ids": None,
+        "amount_due": total,
+        "amount_overpaid": 0,
+        "amount_paid": 0,
+        "amount_remaining": total,
+        "amount_shipping": 0,
+        "application": None,
+        "attempt_count": 0,
+        "attempted": False,
+        "auto_advance": True,
+        "automatic_tax": {
+            "disabled_reason": None,
+            "enabled": False,
+            "liability": None,
+            "provider": None,
+            "status": None,
+        },
+        "automatically_finalizes_at": created + 3600,
+        "billing_reason": billing_reason,
+        "collection_method": "charge_automatically",
+        "created": created,
+        "currency": subscription["currency"],
+        "custom_fields": None,
+        "customer": customer["id"],
+        "customer_account": None,
+        "customer_address": None,
+        "customer_email": customer["email"],
+        "customer_name": customer["name"],
+        "customer_phone": None,
+        "customer_shipping": None,
+        "customer_tax_exempt": "none",
+        "customer_tax_ids": [],
+        "default_payment_method": None,
+        "default_source": None,
+        "default_tax_rates": [],
+        "description": None,
+        "discounts": [],
+        "due_date": None,
+        "effective_at": None,
+        "ending_balance": None,
+        "footer": None,
+        "from_invoice": None,
+        "hosted_invoice_url": None,
+        "invoice_pdf": None,
+        "issuer": {"type": "self"},
+        "last_finalization_error": None,
+        "latest_revision": None,
+        "lines": {
+            "object": "list",
+            "data": lines,
+            "has_more": False,
+            "url": f"/v1/invoices/{id}/lines",
+        },
+        "livemode": False,
+        "metadata": {},
+        "next_payment_attempt": None,
+        "number": None,
+        "on_behalf_of": None,
+        "parent": {
+            "quote_details": None,
+            "subscription_details": {
+                "metadata": dict(subscription["metadata"]),
+                "subscription": subscription["id"],
+            },
+            "type": "subscription_details",
+        },
+        "payment_settings": {
+            "default_mandate": None,
+            "payment_method_options": None,
+            "payment_method_types": None,
+        },
+        "period_end": period_end,
+        "period_start": period_start,
+        "post_payment_credit_notes_amount": 0,
+        "pre_payment_credit_notes_amount": 0,
+        "receipt_number": None,
+        "rendering": None,
+        "shipping_cost": None,
+        "shipping_details": None,
+        "starting_balance": 0,
+        "statement_descriptor": None,
+        "status": "draft",
+        "status_transitions": {
+            "finalized_at": None,
+            "marked_uncollectible_at": None,
+            "paid_at": None,
+            "voided_at": None,
+        },
+        "subscription": None,
+        "subtotal": total,
+        "subtotal_excluding_tax": total,
+        "test_clock": None,
+        "total": total,
+        "total_discount_amounts": [],
+        "total_excluding_tax": total,
+        "total_pretax_credit_amounts": [],
+        "total_taxes": [],
+        "webhooks_delivered_at": None,
+    }
+
+
+def invoice_payment(*, invoice: Obj, intent: Obj | None) -> Obj:
+    return {
+        "id": new_id("inpay"),
+        "object": "invoice_payment",
+        "amount_paid": None,
+        "amount_requested": invoice["amount_due"],
+        "created": now(),
+        "currency": invoice["currency"],
+        "invoice": invoice["id"],
+        "is_default": True,
+        "livemode": False,
+        "payment": {
+            "type": "payment_intent",
+            "payment_intent": intent["id"] if intent else None,
+        },
+        "status": "open",
+        "status_transitions": {"canceled_at": None, "paid_at": None},
+    }
+
+
+def test_clock(*, frozen_time: int, name: str | None) -> Obj:
+    created = now()
+    return {
+        "id": new_id("clock"),
+        "object": "test_helpers.test_clock",
+        "created": created,
+        "deletes_after": created + 7 * 86400,
+        "frozen_time": frozen_time,
+        "livemode": False,
+        "name": name,
+        "status": "ready",
+        "status_details": {},
     }

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from tokenbank.emulator import shapes
 from tokenbank.emulator.cards import TestCard
 from tokenbank.emulator.params import Params, integer, invalid, missing, text
 from tokenbank.emulator.shapes import Obj
@@ -119,6 +120,12 @@ class Emulator:
     disputes: dict[str, Obj] = field(default_factory=dict, repr=False)
     events: dict[str, Obj] = field(default_factory=dict, repr=False)
     portal_sessions: dict[str, Obj] = field(default_factory=dict, repr=False)
+    subscriptions: dict[str, Obj] = field(default_factory=dict, repr=False)
+    invoices: dict[str, Obj] = field(default_factory=dict, repr=False)
+    invoice_payments: dict[str, Obj] = field(default_factory=dict, repr=False)
+    test_clocks: dict[str, Obj] = field(default_factory=dict, repr=False)
+    # Each subscription-mode Checkout Session's subscription_data, used when it is paid.
+    subscription_data: dict[str, Params] = field(default_factory=dict, repr=False)
     # Inline products and prices (from price_data), which Stripe never lists.
     hidden: set[str] = field(default_factory=set, repr=False)
     # The test card behind each payment method id.
@@ -153,6 +160,10 @@ _STORES = {
     "dp": "disputes",
     "evt": "events",
     "bps": "portal_sessions",
+    "sub": "subscriptions",
+    "in": "invoices",
+    "inpay": "invoice_payments",
+    "clock": "test_clocks",
 }
 
 
@@ -163,8 +174,16 @@ def stores() -> tuple[str, ...]:
 
 def clear(em: Emulator) -> None:
     """Forget every object, event and idempotent reply (deliveries are stopped elsewhere)."""
-    for name in {*_STORES.values(), "line_items", "cards", "intent_data", "payers"}:
+    for name in {
+        *_STORES.values(),
+        "line_items",
+        "cards",
+        "intent_data",
+        "payers",
+        "subscription_data",
+    }:
         getattr(em, name).clear()
+    shapes.CLOCK.offset = 0
     em.hidden.clear()
     em.replies.clear()
     em.deliveries.clear()
