@@ -344,6 +344,9 @@ def test_every_page_renders_cleanly_in_both_languages(
     email = unique_email(user_id)
     service.create_user(user_id, email, PASSWORD, admin=True)
     service.cli("grant", user_id, "300", "--reason", "welcome")
+    # Tokens that expire: the dashboard and the admin's user page list them.
+    promo = ("--expires-in", "7", "--source", "promo")
+    service.cli("grant", user_id, "40", "--reason", "launch week", *promo)
     key = service.api_key("admin")
     auth = {"Authorization": f"Bearer {key}"}
     spent = httpx.post(
@@ -387,6 +390,8 @@ def test_every_page_renders_cleanly_in_both_languages(
     visit("/pricing", "pricing-signed-out")
     sign_in(page, service, email)
     visit("/dashboard", "dashboard")
+    # The spend of 25 above took the promotion's tokens first: 15 of its 40 are left.
+    expect(page.locator("[data-expiring] li")).to_contain_text("15")
     visit("/pricing", "pricing-signed-in")
     visit("/history", "history")
     visit("/account", "account")
@@ -402,6 +407,7 @@ def test_every_page_renders_cleanly_in_both_languages(
     page.wait_for_url(re.compile(re.escape(service.emulator_url) + "/checkout/"))
     visit("/admin", "admin-users")
     visit(f"/admin/users/{user_id}", "admin-user")
+    expect(page.locator("[data-expiring] li")).to_have_count(1)  # what is left of the promotion
     visit("/admin/purchases", "admin-purchases")
     visit("/admin/webhooks", "admin-webhooks")
     visit("/admin/catalog", "admin-catalog")
