@@ -275,12 +275,10 @@ def _package(
             problems.append(f"{where}: {field} must be a whole number >= {minimum}")
         elif field != "price" and value > MAX_TOKENS:
             problems.append(f"{where}: {field} must be at most {MAX_TOKENS}")
-    currency = entry.get("currency", default_currency)
-    if not isinstance(currency, str) or currency.lower() not in EXPONENTS:
-        problems.append(f"{where}: unknown currency {currency!r}")
-        currency = None
-    else:
-        currency = currency.lower()
+    asked = entry.get("currency", default_currency)
+    currency = _currency(asked)
+    if currency is None:
+        problems.append(f"{where}: unknown currency {asked!r}")
     name = entry.get("name")
     if not isinstance(name, dict) or not all(
         isinstance(name.get(locale), str) and name[locale].strip() for locale in LOCALES

@@ -17,7 +17,7 @@ import calendar
 import copy
 from datetime import UTC, datetime
 
-from tokenbank.emulator import shapes
+from tokenbank.emulator import payments, shapes
 from tokenbank.emulator.cards import BY_METHOD, TestCard
 from tokenbank.emulator.events import emit
 from tokenbank.emulator.params import Params, StripeError, invalid
@@ -176,40 +176,24 @@ def _collect(em: Emulator, sub: Obj, invoice: Obj) -> bool:
     card = em.cards.get(method_id or "")
     invoice["attempted"] = True
     invoice["attempt_count"] += 1
-    intent = shapes.payment_intent(
+    intent = payments.create_payment_intent(
+        em,
         amount=invoice["amount_due"],
         currency=invoice["currency"],
         customer=sub["customer"],
-        description="Subscription update"
-        if invoice["billing_reason"] != "subscription_cycle"
-        else "Subscription renewal",
-        metadata={},
-        payment_method_types=["card"],
-        automatic_payment_methods=False,
-        receipt_email=None,
+        description="Subscription renewal"
+        if invoice["billing_reason"] == "subscription_cycle"
+        else "Subscription creation",
     )
-    em.payment_intents[intent["id"]] = intent
     payment = shapes.invoice_payment(invoice=invoice, intent=intent)
     em.invoice_payments[payment["id"]] = payment
-    emit(em, "payment_intent.created", intent)
-    if card is None or card.declined:
-        if method_id and card is not None:
-            intent["payment_method"] = method_id
-            charge = shapes.charge(intent=intent, method=em.payment_methods[method_id], card=card)
-            em.charges[charge["id"]] = charge
-            intent["latest_charge"] = charge["id"]
-            emit(em, "charge.failed", charge)
-        intent["status"] = "requires_payment_method"
-        emit(em, "payment_intent.payment_failed", intent)
+    if method_id is not None and card is not None:
+        payments.attach_payment_method(em, intent, payment_method=method_id)
+        payments.charge(em, intent, card=card, raise_decline=False)
+    if intent["status"] != "succeeded":
         invoice["next_payment_attempt"] = shapes.now() + 3 * DAY
         emit(em, "invoice.payment_failed", invoice)
         return False
-    intent["payment_method"] = method_id
-    charge = shapes.charge(intent=intent, method=em.payment_methods[method_id], card=card)
-    em.charges[charge["id"]] = charge
-    intent.update(status="succeeded", amount_received=intent["amount"], latest_charge=charge["id"])
-    emit(em, "charge.succeeded", charge)
-    emit(em, "payment_intent.succeeded", intent)
     payment["amount_paid"] = invoice["amount_due"]
     _paid(em, invoice, payment=payment)
     return True
