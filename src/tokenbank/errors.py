@@ -154,6 +154,14 @@ class UnknownPackage(TokenbankError):
         super().__init__(f"no package {package_id!r} is on sale")
 
 
+class UnknownPlan(TokenbankError):
+    code = "unknown_plan"
+
+    def __init__(self, plan_id: str) -> None:
+        self.plan_id = plan_id
+        super().__init__(f"no plan {plan_id!r} is on sale")
+
+
 class UnknownFeature(TokenbankError):
     """A spend, hold or check of a feature the catalog does not price."""
 
@@ -199,6 +207,13 @@ class UnknownPurchase(NotFound):
 
     def __init__(self, reference: str) -> None:
         super().__init__(f"no purchase {reference}")
+
+
+class NoSubscription(NotFound):
+    code = "no_subscription"
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__(f"user {user_id!r} has no subscription")
 
 
 class UnknownEvent(NotFound):
@@ -298,6 +313,27 @@ class PurchaseClosed(Conflict):
     def __init__(self, purchase_id: int, status: str) -> None:
         super().__init__(f"purchase {purchase_id} is {status}: start a new one with a new key")
         self.purchase_id = purchase_id
+
+
+class SubscriptionExists(Conflict):
+    """A second subscription for a user who has one: a plan change, not a new purchase."""
+
+    code = "subscription_exists"
+
+    def __init__(self, user_id: str, status: str) -> None:
+        super().__init__(
+            f"user {user_id!r} already has a subscription ({status}): change its plan"
+            " (POST /api/v1/users/{id}/subscription/change) instead of subscribing again"
+        )
+
+
+class SubscriptionEnded(Conflict):
+    """A change to a subscription that can no longer change (canceled, or not paid yet)."""
+
+    code = "subscription_not_changeable"
+
+    def __init__(self, status: str) -> None:
+        super().__init__(f"the subscription is {status}: it cannot be changed now")
 
 
 class NothingToReview(Conflict):

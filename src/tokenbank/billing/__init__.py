@@ -30,6 +30,7 @@ from tokenbank.billing.purchases import (
     start_payment,
 )
 from tokenbank.billing.reconcile import Reconciliation, reconcile
+from tokenbank.billing.renewals import RenewalOutcome, grant_due_months, sync_from_stripe
 from tokenbank.billing.reviews import REVIEW_DECISIONS, resolve_review
 from tokenbank.billing.settlement import (
     Payment,
@@ -37,6 +38,19 @@ from tokenbank.billing.settlement import (
     settle,
     settle_from_stripe,
     settle_returning_buyer,
+)
+from tokenbank.billing.subscriptions import (
+    GRACE,
+    Allowance,
+    Subscription,
+    SubscriptionStart,
+    allowance,
+    cancel_subscription,
+    change_subscription,
+    get_subscription,
+    list_subscriptions,
+    resume_subscription,
+    start_subscription,
 )
 from tokenbank.billing.unpaid import Resume, cancel_purchase, resume_purchase
 from tokenbank.billing.webhooks import (
@@ -120,8 +134,10 @@ def billing_from_settings(settings: Settings) -> Billing | None:
 
 
 __all__ = [
+    "GRACE",
     "HANDLED_EVENTS",
     "REVIEW_DECISIONS",
+    "Allowance",
     "Billing",
     "Catalog",
     "CatalogError",
@@ -143,22 +159,31 @@ __all__ = [
     "PurchaseFlow",
     "PurchaseStatus",
     "Reconciliation",
+    "RenewalOutcome",
     "Resume",
     "ReviewDecision",
+    "Subscription",
+    "SubscriptionStart",
     "SyncStep",
     "UnknownEvent",
     "UnknownPackage",
     "UnknownPurchase",
+    "allowance",
     "billing_from_settings",
     "cancel_purchase",
+    "cancel_subscription",
+    "change_subscription",
     "count_awaiting_review",
     "customer_for",
     "fetch_payment",
     "find_purchase",
     "get_event",
     "get_purchase",
+    "get_subscription",
+    "grant_due_months",
     "list_events",
     "list_purchases",
+    "list_subscriptions",
     "load_catalog",
     "plan_sync",
     "receive",
@@ -166,11 +191,14 @@ __all__ = [
     "replay",
     "resolve_review",
     "resume_purchase",
+    "resume_subscription",
     "sales_by_package",
     "settle",
     "settle_from_stripe",
     "settle_returning_buyer",
     "start_checkout",
     "start_payment",
+    "start_subscription",
     "sync_catalog",
+    "sync_from_stripe",
 ]

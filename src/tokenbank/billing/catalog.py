@@ -121,6 +121,15 @@ class Catalog:
     def plan(self, plan_id: str) -> Plan | None:
         return next((p for p in self.plans if p.id == plan_id), None)
 
+    def plan_for_lookup_key(self, lookup_key: str | None) -> tuple[Plan, Interval] | None:
+        """The plan and interval a synced Stripe price is for (the portal's plan switch
+        names only a price)."""
+        for plan in self.plans:
+            for interval in Interval:
+                if plan.lookup_key(interval) == lookup_key:
+                    return plan, interval
+        return None
+
     def find(self, package_id: str) -> Package | None:
         return next((p for p in self.packages if p.id == package_id), None)
 

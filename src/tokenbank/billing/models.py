@@ -187,3 +187,174 @@ stripe_customers = sa.Table(
     sa.Column("customer_id", StripeId, nullable=False, unique=True),
     sa.Column("created_at", UtcDateTime, nullable=False),
 )
+
+
+class SubscriptionStatus(enum.StrEnum):
+    """Stripe's statuses of a subscription, and two of tokenbank's own before Stripe has
+    one: ``pending`` (its Checkout Session is open) and ``expired`` (that session expired
+    unpaid: there never was a subscription)."""
+
+    PENDING = "pending"
+    EXPIRED = "expired"
+    INCOMPLETE = "incomplete"
+    INCOMPLETE_EXPIRED = "incomplete_expired"
+    TRIALING = "trialing"
+    ACTIVE = "active"
+    PAST_DUE = "past_due"
+    UNPAID = "unpaid"
+    PAUSED = "paused"
+    CANCELED = "canceled"
+
+
+#: The statuses that count as the user's one subscription: a second one is refused.
+CURRENT_STATUSES = (
+    SubscriptionStatus.PENDING,
+    SubscriptionStatus.INCOMPLETE,
+    SubscriptionStatus.TRIALING,
+    SubscriptionStatus.ACTIVE,
+    SubscriptionStatus.PAST_DUE,
+    SubscriptionStatus.UNPAID,
+    SubscriptionStatus.PAUSED,
+)
+#: Statuses nothing moves a subscription out of.
+FINAL_STATUSES = (
+    SubscriptionStatus.EXPIRED,
+    SubscriptionStatus.INCOMPLETE_EXPIRED,
+    SubscriptionStatus.CANCELED,
+)
+
+
+class GrantKind(enum.StrEnum):
+    """Why a subscription's tokens were granted: a paid invoice's first month, a later
+    month of a yearly invoice (the worker's), or the difference an upgrade adds."""
+
+    INVOICE = "invoice"
+    MONTH = "month"
+    UPGRADE = "upgrade"
+
+
+def _current(column: str) -> str:
+    return f"{column} IN ({', '.join(repr(s.value) for s in CURRENT_STATUSES)})"
+
+
+#: A user's plan at Stripe, mirrored: Stripe decides, webhooks and ``reconcile`` copy
+#: forward only, and the plan's terms are the catalog's when it was sold or changed.
+subscriptions = sa.Table(
+    "subscriptions",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("user_id", sa.String(MAX_KEY_LENGTH), sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("plan_id", sa.String(64), nullable=False),
+    sa.Column("interval", sa.String(8), nullable=False),
+    sa.Column("tokens_per_month", sa.BigInteger, nullable=False),
+    sa.Column("unused", sa.String(16), nullable=False),
+    sa.Column("rollover_cap", sa.BigInteger, nullable=True),
+    sa.Column("amount", sa.BigInteger, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("status", sa.String(24), nullable=False),
+    sa.Column("stripe_idempotency_key", sa.String(64), nullable=False, unique=True),
+    sa.Column("idempotency_key", sa.String(MAX_KEY_LENGTH), nullable=True, unique=True),
+    sa.Column("checkout_session_id", StripeId, nullable=True, unique=True),
+    sa.Column("stripe_subscription_id", StripeId, nullable=True, unique=True),
+    sa.Column("customer_id", StripeId, nullable=True),
+    sa.Column("current_period_start", UtcDateTime, nullable=True),
+    sa.Column("current_period_end", UtcDateTime, nullable=True),
+    sa.Column("trial_end", UtcDateTime, nullable=True),
+    # Either field means "ends then" (flexible billing mode sets only ``cancel_at``).
+    sa.Column("cancel_at", UtcDateTime, nullable=True),
+    sa.Column("cancel_at_period_end", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("ended_at", UtcDateTime, nullable=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.CheckConstraint(_in("status", SubscriptionStatus), name="status"),
+    sa.CheckConstraint("interval IN ('month', 'year')", name="interval"),
+    sa.CheckConstraint("unused IN ('reset', 'rollover')", name="unused"),
+    sa.CheckConstraint(
+        "tokens_per_month >= 0 AND amount >= 0 AND (rollover_cap IS NULL OR rollover_cap > 0)",
+        name="amounts",
+    ),
+    sa.CheckConstraint(
+        "status IN ('pending', 'expired') OR stripe_subscription_id IS NOT NULL",
+        name="started_at_stripe",
+    ),
+    # One subscription per user: a second is a plan change, not a purchase.
+    sa.Index(
+        "ix_subscriptions_one_current",
+        "user_id",
+        unique=True,
+        postgresql_where=sa.text(_current("status")),
+        sqlite_where=sa.text(_current("status")),
+    ),
+    sa.Index("ix_subscriptions_user", "user_id", "id"),
+)
+
+#: Every grant of a subscription's tokens, once: per paid invoice, per month of a yearly
+#: invoice, per upgrade invoice.
+subscription_grants = sa.Table(
+    "subscription_grants",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("subscription_id", Id, sa.ForeignKey("subscriptions.id"), nullable=False, index=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    # The invoice that paid for these tokens.
+    sa.Column("invoice_id", StripeId, nullable=False, index=True),
+    sa.Column("plan_id", sa.String(64), nullable=False),
+    # The service period the invoice paid for (its subscription line's), and the month of
+    # it this grant is for.
+    sa.Column("period_start", UtcDateTime, nullable=False),
+    sa.Column("period_end", UtcDateTime, nullable=False),
+    sa.Column("month_start", UtcDateTime, nullable=False),
+    sa.Column("month_end", UtcDateTime, nullable=False),
+    sa.Column("tokens", sa.BigInteger, nullable=False),
+    # Of the months before: what stayed (rollover) and what expired here.
+    sa.Column("carried", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("expired", sa.BigInteger, nullable=False, server_default="0"),
+    # NULL when nothing was granted (a month that had already lapsed when the news came).
+    sa.Column("transfer_id", Id, sa.ForeignKey("transfers.id"), nullable=True, unique=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.CheckConstraint(_in("kind", GrantKind), name="kind"),
+    sa.CheckConstraint(
+        "tokens >= 0 AND carried >= 0 AND expired >= 0 AND month_start < month_end"
+        " AND period_start <= month_start AND month_end <= period_end",
+        name="amounts",
+    ),
+    sa.CheckConstraint("transfer_id IS NOT NULL OR tokens = 0", name="granted"),
+    # The guards of "exactly once": one grant per paid invoice (its first month or its
+    # upgrade), one per month of a subscription.
+    sa.Index(
+        "ix_subscription_grants_invoice",
+        "invoice_id",
+        unique=True,
+        postgresql_where=sa.text("kind <> 'month'"),
+        sqlite_where=sa.text("kind <> 'month'"),
+    ),
+    sa.Index(
+        "ix_subscription_grants_month",
+        "subscription_id",
+        "month_start",
+        unique=True,
+        postgresql_where=sa.text("kind <> 'upgrade'"),
+        sqlite_where=sa.text("kind <> 'upgrade'"),
+    ),
+)
+
+#: One row per Stripe refund of a subscription invoice: its share of the invoice's tokens
+#: is clawed back once.
+invoice_refunds = sa.Table(
+    "invoice_refunds",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("refund_id", StripeId, nullable=False, unique=True),
+    sa.Column("subscription_id", Id, sa.ForeignKey("subscriptions.id"), nullable=False, index=True),
+    sa.Column("invoice_id", StripeId, nullable=False, index=True),
+    sa.Column("amount", sa.BigInteger, nullable=False),
+    sa.Column("tokens", sa.BigInteger, nullable=False),
+    sa.Column("taken", sa.BigInteger, nullable=False),
+    sa.Column("debt", sa.BigInteger, nullable=False),
+    sa.Column("transfer_id", Id, sa.ForeignKey("transfers.id"), nullable=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.CheckConstraint(
+        "amount > 0 AND tokens >= 0 AND taken >= 0 AND debt >= 0 AND taken + debt = tokens",
+        name="amounts",
+    ),
+)

@@ -230,6 +230,13 @@ class PriceBook:
 
     def price_id(self, package: Package) -> str | None:
         """Call from a worker thread: a refresh asks Stripe (outside the lock)."""
+        return self._synced(package.lookup_key, package.price, package.currency)
+
+    def plan_price_id(self, plan: Plan, interval: Interval) -> str | None:
+        """The plan's synced recurring price for ``interval``, if it matches the catalog."""
+        return self._synced(plan.lookup_key(interval), plan.price(interval), plan.currency)
+
+    def _synced(self, lookup_key: str, amount: int, currency: str) -> str | None:
         with self._lock:
             fresh = time.monotonic() - self._loaded_at <= self._ttl
             prices = self._prices
@@ -238,6 +245,7 @@ class PriceBook:
             try:
                 prices = self._stripe.prices_by_lookup_key(
                     [p.lookup_key for p in self._catalog.packages]
+                    + [p.lookup_key(i) for p in self._catalog.plans for i in Interval]
                 )
             except PaymentProviderError:
                 prices = {}
@@ -245,7 +253,7 @@ class PriceBook:
                 prices, loaded_at = {}, self._loaded_at  # ask again next time
             with self._lock:
                 self._prices, self._loaded_at = prices, loaded_at
-        price = prices.get(package.lookup_key)
-        if price and price.unit_amount == package.price and price.currency == package.currency:
+        price = prices.get(lookup_key)
+        if price and price.unit_amount == amount and price.currency == currency:
             return price.id
         return None

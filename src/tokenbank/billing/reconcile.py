@@ -8,6 +8,10 @@ secret rotated badly, an event Stripe never generated). The reconciler looks bot
   objects left the window (open disputes, recent pending purchases), are settled through
   the same ``settle`` as webhooks: what was applied is left alone, what was missing is
   applied;
+- subscriptions: every subscription Stripe made or invoiced in the window, and every one
+  of ours that is current or still waiting for its checkout, goes through
+  ``renewals.sync_from_stripe`` as its webhooks would (grants missed are granted, once);
+  a refunded payment that is no purchase's is looked up as a subscription invoice's;
 - from here: every purchase recorded as paid in the window is looked up at Stripe. One whose
   payment Stripe does not show as paid, or does not know at all, is flagged for an admin
   (``review``): reconcile never takes tokens back by itself.
@@ -26,9 +30,23 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 import structlog
 
-from tokenbank.billing.models import DisputeStatus, PurchaseStatus, disputes, purchases
+from tokenbank.billing.catalog import Catalog
+from tokenbank.billing.models import (
+    CURRENT_STATUSES,
+    DisputeStatus,
+    PurchaseStatus,
+    disputes,
+    purchases,
+    subscriptions,
+)
 from tokenbank.billing.outcomes import Outcome
 from tokenbank.billing.purchases import ClawbackPolicy, count_awaiting_review, to_purchase
+from tokenbank.billing.renewals import (
+    RenewalOutcome,
+    apply_renewal,
+    fetch_refunded_invoice,
+    sync_from_stripe,
+)
 from tokenbank.billing.reviews import flag_purchase
 from tokenbank.billing.settlement import settle_from_stripe
 from tokenbank.billing.unpaid import ABANDONED_AFTER, cancel_purchase
@@ -71,6 +89,8 @@ class Reconciliation:
     errors: list[str] = field(default_factory=list)
     #: Purchases waiting for an admin's decision, this run's and earlier ones.
     awaiting_review: int = 0
+    #: Subscriptions this run changed (a grant, a status, a refund's clawback).
+    subscriptions: list[RenewalOutcome] = field(default_factory=list)
 
 
 def reconcile(
@@ -81,9 +101,11 @@ def reconcile(
     policy: ClawbackPolicy,
     progress: Callable[[int], None] | None = None,
     now: datetime | None = None,
+    catalog: Catalog | None = None,
 ) -> Reconciliation:
-    """Settle every payment Stripe shows activity for since ``since``, and check every
-    purchase recorded as paid since then against Stripe."""
+    """Settle every payment Stripe shows activity for since ``since``, check every
+    purchase recorded as paid since then against Stripe, and bring every subscription
+    with activity since then in line (``catalog``: to know a plan switched in Stripe)."""
     now = now or utcnow()
     result = Reconciliation()
     search_from = min([since, *_not_started(db)]) - CLOCK_MARGIN
@@ -94,10 +116,11 @@ def reconcile(
             seen.add((item.kind, item.stripe_id))
             work.append(item)
     for item in work:
-        _check(db, stripe, item, policy=policy, result=result)
+        _check(db, stripe, item, policy=policy, result=result, catalog=catalog)
         result.checked += 1
         if progress is not None:
             progress(1)
+    _subscriptions(db, stripe, catalog, int(search_from.timestamp()), result)
     _expire_not_started(db, now, result)
     _cancel_abandoned(db, stripe, now, policy=policy, result=result)
     with db.read() as conn:
@@ -111,12 +134,76 @@ def reconcile(
         canceled=len(result.canceled),
         errors=len(result.errors),
         awaiting_review=result.awaiting_review,
+        subscriptions=len(result.subscriptions),
     )
     return result
 
 
+def _subscriptions(
+    db: Database, stripe: Stripe, catalog: Catalog | None, since: int, result: Reconciliation
+) -> None:
+    """Sync each subscription with activity since ``since`` at Stripe, and each of ours
+    that can still change."""
+    work: dict[str, tuple[str | None, str | None]] = {}
+    try:
+        for seen in stripe.subscriptions_since(since):
+            work[seen.id] = (seen.id, None)
+        for invoice in stripe.invoices_since(since):
+            if invoice.subscription_id is not None:
+                work[invoice.subscription_id] = (invoice.subscription_id, None)
+    except (PaymentProviderError, Unavailable) as exc:
+        result.errors.append(f"listing subscriptions: {exc}")
+    current = [s.value for s in CURRENT_STATUSES]
+    with db.read() as conn:
+        rows = conn.execute(
+            sa.select(subscriptions.c.stripe_subscription_id, subscriptions.c.checkout_session_id)
+            .where(subscriptions.c.status.in_(current))
+            .where(
+                sa.or_(
+                    subscriptions.c.stripe_subscription_id.is_not(None),
+                    subscriptions.c.checkout_session_id.is_not(None),
+                )
+            )
+        ).all()
+    for subscription_id, session_id in rows:
+        key = subscription_id or session_id
+        if subscription_id not in work:
+            work[key] = (subscription_id, None if subscription_id else session_id)
+    for subscription_id, session_id in work.values():
+        try:
+            outcome = sync_from_stripe(
+                db,
+                stripe,
+                catalog,
+                subscription_id=subscription_id,
+                session_id=session_id,
+                source="reconcile",
+            )
+        except (PaymentProviderError, Unavailable) as exc:
+            result.errors.append(f"{subscription_id or session_id}: {exc}")
+            continue
+        except Exception as exc:  # one bad subscription must not stop the others
+            result.errors.append(f"{subscription_id or session_id}: {type(exc).__name__}: {exc}")
+            continue
+        result.checked += 1
+        if outcome.subscription is not None and outcome.changes:
+            result.subscriptions.append(outcome)
+            log.warning(
+                "reconcile_fixed",
+                subscription_id=outcome.subscription.id,
+                user_id=outcome.subscription.user_id,
+                what=[name for name, _ in outcome.events],
+            )
+
+
 def _check(
-    db: Database, stripe: Stripe, item: Work, *, policy: ClawbackPolicy, result: Reconciliation
+    db: Database,
+    stripe: Stripe,
+    item: Work,
+    *,
+    policy: ClawbackPolicy,
+    result: Reconciliation,
+    catalog: Catalog | None = None,
 ) -> None:
     try:
         try:
@@ -138,6 +225,8 @@ def _check(
     except Exception as exc:  # one bad payment must not stop the others
         result.errors.append(f"{item.stripe_id}: {type(exc).__name__}: {exc}")
     else:
+        if outcome.purchase is None and item.kind == "intent":
+            _invoice_refunds(db, stripe, catalog, item.stripe_id, result)
         if outcome.purchase is not None and outcome.flagged is not None:
             result.flagged.append((outcome.purchase.id, outcome.flagged))
         elif outcome.purchase is not None and outcome.changes:
@@ -149,6 +238,26 @@ def _check(
                 user_id=outcome.purchase.user_id,
                 what=[event.name for event in outcome.events],
             )
+
+
+def _invoice_refunds(
+    db: Database, stripe: Stripe, catalog: Catalog | None, intent_id: str, result: Reconciliation
+) -> None:
+    """A payment that is no purchase's, refunded: a subscription invoice's, maybe."""
+    try:
+        if not stripe.refunds_of(intent_id):
+            return
+        renewal = fetch_refunded_invoice(stripe, catalog, intent_id)
+        if renewal is None:
+            return
+        with db.transaction() as conn:
+            outcome = apply_renewal(conn, renewal, catalog=catalog)
+    except (PaymentProviderError, Unavailable) as exc:
+        result.errors.append(f"{intent_id}: {exc}")
+        return
+    outcome.log_changes("reconcile")
+    if outcome.subscription is not None and outcome.changes:
+        result.subscriptions.append(outcome)
 
 
 def _missing(db: Database, item: Work, result: Reconciliation) -> None:

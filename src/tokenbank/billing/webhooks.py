@@ -5,7 +5,8 @@ delivery that fails later is still on file. Its effects then commit in the same 
 as its ``processed_at`` mark: processed means applied. On failure the error is kept on the
 event and the caller answers 500, so Stripe delivers it again; ``replay`` does the same by
 hand. The event is only a hint: what it changes comes from Stripe's current objects
-(``settlement.fetch_payment``), so duplicates, reordering and stale payloads are harmless.
+(``settlement.fetch_payment`` for a purchase's payment, ``renewals.fetch_renewal`` for a
+subscription and its invoices), so duplicates, reordering and stale payloads are harmless.
 """
 
 from __future__ import annotations
@@ -19,8 +20,17 @@ import structlog
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from tokenbank.billing.catalog import Catalog
 from tokenbank.billing.models import webhook_events
+from tokenbank.billing.outcomes import Outcome
 from tokenbank.billing.purchases import ClawbackPolicy
+from tokenbank.billing.renewals import (
+    Renewal,
+    RenewalOutcome,
+    apply_renewal,
+    fetch_refunded_invoice,
+    fetch_renewal,
+)
 from tokenbank.billing.settlement import Payment, fetch_payment, settle
 from tokenbank.columns import utcnow
 from tokenbank.db import Database, unavailable
@@ -54,6 +64,12 @@ HANDLED_EVENTS = (
     "charge.dispute.closed",
     "charge.dispute.funds_withdrawn",
     "charge.dispute.funds_reinstated",
+    "customer.subscription.created",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+    "customer.subscription.trial_will_end",
+    "invoice.paid",
+    "invoice.payment_failed",
 )
 MAX_ERROR_LENGTH = 2000
 
@@ -91,7 +107,13 @@ _insert = {
 
 
 def receive(
-    db: Database, stripe: Stripe, *, payload: bytes, signature: str | None, policy: ClawbackPolicy
+    db: Database,
+    stripe: Stripe,
+    *,
+    payload: bytes,
+    signature: str | None,
+    policy: ClawbackPolicy,
+    catalog: Catalog | None = None,
 ) -> Processed:
     """Verify a delivery, store it once and settle it; raises ``InvalidSignature``,
     ``InvalidEvent``, ``WebhooksNotConfigured``, ``ProcessingFailed`` or ``Unavailable``.
@@ -111,7 +133,7 @@ def receive(
                 "received_at": utcnow(),
             },
         )
-    return process(db, stripe, event=event, policy=policy)
+    return process(db, stripe, event=event, policy=policy, catalog=catalog)
 
 
 _OTHER_MODE = "ignored: the event's livemode does not match this deployment's Stripe key"
@@ -155,36 +177,64 @@ def _object_id(value: Any) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """What a handled event names: a session, a PaymentIntent, or a charge to look up."""
+    """What a handled event names: a session, a PaymentIntent or a charge to look up, or a
+    subscription (and the invoice the event is about)."""
 
     session_id: str | None = None
     intent_id: str | None = None
     charge_id: str | None = None
+    subscription_id: str | None = None
+    #: A subscription-mode Checkout Session: it starts a subscription, not a purchase.
+    subscription_mode: bool = False
 
 
 def target_of(event: Event) -> Target | None:
-    """The payment an event is about, read (and checked: the ids go into requests to
-    Stripe) before the event is stored; None for events tokenbank does not act on."""
+    """What an event is about, read (and checked: the ids go into requests to Stripe)
+    before the event is stored; None for events tokenbank does not act on."""
     obj = event.object
     if event.type not in HANDLED_EVENTS:
         return None
+    if event.type.startswith("customer.subscription."):
+        return Target(subscription_id=_required_id(obj))
+    if event.type.startswith("invoice."):
+        _required_id(obj)
+        details = (obj.get("parent") or {}).get("subscription_details") or {}
+        if not isinstance(details, dict):
+            raise InvalidEvent("the invoice's parent is malformed")
+        # ``subscription`` at the top: an endpoint on an API version before 2025-03-31.
+        return Target(
+            subscription_id=_object_id(details.get("subscription") or obj.get("subscription"))
+        )
     if event.type.startswith(("checkout.session.", "payment_intent.")):
-        object_id = _object_id(obj)
-        if object_id is None:
-            raise InvalidEvent("the event's object has no id")
+        object_id = _required_id(obj)
         if event.type.startswith("checkout.session."):
-            return Target(session_id=object_id)
+            return Target(session_id=object_id, subscription_mode=obj.get("mode") == "subscription")
         return Target(intent_id=object_id)
     return Target(
         intent_id=_object_id(obj.get("payment_intent")), charge_id=_object_id(obj.get("charge"))
     )
 
 
-def _payment_for(stripe: Stripe, event: Event) -> Payment | None:
-    """Stripe's current view of the payment the event is about, or None for other events."""
+def _required_id(obj: dict[str, Any]) -> str:
+    object_id = _object_id(obj)
+    if object_id is None:
+        raise InvalidEvent("the event's object has no id")
+    return object_id
+
+
+def _news_for(stripe: Stripe, event: Event, catalog: Catalog | None) -> Payment | Renewal | None:
+    """Stripe's current view of what the event is about (a purchase's payment, or a
+    subscription), or None for other events."""
     target = target_of(event)
-    if target is None:
-        return None
+    if target is None or (event.type.startswith("invoice.") and target.subscription_id is None):
+        return None  # an invoice of no subscription is not one of ours
+    if target.subscription_mode or target.subscription_id is not None:
+        return fetch_renewal(
+            stripe,
+            catalog,
+            subscription_id=target.subscription_id,
+            session_id=target.session_id if target.subscription_mode else None,
+        )
     if target.session_id is not None:
         return fetch_payment(stripe, session_id=target.session_id)
     intent_id = target.intent_id
@@ -192,7 +242,10 @@ def _payment_for(stripe: Stripe, event: Event) -> Payment | None:
         intent_id = stripe.charge_payment_intent_id(target.charge_id)
     if not intent_id:
         return None  # a charge with no PaymentIntent is not one of ours
-    return fetch_payment(stripe, payment_intent_id=intent_id)
+    payment = fetch_payment(stripe, payment_intent_id=intent_id)
+    if payment.purchase_hint is None and event.type.startswith(("charge.refund", "refund.")):
+        return fetch_refunded_invoice(stripe, catalog, intent_id) or payment
+    return payment
 
 
 def _lock(conn: Connection, event_id: str) -> Any:
@@ -207,7 +260,13 @@ def _lock(conn: Connection, event_id: str) -> Any:
 
 
 def process(
-    db: Database, stripe: Stripe, *, event: Event, policy: ClawbackPolicy, force: bool = False
+    db: Database,
+    stripe: Stripe,
+    *,
+    event: Event,
+    policy: ClawbackPolicy,
+    catalog: Catalog | None = None,
+    force: bool = False,
 ) -> Processed:
     """Settle a stored event unless it was processed before (``force``: settle again,
     which applies only what is still missing)."""
@@ -224,12 +283,16 @@ def process(
     if event.livemode != stripe.livemode:
         return _other_mode(db, stripe, event)
     try:
-        payment = _payment_for(stripe, event)  # Stripe calls: nothing is locked yet
+        news = _news_for(stripe, event, catalog)  # Stripe calls: nothing is locked yet
         with db.transaction() as conn:
             row = _lock(conn, event.id)
             if row.processed_at is not None and not force:
                 return Processed(event_id=event.id, outcome=row.outcome or "", duplicate=True)
-            settled = settle(conn, payment, policy=policy) if payment is not None else None
+            settled: Outcome | RenewalOutcome | None = None
+            if isinstance(news, Payment):
+                settled = settle(conn, news, policy=policy)
+            elif isinstance(news, Renewal):
+                settled = apply_renewal(conn, news, catalog=catalog)
             outcome = (
                 str(settled)
                 if settled is not None
@@ -323,7 +386,14 @@ def get_event(conn: Connection, *, event_id: str) -> InboxEvent:
     return _to_inbox(row)
 
 
-def replay(db: Database, stripe: Stripe, *, event_id: str, policy: ClawbackPolicy) -> Processed:
+def replay(
+    db: Database,
+    stripe: Stripe,
+    *,
+    event_id: str,
+    policy: ClawbackPolicy,
+    catalog: Catalog | None = None,
+) -> Processed:
     """Settle a stored event again, processed or not."""
     with db.read() as conn:
         payload = conn.execute(
@@ -331,4 +401,6 @@ def replay(db: Database, stripe: Stripe, *, event_id: str, policy: ClawbackPolic
         ).scalar()
     if payload is None:
         raise UnknownEvent(event_id)
-    return process(db, stripe, event=parse_event(payload), policy=policy, force=True)
+    return process(
+        db, stripe, event=parse_event(payload), policy=policy, catalog=catalog, force=True
+    )

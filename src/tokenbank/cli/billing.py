@@ -211,7 +211,11 @@ def webhooks_replay(ctx: typer.Context, event_id: str) -> None:
     seller = _selling(ctx)
     with reported():
         processed = billing.replay(
-            context(ctx).db, seller.stripe, event_id=event_id, policy=seller.policy
+            context(ctx).db,
+            seller.stripe,
+            event_id=event_id,
+            policy=seller.policy,
+            catalog=seller.catalog,
         )
     out.print(f"{processed.event_id}: {processed.outcome}", highlight=False)
 
@@ -239,9 +243,12 @@ def reconcile(
             since=utcnow() - window,
             policy=seller.policy,
             progress=lambda n: progress.advance(task, n),
+            catalog=seller.catalog,
         )
     for outcome in result.fixed:
         out.print(f"fixed {outcome}", highlight=False)
+    for renewal in result.subscriptions:
+        out.print(f"fixed {renewal}", highlight=False)
     for purchase_id, reason in result.expired:
         out.print(f"expired purchase {purchase_id}: {reason}", highlight=False)
     for purchase_id in result.canceled:

@@ -326,6 +326,17 @@ def _line_item(em: Emulator, raw: object, index: int, *, mode: str = "payment") 
         )
         em.products[product["id"]] = product
         em.hidden.add(product["id"])
+    try:
+        interval = _interval(data)
+    except StripeError as error:
+        error.param = f"{prefix}[price_data][{(error.param or '').replace('[', '][', 1)}"
+        raise
+    if interval is not None and mode == "payment":
+        raise invalid(
+            "You specified `payment` mode but passed a recurring price. Either switch to"
+            " `subscription` mode or use only one-time prices.",
+            param=f"{prefix}[price_data][recurring]",
+        )
     price = shapes.price(
         product=product["id"],
         unit_amount=_unit_amount(data, f"{prefix}[price_data]"),
@@ -334,6 +345,7 @@ def _line_item(em: Emulator, raw: object, index: int, *, mode: str = "payment") 
         lookup_key=None,
         nickname=None,
         metadata={},
+        interval=interval,
     )
     em.prices[price["id"]] = price
     em.hidden.add(price["id"])

@@ -27,6 +27,7 @@ from tokenbank.errors import (
     UnknownUser,
 )
 from tokenbank.ledger.accounts import open_wallet, wallet_exists
+from tokenbank.ledger.allowances import Allowance, grant_allowance
 from tokenbank.ledger.buckets import ORDER, Expiring, expire_grants
 from tokenbank.ledger.clawbacks import (
     FROZEN_UNTIL,
@@ -57,6 +58,7 @@ from tokenbank.ledger.verify import VerifyReport, verify
 __all__ = [
     "FROZEN_UNTIL",
     "ORDER",
+    "Allowance",
     "Balance",
     "Clawback",
     "Expiring",
@@ -93,6 +95,7 @@ __all__ = [
     "freeze",
     "get_hold",
     "get_transfer",
+    "grant_allowance",
     "history",
     "hold",
     "open_wallet",

@@ -46,6 +46,7 @@ class KeyPurpose(enum.StrEnum):
     FREEZE = "freeze"  # a hold's key, not a transfer's
     POST = "post"  # a hold's posting: reference ``hold:{hold_id}``
     EXPIRY = "expiry"  # what was left of a bucket: reference ``bucket:{id}[:{n}]``
+    ALLOWANCE = "allowance"  # a subscription's month: reference ``subscription:{id}:...``
 
 
 def reserved_key(purpose: KeyPurpose, reference: str) -> str:

@@ -60,6 +60,9 @@ class CheckoutSession:
     payment_intent_id: str | None
     metadata: dict[str, str]
     created: int
+    mode: str = "payment"
+    #: The subscription a completed subscription-mode session made.
+    subscription_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +124,61 @@ class Price:
     interval: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """A subscription as the current API version has it: the period lives on its (one)
+    item, and a scheduled cancel is ``cancel_at`` or ``cancel_at_period_end``."""
+
+    id: str
+    status: str
+    customer_id: str | None
+    item_id: str | None
+    price: Price | None
+    current_period_start: int | None
+    current_period_end: int | None
+    trial_end: int | None
+    cancel_at: int | None
+    cancel_at_period_end: bool
+    ended_at: int | None
+    latest_invoice_id: str | None
+    metadata: dict[str, str]
+    created: int
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceLine:
+    price_id: str | None
+    period_start: int
+    period_end: int
+    proration: bool
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class Invoice:
+    """An invoice; ``subscription_id`` from ``parent.subscription_details`` (the current
+    API version has no top-level ``subscription``), the service period from its lines."""
+
+    id: str
+    status: str  # draft, open, paid, uncollectible, void
+    billing_reason: str | None
+    subscription_id: str | None
+    customer_id: str | None
+    amount_paid: int
+    currency: str
+    lines: tuple[InvoiceLine, ...]
+    paid_at: int | None
+    created: int
+
+    @property
+    def period(self) -> tuple[int, int] | None:
+        """The service period bought: the subscription line's (not a proration's)."""
+        for line in self.lines:
+            if not line.proration:
+                return line.period_start, line.period_end
+        return None
+
+
 def _id(value: Any) -> str | None:
     """An expandable field: an id string, an expanded object, or nothing."""
     if value is None or isinstance(value, str):
@@ -140,6 +198,8 @@ def _session(data: dict[str, Any]) -> CheckoutSession:
         payment_intent_id=_id(data.get("payment_intent")),
         metadata=dict(data.get("metadata") or {}),
         created=int(data.get("created") or 0),
+        mode=data.get("mode") or "payment",
+        subscription_id=_id(data.get("subscription")),
     )
 
 
@@ -190,6 +250,59 @@ def _price(data: dict[str, Any]) -> Price:
         lookup_key=data.get("lookup_key"),
         active=bool(data.get("active")),
         interval=(data.get("recurring") or {}).get("interval"),
+    )
+
+
+def _subscription(data: dict[str, Any]) -> Subscription:
+    items = (data.get("items") or {}).get("data") or []
+    item = items[0] if items else {}
+    price = item.get("price")
+    return Subscription(
+        id=data["id"],
+        status=data["status"],
+        customer_id=_id(data.get("customer")),
+        item_id=item.get("id"),
+        price=_price(price) if isinstance(price, dict) else None,
+        current_period_start=item.get("current_period_start"),
+        current_period_end=item.get("current_period_end"),
+        trial_end=data.get("trial_end"),
+        cancel_at=data.get("cancel_at"),
+        cancel_at_period_end=bool(data.get("cancel_at_period_end")),
+        ended_at=data.get("ended_at"),
+        latest_invoice_id=_id(data.get("latest_invoice")),
+        metadata=dict(data.get("metadata") or {}),
+        created=int(data.get("created") or 0),
+    )
+
+
+def _invoice(data: dict[str, Any]) -> Invoice:
+    parent = data.get("parent") or {}
+    details = parent.get("subscription_details") or {}
+    lines = []
+    for line in (data.get("lines") or {}).get("data") or []:
+        pricing = (line.get("pricing") or {}).get("price_details") or {}
+        item = (line.get("parent") or {}).get("subscription_item_details") or {}
+        period = line.get("period") or {}
+        lines.append(
+            InvoiceLine(
+                price_id=_id(pricing.get("price")),
+                period_start=int(period.get("start") or 0),
+                period_end=int(period.get("end") or 0),
+                proration=bool(item.get("proration")),
+                amount=int(line.get("amount") or 0),
+            )
+        )
+    return Invoice(
+        id=data["id"],
+        status=data.get("status") or "draft",
+        billing_reason=data.get("billing_reason"),
+        subscription_id=_id(details.get("subscription")),
+        customer_id=_id(data.get("customer")),
+        amount_paid=int(data.get("amount_paid") or 0),
+        currency=data.get("currency") or "",
+        lines=tuple(lines),
+        paid_at=(data.get("status_transitions") or {}).get("paid_at"),
+        created=int(data.get("created") or 0),
     )
 
 
@@ -415,6 +528,101 @@ class Stripe:
         params = {"created": {"gte": created_gte}}
         for data in self._list("list disputes", self._client.v1.disputes, params):
             yield _dispute(data)
+
+    # -- subscriptions ----------------------------------------------------------------------
+
+    def create_subscription_checkout(
+        self,
+        *,
+        line_item: dict[str, Any],
+        customer_id: str,
+        client_reference_id: str,
+        metadata: dict[str, str],
+        description: str,
+        trial_days: int | None,
+        success_url: str,
+        cancel_url: str,
+        locale: str | None,
+        idempotency_key: str,
+    ) -> CheckoutSession:
+        """A subscription-mode Checkout Session. The metadata goes on the session and, through
+        ``subscription_data``, on the subscription (and each of its invoices)."""
+        subscription_data: dict[str, Any] = {"metadata": metadata, "description": description}
+        if trial_days:
+            subscription_data["trial_period_days"] = trial_days
+        params: dict[str, Any] = {
+            "mode": "subscription",
+            "line_items": [line_item],
+            "customer": customer_id,
+            "client_reference_id": client_reference_id,
+            "metadata": metadata,
+            "subscription_data": subscription_data,
+            "success_url": success_url,
+            "cancel_url": cancel_url,
+        }
+        if locale:
+            params["locale"] = locale
+        session = self._call(
+            "create a Checkout Session",
+            self._client.v1.checkout.sessions.create,
+            params,
+            {"idempotency_key": idempotency_key},
+        )
+        return _session(_plain(session))
+
+    def subscription(self, subscription_id: str) -> Subscription:
+        found = self._call(
+            "read a subscription", self._client.v1.subscriptions.retrieve, subscription_id
+        )
+        return _subscription(_plain(found))
+
+    def update_subscription(self, subscription_id: str, params: dict[str, Any]) -> Subscription:
+        found = self._call(
+            "update a subscription", self._client.v1.subscriptions.update, subscription_id, params
+        )
+        return _subscription(_plain(found))
+
+    def invoice(self, invoice_id: str) -> Invoice:
+        found = self._call("read an invoice", self._client.v1.invoices.retrieve, invoice_id)
+        return _invoice(_plain(found))
+
+    def invoices_of(self, subscription_id: str) -> list[Invoice]:
+        params = {"subscription": subscription_id}
+        return [_invoice(i) for i in self._list("list invoices", self._client.v1.invoices, params)]
+
+    def invoice_of_payment(self, payment_intent_id: str) -> str | None:
+        """The invoice a PaymentIntent paid (the current API version links them only
+        through InvoicePayments), or None for a payment that paid no invoice."""
+        params = {"payment": {"type": "payment_intent", "payment_intent": payment_intent_id}}
+        for payment in self._list(
+            "list invoice payments", self._client.v1.invoice_payments, params
+        ):
+            return _id(payment.get("invoice"))
+        return None
+
+    def payment_intents_of_invoice(self, invoice_id: str) -> list[str]:
+        params = {"invoice": invoice_id}
+        found = []
+        for payment in self._list(
+            "list invoice payments", self._client.v1.invoice_payments, params
+        ):
+            intent = (payment.get("payment") or {}).get("payment_intent")
+            if isinstance(intent, str | dict):
+                found.append(cast(str, _id(intent)))
+        return found
+
+    def subscriptions_since(self, created_gte: int) -> Iterator[Subscription]:
+        params = {"created": {"gte": created_gte}, "status": "all"}
+        for data in self._list("list subscriptions", self._client.v1.subscriptions, params):
+            yield _subscription(data)
+
+    def invoices_since(self, created_gte: int) -> Iterator[Invoice]:
+        params = {"created": {"gte": created_gte}}
+        for data in self._list("list invoices", self._client.v1.invoices, params):
+            yield _invoice(data)
+
+    def price(self, price_id: str) -> Price:
+        return _price(_plain(self._call("read a price", self._client.v1.prices.retrieve, price_id)))
 
     def billing_portal_url(self, *, customer_id: str, return_url: str) -> str:
         portal = self._call(

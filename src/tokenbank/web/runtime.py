@@ -74,6 +74,14 @@ class Runtime:
             "?purchase={PURCHASE_ID}&reference={PURCHASE_REFERENCE}",
         )
 
+    def subscription_urls(self) -> tuple[str, str]:
+        """Where a subscription's Checkout sends the user back: the page that waits for
+        Stripe's word, and the pricing page."""
+        return (
+            f"{self.public_url}/subscription/success?session_id={{CHECKOUT_SESSION_ID}}",
+            f"{self.public_url}/pricing",
+        )
+
 
 def runtime(request: Request) -> Runtime:
     """The running service's parts. The two hottest API routes call this directly: a plain

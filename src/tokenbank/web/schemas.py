@@ -24,7 +24,8 @@ from tokenbank.ledger.models import MAX_FEATURE_LENGTH, MAX_KEY_LENGTH
 
 if TYPE_CHECKING:
     from tokenbank import entitlements, grants, ledger
-    from tokenbank.billing import Package, Purchase
+    from tokenbank.billing import Allowance, Package, Purchase, Subscription
+    from tokenbank.billing.plans import Plan
 
 Amount = Annotated[StrictInt, Field(gt=0, le=MAX_AMOUNT, description="Whole tokens.")]
 Key = Annotated[
@@ -525,4 +526,139 @@ def purchase_out(purchase: Purchase) -> PurchaseOut:
         clawed_back_tokens=purchase.clawed_back_tokens,
         created_at=purchase.created_at,
         paid_at=purchase.paid_at,
+    )
+
+
+# Plans and subscriptions.
+
+
+class PlanOut(BaseModel):
+    id: str
+    name: dict[str, str]
+    features: dict[str, list[str]]
+    tokens_per_month: int
+    prices: dict[str, int] = Field(
+        description="By interval (month, year), in the currency's minor unit."
+    )
+    currency: str
+    unused: Literal["reset", "rollover"] = Field(
+        description="reset: a month's unused allowance expires when the next is granted;"
+        " rollover: up to rollover_cap of it stays."
+    )
+    rollover_cap: int | None
+    trial_days: int | None
+    unlimited: dict[str, int | None] = Field(
+        description="Features that take no tokens while the plan is active, with the most"
+        " units a month may use of each (null: no cap)."
+    )
+    yearly_savings_percent: int
+    badge: str | None
+
+
+class PlansOut(BaseModel):
+    plans: list[PlanOut]
+
+
+class SubscribeIn(Body):
+    plan_id: PackageId
+    interval: Literal["month", "year"] = "month"
+    success_url: HttpUrl | None = None
+    cancel_url: HttpUrl | None = None
+    locale: Locale = None
+    idempotency_key: PurchaseKey = None
+
+
+class SubscribeOut(BaseModel):
+    subscription_id: int
+    checkout_session_id: str
+    url: str = Field(description="Send the user's browser here (Stripe Checkout).")
+
+
+class ChangePlanIn(Body):
+    plan_id: PackageId
+    interval: Literal["month", "year"] = "month"
+
+
+class AllowanceOut(BaseModel):
+    tokens_per_month: int
+    granted: int = Field(
+        description="Granted for the current month, rollover and upgrades included."
+    )
+    left: int = Field(description="Of what this month granted, what is left to use now.")
+    month_ends_at: datetime | None
+
+
+class SubscriptionOut(BaseModel):
+    subscription_id: int
+    user_id: str
+    plan_id: str
+    interval: Literal["month", "year"]
+    status: str = Field(
+        description="trialing, active, past_due, unpaid, paused, canceled, incomplete or"
+        " incomplete_expired, as Stripe has it."
+    )
+    amount: int
+    currency: str
+    current_period_start: datetime | None
+    current_period_end: datetime | None
+    trial_end: datetime | None
+    cancel_at_period_end: bool = Field(
+        description="Whether it ends at the period's end instead of renewing (also true"
+        " when Stripe scheduled the cancel with cancel_at)."
+    )
+    ends_at: datetime | None
+    allowance: AllowanceOut
+    next_allowance_at: datetime | None = Field(
+        description="When the next month's allowance is granted (null: none will be)."
+    )
+
+
+def plan_out(plan: Plan) -> PlanOut:
+    return PlanOut(
+        id=plan.id,
+        name=plan.name,
+        features=plan.features,
+        tokens_per_month=plan.tokens_per_month,
+        prices={interval.value: amount for interval, amount in plan.prices.items()},
+        currency=plan.currency,
+        unused=plan.unused.value,
+        rollover_cap=plan.rollover_cap,
+        trial_days=plan.trial_days,
+        unlimited=dict(plan.unlimited or {}),
+        yearly_savings_percent=int(
+            (plan.yearly_savings * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP)
+        ),
+        badge=plan.badge,
+    )
+
+
+def subscription_out(subscription: Subscription, allowance: Allowance) -> SubscriptionOut:
+    ends_at = subscription.ends_at
+    next_at = None
+    if subscription.renews or (ends_at is not None and allowance.month_end is not None):
+        # The next month begins when this one ends: a renewal, or a yearly plan's next month.
+        candidates = [t for t in (allowance.month_end, subscription.current_period_end) if t]
+        next_at = min(candidates) if candidates else None
+        if next_at is not None and ends_at is not None and next_at >= ends_at:
+            next_at = None
+    return SubscriptionOut(
+        subscription_id=subscription.id,
+        user_id=subscription.user_id,
+        plan_id=subscription.plan_id,
+        interval=subscription.interval.value,
+        status=subscription.status.value,
+        amount=subscription.amount,
+        currency=subscription.currency,
+        current_period_start=subscription.current_period_start,
+        current_period_end=subscription.current_period_end,
+        trial_end=subscription.trial_end,
+        cancel_at_period_end=ends_at is not None,
+        ends_at=ends_at,
+        allowance=AllowanceOut(
+            tokens_per_month=subscription.tokens_per_month,
+            granted=allowance.granted,
+            left=allowance.left,
+            month_ends_at=allowance.month_end,
+        ),
+        next_allowance_at=next_at,
     )

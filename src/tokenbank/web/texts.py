@@ -114,6 +114,7 @@ ERROR_TEXTS: dict[type[TokenbankError], str] = {
     ),
     errors.WeakPassword: N_("This password is too easy to guess."),
     errors.UnknownPackage: N_("This package is not on sale any more."),
+    errors.UnknownPlan: N_("This plan is not on sale any more."),
     errors.UnknownFeature: N_("This feature is not offered."),
     errors.NotFound: N_("There is no such user or record."),
     errors.UnknownUser: N_("There is no such user."),
@@ -122,6 +123,7 @@ ERROR_TEXTS: dict[type[TokenbankError], str] = {
     errors.UnknownApiKey: N_("There is no such API key."),
     errors.UnknownPurchase: N_("There is no such purchase."),
     errors.UnknownEvent: N_("There is no such event in the webhook inbox."),
+    errors.NoSubscription: N_("You have no subscription."),
     errors.Conflict: N_("This no longer applies. Reload the page."),
     errors.IdempotencyConflict: N_(
         "This form was already sent with other values. Reload the page."
@@ -134,6 +136,10 @@ ERROR_TEXTS: dict[type[TokenbankError], str] = {
     errors.EmailTaken: N_("An account with this email already exists. Sign in instead."),
     errors.PaymentMismatch: N_("The payment does not match its purchase; it was not credited."),
     errors.PurchaseClosed: N_("This purchase has ended. Start a new one."),
+    errors.SubscriptionExists: N_(
+        "You already have a subscription. Change its plan instead of subscribing again."
+    ),
+    errors.SubscriptionEnded: N_("This subscription cannot be changed now."),
     errors.NothingToReview: N_("This purchase was already decided."),
     errors.InsufficientTokens: N_("There are not enough tokens for this."),
     errors.Unauthenticated: N_("Sign in again to go on."),

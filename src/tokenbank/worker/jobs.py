@@ -15,7 +15,7 @@ import structlog
 from sqlalchemy.engine import Connection
 
 from tokenbank import identity, ledger
-from tokenbank.billing import Billing, reconcile
+from tokenbank.billing import Billing, grant_due_months, reconcile
 from tokenbank.config import Settings
 from tokenbank.mail import retention
 from tokenbank.worker.service import Done, Job, Run
@@ -25,6 +25,7 @@ log = structlog.get_logger("tokenbank.worker")
 HOLDS_EVERY = timedelta(seconds=30)
 GRANTS_EVERY = timedelta(seconds=60)
 SWEEP_EVERY = timedelta(hours=1)
+MONTHS_EVERY = timedelta(minutes=5)
 #: Rows handled per unit of work: a wallet's lock, or a transaction, is held for one batch.
 BATCH = 500
 #: Reconcile's errors logged one by one, at most (the count is always logged).
@@ -66,16 +67,24 @@ def reconciling(seller: Billing, *, hours: int) -> Callable[[Run], Done]:
             since=run.now - timedelta(hours=hours),
             policy=seller.policy,
             now=run.now,
+            catalog=seller.catalog,
         )
         for error in result.errors[:ERRORS_LOGGED]:
             log.warning("reconcile_error", error=error)
         done = len(result.fixed) + len(result.expired) + len(result.canceled) + len(result.flagged)
+        done += len(result.subscriptions)
         problem = None
         if result.errors:
             problem = f"{len(result.errors)} of {result.checked} payments not settled"
         return Done(items=done, problem=problem)
 
     return work
+
+
+def grant_months(run: Run) -> Done:
+    """Grant each yearly subscription's next month once it has begun (a yearly invoice
+    grants one month at a time, never twelve at once)."""
+    return Done(items=len(grant_due_months(run.db, now=run.now)))
 
 
 def sweep(run: Run) -> Done:
@@ -99,6 +108,7 @@ def schedule(settings: Settings, *, seller: Billing | None) -> Schedule:
     jobs = [
         Job("expire_holds", HOLDS_EVERY, expire_holds),
         Job("expire_grants", GRANTS_EVERY, expire_grants),
+        Job("grant_months", MONTHS_EVERY, grant_months),
     ]
     skipped = []
     if seller is None:

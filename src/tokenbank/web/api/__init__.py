@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from tokenbank.web.api import grants, holds, purchases, users, wallets, webhooks
+from tokenbank.web.api import (
+    grants,
+    holds,
+    purchases,
+    subscriptions,
+    users,
+    wallets,
+    webhooks,
+)
 
 #: In the order they are matched: the wallet's routes are the busy ones.
 ROUTERS: tuple[APIRouter, ...] = (
@@ -14,5 +22,6 @@ ROUTERS: tuple[APIRouter, ...] = (
     users.router,
     grants.router,
     purchases.router,
+    subscriptions.router,
     webhooks.router,
 )

@@ -27,6 +27,7 @@ async def stripe_webhook(request: Request, selling: Selling, parts: RuntimeDep) 
         payload=payload,
         signature=request.headers.get("stripe-signature"),
         policy=selling.policy,
+        catalog=selling.catalog,
     )
     if processed.changed:
         parts.faults.point("webhook.committed")

@@ -293,7 +293,12 @@ async def admin_replay(
     try:
         await run_in_threadpool(
             partial(
-                billing.replay, parts.db, seller.stripe, event_id=event_id, policy=seller.policy
+                billing.replay,
+                parts.db,
+                seller.stripe,
+                event_id=event_id,
+                policy=seller.policy,
+                catalog=seller.catalog,
             )
         )
         toast = {"tone": "good", "text": lang.gettext("The event was processed.")}
