@@ -337,3 +337,52 @@ def test_a_yearly_plan_grants_one_month_at_a_time(store: Store) -> None:
     assert [g.kind for g in grants] == ["invoice", "month", "month", "month"]
     assert len({g.month_start for g in grants}) == 4
     assert _available(store) == 1000  # basic resets: one month's allowance at a time
+
+
+def _change(store: Store, plan_id: str, interval: str = "month") -> dict[str, Any]:
+    answer = store.api.post(
+        "/api/v1/users/alice/subscription/change", json={"plan_id": plan_id, "interval": interval}
+    )
+    assert answer.status_code == 200, answer.text
+    store.emulator.settle()
+    return _subscription(store)
+
+
+def test_an_upgrade_grants_the_difference_once_and_a_downgrade_waits_for_the_renewal(
+    store: Store,
+) -> None:
+    billing.sync_catalog(store.seller.stripe, store.seller.catalog)  # prices by lookup key
+    _subscribed(store, "basic")  # 1000 a month
+    assert store.spend(200, "s-1").status_code == 201
+    found = _change(store, "studio")  # 2000 a month: invoiced now, prorated
+    assert (found["plan_id"], found["status"]) == ("studio", "active")
+    grants = _grants(store)
+    assert [(g.kind, g.tokens) for g in grants] == [("invoice", 1000), ("upgrade", 1000)]
+    assert _available(store) == 800 + 1000
+    assert found["allowance"]["granted"] == 2000
+    invoices = _stripe(store, "GET", "/v1/invoices", subscription=_stripe_id(store))["data"]
+    update = next(i for i in invoices if i["billing_reason"] == "subscription_update")
+    assert update["status"] == "paid" and 0 < update["amount_paid"] < 4900
+    # The same change again is no change; the invoice's events again grant nothing more.
+    assert _change(store, "studio")["plan_id"] == "studio"
+    assert len(_grants(store)) == 2
+    found = _change(store, "basic")  # a downgrade: nothing invoiced, nothing taken now
+    assert found["plan_id"] == "basic"
+    assert len(_grants(store)) == 2 and _available(store) == 1800
+    _advance(store, MONTH)
+    grants = _grants(store)
+    assert [(g.kind, g.tokens) for g in grants][-1] == ("invoice", 1000)
+    assert _available(store) == 1000  # basic resets: the month before expired
+
+
+def test_a_change_of_interval_starts_a_new_period_at_once(store: Store) -> None:
+    _subscribed(store, "basic")
+    before = _subscription(store)
+    _advance(store, 10 * DAY)
+    found = _change(store, "basic", "year")
+    assert found["interval"] == "year"
+    assert found["current_period_end"] > before["current_period_end"]
+    grants = _grants(store)
+    assert [g.kind for g in grants] == ["invoice", "invoice"]
+    assert grants[1].period_end > grants[1].month_end  # a year paid, a month granted
+    assert _available(store) == 1000

@@ -206,7 +206,12 @@ def test_sweep_deletes_what_can_no_longer_be_used(db: Database) -> None:
 def test_the_schedule_leaves_reconcile_out_without_payments() -> None:
     settings = Settings(database_url="sqlite:///unused.db", reconcile_minutes=5)
     plan = worker.schedule(settings, seller=None)
-    assert [job.name for job in plan.jobs] == ["expire_holds", "expire_grants", "grant_months", "sweep"]
+    assert [job.name for job in plan.jobs] == [
+        "expire_holds",
+        "expire_grants",
+        "grant_months",
+        "sweep",
+    ]
     assert [name for name, _ in plan.skipped] == ["reconcile"]
 
 

@@ -705,9 +705,62 @@ def retrieve_subscription(call: Call) -> Obj:
 
 
 def update_subscription(call: Call) -> Obj:
-    params = call.params
-    _unknown(params, "items", "proration_behavior", "billing_cycle_anchor", "trial_end")
-    return render(call.em, billing.update(call.em, _subscription(call), params), params)
+    em, params = call.em, call.params
+    _unknown(params, "billing_cycle_anchor", "trial_end")
+    sub = _subscription(call)
+    if "items" in params:
+        if sub["status"] == "canceled":
+            raise invalid("A canceled subscription can not be updated.", param="items")
+        billing.change_price(
+            em,
+            sub,
+            _new_price(em, sub, params.get("items")),
+            proration=text(params, "proration_behavior") or "create_prorations",
+        )
+    rest = {k: v for k, v in params.items() if k not in {"items", "proration_behavior"}}
+    return render(em, billing.update(em, sub, rest) if rest else sub, params)
+
+
+def _new_price(em: Emulator, sub: Obj, raw: object) -> Obj:
+    """``items[0]``: the subscription's item with a new ``price`` or ``price_data``."""
+    if not isinstance(raw, list) or len(raw) != 1 or not isinstance(raw[0], dict):
+        raise invalid("The emulator changes the one item of a subscription.", param="items")
+    wanted = raw[0]
+    if wanted.get("id") not in (None, sub["items"]["data"][0]["id"]):
+        raise invalid("No such subscription item.", param="items[0][id]")
+    price_id = text(wanted, "price")
+    if price_id is not None:
+        price = get(em.prices, price_id, kind="price", param="items[0][price]")
+        if not price["active"] or price["recurring"] is None:
+            raise invalid("The price must be an active recurring price.", param="items[0][price]")
+        return dict(price)
+    data = mapping(wanted, "price_data")
+    if not data:
+        raise invalid("Provide items[0][price] or items[0][price_data].", param="items[0]")
+    product = get(
+        em.products,
+        required_text(data, "product"),
+        kind="product",
+        param="items[0][price_data][product]",
+    )
+    interval = _interval(data)
+    if interval is None:
+        raise invalid(
+            "price_data needs recurring[interval].", param="items[0][price_data][recurring]"
+        )
+    price = shapes.price(
+        product=product["id"],
+        unit_amount=_unit_amount(data, "items[0][price_data]"),
+        currency=currency(data),
+        active=False,
+        lookup_key=None,
+        nickname=None,
+        metadata={},
+        interval=interval,
+    )
+    em.prices[price["id"]] = price
+    em.hidden.add(price["id"])
+    return price
 
 
 def cancel_subscription(call: Call) -> Obj:

@@ -123,31 +123,56 @@ def start_from_session(
 
 
 def _invoice(em: Emulator, sub: Obj, *, reason: str, amount: int, start: int, end: int) -> Obj:
+    """An invoice of one line: the period bought at the item's price."""
     item = sub["items"]["data"][0]
-    id = shapes.new_id("in")
-    product = em.products.get(item["price"]["product"], {})
-    line = shapes.invoice_line(
-        invoice=id,
-        subscription=sub,
-        item=item,
-        amount=amount,
-        start=start,
-        end=end,
-        proration=False,
-        description=f"1 x {product.get('name', 'Plan')}",
+    return _invoice_of(
+        em, sub, reason=reason, lines=[(item, amount, start, end, False)], period_start=start
     )
+
+
+#: One line of an invoice: the item (its price), amount, period start and end, proration.
+Line = tuple[Obj, int, int, int, bool]
+
+
+def _invoice_of(
+    em: Emulator, sub: Obj, *, reason: str, lines: list[Line], period_start: int
+) -> Obj:
+    id = shapes.new_id("in")
+    made = []
+    for item, amount, start, end, proration in lines:
+        product = em.products.get(item["price"]["product"], {})
+        name = product.get("name", "Plan")
+        made.append(
+            shapes.invoice_line(
+                invoice=id,
+                subscription=sub,
+                item=item,
+                amount=amount,
+                start=start,
+                end=end,
+                proration=proration,
+                description=(
+                    f"{'Unused time on' if amount < 0 else 'Remaining time on'} {name}"
+                    if proration
+                    else f"1 x {name}"
+                ),
+            )
+        )
     customer = em.customers[sub["customer"]]
     invoice = shapes.invoice(
         id=id,
         subscription=sub,
         customer=customer,
         billing_reason=reason,
-        lines=[line],
+        lines=made,
         # The invoice's own period: the creation instant for the first, the period that
         # ended for a renewal (the line has the period bought).
-        period_start=start if reason == "subscription_create" else _previous_start(sub),
-        period_end=start,
+        period_start=period_start if reason != "subscription_cycle" else _previous_start(sub),
+        period_end=period_start,
     )
+    if invoice["amount_due"] < 0:
+        # Stripe credits the customer's balance with what an invoice owes back.
+        invoice.update(amount_due=0, amount_remaining=0, total=invoice["amount_due"])
     em.invoices[id] = invoice
     sub["latest_invoice"] = id
     emit(em, "invoice.created", invoice)
@@ -348,6 +373,71 @@ def set_payment_method(em: Emulator, sub: Obj, payment_method: str) -> None:
         emit(em, "payment_method.attached", method)
         payment_method = method["id"]
     sub["default_payment_method"] = payment_method
+
+
+PRORATIONS = ("none", "always_invoice", "create_prorations")
+
+
+def change_price(em: Emulator, sub: Obj, price: Obj, *, proration: str) -> Obj:
+    """Switch the subscription's one item to ``price`` (``items[0][price]``), as Stripe does:
+
+    - another interval: the period restarts now, invoiced at once (the new price, less
+      the unused time of the old one unless ``proration_behavior=none``);
+    - the same interval with ``always_invoice``: an invoice of two proration lines now
+      (the new price's remaining time, less the old one's), paid with the card;
+    - ``none``: the new price from the next renewal, nothing invoiced now.
+
+    ``create_prorations`` within an interval (proration items waiting for the next
+    invoice) is not emulated and is refused, rather than billed differently.
+    A change during a trial ends nothing and charges nothing until the trial ends.
+    """
+    if proration not in PRORATIONS:
+        raise invalid(
+            f"Invalid proration_behavior: must be one of {', '.join(PRORATIONS)}",
+            param="proration_behavior",
+        )
+    item = sub["items"]["data"][0]
+    old = item["price"]
+    if price["currency"] != old["currency"]:
+        raise invalid("The price's currency must match the subscription's currency.", param="items")
+    interval = price["recurring"]["interval"]
+    moved = interval != old["recurring"]["interval"]
+    if proration == "create_prorations" and not moved:
+        raise invalid(
+            "The emulator supports proration_behavior none and always_invoice for a change"
+            " within the same interval.",
+            param="proration_behavior",
+        )
+    previous = {"items": copy.deepcopy(sub["items"])}
+    now = shapes.now()
+    start, end = int(item["current_period_start"]), int(item["current_period_end"])
+    unused = (end - now) / (end - start) if end > start else 0.0
+    old_item = copy.deepcopy(item)
+    item["price"] = copy.deepcopy(price)
+    item["plan"] = shapes.plan_of(price)
+    trialing = sub["status"] == "trialing"
+    lines: list[Line] = []
+    if moved and not trialing:
+        new_end = period_end(now, interval, now)
+        if proration != "none":
+            credit = round(int(old["unit_amount"]) * unused)
+            if credit:
+                lines.append((old_item, -credit, now, end, True))
+        item["current_period_start"], item["current_period_end"] = now, new_end
+        sub["billing_cycle_anchor"] = now
+        lines.append((item, int(price["unit_amount"]), now, new_end, False))
+    elif proration == "always_invoice" and not trialing:
+        lines.append((old_item, -round(int(old["unit_amount"]) * unused), now, end, True))
+        lines.append((item, round(int(price["unit_amount"]) * unused), now, end, True))
+    emit(em, "customer.subscription.updated", sub, previous_attributes=previous)
+    if lines:
+        invoice = _invoice_of(em, sub, reason="subscription_update", lines=lines, period_start=now)
+        _finalize(em, invoice)
+        if not _collect(em, sub, invoice) and sub["status"] != "past_due":
+            before = {"status": sub["status"]}
+            sub["status"] = "past_due"
+            emit(em, "customer.subscription.updated", sub, previous_attributes=before)
+    return sub
 
 
 def update(em: Emulator, sub: Obj, params: Params) -> Obj:
