@@ -386,3 +386,51 @@ def test_a_change_of_interval_starts_a_new_period_at_once(store: Store) -> None:
     assert [g.kind for g in grants] == ["invoice", "invoice"]
     assert grants[1].period_end > grants[1].month_end  # a year paid, a month granted
     assert _available(store) == 1000
+
+
+def _portal(store: Store) -> str:
+    answer = store.api.post(
+        "/api/v1/users/alice/billing-portal-sessions",
+        json={"return_url": "https://tokens.example/dashboard"},
+    )
+    assert answer.status_code == 201, answer.text
+    url: str = answer.json()["url"]
+    return url.replace(store.emulator.url, "")
+
+
+def _in_portal(store: Store, path: str, **form: str) -> str:
+    answer = store.emulator.http.post(path, data={"subscription": _stripe_id(store), **form})
+    assert answer.status_code == 200, answer.text
+    store.emulator.settle()
+    return answer.text
+
+
+def test_the_portal_cancels_switches_plan_and_updates_the_card(store: Store) -> None:
+    billing.sync_catalog(store.seller.stripe, store.seller.catalog)
+    _subscribed(store, "basic")
+    portal = _portal(store)
+    page = store.emulator.http.get(portal).text
+    assert "Basic" in page and "Switch plan" in page and "Cancel plan" in page
+    # The portal schedules a cancel as flexible billing mode does: cancel_at, not
+    # cancel_at_period_end. tokenbank reads either.
+    _in_portal(store, portal, action="cancel")
+    found = _subscription(store)
+    assert found["cancel_at_period_end"] is True
+    assert found["ends_at"] == found["current_period_end"]
+    _in_portal(store, portal, action="renew")
+    assert _subscription(store)["ends_at"] is None
+    prices = _stripe(store, "GET", "/v1/prices", lookup_keys=["tokenbank_plan_pro_month"])
+    (pro,) = prices["data"]
+    assert "switched" in _in_portal(store, portal, action="switch", price=pro["id"])
+    found = _subscription(store)
+    assert found["plan_id"] == "pro"
+    assert [(g.kind, g.tokens) for g in _grants(store)] == [("invoice", 1000), ("upgrade", 4000)]
+    # A card that fails renewals, then the portal's new card pays the open invoice.
+    _in_portal(store, portal, action="card", card_number="4000000000000341")
+    _advance(store, MONTH)
+    assert _subscription(store)["status"] == "past_due"
+    assert len(_grants(store)) == 2
+    text = _in_portal(store, portal, action="card", card_number="4242424242424242")
+    assert "open invoice paid" in text
+    assert _subscription(store)["status"] == "active"
+    assert [(g.kind, g.tokens) for g in _grants(store)][-1] == ("invoice", 5000)

@@ -9,6 +9,7 @@ Stripe.js stand-in opens in its frame tells the page around it when it has been 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -18,8 +19,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from tokenbank.emulator import payments
+from tokenbank.emulator import billing, payments
 from tokenbank.emulator.cards import CARDS, CardInvalid, read_card
+from tokenbank.emulator.events import emit
 from tokenbank.emulator.params import StripeError
 from tokenbank.emulator.shapes import Obj
 from tokenbank.emulator.state import Emulator
@@ -314,17 +316,134 @@ async def stripe_js_challenge(request: Request) -> Response:
     )
 
 
+def _date(timestamp: int | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(int(timestamp), UTC).strftime("%Y-%m-%d")
+
+
+def _portal_view(em: Emulator, sub: Obj) -> dict[str, Any]:
+    """What the portal shows of a subscription, and the prices it may switch to: the
+    account's active recurring prices in its currency (``packages sync`` makes them)."""
+    item = sub["items"]["data"][0]
+    price = item["price"]
+    product = em.products.get(price["product"], {})
+    method = em.payment_methods.get(sub["default_payment_method"] or "")
+    ends = sub["cancel_at"] or (item["current_period_end"] if sub["cancel_at_period_end"] else None)
+    choices = [
+        {
+            "id": p["id"],
+            "label": f"{em.products.get(p['product'], {}).get('name', p['product'])}"
+            f" · {format_amount(p['unit_amount'], p['currency'])} / {p['recurring']['interval']}",
+        }
+        for p in em.prices.values()
+        if p["active"]
+        and p["recurring"] is not None
+        and p["id"] not in em.hidden
+        and p["currency"] == price["currency"]
+        and p["id"] != price["id"]
+    ]
+    return {
+        "id": sub["id"],
+        "name": product.get("name", "Plan"),
+        "price": format_amount(price["unit_amount"], price["currency"]),
+        "interval": price["recurring"]["interval"],
+        "status": sub["status"],
+        "ends": _date(ends),
+        "renews": _date(item["current_period_end"]),
+        "card": f"{method['card']['brand']} ···· {method['card']['last4']}" if method else None,
+        "choices": choices,
+    }
+
+
+def _portal_page(
+    em: Emulator,
+    session: Obj,
+    *,
+    status: int = 200,
+    notice: str | None = None,
+    error: str | None = None,
+) -> HTMLResponse:
+    subs = [
+        _portal_view(em, sub)
+        for sub in em.subscriptions.values()
+        if sub["customer"] == session["customer"] and sub["status"] != "canceled"
+    ]
+    return _page(
+        "portal.html",
+        status=status,
+        session=session,
+        customer=em.customers.get(session["customer"]),
+        return_url=safe_url(session["return_url"]),
+        subscriptions=subs,
+        notice=notice,
+        error=error,
+    )
+
+
+def _monthly(price: Obj) -> float:
+    amount = int(price["unit_amount"])
+    return amount / 12 if price["recurring"]["interval"] == "year" else float(amount)
+
+
+def _portal_action(em: Emulator, sub: Obj, form: dict[str, str]) -> str:
+    """One change from the portal, as Stripe's default portal configuration makes it: a
+    cancel is scheduled for the period's end (``cancel_at``, flexible billing mode), an
+    upgrade or a change of interval is invoiced at once, a downgrade waits for the
+    renewal, a new card becomes the subscription's and pays an invoice left open."""
+    action = form.get("action")
+    if action == "cancel":
+        billing.update(em, sub, {"cancel_at": "max_period_end"})
+        return "Your plan will be canceled at the end of the period."
+    if action == "renew":
+        billing.update(em, sub, {"cancel_at": "", "cancel_at_period_end": "false"})
+        return "Your plan will renew."
+    if action == "switch":
+        price = em.prices.get(form.get("price", ""))
+        if price is None or price["recurring"] is None or not price["active"]:
+            raise StripeError(status=400, message="Choose a plan to switch to.")
+        old = sub["items"]["data"][0]["price"]
+        moved = price["recurring"]["interval"] != old["recurring"]["interval"]
+        upgrade = moved or _monthly(price) > _monthly(old)
+        billing.change_price(
+            em, sub, dict(price), proration="always_invoice" if upgrade else "none"
+        )
+        return "Your plan was switched." if upgrade else "Your plan switches at the renewal."
+    if action == "card":
+        card = read_card(number=form.get("card_number", ""), expiry="12/40", cvc="123")
+        billing.set_payment_method(em, sub, card.payment_method)
+        emit(
+            em,
+            "customer.subscription.updated",
+            sub,
+            previous_attributes={"default_payment_method": None},
+        )
+        invoice = em.invoices.get(sub["latest_invoice"] or "")
+        if invoice is not None and invoice["status"] == "open":
+            billing.pay_invoice(em, invoice, payment_method=None)
+            return "Your card was updated and the open invoice paid."
+        return "Your card was updated."
+    raise StripeError(status=400, message="Unknown action.")
+
+
 async def portal(request: Request) -> Response:
     em: Emulator = request.app.state.emulator
     session = em.portal_sessions.get(request.path_params["id"])
     if session is None:
         return _not_found("billing portal session")
-    return _page(
-        "portal.html",
-        session=session,
-        customer=em.customers.get(session["customer"]),
-        return_url=safe_url(session["return_url"]),
-    )
+    if request.method == "GET":
+        return _portal_page(em, session)
+    form = dict(parse_qsl((await request.body()).decode("utf-8", "replace")))
+    sub = em.subscriptions.get(form.get("subscription", ""))
+    if sub is None or sub["customer"] != session["customer"] or sub["status"] == "canceled":
+        return _portal_page(em, session, status=404, error="No such subscription.")
+    try:
+        notice = _portal_action(em, sub, form)
+    except CardInvalid as invalid_card:
+        return _portal_page(em, session, status=400, error=str(invalid_card))
+    except StripeError as error:
+        return _portal_page(em, session, status=error.status, error=error.message)
+    return _portal_page(em, session, notice=notice)
 
 
 async def stripe_js(request: Request) -> Response:
@@ -346,7 +465,7 @@ def routes() -> list[BaseRoute]:
         Route("/checkout/{id}", checkout, methods=["GET", "POST"]),
         Route("/checkout/{id}/authenticate", checkout_challenge, methods=["GET", "POST"]),
         Route("/3d_secure/{intent}/{source}", stripe_js_challenge, methods=["GET", "POST"]),
-        Route("/billing_portal/{id}", portal, methods=["GET"]),
+        Route("/billing_portal/{id}", portal, methods=["GET", "POST"]),
         Route("/v3", stripe_js, methods=["GET"]),
         Route("/v3/", stripe_js, methods=["GET"]),
     ]
