@@ -4,6 +4,7 @@ time moves, a card that fails them, cancelling, and the shapes of the current AP
 from __future__ import annotations
 
 import itertools
+import time
 from typing import Any
 
 import pytest
@@ -219,3 +220,31 @@ def test_a_subscription_session_the_emulator_cannot_sell_is_refused(
 def test_the_clock_moves_forward_only(emu: Harness) -> None:
     answer = emu.http.post("/_emulator/clock/advance", json={"seconds": 0})
     assert answer.status_code == 400
+
+
+def test_test_clocks_advance_through_the_sdk_and_play_the_renewals(emu: Harness) -> None:
+    clocks = emu.client.v1.test_helpers.test_clocks
+    start = int(time.time()) + 60
+    clock = clocks.create({"frozen_time": start, "name": "renewals"})
+    assert (clock.object, clock.status, clock.frozen_time) == (
+        "test_helpers.test_clock",
+        "ready",
+        start,
+    )
+    price = _plan(emu)
+    sub_id = _subscribe(emu, price)["subscription"]["id"]
+    advanced = clocks.advance(clock.id, {"frozen_time": start + 31 * DAY + 7200})
+    assert advanced.status == "advancing"
+    assert advanced.status_details.advancing.target_frozen_time == start + 31 * DAY + 7200
+    assert clocks.retrieve(clock.id).status == "ready"
+    reasons = [(i.billing_reason, i.status) for i in _invoices(emu, sub_id)]
+    assert reasons == [("subscription_create", "paid"), ("subscription_cycle", "paid")]
+    with pytest.raises(stripe.InvalidRequestError, match="later than"):
+        clocks.advance(clock.id, {"frozen_time": start})
+    with pytest.raises(stripe.InvalidRequestError, match="two intervals"):
+        clocks.advance(clock.id, {"frozen_time": start + 200 * DAY})
+    assert [c.id for c in clocks.list().data] == [clock.id]
+    assert clocks.delete(clock.id).deleted is True
+    emu.wait_quiet(at_least=20)
+    types = emu.receiver.types()
+    assert "test_helpers.test_clock.advancing" in types and "test_helpers.test_clock.ready" in types

@@ -8,6 +8,7 @@ import re
 from starlette.routing import BaseRoute, Route
 
 from tokenbank.emulator import billing, payments, shapes
+from tokenbank.emulator.events import emit
 from tokenbank.emulator.gateway import Call, Endpoint, api, unknown_url
 from tokenbank.emulator.params import (
     Params,
@@ -851,6 +852,91 @@ def create_portal_session(call: Call) -> Obj:
     return render(em, session, params)
 
 
+# Test clocks. The emulator keeps one clock for the whole account: advancing any test
+# clock moves every subscription, not only its own customers'.
+
+
+def create_test_clock(call: Call) -> Obj:
+    em, params = call.em, call.params
+    _unknown(params, "customer")
+    frozen = required_integer(params, "frozen_time")
+    if frozen < shapes.now():
+        raise invalid(
+            "The emulator's test clocks start now or later: its one clock only moves forward.",
+            param="frozen_time",
+        )
+    clock = shapes.test_clock(frozen_time=frozen, name=text(params, "name"))
+    em.test_clocks[clock["id"]] = clock
+    if frozen > shapes.now():
+        billing.advance(em, frozen - shapes.now())
+    emit(em, "test_helpers.test_clock.created", clock)
+    return render(em, clock, params)
+
+
+def _clock(call: Call) -> Obj:
+    return get(call.em.test_clocks, call.path["id"], kind="test_helpers.test_clock")
+
+
+def retrieve_test_clock(call: Call) -> Obj:
+    clock = _clock(call)
+    clock["status"], clock["status_details"] = "ready", {}
+    return render(call.em, clock, call.params)
+
+
+def list_test_clocks(call: Call) -> Obj:
+    return page(
+        call.em, list(call.em.test_clocks.values()), call.params, url="/v1/test_helpers/test_clocks"
+    )
+
+
+def delete_test_clock(call: Call) -> Obj:
+    clock = _clock(call)
+    del call.em.test_clocks[clock["id"]]
+    emit(call.em, "test_helpers.test_clock.deleted", clock)
+    return {"id": clock["id"], "object": "test_helpers.test_clock", "deleted": True}
+
+
+#: How far one advance may go: two intervals of the shortest subscription, or two years.
+TWO_YEARS = 2 * 366 * 86400
+
+
+def advance_test_clock(call: Call) -> Obj:
+    """Play every boundary up to ``frozen_time`` (renewals, trials ending, cancels) and
+    answer the clock ``advancing``, as Stripe does; it reads ``ready`` afterwards."""
+    em, params = call.em, call.params
+    clock = _clock(call)
+    frozen = required_integer(params, "frozen_time")
+    if frozen <= int(clock["frozen_time"]):
+        raise invalid(
+            "The frozen_time must be later than the test clock's current frozen_time.",
+            param="frozen_time",
+        )
+    months = [
+        31 * 86400
+        if s["items"]["data"][0]["price"]["recurring"]["interval"] == "month"
+        else 366 * 86400
+        for s in em.subscriptions.values()
+        if s["status"] != "canceled"
+    ]
+    limit = 2 * min(months) if months else TWO_YEARS
+    if frozen - int(clock["frozen_time"]) > limit:
+        raise invalid(
+            "Cannot advance the test clock more than two intervals of the shortest"
+            " subscription on it (or two years with none).",
+            param="frozen_time",
+        )
+    clock["status"] = "advancing"
+    clock["status_details"] = {"advancing": {"target_frozen_time": frozen}}
+    emit(em, "test_helpers.test_clock.advancing", clock)
+    if frozen > shapes.now():
+        billing.advance(em, frozen - shapes.now())
+    clock["frozen_time"] = frozen
+    answer = render(em, clock, params)
+    clock["status"], clock["status_details"] = "ready", {}
+    emit(em, "test_helpers.test_clock.ready", clock)
+    return answer
+
+
 def _route(path: str, endpoint: Endpoint, method: str, *, publishable: bool = False) -> Route:
     return Route(path, api(endpoint, publishable=publishable), methods=[method, "OPTIONS"])
 
@@ -899,6 +985,11 @@ def routes() -> list[BaseRoute]:
         ("/v1/invoices/{id}", retrieve_invoice, "GET"),
         ("/v1/invoices/{id}/pay", pay_invoice, "POST"),
         ("/v1/invoice_payments", list_invoice_payments, "GET"),
+        ("/v1/test_helpers/test_clocks", create_test_clock, "POST"),
+        ("/v1/test_helpers/test_clocks", list_test_clocks, "GET"),
+        ("/v1/test_helpers/test_clocks/{id}", retrieve_test_clock, "GET"),
+        ("/v1/test_helpers/test_clocks/{id}", delete_test_clock, "DELETE"),
+        ("/v1/test_helpers/test_clocks/{id}/advance", advance_test_clock, "POST"),
     ]
     result: list[BaseRoute] = [
         _route(
