@@ -445,3 +445,79 @@ def test_buying_works_without_javascript(
     page.wait_for_url(re.compile(r"kind=purchase"))
     expect(page.locator("tbody tr")).to_have_count(1)
     screenshot(page, "en-nojs-history")
+
+
+@pytest.mark.parametrize(
+    "tour",
+    [("en", "default.toml", "pro"), ("zh-CN", "cny.toml", "cny-pro")],
+    ids=["en", "zh-CN"],
+)
+def test_subscribing_on_the_pricing_page_then_the_portal_and_a_failed_renewal(
+    live_service: StartService, new_page: NewPage, screenshot: Shoot, tour: tuple[str, str, str]
+) -> None:
+    """Subscribe on the pricing page (monthly / yearly switch), see the plan on the
+    dashboard, cancel in the billing portal, then a renewal that fails shows the banner.
+    An instance of its own: the emulator's clock moves a month."""
+    locale, catalog, plan = tour
+    service = live_service(
+        catalog=REPO / "catalogs" / catalog, extra_env={"TOKENBANK_LOW_BALANCE_THRESHOLD": "1"}
+    )
+    user_id = f"plans-{locale}-{uuid.uuid4().hex[:6]}"
+    email = unique_email(user_id)
+    service.create_user(user_id, email, PASSWORD)
+    page = new_page(locale=locale)
+    errors = watch_console(page, service.base_url)
+
+    def check(name: str) -> None:
+        for width in WIDTHS:
+            page.set_viewport_size({"width": width, "height": 844})
+            page.reload()
+            assert page.evaluate(UNLABELLED) == []
+            problems = layout_problems(page)
+            assert problems == [], (name, width, problems)
+            screenshot(page, f"{locale}-plans-{name}" + ("-phone" if width < 600 else ""))
+
+    sign_in(page, service, email)
+    page.goto(f"{service.base_url}/pricing")
+    check("pricing")
+    card = page.locator(f"[data-plan='{plan}']")
+    monthly, yearly = card.locator("button[value=month]"), card.locator("button[value=year]")
+    expect(monthly).to_be_visible()
+    expect(yearly).to_be_hidden()
+    page.locator("label[for=interval-year]").click()
+    expect(yearly).to_be_visible()
+    expect(monthly).to_be_hidden()
+    page.locator("label[for=interval-month]").click()
+    monthly.click()
+    page.wait_for_url(re.compile(re.escape(service.emulator_url) + "/checkout/"))
+    # 0341 attaches; its charges fail (the renewals). The page speaks the user's language.
+    page.locator("#card-number").fill("4000000000000341")
+    page.locator("#card-expiry").fill("12 / 34")
+    page.locator("#card-cvc").fill("123")
+    page.locator("form button[type=submit]").click()
+    page.wait_for_url(re.compile(re.escape(service.base_url) + "/dashboard"))
+    plan_card = page.locator(".plan-card")
+    expect(plan_card).to_have_attribute("data-plan", plan)
+    expect(plan_card).to_have_attribute("data-status", re.compile("active|trialing"))
+    check("dashboard")
+    # The billing portal: cancel at the period's end, then back.
+    page.locator(".plan-card form button").click()
+    page.wait_for_url(re.compile(re.escape(service.emulator_url) + "/billing_portal/"))
+    page.get_by_role("button", name="Cancel plan").click()
+    expect(page.get_by_role("status")).to_contain_text("canceled at the end")
+    page.get_by_role("button", name="Don't cancel").click()
+    expect(page.get_by_role("status")).to_contain_text("will renew")
+    page.get_by_role("link", name="Return").click()
+    page.wait_for_url(re.compile(re.escape(service.base_url) + "/dashboard"))
+    expect(page.locator("[data-renews], .plan-card .meta")).not_to_have_count(0)
+    # A month later the renewal fails (a trial ends first on a plan that has one).
+    for _ in range(2):
+        httpx.post(
+            f"{service.emulator_url}/_emulator/clock/advance", json={"seconds": 31 * 86400 + 7200}
+        ).raise_for_status()
+        time.sleep(1.5)  # the webhooks
+    page.goto(f"{service.base_url}/dashboard")
+    expect(page.locator("[data-past-due]")).to_be_visible()
+    expect(plan_card).to_have_attribute("data-status", "past_due")
+    check("past-due")
+    assert errors == []

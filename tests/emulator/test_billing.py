@@ -235,7 +235,8 @@ def test_test_clocks_advance_through_the_sdk_and_play_the_renewals(emu: Harness)
     sub_id = _subscribe(emu, price)["subscription"]["id"]
     advanced = clocks.advance(clock.id, {"frozen_time": start + 31 * DAY + 7200})
     assert advanced.status == "advancing"
-    assert advanced.status_details.advancing.target_frozen_time == start + 31 * DAY + 7200
+    advancing = advanced.status_details.advancing
+    assert advancing is not None and advancing.target_frozen_time == start + 31 * DAY + 7200
     assert clocks.retrieve(clock.id).status == "ready"
     reasons = [(i.billing_reason, i.status) for i in _invoices(emu, sub_id)]
     assert reasons == [("subscription_create", "paid"), ("subscription_cycle", "paid")]

@@ -15,6 +15,7 @@ PATH_VALUES = {
     "transfer_id": "1",
     "purchase_id": "1",
     "package_id": "plus",
+    "plan_id": "basic",
     "event_id": "evt_1",
     "token": "x",
     "mail_id": "1",

@@ -160,6 +160,7 @@ def _seed(db: Database, emulator: EmulatorServer) -> Iterator[Seeded]:
                 "transfer_id": str(spent["transfer_id"]),
                 "purchase_id": str(bought["purchase_id"]),
                 "package_id": "plus",
+                "plan_id": "basic",
                 "event_id": "evt_seed",
                 "token": token,
                 "mail_id": "1",
@@ -202,6 +203,15 @@ BASE_BODIES: dict[str, dict[str, Any]] = {
     },
     "/api/v1/users/{user_id}/payment-intents": {"package_id": "plus", "idempotency_key": "sp"},
     "/api/v1/users/{user_id}/billing-portal-sessions": {"return_url": "https://tokens.example/"},
+    "/api/v1/users/{user_id}/subscriptions": {
+        "plan_id": "basic",
+        "interval": "month",
+        "success_url": "https://tokens.example/ok",
+        "cancel_url": "https://tokens.example/no",
+        "locale": "en",
+        "idempotency_key": "sweep-s",
+    },
+    "/api/v1/users/{user_id}/subscription/change": {"plan_id": "pro", "interval": "year"},
 }
 #: The fields of every form (the CSRF token is added, valid).
 BASE_FORMS: dict[str, dict[str, str]] = {
@@ -213,6 +223,8 @@ BASE_FORMS: dict[str, dict[str, str]] = {
     "/account/time-zone": {"time_zone": "Europe/Paris"},
     "/account/password": {"current_password": "nope nope nope", "new_password": "x" * 12},
     "/buy/{package_id}": {},
+    "/subscribe/{plan_id}": {"interval": "month"},
+    "/subscription/manage": {},
     "/admin/users/{user_id}/grants": {"amount": "1", "reason": "r", "key": "sweep-k"},
     "/admin/purchases/{purchase_id}/review": {"decision": "credit", "reason": "r"},
     "/purchases/{purchase_id}/cancel": {},

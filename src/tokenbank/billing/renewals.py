@@ -455,7 +455,12 @@ def _grant_upgrade(
             expires_at=month.month_end + GRACE,
             keep=None,
             description=f"Upgrade to plan {plan[0].id}: {difference} more tokens this month",
-            metadata={"subscription_id": row.id, "invoice_id": invoice.id, "plan_id": plan[0].id},
+            metadata={
+                "subscription_id": row.id,
+                "invoice_id": invoice.id,
+                "plan_id": plan[0].id,
+                "upgrade": True,
+            },
             now=now,
         )
         transfer_id = given.receipt.transfer_id

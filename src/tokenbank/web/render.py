@@ -32,6 +32,7 @@ from tokenbank.web.texts import (
     KIND_NAMES,
     SOURCE_NAMES,
     STATUS_NAMES,
+    SUBSCRIPTION_STATES,
     describe,
 )
 
@@ -132,6 +133,7 @@ class Pages:
                 "filter_kinds": FILTER_KINDS,
                 "status_names": STATUS_NAMES,
                 "failure_texts": FAILURE_TEXTS,
+                "subscription_states": SUBSCRIPTION_STATES,
                 "path": request.url.path,
                 "describe": partial(describe, lang=lang, catalog=self.catalog),
                 "catalog": self.catalog,

@@ -46,6 +46,19 @@ STATUS_NAMES = {
     "canceled": N_("Canceled"),
     "needs_review": N_("Under review"),
 }
+#: A subscription's status as its subscriber reads it (Stripe's statuses).
+SUBSCRIPTION_STATES = {
+    "pending": N_("Starting"),
+    "expired": N_("Not started"),
+    "incomplete": N_("Awaiting payment"),
+    "incomplete_expired": N_("Not started"),
+    "trialing": N_("Free trial"),
+    "active": N_("Active"),
+    "past_due": N_("Payment failed"),
+    "unpaid": N_("Unpaid"),
+    "paused": N_("Paused"),
+    "canceled": N_("Canceled"),
+}
 #: Why a purchase ended without tokens, for its buyer (by failure code).
 FAILURE_TEXTS = {
     "not_started": N_("It never reached the payment service; nothing was charged."),
@@ -68,9 +81,14 @@ def describe(item: ledger.HistoryItem, *, lang: Language, catalog: Catalog | Non
     }:
         package = catalog.find(str(meta["package_id"])) if catalog else None
         name = package.localized_name(lang.tag) if package else str(meta["package_id"])
-        if item.kind is ledger.TransferKind.BONUS:
-            return lang.gettext("Bonus with %(package)s", package=name)
-        return lang.gettext("Purchase of %(package)s", package=name)
+        text = (
+            N_("Bonus with %(package)s")
+            if item.kind is ledger.TransferKind.BONUS
+            else N_("Purchase of %(package)s")
+        )
+        return lang.gettext(text, package=name)
+    if "subscription_id" in meta:
+        return _describe_plan(item, meta, lang=lang, catalog=catalog)
     if "settles_debt" in meta:
         return lang.gettext("Tokens owed, collected from a purchase")
     if item.kind is ledger.TransferKind.EXPIRY and meta.get("source") in EXPIRY_TEXTS:
@@ -81,6 +99,19 @@ def describe(item: ledger.HistoryItem, *, lang: Language, catalog: Catalog | Non
             if meta.get(marker):
                 return lang.gettext(text, purchase=purchase)
     return item.description or ""
+
+
+def _describe_plan(
+    item: ledger.HistoryItem, meta: dict[str, object], *, lang: Language, catalog: Catalog | None
+) -> str:
+    """A plan's lines: a month's allowance, an upgrade's difference, a refund's clawback."""
+    plan = catalog.plan(str(meta.get("plan_id"))) if catalog else None
+    name = plan.localized_name(lang.tag) if plan else str(meta.get("plan_id", ""))
+    if item.kind is ledger.TransferKind.CLAWBACK:
+        return lang.gettext("Plan payment refunded")
+    if meta.get("upgrade"):
+        return lang.gettext("Upgrade to %(plan)s: the rest of this month", plan=name)
+    return lang.gettext("%(plan)s plan: this month's tokens", plan=name)
 
 
 #: How the history names what happened to a purchase, by the metadata marker it carries.

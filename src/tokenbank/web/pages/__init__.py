@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from tokenbank.web.pages import admin, buying, devmail, links, users, wallet
+from tokenbank.web.pages import admin, buying, devmail, links, plans, users, wallet
 
 ROUTERS: tuple[APIRouter, ...] = (
     users.router,
     links.router,
     wallet.router,
     buying.router,
+    plans.router,
     admin.router,
     devmail.router,
 )

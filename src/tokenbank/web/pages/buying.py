@@ -62,6 +62,7 @@ async def pricing(request: Request, seller: BillingDep, parts: RuntimeDep, lang:
         "pricing.html",
         headers=parts.buying_headers,
         offers=offers,
+        plans=catalog.plans_on_sale,
         features=catalog.features,
         flow=seller.flow,
         stripe_js=seller.stripe.js_url,

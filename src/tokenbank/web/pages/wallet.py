@@ -4,17 +4,19 @@ fragments htmx refreshes every 10 seconds (the header widget and the balance car
 from __future__ import annotations
 
 from functools import partial
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from tokenbank import billing, ledger
 from tokenbank.db import Database
-from tokenbank.errors import UnknownPurchase
+from tokenbank.errors import NoSubscription, UnknownPurchase
 from tokenbank.web.deps import DatabaseDep, Lang, PagesDep, PageUser, QueryRowId, Visitor
 from tokenbank.web.exports import cell, history_csv_lines, history_page
 from tokenbank.web.routing import PageRoute
+from tokenbank.web.runtime import runtime
 from tokenbank.web.security import PAGE_HEADERS
 from tokenbank.web.texts import KIND_NAMES, describe
 
@@ -35,9 +37,13 @@ async def dashboard(
     pages: PagesDep,
     db: DatabaseDep,
     purchased: QueryRowId = None,
+    subscribed: Annotated[int | None, Query(ge=0, le=1)] = None,
 ) -> Response:
     balance, page, recent, bought = await run_in_threadpool(_overview, db, user.user_id, purchased)
+    plan, allowance = await run_in_threadpool(_plan, db, user.user_id)
     toasts = []
+    if subscribed and plan is not None and plan.status.value in ("active", "trialing"):
+        toasts.append({"tone": "good", "text": lang.gettext("Your plan is active.")})
     if bought is not None:
         toasts.append(
             {
@@ -50,14 +56,31 @@ async def dashboard(
                 ),
             }
         )
+    # With a plan, the "Manage subscription" form goes on to Stripe's billing portal.
+    headers = runtime(request).buying_headers if plan is not None else None
     return await pages.render(
         request,
         "dashboard.html",
+        headers=headers,
         balance=balance,
         history=page.items,
         purchases=recent,
         toasts=toasts,
+        plan=plan,
+        allowance=allowance,
     )
+
+
+def _plan(
+    db: Database, user_id: str
+) -> tuple[billing.Subscription | None, billing.Allowance | None]:
+    """The user's subscription and this month's allowance, if they have one."""
+    with db.read() as conn:
+        try:
+            found = billing.get_subscription(conn, user_id=user_id)
+        except NoSubscription:
+            return None, None
+        return found, billing.allowance(conn, found)
 
 
 @router.get("/history")
