@@ -20,10 +20,14 @@ from tokenbank.client import (
     IdempotencyConflict,
     InsufficientTokens,
     InvalidRequest,
+    NoSubscription,
     NotFound,
     Package,
     Purchase,
     ServiceUnavailable,
+    Subscription,
+    SubscriptionCheckout,
+    SubscriptionExists,
     TokenBank,
     Unauthorized,
     UnknownFeature,
@@ -252,3 +256,29 @@ def test_packages_and_purchases_are_typed(db: Database, emulator_server: Emulato
         assert isinstance(purchase, Purchase)
         assert (purchase.status, purchase.tokens + purchase.bonus_tokens) == ("pending", 2200)
         assert purchase.created_at.tzinfo is not None and purchase.paid_at is None
+
+
+def test_subscriptions_are_typed(db: Database, emulator_server: EmulatorServer) -> None:
+    app = create_app(SETTINGS, db=db, passwords=PASSWORDS, seller=make_billing(emulator_server.url))
+    with serving(app) as url, _bank(db, url) as bank:
+        emulator_server.reset(webhook_url=f"{url}/webhooks/stripe")
+        bank.upsert_user("alice")
+        with pytest.raises(NoSubscription):
+            bank.subscription("alice")
+        started = bank.subscribe("alice", "basic", idempotency_key="sub-1")
+        assert isinstance(started, SubscriptionCheckout) and started.url.startswith("http")
+        assert bank.subscribe("alice", "basic", idempotency_key="sub-1") == started  # a retry
+        assert emulator_server.pay(started.checkout_session_id).status_code == 200
+        emulator_server.settle()
+        found = bank.subscription("alice")
+        assert isinstance(found, Subscription)
+        assert (found.plan_id, found.interval, found.status) == ("basic", "month", "active")
+        assert found.allowance.granted == found.allowance.left == 1000
+        assert found.current_period_end is not None and found.current_period_end.tzinfo
+        with pytest.raises(SubscriptionExists):
+            bank.subscribe("alice", "pro")
+        cancelled = bank.cancel_subscription("alice")
+        assert cancelled.cancel_at_period_end and cancelled.ends_at == found.current_period_end
+        changed = bank.change_subscription("alice", "studio")
+        assert changed.plan_id == "studio"
+        emulator_server.reset()

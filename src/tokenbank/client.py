@@ -25,6 +25,7 @@ from urllib.parse import quote
 import httpx
 
 __all__ = [
+    "Allowance",
     "ApiError",
     "Balance",
     "Checkout",
@@ -37,12 +38,16 @@ __all__ = [
     "IdempotencyConflict",
     "InsufficientTokens",
     "InvalidRequest",
+    "NoSubscription",
     "NotFound",
     "Package",
     "Purchase",
     "RateLimited",
     "Receipt",
     "ServiceUnavailable",
+    "Subscription",
+    "SubscriptionCheckout",
+    "SubscriptionExists",
     "TokenBank",
     "Transaction",
     "TransactionPage",
@@ -112,6 +117,14 @@ class UnknownFeature(InvalidRequest):
     """422: the catalog prices no such feature (nothing was spent or held)."""
 
 
+class SubscriptionExists(ApiError):
+    """The user has a subscription already: change its plan instead."""
+
+
+class NoSubscription(NotFound):
+    """The user has no subscription."""
+
+
 class ServiceUnavailable(ApiError):
     """The service could not be reached, or answered 503 (its database or Stripe away, a
     migration pending), after the client's retries: nothing is known to have happened, and
@@ -127,6 +140,8 @@ _ERRORS: dict[str, type[ApiError]] = {
     "rate_limited": RateLimited,
     "validation_error": InvalidRequest,
     "unknown_feature": UnknownFeature,
+    "subscription_exists": SubscriptionExists,
+    "no_subscription": NoSubscription,
 }
 
 
@@ -212,6 +227,43 @@ class Checkout:
     purchase_id: int
     checkout_session_id: str
     url: str
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionCheckout:
+    subscription_id: int
+    checkout_session_id: str
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class Allowance:
+    tokens_per_month: int
+    #: Granted for the current month (rollover and upgrades included), and what is left.
+    granted: int
+    left: int
+    month_ends_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    subscription_id: int
+    user_id: str
+    plan_id: str
+    #: month or year.
+    interval: str
+    #: trialing, active, past_due, unpaid, paused, canceled, incomplete, incomplete_expired.
+    status: str
+    amount: int
+    currency: str
+    current_period_start: datetime | None
+    current_period_end: datetime | None
+    trial_end: datetime | None
+    #: It ends at ``ends_at`` instead of renewing.
+    cancel_at_period_end: bool
+    ends_at: datetime | None
+    allowance: Allowance
+    next_allowance_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -491,6 +543,48 @@ class TokenBank:
         answer = self._request("POST", f"/users/{_id(user_id)}/checkout-sessions", json=body)
         return Checkout(**{name: answer[name] for name in Checkout.__slots__})
 
+    def subscribe(
+        self,
+        user_id: str,
+        plan_id: str,
+        *,
+        interval: str = "month",
+        success_url: str | None = None,
+        cancel_url: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> SubscriptionCheckout:
+        """Start a subscription on Stripe Checkout: send the user's browser to ``url``.
+        Raises ``SubscriptionExists`` when the user has one (change its plan instead)."""
+        body = {
+            "plan_id": plan_id,
+            "interval": interval,
+            "success_url": success_url,
+            "cancel_url": cancel_url,
+            "idempotency_key": idempotency_key or _new_key("subscribe"),
+        }
+        answer = self._request("POST", f"/users/{_id(user_id)}/subscriptions", json=body)
+        return SubscriptionCheckout(
+            **{name: answer[name] for name in SubscriptionCheckout.__slots__}
+        )
+
+    def subscription(self, user_id: str) -> Subscription:
+        """The user's subscription (the current one, else the last that ended); raises
+        ``NoSubscription`` when there is none."""
+        return _subscription(self._request("GET", f"/users/{_id(user_id)}/subscription"))
+
+    def cancel_subscription(self, user_id: str) -> Subscription:
+        """Cancel at the end of the period paid for (asking again changes nothing)."""
+        path = f"/users/{_id(user_id)}/subscription/cancel"
+        return _subscription(self._request("POST", path))
+
+    def change_subscription(
+        self, user_id: str, plan_id: str, *, interval: str = "month"
+    ) -> Subscription:
+        """Switch plan or interval with Stripe's proration (docs/stripe.md, "Plans")."""
+        body = {"plan_id": plan_id, "interval": interval}
+        path = f"/users/{_id(user_id)}/subscription/change"
+        return _subscription(self._request("POST", path, json=body))
+
     def purchase(self, purchase_id: int) -> Purchase:
         """A purchase and its status: pending, paid, failed, expired or canceled."""
         return _purchase(self._request("GET", f"/purchases/{int(purchase_id)}"))
@@ -701,6 +795,34 @@ def _purchase(body: dict[str, Any]) -> Purchase:
         | {
             "created_at": datetime.fromisoformat(body["created_at"]),
             "paid_at": None if paid_at is None else datetime.fromisoformat(paid_at),
+        }
+    )
+
+
+def _time(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def _subscription(body: dict[str, Any]) -> Subscription:
+    allowance = body["allowance"]
+    times = (
+        "current_period_start",
+        "current_period_end",
+        "trial_end",
+        "ends_at",
+        "next_allowance_at",
+    )
+    values = {name: body[name] for name in Subscription.__slots__ if name not in times}
+    return Subscription(
+        **values
+        | {name: _time(body[name]) for name in times}
+        | {
+            "allowance": Allowance(
+                tokens_per_month=allowance["tokens_per_month"],
+                granted=allowance["granted"],
+                left=allowance["left"],
+                month_ends_at=_time(allowance["month_ends_at"]),
+            )
         }
     )
 
