@@ -78,6 +78,7 @@ def test_spend_balance_refund_history(bank: TokenBank) -> None:
     assert bank.spend("alice", 300, idempotency_key="chat-1", description="chat").replayed
     with pytest.raises(IdempotencyConflict):
         bank.spend("alice", 301, idempotency_key="chat-1")
+    assert receipt.transfer_id is not None
     refund = bank.refund(receipt.transfer_id, amount=100, reason="failed generation")
     assert refund.balance == 800
     balance = bank.balance("alice")

@@ -268,7 +268,8 @@ class Subscription:
 
 @dataclass(frozen=True, slots=True)
 class Receipt:
-    transfer_id: int
+    #: None when the user's plan covered the spend (``covered``): no transfer was made.
+    transfer_id: int | None
     kind: str
     user_id: str
     amount: int
@@ -277,6 +278,8 @@ class Receipt:
     #: The feature and units a spend bought, when it named one (the server priced it).
     feature: str | None = None
     quantity: int | None = None
+    #: The user's plan makes the feature unlimited: the use was recorded, no tokens taken.
+    covered: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +320,8 @@ class HoldState:
     transfer_id: int | None
     feature: str | None = None
     quantity: int | None = None
+    #: The user's plan covers it: it reserves no tokens, and posting it takes none.
+    covered: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,11 +335,16 @@ class Entitlement:
     short_by: int
     expires_soonest: Expiring | None
     buy_url: str
+    #: "subscription": the user's plan covers this use of an unlimited feature (cost 0);
+    #: "tokens": it takes tokens.
+    source: str = "tokens"
+    #: With "subscription" and a fair-use cap: units still covered this month after it.
+    covered_left: int | None = None
 
 
 def _receipt(body: dict[str, Any]) -> Receipt:
     values: dict[str, Any] = {name: body.get(name) for name in Receipt.__slots__}
-    return Receipt(**values)
+    return Receipt(**values | {"covered": bool(body.get("covered"))})
 
 
 def _hold_state(body: dict[str, Any]) -> HoldState:
@@ -348,6 +358,7 @@ def _hold_state(body: dict[str, Any]) -> HoldState:
         transfer_id=body["transfer_id"],
         feature=body.get("feature"),
         quantity=body.get("quantity"),
+        covered=bool(body.get("covered")),
     )
 
 
@@ -385,6 +396,8 @@ def _entitlement(body: dict[str, Any]) -> Entitlement:
         short_by=body["short_by"],
         expires_soonest=None if soonest is None else _expiring(soonest),
         buy_url=body["buy_url"],
+        source=body.get("source", "tokens"),
+        covered_left=body.get("covered_left"),
     )
 
 

@@ -3,6 +3,9 @@
 A caller that spends ``{"feature": "image", "quantity": 3}`` never names a price: the
 amount is computed here from the catalog, so a client cannot decide what its users pay.
 
+A plan can make a feature unlimited (``billing.coverage``): its use then costs nothing
+while the plan covers it, and ``check`` says so (``covered``).
+
 ``check`` answers "could this user do that now?" without changing anything: it is advice
 for a page (grey out a button, show what is missing). The answer can be stale the moment
 it is given; the hold or the spend that follows is the gate, and each is atomic.
@@ -17,6 +20,7 @@ from sqlalchemy.engine import Connection
 
 from tokenbank import ledger
 from tokenbank.billing.catalog import Catalog
+from tokenbank.billing.coverage import coverage
 from tokenbank.errors import InvalidArgument, UnknownFeature
 from tokenbank.ledger.inputs import MAX_AMOUNT, check_amount
 
@@ -79,6 +83,10 @@ class Entitlement:
     expires_soonest: ledger.Expiring | None
     #: Where the user can buy more.
     buy_url: str
+    #: The user's plan covers this use of an unlimited feature: it costs no tokens.
+    covered: bool = False
+    #: Units the plan still covers this month after this use (None: no cap, or not covered).
+    covered_left: int | None = None
 
 
 def check(
@@ -97,6 +105,29 @@ def check(
     ``UnknownUser``, as for a balance."""
     cost = cost_of(catalog, amount=amount, feature=feature, quantity=quantity)
     balance = ledger.balance(conn, user_id=user_id, now=now)
+    plan = (
+        coverage(
+            conn,
+            catalog,
+            user_id=user_id,
+            feature=feature,
+            quantity=1 if quantity is None else quantity,
+            now=now,
+        )
+        if feature is not None
+        else None
+    )
+    if plan is not None:
+        return Entitlement(
+            allowed=True,
+            cost=0,
+            available=balance.available,
+            short_by=0,
+            expires_soonest=balance.expiring[0] if balance.expiring else None,
+            buy_url=buy_url,
+            covered=True,
+            covered_left=plan.left,
+        )
     return Entitlement(
         allowed=cost <= balance.available,
         cost=cost,

@@ -434,3 +434,60 @@ def test_the_portal_cancels_switches_plan_and_updates_the_card(store: Store) -> 
     assert "open invoice paid" in text
     assert _subscription(store)["status"] == "active"
     assert [(g.kind, g.tokens) for g in _grants(store)][-1] == ("invoice", 5000)
+
+
+def _use(store: Store, path: str, **body: Any) -> dict[str, Any]:
+    answer = store.api.post(path, json=body)
+    assert answer.status_code in (200, 201), answer.text
+    found: dict[str, Any] = answer.json()
+    return found
+
+
+def test_an_unlimited_feature_takes_no_tokens_while_the_plan_covers_it(store: Store) -> None:
+    _subscribed(store, "studio")  # unlimited images (fair use: 1,000 a month), 2,000 tokens
+    spend = "/api/v1/users/alice/spend"
+    covered = _use(store, spend, feature="image", quantity=3, idempotency_key="img-1")
+    assert (covered["covered"], covered["amount"], covered["transfer_id"]) == (True, 0, None)
+    assert covered["balance"] == 2000 and not covered["replayed"]
+    again = _use(store, spend, feature="image", quantity=3, idempotency_key="img-1")
+    assert again["replayed"] and again["covered"]
+    check = _use(store, "/api/v1/users/alice/check", feature="image", quantity=1)
+    assert (check["source"], check["cost"], check["covered_left"]) == ("subscription", 0, 996)
+    # A hold of a covered feature reserves nothing; posting it takes nothing.
+    hold = _use(
+        store, "/api/v1/users/alice/holds", feature="image", quantity=2, idempotency_key="h-1"
+    )
+    assert hold["covered"] and store.balance()["held"] == 0
+    posted = _use(store, f"/api/v1/holds/{hold['hold_id']}/post", amount=80)
+    assert (posted["covered"], posted["amount"], posted["transfer_id"]) == (True, 0, None)
+    assert _use(store, f"/api/v1/holds/{hold['hold_id']}/post", amount=80)["replayed"]
+    other = _use(
+        store, "/api/v1/users/alice/holds", feature="image", quantity=5, idempotency_key="h-2"
+    )
+    assert _use(store, f"/api/v1/holds/{other['hold_id']}/void")["status"] == "voided"
+    # Other features take tokens as always.
+    chat = _use(store, spend, feature="chat_message", quantity=2, idempotency_key="chat-1")
+    assert (chat["covered"], chat["amount"]) == (False, 10)
+    # Up to the fair-use cap (3 + 2 used; a voided hold counts for nothing), then tokens.
+    _use(store, spend, feature="image", quantity=995, idempotency_key="img-2")
+    check = _use(store, "/api/v1/users/alice/check", feature="image", quantity=1)
+    assert (check["source"], check["cost"]) == ("tokens", 40)
+    paid = _use(store, spend, feature="image", quantity=1, idempotency_key="img-3")
+    assert (paid["covered"], paid["amount"]) == (False, 40)
+    assert _available(store) == 2000 - 10 - 40
+
+
+def test_a_lapsed_plan_covers_nothing(store: Store) -> None:
+    _subscribed(store, "studio")
+    _stripe(
+        store,
+        "POST",
+        f"/v1/subscriptions/{_stripe_id(store)}",
+        default_payment_method="pm_card_chargeCustomerFail",
+    )
+    _advance(store, MONTH)
+    assert _subscription(store)["status"] == "past_due"
+    paid = _use(
+        store, "/api/v1/users/alice/spend", feature="image", quantity=1, idempotency_key="i"
+    )
+    assert (paid["covered"], paid["amount"]) == (False, 40)

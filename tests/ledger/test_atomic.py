@@ -311,6 +311,38 @@ def _scenarios(probe: Probe, *, postgres: bool) -> None:
         debt=clawed.debt,
         now=LATER,
     )
+    # A plan's allowance: the month before's expires (reset), or up to a cap of it stays.
+    first = probe.call(
+        "grant_allowance",
+        user_id="alice",
+        reference="subscription:1:1",
+        amount=100,
+        expires_at=LATER + timedelta(days=30),
+        now=LATER,
+    )
+    probe.call(
+        "grant_allowance",
+        user_id="alice",
+        reference="subscription:1:2",
+        amount=100,
+        expires_at=LATER + timedelta(days=60),
+        earlier=[first.receipt.transfer_id],
+        keep=30,
+        now=LATER,
+    )
+    probe.call("transfer_exists", idempotency_key="s1")
+    # A covered use (a plan's unlimited feature): recorded, nothing reserved or taken.
+    covered = probe.call(
+        "cover",
+        user_id="alice",
+        amount=40,
+        idempotency_key="cov-1",
+        feature="image",
+        quantity=1,
+        now=LATER,
+    )
+    probe.call("find_hold", idempotency_key="cov-1")
+    probe.call("post_covered", hold_id=covered.id, amount=40, now=LATER)
     probe.call("verify")
 
 

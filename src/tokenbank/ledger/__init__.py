@@ -39,7 +39,18 @@ from tokenbank.ledger.clawbacks import (
     restore,
     settle_debt,
 )
-from tokenbank.ledger.holds import Hold, expire_holds, get_hold, hold, post_hold, void_hold
+from tokenbank.ledger.holds import (
+    Hold,
+    cover,
+    expire_holds,
+    find_hold,
+    get_hold,
+    hold,
+    post_covered,
+    post_hold,
+    void_hold,
+)
+from tokenbank.ledger.idempotency import transfer_exists
 from tokenbank.ledger.journal import Receipt
 from tokenbank.ledger.models import HoldKind, HoldStatus, Source, SystemAccount, TransferKind
 from tokenbank.ledger.reads import (
@@ -88,10 +99,12 @@ __all__ = [
     "balance",
     "balance_async",
     "claw_back",
+    "cover",
     "credit",
     "credit_purchase",
     "expire_grants",
     "expire_holds",
+    "find_hold",
     "freeze",
     "get_hold",
     "get_transfer",
@@ -99,11 +112,13 @@ __all__ = [
     "history",
     "hold",
     "open_wallet",
+    "post_covered",
     "post_hold",
     "refund",
     "restore",
     "settle_debt",
     "spend",
+    "transfer_exists",
     "try_spend",
     "verify",
     "void_hold",

@@ -13,7 +13,7 @@ never expires, and is only voided by the caller that made it (``unfreeze=True``)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import partial
 from itertools import groupby
@@ -297,6 +297,115 @@ def _reserve(
     return get_hold(conn, hold_id=hold_id)
 
 
+def cover(
+    conn: Connection,
+    *,
+    user_id: str,
+    amount: int,
+    idempotency_key: str,
+    feature: str,
+    quantity: int,
+    ttl_seconds: int = DEFAULT_TTL_SECONDS,
+    description: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    posted: bool = False,
+    now: datetime | None = None,
+) -> Hold:
+    """A covered hold of ``quantity`` units of ``feature`` (``amount``: what they would
+    cost in tokens): it reserves nothing, since something outside the wallet pays for it
+    (a plan's unlimited feature), and is only the record of the use. ``posted``: the use is
+    done (a spend), so it is posted at once. A repeat of the key replays it. The caller
+    decided that the use is covered; it serialises that decision (a plan's fair-use cap)
+    by locking what it counts."""
+    user_id = check_user_id(user_id)
+    amount = check_amount(amount)
+    key = check_key(idempotency_key)
+    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int):
+        raise InvalidArgument("ttl_seconds", "must be a whole number of seconds")
+    if not 1 <= ttl_seconds <= MAX_TTL_SECONDS:
+        raise InvalidArgument("ttl_seconds", f"must be between 1 and {MAX_TTL_SECONDS}")
+    checked_feature, checked_quantity = check_feature(feature, quantity)
+    description = check_description(description)
+    metadata = check_metadata(metadata)
+    now = now or utcnow()
+    with atomic(conn):
+        account_id = wallet_id(conn, user_id, lock=True)
+        existing = find_hold(conn, idempotency_key=key)
+        if existing is not None:
+            return _replayed_cover(existing, user_id, checked_feature, checked_quantity, posted)
+        hold_id = conn.execute(
+            _insert_hold[conn.dialect.name],
+            {
+                "idempotency_key": key,
+                "account_id": account_id,
+                "amount": amount,
+                "status": HoldStatus.POSTED.value if posted else HoldStatus.PENDING.value,
+                "kind": HoldKind.COVERED.value,
+                "description": description,
+                "metadata": metadata,
+                "expires_at": now + timedelta(seconds=ttl_seconds),
+                "created_at": now,
+                "resolved_at": now if posted else None,
+                "posted_amount": amount if posted else None,
+                "feature": checked_feature,
+                "quantity": checked_quantity,
+            },
+        ).scalar()
+        if hold_id is None:
+            raise IdempotencyConflict(key, "the key belongs to another wallet's hold")
+        return get_hold(conn, hold_id=hold_id)
+
+
+def _replayed_cover(
+    existing: Hold, user_id: str, feature: str | None, quantity: int | None, posted: bool
+) -> Hold:
+    """The first answer of a covered hold's key, if the repeat asks the same."""
+    spent = existing.status is HoldStatus.POSTED and existing.resolved_at == existing.created_at
+    asked = (user_id, HoldKind.COVERED, feature, quantity, posted)
+    stored = (existing.user_id, existing.kind, existing.feature, existing.quantity, spent)
+    if asked != stored:
+        raise IdempotencyConflict(existing.idempotency_key, "a hold with other parameters")
+    return replace(existing, replayed=True)
+
+
+def find_hold(conn: Connection, *, idempotency_key: str) -> Hold | None:
+    row = conn.execute(_select_hold.where(holds.c.idempotency_key == idempotency_key)).first()
+    return None if row is None else _to_hold(row)
+
+
+def post_covered(
+    conn: Connection, *, hold_id: int, amount: int, now: datetime | None = None
+) -> Hold:
+    """Post a covered hold: the use is done, and nothing leaves the wallet. ``amount`` (at
+    most the hold's) is kept as what the use would have cost. Repeating it replays."""
+    amount = check_amount(amount)
+    now = now or utcnow()
+    with atomic(conn):
+        current = _lock_hold(conn, hold_id)
+        if current.kind != HoldKind.COVERED:
+            raise InvalidArgument("hold_id", "this hold reserves tokens: post it with post_hold")
+        status = HoldStatus(current.status)
+        if status is HoldStatus.POSTED:
+            if current.posted_amount != amount:
+                raise IdempotencyConflict(
+                    current.idempotency_key,
+                    f"hold {hold_id} was posted for {current.posted_amount}",
+                )
+            return _to_hold(current, replayed=True)
+        if status is not HoldStatus.PENDING:
+            raise HoldNotPending(hold_id, status.value)
+        if current.expires_at <= now:
+            raise HoldNotPending(hold_id, HoldStatus.EXPIRED.value)
+        if amount > current.amount:
+            raise InvalidArgument("amount", f"must be at most the {current.amount} tokens held")
+        conn.execute(
+            sa.update(holds)
+            .where(holds.c.id == hold_id)
+            .values(status=HoldStatus.POSTED.value, posted_amount=amount, resolved_at=now)
+        )
+        return get_hold(conn, hold_id=hold_id)
+
+
 def _lock_hold(conn: Connection, hold_id: int) -> AnyRow:
     """Lock the hold's wallet, then read the hold: its status can only change under that lock."""
     account_id = conn.execute(sa.select(holds.c.account_id).where(holds.c.id == hold_id)).scalar()
@@ -332,6 +441,10 @@ def _post(conn: Connection, *, hold_id: int, amount: int, now: datetime) -> Rece
     current = _lock_hold(conn, hold_id)
     if current.kind == HoldKind.FREEZE:
         raise HoldFrozen(hold_id)
+    if current.kind == HoldKind.COVERED:
+        raise InvalidArgument(
+            "hold_id", "a covered hold spends no tokens: post it with post_covered"
+        )
     status = HoldStatus(current.status)
     if status is HoldStatus.POSTED:
         if current.posted_amount != amount:
@@ -446,23 +559,25 @@ def _release(conn: Connection, pending: list[AnyRow], *, status: HoldStatus, now
         sa.update(holds)
         .where(holds.c.id.in_([h.id for h in pending]), holds.c.status == HoldStatus.PENDING.value)
         .values(status=status.value, resolved_at=now)
-        .returning(holds.c.id, holds.c.amount)
+        .returning(holds.c.id, holds.c.amount, holds.c.kind)
     ).all()
     if not released:
         return 0
     account_id = pending[0].account_id
+    # A covered hold reserved nothing: it frees nothing.
+    freed = [(hold_id, amount) for hold_id, amount, kind in released if kind != HoldKind.COVERED]
     user_id = conn.execute(
         sa.update(accounts)
         .where(accounts.c.id == account_id)
-        .values(held=accounts.c.held - sum(amount for _, amount in released))
+        .values(held=accounts.c.held - sum(amount for _, amount in freed))
         .returning(accounts.c.user_id)
     ).scalar_one()
-    for hold_id, _ in released:
+    for hold_id, _ in freed:
         buckets.settle_hold(conn, hold_id=hold_id, spent=0, transfer_id=None, now=now)
     # What came back to a bucket that expired meanwhile expires now.
     buckets.expire_due(conn, account_id=account_id, now=now)
     if status is HoldStatus.EXPIRED:
-        for hold_id, amount in released:
+        for hold_id, amount, _ in released:
             after_commit(
                 conn,
                 partial(log.info, "hold_expired", hold_id=hold_id, user_id=user_id, amount=amount),

@@ -171,3 +171,11 @@ def replay(conn: Connection, request: Request) -> Receipt | None:
         feature=row.feature,
         quantity=row.quantity,
     )
+
+
+def transfer_exists(conn: Connection, *, idempotency_key: str) -> bool:
+    """Whether a transfer was made under this key (a replay's question, asked first)."""
+    found = conn.execute(
+        sa.select(transfers.c.id).where(transfers.c.idempotency_key == idempotency_key)
+    )
+    return found.first() is not None

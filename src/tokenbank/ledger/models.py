@@ -71,10 +71,13 @@ class HoldStatus(enum.StrEnum):
 class HoldKind(enum.StrEnum):
     """Who may end a hold: anyone with its id (a hold), or only the ledger's caller that
     made it, and never its deadline (a freeze: purchased tokens kept while a payment is
-    disputed, see ``clawbacks.freeze``)."""
+    disputed, see ``clawbacks.freeze``). A ``covered`` hold reserves no tokens: what it is
+    for is paid by something outside the wallet (a plan's unlimited feature); it ends as a
+    hold does, and posting it records the use with no transfer (``holds.cover``)."""
 
     HOLD = "hold"
     FREEZE = "freeze"
+    COVERED = "covered"
 
 
 def _in(column: str, values: type[enum.StrEnum]) -> str:
@@ -82,6 +85,12 @@ def _in(column: str, values: type[enum.StrEnum]) -> str:
 
 
 MAX_KEY_LENGTH = 255
+#: A posted hold spent its posted amount in one transfer, unless it was covered (no transfer).
+HOLD_POSTING = (
+    "(status = 'posted' AND posted_amount > 0 AND posted_amount <= amount"
+    " AND (transfer_id IS NULL) = (kind = 'covered'))"
+    " OR (status <> 'posted' AND transfer_id IS NULL AND posted_amount IS NULL)"
+)
 MAX_FEATURE_LENGTH = 64
 
 accounts = sa.Table(
@@ -192,12 +201,7 @@ holds = sa.Table(
         " OR (status <> 'pending' AND resolved_at IS NOT NULL)",
         name="resolved",
     ),
-    sa.CheckConstraint(
-        "(status = 'posted' AND transfer_id IS NOT NULL AND posted_amount > 0"
-        " AND posted_amount <= amount)"
-        " OR (status <> 'posted' AND transfer_id IS NULL AND posted_amount IS NULL)",
-        name="posting",
-    ),
+    sa.CheckConstraint(HOLD_POSTING, name="posting"),
     sa.Index(
         "ix_holds_pending_expiry",
         "expires_at",

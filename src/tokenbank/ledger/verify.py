@@ -98,23 +98,26 @@ _CHECKS: list[tuple[str, str, str, str]] = [
     ),
     (
         "holds_consistent",
-        "each wallet's held amount equals the sum of its pending holds",
+        "each wallet's held amount equals the sum of its pending holds (covered ones reserve"
+        " nothing)",
         """
         SELECT a.user_id, a.held, COALESCE(h.pending, 0) AS pending
           FROM accounts a
           LEFT JOIN (SELECT account_id, SUM(amount) AS pending FROM holds
-                      WHERE status = 'pending' GROUP BY account_id) h ON h.account_id = a.id
+                      WHERE status = 'pending' AND kind <> 'covered'
+                      GROUP BY account_id) h ON h.account_id = a.id
          WHERE a.kind = 'wallet' AND a.held <> COALESCE(h.pending, 0)
         """,
         "wallet {user_id}: held {held}, pending holds sum to {pending}",
     ),
     (
         "posted_holds",
-        "each posted hold is one spend of its posted amount from its wallet",
+        "each posted hold is one spend of its posted amount from its wallet (a covered one"
+        " spends nothing)",
         """
         SELECT h.id, h.posted_amount, t.amount, t.kind
           FROM holds h LEFT JOIN transfers t ON t.id = h.transfer_id
-         WHERE h.status = 'posted'
+         WHERE h.status = 'posted' AND h.kind <> 'covered'
            AND (t.id IS NULL OR t.kind <> 'spend' OR t.amount <> h.posted_amount
                 OR t.debit_account_id <> h.account_id)
         """,

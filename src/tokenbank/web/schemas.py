@@ -20,7 +20,7 @@ from pydantic import (
 from tokenbank.audit import MAX_REASON_LENGTH
 from tokenbank.entitlements import MAX_QUANTITY
 from tokenbank.ledger.inputs import MAX_AMOUNT, MAX_DESCRIPTION_LENGTH
-from tokenbank.ledger.models import MAX_FEATURE_LENGTH, MAX_KEY_LENGTH
+from tokenbank.ledger.models import MAX_FEATURE_LENGTH, MAX_KEY_LENGTH, HoldKind
 
 if TYPE_CHECKING:
     from tokenbank import entitlements, grants, ledger
@@ -142,14 +142,21 @@ class SpendIn(Priced):
 
 
 class ReceiptOut(BaseModel):
-    transfer_id: int
+    transfer_id: int | None = Field(
+        description="The spend's transfer; null when the user's plan covered it (covered)."
+    )
     kind: str
     user_id: str
-    amount: int
+    amount: int = Field(description="Tokens moved (0 when the plan covered it).")
     balance: int = Field(description="The wallet's balance right after this transfer.")
     replayed: bool = Field(description="True when this repeats the first result of the key.")
     feature: str | None = Field(default=None, description="The feature spent, if one was.")
     quantity: int | None = Field(default=None, description="Its units.")
+    covered: bool = Field(
+        default=False,
+        description="True when the user's plan makes the feature unlimited: the use is"
+        " recorded and no tokens were taken.",
+    )
 
 
 class HoldIn(Priced):
@@ -172,6 +179,11 @@ class HoldOut(BaseModel):
     replayed: bool
     feature: str | None = Field(default=None, description="The feature held for, if one was.")
     quantity: int | None = Field(default=None, description="Its units.")
+    covered: bool = Field(
+        default=False,
+        description="True when the user's plan covers the feature: the hold reserves no"
+        " tokens, and posting it takes none.",
+    )
 
 
 class PostIn(Body):
@@ -258,6 +270,16 @@ class CheckOut(BaseModel):
         description="The tokens that expire first, if any do."
     )
     buy_url: str = Field(description="Where the user can buy more tokens.")
+    source: Literal["tokens", "subscription"] = Field(
+        default="tokens",
+        description="subscription: the user's plan makes the feature unlimited and covers"
+        " this use (cost 0); tokens: it takes tokens, trial ones first as they expire first.",
+    )
+    covered_left: int | None = Field(
+        default=None,
+        description="With source subscription and a fair-use cap: units of the feature the"
+        " plan still covers this month after this use.",
+    )
 
 
 class Health(BaseModel):
@@ -452,6 +474,7 @@ def hold_out(hold: ledger.Hold) -> HoldOut:
         replayed=hold.replayed,
         feature=hold.feature,
         quantity=hold.quantity,
+        covered=hold.kind is HoldKind.COVERED,
     )
 
 
@@ -485,6 +508,8 @@ def check_out(entitlement: entitlements.Entitlement) -> CheckOut:
             amount=soonest.amount, expires_at=soonest.expires_at, source=soonest.source.value
         ),
         buy_url=entitlement.buy_url,
+        source="subscription" if entitlement.covered else "tokens",
+        covered_left=entitlement.covered_left,
     )
 
 

@@ -21,7 +21,33 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+HOLD_KINDS = ("hold", "freeze", "covered")
+HOLD_POSTING = (
+    "(status = 'posted' AND posted_amount > 0 AND posted_amount <= amount"
+    " AND (transfer_id IS NULL) = (kind = 'covered'))"
+    " OR (status <> 'posted' AND transfer_id IS NULL AND posted_amount IS NULL)"
+)
+OLD_HOLD_POSTING = (
+    "(status = 'posted' AND transfer_id IS NOT NULL AND posted_amount > 0"
+    " AND posted_amount <= amount)"
+    " OR (status <> 'posted' AND transfer_id IS NULL AND posted_amount IS NULL)"
+)
+
+
+def _hold_checks(kinds: tuple[str, ...], posting: str) -> None:
+    """A covered hold (a plan's unlimited feature): a kind of its own, posted with no
+    transfer."""
+    with op.batch_alter_table("holds", schema=None) as batch_op:
+        batch_op.drop_constraint(batch_op.f("ck_holds_kind"), type_="check")
+        batch_op.drop_constraint(batch_op.f("ck_holds_posting"), type_="check")
+        batch_op.create_check_constraint(
+            batch_op.f("ck_holds_kind"), f"kind IN ({', '.join(repr(k) for k in kinds)})"
+        )
+        batch_op.create_check_constraint(batch_op.f("ck_holds_posting"), posting)
+
+
 def upgrade() -> None:
+    _hold_checks(HOLD_KINDS, HOLD_POSTING)
     op.create_table(
         "subscriptions",
         sa.Column("id", Id, nullable=False),
@@ -190,6 +216,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.execute("DELETE FROM holds WHERE kind = 'covered'")
+    _hold_checks(HOLD_KINDS[:2], OLD_HOLD_POSTING)
     with op.batch_alter_table("subscription_grants", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_subscription_grants_subscription_id"))
         batch_op.drop_index(

@@ -5,8 +5,10 @@ catalog prices (the most the work may cost)."""
 from __future__ import annotations
 
 from fastapi import APIRouter
+from sqlalchemy.engine import Connection
 
 from tokenbank import entitlements, ledger
+from tokenbank.billing.coverage import covered_features, use_covered
 from tokenbank.web.api.responses import PROBLEMS, SPEND_PROBLEMS
 from tokenbank.web.deps import DatabaseDep, RowId, RuntimeDep, Spender, UserId
 from tokenbank.web.routing import StrictRoute
@@ -23,6 +25,23 @@ def create_hold(user_id: UserId, body: HoldIn, _: Spender, parts: RuntimeDep) ->
     amount = entitlements.cost_of(
         parts.catalog, amount=body.amount, feature=body.feature, quantity=body.quantity
     )
+    if body.feature in covered_features(parts.catalog):  # a plan may cover it
+        assert body.feature is not None
+        covered = use_covered(
+            parts.db,
+            parts.catalog,
+            user_id=user_id,
+            feature=body.feature,
+            quantity=1 if body.quantity is None else body.quantity,
+            amount=amount,
+            idempotency_key=body.idempotency_key,
+            spend=False,
+            ttl_seconds=body.ttl_seconds or parts.default_hold_ttl,
+            description=body.description,
+            metadata=body.metadata,
+        )
+        if covered is not None:
+            return hold_out(covered)
     with parts.db.autocommit(wallet=user_id) as conn:
         hold = ledger.hold(
             conn,
@@ -40,8 +59,11 @@ def create_hold(user_id: UserId, body: HoldIn, _: Spender, parts: RuntimeDep) ->
 
 @router.post("/holds/{hold_id}/post")
 def post_hold(hold_id: RowId, body: PostIn, _: Spender, parts: RuntimeDep) -> ReceiptOut:
-    """Spend at most the held amount and release the rest. Repeating it is safe."""
+    """Spend at most the held amount and release the rest. Repeating it is safe. A hold
+    the user's plan covers (``covered``) records the use and takes no tokens."""
     with parts.db.autocommit() as conn:
+        if ledger.get_hold(conn, hold_id=hold_id).kind is ledger.HoldKind.COVERED:
+            return _covered_post(conn, hold_id, body.amount)
         receipt = ledger.post_hold(
             conn, hold_id=hold_id, amount=body.amount, log_from=parts.large_spend
         )
@@ -49,6 +71,21 @@ def post_hold(hold_id: RowId, body: PostIn, _: Spender, parts: RuntimeDep) -> Re
         parts.metrics.spends.inc()
         parts.metrics.tokens_spent.inc(receipt.amount)
     return receipt_out(receipt)
+
+
+def _covered_post(conn: Connection, hold_id: int, amount: int) -> ReceiptOut:
+    posted = ledger.post_covered(conn, hold_id=hold_id, amount=amount)
+    return ReceiptOut(
+        transfer_id=None,
+        kind=ledger.TransferKind.SPEND.value,
+        user_id=posted.user_id,
+        amount=0,
+        balance=ledger.balance(conn, user_id=posted.user_id).balance,
+        replayed=posted.replayed,
+        feature=posted.feature,
+        quantity=posted.quantity,
+        covered=True,
+    )
 
 
 @router.post("/holds/{hold_id}/void")

@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from tokenbank import entitlements, ledger
 from tokenbank.apikeys import Scope
+from tokenbank.billing.coverage import covered_features, use_covered
 from tokenbank.db import Database
 from tokenbank.web.api.responses import PROBLEMS, SPEND_PROBLEMS
 from tokenbank.web.auth import authorize
@@ -33,7 +34,7 @@ from tokenbank.web.deps import (
 )
 from tokenbank.web.exports import history_csv_lines
 from tokenbank.web.routing import StrictRoute
-from tokenbank.web.runtime import runtime
+from tokenbank.web.runtime import Runtime, runtime
 from tokenbank.web.schemas import (
     BalanceOut,
     CheckIn,
@@ -125,6 +126,12 @@ async def spend(user_id: UserId, body: SpendIn, request: Request) -> JSONRespons
     amount = body.amount
     if amount is None:  # a feature (SpendIn names one or the other), priced by the catalog
         amount = entitlements.cost_of(parts.catalog, feature=body.feature, quantity=body.quantity)
+        if body.feature in covered_features(parts.catalog):  # a plan may cover it
+            covered = await run_in_threadpool(
+                _covered_spend, parts.db, parts, user_id, body, amount
+            )
+            if covered is not None:
+                return JSONResponse(covered, status_code=201)
     receipt = None
     if parts.db.has_async:  # PostgreSQL: the common case in one round trip, in the event loop
         async with parts.db.async_autocommit() as conn:
@@ -154,10 +161,45 @@ async def spend(user_id: UserId, body: SpendIn, request: Request) -> JSONRespons
         "amount": receipt.amount,
         "balance": receipt.balance,
         "replayed": receipt.replayed,
+        "covered": False,
     }
     if body.feature is not None:  # a replay matched them: they are the transfer's own
         answer |= {"feature": body.feature, "quantity": body.quantity}
     return JSONResponse(answer, status_code=201)
+
+
+def _covered_spend(
+    db: Database, parts: Runtime, user_id: str, body: SpendIn, amount: int
+) -> dict[str, object] | None:
+    """A spend of a feature the user's plan makes unlimited: recorded, no tokens taken;
+    None when the plan does not cover it (then it is a spend of tokens)."""
+    assert body.feature is not None
+    used = use_covered(
+        db,
+        parts.catalog,
+        user_id=user_id,
+        feature=body.feature,
+        quantity=1 if body.quantity is None else body.quantity,
+        amount=amount,
+        idempotency_key=body.idempotency_key,
+        spend=True,
+        description=body.description,
+        metadata=body.metadata,
+    )
+    if used is None:
+        return None
+    balance = _read_balance(db, user_id)
+    return {
+        "transfer_id": None,
+        "kind": ledger.TransferKind.SPEND.value,
+        "user_id": user_id,
+        "amount": 0,
+        "balance": balance.balance,
+        "replayed": used.replayed,
+        "feature": used.feature,
+        "quantity": used.quantity,
+        "covered": True,
+    }
 
 
 def _check(
