@@ -491,3 +491,29 @@ def test_a_lapsed_plan_covers_nothing(store: Store) -> None:
         store, "/api/v1/users/alice/spend", feature="image", quantity=1, idempotency_key="i"
     )
     assert (paid["covered"], paid["amount"]) == (False, 40)
+
+
+def test_concurrent_covered_uses_never_pass_the_fair_use_cap(store: Store) -> None:
+    _subscribed(store, "studio")  # fair use: 1,000 images a month; 2,000 tokens
+    answers: list[httpx.Response] = []
+
+    def use(n: int) -> None:
+        with httpx.Client(base_url=str(store.api.base_url), timeout=30) as client:
+            answers.append(
+                client.post(
+                    "/api/v1/users/alice/spend",
+                    json={"feature": "image", "quantity": 100, "idempotency_key": f"c-{n}"},
+                    headers=dict(store.api.headers),
+                )
+            )
+
+    threads = [threading.Thread(target=use, args=(n,)) for n in range(15)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    covered = [a for a in answers if a.status_code == 201 and a.json()["covered"]]
+    assert len(covered) == 10  # exactly the cap, however the requests interleave
+    # The rest cost tokens: 100 images are 4,000 tokens, more than the 2,000 there are.
+    assert sorted(a.status_code for a in answers if a not in covered) == [402] * 5
+    assert _available(store) == 2000
