@@ -247,6 +247,7 @@ def test_a_failed_renewal_grants_nothing_until_it_is_paid_then_once(store: Store
     assert found["status"] == "past_due"
     assert len(_grants(store)) == 1
     invoice = _stripe(store, "GET", f"/v1/subscriptions/{sub_id}")["latest_invoice"]
+    _advance(store, 5 * DAY)  # paid late, days into the month: still granted, once
     _stripe(store, "POST", f"/v1/invoices/{invoice}/pay", payment_method="pm_card_visa")
     store.emulator.settle()
     assert _subscription(store)["status"] == "active"
@@ -517,3 +518,51 @@ def test_concurrent_covered_uses_never_pass_the_fair_use_cap(store: Store) -> No
     # The rest cost tokens: 100 images are 4,000 tokens, more than the 2,000 there are.
     assert sorted(a.status_code for a in answers if a not in covered) == [402] * 5
     assert _available(store) == 2000
+
+
+def test_a_yearly_plan_switched_to_monthly_stops_granting_the_year(store: Store) -> None:
+    _subscribed(store, "basic", "year")
+    now = _advance(store, 10 * DAY)
+    found = _change(store, "basic", "month")  # a new, shorter period, invoiced now
+    assert found["interval"] == "month"
+    assert [g.kind for g in _grants(store)] == ["invoice", "invoice"]
+    # The year's later months are not granted beside the monthly invoices.
+    assert (
+        billing.grant_due_months(
+            store.db, now=datetime.fromtimestamp(now, UTC) + 40 * timedelta(days=1)
+        )
+        == []
+    )
+    answer = store.emulator.http.delete(
+        f"/v1/subscriptions/{_stripe_id(store)}", headers={"Authorization": f"Bearer {SECRET_KEY}"}
+    )
+    assert answer.status_code == 200
+    store.emulator.settle()
+    assert _subscription(store)["status"] == "canceled"
+
+
+def test_a_plan_trial_is_given_once_per_user(store: Store) -> None:
+    assert _subscribed(store, "pro")["status"] == "trialing"
+    answer = store.emulator.http.delete(
+        f"/v1/subscriptions/{_stripe_id(store)}", headers={"Authorization": f"Bearer {SECRET_KEY}"}
+    )
+    assert answer.status_code == 200
+    store.emulator.settle()
+    again = _subscribed(store, "pro")
+    assert again["status"] == "active" and again["trial_end"] is None
+    invoices = _stripe(store, "GET", "/v1/invoices", subscription=_stripe_id(store))["data"]
+    assert [i["amount_paid"] for i in invoices] == [2900]
+
+
+def test_an_upgrade_late_in_the_month_grants_the_difference_for_what_is_left(
+    store: Store,
+) -> None:
+    billing.sync_catalog(store.seller.stripe, store.seller.catalog)
+    _subscribed(store, "basic")
+    period = _subscription(store)
+    start = datetime.fromisoformat(period["current_period_start"])
+    end = datetime.fromisoformat(period["current_period_end"])
+    _advance(store, int((end - start).total_seconds() * 3 / 4))
+    _change(store, "studio")
+    upgrade = _grants(store)[-1]
+    assert upgrade.kind == "upgrade" and 240 <= upgrade.tokens <= 260  # a quarter of 1,000

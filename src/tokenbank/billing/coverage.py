@@ -72,21 +72,27 @@ def coverage(
         subscriptions.c.user_id == user_id, subscriptions.c.status.in_(COVERING)
     )
     found = conn.execute(query.with_for_update() if lock else query).first()
-    plan = catalog.plan(found.plan_id) if found is not None else None
-    unlimited = (plan.unlimited if plan is not None else None) or {}
-    if found is None or feature not in unlimited:
+    if found is None:
         return None
+    # The plan that paid for this month (its latest grant: an upgrade's, or the month's),
+    # not the plan now: a downgrade takes effect at the renewal.
     month = conn.execute(
-        sa.select(subscription_grants.c.month_start, subscription_grants.c.month_end)
+        sa.select(
+            subscription_grants.c.month_start,
+            subscription_grants.c.month_end,
+            subscription_grants.c.plan_id,
+        )
         .where(
             subscription_grants.c.subscription_id == found.id,
             subscription_grants.c.month_start <= now,
         )
-        .order_by(subscription_grants.c.month_start.desc())
+        .order_by(subscription_grants.c.month_start.desc(), subscription_grants.c.id.desc())
         .limit(1)
     ).first()
-    if month is None or month.month_end + GRACE <= now:
-        return None  # no month paid for that runs now
+    plan = catalog.plan(month.plan_id) if month is not None else None
+    unlimited = (plan.unlimited if plan is not None else None) or {}
+    if month is None or month.month_end + GRACE <= now or feature not in unlimited:
+        return None  # no month paid for that runs now, or its plan does not cover it
     cap = unlimited[feature]
     left = None
     if cap is not None:
@@ -102,7 +108,7 @@ def coverage(
         left = cap - int(used) - quantity
         if left < 0:
             return None  # over the fair-use cap: this use takes tokens
-    return Coverage(found.id, found.plan_id, month.month_start, left)
+    return Coverage(found.id, month.plan_id, month.month_start, left)
 
 
 def use_covered(

@@ -306,6 +306,10 @@ subscription_grants = sa.Table(
     sa.Column("month_start", UtcDateTime, nullable=False),
     sa.Column("month_end", UtcDateTime, nullable=False),
     sa.Column("tokens", sa.BigInteger, nullable=False),
+    # The paying plan's allowance a month (what each later month of the invoice grants),
+    # and what the invoice charged (what a refund in full returns).
+    sa.Column("monthly", sa.BigInteger, nullable=False),
+    sa.Column("amount_paid", sa.BigInteger, nullable=False),
     # Of the months before: what stayed (rollover) and what expired here.
     sa.Column("carried", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("expired", sa.BigInteger, nullable=False, server_default="0"),
@@ -314,7 +318,8 @@ subscription_grants = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.CheckConstraint(_in("kind", GrantKind), name="kind"),
     sa.CheckConstraint(
-        "tokens >= 0 AND carried >= 0 AND expired >= 0 AND month_start < month_end"
+        "tokens >= 0 AND monthly >= 0 AND amount_paid >= 0 AND carried >= 0 AND expired >= 0"
+        " AND month_start < month_end"
         " AND period_start <= month_start AND month_end <= period_end",
         name="amounts",
     ),

@@ -255,6 +255,9 @@ def _invoice_refunds(
     except (PaymentProviderError, Unavailable) as exc:
         result.errors.append(f"{intent_id}: {exc}")
         return
+    except Exception as exc:  # one bad payment must not stop the others
+        result.errors.append(f"{intent_id}: {type(exc).__name__}: {exc}")
+        return
     outcome.log_changes("reconcile")
     if outcome.subscription is not None and outcome.changes:
         result.subscriptions.append(outcome)

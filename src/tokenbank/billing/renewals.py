@@ -297,6 +297,7 @@ def _grant_invoice(
         invoice_id=invoice.id,
         plan_id=plan_id,
         tokens=tokens,
+        amount_paid=invoice.amount_paid,
         period=(start, end),
         month=(start, month_end),
         outcome=outcome,
@@ -312,14 +313,15 @@ def grant_month(
     invoice_id: str,
     plan_id: str,
     tokens: int,
+    amount_paid: int,
     period: tuple[datetime, datetime],
     month: tuple[datetime, datetime],
     outcome: RenewalOutcome,
     now: datetime,
 ) -> None:
-    """Grant one month's allowance (the caller holds the subscription's row lock and has
-    checked it is not granted). A month that has already lapsed, or a plan with no
-    allowance, is recorded with nothing granted, so it is not tried again."""
+    """Grant one month's allowance of ``tokens`` (the caller holds the subscription's row
+    lock). A month paid after it ended (a renewal paid late) still grants it, usable for
+    the grace from now; a plan with no allowance records the month with nothing granted."""
     month_start, month_end = month
     exists = conn.execute(
         sa.select(subscription_grants.c.id).where(
@@ -336,9 +338,9 @@ def grant_month(
             subscription_grants.c.month_start > month_start,
         )
     ).scalar_one()
-    expires_at = month_end + GRACE
+    expires_at = max(month_end, now) + GRACE
     transfer_id, carried, expired, granted = None, 0, 0, tokens
-    if tokens > 0 and expires_at > now:
+    if tokens > 0:
         # A month older than one already granted (news that came late) touches nothing of
         # the months after it.
         earlier = (
@@ -351,7 +353,6 @@ def grant_month(
                         subscription_grants.c.subscription_id == row.id,
                         subscription_grants.c.transfer_id.is_not(None),
                         subscription_grants.c.month_start < month_start,
-                        subscription_grants.c.month_end > now - GRACE,
                     )
                 )
             ]
@@ -382,6 +383,8 @@ def grant_month(
             month_start=month_start,
             month_end=month_end,
             tokens=granted,
+            monthly=tokens,
+            amount_paid=amount_paid,
             carried=carried,
             expired=expired,
             transfer_id=transfer_id,
@@ -394,9 +397,7 @@ def grant_month(
     if expired:
         note += f", {expired} of the month before expired"
     if not granted:
-        note = f"month from {month_start:%Y-%m-%d}: nothing to grant" + (
-            " (it has lapsed)" if tokens else ""
-        )
+        note = f"month from {month_start:%Y-%m-%d}: the plan grants no tokens"
     outcome.record(
         "subscription_granted",
         note,
@@ -444,7 +445,12 @@ def _grant_upgrade(
             subscription_grants.c.month_start == month.month_start,
         )
     ).scalar_one()
-    difference = plan[0].tokens_per_month - int(so_far)
+    # The rest of the month, as Stripe prorates the charge: the difference for the share of
+    # the month left when the change was invoiced.
+    length = (month.month_end - month.month_start).total_seconds()
+    left = max(0.0, (month.month_end - _when(invoice.created)).total_seconds())
+    share = min(1.0, left / length) if length > 0 else 0.0
+    difference = round((plan[0].tokens_per_month - int(so_far)) * share)
     transfer_id = None
     if difference > 0:
         given = ledger.grant_allowance(
@@ -475,6 +481,8 @@ def _grant_upgrade(
             month_start=month.month_start,
             month_end=month.month_end,
             tokens=max(0, difference),
+            monthly=plan[0].tokens_per_month,
+            amount_paid=invoice.amount_paid,
             transfer_id=transfer_id,
             created_at=now,
         )
@@ -591,7 +599,11 @@ def sync_from_stripe(
 
 
 def _due(conn: Connection, now: datetime, limit: int) -> list[Any]:
+    """Months of a paid period (a yearly invoice's) that have begun and are not granted:
+    of a subscription that ran into that month, and whose period no later invoice replaced
+    (a yearly plan switched to monthly starts a new period)."""
     later = subscription_grants.alias("later")
+    newer = subscription_grants.alias("newer")
     query = (
         sa.select(
             subscription_grants.c.subscription_id,
@@ -600,6 +612,8 @@ def _due(conn: Connection, now: datetime, limit: int) -> list[Any]:
             subscription_grants.c.period_start,
             subscription_grants.c.period_end,
             subscription_grants.c.month_end,
+            subscription_grants.c.monthly,
+            subscription_grants.c.amount_paid,
         )
         .join(subscriptions, subscriptions.c.id == subscription_grants.c.subscription_id)
         .where(
@@ -614,6 +628,12 @@ def _due(conn: Connection, now: datetime, limit: int) -> list[Any]:
                 later.c.subscription_id == subscription_grants.c.subscription_id,
                 later.c.month_start == subscription_grants.c.month_end,
                 later.c.kind != GrantKind.UPGRADE.value,
+            ),
+            ~sa.exists().where(
+                newer.c.subscription_id == subscription_grants.c.subscription_id,
+                newer.c.kind == GrantKind.INVOICE.value,
+                newer.c.period_start > subscription_grants.c.period_start,
+                newer.c.period_start <= subscription_grants.c.month_end,
             ),
         )
         .order_by(subscription_grants.c.subscription_id, subscription_grants.c.month_end)
@@ -647,7 +667,7 @@ def grant_due_months(
                         invoice_refunds.c.invoice_id == item.invoice_id
                     )
                 ).scalar_one()
-                if int(refunded) > 0 and int(refunded) >= row.amount:
+                if int(refunded) > 0 and int(refunded) >= item.amount_paid:
                     # Refunded in full: its remaining months are not owed.
                     skipped.add((item.subscription_id, item.month_end))
                     continue
@@ -659,7 +679,8 @@ def grant_due_months(
                     kind=GrantKind.MONTH,
                     invoice_id=item.invoice_id,
                     plan_id=item.plan_id,
-                    tokens=row.tokens_per_month,
+                    tokens=item.monthly,  # the paying plan's, whatever the plan is now
+                    amount_paid=item.amount_paid,
                     period=(item.period_start, item.period_end),
                     month=(start, _month_end(item.period_start, item.period_end, start)),
                     outcome=outcome,

@@ -36,6 +36,7 @@ from tokenbank.errors import (
     InvalidArgument,
     NoSubscription,
     PaymentProviderError,
+    PaymentProviderUnavailable,
     SubscriptionEnded,
     SubscriptionExists,
     UnknownPlan,
@@ -264,15 +265,35 @@ def apply_view(
     if row.status in FINAL_STATUSES and row.status is not SubscriptionStatus.EXPIRED:
         return []
     period_end = _when(seen.current_period_end)
-    if (
-        row.current_period_end is not None
-        and period_end is not None
-        and period_end < row.current_period_end
-    ):
-        return []
     try:
         status = SubscriptionStatus(seen.status)
     except ValueError:
+        status = row.status
+    same_terms = plan is None or (plan[0].id, plan[1]) == (row.plan_id, row.interval)
+    if (
+        status not in FINAL_STATUSES
+        and same_terms
+        and row.current_period_end is not None
+        and period_end is not None
+        and period_end < row.current_period_end
+    ):
+        # An earlier view of the same terms (a period moves back only when the terms
+        # change: a yearly plan switched to monthly starts a shorter period).
+        return []
+    if (
+        row.status is SubscriptionStatus.EXPIRED
+        and status in CURRENT_STATUSES
+        and _another_current(conn, row)
+    ):
+        # A checkout left behind was paid after a new one started (Stripe would not close
+        # it): the user has two subscriptions at Stripe. The row stays out of the one-per-
+        # user rule; what its invoices paid is still granted; an operator must cancel one.
+        log.warning(
+            "subscription_duplicate",
+            subscription_id=row.id,
+            user_id=row.user_id,
+            stripe_subscription_id=seen.id,
+        )
         status = row.status
     if status is SubscriptionStatus.INCOMPLETE and row.status not in (
         SubscriptionStatus.PENDING,
@@ -328,12 +349,25 @@ def apply_view(
         notes.append(f"{row.status.value} -> {status.value}")
     if "plan_id" in changed or "interval" in changed:
         notes.append(f"plan {values['plan_id']} ({values['interval']})")
+    if "current_period_end" in changed and values["current_period_end"] is not None:
+        notes.append(f"period until {values['current_period_end']:%Y-%m-%d}")
     if "cancel_at" in changed or "cancel_at_period_end" in changed:
         ends = values["cancel_at"] or (
             values["current_period_end"] if values["cancel_at_period_end"] else None
         )
         notes.append(f"ends {ends.isoformat()}" if ends else "renews")
     return notes or ["updated"]
+
+
+def _another_current(conn: Connection, row: Subscription) -> bool:
+    found = conn.execute(
+        sa.select(subscriptions.c.id).where(
+            subscriptions.c.user_id == row.user_id,
+            subscriptions.c.id != row.id,
+            subscriptions.c.status.in_([s.value for s in CURRENT_STATUSES]),
+        )
+    ).first()
+    return found is not None
 
 
 def record(
@@ -437,8 +471,17 @@ def _open(
             ).scalar_one()
             found = find_subscription(conn, subscription_id=subscription_id)
     except sa.exc.IntegrityError:
-        # Another request of this user's got its subscription in first.
+        # Another request got in first: the same key's (a retry racing the first), or
+        # another subscription of this user's.
         with db.read() as conn:
+            if idempotency_key is not None:
+                row = conn.execute(
+                    sa.select(subscriptions).where(
+                        subscriptions.c.idempotency_key == idempotency_key
+                    )
+                ).first()
+                if row is not None and row.user_id == user_id:
+                    return to_subscription(row), True
             current = _current(conn, user_id)
         raise SubscriptionExists(user_id, current.status.value if current else "starting") from None
     assert found is not None
@@ -452,10 +495,12 @@ def _abandon(db: Database, stripe: Stripe, pending: Subscription) -> None:
     if pending.checkout_session_id is not None:
         try:
             session = stripe.expire_checkout_session(pending.checkout_session_id)
-        except PaymentProviderError:
+        except PaymentProviderError:  # refused: it is no longer open
             session = stripe.checkout_session(pending.checkout_session_id)
         if session.status == "complete":
             raise SubscriptionExists(pending.user_id, "paid a moment ago")
+        if session.status != "expired":
+            raise PaymentProviderUnavailable("the earlier checkout could not be closed yet")
     with db.transaction() as conn:
         conn.execute(
             sa.update(subscriptions)
@@ -494,6 +539,10 @@ def start_subscription(
         db, stripe, user_id=user_id, plan=plan, interval=wanted, idempotency_key=idempotency_key
     )
     if again:
+        if subscription.status is SubscriptionStatus.EXPIRED:
+            raise IdempotencyConflict(
+                cast(str, idempotency_key), "its checkout ended: start again with a new key"
+            )
         if subscription.status is not SubscriptionStatus.PENDING:
             raise SubscriptionExists(user_id, subscription.status.value)
         if subscription.checkout_session_id is not None:
@@ -526,7 +575,7 @@ def start_subscription(
             client_reference_id=user_id,
             metadata=_metadata(subscription),
             description=f"{plan.localized_name('en')}: {plan.summary()}",
-            trial_days=plan.trial_days,
+            trial_days=plan.trial_days if _first(db, subscription) else None,
             success_url=success_url.replace("{SUBSCRIPTION_ID}", str(subscription.id)),
             cancel_url=cancel_url.replace("{SUBSCRIPTION_ID}", str(subscription.id)),
             locale=locale,
@@ -559,6 +608,20 @@ def start_subscription(
         interval=wanted.value,
     )
     return _start(stored, session, success_url)
+
+
+def _first(db: Database, subscription: Subscription) -> bool:
+    """Whether this is the user's first subscription to reach Stripe: a plan's trial is
+    given once per user, or cancelling and subscribing again would grant it again."""
+    with db.read() as conn:
+        found = conn.execute(
+            sa.select(subscriptions.c.id).where(
+                subscriptions.c.user_id == subscription.user_id,
+                subscriptions.c.id != subscription.id,
+                subscriptions.c.stripe_subscription_id.is_not(None),
+            )
+        ).first()
+    return found is None
 
 
 def _start(

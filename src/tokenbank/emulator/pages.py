@@ -400,7 +400,12 @@ def _portal_action(em: Emulator, sub: Obj, form: dict[str, str]) -> str:
         return "Your plan will renew."
     if action == "switch":
         price = em.prices.get(form.get("price", ""))
-        if price is None or price["recurring"] is None or not price["active"]:
+        if (
+            price is None
+            or price["recurring"] is None
+            or not price["active"]
+            or price["id"] in em.hidden
+        ):
             raise StripeError(status=400, message="Choose a plan to switch to.")
         old = sub["items"]["data"][0]["price"]
         moved = price["recurring"]["interval"] != old["recurring"]["interval"]

@@ -165,6 +165,8 @@ def upgrade() -> None:
         sa.Column("month_start", UtcDateTime(), nullable=False),
         sa.Column("month_end", UtcDateTime(), nullable=False),
         sa.Column("tokens", sa.BigInteger(), nullable=False),
+        sa.Column("monthly", sa.BigInteger(), nullable=False),
+        sa.Column("amount_paid", sa.BigInteger(), nullable=False),
         sa.Column("carried", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("expired", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("transfer_id", Id, nullable=True),
@@ -173,7 +175,7 @@ def upgrade() -> None:
             "kind IN ('invoice', 'month', 'upgrade')", name=op.f("ck_subscription_grants_kind")
         ),
         sa.CheckConstraint(
-            "tokens >= 0 AND carried >= 0 AND expired >= 0 AND month_start < month_end AND period_start <= month_start AND month_end <= period_end",
+            "tokens >= 0 AND monthly >= 0 AND amount_paid >= 0 AND carried >= 0 AND expired >= 0 AND month_start < month_end AND period_start <= month_start AND month_end <= period_end",
             name=op.f("ck_subscription_grants_amounts"),
         ),
         sa.CheckConstraint(
