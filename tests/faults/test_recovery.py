@@ -252,7 +252,9 @@ def _on_disk(disk: Path, template: Path) -> Database:
 
 def _fill(disk: Path) -> Path:
     filler = disk / "filler"
-    with filler.open("wb") as file:
+    # Unbuffered: a buffered file keeps what a write could not put on the full disk, and
+    # raises again when it is closed (how often depends on what else is on the disk).
+    with filler.open("wb", buffering=0) as file:
         try:
             while True:
                 file.write(b"\0" * 65536)
