@@ -476,6 +476,7 @@ def test_an_unlimited_feature_takes_no_tokens_while_the_plan_covers_it(store: St
     paid = _use(store, spend, feature="image", quantity=1, idempotency_key="img-3")
     assert (paid["covered"], paid["amount"]) == (False, 40)
     assert _available(store) == 2000 - 10 - 40
+    assert _subscription(store)["unlimited"] == [{"feature": "image", "used": 1000, "cap": 1000}]
 
 
 def test_a_lapsed_plan_covers_nothing(store: Store) -> None:

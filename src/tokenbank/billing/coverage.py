@@ -45,6 +45,15 @@ class Coverage:
     left: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """A feature the plan covers this month: units used so far, and the cap (None: none)."""
+
+    feature: str
+    used: int
+    cap: int | None
+
+
 def covered_features(catalog: Catalog | None) -> frozenset[str]:
     """The features some plan makes unlimited: only their spends look for a plan."""
     if catalog is None:
@@ -153,3 +162,45 @@ def use_covered(
             metadata=metadata,
             posted=spend,
         )
+
+
+def usage(
+    conn: Connection,
+    catalog: Catalog | None,
+    *,
+    subscription_id: int,
+    user_id: str,
+    now: datetime | None = None,
+) -> list[Usage]:
+    """The unlimited features of the plan that paid for the current month, with the units
+    used since it began (covered uses only: pending or posted)."""
+    now = now or utcnow()
+    month = conn.execute(
+        sa.select(subscription_grants.c.month_start, subscription_grants.c.plan_id)
+        .where(
+            subscription_grants.c.subscription_id == subscription_id,
+            subscription_grants.c.month_start <= now,
+            subscription_grants.c.month_end > now - GRACE,
+        )
+        .order_by(subscription_grants.c.month_start.desc(), subscription_grants.c.id.desc())
+        .limit(1)
+    ).first()
+    plan = catalog.plan(month.plan_id) if catalog is not None and month is not None else None
+    if month is None or plan is None or not plan.unlimited:
+        return []
+    used = dict(
+        conn.execute(
+            sa.select(holds.c.feature, sa.func.sum(holds.c.quantity))
+            .where(
+                holds.c.account_id == wallet_id(conn, user_id),
+                holds.c.kind == HoldKind.COVERED.value,
+                holds.c.status.in_([HoldStatus.PENDING.value, HoldStatus.POSTED.value]),
+                holds.c.created_at >= month.month_start,
+            )
+            .group_by(holds.c.feature)
+        ).all()
+    )
+    return [
+        Usage(feature=feature, used=int(used.get(feature) or 0), cap=cap)
+        for feature, cap in plan.unlimited.items()
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -25,6 +26,7 @@ from tokenbank.ledger.models import MAX_FEATURE_LENGTH, MAX_KEY_LENGTH, HoldKind
 if TYPE_CHECKING:
     from tokenbank import entitlements, grants, ledger
     from tokenbank.billing import Allowance, Package, Purchase, Subscription
+    from tokenbank.billing.coverage import Usage
     from tokenbank.billing.plans import Plan
 
 Amount = Annotated[StrictInt, Field(gt=0, le=MAX_AMOUNT, description="Whole tokens.")]
@@ -613,6 +615,12 @@ class AllowanceOut(BaseModel):
     month_ends_at: datetime | None
 
 
+class UnlimitedOut(BaseModel):
+    feature: str
+    used: int = Field(description="Units used this month, covered by the plan.")
+    cap: int | None = Field(description="The fair-use cap a month; null: none.")
+
+
 class SubscriptionOut(BaseModel):
     subscription_id: int
     user_id: str
@@ -636,6 +644,10 @@ class SubscriptionOut(BaseModel):
     next_allowance_at: datetime | None = Field(
         description="When the next month's allowance is granted (null: none will be)."
     )
+    unlimited: list[UnlimitedOut] = Field(
+        default_factory=list,
+        description="The features this month's plan makes unlimited, with the units used.",
+    )
 
 
 def plan_out(plan: Plan) -> PlanOut:
@@ -657,7 +669,9 @@ def plan_out(plan: Plan) -> PlanOut:
     )
 
 
-def subscription_out(subscription: Subscription, allowance: Allowance) -> SubscriptionOut:
+def subscription_out(
+    subscription: Subscription, allowance: Allowance, usage: Sequence[Usage] = ()
+) -> SubscriptionOut:
     ends_at = subscription.ends_at
     next_at = None
     if subscription.renews or (ends_at is not None and allowance.month_end is not None):
@@ -686,4 +700,5 @@ def subscription_out(subscription: Subscription, allowance: Allowance) -> Subscr
             month_ends_at=allowance.month_end,
         ),
         next_allowance_at=next_at,
+        unlimited=[UnlimitedOut(feature=u.feature, used=u.used, cap=u.cap) for u in usage],
     )

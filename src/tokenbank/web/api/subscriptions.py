@@ -6,10 +6,12 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from tokenbank import billing
+from tokenbank.billing import coverage
 from tokenbank.web.api.purchases import check_return_url
 from tokenbank.web.api.responses import BILLING_PROBLEMS, PROBLEMS
-from tokenbank.web.deps import DatabaseDep, Reader, RuntimeDep, Selling, Spender, UserId
+from tokenbank.web.deps import Reader, RuntimeDep, Selling, Spender, UserId
 from tokenbank.web.routing import StrictRoute
+from tokenbank.web.runtime import Runtime
 from tokenbank.web.schemas import (
     ChangePlanIn,
     PlansOut,
@@ -62,18 +64,28 @@ def subscribe(
     )
 
 
-def _answer(db: DatabaseDep, subscription: billing.Subscription) -> SubscriptionOut:
-    with db.read() as conn:
-        return subscription_out(subscription, billing.allowance(conn, subscription))
+def _answer(parts: Runtime, subscription: billing.Subscription) -> SubscriptionOut:
+    with parts.db.read() as conn:
+        return subscription_out(
+            subscription,
+            billing.allowance(conn, subscription),
+            coverage.usage(
+                conn,
+                parts.catalog,
+                subscription_id=subscription.id,
+                user_id=subscription.user_id,
+            ),
+        )
 
 
 @router.get("/users/{user_id}/subscription")
-def subscription(user_id: UserId, _: Reader, db: DatabaseDep) -> SubscriptionOut:
-    """The user's subscription (the current one, else the last that ended); 404
-    ``no_subscription`` when there is none."""
-    with db.read() as conn:
+def subscription(user_id: UserId, _: Reader, parts: RuntimeDep) -> SubscriptionOut:
+    """The user's subscription (the current one, else the last that ended), with this
+    month's allowance and the use of its unlimited features; 404 ``no_subscription`` when
+    there is none."""
+    with parts.db.read() as conn:
         found = billing.get_subscription(conn, user_id=user_id)
-        return subscription_out(found, billing.allowance(conn, found))
+    return _answer(parts, found)
 
 
 @router.post("/users/{user_id}/subscription/cancel", responses=BILLING_PROBLEMS)
@@ -81,14 +93,14 @@ def cancel(user_id: UserId, _: Spender, selling: Selling, parts: RuntimeDep) -> 
     """Cancel at the end of the period paid for (asking again changes nothing). The tokens
     granted stay until they expire; no month is granted after the end."""
     found = billing.cancel_subscription(parts.db, selling.stripe, user_id=user_id)
-    return _answer(parts.db, found)
+    return _answer(parts, found)
 
 
 @router.post("/users/{user_id}/subscription/resume", responses=BILLING_PROBLEMS)
 def resume(user_id: UserId, _: Spender, selling: Selling, parts: RuntimeDep) -> SubscriptionOut:
     """Undo a scheduled cancel: the subscription renews again."""
     found = billing.resume_subscription(parts.db, selling.stripe, user_id=user_id)
-    return _answer(parts.db, found)
+    return _answer(parts, found)
 
 
 @router.post("/users/{user_id}/subscription/change", responses=BILLING_PROBLEMS)
@@ -107,4 +119,4 @@ def change(
         interval=body.interval,
         prices=selling.prices,
     )
-    return _answer(parts.db, found)
+    return _answer(parts, found)

@@ -11,6 +11,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response, Streamin
 from starlette.concurrency import run_in_threadpool
 
 from tokenbank import billing, ledger
+from tokenbank.billing import coverage
+from tokenbank.billing.catalog import Catalog
 from tokenbank.db import Database
 from tokenbank.errors import NoSubscription, UnknownPurchase
 from tokenbank.web.deps import DatabaseDep, Lang, PagesDep, PageUser, QueryRowId, Visitor
@@ -40,7 +42,7 @@ async def dashboard(
     subscribed: Annotated[int | None, Query(ge=0, le=1)] = None,
 ) -> Response:
     balance, page, recent, bought = await run_in_threadpool(_overview, db, user.user_id, purchased)
-    plan, allowance = await run_in_threadpool(_plan, db, user.user_id)
+    plan, allowance, usage = await run_in_threadpool(_plan, db, user.user_id, pages.catalog)
     toasts = []
     if subscribed and plan is not None and plan.status.value in ("active", "trialing"):
         toasts.append({"tone": "good", "text": lang.gettext("Your plan is active.")})
@@ -68,19 +70,22 @@ async def dashboard(
         toasts=toasts,
         plan=plan,
         allowance=allowance,
+        usage=usage,
     )
 
 
 def _plan(
-    db: Database, user_id: str
-) -> tuple[billing.Subscription | None, billing.Allowance | None]:
-    """The user's subscription and this month's allowance, if they have one."""
+    db: Database, user_id: str, catalog: Catalog | None
+) -> tuple[billing.Subscription | None, billing.Allowance | None, list[coverage.Usage]]:
+    """The user's subscription, this month's allowance and the use of its unlimited
+    features, if they have one."""
     with db.read() as conn:
         try:
             found = billing.get_subscription(conn, user_id=user_id)
         except NoSubscription:
-            return None, None
-        return found, billing.allowance(conn, found)
+            return None, None, []
+        usage = coverage.usage(conn, catalog, subscription_id=found.id, user_id=user_id)
+        return found, billing.allowance(conn, found), usage
 
 
 @router.get("/history")
