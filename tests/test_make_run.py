@@ -241,7 +241,9 @@ def test_the_readme_tour_runs_top_to_bottom_as_written(running: Instance) -> Non
     for name in ("BIN", "PORT", "EMULATOR_PORT"):
         env.pop(name)
     # One terminal: what the first block exports, the next ones use.
+    emulator = f"127.0.0.1:{running.emulator_port}"
     script = "\n".join(shell).replace("localhost:8000", here).replace("127.0.0.1:8000", here)
+    script = script.replace("localhost:12111", emulator).replace("127.0.0.1:12111", emulator)
     ran = subprocess.run(
         ["bash", "-c", "trap 'echo \"FAILED $? :: $BASH_COMMAND\" >&2' ERR\n" + script],
         cwd=REPO,

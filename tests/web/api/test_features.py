@@ -55,7 +55,15 @@ def test_a_feature_spend_is_priced_by_the_catalog_and_replays(
     assert (one["amount"], one["quantity"]) == (5, 1)  # one unit unless told
     # An amount spend answers as it always did.
     plain = client.post(SPEND, json={"amount": 7, "idempotency_key": "p"}, headers=spender)
-    assert set(plain.json()) == {"transfer_id", "kind", "user_id", "amount", "balance", "replayed"}
+    assert set(plain.json()) == {
+        "transfer_id",
+        "kind",
+        "user_id",
+        "amount",
+        "balance",
+        "replayed",
+        "covered",
+    }
 
     items = client.get("/api/v1/users/alice/history", headers=reader).json()["items"]
     assert [(i["amount"], i["feature"], i["quantity"]) for i in items] == [
@@ -205,6 +213,8 @@ def test_the_check_answers_and_changes_nothing(
         "short_by": 0,
         "expires_soonest": None,
         "buy_url": "https://tokens.example/pricing",
+        "source": "tokens",
+        "covered_left": None,
     }
     three = client.post(CHECK, json={"feature": "image", "quantity": 3}, headers=reader).json()
     assert (three["allowed"], three["cost"], three["available"], three["short_by"]) == (

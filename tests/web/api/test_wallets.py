@@ -34,6 +34,7 @@ def test_spend_balance_and_insufficient(
         "amount": 30,
         "balance": 70,
         "replayed": False,
+        "covered": False,
     }
     replay = client.post(
         "/api/v1/users/alice/spend",
