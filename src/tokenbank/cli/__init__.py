@@ -9,7 +9,7 @@ import structlog
 import typer
 
 from tokenbank.cli import billing as billing_cli
-from tokenbank.cli import database, demo, mail, maintenance, service, tokens, users
+from tokenbank.cli import database, demo, mail, maintenance, models, service, tokens, users
 from tokenbank.cli import worker as worker_cli
 from tokenbank.cli.common import Context
 from tokenbank.config import Settings
@@ -42,6 +42,7 @@ for command in (
 ):
     app.command()(command)
 app.command("stripe-emulator")(billing_cli.stripe_emulator)
+app.command("llm-emulator")(models.llm_emulator)
 app.command("demo")(demo.demo_command)
 app.command("worker")(worker_cli.worker_command)
 
