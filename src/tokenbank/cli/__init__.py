@@ -30,6 +30,7 @@ app.add_typer(billing_cli.packages_app, name="packages")
 app.add_typer(billing_cli.webhooks_app, name="webhooks")
 app.add_typer(billing_cli.purchases_app, name="purchases")
 app.add_typer(mail.mail_app, name="mail")
+app.add_typer(models.models_app, name="models")
 for command in (
     users.sweep,
     tokens.grant,
