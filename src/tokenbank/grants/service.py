@@ -15,7 +15,7 @@ from tokenbank import audit, ledger, users
 from tokenbank.columns import utcnow
 from tokenbank.db import Database
 from tokenbank.errors import InvalidArgument
-from tokenbank.ledger.models import buckets, transfers
+from tokenbank.ledger.models import buckets
 
 log = structlog.get_logger("tokenbank.grants")
 
@@ -98,7 +98,10 @@ def grant(
         refused, expires_at = exc, None
     with db.transaction(wallet=user_id) as conn:
         users.get_user(conn, user_id=user_id)
-        if refused is not None and not _used(conn, idempotency_key):
+        used = isinstance(idempotency_key, str) and ledger.transfer_exists(
+            conn, idempotency_key=idempotency_key
+        )
+        if refused is not None and not used:
             raise refused
         receipt = ledger.credit(
             conn,
@@ -141,14 +144,6 @@ def grant(
         )
     given = {field.name: getattr(receipt, field.name) for field in fields(receipt)}
     return Grant(**given, source=source, expires_at=expires_at)
-
-
-def _used(conn: Connection, key: object) -> bool:
-    """Whether a transfer already has this idempotency key."""
-    if not isinstance(key, str):
-        return False
-    found = conn.execute(sa.select(transfers.c.id).where(transfers.c.idempotency_key == key))
-    return found.first() is not None
 
 
 def _terms(conn: Connection, transfer_id: int) -> tuple[ledger.Source, datetime | None]:

@@ -141,6 +141,14 @@ _insert_hold = {
 }
 
 
+def check_ttl(ttl_seconds: object) -> None:
+    """A hold's time to live: whole seconds, 1 to ``MAX_TTL_SECONDS``."""
+    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int):
+        raise InvalidArgument("ttl_seconds", "must be a whole number of seconds")
+    if not 1 <= ttl_seconds <= MAX_TTL_SECONDS:
+        raise InvalidArgument("ttl_seconds", f"must be between 1 and {MAX_TTL_SECONDS}")
+
+
 def hold(
     conn: Connection,
     *,
@@ -159,10 +167,7 @@ def hold(
     user_id = check_user_id(user_id)
     amount = check_amount(amount)
     key = check_key(idempotency_key)
-    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int):
-        raise InvalidArgument("ttl_seconds", "must be a whole number of seconds")
-    if not 1 <= ttl_seconds <= MAX_TTL_SECONDS:
-        raise InvalidArgument("ttl_seconds", f"must be between 1 and {MAX_TTL_SECONDS}")
+    check_ttl(ttl_seconds)
     description = check_description(description)
     metadata = check_metadata(metadata)
     feature, quantity = check_feature(feature, quantity)
@@ -320,10 +325,7 @@ def cover(
     user_id = check_user_id(user_id)
     amount = check_amount(amount)
     key = check_key(idempotency_key)
-    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int):
-        raise InvalidArgument("ttl_seconds", "must be a whole number of seconds")
-    if not 1 <= ttl_seconds <= MAX_TTL_SECONDS:
-        raise InvalidArgument("ttl_seconds", f"must be between 1 and {MAX_TTL_SECONDS}")
+    check_ttl(ttl_seconds)
     checked_feature, checked_quantity = check_feature(feature, quantity)
     description = check_description(description)
     metadata = check_metadata(metadata)
