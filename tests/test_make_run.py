@@ -103,6 +103,14 @@ def test_a_second_make_run_stops_at_once_and_touches_nothing(
     running: Instance, tmp_path: Path
 ) -> None:
     emulator_log = running.var / f"stripe-emulator-{running.emulator_port}.log"
+    # The running instance's worker reconciles once at start (its last call lists
+    # invoices), then not for 15 minutes: wait for it, so that only a second instance
+    # could change the log.
+    deadline = time.monotonic() + 60
+    while b"GET /v1/invoices?" not in emulator_log.read_bytes():
+        assert time.monotonic() < deadline, emulator_log.read_text()[-2000:]
+        time.sleep(0.2)
+    time.sleep(0.5)
     before = emulator_log.read_bytes()
     (other,) = free_ports(1)
     for port, emulator_port in (
