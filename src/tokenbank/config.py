@@ -109,6 +109,14 @@ class Settings(BaseSettings):
     trial_tokens: int = Field(default=0, ge=0, le=10**9)
     trial_days: int = Field(default=14, ge=1, le=3650)
 
+    # The model gateway (docs/gateway.md): the models file, how long an upstream may take
+    # between two chunks of its answer, the calls a key (or a user, through the host
+    # app's key) may make, and the largest request body (prompts with images are big).
+    models: Path = Path("catalogs/models.toml")
+    llm_timeout_seconds: float = Field(default=600, gt=0, le=3600)
+    llm_limit_per_key: str = "600/minute"
+    llm_max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024)
+
     # The worker (docs/worker.md): how often it reconciles with Stripe, over how many hours.
     reconcile_minutes: int = Field(default=15, ge=1, le=24 * 60)
     reconcile_hours: int = Field(default=72, ge=1, le=24 * 90)

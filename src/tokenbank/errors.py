@@ -15,12 +15,15 @@
     ├── UnknownFeature                no such feature in the catalog
     ├── NotFound
     │   ├── UnknownUser · UnknownTransfer · UnknownHold · UnknownApiKey
-    │   └── UnknownPurchase · UnknownEvent
+    │   ├── UnknownPurchase · UnknownEvent
+    │   └── UnknownModel · UnknownLlmKey
     ├── Conflict                      the request no longer fits what was recorded
     │   ├── IdempotencyConflict · RefundExceedsSpend · NotRefundable
     │   ├── HoldNotPending · HoldFrozen · UserExists · EmailTaken
-    │   └── PaymentMismatch · PurchaseClosed · NothingToReview
+    │   ├── PaymentMismatch · PurchaseClosed · NothingToReview
+    │   └── CallInProgress            a model call with this key is still running
     ├── InsufficientTokens
+    ├── KeyCapReached                 a user key spent its cap for the day
     ├── Unauthenticated               who is asking could not be established
     │   ├── InvalidApiKey
     │   └── InvalidCredentials
@@ -31,6 +34,8 @@
     ├── InvalidEvent                  a signed webhook whose body is not an event
     ├── PaymentProviderError          Stripe refused a request (retrying will not help)
     │   └── StripeObjectMissing
+    ├── UpstreamError                 a model's upstream failed before any output
+    │   └── UpstreamTimeout
     └── ProcessingFailed              a stored webhook could not be applied (Stripe retries)
 
 Each error is a business outcome with data, never a crash. What it becomes is decided in
@@ -223,6 +228,23 @@ class UnknownEvent(NotFound):
         super().__init__(f"no event {event_id} in the inbox")
 
 
+class UnknownModel(NotFound):
+    """No model with this id in the models file (OpenAI's own code for it)."""
+
+    code = "model_not_found"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"the model {model!r} does not exist; GET /v1/models lists them")
+        self.model = model
+
+
+class UnknownLlmKey(NotFound):
+    code = "unknown_llm_key"
+
+    def __init__(self, key_id: int) -> None:
+        super().__init__(f"no model key {key_id} for this user")
+
+
 # --- what no longer fits what was recorded ------------------------------------------------
 
 
@@ -343,6 +365,15 @@ class NothingToReview(Conflict):
         super().__init__(f"purchase {purchase_id} is not waiting for a review")
 
 
+class CallInProgress(Conflict):
+    """A model call with this idempotency key has not finished yet."""
+
+    code = "call_in_progress"
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"the call with idempotency key {key!r} is still running")
+
+
 class InsufficientTokens(TokenbankError):
     code = "insufficient_tokens"
 
@@ -353,6 +384,21 @@ class InsufficientTokens(TokenbankError):
         self.user_id = user_id
         self.requested = requested
         self.available = available
+
+
+class KeyCapReached(TokenbankError):
+    """A user's model key would spend more than its cap for the day (UTC)."""
+
+    code = "key_cap_reached"
+
+    def __init__(self, *, cap: int, used: int, requested: int) -> None:
+        super().__init__(
+            f"this key may spend {cap} tokens a day: {used} are used or held today,"
+            f" and this call may cost {requested}"
+        )
+        self.cap = cap
+        self.used = used
+        self.requested = requested
 
 
 # --- who is asking ----------------------------------------------------------------------
@@ -435,6 +481,20 @@ class StripeObjectMissing(PaymentProviderError):
     """Stripe has no object with this id (404)."""
 
     code = "stripe_object_missing"
+
+
+# --- model upstreams ---------------------------------------------------------------------
+
+
+class UpstreamError(TokenbankError):
+    """A model's upstream could not be reached or failed before any output (nothing was
+    charged; retrying may help)."""
+
+    code = "upstream_error"
+
+
+class UpstreamTimeout(UpstreamError):
+    code = "upstream_timeout"
 
 
 class ProcessingFailed(TokenbankError):

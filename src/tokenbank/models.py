@@ -7,6 +7,7 @@ from tokenbank.db import metadata
 from tokenbank.grants import models as grants_models
 from tokenbank.identity import models as identity_models
 from tokenbank.ledger import models as ledger_models
+from tokenbank.llm import tables as llm_tables
 from tokenbank.mail import models as mail_models
 from tokenbank.users import models as users_models
 from tokenbank.worker import models as worker_models
@@ -18,6 +19,7 @@ __all__ = [
     "grants_models",
     "identity_models",
     "ledger_models",
+    "llm_tables",
     "mail_models",
     "metadata",
     "users_models",

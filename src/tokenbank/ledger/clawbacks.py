@@ -326,6 +326,74 @@ def restore(
     )
 
 
+def overrun(
+    conn: Connection,
+    *,
+    user_id: str,
+    amount: int,
+    reference: str,
+    description: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> Clawback:
+    """Spend ``amount`` that work cost beyond what its hold reserved (the estimate fell
+    short): what the wallet has available now, the rest added to its debt, so the wallet
+    never goes negative. The debt then follows the clawback policy, as a clawback's does.
+
+    As with ``claw_back``, a repeat with the same ``reference`` takes nothing more; when
+    nothing could be taken there is no transfer, so the caller records that the overrun
+    was settled and does not repeat it.
+    """
+    amount = check_amount(amount)
+    key = reserved_key(KeyPurpose.OVERRUN, reference)
+    metadata = check_metadata(metadata)
+    now = now or utcnow()
+    with atomic(conn):
+        wallet = _lock_wallet(conn, user_id, now)
+        done = _earlier(conn, key)
+        if done is not None:
+            return Clawback(
+                user_id=user_id,
+                taken=done.amount,
+                debt=amount - done.amount,
+                transfer_id=done.id,
+                balance=wallet.balance,
+                replayed=True,
+            )
+        taken = max(0, min(amount, wallet.balance - wallet.held))
+        debt = amount - taken
+        balance = wallet.balance - taken
+        conn.execute(
+            sa.update(accounts)
+            .where(accounts.c.id == wallet.id)
+            .values(
+                balance=balance,
+                debt=accounts.c.debt + debt,
+                total_spent=accounts.c.total_spent + taken,
+            )
+        )
+        transfer_id = None
+        if taken:
+            transfer_id = record_transfer(
+                conn,
+                key=key,
+                kind=TransferKind.SPEND,
+                debit_account_id=wallet.id,
+                credit_account_id=SystemAccount.CONSUMPTION,
+                amount=taken,
+                wallet_id=wallet.id,
+                wallet_balance=balance,
+                description=description,
+                metadata={**(metadata or {}), "overrun": amount, "debt": debt},
+                event_at=now,
+                now=now,
+            )
+            buckets.draw(conn, account_id=wallet.id, amount=taken, now=now, transfer_id=transfer_id)
+    return Clawback(
+        user_id=user_id, taken=taken, debt=debt, transfer_id=transfer_id, balance=balance
+    )
+
+
 def settle_debt(
     conn: Connection,
     *,

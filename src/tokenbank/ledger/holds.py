@@ -188,6 +188,39 @@ def hold(
     )
 
 
+def hold_call(
+    conn: Connection,
+    *,
+    user_id: str,
+    amount: int,
+    call: str,
+    ttl_seconds: int = DEFAULT_TTL_SECONDS,
+    description: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> Hold:
+    """``hold`` for a model call the gateway admits: its key is reserved
+    (``@call:{call}``), so no API caller can take it first, and repeating it replays the
+    hold it made."""
+    user_id = check_user_id(user_id)
+    amount = check_amount(amount)
+    check_ttl(ttl_seconds)
+    description = check_description(description)
+    metadata = check_metadata(metadata)
+    now = now or utcnow()
+    return reserve(
+        conn,
+        user_id=user_id,
+        amount=amount,
+        key=reserved_key(KeyPurpose.CALL, call),
+        kind=HoldKind.HOLD,
+        expires_at=now + timedelta(seconds=ttl_seconds),
+        description=description,
+        metadata=metadata,
+        now=now,
+    )
+
+
 def reserve(
     conn: Connection,
     *,
@@ -424,22 +457,35 @@ def post_hold(
     amount: int,
     now: datetime | None = None,
     log_from: int = 0,
+    description: str | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> Receipt:
     """Spend ``amount`` (at most the held amount) and release the rest of the hold.
 
     Posting the same hold again with the same amount returns the first result. A posting of
     at least ``log_from`` tokens (0: none) is logged (``tokens_spent``) once the caller's
-    unit of work commits it, as a spend is.
+    unit of work commits it, as a spend is. ``description`` and ``metadata`` replace the
+    hold's on the spend, for what is known only now (a model call's usage).
     """
     amount = check_amount(amount)
+    described = (check_description(description), check_metadata(metadata))
     with atomic(conn):
-        receipt = _post(conn, hold_id=hold_id, amount=amount, now=now or utcnow())
+        receipt = _post(
+            conn, hold_id=hold_id, amount=amount, now=now or utcnow(), described=described
+        )
     if not receipt.replayed and 0 < log_from <= receipt.amount:
         after_commit(conn, partial(log_spent, receipt))
     return receipt
 
 
-def _post(conn: Connection, *, hold_id: int, amount: int, now: datetime) -> Receipt:
+def _post(
+    conn: Connection,
+    *,
+    hold_id: int,
+    amount: int,
+    now: datetime,
+    described: tuple[str | None, dict[str, Any] | None] = (None, None),
+) -> Receipt:
     current = _lock_hold(conn, hold_id)
     if current.kind == HoldKind.FREEZE:
         raise HoldFrozen(hold_id)
@@ -495,8 +541,8 @@ def _post(conn: Connection, *, hold_id: int, amount: int, now: datetime) -> Rece
         amount=amount,
         wallet_id=current.account_id,
         wallet_balance=balance,
-        description=current.description,
-        metadata=current.metadata,
+        description=described[0] if described[0] is not None else current.description,
+        metadata=described[1] if described[1] is not None else current.metadata,
         event_at=now,
         now=now,
         feature=current.feature,

@@ -47,6 +47,8 @@ class KeyPurpose(enum.StrEnum):
     POST = "post"  # a hold's posting: reference ``hold:{hold_id}``
     EXPIRY = "expiry"  # what was left of a bucket: reference ``bucket:{id}[:{n}]``
     ALLOWANCE = "allowance"  # a subscription's month: reference ``subscription:{id}:...``
+    CALL = "call"  # a model call's hold (a hold's key): reference ``{call_id}:{attempt}``
+    OVERRUN = "overrun"  # what a call cost beyond its hold: reference ``hold:{hold_id}``
 
 
 def reserved_key(purpose: KeyPurpose, reference: str) -> str:

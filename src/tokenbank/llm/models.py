@@ -31,7 +31,9 @@ from urllib.parse import urlsplit
 
 from tokenbank.errors import CatalogError
 
-UPSTREAM_KEYS = frozenset({"base_url", "base_url_env", "api_key_env"})
+UPSTREAM_KEYS = frozenset({"base_url", "base_url_env", "api_key_env", "cap_field"})
+#: How an upstream takes an output cap: OpenAI's current field, or the older one (Ollama).
+CAP_FIELDS = ("max_completion_tokens", "max_tokens")
 MODEL_KEYS = frozenset(
     {
         "upstream",
@@ -56,6 +58,8 @@ class Upstream:
     api_key_env: str | None
     #: Read from the environment when the file was loaded (never written anywhere).
     api_key: str | None
+    #: The field the gateway sets when a request names no output cap.
+    cap_field: str = "max_completion_tokens"
 
     @property
     def configured(self) -> bool:
@@ -168,6 +172,10 @@ def _upstream(
     if key_env is not None and (not isinstance(key_env, str) or not key_env):
         problems.append(f"{where}: api_key_env must be the name of an environment variable")
         key_env = None
+    cap_field = entry.get("cap_field", CAP_FIELDS[0])
+    if cap_field not in CAP_FIELDS:
+        problems.append(f"{where}: cap_field must be one of {', '.join(CAP_FIELDS)}")
+        cap_field = CAP_FIELDS[0]
     if base_url is None:
         return None
     return Upstream(
@@ -175,6 +183,7 @@ def _upstream(
         base_url=base_url,
         api_key_env=key_env,
         api_key=env.get(key_env) if key_env else None,
+        cap_field=cap_field,
     )
 
 

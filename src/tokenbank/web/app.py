@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -25,6 +26,8 @@ from tokenbank.errors import ConfigurationError, SchemaOutOfDate
 from tokenbank.faults import from_settings as faults_from_settings
 from tokenbank.grants import Trial
 from tokenbank.identity import Passwords, Throttle
+from tokenbank.llm.gateway import Gateway, upstream_client
+from tokenbank.llm.models import ModelCatalog, load_models
 from tokenbank.logs import configure_logging
 from tokenbank.web import api, operations, problems
 from tokenbank.web import pages as page_routes
@@ -61,8 +64,9 @@ def create_app(
     # Features are priced from the catalog whether or not anything is sold.
     catalog = seller.catalog if seller else features_catalog(settings.catalog)
     metrics = Metrics()
+    models = _models(settings)
     access_log = AccessLog() if settings.log_level in {"debug", "info"} else None
-    warnings = _warnings(seller) + _mail_warnings(settings)
+    warnings = _warnings(seller) + _mail_warnings(settings) + _model_warnings(settings, models)
     for warning in warnings:
         log.warning("configuration", detail=warning)
 
@@ -81,6 +85,8 @@ def create_app(
                 flusher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await flusher
+            if gateway is not None:
+                await gateway.client.aclose()
             await database.close_async()
             if db is None:  # we opened it, we close it
                 database.dispose()
@@ -104,6 +110,7 @@ def create_app(
             "reset_email": settings.reset_limit_per_email,
             "mail_user": settings.mail_limit_per_user,
             "api_key_ip": settings.api_key_failure_limit_per_ip,
+            "llm_key": settings.llm_limit_per_key,
         },
     )
     browsers = Browsers(
@@ -121,6 +128,22 @@ def create_app(
         verify_email=settings.verify_email,
     )
     sender = mail_sender(settings, database) if settings.mail_sender == "app" else None
+    gateway = None
+    if models is not None:
+        gateway = Gateway(
+            db=database,
+            catalog=models,
+            client=upstream_client(settings.llm_timeout_seconds),
+            # A call outlasting its hold is still charged in full (``calls.settle``).
+            hold_ttl=max(settings.default_hold_ttl_seconds, int(settings.llm_timeout_seconds) + 60),
+            observe=lambda model, status, usage, charged, first: metrics.observe_call(
+                model,
+                status.value,
+                None if usage is None else (usage.input_tokens, usage.output_tokens),
+                charged,
+                first,
+            ),
+        )
     parts = Runtime(
         db=database,
         metrics=metrics,
@@ -148,6 +171,7 @@ def create_app(
         and settings.smtp_url is None
         and not settings.secure_cookies,
         warnings=tuple(warnings),
+        gateway=gateway,
     )
     app.state.runtime = parts
     metrics.watch_reviews(database)
@@ -159,6 +183,7 @@ def create_app(
         max_body=MAX_BODY_BYTES,
         access_log=access_log,
         hsts=settings.env == "production",
+        gateway_body=settings.llm_max_body_bytes,
     )
     # Routes are matched in order: the API's are the busy ones, so they come first.
     for router in (*api.ROUTERS, operations.router, *page_routes.ROUTERS):
@@ -186,6 +211,24 @@ def _warnings(seller: Billing | None) -> list[str]:
             " purchases are credited only when the buyer returns or by tokenbank reconcile"
         ]
     return []
+
+
+def _models(settings: Settings) -> ModelCatalog | None:
+    """The gateway's models, or None when the file is missing (the gateway then answers
+    503). A file with mistakes stops the start: ``tokenbank models check`` lists them."""
+    if not settings.models.is_file():
+        return None
+    return load_models(settings.models, env=os.environ)
+
+
+def _model_warnings(settings: Settings, models: ModelCatalog | None) -> list[str]:
+    if models is None:
+        return [f"no models file at {settings.models} (TOKENBANK_MODELS): the gateway is off"]
+    return [
+        f"models of upstream {u.id!r} need its key in {u.api_key_env}"
+        for u in models.upstreams
+        if not u.configured
+    ]
 
 
 def _mail_warnings(settings: Settings) -> list[str]:

@@ -80,6 +80,43 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.llm_calls = Counter(
+            "tokenbank_llm_calls_total",
+            "Model calls through the gateway, by model and outcome.",
+            ["model", "outcome"],
+            registry=self.registry,
+        )
+        self.llm_tokens = Counter(
+            "tokenbank_llm_tokens_total",
+            "Model tokens used (input, output) and tokenbank tokens charged, by model.",
+            ["model", "kind"],
+            registry=self.registry,
+        )
+        self.llm_first_token = Histogram(
+            "tokenbank_llm_first_token_seconds",
+            "Time from a call's admission to its first output, by model.",
+            ["model"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+            registry=self.registry,
+        )
+
+    def observe_call(
+        self,
+        model: str,
+        outcome: str,
+        used: tuple[int, int] | None,
+        charged: int,
+        first_ms: int | None,
+    ) -> None:
+        """Count a settled model call (refusals are counted by ``refused_call``)."""
+        self.llm_calls.labels(model, outcome).inc()
+        if used is not None:
+            self.llm_tokens.labels(model, "input").inc(used[0])
+            self.llm_tokens.labels(model, "output").inc(used[1])
+        self.llm_tokens.labels(model, "charged").inc(charged)
+        if first_ms is not None:
+            self.llm_first_token.labels(model).observe(first_ms / 1000)
+
     def watch_reviews(self, db: Database) -> None:
         """Purchases waiting for an admin (a payment that does not match its purchase, or
         credited here and not paid at Stripe), counted when scraped: alert on > 0."""
@@ -303,10 +340,13 @@ class Observe:
         max_body: int,
         access_log: AccessLog | None,
         hsts: bool = False,
+        gateway_body: int | None = None,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body = max_body
+        #: The model gateway's limit (/v1/): prompts, with their images, are bigger.
+        self.gateway_body = gateway_body or max_body
         self.access_log = access_log
         self.headers = (*BASE_HEADERS, HSTS) if hsts else BASE_HEADERS
 
@@ -322,6 +362,7 @@ class Observe:
         too_large = False  # the body went over the limit: the app's own answer is dropped
         extra = (*self.headers, (b"x-request-id", request_id.encode()))
         static = scope["path"].startswith("/static/")
+        max_body = self.gateway_body if scope["path"].startswith("/v1/") else self.max_body
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, answered
@@ -346,8 +387,8 @@ class Observe:
                 await send_with_id(start)
                 await send_with_id(end)
 
-        if length is not None and length.isdigit() and int(length) > self.max_body:
-            await answer(*self._too_large(request_id))
+        if length is not None and length.isdigit() and int(length) > max_body:
+            await answer(*self._too_large(request_id, max_body))
             self._record(scope, request_id, 413, started)
             return
         if "\x00" in scope["path"] or b"%00" in scope["query_string"].lower():
@@ -362,7 +403,7 @@ class Observe:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body:
+                if received > max_body:
                     too_large = True
                     raise BodyTooLarge
             return message
@@ -382,15 +423,15 @@ class Observe:
                 )
         finally:
             if too_large:
-                await answer(*self._too_large(request_id))
+                await answer(*self._too_large(request_id, max_body))
             self._record(scope, request_id, status, started)
 
-    def _too_large(self, request_id: str) -> tuple[Message, Message]:
+    def _too_large(self, request_id: str, max_body: int) -> tuple[Message, Message]:
         return _problem(
             413,
             "payload_too_large",
             "Request too large",
-            f"the body must be at most {self.max_body} bytes",
+            f"the body must be at most {max_body} bytes",
             request_id,
         )
 

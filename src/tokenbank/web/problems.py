@@ -62,6 +62,8 @@ STATUS: dict[type[TokenbankError], int] = {
     errors.UnknownPurchase: 404,
     errors.UnknownEvent: 404,
     errors.NoSubscription: 404,
+    errors.UnknownModel: 404,
+    errors.UnknownLlmKey: 404,
     errors.Conflict: 409,
     errors.IdempotencyConflict: 409,
     errors.NotRefundable: 409,
@@ -76,6 +78,8 @@ STATUS: dict[type[TokenbankError], int] = {
     errors.SubscriptionEnded: 409,
     errors.NothingToReview: 409,
     errors.InsufficientTokens: 402,
+    errors.KeyCapReached: 402,
+    errors.CallInProgress: 409,
     errors.Unauthenticated: 401,
     errors.InvalidApiKey: 401,
     errors.InvalidCredentials: 401,
@@ -88,6 +92,8 @@ STATUS: dict[type[TokenbankError], int] = {
     errors.InvalidEvent: 400,
     errors.PaymentProviderError: 502,
     errors.StripeObjectMissing: 502,
+    errors.UpstreamError: 502,
+    errors.UpstreamTimeout: 504,
     errors.ProcessingFailed: 500,
 }
 
@@ -104,7 +110,8 @@ _TITLES = {
     422: "Invalid request",
     429: "Too many requests",
     500: "Internal error",
-    502: "Payment provider error",
+    502: "Bad gateway",
+    504: "Gateway timeout",
     503: "Service unavailable",
 }
 
@@ -125,9 +132,53 @@ def problem(
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
+#: The model gateway's paths: their errors have OpenAI's shape, so its SDK reads them.
+OPENAI_PATHS = ("/v1/",)
+#: OpenAI's error ``type`` by status (its SDK picks the exception class by status).
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "insufficient_quota",
+    403: "permission_error",
+    404: "invalid_request_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def openai_error(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    """``{"error": {"message", "type", "param", "code"}}``: an error as OpenAI's API and
+    SDK have it. A bad value is a 400 there (OpenAI's own status for one), not a 422."""
+    status = 400 if status == 422 else status
+    kind = _OPENAI_TYPES.get(status, "api_error")
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code, **extra}}
+    if status == 401:
+        headers = {"WWW-Authenticate": "Bearer", **(headers or {})}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
 def status_of(exc: TokenbankError) -> int:
     """The status of the nearest class of ``exc`` in ``STATUS``."""
     return errors.nearest(STATUS, exc)
+
+
+def _openai_for(exc: TokenbankError, extra: dict[str, Any]) -> Response:
+    headers = extra.pop("headers", None)
+    param = extra.pop("field", None)
+    if isinstance(exc, errors.UpstreamError):
+        # The SDK retries a 5xx: a failure before any output charged nothing.
+        headers = {"x-should-retry": "true"}
+    return openai_error(status_of(exc), exc.code, str(exc), param=param, headers=headers, **extra)
 
 
 UnavailablePage = Callable[[Request, Unavailable], Awaitable[Response]]
@@ -148,6 +199,9 @@ def install(
 
     async def respond(request: Request, exc: Unavailable) -> Response:
         on_refusal(exc.code)
+        retry = {"Retry-After": str(exc.retry_after)}
+        if request.url.path.startswith(OPENAI_PATHS):
+            return openai_error(503, exc.code, str(exc), headers=retry)
         if page is not None and not request.url.path.startswith(MACHINE_PATHS):
             return await page(request, exc)
         return problem(503, exc.code, str(exc), headers={"Retry-After": str(exc.retry_after)})
@@ -164,6 +218,8 @@ def install(
             extra = {"field": exc.field}
         elif isinstance(exc, errors.RateLimited):
             extra = {"headers": {"Retry-After": str(exc.retry_after)}}
+        if request.url.path.startswith(OPENAI_PATHS):
+            return _openai_for(exc, extra)
         return problem(status_of(exc), exc.code, str(exc), **extra)
 
     async def database_failed(request: Request, exc: Exception) -> Response:
@@ -187,8 +243,14 @@ def install(
         log.warning("unavailable", code=found.code, detail=str(found), error=type(exc).__name__)
         return await respond(request, found)
 
-    async def invalid(_: Request, exc: Exception) -> JSONResponse:
+    async def invalid(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
+        if request.url.path.startswith(OPENAI_PATHS):
+            first: dict[str, Any] = next(iter(exc.errors()), {})
+            where = [str(p) for p in first.get("loc", ()) if p not in ("body", "header")]
+            return openai_error(
+                400, "invalid_value", str(first.get("msg", "not valid")), param=".".join(where)
+            )
         errors = [
             {
                 "location": list(e.get("loc", ())),
@@ -200,11 +262,13 @@ def install(
         ]
         return problem(422, "validation_error", "the request is not valid", errors=errors)
 
-    async def http(_: Request, exc: Exception) -> JSONResponse:
+    async def http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
             exc.status_code, "bad_request"
         )
+        if request.url.path.startswith(OPENAI_PATHS):
+            return openai_error(exc.status_code, code, str(exc.detail))
         return problem(exc.status_code, code, str(exc.detail))
 
     app.add_exception_handler(TokenbankError, domain)

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from tokenbank.faults import Faults
     from tokenbank.grants import Trial
     from tokenbank.identity import Passwords, Throttle
+    from tokenbank.llm.gateway import Gateway
     from tokenbank.mail import Sender
     from tokenbank.web.auth import KeyCache
     from tokenbank.web.browser import Browsers
@@ -60,6 +61,8 @@ class Runtime:
     #: The catalog: the packages (when selling) and the features spends are priced from;
     #: None for a service that sells nothing and has no catalog file.
     catalog: Catalog | None = None
+    #: The model gateway; None when no models file is found (its routes answer 503).
+    gateway: Gateway | None = None
 
     @property
     def buy_url(self) -> str:

@@ -702,3 +702,46 @@ def subscription_out(
         next_allowance_at=next_at,
         unlimited=[UnlimitedOut(feature=u.feature, used=u.used, cap=u.cap) for u in usage],
     )
+
+
+class LlmKeyIn(Body):
+    name: str = Field(min_length=1, max_length=100, description="What the key is for.")
+    daily_cap: StrictInt | None = Field(
+        default=None, gt=0, le=10**15, description="The most it may spend a day (UTC), in tokens."
+    )
+
+
+class LlmKeyOut(BaseModel):
+    id: int
+    user_id: str
+    name: str
+    prefix: str = Field(description="The key's first characters, to recognise it.")
+    daily_cap: int | None
+    created_at: datetime
+    revoked_at: datetime | None
+    key: str | None = Field(
+        default=None, description="The whole key: in the answer that created it, never again."
+    )
+
+
+class LlmKeysOut(BaseModel):
+    keys: list[LlmKeyOut]
+
+
+class UsageRowOut(BaseModel):
+    group: str = Field(description="The model id, or the day (UTC, YYYY-MM-DD).")
+    calls: int
+    ok: int
+    refused: int
+    failed: int
+    aborted: int
+    input_tokens: int
+    output_tokens: int
+    charged: int = Field(description="Tokens charged.")
+    shortfall: int = Field(description="Tokens a call cost beyond what the wallet had (debt).")
+
+
+class UsageOut(BaseModel):
+    user_id: str
+    group_by: str
+    rows: list[UsageRowOut]

@@ -155,6 +155,8 @@ ERROR_TEXTS: dict[type[TokenbankError], str] = {
     errors.UnknownPurchase: N_("There is no such purchase."),
     errors.UnknownEvent: N_("There is no such event in the webhook inbox."),
     errors.NoSubscription: N_("You have no subscription."),
+    errors.UnknownModel: N_("There is no such model."),
+    errors.UnknownLlmKey: N_("There is no such key."),
     errors.Conflict: N_("This no longer applies. Reload the page."),
     errors.IdempotencyConflict: N_(
         "This form was already sent with other values. Reload the page."
@@ -173,6 +175,8 @@ ERROR_TEXTS: dict[type[TokenbankError], str] = {
     errors.SubscriptionEnded: N_("This subscription cannot be changed now."),
     errors.NothingToReview: N_("This purchase was already decided."),
     errors.InsufficientTokens: N_("There are not enough tokens for this."),
+    errors.KeyCapReached: N_("This key has spent what it may spend today."),
+    errors.CallInProgress: N_("This request is still running."),
     errors.Unauthenticated: N_("Sign in again to go on."),
     errors.InvalidApiKey: N_("The API key is missing, unknown or revoked."),
     errors.InvalidCredentials: N_("That email and password do not match an account."),
@@ -191,6 +195,8 @@ ERROR_TEXTS: dict[type[TokenbankError], str] = {
     errors.PaymentProviderError: N_("The payment service refused the request."),
     errors.StripeObjectMissing: N_("The payment service has no such record."),
     errors.ProcessingFailed: N_("The event could not be processed."),
+    errors.UpstreamError: N_("The model could not be reached. Try again."),
+    errors.UpstreamTimeout: N_("The model took too long to answer. Try again."),
 }
 #: What a form says about a value it refused, by field (``InvalidArgument.field``).
 FIELD_TEXTS = {

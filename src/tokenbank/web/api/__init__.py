@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from tokenbank.web.api import (
+    gateway,
     grants,
     holds,
     purchases,
@@ -24,4 +25,6 @@ ROUTERS: tuple[APIRouter, ...] = (
     purchases.router,
     subscriptions.router,
     webhooks.router,
+    gateway.router,
+    gateway.keys_router,
 )

@@ -1,0 +1,418 @@
+"""A model call's two units of work: its admission (a hold of the most it may cost, before
+anything is forwarded) and its settlement (the exact cost posted, the rest released).
+
+Nothing here talks to a model, and no upstream is called while rows are locked: the
+gateway (``llm/gateway.py``) admits, forwards with nothing locked, then settles.
+
+Admission runs in one transaction on the user's wallet: the user's key is read and locked
+(so its cap for the day is counted by one call at a time and a revoked key is refused by
+every process at once), a retried ``Idempotency-Key`` is recognised, the call is
+recorded and its hold made. Too few tokens, or a key past its cap, records the call as
+refused and raises after the commit.
+
+Settlement runs in one transaction on the same wallet, once per call (its row is locked
+and must still be pending): the cost, rounded up once per call (``Model.cost``), is posted
+from the hold. A cost beyond the hold (an estimate that fell short) is spent from what
+the wallet has, and what it has not is recorded as debt (``ledger.overrun``): the wallet
+never goes negative. A cost of 0 voids the hold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from datetime import datetime, time
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.engine import Connection
+
+from tokenbank import ledger
+from tokenbank.columns import utcnow
+from tokenbank.db import Database
+from tokenbank.errors import (
+    CallInProgress,
+    HoldNotPending,
+    IdempotencyConflict,
+    InsufficientTokens,
+    KeyCapReached,
+    TokenbankError,
+    UnknownUser,
+)
+from tokenbank.llm.estimate import Bound
+from tokenbank.llm.keys import LlmKey, find_key
+from tokenbank.llm.models import Model
+from tokenbank.llm.tables import CallStatus, llm_calls
+
+log = structlog.get_logger("tokenbank.llm")
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is calling: a user's key (``secret``), or the host app for ``user_id``."""
+
+    user_id: str | None = None
+    secret: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    call_id: int
+    user_id: str
+    key_id: int | None
+    hold_id: int | None
+    held: int
+    #: The stored reply of a finished call with the same idempotency key (then nothing
+    #: is held and nothing forwarded).
+    replay: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int
+    output_tokens: int
+    #: ``upstream`` (its ``usage``) or ``counted`` (a stream cut before its usage).
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    call_id: int
+    user_id: str
+    status: CallStatus
+    charged: int
+    shortfall: int
+    balance: int | None
+    replayed: bool = False
+
+
+def day_start(now: datetime) -> datetime:
+    return datetime.combine(now.date(), time(), tzinfo=now.tzinfo)
+
+
+def _used_today(conn: Connection, key: LlmKey, now: datetime) -> int:
+    """What the key spent today (UTC) and holds for calls still running."""
+    used = sa.func.coalesce(
+        sa.func.sum(
+            sa.case(
+                (llm_calls.c.status == CallStatus.PENDING.value, llm_calls.c.held),
+                else_=llm_calls.c.charged,
+            )
+        ),
+        0,
+    )
+    return int(
+        conn.execute(
+            sa.select(used).where(
+                llm_calls.c.key_id == key.id, llm_calls.c.created_at >= day_start(now)
+            )
+        ).scalar_one()
+    )
+
+
+def admit(
+    db: Database,
+    *,
+    caller: Caller,
+    model: Model,
+    bound: Bound,
+    request_id: str,
+    stream: bool,
+    idempotency_key: str | None = None,
+    ttl_seconds: int,
+    now: datetime | None = None,
+) -> Admission:
+    """Record the call and hold the most it may cost, or raise why not (see the module)."""
+    now = now or utcnow()
+    cost = max(1, model.cost(input_tokens=bound.input_tokens, output_tokens=bound.output_tokens))
+    refusal: TokenbankError | None = None
+    with db.transaction(wallet=caller.user_id) as conn:
+        key = None
+        if caller.secret is not None:
+            key = find_key(conn, secret=caller.secret, lock=True)
+        user_id = key.user_id if key is not None else caller.user_id
+        assert user_id is not None
+        if not ledger.wallet_exists(conn, user_id=user_id):
+            raise UnknownUser(user_id)
+        call_id, attempt, replay = _start(
+            conn,
+            user_id=user_id,
+            key=key,
+            model=model,
+            stream=stream,
+            request_id=request_id,
+            idempotency_key=idempotency_key,
+            bound=bound,
+            now=now,
+        )
+        if replay is not None:
+            return replay
+        if key is not None and key.daily_cap is not None:
+            used = _used_today(conn, key, now)
+            if used + cost > key.daily_cap:
+                refusal = KeyCapReached(cap=key.daily_cap, used=used, requested=cost)
+        hold = None
+        if refusal is None:
+            try:
+                hold = ledger.hold_call(
+                    conn,
+                    user_id=user_id,
+                    amount=cost,
+                    call=f"{call_id}:{attempt}",
+                    ttl_seconds=ttl_seconds,
+                    description=f"{model.id}: call {call_id}",
+                    metadata={"llm_call": call_id, "model": model.id},
+                    now=now,
+                )
+            except InsufficientTokens as exc:
+                refusal = exc
+        if refusal is not None or hold is None:
+            conn.execute(
+                sa.update(llm_calls)
+                .where(llm_calls.c.id == call_id)
+                .values(
+                    status=CallStatus.REFUSED.value,
+                    error=refusal.code if refusal else None,
+                    finished_at=now,
+                )
+            )
+        else:
+            conn.execute(
+                sa.update(llm_calls)
+                .where(llm_calls.c.id == call_id)
+                .values(hold_id=hold.id, held=hold.amount)
+            )
+    if refusal is not None or hold is None:
+        log.info(
+            "llm_call_refused", call_id=call_id, user_id=user_id, code=refusal and refusal.code
+        )
+        raise refusal or InsufficientTokens(user_id, requested=cost, available=0)
+    return Admission(
+        call_id=call_id,
+        user_id=user_id,
+        key_id=key.id if key else None,
+        hold_id=hold.id,
+        held=hold.amount,
+    )
+
+
+def _start(
+    conn: Connection,
+    *,
+    user_id: str,
+    key: LlmKey | None,
+    model: Model,
+    stream: bool,
+    request_id: str,
+    idempotency_key: str | None,
+    bound: Bound,
+    now: datetime,
+) -> tuple[int, int, Admission | None]:
+    """The call's row: a new one, or the one an earlier attempt with the same key made.
+
+    A finished call that charged something is replayed (its stored reply); one that
+    charged nothing (refused, or failed before any output) is tried again.
+    """
+    values = {
+        "user_id": user_id,
+        "key_id": key.id if key else None,
+        "model": model.id,
+        "stream": stream,
+        "status": CallStatus.PENDING.value,
+        "request_id": request_id,
+        "input_estimate": bound.input_tokens,
+        "output_cap": bound.output_tokens,
+        "created_at": now,
+    }
+    if idempotency_key is not None:
+        earlier = conn.execute(
+            sa.select(llm_calls)
+            .where(llm_calls.c.user_id == user_id, llm_calls.c.idempotency_key == idempotency_key)
+            .with_for_update()
+        ).first()
+        if earlier is not None:
+            if earlier.model != model.id or earlier.stream != stream:
+                raise IdempotencyConflict(idempotency_key, "it named another model or mode")
+            if earlier.status == CallStatus.PENDING.value:
+                raise CallInProgress(idempotency_key)
+            if earlier.charged > 0 or earlier.status == CallStatus.OK.value:
+                return (
+                    earlier.id,
+                    earlier.attempt,
+                    Admission(
+                        call_id=earlier.id,
+                        user_id=user_id,
+                        key_id=earlier.key_id,
+                        hold_id=earlier.hold_id,
+                        held=0,
+                        replay=earlier.reply,
+                    ),
+                )
+            attempt = earlier.attempt + 1
+            conn.execute(
+                sa.update(llm_calls)
+                .where(llm_calls.c.id == earlier.id)
+                .values(
+                    **values,
+                    attempt=attempt,
+                    hold_id=None,
+                    held=0,
+                    input_tokens=None,
+                    output_tokens=None,
+                    usage_source=None,
+                    charged=0,
+                    shortfall=0,
+                    latency_ms=None,
+                    first_token_ms=None,
+                    error=None,
+                    reply=None,
+                    finished_at=None,
+                )
+            )
+            return earlier.id, attempt, None
+    call_id = conn.execute(
+        sa.insert(llm_calls)
+        .values(**values, idempotency_key=idempotency_key)
+        .returning(llm_calls.c.id)
+    ).scalar_one()
+    return call_id, 1, None
+
+
+def settle(
+    db: Database,
+    *,
+    admission: Admission,
+    model: Model,
+    status: CallStatus,
+    usage: Usage | None,
+    latency_ms: int,
+    first_token_ms: int | None = None,
+    reply: Any = None,
+    error: str | None = None,
+    now: datetime | None = None,
+) -> Settled:
+    """Charge the call what it used (see the module); once per call."""
+    now = now or utcnow()
+    cost = 0
+    if usage is not None:
+        cost = model.cost(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
+    with db.transaction(wallet=admission.user_id) as conn:
+        row = conn.execute(
+            sa.select(llm_calls.c.status, llm_calls.c.charged, llm_calls.c.shortfall)
+            .where(llm_calls.c.id == admission.call_id)
+            .with_for_update()
+        ).one()
+        if row.status != CallStatus.PENDING.value:
+            return Settled(
+                call_id=admission.call_id,
+                user_id=admission.user_id,
+                status=CallStatus(row.status),
+                charged=row.charged,
+                shortfall=row.shortfall,
+                balance=None,
+                replayed=True,
+            )
+        charged, shortfall, balance = _charge(
+            conn, admission=admission, model=model, usage=usage, cost=cost, now=now
+        )
+        conn.execute(
+            sa.update(llm_calls)
+            .where(llm_calls.c.id == admission.call_id)
+            .values(
+                status=status.value,
+                input_tokens=usage.input_tokens if usage else None,
+                output_tokens=usage.output_tokens if usage else None,
+                usage_source=usage.source if usage else None,
+                charged=charged,
+                shortfall=shortfall,
+                latency_ms=latency_ms,
+                first_token_ms=first_token_ms,
+                error=error[:200] if error else None,
+                reply=reply,
+                finished_at=now,
+            )
+        )
+    log.info(
+        "llm_call_settled",
+        call_id=admission.call_id,
+        user_id=admission.user_id,
+        model=model.id,
+        status=status.value,
+        input_tokens=usage.input_tokens if usage else None,
+        output_tokens=usage.output_tokens if usage else None,
+        held=admission.held,
+        charged=charged,
+        shortfall=shortfall,
+    )
+    return Settled(
+        call_id=admission.call_id,
+        user_id=admission.user_id,
+        status=status,
+        charged=charged,
+        shortfall=shortfall,
+        balance=balance,
+    )
+
+
+def _charge(
+    conn: Connection,
+    *,
+    admission: Admission,
+    model: Model,
+    usage: Usage | None,
+    cost: int,
+    now: datetime,
+) -> tuple[int, int, int | None]:
+    """Post ``cost`` from the call's hold; returns what was charged, the shortfall recorded
+    as debt, and the balance after."""
+    assert admission.hold_id is not None
+    if cost == 0:
+        with contextlib.suppress(HoldNotPending):  # expired meanwhile: nothing is held
+            ledger.void_hold(conn, hold_id=admission.hold_id, now=now)
+        return 0, 0, None
+    assert usage is not None
+    description = f"{model.id}: {usage.input_tokens} in / {usage.output_tokens} out"
+    metadata = {
+        "llm_call": admission.call_id,
+        "model": model.id,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+    }
+    posted = 0
+    balance: int | None = None
+    try:
+        receipt = ledger.post_hold(
+            conn,
+            hold_id=admission.hold_id,
+            amount=min(cost, admission.held),
+            now=now,
+            description=description,
+            metadata=metadata,
+        )
+        posted, balance = receipt.amount, receipt.balance
+    except HoldNotPending:
+        # The hold outlived its time to live (a call longer than it): the whole cost is
+        # then an overrun, spent from what the wallet has.
+        pass
+    if cost == posted:
+        return posted, 0, balance
+    over = ledger.overrun(
+        conn,
+        user_id=admission.user_id,
+        amount=cost - posted,
+        reference=f"hold:{admission.hold_id}",
+        description=description,
+        metadata=metadata,
+        now=now,
+    )
+    if over.debt:
+        log.warning(
+            "llm_call_overrun",
+            call_id=admission.call_id,
+            user_id=admission.user_id,
+            held=admission.held,
+            cost=cost,
+            debt=over.debt,
+        )
+    return posted + over.taken, over.debt, over.balance

@@ -1,0 +1,491 @@
+"""The OpenAI-compatible gateway: admit a call (``calls.admit``), forward it to the model's
+upstream with nothing locked, and settle what it used (``calls.settle``).
+
+Streams: the upstream is always asked for its usage chunk (``stream_options.include_usage``);
+the client gets that chunk only if it asked for it. The call is settled when the upstream
+says ``[DONE]``, before the client gets ``[DONE]``: a comment line just before it
+(``: tokenbank charged=N balance=M``, which SSE clients ignore) tells the cost. When the
+client goes away, Starlette cancels the stream: leaving ``async with`` closes the
+upstream request, and the settlement runs shielded from the cancellation.
+
+A stream cut before its usage arrived (the client went away, the upstream failed) is
+charged what it used as far as the gateway can count: the input at the bound held for it
+(no tokenizer is known for an arbitrary upstream; see ``estimate``), and one output token
+per forwarded chunk that carried output (content, refusal, tool-call arguments or
+reasoning) per choice, as OpenAI-compatible servers stream one token per chunk.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import httpx
+from starlette.concurrency import run_in_threadpool
+
+from tokenbank.db import Database
+from tokenbank.errors import IdempotencyConflict, UnknownModel, UpstreamError, UpstreamTimeout
+from tokenbank.llm import calls
+from tokenbank.llm.calls import Admission, Caller, Settled, Usage
+from tokenbank.llm.estimate import Bound, bound, check_request
+from tokenbank.llm.models import Model, ModelCatalog
+from tokenbank.llm.tables import CallStatus
+
+#: The most of a streamed reply kept for an idempotent retry to replay.
+MAX_STORED_REPLY = 1_000_000
+DELTA_FIELDS = ("content", "refusal", "reasoning", "reasoning_content")
+
+#: Told each settled call: the model, its outcome, usage, tokens charged, first token ms.
+Observer = Callable[[str, CallStatus, Usage | None, int, int | None], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A whole answer: the status and JSON body to send, and headers."""
+
+    status: int
+    body: Any
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamReply:
+    events: AsyncIterator[bytes]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _usage(raw: object, source: str = "upstream") -> Usage | None:
+    if not isinstance(raw, dict):
+        return None
+    prompt, completion = raw.get("prompt_tokens"), raw.get("completion_tokens")
+    if not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (prompt, completion)
+    ):
+        return None
+    assert isinstance(prompt, int) and isinstance(completion, int)
+    return Usage(input_tokens=prompt, output_tokens=completion, source=source)
+
+
+def _output_chunks(chunk: dict[str, Any]) -> int:
+    """Output tokens a chunk carried as the gateway counts them: one per choice with output."""
+    count = 0
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        if not isinstance(delta, dict):
+            continue
+        if any(delta.get(name) for name in DELTA_FIELDS) or delta.get("tool_calls"):
+            count += 1
+    return count
+
+
+def _error_event(message: str, code: str) -> bytes:
+    body = {"error": {"message": message, "type": "api_error", "param": None, "code": code}}
+    return f"data: {json.dumps(body)}\n\n".encode()
+
+
+def upstream_client(timeout_seconds: float) -> httpx.AsyncClient:
+    """One client for every upstream, its connections kept alive: ``timeout_seconds`` is
+    the longest wait for a byte (connecting: 10 s at most)."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout_seconds, connect=min(10.0, timeout_seconds)),
+        limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+        trust_env=False,
+    )
+
+
+class Gateway:
+    """The gateway's parts: the models, one HTTP client for every upstream, the database."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        catalog: ModelCatalog,
+        client: httpx.AsyncClient,
+        hold_ttl: int,
+        observe: Observer | None = None,
+    ) -> None:
+        self.db = db
+        self.catalog = catalog
+        self.client = client
+        self.hold_ttl = hold_ttl
+        self.observe = observe
+
+    def model(self, model_id: str) -> Model:
+        found = self.catalog.find(model_id)
+        if found is None:
+            raise UnknownModel(model_id)
+        return found
+
+    async def complete(
+        self,
+        *,
+        caller: Caller,
+        body: dict[str, Any],
+        request_id: str,
+        idempotency_key: str | None = None,
+    ) -> Reply | StreamReply:
+        """One chat completion: admitted, forwarded, settled (see the module)."""
+        model_id, _ = check_request(body)
+        model = self.model(model_id)
+        limit = bound(body, max_output_tokens=model.max_output_tokens)
+        stream = bool(body.get("stream"))
+        admission = await run_in_threadpool(
+            lambda: calls.admit(
+                self.db,
+                caller=caller,
+                model=model,
+                bound=limit,
+                request_id=request_id,
+                stream=stream,
+                idempotency_key=idempotency_key,
+                ttl_seconds=self.hold_ttl,
+            )
+        )
+        if admission.held == 0:
+            return _replay(admission, stream)
+        upstream_body = self._upstream_body(body, model, limit)
+        started = time.perf_counter()
+        if stream:
+            return await self._stream(
+                admission=admission,
+                model=model,
+                limit=limit,
+                upstream_body=upstream_body,
+                body=body,
+                started=started,
+                idempotency_key=idempotency_key,
+            )
+        return await self._whole(
+            admission=admission,
+            model=model,
+            limit=limit,
+            upstream_body=upstream_body,
+            started=started,
+            idempotency_key=idempotency_key,
+        )
+
+    def _upstream_body(self, body: dict[str, Any], model: Model, limit: Bound) -> dict[str, Any]:
+        forwarded = {**body, "model": model.upstream_model}
+        if limit.default_cap:
+            forwarded[model.upstream.cap_field] = limit.output_cap
+        if body.get("stream"):
+            forwarded["stream_options"] = {
+                **(body.get("stream_options") or {}),
+                "include_usage": True,
+            }
+        return forwarded
+
+    def _request(self, model: Model, body: dict[str, Any]) -> httpx.Request:
+        headers = {"content-type": "application/json"}
+        if model.upstream.api_key:
+            headers["authorization"] = f"Bearer {model.upstream.api_key}"
+        return self.client.build_request(
+            "POST",
+            f"{model.upstream.base_url}/chat/completions",
+            content=json.dumps(body, ensure_ascii=False).encode(),
+            headers=headers,
+        )
+
+    async def _settle(
+        self,
+        admission: Admission,
+        model: Model,
+        status: CallStatus,
+        usage: Usage | None,
+        started: float,
+        *,
+        first_token: float | None = None,
+        reply: Any = None,
+        error: str | None = None,
+    ) -> Settled:
+        """Settle shielded: a client gone away cancels the request, never its charge."""
+        latency = int((time.perf_counter() - started) * 1000)
+        first = None if first_token is None else int((first_token - started) * 1000)
+        with anyio.CancelScope(shield=True):
+            settled = await run_in_threadpool(
+                lambda: calls.settle(
+                    self.db,
+                    admission=admission,
+                    model=model,
+                    status=status,
+                    usage=usage,
+                    latency_ms=latency,
+                    first_token_ms=first,
+                    reply=reply,
+                    error=error,
+                )
+            )
+        if self.observe is not None and not settled.replayed:
+            self.observe(model.id, status, usage, settled.charged, first)
+        return settled
+
+    async def _failed_before_output(
+        self, admission: Admission, model: Model, started: float, exc: BaseException
+    ) -> None:
+        timeout = isinstance(exc, httpx.TimeoutException)
+        await self._settle(
+            admission,
+            model,
+            CallStatus.FAILED,
+            None,
+            started,
+            error=f"{type(exc).__name__}: {exc}"[:200],
+        )
+        if timeout:
+            raise UpstreamTimeout(f"the upstream of {model.id} did not answer in time") from None
+        raise UpstreamError(f"the upstream of {model.id} could not be reached") from None
+
+    async def _refused_upstream(
+        self, admission: Admission, model: Model, started: float, response: httpx.Response
+    ) -> Reply:
+        """The upstream answered with an error status before any output: nothing is
+        charged. Its 4xx body goes to the client as it is (the request was wrong); a 5xx
+        becomes a 502."""
+        content = response.content
+        await self._settle(
+            admission,
+            model,
+            CallStatus.FAILED,
+            None,
+            started,
+            error=f"upstream status {response.status_code}",
+        )
+        if response.status_code >= 500:
+            raise UpstreamError(
+                f"the upstream of {model.id} failed with status {response.status_code}"
+            )
+        try:
+            body = json.loads(content)
+        except ValueError:
+            body = {
+                "error": {
+                    "message": content.decode("utf-8", "replace")[:500],
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": None,
+                }
+            }
+        return Reply(status=response.status_code, body=body)
+
+    async def _whole(
+        self,
+        *,
+        admission: Admission,
+        model: Model,
+        limit: Bound,
+        upstream_body: dict[str, Any],
+        started: float,
+        idempotency_key: str | None,
+    ) -> Reply:
+        try:
+            response = await self.client.send(self._request(model, upstream_body))
+        except httpx.HTTPError as exc:
+            await self._failed_before_output(admission, model, started, exc)
+            raise  # unreachable: the line above raises
+        except BaseException:
+            await self._settle(admission, model, CallStatus.ABORTED, None, started)
+            raise
+        if response.status_code != 200:
+            return await self._refused_upstream(admission, model, started, response)
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or "choices" not in body:
+            await self._settle(
+                admission, model, CallStatus.FAILED, None, started, error="unreadable reply"
+            )
+            raise UpstreamError(f"the upstream of {model.id} sent an unreadable reply")
+        usage = _usage(body.get("usage"))
+        if usage is None:  # no usage: the bound, which is all that is known
+            usage = Usage(limit.input_tokens, limit.output_tokens, "counted")
+        settled = await self._settle(
+            admission,
+            model,
+            CallStatus.OK,
+            usage,
+            started,
+            first_token=time.perf_counter(),
+            reply=body if idempotency_key else None,
+        )
+        return Reply(status=200, body=body, headers=_charge_headers(settled))
+
+    async def _stream(
+        self,
+        *,
+        admission: Admission,
+        model: Model,
+        limit: Bound,
+        upstream_body: dict[str, Any],
+        body: dict[str, Any],
+        started: float,
+        idempotency_key: str | None,
+    ) -> Reply | StreamReply:
+        try:
+            response = await self.client.send(self._request(model, upstream_body), stream=True)
+        except httpx.HTTPError as exc:
+            await self._failed_before_output(admission, model, started, exc)
+            raise
+        except BaseException:
+            await self._settle(admission, model, CallStatus.ABORTED, None, started)
+            raise
+        if response.status_code != 200:
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+            return await self._refused_upstream(admission, model, started, response)
+        wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        relay = _Relay(
+            gateway=self,
+            admission=admission,
+            model=model,
+            limit=limit,
+            response=response,
+            started=started,
+            wants_usage=wants_usage,
+            keep=idempotency_key is not None,
+        )
+        return StreamReply(events=relay.events())
+
+
+@dataclass(slots=True, kw_only=True)
+class _Relay:
+    """One stream, from the upstream to the client, counting what it carries."""
+
+    gateway: Gateway
+    admission: Admission
+    model: Model
+    limit: Bound
+    response: httpx.Response
+    started: float
+    wants_usage: bool
+    keep: bool
+    usage: Usage | None = None
+    counted: int = 0
+    first_token: float | None = None
+    kept: list[str] | None = None
+    kept_size: int = 0
+
+    def _keep(self, event: bytes) -> None:
+        if not self.keep:
+            return
+        if self.kept is None:
+            self.kept = []
+        self.kept_size += len(event)
+        if self.kept_size > MAX_STORED_REPLY:
+            self.keep, self.kept = False, None
+            return
+        self.kept.append(event.decode())
+
+    def _counted(self) -> Usage:
+        return self.usage or Usage(self.limit.input_tokens, self.counted, "counted")
+
+    async def events(self) -> AsyncIterator[bytes]:
+        """The client's events. The call is settled before the client hears how it ended
+        (``[DONE]``, or an error event), so a client that reads the end finds the charge
+        made; a client gone away ends it here, in ``finally``."""
+        settled = False
+
+        async def settle(status: CallStatus, error: str | None = None) -> Settled:
+            nonlocal settled
+            settled = True
+            return await self.gateway._settle(
+                self.admission,
+                self.model,
+                status,
+                self._counted(),
+                self.started,
+                first_token=self.first_token,
+                reply=self.kept if status is CallStatus.OK else None,
+                error=error,
+            )
+
+        try:
+            async for line in self.response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue  # blank lines end events; comments and other fields are dropped
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    yield _charge_comment(await settle(CallStatus.OK))
+                    yield b"data: [DONE]\n\n"
+                    return
+                event, failed = self._relay(data)
+                if failed:
+                    await settle(CallStatus.FAILED, "an error event mid-stream")
+                    yield f"data: {data}\n\n".encode()
+                    return
+                if event is not None:
+                    self._keep(event)
+                    yield event
+            await settle(CallStatus.FAILED, "the stream ended before [DONE]")
+            yield _error_event("the model's stream ended early", "upstream_error")
+        except httpx.HTTPError as exc:
+            await settle(CallStatus.FAILED, f"{type(exc).__name__}: {exc}")
+            yield _error_event("the model's stream failed", "upstream_error")
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.response.aclose()
+            if not settled:
+                await settle(CallStatus.ABORTED)
+
+    def _relay(self, data: str) -> tuple[bytes | None, bool]:
+        """What to send the client for one upstream event: the event as it came, or
+        nothing (the usage chunk the client did not ask for); and whether it said the
+        upstream failed."""
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            return None, False
+        if not isinstance(chunk, dict):
+            return None, False
+        if "error" in chunk:
+            return None, True
+        usage = _usage(chunk.get("usage"))
+        if usage is not None:
+            self.usage = usage
+            if not chunk.get("choices") and not self.wants_usage:
+                return None, False
+        output = _output_chunks(chunk)
+        if output:
+            self.counted += output
+            if self.first_token is None:
+                self.first_token = time.perf_counter()
+        return f"data: {data}\n\n".encode(), False
+
+
+def _charge_headers(settled: Settled) -> dict[str, str]:
+    headers = {"x-tokenbank-charged": str(settled.charged)}
+    if settled.balance is not None:
+        headers["x-tokenbank-balance"] = str(settled.balance)
+    return headers
+
+
+def _charge_comment(settled: Settled) -> bytes:
+    balance = "" if settled.balance is None else f" balance={settled.balance}"
+    return f": tokenbank charged={settled.charged}{balance}\n\n".encode()
+
+
+def _replay(admission: Admission, stream: bool) -> Reply | StreamReply:
+    """A finished call's stored reply, for a retry with its idempotency key."""
+    headers = {"idempotent-replayed": "true"}
+    stored = admission.replay
+    if stored is None:
+        raise IdempotencyConflict(
+            f"call {admission.call_id}",
+            "the call was already made and charged; its reply is not kept",
+        )
+    if not stream:
+        return Reply(status=200, body=stored, headers=headers)
+
+    async def events() -> AsyncIterator[bytes]:
+        for event in stored:
+            yield event.encode()
+        yield b"data: [DONE]\n\n"
+
+    return StreamReply(events=events(), headers=headers)

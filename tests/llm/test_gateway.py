@@ -1,0 +1,467 @@
+"""The gateway as an app developer meets it: the official ``openai`` SDK, unchanged but for
+``base_url``, against ``tokenbank serve`` and the model emulator, both real processes, on
+both databases. Every charge is checked against the usage the emulator reported, and the
+ledger must verify after every test (the ``db`` fixture)."""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import sqlalchemy as sa
+from openai.types.chat import ChatCompletionMessageParam
+
+from tests.processes import REPO, Process, clean_env, free_ports, wait_until_up
+from tokenbank import apikeys, ledger
+from tokenbank.apikeys import Scope
+from tokenbank.db import Database
+from tokenbank.llm.estimate import PER_MESSAGE, REPLY_PRIMING
+from tokenbank.llm.tables import llm_calls
+
+# One token per input token, two per output token: a call costs input + 2 x output.
+MODELS = """
+[upstreams.emulator]
+base_url = "{emulator}/v1"
+
+[models.test-model]
+upstream = "emulator"
+input_per_million = 1000000
+output_per_million = 2000000
+max_output_tokens = 50
+"""
+
+
+def cost(usage: Any) -> int:
+    return int(usage.prompt_tokens + 2 * usage.completion_tokens)
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    directory = tmp_path_factory.mktemp("llm-emulator")
+    (port,) = free_ports(1)
+    process = Process.start(
+        "llm-emulator",
+        ["llm-emulator", "--port", str(port)],
+        env=clean_env({}),
+        directory=directory,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        problem = wait_until_up(f"{url}/_emulator/health", [process], timeout=30)
+        assert problem is None, problem + process.output()
+        yield url
+    finally:
+        process.stop()
+
+
+@dataclass
+class Service:
+    url: str
+    db: Database
+    emulator: str
+    admin: dict[str, str]
+
+    def sdk(self, key: str, **options: Any) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, **options)
+
+    def user(self, user_id: str, tokens: int) -> str:
+        """A user with ``tokens``, and a model key of theirs."""
+        made = httpx.put(f"{self.url}/api/v1/users/{user_id}", json={}, headers=self.admin)
+        assert made.status_code in (200, 201), made.text
+        if tokens:
+            granted = httpx.post(
+                f"{self.url}/api/v1/users/{user_id}/grants",
+                json={"amount": tokens, "reason": "test", "idempotency_key": f"g-{user_id}"},
+                headers=self.admin,
+            )
+            assert granted.status_code == 201, granted.text
+        return self.key(user_id)
+
+    def key(self, user_id: str, **body: Any) -> str:
+        made = httpx.post(
+            f"{self.url}/api/v1/users/{user_id}/llm-keys",
+            json={"name": "test", **body},
+            headers=self.admin,
+        )
+        assert made.status_code == 201, made.text
+        secret: str = made.json()["key"]
+        assert secret.startswith("tbu_") and made.json()["prefix"] == secret[:10]
+        return secret
+
+    def balance(self, user_id: str) -> int:
+        with self.db.read() as conn:
+            return ledger.balance(conn, user_id=user_id).balance
+
+    def calls(self, user_id: str) -> list[Any]:
+        with self.db.read() as conn:
+            return list(
+                conn.execute(
+                    sa.select(llm_calls)
+                    .where(llm_calls.c.user_id == user_id)
+                    .order_by(llm_calls.c.id)
+                )
+            )
+
+    def emulated(self) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = httpx.get(f"{self.emulator}/_emulator/calls").json()
+        return found
+
+
+@pytest.fixture
+def service(db: Database, emulator: str, tmp_path: Path) -> Iterator[Service]:
+    httpx.post(f"{emulator}/_emulator/reset").raise_for_status()
+    httpx.post(f"{emulator}/_emulator/config", json={"first_token_ms": 0, "token_ms": 0})
+    models = tmp_path / "models.toml"
+    models.write_text(MODELS.format(emulator=emulator))
+    (port,) = free_ports(1)
+    env = clean_env(
+        {
+            "TOKENBANK_DATABASE_URL": db.url.render_as_string(hide_password=False),
+            "TOKENBANK_SECRET_KEY": "test-only-key-0123456789abcdef0123456789",
+            "TOKENBANK_MODELS": str(models),
+            "TOKENBANK_CATALOG": str(REPO / "catalogs" / "default.toml"),
+            "TOKENBANK_VAR_DIR": str(tmp_path / "var"),
+            "TOKENBANK_LOG_LEVEL": "warning",
+            "TOKENBANK_API_KEY_CACHE_SECONDS": "0",
+            "TOKENBANK_LLM_TIMEOUT_SECONDS": "3",
+        }
+    )
+    process = Process.start(
+        "tokenbank", ["serve", "--port", str(port)], env=env, directory=tmp_path
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        problem = wait_until_up(f"{url}/healthz", [process], timeout=60)
+        assert problem is None, f"{problem}\n{process.output()}"
+        with db.transaction() as conn:
+            _, secret = apikeys.create_key(conn, name="app", scopes=[Scope.ADMIN])
+        yield Service(url, db, emulator, {"Authorization": f"Bearer {secret}"})
+    finally:
+        process.stop()
+
+
+ASK: list[ChatCompletionMessageParam] = [{"role": "user", "content": "[[tokens=12]]"}]
+#: The bound held for ASK with a cap of 12: its bytes and formatting, then the output.
+ASK_INPUT_BOUND = REPLY_PRIMING + PER_MESSAGE + len("user") + len("[[tokens=12]]")
+
+
+def test_a_call_is_charged_its_usage_and_the_history_says_so(service: Service) -> None:
+    key = service.user("ada", 1_000)
+    with service.sdk(key) as sdk:
+        reply = sdk.chat.completions.create(model="test-model", messages=ASK)
+        models = sdk.models.list()
+    assert reply.choices[0].message.content == " ".join(f"w{i}" for i in range(1, 13))
+    assert reply.usage is not None and reply.usage.completion_tokens == 12
+    assert service.balance("ada") == 1_000 - cost(reply.usage)
+    (call,) = service.calls("ada")
+    assert (call.status, call.charged, call.usage_source) == ("ok", cost(reply.usage), "upstream")
+    # No cap asked: the model's default went upstream, and bounded the hold.
+    assert service.emulated()[-1]["max_tokens"] == 50
+    assert call.held == ASK_INPUT_BOUND + 2 * 50
+    listed = {m.id: m for m in models}
+    assert listed["test-model"].model_extra is not None
+    assert listed["test-model"].model_extra["pricing"]["output_per_million"] == 2_000_000
+    history = httpx.get(f"{service.url}/api/v1/users/ada/history", headers=service.admin).json()
+    spend = history["items"][0]
+    assert spend["description"] == f"test-model: {reply.usage.prompt_tokens} in / 12 out"
+    usage = httpx.get(
+        f"{service.url}/api/v1/users/ada/usage?group_by=day", headers=service.admin
+    ).json()
+    (row,) = usage["rows"]
+    assert (row["calls"], row["ok"], row["charged"]) == (1, 1, cost(reply.usage))
+    metrics = httpx.get(f"{service.url}/metrics").text
+    assert 'tokenbank_llm_calls_total{model="test-model",outcome="ok"} 1.0' in metrics
+
+
+def test_a_stream_is_charged_its_usage_with_or_without_the_usage_chunk(
+    service: Service,
+) -> None:
+    key = service.user("bo", 1_000)
+    with service.sdk(key) as sdk:
+        plain = list(
+            sdk.chat.completions.create(
+                model="test-model",
+                messages=ASK,
+                stream=True,
+                max_completion_tokens=12,
+            )
+        )
+        asked = list(
+            sdk.chat.completions.create(
+                model="test-model",
+                messages=ASK,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+    # The client that did not ask for usage gets none (every chunk has choices).
+    assert all(chunk.choices for chunk in plain)
+    assert "".join(c.choices[0].delta.content or "" for c in plain).split() == [
+        f"w{i}" for i in range(1, 13)
+    ]
+    last = asked[-1]
+    assert last.choices == [] and last.usage is not None
+    first, second = service.calls("bo")
+    assert first.usage_source == second.usage_source == "upstream"
+    assert first.charged == second.charged == cost(last.usage)
+    assert service.balance("bo") == 1_000 - 2 * cost(last.usage)
+    # The gateway asked the upstream for usage both times.
+    assert all(c["include_usage"] for c in service.emulated())
+
+
+def test_too_few_tokens_is_a_402_and_nothing_is_forwarded(service: Service) -> None:
+    key = service.user("cy", 20)
+    with service.sdk(key, max_retries=2) as sdk, pytest.raises(openai.APIStatusError) as refused:
+        sdk.chat.completions.create(model="test-model", messages=ASK, stream=True)
+    assert refused.value.status_code == 402
+    body = refused.value.body
+    assert isinstance(body, dict)
+    assert (body["type"], body["code"]) == ("insufficient_quota", "insufficient_tokens")
+    assert body["buy_url"].endswith("/pricing")
+    assert service.emulated() == []  # not forwarded, and not retried by the SDK
+    (call,) = service.calls("cy")
+    assert (call.status, call.charged, call.hold_id) == ("refused", 0, None)
+    assert service.balance("cy") == 20
+
+
+def test_concurrent_streams_never_overspend(service: Service) -> None:
+    """100 streaming calls at once on a wallet that affords about 10 of their bounds."""
+    held = ASK_INPUT_BOUND + 2 * 12
+    key = service.user("dee", held * 10)
+    httpx.post(f"{service.emulator}/_emulator/config", json={"token_ms": 5})
+
+    async def one(sdk: openai.AsyncOpenAI) -> str:
+        try:
+            stream = await sdk.chat.completions.create(
+                model="test-model",
+                messages=ASK,
+                stream=True,
+                max_completion_tokens=12,
+            )
+            async for _ in stream:
+                pass
+        except openai.APIStatusError as exc:
+            return str(exc.status_code)
+        return "ok"
+
+    async def run() -> list[str]:
+        async with openai.AsyncOpenAI(
+            base_url=f"{service.url}/v1",
+            api_key=key,
+            max_retries=0,
+            timeout=60,
+        ) as sdk:
+            return await asyncio.gather(*(one(sdk) for _ in range(100)))
+
+    outcomes = asyncio.run(run())
+    assert set(outcomes) <= {"ok", "402"}, outcomes
+    calls = service.calls("dee")
+    done = [c for c in calls if c.status == "ok"]
+    assert len(done) == outcomes.count("ok") >= 10
+    assert outcomes.count("402") == len([c for c in calls if c.status == "refused"]) > 0
+    charged = sum(c.charged for c in calls)
+    assert charged == sum(c.input_tokens + 2 * c.output_tokens for c in done)
+    assert service.balance("dee") == held * 10 - charged >= 0
+
+
+def test_a_client_that_goes_away_pays_the_input_and_what_was_streamed(
+    service: Service,
+) -> None:
+    key = service.user("eve", 1_000)
+    httpx.post(f"{service.emulator}/_emulator/config", json={"token_ms": 30})
+    with service.sdk(key) as sdk:
+        stream = sdk.chat.completions.create(
+            model="test-model",
+            messages=[{"role": "user", "content": "[[tokens=40]]"}],
+            stream=True,
+            max_completion_tokens=40,
+        )
+        seen = 0
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                seen += 1
+            if seen == 5:
+                break
+        stream.close()
+    for _ in range(100):
+        (call,) = service.calls("eve")
+        if call.status != "pending":
+            break
+        asyncio.run(asyncio.sleep(0.05))
+    bound = REPLY_PRIMING + PER_MESSAGE + len("user") + len("[[tokens=40]]")
+    assert (call.status, call.usage_source, call.input_tokens) == ("aborted", "counted", bound)
+    # What the gateway forwarded before it saw the client go: at least what was read.
+    assert 5 <= call.output_tokens < 40
+    assert call.charged == bound + 2 * call.output_tokens
+    assert service.balance("eve") == 1_000 - call.charged
+    for _ in range(100):  # the upstream call was cut short too
+        if service.emulated()[-1]["outcome"] == "aborted":
+            break
+        asyncio.run(asyncio.sleep(0.05))
+    assert service.emulated()[-1]["outcome"] == "aborted"
+
+
+def test_an_upstream_failure_before_output_charges_nothing(service: Service) -> None:
+    key = service.user("fay", 1_000)
+    faults = {"faults": [{"kind": "fail_before", "times": 1}, {"kind": "hang", "times": 1}]}
+    httpx.post(f"{service.emulator}/_emulator/faults", json=faults).raise_for_status()
+    with service.sdk(key, max_retries=0) as sdk:
+        with pytest.raises(openai.InternalServerError) as failed:
+            sdk.chat.completions.create(model="test-model", messages=ASK)
+        assert failed.value.status_code == 502
+        with pytest.raises(openai.InternalServerError) as hung:
+            sdk.chat.completions.create(model="test-model", messages=ASK, stream=True)
+        assert hung.value.status_code == 504
+    assert [(c.status, c.charged) for c in service.calls("fay")] == [("failed", 0)] * 2
+    assert service.balance("fay") == 1_000
+
+
+def test_an_upstream_failure_mid_stream_charges_what_was_streamed(service: Service) -> None:
+    key = service.user("gil", 1_000)
+    faults = {"faults": [{"kind": "fail_mid", "times": 1, "after": 4}]}
+    httpx.post(f"{service.emulator}/_emulator/faults", json=faults).raise_for_status()
+    words = []
+    with service.sdk(key) as sdk, pytest.raises(openai.APIError):
+        for chunk in sdk.chat.completions.create(
+            model="test-model",
+            messages=ASK,
+            stream=True,
+            max_completion_tokens=12,
+        ):
+            if chunk.choices and chunk.choices[0].delta.content:
+                words.append(chunk.choices[0].delta.content)
+    assert len(words) == 4
+    (call,) = service.calls("gil")
+    assert (call.status, call.output_tokens, call.input_tokens) == ("failed", 4, ASK_INPUT_BOUND)
+    assert call.charged == ASK_INPUT_BOUND + 2 * 4
+    assert service.balance("gil") == 1_000 - call.charged
+
+
+def test_a_retried_call_with_an_idempotency_key_is_charged_once(service: Service) -> None:
+    key = service.user("hal", 1_000)
+    once = {"Idempotency-Key": "call-1"}
+    streamed = {"Idempotency-Key": "call-2"}
+    with service.sdk(key) as sdk:
+        first = sdk.chat.completions.create(model="test-model", messages=ASK, extra_headers=once)
+        again = sdk.chat.completions.with_raw_response.create(
+            model="test-model",
+            messages=ASK,
+            extra_headers=once,
+        )
+        texts = []
+        for _ in range(2):
+            chunks = sdk.chat.completions.create(
+                model="test-model",
+                messages=ASK,
+                stream=True,
+                extra_headers=streamed,
+            )
+            texts.append("".join(c.choices[0].delta.content or "" for c in chunks if c.choices))
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.parse().choices[0].message.content == first.choices[0].message.content
+    assert texts[0] == texts[1] and texts[0]
+    assert len(service.emulated()) == 2  # each forwarded once
+    assert len(service.calls("hal")) == 2
+    assert service.balance("hal") == 1_000 - sum(c.charged for c in service.calls("hal"))
+
+
+def test_keys_revoked_capped_or_for_another_user_are_refused(service: Service) -> None:
+    key = service.user("ivy", 1_000)
+    service.user("jon", 1_000)
+    capped = service.key("ivy", daily_cap=ASK_INPUT_BOUND + 2 * 50 + 10)
+    with service.sdk(capped) as sdk:
+        sdk.chat.completions.create(model="test-model", messages=ASK)
+        with pytest.raises(openai.APIStatusError) as over:
+            sdk.chat.completions.create(model="test-model", messages=ASK)
+    assert over.value.status_code == 402 and over.value.code == "key_cap_reached"
+    # A user's key acts for its user alone.
+    with service.sdk(key) as sdk, pytest.raises(openai.BadRequestError):
+        sdk.chat.completions.create(
+            model="test-model",
+            messages=ASK,
+            extra_headers={"X-Tokenbank-User": "jon"},
+        )
+    assert service.calls("jon") == []
+    keys = httpx.get(f"{service.url}/api/v1/users/ivy/llm-keys", headers=service.admin).json()
+    first = next(k for k in keys["keys"] if key.startswith(k["prefix"]) and k["daily_cap"] is None)
+    assert all("key" not in k or k["key"] is None for k in keys["keys"])
+    revoked = httpx.post(
+        f"{service.url}/api/v1/users/ivy/llm-keys/{first['id']}/revoke", headers=service.admin
+    )
+    assert revoked.json()["revoked_at"] is not None
+    # Another user's key id is not this user's to revoke.
+    assert (
+        httpx.post(
+            f"{service.url}/api/v1/users/jon/llm-keys/{first['id']}/revoke", headers=service.admin
+        ).status_code
+        == 404
+    )
+    with service.sdk(key) as sdk, pytest.raises(openai.AuthenticationError):
+        sdk.chat.completions.create(model="test-model", messages=ASK)
+    with service.sdk("tbu_not-a-key") as sdk, pytest.raises(openai.AuthenticationError):
+        sdk.models.list()
+
+
+def test_the_host_app_calls_for_a_user_with_its_own_key(service: Service) -> None:
+    service.user("kim", 1_000)
+    app_key = service.admin["Authorization"].removeprefix("Bearer ")
+    with service.sdk(app_key, default_headers={"X-Tokenbank-User": "kim"}) as sdk:
+        reply = sdk.chat.completions.create(model="test-model", messages=ASK)
+        with pytest.raises(openai.NotFoundError) as unknown:
+            sdk.chat.completions.create(model="no-such-model", messages=ASK)
+    assert unknown.value.code == "model_not_found"
+    assert reply.usage is not None
+    assert service.balance("kim") == 1_000 - cost(reply.usage)
+    with service.sdk(app_key) as sdk, pytest.raises(openai.BadRequestError) as nobody:
+        sdk.chat.completions.create(model="test-model", messages=ASK)
+    assert nobody.value.param == "X-Tokenbank-User"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"model": "test-model"},
+        {"model": "test-model", "messages": []},
+        {"model": "test-model", "messages": "hi"},
+        {"model": 5, "messages": ASK},
+        {"model": "test-model", "messages": ASK, "max_tokens": 0},
+        {"model": "test-model", "messages": ASK, "max_completion_tokens": "9"},
+        {"model": "test-model", "messages": ASK, "n": 500},
+        {"model": "test-model", "messages": ASK, "stream": "yes"},
+        {"model": "test-model", "messages": ASK, "stream_options": {"include_usage": True}},
+        [1, 2],
+    ],
+)
+def test_bad_requests_are_400s_in_openai_shape(service: Service, body: Any) -> None:
+    key = service.user("lee", 1_000)
+    answer = httpx.post(
+        f"{service.url}/v1/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["code"]
+    assert service.balance("lee") == 1_000 and service.emulated() == []
+
+
+def test_a_call_without_a_key_is_a_401_in_openai_shape(service: Service) -> None:
+    answer = httpx.post(f"{service.url}/v1/chat/completions", json={})
+    assert answer.status_code == 401
+    assert answer.json()["error"]["type"] == "authentication_error"
+    garbled = textwrap.dedent("not json at all")
+    key = service.user("max", 10)
+    answer = httpx.post(
+        f"{service.url}/v1/chat/completions",
+        content=garbled,
+        headers={"Authorization": f"Bearer {key}", "content-type": "application/json"},
+    )
+    assert answer.status_code == 400 and answer.json()["error"]["param"] == "body"
