@@ -4,6 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PORT   ?= 8000
 EMULATOR_PORT ?= 12111
+LLM_EMULATOR_PORT ?= 12112
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
@@ -20,8 +21,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
-run: install ## Start tokenbank at http://127.0.0.1:8000 on SQLite (./var), with the built-in Stripe emulator and the worker
-	@BIN=$(BIN) PORT=$(PORT) EMULATOR_PORT=$(EMULATOR_PORT) scripts/run-local.sh
+run: install ## Start tokenbank at http://127.0.0.1:8000 on SQLite (./var), with the built-in Stripe and model emulators and the worker
+	@BIN=$(BIN) PORT=$(PORT) EMULATOR_PORT=$(EMULATOR_PORT) LLM_EMULATOR_PORT=$(LLM_EMULATOR_PORT) scripts/run-local.sh
 
 test: install ## Run the test suite (SQLite and PostgreSQL)
 	$(BIN)/pytest

@@ -4,6 +4,10 @@
 # With STRIPE_SECRET_KEY already set (real Stripe test keys, in the environment or ./.env),
 # no emulator is started.
 #
+# The built-in model emulator (`tokenbank llm-emulator`) runs beside it too, unless
+# TOKENBANK_LLM_EMULATOR_URL names another upstream: the models file (catalogs/models.toml)
+# points the gateway's models at it, so /v1/chat/completions works offline.
+#
 # `tokenbank worker` runs beside the service (timed jobs: expiring holds and grants,
 # reconcile, sweep; and mail), its log in $VAR/worker-$PORT.log.
 #
@@ -15,6 +19,7 @@ set -euo pipefail
 BIN="${BIN:-.venv/bin}"
 PORT="${PORT:-8000}"
 EMULATOR_PORT="${EMULATOR_PORT:-12111}"
+LLM_EMULATOR_PORT="${LLM_EMULATOR_PORT:-12112}"
 VAR="${TOKENBANK_VAR_DIR:-var}"
 export TOKENBANK_PUBLIC_URL="${TOKENBANK_PUBLIC_URL:-http://127.0.0.1:$PORT}"
 
@@ -42,12 +47,13 @@ fi
 
 ports=("$PORT")
 [ -z "$own_stripe" ] && ports+=("$EMULATOR_PORT")
+[ -z "${TOKENBANK_LLM_EMULATOR_URL:-}" ] && ports+=("$LLM_EMULATOR_PORT")
 for port in "${ports[@]}"; do
     if in_use "$port"; then
         cat >&2 <<TXT
 Port $port is in use: is tokenbank already running (another make run)?
 Stop it (Ctrl-C in its terminal), or start this one on other ports:
-    make run PORT=8001 EMULATOR_PORT=12121
+    make run PORT=8001 EMULATOR_PORT=12121 LLM_EMULATOR_PORT=12122
 TXT
         exit 1
     fi
@@ -96,12 +102,30 @@ if [ -z "$own_stripe" ]; then
 else
     stripe_note="Stripe with your STRIPE_SECRET_KEY ($([ -n "${STRIPE_SECRET_KEY:-}" ] && echo environment || echo ./.env))"
 fi
+if [ -z "${TOKENBANK_LLM_EMULATOR_URL:-}" ]; then
+    export TOKENBANK_LLM_EMULATOR_URL="http://127.0.0.1:$LLM_EMULATOR_PORT/v1"
+    llm_log="$VAR/llm-emulator-$LLM_EMULATOR_PORT.log"
+    "$BIN/tokenbank" llm-emulator --port "$LLM_EMULATOR_PORT" --token-ms 20 >"$llm_log" 2>&1 &
+    llm_emulator=$!
+    children+=("$llm_emulator")
+    for _ in $(seq 100); do
+        kill -0 "$llm_emulator" 2>/dev/null || {
+            echo "the model emulator did not start; its log, $llm_log:" >&2
+            tail -20 "$llm_log" >&2
+            exit 1
+        }
+        "$BIN/python" -c "import urllib.request, sys; urllib.request.urlopen(sys.argv[1], timeout=1)" \
+            "http://127.0.0.1:$LLM_EMULATOR_PORT/_emulator/health" 2>/dev/null && break
+        sleep 0.1
+    done
+fi
 # The settings of this instance, for commands run from another terminal (reconcile,
 # refund, ...): the CLI reads $VAR/.env (a ./.env of yours, or the environment, wins).
 # Real Stripe keys are never written here: they stay in your environment.
 {
     echo "# Written by make run for the instance at $TOKENBANK_PUBLIC_URL; rewritten at each start."
     echo "TOKENBANK_PUBLIC_URL=$TOKENBANK_PUBLIC_URL"
+    echo "TOKENBANK_LLM_EMULATOR_URL=$TOKENBANK_LLM_EMULATOR_URL"
     if [ -n "${emulator:-}" ]; then
         echo "STRIPE_SECRET_KEY=$STRIPE_SECRET_KEY"
         echo "STRIPE_PUBLISHABLE_KEY=$STRIPE_PUBLISHABLE_KEY"
@@ -119,6 +143,7 @@ cat <<TXT
 
 tokenbank is starting at $TOKENBANK_PUBLIC_URL  (API docs: $TOKENBANK_PUBLIC_URL/docs)
 Payments go to $stripe_note.
+Models (GET /v1/models) answer from $TOKENBANK_LLM_EMULATOR_URL (catalogs/models.toml).
   Buy tokens in the browser: $TOKENBANK_PUBLIC_URL/register, confirm the address from
   the mail at $TOKENBANK_PUBLIC_URL/_dev/mail, sign in, then Buy tokens.
   Create an API key for your app:  $BIN/tokenbank apikeys create --name my-app --scope admin

@@ -30,14 +30,16 @@ class Instance:
     emulator_port: int
     var: Path
     log: Path
+    llm_port: int
 
 
-def _env(port: int, emulator_port: int, var: Path) -> dict[str, str]:
+def _env(port: int, emulator_port: int, var: Path, llm_port: int) -> dict[str, str]:
     return clean_env(
         {
             "BIN": str(TOKENBANK.parent),
             "PORT": str(port),
             "EMULATOR_PORT": str(emulator_port),
+            "LLM_EMULATOR_PORT": str(llm_port),
             "TOKENBANK_VAR_DIR": str(var),
             # The instance's own file only, never a ./.env of the checkout's.
             "TOKENBANK_ENV_FILE": str(var / ".env"),
@@ -54,7 +56,7 @@ def _listening(port: int) -> bool:
 
 @pytest.fixture
 def running(tmp_path: Path) -> Iterator[Instance]:
-    port, emulator_port = free_ports(2)
+    port, emulator_port, llm_port = free_ports(3)
     var = tmp_path / "first"
     log = tmp_path / "first.log"
     with log.open("wb") as out:
@@ -62,13 +64,13 @@ def running(tmp_path: Path) -> Iterator[Instance]:
         popen = subprocess.Popen(
             ["bash", "-c", f"{SCRIPT}; true"],
             cwd=REPO,
-            env=_env(port, emulator_port, var),
+            env=_env(port, emulator_port, var, llm_port),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    instance = Instance(popen, port, emulator_port, var, log)
+    instance = Instance(popen, port, emulator_port, var, log, llm_port)
     try:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
@@ -91,7 +93,7 @@ def _second(tmp_path: Path, port: int, emulator_port: int) -> subprocess.Complet
     return subprocess.run(
         [str(SCRIPT)],
         cwd=REPO,
-        env=_env(port, emulator_port, tmp_path / "second"),
+        env=_env(port, emulator_port, tmp_path / "second", free_ports(1)[0]),
         capture_output=True,
         text=True,
         timeout=30,
@@ -125,7 +127,7 @@ def test_a_second_make_run_stops_at_once_and_touches_nothing(
         assert f"Port {running.port if port == running.port else emulator_port} is in use" in (
             second.stderr
         )
-        assert "make run PORT=8001 EMULATOR_PORT=12121" in second.stderr
+        assert "make run PORT=8001 EMULATOR_PORT=12121 LLM_EMULATOR_PORT=12122" in second.stderr
         assert "tokenbank is starting" not in second.stdout
         assert not (tmp_path / "second").exists()  # nothing written, not even its folder
     assert emulator_log.read_bytes() == before
@@ -134,10 +136,11 @@ def test_a_second_make_run_stops_at_once_and_touches_nothing(
 
 def test_stopping_make_stops_the_service_and_the_emulator(running: Instance) -> None:
     assert _listening(running.port) and _listening(running.emulator_port)
+    assert _listening(running.llm_port)
     os.kill(running.popen.pid, signal.SIGTERM)  # the parent alone, as `kill <make>` does
     running.popen.wait(10)
     deadline = time.monotonic() + 15
-    while _listening(running.port) or _listening(running.emulator_port):
+    while any(_listening(p) for p in (running.port, running.emulator_port, running.llm_port)):
         assert time.monotonic() < deadline, running.log.read_text()
         time.sleep(0.1)
     # Nothing of the group is left behind.
@@ -154,8 +157,8 @@ def test_stopping_make_stops_the_service_and_the_emulator(running: Instance) -> 
 def _terminal(instance: Instance, *args: str) -> subprocess.CompletedProcess[str]:
     """A command typed in a second terminal: none of make run's environment, only its
     files (the database, and the var/.env it wrote)."""
-    env = _env(instance.port, instance.emulator_port, instance.var)
-    for name in ("BIN", "PORT", "EMULATOR_PORT"):
+    env = _env(instance.port, instance.emulator_port, instance.var, instance.llm_port)
+    for name in ("BIN", "PORT", "EMULATOR_PORT", "LLM_EMULATOR_PORT"):
         env.pop(name)
     return subprocess.run(
         [str(TOKENBANK), *args],
@@ -194,13 +197,13 @@ def test_a_second_terminal_and_a_restart_keep_the_same_stripe(
 
     os.killpg(running.popen.pid, signal.SIGTERM)
     running.popen.wait(10)
-    while _listening(running.port) or _listening(running.emulator_port):
+    while any(_listening(p) for p in (running.port, running.emulator_port, running.llm_port)):
         time.sleep(0.1)
     with (tmp_path / "again.log").open("wb") as out:
         again = subprocess.Popen(
             [str(SCRIPT)],
             cwd=REPO,
-            env=_env(running.port, running.emulator_port, running.var),
+            env=_env(running.port, running.emulator_port, running.var, running.llm_port),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -245,13 +248,15 @@ def test_the_readme_tour_runs_top_to_bottom_as_written(running: Instance) -> Non
     shell, python = _tour()
     assert len(shell) >= 2 and python
     here = f"127.0.0.1:{running.port}"
-    env = _env(running.port, running.emulator_port, running.var)
-    for name in ("BIN", "PORT", "EMULATOR_PORT"):
+    env = _env(running.port, running.emulator_port, running.var, running.llm_port)
+    for name in ("BIN", "PORT", "EMULATOR_PORT", "LLM_EMULATOR_PORT"):
         env.pop(name)
     # One terminal: what the first block exports, the next ones use.
     emulator = f"127.0.0.1:{running.emulator_port}"
     script = "\n".join(shell).replace("localhost:8000", here).replace("127.0.0.1:8000", here)
     script = script.replace("localhost:12111", emulator).replace("127.0.0.1:12111", emulator)
+    models = f"127.0.0.1:{running.llm_port}"
+    script = script.replace("localhost:12112", models).replace("127.0.0.1:12112", models)
     ran = subprocess.run(
         ["bash", "-c", "trap 'echo \"FAILED $? :: $BASH_COMMAND\" >&2' ERR\n" + script],
         cwd=REPO,

@@ -258,6 +258,11 @@ def _scenarios(probe: Probe, *, postgres: bool) -> None:
     held = probe.call("hold", user_id="alice", amount=600, idempotency_key="h1", now=LATER)
     probe.call("post_hold", hold_id=held.id, amount=400, now=LATER)
     probe.call("post_hold", hold_id=held.id, amount=400, now=LATER)
+    # A model call: its hold under a reserved key, posted, then a cost beyond it.
+    call = probe.call("hold_call", user_id="alice", amount=5, call="1:1", ttl_seconds=60, now=LATER)
+    probe.call("hold_call", user_id="alice", amount=5, call="1:1", ttl_seconds=60, now=LATER)
+    probe.call("post_hold", hold_id=call.id, amount=5, now=LATER)
+    probe.call("overrun", user_id="alice", amount=3, reference=f"hold:{call.id}", now=LATER)
     voided = probe.call("hold", user_id="alice", amount=10, idempotency_key="h2", now=LATER)
     probe.call("void_hold", hold_id=voided.id, now=LATER)
     late = probe.hold(10, "h-late", ttl=1)
@@ -303,6 +308,9 @@ def _scenarios(probe: Probe, *, postgres: bool) -> None:
         "credit", user_id="alice", amount=30, kind=ledger.TransferKind.GRANT, idempotency_key="c2"
     )
     probe.call("settle_debt", user_id="alice", reference="purchase:2", now=LATER)
+    # A model call's cost beyond its hold, more than the wallet has: the rest is debt.
+    probe.call("overrun", user_id="alice", amount=10**5, reference="hold:big", now=LATER)
+    probe.call("overrun", user_id="alice", amount=10**5, reference="hold:big", now=LATER)
     probe.call(
         "restore",
         user_id="alice",

@@ -19,6 +19,7 @@ PATH_VALUES = {
     "event_id": "evt_1",
     "token": "x",
     "mail_id": "1",
+    "key_id": "1",
 }
 
 

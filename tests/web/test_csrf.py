@@ -22,7 +22,7 @@ from tokenbank.web.app import create_app
 from tokenbank.web.routing import UNSAFE_METHODS, PageRoute
 
 #: Prefixes of the routes whose callers prove who they are otherwise, never by a cookie.
-EXEMPT = ("/api/v1/", "/webhooks/stripe")
+EXEMPT = ("/api/v1/", "/v1/", "/webhooks/stripe")
 BASE = "https://tokens.example"
 #: Fields that make each form otherwise valid: a refusal is then the token's doing.
 FORMS: dict[str, dict[str, str]] = {

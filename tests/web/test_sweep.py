@@ -164,6 +164,7 @@ def _seed(db: Database, emulator: EmulatorServer) -> Iterator[Seeded]:
                 "event_id": "evt_seed",
                 "token": token,
                 "mail_id": "1",
+                "key_id": "1",
             },
         )
     emulator.reset()
@@ -212,6 +213,7 @@ BASE_BODIES: dict[str, dict[str, Any]] = {
         "idempotency_key": "sweep-s",
     },
     "/api/v1/users/{user_id}/subscription/change": {"plan_id": "pro", "interval": "year"},
+    "/api/v1/users/{user_id}/llm-keys": {"name": "app", "daily_cap": 1000},
 }
 #: The fields of every form (the CSRF token is added, valid).
 BASE_FORMS: dict[str, dict[str, str]] = {
@@ -275,7 +277,10 @@ class Sweep:
             self.failures.append(f"{what} -> {answer.status_code} {answer.text[:200]}")
         elif answer.status_code >= 400 and machine:
             kind = answer.headers.get("content-type", "")
-            if kind != "application/problem+json" or "code" not in answer.json():
+            if url.startswith("/v1/"):  # the model gateway: OpenAI's error shape
+                if "code" not in answer.json().get("error", {}):
+                    self.failures.append(f"{what} -> {answer.status_code} not an OpenAI error")
+            elif kind != "application/problem+json" or "code" not in answer.json():
                 self.failures.append(f"{what} -> {answer.status_code} not a problem: {kind}")
 
 

@@ -55,10 +55,13 @@ def usage(
 ) -> list[UsageRow]:
     """Finished calls' usage, by ``group_by``, for one user or everyone; ``since`` and
     ``until`` are days (UTC), both included. By user: the biggest spenders first."""
-    group: sa.ColumnElement[str] = {
-        "model": llm_calls.c.model,
-        "user": llm_calls.c.user_id,
-    }.get(group_by) or _day(conn)
+    group: sa.ColumnElement[str]
+    if group_by == "model":
+        group = llm_calls.c.model
+    elif group_by == "user":
+        group = llm_calls.c.user_id
+    else:
+        group = _day(conn)
     charged = sa.func.coalesce(sa.func.sum(llm_calls.c.charged), 0)
     query = (
         sa.select(

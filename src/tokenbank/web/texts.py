@@ -89,6 +89,13 @@ def describe(item: ledger.HistoryItem, *, lang: Language, catalog: Catalog | Non
         return lang.gettext(text, package=name)
     if "subscription_id" in meta:
         return _describe_plan(item, meta, lang=lang, catalog=catalog)
+    if "llm_call" in meta and "input_tokens" in meta:
+        return lang.gettext(
+            "%(model)s: %(input)s in / %(output)s out",
+            model=str(meta.get("model", "")),
+            input=lang.number(int(meta["input_tokens"])),
+            output=lang.number(int(meta.get("output_tokens", 0))),
+        )
     if "settles_debt" in meta:
         return lang.gettext("Tokens owed, collected from a purchase")
     if item.kind is ledger.TransferKind.EXPIRY and meta.get("source") in EXPIRY_TEXTS:

@@ -30,7 +30,7 @@ from tokenbank.llm.calls import Caller
 from tokenbank.llm.gateway import Gateway, Reply
 from tokenbank.llm.keys import KEY_PREFIX, LlmKey
 from tokenbank.logs import REQUEST_ID
-from tokenbank.web.api.responses import PROBLEMS
+from tokenbank.web.api.responses import GATEWAY_ERRORS, PROBLEMS
 from tokenbank.web.auth import bearer_secret
 from tokenbank.web.deps import DatabaseDep, Reader, RowId, Spender, UserId
 from tokenbank.web.routing import StrictRoute
@@ -43,7 +43,7 @@ from tokenbank.web.schemas import (
     UsageRowOut,
 )
 
-router = APIRouter(prefix="/v1", tags=["gateway"])
+router = APIRouter(prefix="/v1", responses=GATEWAY_ERRORS, tags=["gateway"])
 keys_router = APIRouter(
     prefix="/api/v1", responses=PROBLEMS, route_class=StrictRoute, tags=["gateway"]
 )

@@ -39,3 +39,42 @@ WEBHOOK_PROBLEMS = _problems(
     (500, "Stored, but applying it failed: Stripe will retry"),
     (503, "No webhook secret, or the database or Stripe is unavailable: retry"),
 )
+
+
+def _openai_errors(*answers: tuple[int, str]) -> Responses:
+    schema = {
+        "type": "object",
+        "properties": {
+            "error": {
+                "type": "object",
+                "properties": {
+                    "message": {"type": "string"},
+                    "type": {"type": "string"},
+                    "param": {"type": ["string", "null"]},
+                    "code": {"type": ["string", "null"]},
+                },
+                "required": ["message", "type", "param", "code"],
+            }
+        },
+        "required": ["error"],
+    }
+    return {
+        status: {"description": text, "content": {"application/json": {"schema": schema}}}
+        for status, text in answers
+    }
+
+
+#: The model gateway's errors, in OpenAI's shape (``web/problems.py``'s ``openai_error``).
+GATEWAY_ERRORS = _openai_errors(
+    (400, "A request the gateway or the model's upstream cannot take (param names the field)"),
+    (401, "Missing, unknown or revoked key"),
+    (402, "Insufficient tokens (insufficient_quota, with buy_url), or the key's cap for the day"),
+    (403, "The host app's key lacks the spend scope"),
+    (404, "No such model or user"),
+    (409, "A call with this Idempotency-Key is still running, or named another model"),
+    (413, "Request too large"),
+    (429, "Too many calls for this key, or too many wrong keys from this address"),
+    (502, "The model's upstream failed before any output: nothing was charged"),
+    (503, "The gateway or the database is unavailable: retry after Retry-After seconds"),
+    (504, "The model's upstream did not answer in time: nothing was charged"),
+)
