@@ -232,6 +232,12 @@ def test_a_second_terminal_and_a_restart_keep_the_same_stripe(
         again.wait(10)
 
 
+def _admin_key(instance: Instance) -> str:
+    made = _terminal(instance, "apikeys", "create", "--name", "tour-python", "--scope", "admin")
+    assert made.returncode == 0, made
+    return made.stdout.strip().splitlines()[-1]
+
+
 def _tour() -> tuple[list[str], list[str]]:
     """The README tour's shell and Python blocks, in order."""
     readme = (REPO / "README.md").read_text()
@@ -274,10 +280,18 @@ def test_the_readme_tour_runs_top_to_bottom_as_written(running: Instance) -> Non
     assert [line.split(" :: ")[0] for line in failures] == ["FAILED 4"], failures
     assert "spend bob 5000" in failures[0]
     database = f"sqlite:///{running.var / 'tokenbank.db'}"
+    # The gateway's block reads alice's model key, as the shell's export left it.
+    made = httpx.post(
+        f"http://{here}/api/v1/users/alice/llm-keys",
+        json={"name": "tour"},
+        headers={"Authorization": f"Bearer {_admin_key(running)}"},
+    )
+    assert made.status_code == 201, made.text
+    env["ALICE"] = made.json()["key"]
     for block in python:
         if "llm." in block:
             continue  # needs a model: shown, not run
-        code = block.replace("sqlite:///var/tokenbank.db", database)
+        code = block.replace("sqlite:///var/tokenbank.db", database).replace("127.0.0.1:8000", here)
         ran = subprocess.run(
             [str(TOKENBANK.parent / "python"), "-c", code],
             cwd=REPO,

@@ -6,6 +6,7 @@ ledger must verify after every test (the ``db`` fixture)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import sqlalchemy as sa
 from openai.types.chat import ChatCompletionMessageParam
 
 from tests.processes import REPO, Process, clean_env, free_ports, wait_until_up
+from tests.web.test_sweep import HOSTILE_JSON
 from tokenbank import apikeys, ledger
 from tokenbank.apikeys import Scope
 from tokenbank.db import Database
@@ -465,3 +467,43 @@ def test_a_call_without_a_key_is_a_401_in_openai_shape(service: Service) -> None
         headers={"Authorization": f"Bearer {key}", "content-type": "application/json"},
     )
     assert answer.status_code == 400 and answer.json()["error"]["param"] == "body"
+
+
+def test_no_hostile_field_reaches_a_500(service: Service) -> None:
+    """Every field of a call, each hostile value in turn, and broken bodies: a 4xx in
+    OpenAI's shape, or a call charged as any other (never a 5xx, never a negative wallet)."""
+    key = service.user("ned", 100_000)
+    base: dict[str, Any] = {
+        "model": "test-model",
+        "messages": [{"role": "user", "content": "hi", "name": "n"}],
+        "max_tokens": 5,
+        "max_completion_tokens": 5,
+        "n": 1,
+        "stream": False,
+        "tools": [],
+        "stream_options": None,
+    }
+    headers = {"Authorization": f"Bearer {key}", "content-type": "application/json"}
+    bodies = [json.dumps({**base, name: value}).encode() for name in base for value in HOSTILE_JSON]
+    bodies += [
+        json.dumps({**base, "messages": [{"role": value, "content": value}]}).encode()
+        for value in HOSTILE_JSON
+    ]
+    bodies += [
+        b"",
+        b"null",
+        b"{",
+        b'{"model": "test-model", "model": "x", "messages": []}',
+        b'{"a":' * 2000 + b"1" + b"}" * 2000,
+        b'{"model": "test-model", "messages": [{"role": "user", "content": "\\ud800"}]}',
+    ]
+    with httpx.Client(base_url=service.url, headers=headers, timeout=30) as client:
+        for body in bodies:
+            answer = client.post("/v1/chat/completions", content=body)
+            assert answer.status_code < 500, (body[:200], answer.text[:300])
+            if answer.status_code >= 400:
+                error = answer.json()["error"]  # the gateway's, or the upstream's 4xx as it was
+                assert "code" in error and error["type"] and error["message"], answer.text
+    calls = service.calls("ned")
+    assert all(c.status != "pending" for c in calls)
+    assert service.balance("ned") == 100_000 - sum(c.charged for c in calls) >= 0

@@ -96,16 +96,25 @@ def describe(item: ledger.HistoryItem, *, lang: Language, catalog: Catalog | Non
             input=lang.number(int(meta["input_tokens"])),
             output=lang.number(int(meta.get("output_tokens", 0))),
         )
-    if "settles_debt" in meta:
-        return lang.gettext("Tokens owed, collected from a purchase")
-    if item.kind is ledger.TransferKind.EXPIRY and meta.get("source") in EXPIRY_TEXTS:
-        return lang.gettext(EXPIRY_TEXTS[ledger.Source(meta["source"])])
+    fixed = _fixed_text(item, meta)
+    if fixed is not None:
+        return lang.gettext(fixed)
     if purchase is not None:
         # The first marker the metadata carries names what happened to the purchase.
         for marker, text in PURCHASE_EVENTS:
             if meta.get(marker):
                 return lang.gettext(text, purchase=purchase)
     return item.description or ""
+
+
+def _fixed_text(item: ledger.HistoryItem, meta: dict[str, object]) -> str | None:
+    """The sentence of an entry that says the same whatever its amounts: debt collected,
+    tokens expired."""
+    if "settles_debt" in meta:
+        return N_("Tokens owed, collected from a purchase")
+    if item.kind is ledger.TransferKind.EXPIRY and meta.get("source") in EXPIRY_TEXTS:
+        return EXPIRY_TEXTS[ledger.Source(str(meta["source"]))]
+    return None
 
 
 def _describe_plan(

@@ -9,7 +9,6 @@ the SDK does not retry.
 
 from __future__ import annotations
 
-import json
 from datetime import date
 from typing import Annotated, Literal
 
@@ -33,7 +32,7 @@ from tokenbank.logs import REQUEST_ID
 from tokenbank.web.api.responses import GATEWAY_ERRORS, PROBLEMS
 from tokenbank.web.auth import bearer_secret
 from tokenbank.web.deps import DatabaseDep, Reader, RowId, Spender, UserId
-from tokenbank.web.routing import StrictRoute
+from tokenbank.web.routing import StrictRoute, loads
 from tokenbank.web.runtime import Runtime, runtime
 from tokenbank.web.schemas import (
     LlmKeyIn,
@@ -129,11 +128,11 @@ async def chat_completions(request: Request, idempotency_key: IdempotencyHeader 
     parts = runtime(request)
     gateway = _gateway(parts)
     who = await caller(request, parts)
-    raw = await request.body()
     try:
-        body = json.loads(raw)
-    except ValueError:
-        raise InvalidArgument("body", "must be JSON") from None
+        # Strictly, as every API body: no repeated keys, no text a database cannot store.
+        body = loads(await request.body())
+    except ValueError as exc:
+        raise InvalidArgument("body", f"must be JSON: {exc}") from None
     client = request.scope.get("client")
     if who.secret is not None:
         await run_in_threadpool(parts.throttle.check, "api_key_ip", client[0] if client else "?")
