@@ -332,7 +332,7 @@ class LiveService:
 def _start_service(
     directory: Path, catalog: Path, purchase_flow: PurchaseFlow, extra_env: Mapping[str, str]
 ) -> LiveService:
-    port, emulator_port, smtp_port = free_ports(3)
+    port, emulator_port, smtp_port, models_port = free_ports(4)
     base_url, emulator_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{emulator_port}"
     database_url = f"sqlite:///{directory / 'tokenbank.db'}"
     smtp = SmtpServer(smtp_port)
@@ -358,6 +358,9 @@ def _start_service(
             "TOKENBANK_SMTP_URL": smtp.url,
             "TOKENBANK_MAIL_FROM": MAIL_FROM,
             "TOKENBANK_MAIL_SENDER": "app",
+            # The shipped models file, on a model emulator of this instance's own.
+            "TOKENBANK_MODELS": str(REPO / "catalogs" / "models.toml"),
+            "TOKENBANK_LLM_EMULATOR_URL": f"http://127.0.0.1:{models_port}/v1",
             **extra_env,
         }
     )
@@ -368,6 +371,8 @@ def _start_service(
         *("--webhook-url", f"{base_url}/webhooks/stripe", "--public-url", emulator_url),
     )
     service.wait_until_up(f"{emulator_url}/_emulator/health")
+    service.start("llm-emulator", "llm-emulator", "--port", str(models_port), "--token-ms", "40")
+    service.wait_until_up(f"http://127.0.0.1:{models_port}/_emulator/health")
     for step in (("db", "upgrade"), ("packages", "sync")):
         try:
             service.cli(*step)

@@ -411,6 +411,9 @@ def test_every_page_renders_cleanly_in_both_languages(
     visit("/admin/purchases", "admin-purchases")
     visit("/admin/webhooks", "admin-webhooks")
     visit("/admin/catalog", "admin-catalog")
+    visit("/admin/usage", "admin-usage")
+    visit("/chat", "chat")
+    visit("/keys", "keys")
     assert errors == []
     visit("/portal/not-a-real-link", "portal-link-invalid", status=400)
     visit("/password/reset/not-a-real-link", "password-reset-invalid", status=400)
@@ -521,3 +524,70 @@ def test_subscribing_on_the_pricing_page_then_the_portal_and_a_failed_renewal(
     expect(plan_card).to_have_attribute("data-status", "past_due")
     check("past-due")
     assert errors == []
+
+
+@pytest.mark.parametrize("locale", ["en", "zh-CN"])
+def test_the_chat_streams_an_answer_with_its_cost_then_offers_to_buy(
+    live_service: StartService, new_page: NewPage, screenshot: Shoot, locale: str
+) -> None:
+    """A signed-in user picks a model (its price shown), sends a prompt: the answer streams
+    in word by word, says what it cost, and the header balance follows. When the tokens
+    run out, the buy dialog opens. Then a key made on the keys page works with the SDK's
+    protocol, is shown once, and is refused once revoked."""
+    service = live_service()
+    user_id = f"chat-{locale}-{uuid.uuid4().hex[:6]}"
+    email = unique_email(user_id)
+    service.create_user(user_id, email, PASSWORD)
+    service.cli("grant", user_id, "400", "--reason", "welcome")
+    page = new_page(locale=locale)
+    errors = watch_console(page, service.base_url)
+    sign_in(page, service, email)
+    page.goto(f"{service.base_url}/chat")
+    expect(page.locator("#chat-model option").first).to_contain_text("50,000")
+    page.locator("#chat-prompt").fill("[[tokens=30]]")
+    page.locator("form[data-chat] button[type=submit]").click()
+    answer = page.locator(".message.assistant").last
+    # Streaming: part of the answer shows before the whole of it.
+    expect(answer).to_contain_text("w3", timeout=10_000)
+    assert "w30" not in answer.inner_text()
+    expect(answer).to_contain_text("w30", timeout=15_000)
+    # 1 word + 3 in, 30 out: ceil((4 x 50,000 + 30 x 200,000) / 1,000,000) = 7 tokens.
+    expect(answer.locator(".hint")).to_contain_text("7")
+    expect(page.locator("#balance-widget [data-available]")).to_have_attribute(
+        "data-available", "393"
+    )
+    for width in WIDTHS:
+        page.set_viewport_size({"width": width, "height": 844})
+        assert layout_problems(page) == [], width
+        screenshot(page, f"{locale}-chat" + ("-phone" if width < 600 else ""))
+    # The large model's hold (4,096 output tokens at 1,000,000 a million) is more than is left.
+    page.locator("#chat-model").select_option("emulator-large")
+    page.locator("#chat-prompt").fill("hello again")
+    page.locator("form[data-chat] button[type=submit]").click()
+    dialog = page.locator("dialog[data-short]")
+    expect(dialog).to_be_visible()
+    expect(dialog.get_by_role("link")).to_have_attribute("href", "/pricing")
+    screenshot(page, f"{locale}-chat-out-of-tokens")
+    dialog.locator("[data-close]").click()
+
+    page.goto(f"{service.base_url}/keys")
+    page.locator("#key-name").fill("laptop")
+    page.locator("#key-cap").fill("100")
+    page.locator("form[action='/keys'] button").click()
+    secret = page.locator("[data-secret]").inner_text()
+    assert secret.startswith("tbu_")
+    screenshot(page, f"{locale}-keys-new")
+    listed = httpx.get(
+        f"{service.base_url}/v1/models", headers={"Authorization": f"Bearer {secret}"}
+    )
+    assert listed.status_code == 200
+    page.goto(f"{service.base_url}/keys")
+    assert secret not in page.content()
+    page.locator("form[action$='/revoke'] button").first.click()
+    expect(page.locator(".badge.warn")).to_have_count(1)
+    refused = httpx.get(
+        f"{service.base_url}/v1/models", headers={"Authorization": f"Bearer {secret}"}
+    )
+    assert refused.status_code == 401
+    # The browser logs the 402 it was answered (the refusal the dialog is for); no other.
+    assert [e for e in errors if "/chat/stream" not in e or "402" not in e] == []

@@ -33,6 +33,9 @@ FORMS: dict[str, dict[str, str]] = {
     "/account/password": {"current_password": "x" * 12, "new_password": "y" * 12},
     "/admin/users/{user_id}/grants": {"amount": "5", "reason": "r", "key": "k"},
     "/admin/purchases/{purchase_id}/review": {"decision": "credit", "reason": "r"},
+    "/keys": {"name": "laptop"},
+    "/chat": {"model": "emulator-small", "prompt": "hi"},
+    "/chat/stream": {"model": "emulator-small", "prompt": "hi"},
 }
 
 

@@ -237,6 +237,10 @@ BASE_FORMS: dict[str, dict[str, str]] = {
     "/password/reset/{token}": {"new_password": "correct horse battery staple"},
     "/account/email": {"email": "other@example.com", "password": "correct horse battery"},
     "/account/email/{token}": {},
+    "/keys": {"name": "laptop", "daily_cap": "100"},
+    "/keys/{key_id}/revoke": {},
+    "/chat": {"model": "emulator-small", "prompt": "hi", "history": "[]"},
+    "/chat/stream": {"model": "emulator-small", "prompt": "hi", "history": "[]"},
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from tokenbank.web.pages import admin, buying, devmail, links, plans, users, wallet
+from tokenbank.web.pages import admin, buying, devmail, links, models, plans, users, wallet
 
 ROUTERS: tuple[APIRouter, ...] = (
     users.router,
@@ -13,6 +13,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     wallet.router,
     buying.router,
     plans.router,
+    models.router,
     admin.router,
     devmail.router,
 )
