@@ -4,6 +4,7 @@ history line of a call in the page's language, and the admin's usage page."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,7 +103,9 @@ def test_the_chat_page_answers_charges_and_says_so_in_the_history(
         data={
             "model": "chatty",
             "prompt": "[[tokens=3]]",
-            "history": '[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]',
+            "history": json.dumps(
+                [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+            ),
             "csrf_token": token,
         },
     ) as streamed:
