@@ -3,10 +3,14 @@ call), and every mistake reported at once, by the loader and by ``tokenbank mode
 
 from __future__ import annotations
 
+import math
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from genai_prices import data_snapshot
 from typer.testing import CliRunner
 
 from tokenbank.cli import app
@@ -114,3 +118,83 @@ def test_models_check_lists_the_models_or_every_problem(tmp_path: Path) -> None:
     ran = runner.invoke(app, ["models", "check", str(bad)])
     assert ran.exit_code == 9
     assert "upstream must name" in ran.output and "max_output_tokens" in ran.output
+
+
+PRICED = """# Prices are reviewed before each release.
+[upstreams.openai]
+base_url = "https://api.openai.com/v1"
+api_key_env = "OPENAI_API_KEY"
+
+[upstreams.local]
+base_url = "http://127.0.0.1:11434/v1"
+cap_field = "max_tokens"
+
+[models."gpt-4o-mini"]
+upstream = "openai"
+input_per_million = 1   # ours
+output_per_million = 2
+max_output_tokens = 4096
+
+[models.sonnet]
+upstream = "openai"
+upstream_model = "claude-sonnet-4-5"
+input_per_million = 1
+output_per_million = 2
+max_output_tokens = 4096
+
+[models.llama]
+upstream = "local"
+upstream_model = "my-own-llama"
+input_per_million = 10
+output_per_million = 20
+max_output_tokens = 512
+"""
+
+
+def test_models_prices_proposes_then_writes_from_genai_prices(tmp_path: Path) -> None:
+    """USD per million x tokens per USD x (1 + markup), rounded up; the highest tier of a
+    tiered price; a model genai-prices does not know keeps its price; only the price lines
+    change, and only with --write."""
+    path = tmp_path / "models.toml"
+    path.write_text(PRICED)
+    args = ["models", "prices", str(path), "--tokens-per-usd", "1000", "--markup", "0.2"]
+    shown = runner.invoke(app, args)
+    assert shown.exit_code == 0, shown.output
+    assert "2 price changes proposed" in shown.output
+    assert path.read_text() == PRICED
+    written = runner.invoke(app, [*args, "--write"])
+    assert written.exit_code == 0, written.output
+    models = {m.id: m for m in load_models(path, env={}).models}
+    # From the package's own snapshot (it changes with its releases): gpt-4o-mini as
+    # OpenAI's; Claude Sonnet 4.5 found without its provider, at its highest tier.
+    snapshot = data_snapshot.get_snapshot()
+    now = datetime.now(UTC)
+    mini = snapshot.find_provider_model("gpt-4o-mini", None, "openai", None)[1].get_prices(now)
+    sonnet = snapshot.find_provider_model("claude-sonnet-4-5", None, None, None)[1]
+    tiers = sonnet.get_prices(now)
+
+    def top(price: Any) -> Decimal:
+        return max([Decimal(price.base), *(Decimal(t.price) for t in price.tiers)])
+
+    def tokens(usd: Any) -> int:
+        return math.ceil(Decimal(usd) * 1000 * Decimal("1.2"))
+
+    expected = {
+        "gpt-4o-mini": (tokens(mini.input_mtok), tokens(mini.output_mtok)),
+        "sonnet": (tokens(top(tiers.input_mtok)), tokens(top(tiers.output_mtok))),
+        "llama": (10, 20),  # unknown to genai-prices: kept
+    }
+    assert {m.id: (m.input_per_million, m.output_per_million) for m in models.values()} == expected
+    changed = [
+        (old, new)
+        for old, new in zip(PRICED.splitlines(), path.read_text().splitlines(), strict=True)
+        if old != new
+    ]
+    mini_in, mini_out = expected["gpt-4o-mini"]
+    sonnet_in, sonnet_out = expected["sonnet"]
+    assert changed == [
+        ("input_per_million = 1   # ours", f"input_per_million = {mini_in}   # ours"),
+        ("output_per_million = 2", f"output_per_million = {mini_out}"),
+        ("input_per_million = 1", f"input_per_million = {sonnet_in}"),
+        ("output_per_million = 2", f"output_per_million = {sonnet_out}"),
+    ]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +14,7 @@ from rich.table import Table
 
 from tokenbank.cli.common import err, out
 from tokenbank.errors import CatalogError
+from tokenbank.llm import prices
 from tokenbank.llm.emulator import create_app
 from tokenbank.llm.models import load_models
 
@@ -84,3 +87,69 @@ def models_check(
     )
     for upstream_id in missing:
         err.print(f"[yellow]upstream {upstream_id}: its key's variable is not set[/]")
+
+
+@models_app.command("prices")
+def models_prices(
+    tokens_per_usd: Annotated[
+        Decimal,
+        typer.Option(
+            "--tokens-per-usd", min=0, help="What one USD of model cost is in your tokens."
+        ),
+    ],
+    markup: Annotated[
+        Decimal, typer.Option(min=0, max=100, help="Added on top: 0.2 is 20%.")
+    ] = Decimal(0),
+    path: Annotated[
+        Path, typer.Argument(help="The models file.", envvar="TOKENBANK_MODELS")
+    ] = Path("catalogs/models.toml"),
+    write: Annotated[
+        bool, typer.Option("--write", help="Write the proposal into the file (else: show it).")
+    ] = False,
+) -> None:
+    """Propose each model's price from genai-prices (USD per million tokens) x
+    --tokens-per-usd x (1 + --markup), rounded up; with --write, put it in the file for
+    review (only the price lines change). Models genai-prices does not know keep theirs."""
+    try:
+        catalog = load_models(path, env=os.environ)
+    except CatalogError as exc:
+        err.print(f"[bold red]{path}: invalid models file[/] (tokenbank models check)")
+        for problem in exc.problems:
+            err.print(f"  - {problem}", highlight=False)
+        raise typer.Exit(9) from None
+    found = prices.propose(
+        catalog, tokens_per_usd=tokens_per_usd, markup=markup, at=datetime.now(UTC)
+    )
+    table = Table(title=f"{path}: {tokens_per_usd} tokens per USD, markup {markup}")
+    for column in ("model", "genai-prices", "USD in / out per 1M", "now", "proposed"):
+        table.add_column(column)
+    for proposal in found:
+        usd = (
+            f"{proposal.usd_input} / {proposal.usd_output}"
+            if proposal.usd_input is not None
+            else "-"
+        )
+        now = f"{proposal.current[0]:,} / {proposal.current[1]:,}"
+        new = (
+            f"{proposal.proposed[0]:,} / {proposal.proposed[1]:,}"
+            if proposal.proposed
+            else f"(kept: {proposal.note})"
+        )
+        table.add_row(proposal.model_id, proposal.matched or "-", usd, now, new)
+    out.print(table)
+    changed = [p for p in found if p.proposed is not None and p.proposed != p.current]
+    if not write:
+        out.print(f"{len(changed)} price changes proposed; --write puts them in {path}")
+        return
+    text = path.read_text(encoding="utf-8")
+    updated = prices.rewrite(text, found)
+    draft = path.with_name(f".{path.name}.draft")
+    draft.write_text(updated, encoding="utf-8")
+    try:
+        load_models(draft, env=os.environ)  # what is written still loads
+    except CatalogError as exc:
+        draft.unlink()
+        err.print(f"[bold red]the rewritten file would not load: {exc}[/]")
+        raise typer.Exit(9) from None
+    draft.replace(path)
+    out.print(f"{len(changed)} price changes written to {path}: review them (git diff)")
