@@ -20,6 +20,7 @@ never goes negative. A cost of 0 voids the hold.
 from __future__ import annotations
 
 import contextlib
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, time
 from typing import Any
@@ -38,7 +39,6 @@ from tokenbank.errors import (
     InsufficientTokens,
     KeyCapReached,
     TokenbankError,
-    UnknownUser,
 )
 from tokenbank.llm.estimate import Bound
 from tokenbank.llm.keys import LlmKey, find_key
@@ -123,7 +123,11 @@ def admit(
     ttl_seconds: int,
     now: datetime | None = None,
 ) -> Admission:
-    """Record the call and hold the most it may cost, or raise why not (see the module)."""
+    """Record the call and hold the most it may cost, or raise why not (see the module).
+
+    The hold comes first (its key a random reference, so that the call's row is written
+    once, whole): a wallet that does not exist is ``UnknownUser`` before anything is
+    written."""
     now = now or utcnow()
     cost = max(1, model.cost(input_tokens=bound.input_tokens, output_tokens=bound.output_tokens))
     refusal: TokenbankError | None = None
@@ -133,21 +137,11 @@ def admit(
             key = find_key(conn, secret=caller.secret, lock=True)
         user_id = key.user_id if key is not None else caller.user_id
         assert user_id is not None
-        if not ledger.wallet_exists(conn, user_id=user_id):
-            raise UnknownUser(user_id)
-        call_id, attempt, replay = _start(
-            conn,
-            user_id=user_id,
-            key=key,
-            model=model,
-            stream=stream,
-            request_id=request_id,
-            idempotency_key=idempotency_key,
-            bound=bound,
-            now=now,
-        )
-        if replay is not None:
-            return replay
+        earlier = None
+        if idempotency_key is not None:
+            earlier, replay = _earlier(conn, user_id, idempotency_key, model, stream)
+            if replay is not None:
+                return replay
         if key is not None and key.daily_cap is not None:
             used = _used_today(conn, key, now)
             if used + cost > key.daily_cap:
@@ -159,29 +153,41 @@ def admit(
                     conn,
                     user_id=user_id,
                     amount=cost,
-                    call=f"{call_id}:{attempt}",
+                    call=uuid.uuid4().hex,
                     ttl_seconds=ttl_seconds,
-                    description=f"{model.id}: call {call_id}",
-                    metadata={"llm_call": call_id, "model": model.id},
+                    description=f"{model.id}: a model call",
+                    metadata={"model": model.id},
                     now=now,
                 )
             except InsufficientTokens as exc:
                 refusal = exc
-        if refusal is not None or hold is None:
-            conn.execute(
-                sa.update(llm_calls)
-                .where(llm_calls.c.id == call_id)
-                .values(
-                    status=CallStatus.REFUSED.value,
-                    error=refusal.code if refusal else None,
-                    finished_at=now,
-                )
-            )
+        values = {
+            "user_id": user_id,
+            "key_id": key.id if key else None,
+            "model": model.id,
+            "stream": stream,
+            "request_id": request_id,
+            "input_estimate": bound.input_tokens,
+            "output_cap": bound.output_tokens,
+            "created_at": now,
+            "status": CallStatus.PENDING.value if hold else CallStatus.REFUSED.value,
+            "hold_id": hold.id if hold else None,
+            "held": hold.amount if hold else 0,
+            "error": refusal.code if refusal else None,
+            "finished_at": None if hold else now,
+        }
+        if earlier is None:
+            call_id = conn.execute(
+                sa.insert(llm_calls)
+                .values(**values, idempotency_key=idempotency_key)
+                .returning(llm_calls.c.id)
+            ).scalar_one()
         else:
+            call_id = earlier.id
             conn.execute(
                 sa.update(llm_calls)
                 .where(llm_calls.c.id == call_id)
-                .values(hold_id=hold.id, held=hold.amount)
+                .values(**values, **_RESET, attempt=earlier.attempt + 1)
             )
     if refusal is not None or hold is None:
         log.info(
@@ -197,86 +203,46 @@ def admit(
     )
 
 
-def _start(
-    conn: Connection,
-    *,
-    user_id: str,
-    key: LlmKey | None,
-    model: Model,
-    stream: bool,
-    request_id: str,
-    idempotency_key: str | None,
-    bound: Bound,
-    now: datetime,
-) -> tuple[int, int, Admission | None]:
-    """The call's row: a new one, or the one an earlier attempt with the same key made.
+#: What a new attempt under an idempotency key clears of the one before.
+_RESET = {
+    "input_tokens": None,
+    "output_tokens": None,
+    "usage_source": None,
+    "charged": 0,
+    "shortfall": 0,
+    "latency_ms": None,
+    "first_token_ms": None,
+    "reply": None,
+}
 
-    A finished call that charged something is replayed (its stored reply); one that
-    charged nothing (refused, or failed before any output) is tried again.
-    """
-    values = {
-        "user_id": user_id,
-        "key_id": key.id if key else None,
-        "model": model.id,
-        "stream": stream,
-        "status": CallStatus.PENDING.value,
-        "request_id": request_id,
-        "input_estimate": bound.input_tokens,
-        "output_cap": bound.output_tokens,
-        "created_at": now,
-    }
-    if idempotency_key is not None:
-        earlier = conn.execute(
-            sa.select(llm_calls)
-            .where(llm_calls.c.user_id == user_id, llm_calls.c.idempotency_key == idempotency_key)
-            .with_for_update()
-        ).first()
-        if earlier is not None:
-            if earlier.model != model.id or earlier.stream != stream:
-                raise IdempotencyConflict(idempotency_key, "it named another model or mode")
-            if earlier.status == CallStatus.PENDING.value:
-                raise CallInProgress(idempotency_key)
-            if earlier.charged > 0 or earlier.status == CallStatus.OK.value:
-                return (
-                    earlier.id,
-                    earlier.attempt,
-                    Admission(
-                        call_id=earlier.id,
-                        user_id=user_id,
-                        key_id=earlier.key_id,
-                        hold_id=earlier.hold_id,
-                        held=0,
-                        replay=earlier.reply,
-                    ),
-                )
-            attempt = earlier.attempt + 1
-            conn.execute(
-                sa.update(llm_calls)
-                .where(llm_calls.c.id == earlier.id)
-                .values(
-                    **values,
-                    attempt=attempt,
-                    hold_id=None,
-                    held=0,
-                    input_tokens=None,
-                    output_tokens=None,
-                    usage_source=None,
-                    charged=0,
-                    shortfall=0,
-                    latency_ms=None,
-                    first_token_ms=None,
-                    error=None,
-                    reply=None,
-                    finished_at=None,
-                )
-            )
-            return earlier.id, attempt, None
-    call_id = conn.execute(
-        sa.insert(llm_calls)
-        .values(**values, idempotency_key=idempotency_key)
-        .returning(llm_calls.c.id)
-    ).scalar_one()
-    return call_id, 1, None
+
+def _earlier(
+    conn: Connection, user_id: str, idempotency_key: str, model: Model, stream: bool
+) -> tuple[Any, Admission | None]:
+    """The call an earlier attempt with this key made, locked, and its replay when it
+    finished having charged something; one that charged nothing (refused, or failed
+    before any output) is tried again; one still running is ``CallInProgress``."""
+    earlier = conn.execute(
+        sa.select(llm_calls)
+        .where(llm_calls.c.user_id == user_id, llm_calls.c.idempotency_key == idempotency_key)
+        .with_for_update()
+    ).first()
+    if earlier is None:
+        return None, None
+    if earlier.model != model.id or earlier.stream != stream:
+        raise IdempotencyConflict(idempotency_key, "it named another model or mode")
+    if earlier.status == CallStatus.PENDING.value:
+        raise CallInProgress(idempotency_key)
+    if earlier.charged > 0 or earlier.status == CallStatus.OK.value:
+        return earlier, Admission(
+            call_id=earlier.id,
+            user_id=user_id,
+            key_id=earlier.key_id,
+            hold_id=earlier.hold_id,
+            held=0,
+            replay=earlier.reply,
+        )
+    return earlier, None
 
 
 def settle(
@@ -298,12 +264,34 @@ def settle(
     if usage is not None:
         cost = model.cost(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
     with db.transaction(wallet=admission.user_id) as conn:
-        row = conn.execute(
-            sa.select(llm_calls.c.status, llm_calls.c.charged, llm_calls.c.shortfall)
-            .where(llm_calls.c.id == admission.call_id)
-            .with_for_update()
-        ).one()
-        if row.status != CallStatus.PENDING.value:
+        # The claim: the call goes from pending to its outcome once, with what it is
+        # expected to be charged (the whole cost, from its hold: nearly always so).
+        claimed = conn.execute(
+            sa.update(llm_calls)
+            .where(
+                llm_calls.c.id == admission.call_id,
+                llm_calls.c.status == CallStatus.PENDING.value,
+            )
+            .values(
+                status=status.value,
+                input_tokens=usage.input_tokens if usage else None,
+                output_tokens=usage.output_tokens if usage else None,
+                usage_source=usage.source if usage else None,
+                charged=cost,
+                latency_ms=latency_ms,
+                first_token_ms=first_token_ms,
+                error=error[:200] if error else None,
+                reply=reply,
+                finished_at=now,
+            )
+            .returning(llm_calls.c.id)
+        ).first()
+        if claimed is None:
+            row = conn.execute(
+                sa.select(llm_calls.c.status, llm_calls.c.charged, llm_calls.c.shortfall).where(
+                    llm_calls.c.id == admission.call_id
+                )
+            ).one()
             return Settled(
                 call_id=admission.call_id,
                 user_id=admission.user_id,
@@ -316,23 +304,12 @@ def settle(
         charged, shortfall, balance = _charge(
             conn, admission=admission, model=model, usage=usage, cost=cost, now=now
         )
-        conn.execute(
-            sa.update(llm_calls)
-            .where(llm_calls.c.id == admission.call_id)
-            .values(
-                status=status.value,
-                input_tokens=usage.input_tokens if usage else None,
-                output_tokens=usage.output_tokens if usage else None,
-                usage_source=usage.source if usage else None,
-                charged=charged,
-                shortfall=shortfall,
-                latency_ms=latency_ms,
-                first_token_ms=first_token_ms,
-                error=error[:200] if error else None,
-                reply=reply,
-                finished_at=now,
+        if (charged, shortfall) != (cost, 0):  # an overrun the wallet could not cover
+            conn.execute(
+                sa.update(llm_calls)
+                .where(llm_calls.c.id == admission.call_id)
+                .values(charged=charged, shortfall=shortfall)
             )
-        )
     log.info(
         "llm_call_settled",
         call_id=admission.call_id,

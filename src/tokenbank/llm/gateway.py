@@ -18,6 +18,7 @@ reasoning) per choice, as OpenAI-compatible servers stream one token per chunk.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -25,7 +26,6 @@ from typing import Any
 
 import anyio
 import httpx
-from starlette.concurrency import run_in_threadpool
 
 from tokenbank.db import Database
 from tokenbank.errors import IdempotencyConflict, UnknownModel, UpstreamError, UpstreamTimeout
@@ -37,7 +37,6 @@ from tokenbank.llm.tables import CallStatus
 
 #: The most of a streamed reply kept for an idempotent retry to replay.
 MAX_STORED_REPLY = 1_000_000
-DELTA_FIELDS = ("content", "refusal", "reasoning", "reasoning_content")
 
 #: Told each settled call: the model, its outcome, usage, tokens charged, first token ms.
 Observer = Callable[[str, CallStatus, Usage | None, int, int | None], None]
@@ -70,18 +69,6 @@ def _usage(raw: object, source: str = "upstream") -> Usage | None:
     return Usage(input_tokens=prompt, output_tokens=completion, source=source)
 
 
-def _output_chunks(chunk: dict[str, Any]) -> int:
-    """Output tokens a chunk carried as the gateway counts them: one per choice with output."""
-    count = 0
-    for choice in chunk.get("choices") or ():
-        delta = choice.get("delta") if isinstance(choice, dict) else None
-        if not isinstance(delta, dict):
-            continue
-        if any(delta.get(name) for name in DELTA_FIELDS) or delta.get("tool_calls"):
-            count += 1
-    return count
-
-
 def _error_event(message: str, code: str) -> bytes:
     body = {"error": {"message": message, "type": "api_error", "param": None, "code": code}}
     return f"data: {json.dumps(body)}\n\n".encode()
@@ -108,12 +95,20 @@ class Gateway:
         client: httpx.AsyncClient,
         hold_ttl: int,
         observe: Observer | None = None,
+        limit: Callable[[str], None] | None = None,
+        threads: int = 16,
     ) -> None:
         self.db = db
         self.catalog = catalog
         self.client = client
         self.hold_ttl = hold_ttl
         self.observe = observe
+        #: Counts a call against its key's (or user's) rate limit; raises past it.
+        self.limit = limit
+        # Admissions and settlements run in threads of their own, no more at once than
+        # the database pool has connections: a thread never waits there for one, and
+        # fewer threads contend for the interpreter with the streams being relayed.
+        self._threads = anyio.CapacityLimiter(threads)
 
     def model(self, model_id: str) -> Model:
         found = self.catalog.find(model_id)
@@ -134,8 +129,11 @@ class Gateway:
         model = self.model(model_id)
         limit = bound(body, max_output_tokens=model.max_output_tokens)
         stream = bool(body.get("stream"))
-        admission = await run_in_threadpool(
-            lambda: calls.admit(
+
+        def admit() -> Admission:
+            if self.limit is not None:
+                self.limit(caller.secret or f"user:{caller.user_id}")
+            return calls.admit(
                 self.db,
                 caller=caller,
                 model=model,
@@ -145,7 +143,8 @@ class Gateway:
                 idempotency_key=idempotency_key,
                 ttl_seconds=self.hold_ttl,
             )
-        )
+
+        admission = await anyio.to_thread.run_sync(admit, limiter=self._threads)
         if admission.held == 0:
             return _replay(admission, stream)
         upstream_body = self._upstream_body(body, model, limit)
@@ -207,7 +206,7 @@ class Gateway:
         latency = int((time.perf_counter() - started) * 1000)
         first = None if first_token is None else int((first_token - started) * 1000)
         with anyio.CancelScope(shield=True):
-            settled = await run_in_threadpool(
+            settled = await anyio.to_thread.run_sync(
                 lambda: calls.settle(
                     self.db,
                     admission=admission,
@@ -218,7 +217,8 @@ class Gateway:
                     first_token_ms=first,
                     reply=reply,
                     error=error,
-                )
+                ),
+                limiter=self._threads,
             )
         if self.observe is not None and not settled.replayed:
             self.observe(model.id, status, usage, settled.charged, first)
@@ -407,18 +407,15 @@ class _Relay:
             )
 
         try:
-            async for line in self.response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue  # blank lines end events; comments and other fields are dropped
-                data = line[5:].strip()
-                if data == "[DONE]":
+            async for data in _data(self.response):
+                if data == b"[DONE]":
                     yield _charge_comment(await settle(CallStatus.OK))
                     yield b"data: [DONE]\n\n"
                     return
                 event, failed = self._relay(data)
                 if failed:
                     await settle(CallStatus.FAILED, "an error event mid-stream")
-                    yield f"data: {data}\n\n".encode()
+                    yield b"data: " + data + b"\n\n"
                     return
                 if event is not None:
                     self._keep(event)
@@ -434,29 +431,63 @@ class _Relay:
             if not settled:
                 await settle(CallStatus.ABORTED)
 
-    def _relay(self, data: str) -> tuple[bytes | None, bool]:
+    def _relay(self, data: bytes) -> tuple[bytes | None, bool]:
         """What to send the client for one upstream event: the event as it came, or
         nothing (the usage chunk the client did not ask for); and whether it said the
-        upstream failed."""
-        try:
-            chunk = json.loads(data)
-        except ValueError:
-            return None, False
-        if not isinstance(chunk, dict):
-            return None, False
-        if "error" in chunk:
-            return None, True
-        usage = _usage(chunk.get("usage"))
-        if usage is not None:
-            self.usage = usage
-            if not chunk.get("choices") and not self.wants_usage:
+        upstream failed.
+
+        A chunk is parsed only when it may hold an error or the usage: the others (nearly
+        all of a stream) are counted by a pattern and passed on as they came, which keeps
+        the gateway's work per chunk small."""
+        if b'"error"' in data or _USAGE.search(data):
+            try:
+                chunk = json.loads(data)
+            except ValueError:
                 return None, False
-        output = _output_chunks(chunk)
+            if not isinstance(chunk, dict):
+                return None, False
+            if "error" in chunk:
+                return None, True
+            usage = _usage(chunk.get("usage"))
+            if usage is not None:
+                self.usage = usage
+                if not chunk.get("choices") and not self.wants_usage:
+                    return None, False
+        output = len(_OUTPUT.findall(data))
         if output:
             self.counted += output
             if self.first_token is None:
                 self.first_token = time.perf_counter()
-        return f"data: {data}\n\n".encode(), False
+        return b"data: " + data + b"\n\n", False
+
+
+#: A chunk that carries a usage object (not ``"usage": null``).
+_USAGE = re.compile(rb'"usage"\s*:\s*\{')
+#: Output in a chunk's choice: text, a refusal, reasoning, or a tool call's arguments.
+_OUTPUT = re.compile(
+    rb'"(?:content|refusal|reasoning|reasoning_content)"\s*:\s*"(?!")'
+    rb'|"tool_calls"\s*:\s*\[\s*\{'
+)
+
+
+async def _data(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The ``data`` of each server-sent event, as bytes (its lines joined by newlines, as
+    the SSE rules say); comments and other fields are dropped."""
+    buffer = b""
+    async for piece in response.aiter_raw():
+        buffer += piece.replace(b"\r\n", b"\n") if b"\r" in piece else piece
+        while (end := buffer.find(b"\n\n")) >= 0:
+            event, buffer = buffer[:end], buffer[end + 2 :]
+            if event.startswith(b"data:") and b"\n" not in event:  # the usual: one line
+                yield event[5:].strip()
+                continue
+            lines = [line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")]
+            if lines:
+                yield b"\n".join(lines)
+    if buffer.strip().startswith(b"data:"):
+        yield b"\n".join(
+            line[5:].strip() for line in buffer.split(b"\n") if line.startswith(b"data:")
+        )
 
 
 def _charge_headers(settled: Settled) -> dict[str, str]:

@@ -136,6 +136,8 @@ def create_app(
             client=upstream_client(settings.llm_timeout_seconds),
             # A call outlasting its hold is still charged in full (``calls.settle``).
             hold_ttl=max(settings.default_hold_ttl_seconds, int(settings.llm_timeout_seconds) + 60),
+            limit=partial(throttle.hit, "llm_key"),
+            threads=settings.database_pool_size,
             observe=lambda model, status, usage, charged, first: metrics.observe_call(
                 model,
                 status.value,

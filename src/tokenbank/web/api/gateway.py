@@ -134,9 +134,6 @@ async def chat_completions(request: Request, idempotency_key: IdempotencyHeader 
     except ValueError as exc:
         raise InvalidArgument("body", f"must be JSON: {exc}") from None
     client = request.scope.get("client")
-    if who.secret is not None:
-        await run_in_threadpool(parts.throttle.check, "api_key_ip", client[0] if client else "?")
-    await run_in_threadpool(parts.throttle.hit, "llm_key", who.secret or f"user:{who.user_id}")
     try:
         reply = await gateway.complete(
             caller=who,

@@ -216,7 +216,6 @@ async def chat_send(
 async def _complete(parts: Runtime, user_id: str, body: dict[str, Any]) -> Any:
     if parts.gateway is None:
         raise InvalidArgument("model", "no models are configured here")
-    await run_in_threadpool(parts.throttle.hit, "llm_key", f"user:{user_id}")
     return await parts.gateway.complete(
         caller=Caller(user_id=user_id), body=body, request_id=REQUEST_ID.get() or ""
     )
