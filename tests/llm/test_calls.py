@@ -152,3 +152,25 @@ def test_the_bound_counts_bytes_images_tools_and_choices() -> None:
     for wrong in ({"n": 0}, {"max_tokens": True}, {"stream": 1}, {"messages": [1]}):
         with pytest.raises(InvalidArgument):
             bound({**body, **wrong}, max_output_tokens=100)
+
+
+def test_a_call_whose_process_stopped_is_ended_once_its_hold_expired(db: Database) -> None:
+    """The process serving a call died before settling it: its hold expires (the worker),
+    the tokens are back, and the call is recorded as failed, charged nothing."""
+    _wallet(db, 100)
+    admission = _admit(db, now=utcnow() - timedelta(minutes=5))
+    with db.autocommit() as conn:
+        assert calls.end_abandoned(conn) == 0  # its hold is still pending
+        ledger.expire_holds(conn)
+        assert calls.end_abandoned(conn) == 1
+        assert calls.end_abandoned(conn) == 0
+    assert (_balance(db).balance, _balance(db).held) == (100, 0)
+    late = calls.settle(
+        db,
+        admission=admission,
+        model=MODEL,
+        status=CallStatus.OK,
+        usage=Usage(1, 1, "upstream"),
+        latency_ms=1,
+    )
+    assert late.replayed and (late.status, late.charged) == (CallStatus.FAILED, 0)

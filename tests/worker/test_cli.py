@@ -71,7 +71,13 @@ def test_once_runs_every_job_and_exits(tokenbank: Run, db: Database) -> None:
     assert "expire_holds: 0 done" in tokenbank("worker", "--once")
     with db.read() as conn:
         runs = {row.name: row.runs for row in conn.execute(sa.select(jobs.c.name, jobs.c.runs))}
-    assert runs == {"expire_holds": 2, "expire_grants": 2, "grant_months": 2, "sweep": 2}
+    assert runs == {
+        "expire_holds": 2,
+        "end_abandoned_calls": 2,
+        "expire_grants": 2,
+        "grant_months": 2,
+        "sweep": 2,
+    }
 
 
 def test_once_exits_1_when_a_job_failed_and_runs_the_others(tokenbank: Run, db: Database) -> None:

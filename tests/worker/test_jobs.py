@@ -208,6 +208,7 @@ def test_the_schedule_leaves_reconcile_out_without_payments() -> None:
     plan = worker.schedule(settings, seller=None)
     assert [job.name for job in plan.jobs] == [
         "expire_holds",
+        "end_abandoned_calls",
         "expire_grants",
         "grant_months",
         "sweep",

@@ -40,6 +40,7 @@ from tokenbank.errors import (
     KeyCapReached,
     TokenbankError,
 )
+from tokenbank.ledger.models import HoldStatus, holds
 from tokenbank.llm.estimate import Bound
 from tokenbank.llm.keys import LlmKey, find_key
 from tokenbank.llm.models import Model
@@ -393,3 +394,34 @@ def _charge(
             debt=over.debt,
         )
     return posted + over.taken, over.debt, over.balance
+
+
+def end_abandoned(conn: Connection, *, now: datetime | None = None, limit: int = 500) -> int:
+    """Record as failed, charged nothing, the calls still pending whose hold has ended
+    without them: the process serving the call stopped before settling it, and the hold
+    expired (its tokens went back to the wallet). Returns how many it ended."""
+    now = now or utcnow()
+    abandoned = (
+        sa.select(llm_calls.c.id)
+        .join(holds, holds.c.id == llm_calls.c.hold_id)
+        .where(
+            llm_calls.c.status == CallStatus.PENDING.value,
+            holds.c.status.in_([HoldStatus.EXPIRED.value, HoldStatus.VOIDED.value]),
+        )
+        .limit(limit)
+    )
+    ids = [row.id for row in conn.execute(abandoned)]
+    if not ids:
+        return 0
+    ended = conn.execute(
+        sa.update(llm_calls)
+        .where(llm_calls.c.id.in_(ids), llm_calls.c.status == CallStatus.PENDING.value)
+        .values(
+            status=CallStatus.FAILED.value,
+            error="abandoned: its hold ended before the call was settled",
+            finished_at=now,
+        )
+    ).rowcount
+    if ended:
+        log.warning("llm_calls_abandoned", calls=ended)
+    return int(ended)

@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection
 from tokenbank import identity, ledger
 from tokenbank.billing import Billing, grant_due_months, reconcile
 from tokenbank.config import Settings
+from tokenbank.llm import calls
 from tokenbank.mail import retention
 from tokenbank.worker.service import Done, Job, Run
 
@@ -48,6 +49,12 @@ def until_done(run: Run, batch: Callable[[Connection], int]) -> Done:
 def expire_holds(run: Run, *, batch: int = BATCH) -> Done:
     """Release the holds whose deadline passed: their tokens are usable again."""
     return until_done(run, lambda conn: ledger.expire_holds(conn, now=run.now, limit=batch))
+
+
+def end_abandoned_calls(run: Run, *, batch: int = BATCH) -> Done:
+    """Record as failed the model calls whose process stopped before settling them, once
+    their hold has expired (docs/gateway.md): their tokens are already back."""
+    return until_done(run, lambda conn: calls.end_abandoned(conn, now=run.now, limit=batch))
 
 
 def expire_grants(run: Run, *, batch: int = BATCH) -> Done:
@@ -107,6 +114,7 @@ def schedule(settings: Settings, *, seller: Billing | None) -> Schedule:
     """The jobs these settings call for: reconcile only when payments are configured."""
     jobs = [
         Job("expire_holds", HOLDS_EVERY, expire_holds),
+        Job("end_abandoned_calls", HOLDS_EVERY, end_abandoned_calls),
         Job("expire_grants", GRANTS_EVERY, expire_grants),
         Job("grant_months", MONTHS_EVERY, grant_months),
     ]
