@@ -21,7 +21,7 @@ from limits.strategies import FixedWindowRateLimiter
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tokenbank.columns import utcnow
-from tokenbank.db import Database
+from tokenbank.db import Database, Statement, driver_datetime
 from tokenbank.errors import ConfigurationError, RateLimited
 from tokenbank.identity.models import rate_limits
 
@@ -36,6 +36,28 @@ class DatabaseStorage(Storage):
         self._db = db
         dialect = sqlite if db.dialect == "sqlite" else postgresql
         self._insert = dialect.insert(rate_limits)
+        insert = self._insert.values(
+            key=sa.bindparam("key"),
+            hits=sa.bindparam("hits"),
+            expires_at=sa.bindparam("expires_at"),
+        )
+        # The old window ended: start a new one.
+        over = rate_limits.c.expires_at <= sa.bindparam("now")
+        # Built and compiled once: a hit is on the path of every model call.
+        self._upsert = Statement(
+            insert.on_conflict_do_update(
+                index_elements=["key"],
+                set_={
+                    "hits": sa.case(
+                        (over, insert.excluded.hits),
+                        else_=rate_limits.c.hits + insert.excluded.hits,
+                    ),
+                    "expires_at": sa.case(
+                        (over, insert.excluded.expires_at), else_=rate_limits.c.expires_at
+                    ),
+                },
+            ).returning(rate_limits.c.hits)
+        )
 
     @property
     def base_exceptions(self) -> type[Exception]:
@@ -43,23 +65,18 @@ class DatabaseStorage(Storage):
 
     def incr(self, key: str, expiry: float, amount: int = 1) -> int:
         now = utcnow()
-        insert = self._insert.values(
-            key=key, hits=amount, expires_at=now + timedelta(seconds=expiry)
-        )
-        over = rate_limits.c.expires_at <= now  # the old window ended: start a new one
-        upsert = insert.on_conflict_do_update(
-            index_elements=["key"],
-            set_={
-                "hits": sa.case(
-                    (over, insert.excluded.hits), else_=rate_limits.c.hits + insert.excluded.hits
-                ),
-                "expires_at": sa.case(
-                    (over, insert.excluded.expires_at), else_=rate_limits.c.expires_at
-                ),
-            },
-        ).returning(rate_limits.c.hits)
+        dialect = self._db.dialect
         with self._db.autocommit() as conn:
-            return int(conn.execute(upsert).scalar_one())
+            rows = self._upsert.rows(
+                conn,
+                {
+                    "key": key,
+                    "hits": amount,
+                    "expires_at": driver_datetime(dialect, now + timedelta(seconds=expiry)),
+                    "now": driver_datetime(dialect, now),
+                },
+            )
+        return int(rows[0][0])
 
     def _live(self, key: str) -> sa.Row[*tuple[Any, ...]] | None:
         with self._db.read() as conn:

@@ -25,7 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 
 from tokenbank.columns import utcnow
-from tokenbank.db import after_commit, atomic
+from tokenbank.db import Statement, after_commit, atomic, driver_datetime, json_dumps
 from tokenbank.errors import (
     HoldFrozen,
     HoldNotPending,
@@ -271,6 +271,22 @@ def _reserve(
     quantity: int | None = None,
 ) -> Hold:
     account_id = wallet_id(conn, user_id, lock=True)
+    if conn.dialect.name == "postgresql" and kind is HoldKind.HOLD:
+        made = _reserve_at_once(
+            conn,
+            account_id=account_id,
+            user_id=user_id,
+            amount=amount,
+            key=key,
+            expires_at=expires_at,
+            description=description,
+            metadata=metadata,
+            now=now,
+            feature=feature,
+            quantity=quantity,
+        )
+        if made is not None:
+            return made
     existing = conn.execute(_select_hold.where(holds.c.idempotency_key == key)).first()
     if existing is not None:
         # A feature's amount is its price when the key was first used (see ``replay``).
@@ -333,6 +349,118 @@ def _reserve(
         paid_first=kind is HoldKind.FREEZE,
     )
     return get_hold(conn, hold_id=hold_id)
+
+
+#: A hold made in one PostgreSQL statement, once the wallet is locked (so the statement's
+#: snapshot is the wallet as it is: every writer of its buckets locks it first), in the
+#: common case only: its key unused, no bucket of the wallet past its expiry with free
+#: tokens (those must expire first), and enough free tokens. ``w`` reserves the amount on
+#: the wallet; ``o`` orders its live buckets (``buckets.ORDER``) with what comes before
+#: each; ``u`` reserves in the first ones what the hold needs, as ``buckets.draw`` does.
+#: Otherwise it writes nothing and returns no row, and the long way decides (a replay, an
+#: expiry first, a refusal with what is available). A key another wallet's hold takes at
+#: this very moment returns the wallet's row without a hold: the unit of work then ends
+#: with ``IdempotencyConflict``, as the long way's would.
+_RESERVE_AT_ONCE = Statement(
+    sa.text("""
+WITH x AS (
+    SELECT 1 AS ok
+     WHERE NOT EXISTS (SELECT 1 FROM holds WHERE idempotency_key = :key)
+       AND NOT EXISTS (
+           SELECT 1 FROM buckets
+            WHERE account_id = CAST(:account_id AS BIGINT) AND remaining > 0
+              AND remaining > held AND expires_at <= :now)
+), w AS (
+    UPDATE accounts
+       SET held = held + CAST(:amount AS BIGINT)
+     WHERE id = CAST(:account_id AS BIGINT) AND balance - held >= CAST(:amount AS BIGINT)
+       AND EXISTS (SELECT 1 FROM x)
+ RETURNING id
+), h AS (
+    INSERT INTO holds (idempotency_key, account_id, amount, status, kind, description,
+                       metadata, expires_at, created_at, feature, quantity)
+    SELECT :key, w.id, CAST(:amount AS BIGINT), 'pending', 'hold', :description,
+           CAST(:metadata AS JSONB), :expires_at, :now, :feature, CAST(:quantity AS BIGINT)
+      FROM w
+        ON CONFLICT (idempotency_key) DO NOTHING
+ RETURNING id
+), o AS (
+    SELECT k.id, k.remaining - k.held AS free,
+           SUM(k.remaining - k.held) OVER (
+               ORDER BY k.expires_at IS NULL, k.expires_at, k.paid, k.id
+               ROWS UNBOUNDED PRECEDING) - (k.remaining - k.held) AS before
+      FROM buckets k JOIN w ON k.account_id = w.id
+     WHERE k.remaining > 0 AND k.remaining > k.held
+       AND (k.expires_at IS NULL OR k.expires_at > :now)
+), u AS (
+    UPDATE buckets k
+       SET held = k.held + LEAST(o.free, CAST(:amount AS BIGINT) - o.before)
+      FROM o, h
+     WHERE k.id = o.id AND o.before < CAST(:amount AS BIGINT)
+ RETURNING k.id, h.id AS hold_id, LEAST(o.free, CAST(:amount AS BIGINT) - o.before) AS taken
+), d AS (
+    INSERT INTO draws (bucket_id, hold_id, amount) SELECT id, hold_id, taken FROM u
+)
+SELECT h.id, (SELECT COALESCE(SUM(taken), 0) FROM u) FROM w LEFT JOIN h ON true
+""")
+)
+
+
+def _reserve_at_once(
+    conn: Connection,
+    *,
+    account_id: int,
+    user_id: str,
+    amount: int,
+    key: str,
+    expires_at: datetime,
+    description: str | None,
+    metadata: dict[str, Any] | None,
+    now: datetime,
+    feature: str | None,
+    quantity: int | None,
+) -> Hold | None:
+    """``_RESERVE_AT_ONCE``: the hold, or None when the long way must decide."""
+    rows = _RESERVE_AT_ONCE.rows(
+        conn,
+        {
+            "account_id": account_id,
+            "amount": amount,
+            "key": key,
+            "description": description,
+            "metadata": None if metadata is None else json_dumps(metadata),
+            "expires_at": driver_datetime("postgresql", expires_at),
+            "now": driver_datetime("postgresql", now),
+            "feature": feature,
+            "quantity": quantity,
+        },
+    )
+    if not rows:
+        return None
+    hold_id, reserved = rows[0]
+    if hold_id is None:  # the key was taken at this moment, for another wallet's hold
+        raise IdempotencyConflict(key, "the key belongs to another wallet's hold")
+    if reserved != amount:
+        # The wallet row promised tokens its buckets do not hold: refuse the whole unit
+        # of work rather than write a hold drawn in part (as ``buckets.draw`` does).
+        raise RuntimeError(f"account {account_id}: its buckets lack {amount - reserved} tokens")
+    return Hold(
+        id=hold_id,
+        user_id=user_id,
+        amount=amount,
+        status=HoldStatus.PENDING,
+        idempotency_key=key,
+        description=description,
+        metadata=metadata,
+        expires_at=expires_at,
+        created_at=now,
+        resolved_at=None,
+        posted_amount=None,
+        transfer_id=None,
+        kind=HoldKind.HOLD,
+        feature=feature,
+        quantity=quantity,
+    )
 
 
 def cover(
@@ -469,13 +597,128 @@ def post_hold(
     """
     amount = check_amount(amount)
     described = (check_description(description), check_metadata(metadata))
+    now = now or utcnow()
     with atomic(conn):
-        receipt = _post(
-            conn, hold_id=hold_id, amount=amount, now=now or utcnow(), described=described
-        )
+        receipt = None
+        if conn.dialect.name == "postgresql":
+            receipt = _post_at_once(
+                conn, hold_id=hold_id, amount=amount, now=now, described=described
+            )
+        if receipt is None:
+            receipt = _post(conn, hold_id=hold_id, amount=amount, now=now, described=described)
     if not receipt.replayed and 0 < log_from <= receipt.amount:
         after_commit(conn, partial(log_spent, receipt))
     return receipt
+
+
+#: A hold posted in one PostgreSQL statement, in the common case only: a pending hold of
+#: kind ``hold`` (not a freeze or a covered hold), within its deadline, posted for at most
+#: what it holds, none of whose buckets is past its expiry. ``a`` locks the wallet first,
+#: as every other writer of its holds does; the update of ``h`` then re-reads the hold as
+#: the last writer left it (PostgreSQL re-checks an updated row's conditions on its newest
+#: version), so a hold posted, voided or expired meanwhile is left alone and nothing else
+#: happens. The transfer's id is taken from its sequence first, so the hold row is written
+#: once, whole (a row cannot be changed twice in one statement). ``r`` orders the hold's
+#: draws as they were made; of each, the part within the amount leaves its bucket and the
+#: whole leaves the bucket's ``held``, as ``buckets.settle_hold`` does. Any other case, a
+#: replay included, writes nothing and returns no row: ``_post`` then decides it the long
+#: way, in the same unit of work.
+_POST_AT_ONCE = Statement(
+    sa.text("""
+WITH a AS (
+    SELECT k.id FROM accounts k JOIN holds x ON x.account_id = k.id
+     WHERE x.id = CAST(:hold_id AS BIGINT)
+       FOR UPDATE OF k
+), n AS (
+    SELECT nextval(pg_get_serial_sequence('transfers', 'id')) AS id
+), h AS (
+    UPDATE holds
+       SET status = 'posted', posted_amount = CAST(:amount AS BIGINT), resolved_at = :now,
+           transfer_id = (SELECT id FROM n)
+     WHERE id = CAST(:hold_id AS BIGINT) AND account_id = (SELECT id FROM a)
+       AND status = 'pending' AND kind = 'hold' AND expires_at > :now
+       AND amount >= CAST(:amount AS BIGINT)
+       AND NOT EXISTS (
+           SELECT 1 FROM draws d JOIN buckets b ON b.id = d.bucket_id
+            WHERE d.hold_id = CAST(:hold_id AS BIGINT) AND b.expires_at <= :now)
+ RETURNING id, account_id, amount, description, metadata, feature, quantity
+), w AS (
+    UPDATE accounts k
+       SET balance = k.balance - CAST(:amount AS BIGINT), held = k.held - h.amount,
+           total_spent = k.total_spent + CAST(:amount AS BIGINT)
+      FROM h
+     WHERE k.id = h.account_id
+ RETURNING k.id, k.user_id, k.balance
+), t AS (
+    INSERT INTO transfers (id, idempotency_key, kind, debit_account_id, credit_account_id,
+                           amount, description, metadata, feature, quantity, event_at,
+                           created_at)
+    SELECT (SELECT id FROM n), :key, 'spend', w.id, CAST(:system_id AS BIGINT),
+           CAST(:amount AS BIGINT), COALESCE(CAST(:description AS VARCHAR), h.description),
+           COALESCE(CAST(:metadata AS JSONB), h.metadata), h.feature, h.quantity, :now, :now
+      FROM w, h
+ RETURNING id
+), e AS (
+    INSERT INTO entries (transfer_id, account_id, kind, amount, balance_after, created_at)
+    SELECT t.id, w.id, 'spend', -CAST(:amount AS BIGINT), w.balance, :now FROM t, w
+     UNION ALL
+    SELECT t.id, CAST(:system_id AS BIGINT), 'spend', CAST(:amount AS BIGINT), NULL, :now
+      FROM t
+), r AS (
+    SELECT d.bucket_id, d.amount,
+           LEAST(d.amount, GREATEST(0, CAST(:amount AS BIGINT) - (
+               SUM(d.amount) OVER (ORDER BY d.id ROWS UNBOUNDED PRECEDING) - d.amount
+           ))) AS taken
+      FROM draws d JOIN h ON d.hold_id = h.id
+), u AS (
+    UPDATE buckets b
+       SET held = b.held - r.amount, remaining = b.remaining - r.taken
+      FROM r
+     WHERE b.id = r.bucket_id
+ RETURNING b.id, r.taken
+), d AS (
+    INSERT INTO draws (bucket_id, transfer_id, amount)
+    SELECT u.id, t.id, u.taken FROM u, t WHERE u.taken > 0
+)
+SELECT t.id, w.user_id, w.balance, h.feature, h.quantity FROM t, w, h
+""")
+)
+
+
+def _post_at_once(
+    conn: Connection,
+    *,
+    hold_id: int,
+    amount: int,
+    now: datetime,
+    described: tuple[str | None, dict[str, Any] | None],
+) -> Receipt | None:
+    """``_POST_AT_ONCE``: the receipt, or None when the long way must decide."""
+    description, metadata = described
+    rows = _POST_AT_ONCE.rows(
+        conn,
+        {
+            "hold_id": hold_id,
+            "amount": amount,
+            "now": driver_datetime("postgresql", now),
+            "key": reserved_key(KeyPurpose.POST, f"hold:{hold_id}"),
+            "system_id": int(SystemAccount.CONSUMPTION),
+            "description": description,
+            "metadata": None if metadata is None else json_dumps(metadata),
+        },
+    )
+    if not rows:
+        return None
+    transfer_id, user_id, balance, feature, quantity = rows[0]
+    return Receipt(
+        transfer_id=transfer_id,
+        kind=TransferKind.SPEND,
+        user_id=user_id,
+        amount=amount,
+        balance=balance,
+        feature=feature,
+        quantity=quantity,
+    )
 
 
 def _post(
