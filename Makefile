@@ -36,9 +36,10 @@ fmt: install ## Format and autofix
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: install ## Ledger and HTTP throughput against baselines run alongside (docs/benchmarks.md)
+bench: install ## Ledger, HTTP and model gateway throughput against baselines run alongside (docs/benchmarks.md)
 	$(BIN)/python -m bench.ledger
 	$(BIN)/python -m bench.http
+	$(BIN)/python -m bench.gateway
 
 MINUTES ?= 10
 
