@@ -228,6 +228,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="per slice")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--streams", type=int, default=32)
+    parser.add_argument(
+        "--rate-limit-storage",
+        help="TOKENBANK_RATE_LIMIT_STORAGE for the gateway (default: the database)",
+    )
     args = parser.parse_args()
 
     with postgres_database() as url, ExitStack() as stack:
@@ -243,6 +247,11 @@ def main() -> None:
             "TOKENBANK_LLM_LIMIT_PER_KEY": "1000000/minute",
             "TOKENBANK_LOG_LEVEL": "warning",
             "BENCH_UPSTREAM": f"{emulator}/v1",
+            **(
+                {"TOKENBANK_RATE_LIMIT_STORAGE": args.rate_limit_storage}
+                if args.rate_limit_storage
+                else {}
+            ),
         }
         stack.enter_context(
             process(
