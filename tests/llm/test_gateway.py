@@ -513,3 +513,25 @@ def test_no_hostile_field_reaches_a_500(service: Service) -> None:
     calls = service.calls("ned")
     assert all(c.status != "pending" for c in calls)
     assert service.balance("ned") == 100_000 - sum(c.charged for c in calls) >= 0
+
+
+def test_wrong_model_keys_from_one_address_are_limited(service: Service) -> None:
+    """Past TOKENBANK_API_KEY_FAILURE_LIMIT_PER_IP (20 a minute) wrong keys get 429, on
+    both routes; a right key from the same address still works."""
+    key = service.user("oz", 1_000)
+    statuses = []
+    for n in range(22):
+        wrong = {"Authorization": f"Bearer tbu_wrong{n}"}
+        if n % 2:
+            answer = httpx.get(f"{service.url}/v1/models", headers=wrong)
+        else:
+            answer = httpx.post(
+                f"{service.url}/v1/chat/completions",
+                json={"model": "test-model", "messages": ASK},
+                headers=wrong,
+            )
+        statuses.append(answer.status_code)
+    assert statuses[:20] == [401] * 20 and statuses[20:] == [429, 429]
+    assert answer.json()["error"]["type"] == "rate_limit_error"
+    with service.sdk(key) as sdk:
+        assert sdk.models.list().data

@@ -91,7 +91,11 @@ async def list_models(request: Request) -> JSONResponse:
     gateway = _gateway(parts)
     who = await caller(request, parts)
     if who.secret is not None:
-        await run_in_threadpool(_check_key, parts, who.secret)
+        try:
+            await run_in_threadpool(_check_key, parts, who.secret)
+        except InvalidApiKey:  # counted as on every route: keys are not guessed here either
+            await _wrong_key(request, parts)
+            raise
     return JSONResponse(
         {
             "object": "list",
@@ -115,6 +119,12 @@ async def list_models(request: Request) -> JSONResponse:
     )
 
 
+async def _wrong_key(request: Request, parts: Runtime) -> None:
+    """Count a wrong model key against its address (``RateLimited`` past the limit)."""
+    client = request.scope.get("client")
+    await run_in_threadpool(parts.throttle.hit, "api_key_ip", client[0] if client else "?")
+
+
 def _check_key(parts: Runtime, secret: str) -> LlmKey:
     with parts.db.read() as conn:
         return llm_keys.find_key(conn, secret=secret)
@@ -133,7 +143,6 @@ async def chat_completions(request: Request, idempotency_key: IdempotencyHeader 
         body = loads(await request.body())
     except ValueError as exc:
         raise InvalidArgument("body", f"must be JSON: {exc}") from None
-    client = request.scope.get("client")
     try:
         reply = await gateway.complete(
             caller=who,
@@ -142,7 +151,7 @@ async def chat_completions(request: Request, idempotency_key: IdempotencyHeader 
             idempotency_key=idempotency_key,
         )
     except InvalidApiKey:
-        await run_in_threadpool(parts.throttle.hit, "api_key_ip", client[0] if client else "?")
+        await _wrong_key(request, parts)
         raise
     if isinstance(reply, Reply):
         return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
