@@ -41,7 +41,8 @@ from sqlalchemy.engine import Connection
 
 from tests.ledger.factories import wallet
 from tokenbank import ledger
-from tokenbank.db import Database, atomic
+from tokenbank.columns import utcnow
+from tokenbank.db import BEGIN, COMMIT, Batch, Database, Statement, atomic
 from tokenbank.ledger.models import accounts
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
@@ -165,8 +166,8 @@ def ledger_functions(*, postgres: bool) -> dict[str, Callable[..., Any]]:
         first = next(iter(inspect.signature(obj).parameters))
         hint = typing.get_type_hints(obj)[first]
         kind = typing.get_origin(hint) or hint
-        assert kind in (Connection, psycopg.AsyncConnection), f"{name} takes no connection"
-        if kind is psycopg.AsyncConnection and not postgres:
+        assert kind in (Connection, psycopg.AsyncConnection, Batch), f"{name} takes no connection"
+        if kind in (psycopg.AsyncConnection, Batch) and not postgres:
             continue  # asyncio connections exist on PostgreSQL only
         found[name] = obj
     return found
@@ -181,6 +182,11 @@ class Probe:
 
     def call(self, name: str, *, refused: type[Exception] | None = None, **kwargs: Any) -> Any:
         function = getattr(ledger, name)
+        if typing.get_type_hints(function).get("batch") is Batch:
+            with ThreadPoolExecutor(1) as thread:
+                return thread.submit(
+                    lambda: asyncio.run(self._call_in_batch(name, function, kwargs))
+                ).result()
         if inspect.iscoroutinefunction(function):
             # On a thread of its own: an earlier test may have left an event loop set on
             # this one, and asyncio.run() refuses to start a loop beside it.
@@ -208,6 +214,27 @@ class Probe:
                 self.calls[name].append(writes)
         finally:
             await self.db.close_async()
+        return result
+
+    async def _call_in_batch(self, name: str, function: Any, kwargs: dict[str, Any]) -> Any:
+        """A function that sends its work in a ``Batch``: in a transaction that locked the
+        wallet first, as its callers do. Its writes are the one statement it adds (which
+        cannot be half applied), checked here."""
+        await self.db.open_async()
+        try:
+            async with self.db.async_autocommit() as conn:
+                batch = Batch(conn)
+                batch.add(BEGIN)
+                batch.add(_LOCK_ALICE)
+                before = len(batch)
+                read = function(batch, **kwargs)
+                assert len(batch) == before + 1, f"{name} sends more than one statement"
+                batch.add(COMMIT)
+                await batch.send()
+                result = read()
+        finally:
+            await self.db.close_async()
+        self.calls[name].append([Write(name, ("batch", name))])
         return result
 
     def hold(self, amount: int, key: str, ttl: int = 60) -> ledger.Hold:
@@ -252,6 +279,21 @@ def _scenarios(probe: Probe, *, postgres: bool) -> None:
     if postgres:
         probe.call("try_spend", user_id="alice", amount=1, idempotency_key="s4")
         probe.call("balance_async", user_id="alice")
+        # A model call's hold and its posting, each sent in a batch.
+        with probe.db.read() as conn:
+            alice = ledger.balance(conn, user_id="alice")
+        batched = probe.call(
+            "hold_call_in",
+            account_id=_account_id(probe.db),
+            user_id="alice",
+            amount=7,
+            call="batch:1",
+            ttl_seconds=60,
+        )
+        assert batched is not None and batched.amount == 7
+        receipt = probe.call("post_hold_in", hold_id=batched.id, amount=5, now=utcnow())
+        assert receipt is not None and receipt.balance == alice.balance - 5
+        assert probe.call("post_hold_in", hold_id=batched.id, amount=5, now=utcnow()) is None
     probe.call("refund", transfer_id=spent.transfer_id, idempotency_key="r1", amount=4)
     probe.call("refund", transfer_id=spent.transfer_id, idempotency_key="r2")
     probe.hold(500, "h-stale-3", ttl=1)
@@ -352,6 +394,16 @@ def _scenarios(probe: Probe, *, postgres: bool) -> None:
     probe.call("find_hold", idempotency_key="cov-1")
     probe.call("post_covered", hold_id=covered.id, amount=40, now=LATER)
     probe.call("verify")
+
+
+_LOCK_ALICE = Statement(sa.text("SELECT id FROM accounts WHERE user_id = 'alice' FOR UPDATE"))
+
+
+def _account_id(db: Database) -> int:
+    with db.read() as conn:
+        return int(
+            conn.execute(sa.select(accounts.c.id).where(accounts.c.user_id == "alice")).scalar_one()
+        )
 
 
 def test_no_ledger_operation_can_be_half_applied(db: Database, tracer: Tracer) -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Mapping
-from datetime import UTC, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -26,6 +27,64 @@ from tokenbank.errors import ConfigurationError, RateLimited
 from tokenbank.identity.models import rate_limits
 
 
+def _count(insert: postgresql.Insert | sqlite.Insert) -> Statement:
+    """One hit counted: a new window, or one more hit in the current one."""
+    values = insert.values(
+        key=sa.bindparam("key"),
+        hits=sa.bindparam("hits"),
+        expires_at=sa.bindparam("expires_at"),
+    )
+    # The old window ended: start a new one.
+    over = rate_limits.c.expires_at <= sa.bindparam("now")
+    # Built and compiled once: a hit is on the path of every model call.
+    return Statement(
+        values.on_conflict_do_update(
+            index_elements=["key"],
+            set_={
+                "hits": sa.case(
+                    (over, values.excluded.hits),
+                    else_=rate_limits.c.hits + values.excluded.hits,
+                ),
+                "expires_at": sa.case(
+                    (over, values.excluded.expires_at), else_=rate_limits.c.expires_at
+                ),
+            },
+        ).returning(rate_limits.c.hits, rate_limits.c.expires_at)
+    )
+
+
+_COUNT = {
+    "sqlite": _count(sqlite.insert(rate_limits)),
+    "postgresql": _count(postgresql.insert(rate_limits)),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Counter:
+    """A hit to count in the database by a caller that sends ``statement`` itself, in a
+    round trip it makes anyway (a model call's admission, ``Batch``), then hands the row
+    it returned to ``check``."""
+
+    key: str
+    seconds: int
+    most: int
+    statement: Statement
+
+    def params(self, now: datetime) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "hits": 1,
+            "expires_at": driver_datetime("postgresql", now + timedelta(seconds=self.seconds)),
+            "now": driver_datetime("postgresql", now),
+        }
+
+    def check(self, row: tuple[Any, ...], now: datetime) -> None:
+        """``RateLimited`` if the counted hit went past the limit."""
+        hits, expires_at = row
+        if hits > self.most:
+            raise RateLimited(max(1, int((expires_at - now).total_seconds()) + 1))
+
+
 class DatabaseStorage(Storage):
     """A ``limits`` storage on tokenbank's own database: one upsert per hit."""
 
@@ -34,30 +93,11 @@ class DatabaseStorage(Storage):
     def __init__(self, db: Database) -> None:
         super().__init__()
         self._db = db
-        dialect = sqlite if db.dialect == "sqlite" else postgresql
-        self._insert = dialect.insert(rate_limits)
-        insert = self._insert.values(
-            key=sa.bindparam("key"),
-            hits=sa.bindparam("hits"),
-            expires_at=sa.bindparam("expires_at"),
-        )
-        # The old window ended: start a new one.
-        over = rate_limits.c.expires_at <= sa.bindparam("now")
-        # Built and compiled once: a hit is on the path of every model call.
-        self._upsert = Statement(
-            insert.on_conflict_do_update(
-                index_elements=["key"],
-                set_={
-                    "hits": sa.case(
-                        (over, insert.excluded.hits),
-                        else_=rate_limits.c.hits + insert.excluded.hits,
-                    ),
-                    "expires_at": sa.case(
-                        (over, insert.excluded.expires_at), else_=rate_limits.c.expires_at
-                    ),
-                },
-            ).returning(rate_limits.c.hits)
-        )
+        self._upsert = _COUNT[db.dialect]
+
+    @property
+    def dialect(self) -> str:
+        return self._db.dialect
 
     @property
     def base_exceptions(self) -> type[Exception]:
@@ -128,6 +168,20 @@ class Throttle:
         item, identity = self._limits[name], _identity(who)
         if not self._limiter.hit(item, name, identity):
             self._refuse(item, name, identity)
+
+    def counter(self, name: str, who: str) -> Counter | None:
+        """The hit ``hit(name, who)`` would count, for a caller to count it in a statement
+        of its own on PostgreSQL (see ``Counter``); None where the counters are elsewhere."""
+        storage = self._limiter.storage
+        if not isinstance(storage, DatabaseStorage) or storage.dialect != "postgresql":
+            return None
+        item = self._limits[name]
+        return Counter(
+            key=item.key_for(name, _identity(who)),
+            seconds=item.get_expiry(),
+            most=item.amount,
+            statement=_COUNT["postgresql"],
+        )
 
     def check(self, name: str, who: str) -> None:
         """``RateLimited`` if ``who`` is already past the limit; counts nothing."""

@@ -48,8 +48,10 @@ from tokenbank.ledger.holds import (
     get_hold,
     hold,
     hold_call,
+    hold_call_in,
     post_covered,
     post_hold,
+    post_hold_in,
     void_hold,
 )
 from tokenbank.ledger.idempotency import transfer_exists
@@ -114,10 +116,12 @@ __all__ = [
     "history",
     "hold",
     "hold_call",
+    "hold_call_in",
     "open_wallet",
     "overrun",
     "post_covered",
     "post_hold",
+    "post_hold_in",
     "refund",
     "restore",
     "settle_debt",

@@ -13,6 +13,7 @@ never expires, and is only voided by the caller that made it (``unfreeze=True``)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import partial
@@ -25,7 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 
 from tokenbank.columns import utcnow
-from tokenbank.db import Statement, after_commit, atomic, driver_datetime, json_dumps
+from tokenbank.db import Batch, Statement, after_commit, atomic, driver_datetime, json_dumps
 from tokenbank.errors import (
     HoldFrozen,
     HoldNotPending,
@@ -212,7 +213,7 @@ def hold_call(
         conn,
         user_id=user_id,
         amount=amount,
-        key=reserved_key(KeyPurpose.CALL, call),
+        key=call_hold_key(call),
         kind=HoldKind.HOLD,
         expires_at=now + timedelta(seconds=ttl_seconds),
         description=description,
@@ -406,6 +407,66 @@ SELECT h.id, (SELECT COALESCE(SUM(taken), 0) FROM u) FROM w LEFT JOIN h ON true
 )
 
 
+@dataclass(frozen=True, slots=True)
+class _Reservation:
+    """The values of ``_RESERVE_AT_ONCE``, and the hold its rows say it made."""
+
+    account_id: int
+    user_id: str
+    amount: int
+    key: str
+    expires_at: datetime
+    description: str | None
+    metadata: dict[str, Any] | None
+    now: datetime
+    feature: str | None = None
+    quantity: int | None = None
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "account_id": self.account_id,
+            "amount": self.amount,
+            "key": self.key,
+            "description": self.description,
+            "metadata": None if self.metadata is None else json_dumps(self.metadata),
+            "expires_at": driver_datetime("postgresql", self.expires_at),
+            "now": driver_datetime("postgresql", self.now),
+            "feature": self.feature,
+            "quantity": self.quantity,
+        }
+
+    def hold(self, rows: list[tuple[Any, ...]]) -> Hold | None:
+        """The hold made, or None when the long way must decide."""
+        if not rows:
+            return None
+        hold_id, reserved = rows[0]
+        if hold_id is None:  # the key was taken at this moment, for another wallet's hold
+            raise IdempotencyConflict(self.key, "the key belongs to another wallet's hold")
+        if reserved != self.amount:
+            # The wallet row promised tokens its buckets do not hold: refuse the whole unit
+            # of work rather than write a hold drawn in part (as ``buckets.draw`` does).
+            raise RuntimeError(
+                f"account {self.account_id}: its buckets lack {self.amount - reserved} tokens"
+            )
+        return Hold(
+            id=hold_id,
+            user_id=self.user_id,
+            amount=self.amount,
+            status=HoldStatus.PENDING,
+            idempotency_key=self.key,
+            description=self.description,
+            metadata=self.metadata,
+            expires_at=self.expires_at,
+            created_at=self.now,
+            resolved_at=None,
+            posted_amount=None,
+            transfer_id=None,
+            kind=HoldKind.HOLD,
+            feature=self.feature,
+            quantity=self.quantity,
+        )
+
+
 def _reserve_at_once(
     conn: Connection,
     *,
@@ -421,46 +482,57 @@ def _reserve_at_once(
     quantity: int | None,
 ) -> Hold | None:
     """``_RESERVE_AT_ONCE``: the hold, or None when the long way must decide."""
-    rows = _RESERVE_AT_ONCE.rows(
-        conn,
-        {
-            "account_id": account_id,
-            "amount": amount,
-            "key": key,
-            "description": description,
-            "metadata": None if metadata is None else json_dumps(metadata),
-            "expires_at": driver_datetime("postgresql", expires_at),
-            "now": driver_datetime("postgresql", now),
-            "feature": feature,
-            "quantity": quantity,
-        },
-    )
-    if not rows:
-        return None
-    hold_id, reserved = rows[0]
-    if hold_id is None:  # the key was taken at this moment, for another wallet's hold
-        raise IdempotencyConflict(key, "the key belongs to another wallet's hold")
-    if reserved != amount:
-        # The wallet row promised tokens its buckets do not hold: refuse the whole unit
-        # of work rather than write a hold drawn in part (as ``buckets.draw`` does).
-        raise RuntimeError(f"account {account_id}: its buckets lack {amount - reserved} tokens")
-    return Hold(
-        id=hold_id,
+    reservation = _Reservation(
+        account_id=account_id,
         user_id=user_id,
         amount=amount,
-        status=HoldStatus.PENDING,
-        idempotency_key=key,
+        key=key,
+        expires_at=expires_at,
         description=description,
         metadata=metadata,
-        expires_at=expires_at,
-        created_at=now,
-        resolved_at=None,
-        posted_amount=None,
-        transfer_id=None,
-        kind=HoldKind.HOLD,
+        now=now,
         feature=feature,
         quantity=quantity,
     )
+    return reservation.hold(_RESERVE_AT_ONCE.rows(conn, reservation.params()))
+
+
+def call_hold_key(call: str) -> str:
+    """The idempotency key of the hold ``hold_call`` makes for ``call``: the caller's own
+    record of the call can name its hold by it in the same round trip (``hold_call_in``)."""
+    return reserved_key(KeyPurpose.CALL, call)
+
+
+def hold_call_in(
+    batch: Batch,
+    *,
+    account_id: int,
+    user_id: str,
+    amount: int,
+    call: str,
+    ttl_seconds: int = DEFAULT_TTL_SECONDS,
+    description: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> Callable[[], Hold | None]:
+    """``hold_call`` sent in ``batch`` (PostgreSQL, asyncio), in the common case only: for a
+    caller whose transaction locked the wallet (``account_id``) in an earlier batch. The
+    function returned reads, once the batch is sent, the hold, or None when none was made:
+    then nothing was written, and ``hold_call`` (a unit of work of its own) decides."""
+    check_ttl(ttl_seconds)
+    now = now or utcnow()
+    reservation = _Reservation(
+        account_id=account_id,
+        user_id=check_user_id(user_id),
+        amount=check_amount(amount),
+        key=call_hold_key(call),
+        expires_at=now + timedelta(seconds=ttl_seconds),
+        description=check_description(description),
+        metadata=check_metadata(metadata),
+        now=now,
+    )
+    rows = batch.add(_RESERVE_AT_ONCE, reservation.params())
+    return lambda: reservation.hold(rows())
 
 
 def cover(
@@ -685,28 +757,52 @@ SELECT t.id, w.user_id, w.balance, h.feature, h.quantity FROM t, w, h
 )
 
 
-def _post_at_once(
-    conn: Connection,
+def post_hold_in(
+    batch: Batch,
+    *,
+    hold_id: int,
+    amount: int,
+    now: datetime,
+    description: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Callable[[], Receipt | None]:
+    """``post_hold`` sent in ``batch`` (PostgreSQL, asyncio), in the common case only (see
+    ``_POST_AT_ONCE``). The function returned reads, once the batch is sent, the receipt, or
+    None when nothing was written: then ``post_hold`` decides. The hold is posted with
+    ``resolved_at = now``, by which a later statement of the batch can tell it was."""
+    amount = check_amount(amount)
+    rows = batch.add(
+        _POST_AT_ONCE,
+        _post_params(
+            hold_id=hold_id,
+            amount=amount,
+            now=now,
+            described=(check_description(description), check_metadata(metadata)),
+        ),
+    )
+    return lambda: _posted(rows(), amount)
+
+
+def _post_params(
     *,
     hold_id: int,
     amount: int,
     now: datetime,
     described: tuple[str | None, dict[str, Any] | None],
-) -> Receipt | None:
-    """``_POST_AT_ONCE``: the receipt, or None when the long way must decide."""
+) -> dict[str, Any]:
     description, metadata = described
-    rows = _POST_AT_ONCE.rows(
-        conn,
-        {
-            "hold_id": hold_id,
-            "amount": amount,
-            "now": driver_datetime("postgresql", now),
-            "key": reserved_key(KeyPurpose.POST, f"hold:{hold_id}"),
-            "system_id": int(SystemAccount.CONSUMPTION),
-            "description": description,
-            "metadata": None if metadata is None else json_dumps(metadata),
-        },
-    )
+    return {
+        "hold_id": hold_id,
+        "amount": amount,
+        "now": driver_datetime("postgresql", now),
+        "key": reserved_key(KeyPurpose.POST, f"hold:{hold_id}"),
+        "system_id": int(SystemAccount.CONSUMPTION),
+        "description": description,
+        "metadata": None if metadata is None else json_dumps(metadata),
+    }
+
+
+def _posted(rows: list[tuple[Any, ...]], amount: int) -> Receipt | None:
     if not rows:
         return None
     transfer_id, user_id, balance, feature, quantity = rows[0]
@@ -719,6 +815,19 @@ def _post_at_once(
         feature=feature,
         quantity=quantity,
     )
+
+
+def _post_at_once(
+    conn: Connection,
+    *,
+    hold_id: int,
+    amount: int,
+    now: datetime,
+    described: tuple[str | None, dict[str, Any] | None],
+) -> Receipt | None:
+    """``_POST_AT_ONCE``: the receipt, or None when the long way must decide."""
+    params = _post_params(hold_id=hold_id, amount=amount, now=now, described=described)
+    return _posted(_POST_AT_ONCE.rows(conn, params), amount)
 
 
 def _post(

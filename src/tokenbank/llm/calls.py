@@ -25,13 +25,14 @@ from dataclasses import dataclass
 from datetime import datetime, time
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import Connection
 
 from tokenbank import ledger
 from tokenbank.columns import utcnow
-from tokenbank.db import Database
+from tokenbank.db import BEGIN, COMMIT, Batch, Database, Statement, json_dumps
 from tokenbank.errors import (
     CallInProgress,
     HoldNotPending,
@@ -40,9 +41,11 @@ from tokenbank.errors import (
     KeyCapReached,
     TokenbankError,
 )
+from tokenbank.identity.throttle import Counter
+from tokenbank.ledger.holds import call_hold_key
 from tokenbank.ledger.models import HoldStatus, holds
 from tokenbank.llm.estimate import Bound
-from tokenbank.llm.keys import LlmKey, find_key
+from tokenbank.llm.keys import LlmKey, find_key, hash_key
 from tokenbank.llm.models import Model
 from tokenbank.llm.tables import CallStatus, llm_calls
 
@@ -112,6 +115,154 @@ def _used_today(conn: Connection, key: LlmKey, now: datetime) -> int:
     )
 
 
+def _cost_bound(model: Model, bound: Bound) -> int:
+    return max(1, model.cost(input_tokens=bound.input_tokens, output_tokens=bound.output_tokens))
+
+
+#: The first round trip of ``try_admit``, after BEGIN: the caller's key locked, then the
+#: wallet (in that order, as ``admit`` does), then what the key spent today when it has a
+#: cap, and whether the idempotency key was used: each statement's snapshot is taken after
+#: the locks before it were granted, so it sees what the last holder of the lock committed.
+_LOCK_KEY = Statement(
+    sa.text("""
+SELECT id, user_id FROM llm_keys
+ WHERE key_hash = :key_hash AND revoked_at IS NULL
+   FOR UPDATE""")
+)
+_LOCK_WALLET = Statement(
+    sa.text("""
+SELECT id, user_id FROM accounts
+ WHERE user_id = COALESCE(
+       CAST(:user_id AS VARCHAR),
+       (SELECT user_id FROM llm_keys WHERE key_hash = :key_hash AND revoked_at IS NULL))
+   FOR UPDATE""")
+)
+_USED_TODAY = Statement(
+    sa.text("""
+SELECT k.daily_cap,
+       COALESCE(SUM(CASE WHEN c.status = 'pending' THEN c.held ELSE c.charged END), 0)
+  FROM llm_keys k
+  LEFT JOIN llm_calls c ON c.key_id = k.id AND c.created_at >= :day
+ WHERE k.key_hash = :key_hash AND k.daily_cap IS NOT NULL
+ GROUP BY k.id, k.daily_cap""")
+)
+_USED_KEY = Statement(
+    sa.text("""
+SELECT 1 FROM llm_calls
+ WHERE idempotency_key = :idempotency_key
+   AND user_id = COALESCE(
+       CAST(:user_id AS VARCHAR), (SELECT user_id FROM llm_keys WHERE key_hash = :key_hash))""")
+)
+#: The second: the call's row, pending on the hold sent just before it (none: no row).
+_RECORD_CALL = Statement(
+    sa.text("""
+INSERT INTO llm_calls (user_id, key_id, model, stream, status, request_id, idempotency_key,
+                       hold_id, held, input_estimate, output_cap, created_at)
+SELECT :user_id, CAST(:key_id AS BIGINT), :model, :stream, 'pending', :request_id,
+       :idempotency_key, h.id, h.amount, CAST(:input_estimate AS BIGINT),
+       CAST(:output_cap AS BIGINT), :now
+  FROM holds h
+ WHERE h.idempotency_key = :hold_key AND h.status = 'pending'
+RETURNING id""")
+)
+
+
+async def try_admit(
+    conn: psycopg.AsyncConnection[Any],
+    *,
+    caller: Caller,
+    model: Model,
+    bound: Bound,
+    request_id: str,
+    stream: bool,
+    idempotency_key: str | None = None,
+    ttl_seconds: int,
+    counter: Counter | None = None,
+    now: datetime | None = None,
+) -> Admission | None:
+    """``admit`` on PostgreSQL's asyncio connection, in two round trips (``Batch``), in the
+    common case only: a live key under its cap, an idempotency key not used before, and
+    the tokens there. The first round trip counts the rate-limit hit (``counter``), locks
+    the key and the wallet and reads what decides; the second makes the hold, records the
+    call and commits. Any other case commits nothing but the hit, and returns None: then
+    ``admit`` decides, in a thread, without counting the hit again.
+
+    Past the rate limit: ``RateLimited``, the hit counted, as ``Throttle.hit`` does."""
+    now = now or utcnow()
+    cost = _cost_bound(model, bound)
+    who = {
+        "user_id": caller.user_id if caller.secret is None else None,
+        "key_hash": hash_key(caller.secret) if caller.secret is not None else None,
+    }
+    first = Batch(conn)
+    first.add(BEGIN)
+    counted = counter and first.add(counter.statement, counter.params(now))
+    key = caller.secret is not None and first.add(_LOCK_KEY, who)
+    wallet = first.add(_LOCK_WALLET, who)
+    used = caller.secret is not None and first.add(_USED_TODAY, {**who, "day": day_start(now)})
+    earlier = idempotency_key is not None and first.add(
+        _USED_KEY, {**who, "idempotency_key": idempotency_key}
+    )
+    await first.send()
+
+    second = Batch(conn)
+    try:
+        if counted:
+            assert counter is not None
+            counter.check(counted()[0], now)
+        wallets = wallet()
+        keys = key() if key else []
+        capped = used() if used else []
+        common = (
+            bool(wallets)
+            and (caller.secret is None or bool(keys))
+            and not (earlier and earlier())
+            and not (capped and capped[0][1] + cost > capped[0][0])
+        )
+        if not common:
+            return None
+        account_id, user_id = wallets[0]
+        call = uuid.uuid4().hex
+        hold = ledger.hold_call_in(
+            second,
+            account_id=account_id,
+            user_id=user_id,
+            amount=cost,
+            call=call,
+            ttl_seconds=ttl_seconds,
+            description=f"{model.id}: a model call",
+            metadata={"model": model.id},
+            now=now,
+        )
+        key_id = keys[0][0] if keys else None
+        recorded = second.add(
+            _RECORD_CALL,
+            {
+                "user_id": user_id,
+                "key_id": key_id,
+                "model": model.id,
+                "stream": stream,
+                "request_id": request_id,
+                "idempotency_key": idempotency_key,
+                "input_estimate": bound.input_tokens,
+                "output_cap": bound.output_tokens,
+                "now": now,
+                "hold_key": call_hold_key(call),
+            },
+        )
+    finally:
+        # Whatever was decided, the hit counts (and, with a hold, the call is made).
+        second.add(COMMIT)
+        await second.send()
+    made = hold()
+    if made is None:
+        return None
+    ((call_id,),) = recorded()
+    return Admission(
+        call_id=call_id, user_id=user_id, key_id=key_id, hold_id=made.id, held=made.amount
+    )
+
+
 def admit(
     db: Database,
     *,
@@ -130,7 +281,7 @@ def admit(
     once, whole): a wallet that does not exist is ``UnknownUser`` before anything is
     written."""
     now = now or utcnow()
-    cost = max(1, model.cost(input_tokens=bound.input_tokens, output_tokens=bound.output_tokens))
+    cost = _cost_bound(model, bound)
     refusal: TokenbankError | None = None
     with db.transaction(wallet=caller.user_id) as conn:
         key = None
@@ -311,6 +462,120 @@ def settle(
                 .where(llm_calls.c.id == admission.call_id)
                 .values(charged=charged, shortfall=shortfall)
             )
+    _log_settled(admission, model, status, usage, charged=charged, shortfall=shortfall)
+    return Settled(
+        call_id=admission.call_id,
+        user_id=admission.user_id,
+        status=status,
+        charged=charged,
+        shortfall=shortfall,
+        balance=balance,
+    )
+
+
+#: The claim of ``try_settle``, sent after the hold's posting in one transaction: the call
+#: goes from pending to its outcome only if its hold was posted by that very statement
+#: (``resolved_at`` is this settlement's time). A posting without its claim cannot happen
+#: (only the call's settlement posts its hold), and would fail the whole transaction.
+_CLAIM = Statement(
+    sa.text("""
+WITH p AS (
+    SELECT 1 FROM holds
+     WHERE id = CAST(:hold_id AS BIGINT) AND status = 'posted' AND resolved_at = :now
+), c AS (
+    UPDATE llm_calls
+       SET status = :status, input_tokens = CAST(:input_tokens AS BIGINT),
+           output_tokens = CAST(:output_tokens AS BIGINT), usage_source = :usage_source,
+           charged = CAST(:charged AS BIGINT), latency_ms = CAST(:latency_ms AS INTEGER),
+           first_token_ms = CAST(:first_token_ms AS INTEGER), error = :error,
+           reply = CAST(:reply AS JSONB), finished_at = :now
+     WHERE id = CAST(:call_id AS BIGINT) AND status = 'pending' AND EXISTS (SELECT 1 FROM p)
+ RETURNING id
+)
+SELECT 1 / CASE WHEN (SELECT count(*) FROM c) = (SELECT count(*) FROM p) THEN 1 ELSE 0 END
+""")
+)
+
+
+async def try_settle(
+    conn: psycopg.AsyncConnection[Any],
+    *,
+    admission: Admission,
+    model: Model,
+    status: CallStatus,
+    usage: Usage | None,
+    latency_ms: int,
+    first_token_ms: int | None = None,
+    reply: Any = None,
+    error: str | None = None,
+    now: datetime | None = None,
+) -> Settled | None:
+    """``settle`` on PostgreSQL's asyncio connection, in one round trip (``Batch``), in the
+    common case only: a cost within the hold, posted from it in one statement
+    (``ledger.post_hold_in``), and the call's claim. Otherwise (nothing to charge, an
+    overrun, a hold that needs the long way) nothing is written and it returns None: then
+    ``settle`` decides."""
+    if usage is None or admission.hold_id is None:
+        return None
+    cost = model.cost(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
+    if not 0 < cost <= admission.held:
+        return None
+    now = now or utcnow()
+    batch = Batch(conn)
+    batch.add(BEGIN)
+    posted = ledger.post_hold_in(
+        batch,
+        hold_id=admission.hold_id,
+        amount=cost,
+        now=now,
+        description=_described(model, usage),
+        metadata=_charge_metadata(admission, model, usage),
+    )
+    batch.add(
+        _CLAIM,
+        {
+            "hold_id": admission.hold_id,
+            "call_id": admission.call_id,
+            "status": status.value,
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "usage_source": usage.source,
+            "charged": cost,
+            "latency_ms": latency_ms,
+            "first_token_ms": first_token_ms,
+            "error": error[:200] if error else None,
+            "reply": None if reply is None else json_dumps(reply),
+            "now": now,
+        },
+    )
+    batch.add(COMMIT)
+    try:
+        await batch.send()
+    except psycopg.errors.DivisionByZero:
+        return None  # posted but not claimed: rolled back whole (see ``_CLAIM``)
+    receipt = posted()
+    if receipt is None:
+        return None
+    _log_settled(admission, model, status, usage, charged=cost, shortfall=0)
+    return Settled(
+        call_id=admission.call_id,
+        user_id=admission.user_id,
+        status=status,
+        charged=cost,
+        shortfall=0,
+        balance=receipt.balance,
+    )
+
+
+def _log_settled(
+    admission: Admission,
+    model: Model,
+    status: CallStatus,
+    usage: Usage | None,
+    *,
+    charged: int,
+    shortfall: int,
+) -> None:
     log.info(
         "llm_call_settled",
         call_id=admission.call_id,
@@ -323,14 +588,19 @@ def settle(
         charged=charged,
         shortfall=shortfall,
     )
-    return Settled(
-        call_id=admission.call_id,
-        user_id=admission.user_id,
-        status=status,
-        charged=charged,
-        shortfall=shortfall,
-        balance=balance,
-    )
+
+
+def _described(model: Model, usage: Usage) -> str:
+    return f"{model.id}: {usage.input_tokens} in / {usage.output_tokens} out"
+
+
+def _charge_metadata(admission: Admission, model: Model, usage: Usage) -> dict[str, Any]:
+    return {
+        "llm_call": admission.call_id,
+        "model": model.id,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+    }
 
 
 def _charge(
@@ -350,13 +620,8 @@ def _charge(
             ledger.void_hold(conn, hold_id=admission.hold_id, now=now)
         return 0, 0, None
     assert usage is not None
-    description = f"{model.id}: {usage.input_tokens} in / {usage.output_tokens} out"
-    metadata = {
-        "llm_call": admission.call_id,
-        "model": model.id,
-        "input_tokens": usage.input_tokens,
-        "output_tokens": usage.output_tokens,
-    }
+    description = _described(model, usage)
+    metadata = _charge_metadata(admission, model, usage)
     posted = 0
     balance: int | None = None
     try:

@@ -29,6 +29,7 @@ import httpx
 
 from tokenbank.db import Database
 from tokenbank.errors import IdempotencyConflict, UnknownModel, UpstreamError, UpstreamTimeout
+from tokenbank.identity.throttle import Counter
 from tokenbank.llm import calls
 from tokenbank.llm.calls import Admission, Caller, Settled, Usage
 from tokenbank.llm.estimate import Bound, bound, check_request
@@ -96,6 +97,7 @@ class Gateway:
         hold_ttl: int,
         observe: Observer | None = None,
         limit: Callable[[str], None] | None = None,
+        counter: Callable[[str], Counter | None] | None = None,
         threads: int = 16,
     ) -> None:
         self.db = db
@@ -105,6 +107,9 @@ class Gateway:
         self.observe = observe
         #: Counts a call against its key's (or user's) rate limit; raises past it.
         self.limit = limit
+        #: The same hit, for the admission to count in its own round trip, when the
+        #: counters are in the database (``Throttle.counter``).
+        self.counter = counter
         # Admissions and settlements run in threads of their own, no more at once than
         # the database pool has connections: a thread never waits there for one, and
         # fewer threads contend for the interpreter with the streams being relayed.
@@ -128,23 +133,15 @@ class Gateway:
         model_id, _ = check_request(body)
         model = self.model(model_id)
         limit = bound(body, max_output_tokens=model.max_output_tokens)
+        admission = await self._admit(
+            caller=caller,
+            model=model,
+            limit=limit,
+            stream=bool(body.get("stream")),
+            request_id=request_id,
+            idempotency_key=idempotency_key,
+        )
         stream = bool(body.get("stream"))
-
-        def admit() -> Admission:
-            if self.limit is not None:
-                self.limit(caller.secret or f"user:{caller.user_id}")
-            return calls.admit(
-                self.db,
-                caller=caller,
-                model=model,
-                bound=limit,
-                request_id=request_id,
-                stream=stream,
-                idempotency_key=idempotency_key,
-                ttl_seconds=self.hold_ttl,
-            )
-
-        admission = await anyio.to_thread.run_sync(admit, limiter=self._threads)
         if admission.held == 0:
             return _replay(admission, stream)
         upstream_body = self._upstream_body(body, model, limit)
@@ -167,6 +164,64 @@ class Gateway:
             started=started,
             idempotency_key=idempotency_key,
         )
+
+    async def _admit(
+        self,
+        *,
+        caller: Caller,
+        model: Model,
+        limit: Bound,
+        stream: bool,
+        request_id: str,
+        idempotency_key: str | None,
+    ) -> Admission:
+        """The call admitted, its rate-limit hit counted once.
+
+        On PostgreSQL the common case stays on the event loop, in two round trips
+        (``calls.try_admit``); the rest, and SQLite, take a thread (``calls.admit``). The
+        admission is shielded: a client gone away meanwhile leaves no half-made call (a
+        call made is then settled, as aborted, by the stream that never starts)."""
+        who = caller.secret or f"user:{caller.user_id}"
+        counted = False
+        admission = None
+        if self.db.has_async:
+            counter = self.counter(who) if self.counter is not None else None
+            if counter is None and self.limit is not None:
+                # Counters kept elsewhere (memory, Redis...): limits' synchronous storages
+                # answer in well under a millisecond.
+                self.limit(who)
+            counted = True
+            with anyio.CancelScope(shield=True):
+                async with self.db.async_autocommit() as conn:
+                    admission = await calls.try_admit(
+                        conn,
+                        caller=caller,
+                        model=model,
+                        bound=limit,
+                        request_id=request_id,
+                        stream=stream,
+                        idempotency_key=idempotency_key,
+                        ttl_seconds=self.hold_ttl,
+                        counter=counter,
+                    )
+        if admission is not None:
+            return admission
+
+        def admit() -> Admission:
+            if self.limit is not None and not counted:
+                self.limit(who)
+            return calls.admit(
+                self.db,
+                caller=caller,
+                model=model,
+                bound=limit,
+                request_id=request_id,
+                stream=stream,
+                idempotency_key=idempotency_key,
+                ttl_seconds=self.hold_ttl,
+            )
+
+        return await anyio.to_thread.run_sync(admit, limiter=self._threads)
 
     def _upstream_body(self, body: dict[str, Any], model: Model, limit: Bound) -> dict[str, Any]:
         forwarded = {**body, "model": model.upstream_model}
@@ -206,20 +261,36 @@ class Gateway:
         latency = int((time.perf_counter() - started) * 1000)
         first = None if first_token is None else int((first_token - started) * 1000)
         with anyio.CancelScope(shield=True):
-            settled = await anyio.to_thread.run_sync(
-                lambda: calls.settle(
-                    self.db,
-                    admission=admission,
-                    model=model,
-                    status=status,
-                    usage=usage,
-                    latency_ms=latency,
-                    first_token_ms=first,
-                    reply=reply,
-                    error=error,
-                ),
-                limiter=self._threads,
-            )
+            settled: Settled | None = None
+            if self.db.has_async:  # PostgreSQL: the common case in one round trip
+                async with self.db.async_autocommit() as conn:
+                    settled = await calls.try_settle(
+                        conn,
+                        admission=admission,
+                        model=model,
+                        status=status,
+                        usage=usage,
+                        latency_ms=latency,
+                        first_token_ms=first,
+                        reply=reply,
+                        error=error,
+                    )
+            if settled is None:
+                settled = await anyio.to_thread.run_sync(
+                    lambda: calls.settle(
+                        self.db,
+                        admission=admission,
+                        model=model,
+                        status=status,
+                        usage=usage,
+                        latency_ms=latency,
+                        first_token_ms=first,
+                        reply=reply,
+                        error=error,
+                    ),
+                    limiter=self._threads,
+                )
+        assert settled is not None  # a shielded scope suppresses nothing
         if self.observe is not None and not settled.replayed:
             self.observe(model.id, status, usage, settled.charged, first)
         return settled

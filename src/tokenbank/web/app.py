@@ -137,6 +137,7 @@ def create_app(
             # A call outlasting its hold is still charged in full (``calls.settle``).
             hold_ttl=max(settings.default_hold_ttl_seconds, int(settings.llm_timeout_seconds) + 60),
             limit=partial(throttle.hit, "llm_key"),
+            counter=partial(throttle.counter, "llm_key"),
             threads=settings.database_pool_size,
             observe=lambda model, status, usage, charged, first: metrics.observe_call(
                 model,

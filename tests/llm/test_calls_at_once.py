@@ -1,0 +1,318 @@
+"""A model call's admission and settlement on PostgreSQL's asyncio connection
+(``calls.try_admit``, two round trips; ``calls.try_settle``, one): in the common case they
+leave the very rows the long way (``admit``, ``settle``) leaves; in every other case they
+write nothing but the rate-limit hit and hand over to the long way, which decides as it
+always did; and the hit is counted once either way."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from tests.llm.test_calls import BODY, MODEL
+from tokenbank import ledger
+from tokenbank.columns import utcnow
+from tokenbank.db import Database
+from tokenbank.errors import InsufficientTokens, RateLimited
+from tokenbank.identity.models import rate_limits
+from tokenbank.identity.throttle import DatabaseStorage, Throttle
+from tokenbank.ledger.models import accounts, buckets, draws, holds, transfers
+from tokenbank.llm import calls
+from tokenbank.llm.calls import Admission, Caller, Usage
+from tokenbank.llm.estimate import bound
+from tokenbank.llm.keys import create_key, revoke_key
+from tokenbank.llm.tables import CallStatus, llm_calls
+from tokenbank.users import create_user
+
+T = TypeVar("T")
+
+#: Only PostgreSQL has the asyncio path; SQLite always takes the long way.
+pytestmark = pytest.mark.parametrize("backend", ["postgresql"])
+
+LIMIT = {"llm_key": "3/minute"}
+
+
+def _on_loop(db: Database, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
+    """Run ``work`` on an asyncio connection, in an event loop of its own thread (the
+    browser tests may leave one running in this one)."""
+
+    async def main() -> T:
+        await db.open_async()
+        try:
+            async with db.async_autocommit() as conn:
+                return await work(conn)
+        finally:
+            await db.close_async()
+
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(lambda: asyncio.run(main())).result()
+
+
+def _ann(db: Database, tokens: int = 1000, *, daily_cap: int | None = None) -> str:
+    """Ann's wallet, and a model key of hers."""
+    with db.transaction() as conn:
+        create_user(conn, user_id="ann")
+        ledger.credit(
+            conn, user_id="ann", amount=tokens, kind=ledger.TransferKind.GRANT, idempotency_key="g"
+        )
+        return create_key(conn, user_id="ann", name="k", daily_cap=daily_cap)[1]
+
+
+def _try_admit(
+    db: Database, caller: Caller, *, throttle: Throttle | None = None, **options: Any
+) -> Admission | None:
+    counter = throttle.counter("llm_key", caller.secret or "") if throttle else None
+    return _on_loop(
+        db,
+        lambda conn: calls.try_admit(
+            conn,
+            caller=caller,
+            model=MODEL,
+            bound=bound(BODY, max_output_tokens=40),
+            request_id="r",
+            stream=False,
+            ttl_seconds=60,
+            counter=counter,
+            **options,
+        ),
+    )
+
+
+def _admit(db: Database, caller: Caller, **options: Any) -> Admission:
+    return calls.admit(
+        db,
+        caller=caller,
+        model=MODEL,
+        bound=bound(BODY, max_output_tokens=40),
+        request_id="r",
+        stream=False,
+        ttl_seconds=60,
+        **options,
+    )
+
+
+def _rows(conn: Any, query: sa.Select[Any]) -> list[tuple[Any, ...]]:
+    return sorted((tuple(row) for row in conn.execute(query)), key=repr)
+
+
+def _written(db: Database) -> dict[str, Any]:
+    """What the ledger and the calls hold, without ids and times: two calls made alike
+    leave the same."""
+    with db.read() as conn:
+        wallet = ledger.balance(conn, user_id="ann")
+        return {
+            "wallet": (wallet.balance, wallet.held, wallet.total_spent),
+            "calls": _rows(
+                conn,
+                sa.select(
+                    llm_calls.c.status,
+                    llm_calls.c.key_id,
+                    llm_calls.c.held,
+                    llm_calls.c.charged,
+                    llm_calls.c.input_tokens,
+                    llm_calls.c.output_tokens,
+                    llm_calls.c.usage_source,
+                    llm_calls.c.attempt,
+                    llm_calls.c.idempotency_key,
+                ),
+            ),
+            "holds": _rows(
+                conn, sa.select(holds.c.status, holds.c.amount, holds.c.posted_amount, holds.c.kind)
+            ),
+            "transfers": _rows(
+                conn, sa.select(transfers.c.kind, transfers.c.amount, transfers.c.description)
+            ),
+            "buckets": _rows(conn, sa.select(buckets.c.remaining, buckets.c.held)),
+            "draws": conn.execute(sa.select(sa.func.count()).select_from(draws)).scalar(),
+        }
+
+
+def _hits(db: Database) -> int:
+    with db.read() as conn:
+        return int(
+            conn.execute(
+                sa.select(sa.func.coalesce(sa.func.sum(rate_limits.c.hits), 0))
+            ).scalar_one()
+        )
+
+
+def test_the_common_case_leaves_what_the_long_way_leaves(fresh_database: Any) -> None:
+    """One call admitted, settled, then admitted and settled again with an idempotency
+    key, on each path; both databases end alike."""
+    results = []
+    for fast in (True, False):
+        db = fresh_database()
+        secret = _ann(db)
+        caller = Caller(secret=secret)
+        usage = Usage(7, 11, "upstream")
+        settled_by: list[Any] = []
+        for key in (None, "again"):
+            if fast:
+                admission = _try_admit(db, caller, idempotency_key=key)
+                assert admission is not None
+                settled = _on_loop(
+                    db,
+                    lambda conn, a=admission, k=key: calls.try_settle(
+                        conn,
+                        admission=a,
+                        model=MODEL,
+                        status=CallStatus.OK,
+                        usage=Usage(7, 11, "upstream"),
+                        latency_ms=3,
+                        reply={"id": "x"} if k else None,
+                    ),
+                )
+            else:
+                admission = _admit(db, caller, idempotency_key=key)
+                settled = calls.settle(
+                    db,
+                    admission=admission,
+                    model=MODEL,
+                    status=CallStatus.OK,
+                    usage=usage,
+                    latency_ms=3,
+                    reply={"id": "x"} if key else None,
+                )
+            assert settled is not None
+            settled_by.append((settled.status, settled.charged, settled.shortfall, settled.balance))
+        # Settling once more changes nothing, and the stored reply replays.
+        assert (
+            _on_loop(
+                db,
+                lambda conn, a=admission: calls.try_settle(
+                    conn,
+                    admission=a,
+                    model=MODEL,
+                    status=CallStatus.OK,
+                    usage=Usage(7, 11, "upstream"),
+                    latency_ms=3,
+                ),
+            )
+            is None
+        )
+        assert _admit(db, caller, idempotency_key="again").replay == {"id": "x"}
+        results.append((settled_by, _written(db)))
+        with db.read() as conn:
+            assert ledger.verify(conn).ok
+        db.dispose()
+    assert results[0] == results[1]
+    assert results[0][0] == [(CallStatus.OK, 18, 0, 982), (CallStatus.OK, 18, 0, 964)]
+
+
+def _unusual_cases(db: Database, secret: str) -> dict[str, Caller]:
+    """Callers for each case the batch leaves to the long way, the state set up for it."""
+    with db.transaction() as conn:
+        revoked, revoked_secret = create_key(conn, user_id="ann", name="old")
+        revoke_key(conn, user_id="ann", key_id=revoked.id)
+        create_user(conn, user_id="poor")
+        _, capped_secret = create_key(conn, user_id="ann", name="capped", daily_cap=10)
+    # An idempotency key already used (its call finished and was charged).
+    first = _admit(db, Caller(secret=secret), idempotency_key="used")
+    calls.settle(
+        db,
+        admission=first,
+        model=MODEL,
+        status=CallStatus.OK,
+        usage=Usage(1, 1, "upstream"),
+        latency_ms=1,
+    )
+    return {
+        "an unknown key": Caller(secret="tbu_" + "x" * 43),
+        "a malformed key": Caller(secret="not a key"),
+        "a revoked key": Caller(secret=revoked_secret),
+        "a key past its cap": Caller(secret=capped_secret),
+        "a wallet without tokens": Caller(user_id="poor"),
+        "an unknown user": Caller(user_id="nobody"),
+        "an idempotency key used": Caller(secret=secret),
+    }
+
+
+def test_every_other_case_writes_nothing_but_the_hit_and_goes_the_long_way(
+    db: Database,
+) -> None:
+    secret = _ann(db)
+    cases = _unusual_cases(db, secret)
+    throttle = Throttle(DatabaseStorage(db), {"llm_key": "100/minute"})
+    for name, caller in cases.items():
+        before, hits = _written(db), _hits(db)
+        options = {"idempotency_key": "used"} if name == "an idempotency key used" else {}
+        assert _try_admit(db, caller, throttle=throttle, **options) is None, name
+        assert _written(db) == before, name
+        assert _hits(db) == hits + 1, name
+    # Tokens past their expiry must expire first: the long way does it.
+    with db.transaction() as conn:
+        ledger.credit(
+            conn,
+            user_id="poor",
+            amount=500,
+            kind=ledger.TransferKind.GRANT,
+            idempotency_key="promo",
+            source=ledger.Source.PROMO,
+            expires_at=utcnow() - timedelta(seconds=1),
+            now=utcnow() - timedelta(days=1),
+        )
+    with db.read() as conn:  # the wallet's row still counts them, until they expire
+        assert (
+            conn.execute(
+                sa.select(accounts.c.balance).where(accounts.c.user_id == "poor")
+            ).scalar_one()
+            == 500
+        )
+    before = _written(db)
+    assert _try_admit(db, Caller(user_id="poor")) is None
+    assert _written(db) == before
+    with pytest.raises(InsufficientTokens):
+        _admit(db, Caller(user_id="poor"))
+
+
+def test_the_settlement_leaves_the_long_way_what_it_does_not_handle(db: Database) -> None:
+    """Nothing to charge (the hold is voided), a cost beyond the hold (an overrun), a
+    hold past its time to live: nothing written, then ``settle`` charges as it did."""
+    secret = _ann(db, 5000)
+    caller = Caller(secret=secret)
+    for usage, status, expected in (
+        (None, CallStatus.FAILED, 0),
+        (Usage(500, 500, "upstream"), CallStatus.OK, 1000),
+        (Usage(1, 1, "upstream"), CallStatus.OK, 2),
+    ):
+        late = expected == 2
+        admission = _try_admit(db, caller, now=utcnow() - timedelta(minutes=5) if late else None)
+        assert admission is not None
+        before = _written(db)
+        assert (
+            _on_loop(
+                db,
+                lambda conn, a=admission, u=usage, s=status: calls.try_settle(
+                    conn, admission=a, model=MODEL, status=s, usage=u, latency_ms=1
+                ),
+            )
+            is None
+        )
+        assert _written(db) == before
+        settled = calls.settle(
+            db, admission=admission, model=MODEL, status=status, usage=usage, latency_ms=1
+        )
+        assert settled.charged + settled.shortfall == expected
+
+
+def test_the_rate_limit_counts_each_call_once_and_refuses_past_it(db: Database) -> None:
+    secret = _ann(db)
+    throttle = Throttle(DatabaseStorage(db), LIMIT)
+    for _ in range(3):
+        assert _try_admit(db, Caller(secret=secret), throttle=throttle) is not None
+    before = _written(db)
+    with pytest.raises(RateLimited) as refused:
+        _try_admit(db, Caller(secret=secret), throttle=throttle)
+    assert 1 <= refused.value.retry_after <= 61
+    assert _written(db) == before
+    assert _hits(db) == 4
+    # The long way's own counter (``Throttle.hit``) agrees: the window is used up.
+    with pytest.raises(RateLimited):
+        throttle.hit("llm_key", secret)
