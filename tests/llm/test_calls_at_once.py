@@ -25,7 +25,7 @@ from tokenbank.identity.models import rate_limits
 from tokenbank.identity.throttle import DatabaseStorage, Throttle
 from tokenbank.ledger.models import accounts, buckets, draws, holds, transfers
 from tokenbank.llm import calls
-from tokenbank.llm.calls import Admission, Caller, Usage
+from tokenbank.llm.calls import Admission, Caller, Payer, Settled, Usage
 from tokenbank.llm.estimate import bound
 from tokenbank.llm.keys import create_key, revoke_key
 from tokenbank.llm.tables import CallStatus, llm_calls
@@ -65,15 +65,27 @@ def _ann(db: Database, tokens: int = 1000, *, daily_cap: int | None = None) -> s
         return create_key(conn, user_id="ann", name="k", daily_cap=daily_cap)[1]
 
 
+def _payer(db: Database, caller: Caller) -> Payer | None:
+    return _on_loop(db, lambda conn: calls.find_payer(conn, caller))
+
+
 def _try_admit(
-    db: Database, caller: Caller, *, throttle: Throttle | None = None, **options: Any
+    db: Database,
+    caller: Caller,
+    *,
+    payer: Payer | None = None,
+    throttle: Throttle | None = None,
+    **options: Any,
 ) -> Admission | None:
+    """``try_admit`` as the gateway calls it, for a payer found before (as it keeps them)."""
+    payer = payer or _payer(db, caller)
+    assert payer is not None
     counter = throttle.counter("llm_key", caller.secret or "") if throttle else None
-    return _on_loop(
-        db,
-        lambda conn: calls.try_admit(
+
+    async def admit(conn: psycopg.AsyncConnection[Any]) -> Admission | None:
+        return await calls.try_admit(
             conn,
-            caller=caller,
+            payer=payer,
             model=MODEL,
             bound=bound(BODY, max_output_tokens=40),
             request_id="r",
@@ -81,8 +93,18 @@ def _try_admit(
             ttl_seconds=60,
             counter=counter,
             **options,
-        ),
-    )
+        )
+
+    return _on_loop(db, admit)
+
+
+def _try_settle(db: Database, admission: Admission, **options: Any) -> Settled | None:
+    async def settle(conn: psycopg.AsyncConnection[Any]) -> Settled | None:
+        return await calls.try_settle(
+            conn, admission=admission, model=MODEL, latency_ms=3, **options
+        )
+
+    return _on_loop(db, settle)
 
 
 def _admit(db: Database, caller: Caller, **options: Any) -> Admission:
@@ -157,17 +179,12 @@ def test_the_common_case_leaves_what_the_long_way_leaves(fresh_database: Any) ->
             if fast:
                 admission = _try_admit(db, caller, idempotency_key=key)
                 assert admission is not None
-                settled = _on_loop(
+                settled = _try_settle(
                     db,
-                    lambda conn, a=admission, k=key: calls.try_settle(
-                        conn,
-                        admission=a,
-                        model=MODEL,
-                        status=CallStatus.OK,
-                        usage=Usage(7, 11, "upstream"),
-                        latency_ms=3,
-                        reply={"id": "x"} if k else None,
-                    ),
+                    admission,
+                    status=CallStatus.OK,
+                    usage=usage,
+                    reply={"id": "x"} if key else None,
                 )
             else:
                 admission = _admit(db, caller, idempotency_key=key)
@@ -183,20 +200,8 @@ def test_the_common_case_leaves_what_the_long_way_leaves(fresh_database: Any) ->
             assert settled is not None
             settled_by.append((settled.status, settled.charged, settled.shortfall, settled.balance))
         # Settling once more changes nothing, and the stored reply replays.
-        assert (
-            _on_loop(
-                db,
-                lambda conn, a=admission: calls.try_settle(
-                    conn,
-                    admission=a,
-                    model=MODEL,
-                    status=CallStatus.OK,
-                    usage=Usage(7, 11, "upstream"),
-                    latency_ms=3,
-                ),
-            )
-            is None
-        )
+        assert admission is not None
+        assert _try_settle(db, admission, status=CallStatus.OK, usage=usage) is None
         assert _admit(db, caller, idempotency_key="again").replay == {"id": "x"}
         results.append((settled_by, _written(db)))
         with db.read() as conn:
@@ -206,14 +211,45 @@ def test_the_common_case_leaves_what_the_long_way_leaves(fresh_database: Any) ->
     assert results[0][0] == [(CallStatus.OK, 18, 0, 982), (CallStatus.OK, 18, 0, 964)]
 
 
-def _unusual_cases(db: Database, secret: str) -> dict[str, Caller]:
-    """Callers for each case the batch leaves to the long way, the state set up for it."""
+def test_only_a_live_key_or_a_wallet_has_a_payer(db: Database) -> None:
+    secret = _ann(db)
     with db.transaction() as conn:
         revoked, revoked_secret = create_key(conn, user_id="ann", name="old")
         revoke_key(conn, user_id="ann", key_id=revoked.id)
+    ann = _payer(db, Caller(user_id="ann"))
+    assert ann is not None and (ann.user_id, ann.key_id) == ("ann", None)
+    key = _payer(db, Caller(secret=secret))
+    assert key is not None and key.account_id == ann.account_id and key.key_id is not None
+    for nobody in (
+        Caller(secret="tbu_" + "x" * 43),
+        Caller(secret="not a key"),
+        Caller(secret=revoked_secret),
+        Caller(user_id="nobody"),
+    ):
+        assert _payer(db, nobody) is None
+
+
+def test_every_other_case_writes_nothing_but_the_hit_and_goes_the_long_way(
+    db: Database,
+) -> None:
+    """Each case the one round trip leaves to ``admit``, for a payer the gateway found
+    before (a key since revoked is one): it writes nothing but the rate-limit hit."""
+    secret = _ann(db)
+    with db.transaction() as conn:
+        revoked, revoked_secret = create_key(conn, user_id="ann", name="old")
         create_user(conn, user_id="poor")
-        _, capped_secret = create_key(conn, user_id="ann", name="capped", daily_cap=10)
-    # An idempotency key already used (its call finished and was charged).
+        _, capped_secret = create_key(conn, user_id="ann", name="capped", daily_cap=60)
+    cases: dict[str, tuple[Caller, Payer | None, dict[str, Any]]] = {
+        "a key revoked since": (Caller(secret=revoked_secret), None, {}),
+        "a key past its cap": (Caller(secret=capped_secret), None, {}),
+        "a wallet short of tokens": (Caller(user_id="poor"), None, {}),
+        "an idempotency key used": (Caller(secret=secret), None, {"idempotency_key": "used"}),
+    }
+    cases = {name: (c, _payer(db, c), options) for name, (c, _, options) in cases.items()}
+    with db.transaction() as conn:
+        revoke_key(conn, user_id="ann", key_id=revoked.id)
+    # The capped key's day: one call held (53 of its 60), so the next does not fit.
+    assert _try_admit(db, Caller(secret=capped_secret)) is not None
     first = _admit(db, Caller(secret=secret), idempotency_key="used")
     calls.settle(
         db,
@@ -223,27 +259,10 @@ def _unusual_cases(db: Database, secret: str) -> dict[str, Caller]:
         usage=Usage(1, 1, "upstream"),
         latency_ms=1,
     )
-    return {
-        "an unknown key": Caller(secret="tbu_" + "x" * 43),
-        "a malformed key": Caller(secret="not a key"),
-        "a revoked key": Caller(secret=revoked_secret),
-        "a key past its cap": Caller(secret=capped_secret),
-        "a wallet without tokens": Caller(user_id="poor"),
-        "an unknown user": Caller(user_id="nobody"),
-        "an idempotency key used": Caller(secret=secret),
-    }
-
-
-def test_every_other_case_writes_nothing_but_the_hit_and_goes_the_long_way(
-    db: Database,
-) -> None:
-    secret = _ann(db)
-    cases = _unusual_cases(db, secret)
     throttle = Throttle(DatabaseStorage(db), {"llm_key": "100/minute"})
-    for name, caller in cases.items():
+    for name, (caller, payer, options) in cases.items():
         before, hits = _written(db), _hits(db)
-        options = {"idempotency_key": "used"} if name == "an idempotency key used" else {}
-        assert _try_admit(db, caller, throttle=throttle, **options) is None, name
+        assert _try_admit(db, caller, payer=payer, throttle=throttle, **options) is None, name
         assert _written(db) == before, name
         assert _hits(db) == hits + 1, name
     # Tokens past their expiry must expire first: the long way does it.
@@ -259,12 +278,8 @@ def test_every_other_case_writes_nothing_but_the_hit_and_goes_the_long_way(
             now=utcnow() - timedelta(days=1),
         )
     with db.read() as conn:  # the wallet's row still counts them, until they expire
-        assert (
-            conn.execute(
-                sa.select(accounts.c.balance).where(accounts.c.user_id == "poor")
-            ).scalar_one()
-            == 500
-        )
+        balance = sa.select(accounts.c.balance).where(accounts.c.user_id == "poor")
+        assert conn.execute(balance).scalar_one() == 500
     before = _written(db)
     assert _try_admit(db, Caller(user_id="poor")) is None
     assert _written(db) == before
@@ -286,15 +301,7 @@ def test_the_settlement_leaves_the_long_way_what_it_does_not_handle(db: Database
         admission = _try_admit(db, caller, now=utcnow() - timedelta(minutes=5) if late else None)
         assert admission is not None
         before = _written(db)
-        assert (
-            _on_loop(
-                db,
-                lambda conn, a=admission, u=usage, s=status: calls.try_settle(
-                    conn, admission=a, model=MODEL, status=s, usage=u, latency_ms=1
-                ),
-            )
-            is None
-        )
+        assert _try_settle(db, admission, status=status, usage=usage) is None
         assert _written(db) == before
         settled = calls.settle(
             db, admission=admission, model=MODEL, status=status, usage=usage, latency_ms=1

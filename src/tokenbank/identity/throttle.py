@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,7 +22,7 @@ from limits.strategies import FixedWindowRateLimiter
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tokenbank.columns import utcnow
-from tokenbank.db import Database, Statement, driver_datetime
+from tokenbank.db import Batch, Database, Statement, driver_datetime
 from tokenbank.errors import ConfigurationError, RateLimited
 from tokenbank.identity.models import rate_limits
 
@@ -61,28 +61,34 @@ _COUNT = {
 
 @dataclass(frozen=True, slots=True)
 class Counter:
-    """A hit to count in the database by a caller that sends ``statement`` itself, in a
-    round trip it makes anyway (a model call's admission, ``Batch``), then hands the row
-    it returned to ``check``."""
+    """A hit that a caller counts in its own transaction, in a round trip it makes anyway
+    (a model call's admission, sent as one ``Batch``), rather than in one of its own.
+    ``key`` names the counter's row, ``most`` the hits a window allows, for the caller's
+    statements that depend on it."""
 
     key: str
     seconds: int
     most: int
-    statement: Statement
 
-    def params(self, now: datetime) -> dict[str, Any]:
-        return {
-            "key": self.key,
-            "hits": 1,
-            "expires_at": driver_datetime("postgresql", now + timedelta(seconds=self.seconds)),
-            "now": driver_datetime("postgresql", now),
-        }
+    def count_in(self, batch: Batch, now: datetime) -> Callable[[], None]:
+        """Queue the hit in ``batch``; once it is sent, the function returned raises
+        ``RateLimited`` if the hit went past the limit."""
+        rows = batch.add(
+            _COUNT["postgresql"],
+            {
+                "key": self.key,
+                "hits": 1,
+                "expires_at": driver_datetime("postgresql", now + timedelta(seconds=self.seconds)),
+                "now": driver_datetime("postgresql", now),
+            },
+        )
 
-    def check(self, row: tuple[Any, ...], now: datetime) -> None:
-        """``RateLimited`` if the counted hit went past the limit."""
-        hits, expires_at = row
-        if hits > self.most:
-            raise RateLimited(max(1, int((expires_at - now).total_seconds()) + 1))
+        def check() -> None:
+            ((hits, expires_at),) = rows()
+            if hits > self.most:
+                raise RateLimited(max(1, int((expires_at - now).total_seconds()) + 1))
+
+        return check
 
 
 class DatabaseStorage(Storage):
@@ -180,7 +186,6 @@ class Throttle:
             key=item.key_for(name, _identity(who)),
             seconds=item.get_expiry(),
             most=item.amount,
-            statement=_COUNT["postgresql"],
         )
 
     def check(self, name: str, who: str) -> None:

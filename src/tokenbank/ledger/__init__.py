@@ -41,6 +41,7 @@ from tokenbank.ledger.clawbacks import (
     settle_debt,
 )
 from tokenbank.ledger.holds import (
+    Guard,
     Hold,
     cover,
     expire_holds,
@@ -77,6 +78,7 @@ __all__ = [
     "Balance",
     "Clawback",
     "Expiring",
+    "Guard",
     "HistoryItem",
     "HistoryPage",
     "Hold",

@@ -13,7 +13,7 @@ never expires, and is only voided by the caller that made it (``unfreeze=True``)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import partial
@@ -361,16 +361,16 @@ def _reserve(
 #: Otherwise it writes nothing and returns no row, and the long way decides (a replay, an
 #: expiry first, a refusal with what is available). A key another wallet's hold takes at
 #: this very moment returns the wallet's row without a hold: the unit of work then ends
-#: with ``IdempotencyConflict``, as the long way's would.
-_RESERVE_AT_ONCE = Statement(
-    sa.text("""
+#: with ``IdempotencyConflict``, as the long way's would. ``x`` also holds the caller's
+#: ``Guard``, if one (``hold_call_in``).
+_RESERVE_TEMPLATE = """
 WITH x AS (
     SELECT 1 AS ok
      WHERE NOT EXISTS (SELECT 1 FROM holds WHERE idempotency_key = :key)
        AND NOT EXISTS (
            SELECT 1 FROM buckets
             WHERE account_id = CAST(:account_id AS BIGINT) AND remaining > 0
-              AND remaining > held AND expires_at <= :now)
+              AND remaining > held AND expires_at <= :now){guard}
 ), w AS (
     UPDATE accounts
        SET held = held + CAST(:amount AS BIGINT)
@@ -403,8 +403,8 @@ WITH x AS (
     INSERT INTO draws (bucket_id, hold_id, amount) SELECT id, hold_id, taken FROM u
 )
 SELECT h.id, (SELECT COALESCE(SUM(taken), 0) FROM u) FROM w LEFT JOIN h ON true
-""")
-)
+"""
+_RESERVE_AT_ONCE = Statement(sa.text(_RESERVE_TEMPLATE.format(guard="")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -503,6 +503,39 @@ def call_hold_key(call: str) -> str:
     return reserved_key(KeyPurpose.CALL, call)
 
 
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """A condition of the caller's, in SQL, that a hold made in a ``Batch`` needs: decided
+    by the hold's own statement, under the wallet's lock, so that it sees what the
+    wallet's last writer committed (a model key's spending for the day, an idempotency
+    key's first use). Its values are named ``guard_*``; its text is one of a few fixed
+    ones (each compiled once)."""
+
+    sql: str
+    params: Mapping[str, Any]
+
+    def __post_init__(self) -> None:
+        if any(not name.startswith("guard_") for name in self.params):
+            raise ValueError("a guard's values are named guard_*")
+
+
+_LOCK_WALLET = Statement(
+    sa.text("SELECT id FROM accounts WHERE id = CAST(:account_id AS BIGINT) FOR UPDATE")
+)
+_GUARDED: dict[str, Statement] = {}
+
+
+def _guarded(guard: Guard | None) -> Statement:
+    if guard is None:
+        return _RESERVE_AT_ONCE
+    found = _GUARDED.get(guard.sql)
+    if found is None:
+        found = _GUARDED[guard.sql] = Statement(
+            sa.text(_RESERVE_TEMPLATE.format(guard=f"\n       AND ({guard.sql})"))
+        )
+    return found
+
+
 def hold_call_in(
     batch: Batch,
     *,
@@ -513,12 +546,16 @@ def hold_call_in(
     ttl_seconds: int = DEFAULT_TTL_SECONDS,
     description: str | None = None,
     metadata: dict[str, Any] | None = None,
+    guard: Guard | None = None,
     now: datetime | None = None,
 ) -> Callable[[], Hold | None]:
-    """``hold_call`` sent in ``batch`` (PostgreSQL, asyncio), in the common case only: for a
-    caller whose transaction locked the wallet (``account_id``) in an earlier batch. The
-    function returned reads, once the batch is sent, the hold, or None when none was made:
-    then nothing was written, and ``hold_call`` (a unit of work of its own) decides."""
+    """``hold_call`` sent in ``batch`` (PostgreSQL, asyncio), in the common case only, and
+    only if ``guard`` holds: the wallet (``account_id``, of ``user_id``) is locked, then the
+    hold made in one statement. Both run in the caller's transaction (its ``BEGIN`` comes
+    before, its ``COMMIT`` after), so the caller can record the hold in the same round trip
+    (by ``call_hold_key``). The function returned reads, once the batch is sent, the hold,
+    or None when none was made: then the hold wrote nothing, and ``hold_call`` (in a unit
+    of work of its own) decides."""
     check_ttl(ttl_seconds)
     now = now or utcnow()
     reservation = _Reservation(
@@ -531,7 +568,11 @@ def hold_call_in(
         metadata=check_metadata(metadata),
         now=now,
     )
-    rows = batch.add(_RESERVE_AT_ONCE, reservation.params())
+    batch.add(_LOCK_WALLET, {"account_id": account_id})
+    params = reservation.params()
+    if guard is not None:
+        params.update(guard.params)
+    rows = batch.add(_guarded(guard), params)
     return lambda: reservation.hold(rows())
 
 

@@ -4,13 +4,19 @@ anything is forwarded) and its settlement (the exact cost posted, the rest relea
 Nothing here talks to a model, and no upstream is called while rows are locked: the
 gateway (``llm/gateway.py``) admits, forwards with nothing locked, then settles.
 
-Admission runs in one transaction on the user's wallet: the user's key is read and locked
-(so its cap for the day is counted by one call at a time and a revoked key is refused by
-every process at once), a retried ``Idempotency-Key`` is recognised, the call is
-recorded and its hold made. Too few tokens, or a key past its cap, records the call as
-refused and raises after the commit.
+Each unit of work of a call locks the user's wallet before any row of the calls or of the
+ledger, as the ledger's own operations do; what may lock one of those rows first (the
+worker ending abandoned calls, a rate-limit counter counted in the admission's
+transaction) never then waits for a wallet. So a call's units never deadlock, with each
+other or with the ledger's. The wallet's lock is what serialises a user's calls: a key
+belongs to one wallet, so its cap for the day is counted by one call at a time, and a key
+revoked is refused by every process from its next call.
 
-Settlement runs in one transaction on the same wallet, once per call (its row is locked
+Admission runs in one transaction on the user's wallet: the user's key is read, a retried
+``Idempotency-Key`` is recognised, the call is recorded and its hold made. Too few
+tokens, or a key past its cap, records the call as refused and raises after the commit.
+
+Settlement runs in one transaction on the same wallet, once per call (its row is claimed
 and must still be pending): the cost, rounded up once per call (``Model.cost``), is posted
 from the hold. A cost beyond the hold (an estimate that fell short) is spent from what
 the wallet has, and what it has not is recorded as debt (``ledger.overrun``): the wallet
@@ -42,6 +48,7 @@ from tokenbank.errors import (
     TokenbankError,
 )
 from tokenbank.identity.throttle import Counter
+from tokenbank.ledger.accounts import wallet_id
 from tokenbank.ledger.holds import call_hold_key
 from tokenbank.ledger.models import HoldStatus, holds
 from tokenbank.llm.estimate import Bound
@@ -119,41 +126,57 @@ def _cost_bound(model: Model, bound: Bound) -> int:
     return max(1, model.cost(input_tokens=bound.input_tokens, output_tokens=bound.output_tokens))
 
 
-#: The first round trip of ``try_admit``, after BEGIN: the caller's key locked, then the
-#: wallet (in that order, as ``admit`` does), then what the key spent today when it has a
-#: cap, and whether the idempotency key was used: each statement's snapshot is taken after
-#: the locks before it were granted, so it sees what the last holder of the lock committed.
-_LOCK_KEY = Statement(
+@dataclass(frozen=True, slots=True)
+class Payer:
+    """Who pays for a caller's calls: never changes for a key or a user (a key is
+    revoked, never moved), so the gateway keeps it between calls (``find_payer``); a key
+    revoked since is refused by ``try_admit`` all the same."""
+
+    user_id: str
+    account_id: int
+    key_id: int | None = None
+
+
+_PAYER_BY_KEY = Statement(
     sa.text("""
-SELECT id, user_id FROM llm_keys
- WHERE key_hash = :key_hash AND revoked_at IS NULL
-   FOR UPDATE""")
+SELECT k.user_id, a.id, k.id FROM llm_keys k JOIN accounts a ON a.user_id = k.user_id
+ WHERE k.key_hash = :key_hash AND k.revoked_at IS NULL""")
 )
-_LOCK_WALLET = Statement(
-    sa.text("""
-SELECT id, user_id FROM accounts
- WHERE user_id = COALESCE(
-       CAST(:user_id AS VARCHAR),
-       (SELECT user_id FROM llm_keys WHERE key_hash = :key_hash AND revoked_at IS NULL))
-   FOR UPDATE""")
+_PAYER_BY_USER = Statement(
+    sa.text("SELECT user_id, id, CAST(NULL AS BIGINT) FROM accounts WHERE user_id = :user_id")
 )
-_USED_TODAY = Statement(
-    sa.text("""
-SELECT k.daily_cap,
-       COALESCE(SUM(CASE WHEN c.status = 'pending' THEN c.held ELSE c.charged END), 0)
-  FROM llm_keys k
-  LEFT JOIN llm_calls c ON c.key_id = k.id AND c.created_at >= :day
- WHERE k.key_hash = :key_hash AND k.daily_cap IS NOT NULL
- GROUP BY k.id, k.daily_cap""")
-)
-_USED_KEY = Statement(
-    sa.text("""
-SELECT 1 FROM llm_calls
- WHERE idempotency_key = :idempotency_key
-   AND user_id = COALESCE(
-       CAST(:user_id AS VARCHAR), (SELECT user_id FROM llm_keys WHERE key_hash = :key_hash))""")
-)
-#: The second: the call's row, pending on the hold sent just before it (none: no row).
+
+
+async def find_payer(conn: psycopg.AsyncConnection[Any], caller: Caller) -> Payer | None:
+    """Who pays for ``caller``'s calls, if anyone: None for a key that is not live, or a
+    user without a wallet (``admit`` then says why)."""
+    if caller.secret is not None:
+        rows = await _PAYER_BY_KEY.rows_async(conn, {"key_hash": hash_key(caller.secret)})
+    else:
+        rows = await _PAYER_BY_USER.rows_async(conn, {"user_id": caller.user_id})
+    return Payer(*rows[0]) if rows else None
+
+
+#: What ``try_admit`` needs of the call, decided by the hold's own statement under the
+#: wallet's lock (``ledger.Guard``): the key still live, and under its cap for the day
+#: counting what it holds for calls running; the idempotency key not used before by the
+#: user; the rate-limit counter, counted just before in the same transaction, within its
+#: limit.
+_GUARD_KEY = """EXISTS (
+           SELECT 1 FROM llm_keys k
+            WHERE k.id = CAST(:guard_key_id AS BIGINT) AND k.revoked_at IS NULL
+              AND (k.daily_cap IS NULL OR k.daily_cap >= CAST(:guard_cost AS BIGINT) + (
+                   SELECT COALESCE(SUM(CASE WHEN c.status = 'pending' THEN c.held
+                                            ELSE c.charged END), 0)
+                     FROM llm_calls c
+                    WHERE c.key_id = k.id AND c.created_at >= :guard_day)))"""
+_GUARD_IDEMPOTENCY = """NOT EXISTS (
+           SELECT 1 FROM llm_calls
+            WHERE user_id = :guard_user_id AND idempotency_key = :guard_idempotency_key)"""
+_GUARD_RATE = """(SELECT hits FROM rate_limits WHERE key = :guard_rate_key)
+           <= CAST(:guard_most AS BIGINT)"""
+
+#: The call's row, pending on the hold sent just before it (none: no row).
 _RECORD_CALL = Statement(
     sa.text("""
 INSERT INTO llm_calls (user_id, key_id, model, stream, status, request_id, idempotency_key,
@@ -167,10 +190,34 @@ RETURNING id""")
 )
 
 
+def _guard(
+    payer: Payer,
+    *,
+    cost: int,
+    idempotency_key: str | None,
+    counter: Counter | None,
+    now: datetime,
+) -> ledger.Guard | None:
+    conditions: list[str] = []
+    params: dict[str, Any] = {}
+    if payer.key_id is not None:
+        conditions.append(_GUARD_KEY)
+        params |= {"guard_key_id": payer.key_id, "guard_cost": cost, "guard_day": day_start(now)}
+    if idempotency_key is not None:
+        conditions.append(_GUARD_IDEMPOTENCY)
+        params |= {"guard_user_id": payer.user_id, "guard_idempotency_key": idempotency_key}
+    if counter is not None:
+        conditions.append(_GUARD_RATE)
+        params |= {"guard_rate_key": counter.key, "guard_most": counter.most}
+    if not conditions:
+        return None
+    return ledger.Guard(sql="\n       AND ".join(conditions), params=params)
+
+
 async def try_admit(
     conn: psycopg.AsyncConnection[Any],
     *,
-    caller: Caller,
+    payer: Payer,
     model: Model,
     bound: Bound,
     request_id: str,
@@ -180,86 +227,61 @@ async def try_admit(
     counter: Counter | None = None,
     now: datetime | None = None,
 ) -> Admission | None:
-    """``admit`` on PostgreSQL's asyncio connection, in two round trips (``Batch``), in the
-    common case only: a live key under its cap, an idempotency key not used before, and
-    the tokens there. The first round trip counts the rate-limit hit (``counter``), locks
-    the key and the wallet and reads what decides; the second makes the hold, records the
-    call and commits. Any other case commits nothing but the hit, and returns None: then
-    ``admit`` decides, in a thread, without counting the hit again.
+    """``admit`` on PostgreSQL's asyncio connection, in one round trip (``Batch``), in the
+    common case only: a live key under its cap, an idempotency key not used before, the
+    rate limit not reached, and the tokens there. One transaction counts the rate-limit
+    hit (``counter``), makes the hold if the ``_guard`` allows it (``ledger.hold_call_in``),
+    records the call and commits. Otherwise nothing is written but the hit, and it returns
+    None: then ``admit`` decides, in a thread, without counting the hit again.
 
     Past the rate limit: ``RateLimited``, the hit counted, as ``Throttle.hit`` does."""
     now = now or utcnow()
     cost = _cost_bound(model, bound)
-    who = {
-        "user_id": caller.user_id if caller.secret is None else None,
-        "key_hash": hash_key(caller.secret) if caller.secret is not None else None,
-    }
-    first = Batch(conn)
-    first.add(BEGIN)
-    counted = counter and first.add(counter.statement, counter.params(now))
-    key = caller.secret is not None and first.add(_LOCK_KEY, who)
-    wallet = first.add(_LOCK_WALLET, who)
-    used = caller.secret is not None and first.add(_USED_TODAY, {**who, "day": day_start(now)})
-    earlier = idempotency_key is not None and first.add(
-        _USED_KEY, {**who, "idempotency_key": idempotency_key}
+    call = uuid.uuid4().hex
+    batch = Batch(conn)
+    batch.add(BEGIN)
+    counted = counter.count_in(batch, now) if counter is not None else None
+    hold = ledger.hold_call_in(
+        batch,
+        account_id=payer.account_id,
+        user_id=payer.user_id,
+        amount=cost,
+        call=call,
+        ttl_seconds=ttl_seconds,
+        description=f"{model.id}: a model call",
+        metadata={"model": model.id},
+        guard=_guard(payer, cost=cost, idempotency_key=idempotency_key, counter=counter, now=now),
+        now=now,
     )
-    await first.send()
-
-    second = Batch(conn)
-    try:
-        if counted:
-            assert counter is not None
-            counter.check(counted()[0], now)
-        wallets = wallet()
-        keys = key() if key else []
-        capped = used() if used else []
-        common = (
-            bool(wallets)
-            and (caller.secret is None or bool(keys))
-            and not (earlier and earlier())
-            and not (capped and capped[0][1] + cost > capped[0][0])
-        )
-        if not common:
-            return None
-        account_id, user_id = wallets[0]
-        call = uuid.uuid4().hex
-        hold = ledger.hold_call_in(
-            second,
-            account_id=account_id,
-            user_id=user_id,
-            amount=cost,
-            call=call,
-            ttl_seconds=ttl_seconds,
-            description=f"{model.id}: a model call",
-            metadata={"model": model.id},
-            now=now,
-        )
-        key_id = keys[0][0] if keys else None
-        recorded = second.add(
-            _RECORD_CALL,
-            {
-                "user_id": user_id,
-                "key_id": key_id,
-                "model": model.id,
-                "stream": stream,
-                "request_id": request_id,
-                "idempotency_key": idempotency_key,
-                "input_estimate": bound.input_tokens,
-                "output_cap": bound.output_tokens,
-                "now": now,
-                "hold_key": call_hold_key(call),
-            },
-        )
-    finally:
-        # Whatever was decided, the hit counts (and, with a hold, the call is made).
-        second.add(COMMIT)
-        await second.send()
+    recorded = batch.add(
+        _RECORD_CALL,
+        {
+            "user_id": payer.user_id,
+            "key_id": payer.key_id,
+            "model": model.id,
+            "stream": stream,
+            "request_id": request_id,
+            "idempotency_key": idempotency_key,
+            "input_estimate": bound.input_tokens,
+            "output_cap": bound.output_tokens,
+            "now": now,
+            "hold_key": call_hold_key(call),
+        },
+    )
+    batch.add(COMMIT)
+    await batch.send()
+    if counted is not None:
+        counted()  # raises past the limit
     made = hold()
     if made is None:
         return None
     ((call_id,),) = recorded()
     return Admission(
-        call_id=call_id, user_id=user_id, key_id=key_id, hold_id=made.id, held=made.amount
+        call_id=call_id,
+        user_id=payer.user_id,
+        key_id=payer.key_id,
+        hold_id=made.id,
+        held=made.amount,
     )
 
 
@@ -286,9 +308,10 @@ def admit(
     with db.transaction(wallet=caller.user_id) as conn:
         key = None
         if caller.secret is not None:
-            key = find_key(conn, secret=caller.secret, lock=True)
+            key = find_key(conn, secret=caller.secret)
         user_id = key.user_id if key is not None else caller.user_id
         assert user_id is not None
+        wallet_id(conn, user_id, lock=True)  # first, as every unit of a call (see the module)
         earlier = None
         if idempotency_key is not None:
             earlier, replay = _earlier(conn, user_id, idempotency_key, model, stream)
@@ -416,6 +439,7 @@ def settle(
     if usage is not None:
         cost = model.cost(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
     with db.transaction(wallet=admission.user_id) as conn:
+        wallet_id(conn, admission.user_id, lock=True)  # first (see the module)
         # The claim: the call goes from pending to its outcome once, with what it is
         # expected to be charged (the whole cost, from its hold: nearly always so).
         claimed = conn.execute(

@@ -22,8 +22,9 @@ talk to it unchanged. What it does is deterministic, so tests can state exact fi
   ``fail_mid`` (words, then an error event, with ``after`` words first), ``hang`` (no
   answer, until the caller gives up).
 - Every call is recorded (``GET /_emulator/calls``): what was asked, what was answered,
-  and whether the caller went away mid-stream (``aborted``), so a test can check what a
-  gateway forwarded and that it cancelled an upstream call.
+  whether the caller went away mid-stream (``aborted``), and the caller's address and
+  port (``peer``), so a test can check what a gateway forwarded, that it cancelled an
+  upstream call, and that it kept its connection for the next.
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ class Call:
     sent: int = 0
     outcome: str = "ok"  # ok, failed, aborted, hanging
     fault: str | None = None
+    #: The caller's address and port: calls on one kept-alive connection share them.
+    peer: str | None = None
     body: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
@@ -219,6 +222,7 @@ async def chat_completions(request: Request) -> Response:
         max_tokens=cap,
         include_usage=include_usage,
         prompt_tokens=prompt_tokens(messages),
+        peer=f"{request.client.host}:{request.client.port}" if request.client else None,
         body=body,
     )
     state.calls.append(call)

@@ -26,18 +26,24 @@ from typing import Any
 
 import anyio
 import httpx
+import psycopg
 
 from tokenbank.db import Database
 from tokenbank.errors import IdempotencyConflict, UnknownModel, UpstreamError, UpstreamTimeout
 from tokenbank.identity.throttle import Counter
 from tokenbank.llm import calls
-from tokenbank.llm.calls import Admission, Caller, Settled, Usage
+from tokenbank.llm.calls import Admission, Caller, Payer, Settled, Usage
 from tokenbank.llm.estimate import Bound, bound, check_request
+from tokenbank.llm.keys import hash_key
 from tokenbank.llm.models import Model, ModelCatalog
 from tokenbank.llm.tables import CallStatus
 
 #: The most of a streamed reply kept for an idempotent retry to replay.
 MAX_STORED_REPLY = 1_000_000
+#: How long the end of an upstream stream, after its ``[DONE]``, is waited for.
+DRAIN_SECONDS = 1.0
+#: The payers kept (``Gateway._payer``): about 100 bytes each.
+MAX_PAYERS = 100_000
 
 #: Told each settled call: the model, its outcome, usage, tokens charged, first token ms.
 Observer = Callable[[str, CallStatus, Usage | None, int, int | None], None]
@@ -68,6 +74,11 @@ def _usage(raw: object, source: str = "upstream") -> Usage | None:
         return None
     assert isinstance(prompt, int) and isinstance(completion, int)
     return Usage(input_tokens=prompt, output_tokens=completion, source=source)
+
+
+def _payer_key(caller: Caller) -> str:
+    # A key's hash: secrets are not kept in memory beyond the request.
+    return hash_key(caller.secret) if caller.secret is not None else f"user:{caller.user_id}"
 
 
 def _error_event(message: str, code: str) -> bytes:
@@ -114,6 +125,7 @@ class Gateway:
         # the database pool has connections: a thread never waits there for one, and
         # fewer threads contend for the interpreter with the streams being relayed.
         self._threads = anyio.CapacityLimiter(threads)
+        self._payers: dict[str, Payer] = {}
 
     def model(self, model_id: str) -> Model:
         found = self.catalog.find(model_id)
@@ -177,8 +189,9 @@ class Gateway:
     ) -> Admission:
         """The call admitted, its rate-limit hit counted once.
 
-        On PostgreSQL the common case stays on the event loop, in two round trips
-        (``calls.try_admit``); the rest, and SQLite, take a thread (``calls.admit``). The
+        On PostgreSQL the common case stays on the event loop, in one round trip
+        (``calls.try_admit``; a payer not seen before costs one more, ``_payer``); the
+        rest, and SQLite, take a thread (``calls.admit``). The
         admission is shielded: a client gone away meanwhile leaves no half-made call (a
         call made is then settled, as aborted, by the stream that never starts)."""
         who = caller.secret or f"user:{caller.user_id}"
@@ -193,17 +206,24 @@ class Gateway:
             counted = True
             with anyio.CancelScope(shield=True):
                 async with self.db.async_autocommit() as conn:
-                    admission = await calls.try_admit(
-                        conn,
-                        caller=caller,
-                        model=model,
-                        bound=limit,
-                        request_id=request_id,
-                        stream=stream,
-                        idempotency_key=idempotency_key,
-                        ttl_seconds=self.hold_ttl,
-                        counter=counter,
-                    )
+                    payer = await self._payer(conn, caller)
+                    if payer is not None:
+                        admission = await calls.try_admit(
+                            conn,
+                            payer=payer,
+                            model=model,
+                            bound=limit,
+                            request_id=request_id,
+                            stream=stream,
+                            idempotency_key=idempotency_key,
+                            ttl_seconds=self.hold_ttl,
+                            counter=counter,
+                        )
+                    elif counter is not None:
+                        counted = False  # nothing was sent: ``admit`` counts it
+            if admission is None and payer is not None:
+                # A key revoked, a wallet short of tokens...: found again next time.
+                self._payers.pop(_payer_key(caller), None)
         if admission is not None:
             return admission
 
@@ -222,6 +242,18 @@ class Gateway:
             )
 
         return await anyio.to_thread.run_sync(admit, limiter=self._threads)
+
+    async def _payer(self, conn: psycopg.AsyncConnection[Any], caller: Caller) -> Payer | None:
+        """Who pays for ``caller``'s calls: kept for the next ones (it never changes)."""
+        key = _payer_key(caller)
+        payer = self._payers.get(key)
+        if payer is None:
+            payer = await calls.find_payer(conn, caller)
+            if payer is not None:
+                if len(self._payers) >= MAX_PAYERS:
+                    self._payers.pop(next(iter(self._payers)))  # the oldest
+                self._payers[key] = payer
+        return payer
 
     def _upstream_body(self, body: dict[str, Any], model: Model, limit: Bound) -> dict[str, Any]:
         forwarded = {**body, "model": model.upstream_model}
@@ -477,11 +509,18 @@ class _Relay:
                 error=error,
             )
 
+        upstream = _data(self.response)
         try:
-            async for data in _data(self.response):
+            async for data in upstream:
                 if data == b"[DONE]":
                     yield _charge_comment(await settle(CallStatus.OK))
                     yield b"data: [DONE]\n\n"
+                    # The end of the body, read so that the upstream connection is kept
+                    # for the next call (closed half-read, it would be dropped: a new
+                    # connection, and TLS handshake, per call).
+                    with anyio.move_on_after(DRAIN_SECONDS):
+                        async for _ in upstream:
+                            pass
                     return
                 event, failed = self._relay(data)
                 if failed:
