@@ -7,6 +7,7 @@ always did; and the hit is counted once either way."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -20,7 +21,13 @@ from tests.llm.test_calls import BODY, MODEL
 from tokenbank import ledger
 from tokenbank.columns import utcnow
 from tokenbank.db import Database
-from tokenbank.errors import InsufficientTokens, RateLimited
+from tokenbank.errors import (
+    CallInProgress,
+    InsufficientTokens,
+    InvalidApiKey,
+    KeyCapReached,
+    RateLimited,
+)
 from tokenbank.identity.models import rate_limits
 from tokenbank.identity.throttle import DatabaseStorage, Throttle
 from tokenbank.ledger.models import accounts, buckets, draws, holds, transfers
@@ -323,3 +330,114 @@ def test_the_rate_limit_counts_each_call_once_and_refuses_past_it(db: Database) 
     # The long way's own counter (``Throttle.hit``) agrees: the window is used up.
     with pytest.raises(RateLimited):
         throttle.hit("llm_key", secret)
+
+
+def test_every_path_at_once_on_one_wallet_never_deadlocks(db: Database) -> None:
+    """The class of failure a deadlock is: every way a call's units and the ledger's own
+    take locks, at once on one wallet, for a few seconds: admissions and settlements in
+    one round trip and the long way (an overrun, nothing to charge, idempotent retries, a
+    key with a cap, a key revoked midway), spends and holds through the ledger, and the
+    worker's jobs. Only business refusals may come back; never a deadlock or any other
+    database error; the wallet never goes negative and the ledger verifies."""
+    secret = _ann(db, 20_000)
+    with db.transaction() as conn:
+        revoked, revoked_secret = create_key(conn, user_id="ann", name="doomed")
+        _, capped_secret = create_key(conn, user_id="ann", name="capped", daily_cap=2_000)
+    refusals = (InsufficientTokens, KeyCapReached, CallInProgress, InvalidApiKey)
+    unexpected: list[BaseException] = []
+    deadline = time.monotonic() + 3
+
+    def long_way(n: int) -> None:
+        caller = Caller(secret=(secret, capped_secret, revoked_secret)[n % 3])
+        try:
+            admission = _admit(db, caller, idempotency_key=f"k{n % 7}")
+            if admission.held:
+                usage = (None, Usage(100, 100, "upstream"), Usage(1, 1, "upstream"))[n % 3]
+                calls.settle(
+                    db,
+                    admission=admission,
+                    model=MODEL,
+                    status=CallStatus.OK if usage else CallStatus.FAILED,
+                    usage=usage,
+                    latency_ms=1,
+                )
+        except refusals:
+            pass
+        if n % 5 == 0:
+            with db.transaction() as conn:
+                ledger.spend(conn, user_id="ann", amount=3, idempotency_key=f"s{n}")
+                held = ledger.hold(conn, user_id="ann", amount=5, idempotency_key=f"h{n}")
+                ledger.void_hold(conn, hold_id=held.id)
+        if n % 9 == 0:
+            with db.autocommit() as conn:
+                ledger.expire_holds(conn)
+                calls.end_abandoned(conn)
+        if n == 20:
+            with db.transaction() as conn:
+                revoke_key(conn, user_id="ann", key_id=revoked.id)
+
+    async def fast_way(conn: psycopg.AsyncConnection[Any], caller: Caller) -> None:
+        payer = await calls.find_payer(conn, caller)
+        if payer is None:
+            return
+        admission = await calls.try_admit(
+            conn,
+            payer=payer,
+            model=MODEL,
+            bound=bound(BODY, max_output_tokens=40),
+            request_id="r",
+            stream=True,
+            ttl_seconds=60,
+        )
+        if admission is not None:
+            await calls.try_settle(
+                conn,
+                admission=admission,
+                model=MODEL,
+                status=CallStatus.OK,
+                usage=Usage(2, 2, "upstream"),
+                latency_ms=1,
+            )
+
+    async def main() -> None:
+        await db.open_async()
+
+        async def fast_loop(caller: Caller) -> None:
+            while time.monotonic() < deadline:
+                try:
+                    async with db.async_autocommit() as conn:
+                        await fast_way(conn, caller)
+                except BaseException as exc:
+                    unexpected.append(exc)
+                    return
+
+        async def long_loop(start: int) -> None:
+            n = start
+            while time.monotonic() < deadline:
+                try:
+                    await asyncio.to_thread(long_way, n)
+                except BaseException as exc:
+                    unexpected.append(exc)
+                    return
+                n += 4
+
+        try:
+            callers = [Caller(secret=secret), Caller(secret=capped_secret), Caller(user_id="ann")]
+            await asyncio.gather(
+                *(fast_loop(callers[i % 3]) for i in range(6)),
+                *(long_loop(i) for i in range(4)),
+            )
+        finally:
+            await db.close_async()
+
+    with ThreadPoolExecutor(1) as thread:
+        thread.submit(lambda: asyncio.run(main())).result()
+    assert unexpected == []
+    with db.read() as conn:
+        wallet = ledger.balance(conn, user_id="ann")
+        assert wallet.balance >= 0 and wallet.available >= 0
+        assert ledger.verify(conn).ok
+        done = conn.execute(
+            sa.select(sa.func.count()).where(llm_calls.c.status == CallStatus.OK.value)
+        ).scalar_one()
+    assert done > 20  # the loops did run, on both ways
