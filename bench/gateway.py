@@ -13,7 +13,9 @@ with a user's model key (``tbu_``) of its own:
 
 (a) at a realistic pace (200 ms to the first token, 20 ms per output token, 50 output
     tokens a call, ``--streams`` concurrent streams): calls per second and the first
-    token's p50 latency, through the gateway and direct, with their ratio and difference;
+    token's p50 latency, direct, through the gateway and through the bare proxy, with
+    their ratios and differences; twice: the streams in step (every call of a round
+    arriving in the same millisecond) and staggered (as independent users' would);
 (b) with no delay (every token at once): calls per second and CPU time per call, of the
     gateway (hold, forward, settle) and of the bare proxy, read from ``/proc`` for the app
     process and, for the gateway, for PostgreSQL's processes too.
@@ -53,6 +55,14 @@ FIRST_WORD = re.compile(rb'"content"\s*:\s*"w1')
 TICKS = os.sysconf("SC_CLK_TCK")
 SEED_TOKENS = 10**12
 OUTPUT_TOKENS = 50
+FIRST_TOKEN_MS, TOKEN_MS = 200, 20
+#: How the 32 streams' calls arrive. All at once: every stream's calls take as long, so
+#: they stay in step, 32 arriving in the same millisecond every call's length. Staggered:
+#: stream n starts n/32 of a call's length in, as independent users' calls would.
+ARRIVALS = (
+    ("all streams in step", 0.0),
+    ("streams staggered", (FIRST_TOKEN_MS + OUTPUT_TOKENS * TOKEN_MS) / 1000),
+)
 MODELS = """
 [upstreams.emulator]
 base_url = "http://127.0.0.1:{port}/v1"
@@ -121,8 +131,9 @@ def postgres_pids() -> list[int]:
 
 
 async def _stream(
-    client: httpx.AsyncClient, url: str, key: str, until: float, result: Result
+    client: httpx.AsyncClient, url: str, key: str, until: float, result: Result, *, delay: float
 ) -> None:
+    await asyncio.sleep(delay)
     body = {
         "model": "bench",
         "stream": True,
@@ -151,7 +162,18 @@ async def _stream(
             result.first_tokens.append(first)
 
 
-def load(url: str, call_keys: list[str], seconds: float, pids: list[int], database: bool) -> Result:
+def load(
+    url: str,
+    call_keys: list[str],
+    seconds: float,
+    pids: list[int],
+    database: bool,
+    *,
+    stagger: float = 0.0,
+) -> Result:
+    """Each key's stream of calls for ``seconds``; stream n starts ``stagger`` x n / streams
+    seconds in (0: all at once)."""
+
     async def run() -> Result:
         result = Result()
         limits = httpx.Limits(max_connections=len(call_keys) * 2)
@@ -159,8 +181,15 @@ def load(url: str, call_keys: list[str], seconds: float, pids: list[int], databa
             cpu, db_cpu = cpu_seconds(pids), cpu_seconds(postgres_pids()) if database else 0.0
             started = time.perf_counter()
             until = started + seconds
-            await asyncio.gather(*(_stream(client, url, key, until, result) for key in call_keys))
-            result.seconds = time.perf_counter() - started
+            await asyncio.gather(
+                *(
+                    _stream(client, url, key, until, result, delay=stagger * n / len(call_keys))
+                    for n, key in enumerate(call_keys)
+                )
+            )
+            # Stream n runs stagger x n / streams seconds less: the mean is taken off.
+            ramp = stagger * (len(call_keys) - 1) / (2 * len(call_keys))
+            result.seconds = time.perf_counter() - started - ramp
             result.cpu = cpu_seconds(pids) - cpu
             if database:
                 result.database_cpu = cpu_seconds(postgres_pids()) - db_cpu
@@ -287,7 +316,7 @@ def main() -> None:
             f" {args.rounds} rounds of {args.seconds:g} s per target, interleaved"
         )
 
-        def phase(names: list[str]) -> dict[str, Result]:
+        def phase(names: list[str], stagger: float = 0.0) -> dict[str, Result]:
             results = {name: Result() for name in names}
             for name in names:  # warm up
                 target, pids, database = targets[name]
@@ -295,22 +324,28 @@ def main() -> None:
             for _ in range(args.rounds):
                 for name in names:
                     target, pids, database = targets[name]
-                    results[name].add(load(target, call_keys, args.seconds, pids, database))
+                    results[name].add(
+                        load(target, call_keys, args.seconds, pids, database, stagger=stagger)
+                    )
             return results
 
-        pace(emulator, 200, 20)
-        paced = phase(["direct", "gateway"])
-        print("(a) 200 ms to the first token, 20 ms per token")
-        for name, result in paced.items():
+        pace(emulator, FIRST_TOKEN_MS, TOKEN_MS)
+        for arrivals, stagger in ARRIVALS:
+            paced = phase(["direct", "gateway", "proxy"], stagger)
             print(
-                f"  {name:<8} {result.rate:7.1f} calls/s  first token p50"
-                f" {result.first_p50():6.1f} ms  errors {result.errors}"
+                f"(a) {FIRST_TOKEN_MS} ms to the first token, {TOKEN_MS} ms per token; {arrivals}"
             )
-        gateway, direct = paced["gateway"], paced["direct"]
-        print(
-            f"  ratio    throughput {gateway.rate / direct.rate:.2f}x"
-            f"  first token p50 +{gateway.first_p50() - direct.first_p50():.1f} ms"
-        )
+            for name, result in paced.items():
+                print(
+                    f"  {name:<8} {result.rate:7.1f} calls/s  first token p50"
+                    f" {result.first_p50():6.1f} ms  errors {result.errors}"
+                )
+            direct = paced["direct"]
+            for name in ("gateway", "proxy"):
+                print(
+                    f"  {name} against direct: throughput {paced[name].rate / direct.rate:.2f}x"
+                    f"  first token p50 +{paced[name].first_p50() - direct.first_p50():.1f} ms"
+                )
 
         pace(emulator, 0, 0)
         fast = phase(["gateway", "proxy"])

@@ -1,8 +1,8 @@
 """The baseline for ``bench.gateway``: the least an OpenAI-compatible proxy can do.
 
-Starlette on uvicorn, one ``httpx.AsyncClient`` to the upstream, the request body and the
-answer passed through as bytes: no keys, no database, no parsing, no logs, no metrics.
-Run as:
+Starlette on uvicorn, one ``aiohttp`` client session to the upstream (the gateway's own
+client, for a like-for-like comparison), the request body and the answer passed through
+as bytes: no keys, no database, no parsing, no logs, no metrics. Run as:
 
     BENCH_UPSTREAM=http://127.0.0.1:12112/v1 uvicorn bench.proxy_app:app
 """
@@ -13,7 +13,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import httpx
+import aiohttp
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.requests import Request
@@ -21,29 +21,23 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 UPSTREAM = os.environ["BENCH_UPSTREAM"].rstrip("/")
-client = httpx.AsyncClient(
-    timeout=httpx.Timeout(600, connect=10),
-    limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
-    trust_env=False,
-)
+SESSION: list[aiohttp.ClientSession] = []  # made in the server's event loop
 
 
 async def chat(request: Request) -> Response:
-    upstream = client.build_request(
-        "POST",
+    answer = await SESSION[0].post(
         f"{UPSTREAM}/chat/completions",
-        content=await request.body(),
+        data=await request.body(),
         headers={"content-type": "application/json"},
     )
-    answer = await client.send(upstream, stream=True)
     kind = answer.headers.get("content-type", "application/json")
     if kind.startswith("text/event-stream"):
         return StreamingResponse(
-            answer.aiter_raw(), media_type=kind, background=BackgroundTask(answer.aclose)
+            answer.content.iter_any(), media_type=kind, background=BackgroundTask(answer.close)
         )
-    content = await answer.aread()
-    await answer.aclose()
-    return Response(content, status_code=answer.status_code, media_type=kind)
+    content = await answer.read()
+    answer.close()
+    return Response(content, status_code=answer.status, media_type=kind)
 
 
 async def health(_: Request) -> Response:
@@ -52,8 +46,14 @@ async def health(_: Request) -> Response:
 
 @asynccontextmanager
 async def lifespan(_: Starlette) -> AsyncIterator[None]:
+    SESSION.append(
+        aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=1000, limit_per_host=0, keepalive_timeout=4),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=600),
+        )
+    )
     yield
-    await client.aclose()
+    await SESSION.pop().close()
 
 
 app = Starlette(

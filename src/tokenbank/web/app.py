@@ -26,7 +26,7 @@ from tokenbank.errors import ConfigurationError, SchemaOutOfDate
 from tokenbank.faults import from_settings as faults_from_settings
 from tokenbank.grants import Trial
 from tokenbank.identity import Passwords, Throttle
-from tokenbank.llm.gateway import Gateway, upstream_client
+from tokenbank.llm.gateway import Gateway, Upstreams
 from tokenbank.llm.models import ModelCatalog, load_models
 from tokenbank.logs import configure_logging
 from tokenbank.web import api, operations, problems
@@ -86,7 +86,7 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await flusher
             if gateway is not None:
-                await gateway.client.aclose()
+                await gateway.client.close()
             await database.close_async()
             if db is None:  # we opened it, we close it
                 database.dispose()
@@ -133,7 +133,7 @@ def create_app(
         gateway = Gateway(
             db=database,
             catalog=models,
-            client=upstream_client(settings.llm_timeout_seconds),
+            client=Upstreams(settings.llm_timeout_seconds),
             # A call outlasting its hold is still charged in full (``calls.settle``).
             hold_ttl=max(settings.default_hold_ttl_seconds, int(settings.llm_timeout_seconds) + 60),
             limit=partial(throttle.hit, "llm_key"),
