@@ -39,6 +39,7 @@ fmt: install ## Format and autofix
 bench: install ## Ledger, HTTP and model gateway throughput against baselines run alongside (docs/benchmarks.md)
 	$(BIN)/python -m bench.ledger
 	$(BIN)/python -m bench.http
+	$(BIN)/python -m bench.upstream_client
 	$(BIN)/python -m bench.gateway
 
 MINUTES ?= 10
