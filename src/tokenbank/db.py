@@ -14,7 +14,8 @@ cost the hot path its round trips or leave rare multi-statement steps half appli
   why service functions are handed a connection and still may commit: a ledger function
   that writes more than one statement does so in ``atomic``, whoever opened the unit.
 - ``Database.async_autocommit()``: ``autocommit()`` on an asyncio connection, for the HTTP
-  service's hottest routes (PostgreSQL only).
+  service's hottest routes (PostgreSQL only). A ``Batch`` sent on it may hold a whole
+  transaction, ``BEGIN`` to ``COMMIT``, in one round trip (a model call's admission).
 - ``Database.read()``: reads that never wait behind writers; nothing written there is
   meant to last (on SQLite the block's transaction is rolled back).
 
@@ -506,8 +507,9 @@ class Database:
     def async_autocommit(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
         """``autocommit()`` for asyncio: each statement commits alone (PostgreSQL only).
 
-        Only for one-statement operations (``ledger.try_spend``, ``ledger.balance_async``):
-        there is no ``atomic()`` here, and anything else falls back to ``autocommit()``.
+        For one-statement operations (``ledger.try_spend``, ``ledger.balance_async``), and
+        for a ``Batch`` that wraps its statements in ``BEGIN`` and ``COMMIT``: there is no
+        ``atomic()`` here, and anything else falls back to ``autocommit()``.
         """
         return self._async_pools[asyncio.get_running_loop()].connection()
 
