@@ -11,6 +11,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,14 @@ class Service:
 
 @pytest.fixture
 def service(db: Database, emulator: str, tmp_path: Path) -> Iterator[Service]:
+    with _serve(db, emulator, tmp_path) as running:
+        yield running
+
+
+@contextmanager
+def _serve(db: Database, emulator: str, tmp_path: Path, **settings: str) -> Iterator[Service]:
+    """``tokenbank serve`` on ``db``, its models on ``emulator``; ``settings`` added to its
+    environment."""
     httpx.post(f"{emulator}/_emulator/reset").raise_for_status()
     httpx.post(f"{emulator}/_emulator/config", json={"first_token_ms": 0, "token_ms": 0})
     models = tmp_path / "models.toml"
@@ -135,6 +144,7 @@ def service(db: Database, emulator: str, tmp_path: Path) -> Iterator[Service]:
             "TOKENBANK_LOG_LEVEL": "warning",
             "TOKENBANK_API_KEY_CACHE_SECONDS": "0",
             "TOKENBANK_LLM_TIMEOUT_SECONDS": "3",
+            **settings,
         }
     )
     process = Process.start(
@@ -539,3 +549,42 @@ def test_wrong_model_keys_from_one_address_are_limited(service: Service) -> None
     assert answer.json()["error"]["type"] == "rate_limit_error"
     with service.sdk(key) as sdk:
         assert sdk.models.list().data
+
+
+@pytest.mark.parametrize("storage", ["database", "memory://"])
+def test_a_key_past_its_rate_limit_gets_429_and_each_call_counts_once(
+    db: Database, emulator: str, tmp_path: Path, storage: str
+) -> None:
+    """TOKENBANK_LLM_LIMIT_PER_KEY, with the counters in the database (counted in the
+    admission's own round trip on PostgreSQL) or elsewhere: every call counts once,
+    whichever way it is admitted (a refusal for too few tokens too), and past the limit
+    the key gets 429 with Retry-After while another key of the same user does not."""
+    settings = {"TOKENBANK_LLM_LIMIT_PER_KEY": "4/minute", "TOKENBANK_RATE_LIMIT_STORAGE": storage}
+    with _serve(db, emulator, tmp_path, **settings) as service:
+        key = service.user("rae", 1_000)
+        other = httpx.post(
+            f"{service.url}/api/v1/users/rae/llm-keys", json={"name": "b"}, headers=service.admin
+        ).json()["key"]
+        statuses = []
+        for n in range(6):
+            answer = httpx.post(
+                f"{service.url}/v1/chat/completions",
+                json={
+                    "model": "test-model",
+                    "messages": ASK,
+                    # The third asks for more than the wallet has: a 402, the long way.
+                    "max_tokens": 10**6 if n == 2 else 12,
+                },
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            statuses.append(answer.status_code)
+        assert statuses == [200, 200, 402, 200, 429, 429], statuses
+        assert 1 <= int(answer.headers["retry-after"]) <= 61
+        assert answer.json()["error"]["type"] == "rate_limit_error"
+        fine = httpx.post(
+            f"{service.url}/v1/chat/completions",
+            json={"model": "test-model", "messages": ASK, "max_tokens": 12},
+            headers={"Authorization": f"Bearer {other}"},
+        )
+        assert fine.status_code == 200
+        assert [c.status for c in service.calls("rae")] == ["ok", "ok", "refused", "ok", "ok"]

@@ -16,6 +16,10 @@ Admission runs in one transaction on the user's wallet: the user's key is read, 
 ``Idempotency-Key`` is recognised, the call is recorded and its hold made. Too few
 tokens, or a key past its cap, records the call as refused and raises after the commit.
 
+On PostgreSQL, ``try_admit`` and ``try_settle`` do the common case in one round trip
+each, on the event loop's asyncio connection (``db.Batch``); anything else writes nothing
+there (but the rate-limit hit) and is left to ``admit`` and ``settle``, which decide it.
+
 Settlement runs in one transaction on the same wallet, once per call (its row is claimed
 and must still be pending): the cost, rounded up once per call (``Model.cost``), is posted
 from the hold. A cost beyond the hold (an estimate that fell short) is spent from what

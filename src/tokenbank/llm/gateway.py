@@ -157,9 +157,10 @@ class Gateway:
         #: The same hit, for the admission to count in its own round trip, when the
         #: counters are in the database (``Throttle.counter``).
         self.counter = counter
-        # Admissions and settlements run in threads of their own, no more at once than
-        # the database pool has connections: a thread never waits there for one, and
-        # fewer threads contend for the interpreter with the streams being relayed.
+        # Admissions and settlements the long way (SQLite, and PostgreSQL's uncommon
+        # cases) run in threads of their own, no more at once than the database pool has
+        # connections: a thread never waits there for one, and fewer threads contend for
+        # the interpreter with the streams being relayed.
         self._threads = anyio.CapacityLimiter(threads)
         self._payers: dict[str, Payer] = {}
 
@@ -181,15 +182,15 @@ class Gateway:
         model_id, _ = check_request(body)
         model = self.model(model_id)
         limit = bound(body, max_output_tokens=model.max_output_tokens)
+        stream = bool(body.get("stream"))
         admission = await self._admit(
             caller=caller,
             model=model,
             limit=limit,
-            stream=bool(body.get("stream")),
+            stream=stream,
             request_id=request_id,
             idempotency_key=idempotency_key,
         )
-        stream = bool(body.get("stream"))
         if admission.held == 0:
             return _replay(admission, stream)
         upstream_body = self._upstream_body(body, model, limit)
@@ -227,9 +228,9 @@ class Gateway:
 
         On PostgreSQL the common case stays on the event loop, in one round trip
         (``calls.try_admit``; a payer not seen before costs one more, ``_payer``); the
-        rest, and SQLite, take a thread (``calls.admit``). The
-        admission is shielded: a client gone away meanwhile leaves no half-made call (a
-        call made is then settled, as aborted, by the stream that never starts)."""
+        rest, and SQLite, take a thread (``calls.admit``). The admission is shielded: a
+        client gone away meanwhile leaves no half-made call (a call made is then settled,
+        as aborted, when forwarding it meets the cancellation)."""
         who = caller.secret or f"user:{caller.user_id}"
         counted = False
         admission = None

@@ -130,15 +130,15 @@ def revoke_key(
     return _to_key(row)
 
 
-def find_key(conn: Connection, *, secret: str, lock: bool = False) -> LlmKey:
-    """The live key with this secret, or ``InvalidApiKey``. ``lock``: hold its row until
-    the unit of work ends (a call's admission counts the key's day under it)."""
+def find_key(conn: Connection, *, secret: str) -> LlmKey:
+    """The live key with this secret, or ``InvalidApiKey``. Not locked: a call's units
+    lock its wallet, which serialises the key's calls (``calls``)."""
     if not secret.startswith(KEY_PREFIX) or len(secret) > 100:
         raise InvalidApiKey
     query = sa.select(*_columns).where(
         llm_keys.c.key_hash == hash_key(secret), llm_keys.c.revoked_at.is_(None)
     )
-    row = conn.execute(query.with_for_update() if lock else query).first()
+    row = conn.execute(query).first()
     if row is None:
         raise InvalidApiKey
     return _to_key(row)
