@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     api_key_failure_limit_per_ip: str = "20/minute"
     # Proxies whose X-Forwarded-For is believed (uvicorn's forwarded_allow_ips).
     forwarded_allow_ips: str = "127.0.0.1"
+    # On SIGTERM, how long requests still running (model streams) may take to finish before
+    # they are cancelled: a cancelled stream is charged what it streamed, and the process
+    # exits (uvicorn's timeout_graceful_shutdown).
+    shutdown_grace_seconds: int = Field(default=30, ge=1, le=3600)
     # Hosts besides public_url's that Stripe may send a buyer back to (success_url,
     # cancel_url, a billing portal's return_url), comma-separated: "app.example.com,...".
     allowed_return_hosts: str = ""

@@ -6,7 +6,10 @@ ledger must verify after every test (the ``db`` fixture)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import re
+import signal
 import textwrap
 import time
 from collections.abc import Iterator
@@ -72,6 +75,7 @@ class Service:
     db: Database
     emulator: str
     admin: dict[str, str]
+    process: Process
 
     def sdk(self, key: str, **options: Any) -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, **options)
@@ -156,7 +160,7 @@ def _serve(db: Database, emulator: str, tmp_path: Path, **settings: str) -> Iter
         assert problem is None, f"{problem}\n{process.output()}"
         with db.transaction() as conn:
             _, secret = apikeys.create_key(conn, name="app", scopes=[Scope.ADMIN])
-        yield Service(url, db, emulator, {"Authorization": f"Bearer {secret}"})
+        yield Service(url, db, emulator, {"Authorization": f"Bearer {secret}"}, process)
     finally:
         process.stop()
 
@@ -588,3 +592,52 @@ def test_a_key_past_its_rate_limit_gets_429_and_each_call_counts_once(
         )
         assert fine.status_code == 200
         assert [c.status for c in service.calls("rae")] == ["ok", "ok", "refused", "ok", "ok"]
+
+
+#: A streamed chunk's word (the emulator's words are w1, w2...).
+WORD = re.compile(r'"content"\s*:\s*" ?w\d')
+
+
+def test_a_stream_still_running_at_shutdown_is_cancelled_after_the_grace_and_charged(
+    db: Database, emulator: str, tmp_path: Path
+) -> None:
+    """SIGTERM with a stream running: the stream may finish within
+    TOKENBANK_SHUTDOWN_GRACE_SECONDS; past it, it is cancelled, charged the input and what
+    it streamed (its hold ends with it), and the process exits."""
+    with _serve(db, emulator, tmp_path, TOKENBANK_SHUTDOWN_GRACE_SECONDS="1") as service:
+        key = service.user("sol", 1_000)
+        # 100 words, 100 ms apart: 10 s, far past the grace.
+        httpx.post(f"{service.emulator}/_emulator/config", json={"token_ms": 100})
+        body = {
+            "model": "test-model",
+            "messages": [{"role": "user", "content": "[[tokens=100]]"}],
+            "stream": True,
+            "max_tokens": 100,
+        }
+        words = 0
+        stopping = None
+        with (
+            contextlib.suppress(httpx.HTTPError),
+            httpx.stream(
+                "POST",
+                f"{service.url}/v1/chat/completions",
+                json=body,
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=30,
+            ) as answer,
+        ):
+            for line in answer.iter_lines():
+                words += len(WORD.findall(line))
+                if words == 3 and stopping is None:
+                    stopping = time.monotonic()
+                    service.process.popen.terminate()
+        assert stopping is not None
+        # uvicorn ends by raising the signal it caught again, once it has shut down.
+        assert service.process.popen.wait(15) in (0, -signal.SIGTERM)
+        assert time.monotonic() - stopping < 10  # not the stream's whole 10 s
+        (call,) = service.calls("sol")
+        assert call.status == "aborted" and call.usage_source == "counted"
+        bound = REPLY_PRIMING + PER_MESSAGE + len("user") + len("[[tokens=100]]")
+        assert 3 <= call.output_tokens < 100
+        assert call.charged == bound + 2 * call.output_tokens
+        assert service.balance("sol") == 1_000 - call.charged

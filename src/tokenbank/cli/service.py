@@ -39,6 +39,8 @@ def serve(
         "access_log": False,
         "proxy_headers": True,
         "forwarded_allow_ips": settings.forwarded_allow_ips,
+        # Streams may last minutes: past the grace they are cancelled (and settled).
+        "timeout_graceful_shutdown": settings.shutdown_grace_seconds,
     }
     if workers == 1:
         with reported():

@@ -163,6 +163,20 @@ class Gateway:
         # the interpreter with the streams being relayed.
         self._threads = anyio.CapacityLimiter(threads)
         self._payers: dict[str, Payer] = {}
+        #: Settlements under way, for ``finish`` to wait for.
+        self._settling = 0
+        self._settled = asyncio.Event()
+        self._settled.set()
+
+    async def finish(self, timeout: float) -> None:
+        """Wait, ``timeout`` seconds at most, for the settlements under way: at shutdown,
+        the streams cancelled past the grace settle what they streamed before the database
+        is closed (uvicorn cancels them and goes on with the shutdown without awaiting
+        them)."""
+        for _ in range(3):  # the cancelled streams reach their settlement first
+            await asyncio.sleep(0)
+        with anyio.move_on_after(timeout):
+            await self._settled.wait()
 
     def model(self, model_id: str) -> Model:
         found = self.catalog.find(model_id)
@@ -328,37 +342,69 @@ class Gateway:
         """Settle shielded: a client gone away cancels the request, never its charge."""
         latency = int((time.perf_counter() - started) * 1000)
         first = None if first_token is None else int((first_token - started) * 1000)
-        with anyio.CancelScope(shield=True):
-            settled: Settled | None = None
-            if self.db.has_async:  # PostgreSQL: the common case in one round trip
-                async with self.db.async_autocommit() as conn:
-                    settled = await calls.try_settle(
-                        conn,
-                        admission=admission,
-                        model=model,
-                        status=status,
-                        usage=usage,
-                        latency_ms=latency,
-                        first_token_ms=first,
-                        reply=reply,
-                        error=error,
-                    )
-            if settled is None:
-                settled = await anyio.to_thread.run_sync(
-                    lambda: calls.settle(
-                        self.db,
-                        admission=admission,
-                        model=model,
-                        status=status,
-                        usage=usage,
-                        latency_ms=latency,
-                        first_token_ms=first,
-                        reply=reply,
-                        error=error,
-                    ),
-                    limiter=self._threads,
+        self._settling += 1
+        self._settled.clear()
+        try:
+            with anyio.CancelScope(shield=True):
+                settled = await self._settle_shielded(
+                    admission,
+                    model,
+                    status,
+                    usage,
+                    latency=latency,
+                    first=first,
+                    reply=reply,
+                    error=error,
                 )
-        assert settled is not None  # a shielded scope suppresses nothing
+        finally:
+            self._settling -= 1
+            if not self._settling:
+                self._settled.set()
+        return settled
+
+    async def _settle_shielded(
+        self,
+        admission: Admission,
+        model: Model,
+        status: CallStatus,
+        usage: Usage | None,
+        *,
+        latency: int,
+        first: int | None,
+        reply: Any,
+        error: str | None,
+    ) -> Settled:
+        """``_settle``'s work: the common case in one round trip on PostgreSQL, else the
+        long way in a thread."""
+        settled: Settled | None = None
+        if self.db.has_async:  # PostgreSQL: the common case in one round trip
+            async with self.db.async_autocommit() as conn:
+                settled = await calls.try_settle(
+                    conn,
+                    admission=admission,
+                    model=model,
+                    status=status,
+                    usage=usage,
+                    latency_ms=latency,
+                    first_token_ms=first,
+                    reply=reply,
+                    error=error,
+                )
+        if settled is None:
+            settled = await anyio.to_thread.run_sync(
+                lambda: calls.settle(
+                    self.db,
+                    admission=admission,
+                    model=model,
+                    status=status,
+                    usage=usage,
+                    latency_ms=latency,
+                    first_token_ms=first,
+                    reply=reply,
+                    error=error,
+                ),
+                limiter=self._threads,
+            )
         if self.observe is not None and not settled.replayed:
             self.observe(model.id, status, usage, settled.charged, first)
         return settled

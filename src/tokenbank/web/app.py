@@ -78,6 +78,8 @@ def create_app(
         try:
             yield
         finally:
+            if gateway is not None:  # first: streams cancelled at shutdown settle now
+                await gateway.finish(timeout=10)
             if sender is not None and mailing is not None:
                 sender.stop()
                 await asyncio.to_thread(mailing.join, 35)
@@ -128,25 +130,7 @@ def create_app(
         verify_email=settings.verify_email,
     )
     sender = mail_sender(settings, database) if settings.mail_sender == "app" else None
-    gateway = None
-    if models is not None:
-        gateway = Gateway(
-            db=database,
-            catalog=models,
-            client=Upstreams(settings.llm_timeout_seconds),
-            # A call outlasting its hold is still charged in full (``calls.settle``).
-            hold_ttl=max(settings.default_hold_ttl_seconds, int(settings.llm_timeout_seconds) + 60),
-            limit=partial(throttle.hit, "llm_key"),
-            counter=partial(throttle.counter, "llm_key"),
-            threads=settings.database_pool_size,
-            observe=lambda model, status, usage, charged, first: metrics.observe_call(
-                model,
-                status.value,
-                None if usage is None else (usage.input_tokens, usage.output_tokens),
-                charged,
-                first,
-            ),
-        )
+    gateway = None if models is None else _gateway(settings, database, models, throttle, metrics)
     parts = Runtime(
         db=database,
         metrics=metrics,
@@ -202,6 +186,32 @@ def create_app(
     )
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     return app
+
+
+def _gateway(
+    settings: Settings,
+    database: Database,
+    models: ModelCatalog,
+    throttle: Throttle,
+    metrics: Metrics,
+) -> Gateway:
+    return Gateway(
+        db=database,
+        catalog=models,
+        client=Upstreams(settings.llm_timeout_seconds),
+        # A call outlasting its hold is still charged in full (``calls.settle``).
+        hold_ttl=max(settings.default_hold_ttl_seconds, int(settings.llm_timeout_seconds) + 60),
+        limit=partial(throttle.hit, "llm_key"),
+        counter=partial(throttle.counter, "llm_key"),
+        threads=settings.database_pool_size,
+        observe=lambda model, status, usage, charged, first: metrics.observe_call(
+            model,
+            status.value,
+            None if usage is None else (usage.input_tokens, usage.output_tokens),
+            charged,
+            first,
+        ),
+    )
 
 
 def _warnings(seller: Billing | None) -> list[str]:
