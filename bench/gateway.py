@@ -107,15 +107,27 @@ class Result:
 
 
 def cpu_seconds(pids: list[int]) -> float:
-    """User and system CPU of these processes (and their waited-for children)."""
+    """User and system CPU of these processes and of their children (``serve --workers``)."""
     total = 0
-    for pid in pids:
+    for pid in {p for root in pids for p in _tree(root)}:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
         total += sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
     return total / TICKS
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants, as they are now."""
+    found = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return found
+    for child in children:
+        found += _tree(int(child))
+    return found
 
 
 def postgres_pids() -> list[int]:
@@ -258,6 +270,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--streams", type=int, default=32)
     parser.add_argument(
+        "--workers", type=int, default=1, help="the gateway's worker processes (serve --workers)"
+    )
+    parser.add_argument(
         "--rate-limit-storage",
         help="TOKENBANK_RATE_LIMIT_STORAGE for the gateway (default: the database)",
     )
@@ -291,7 +306,10 @@ def main() -> None:
         )
         gateway_pid = stack.enter_context(
             process(
-                [str(BIN / "tokenbank"), "serve", "--port", str(g_port)],
+                [
+                    *(str(BIN / "tokenbank"), "serve", "--port", str(g_port)),
+                    *("--workers", str(args.workers)),
+                ],
                 env,
                 f"http://127.0.0.1:{g_port}/healthz",
             )
