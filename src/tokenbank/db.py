@@ -165,7 +165,6 @@ _POSTGRES = psycopg_dialect.dialect()  # type: ignore[no-untyped-call]
 
 BEGIN = Statement(sa.text("BEGIN"))
 COMMIT = Statement(sa.text("COMMIT"))
-ROLLBACK = Statement(sa.text("ROLLBACK"))
 
 
 class Batch:
@@ -175,11 +174,9 @@ class Batch:
     For units of work of a few statements on the HTTP service's hot path (a model call's
     admission and settlement), where each round trip is a wait in an event loop busy with
     other requests. ``BEGIN`` ... ``COMMIT`` inside one batch is a transaction that costs
-    one round trip; a transaction may also span two batches, when what the second sends
-    depends on what the first answered (its rows stay locked meanwhile). A statement that
-    fails aborts the rest of its batch, its transaction included, and the error is raised
-    from ``send()``; a transaction left open is rolled back when the connection goes back
-    to the pool.
+    one round trip. A statement that fails aborts the rest of its batch, its transaction
+    included, and the error is raised from ``send()``; the transaction left open is rolled
+    back when the connection goes back to the pool.
 
     ``add()`` returns a function that reads the statement's rows once ``send()`` is done.
     (psycopg's own ``transaction()`` in pipeline mode waits for the BEGIN and the COMMIT
@@ -189,10 +186,6 @@ class Batch:
     def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self._conn = conn
         self._queued: list[tuple[Statement, Mapping[str, Any], list[list[tuple[Any, ...]]]]] = []
-
-    def __len__(self) -> int:
-        """The statements queued and not sent yet."""
-        return len(self._queued)
 
     def add(
         self, statement: Statement, params: Mapping[str, Any] | None = None

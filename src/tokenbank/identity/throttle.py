@@ -59,6 +59,17 @@ _COUNT = {
 }
 
 
+def _hit(dialect: str, key: str, hits: int, seconds: float, now: datetime) -> dict[str, Any]:
+    """``_COUNT``'s values: ``hits`` more on ``key``, in a window of ``seconds`` from now
+    if a new one starts."""
+    return {
+        "key": key,
+        "hits": hits,
+        "expires_at": driver_datetime(dialect, now + timedelta(seconds=seconds)),
+        "now": driver_datetime(dialect, now),
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class Counter:
     """A hit that a caller counts in its own transaction, in a round trip it makes anyway
@@ -73,15 +84,7 @@ class Counter:
     def count_in(self, batch: Batch, now: datetime) -> Callable[[], None]:
         """Queue the hit in ``batch``; once it is sent, the function returned raises
         ``RateLimited`` if the hit went past the limit."""
-        rows = batch.add(
-            _COUNT["postgresql"],
-            {
-                "key": self.key,
-                "hits": 1,
-                "expires_at": driver_datetime("postgresql", now + timedelta(seconds=self.seconds)),
-                "now": driver_datetime("postgresql", now),
-            },
-        )
+        rows = batch.add(_COUNT["postgresql"], _hit("postgresql", self.key, 1, self.seconds, now))
 
         def check() -> None:
             ((hits, expires_at),) = rows()
@@ -110,18 +113,8 @@ class DatabaseStorage(Storage):
         return sa.exc.SQLAlchemyError
 
     def incr(self, key: str, expiry: float, amount: int = 1) -> int:
-        now = utcnow()
-        dialect = self._db.dialect
         with self._db.autocommit() as conn:
-            rows = self._upsert.rows(
-                conn,
-                {
-                    "key": key,
-                    "hits": amount,
-                    "expires_at": driver_datetime(dialect, now + timedelta(seconds=expiry)),
-                    "now": driver_datetime(dialect, now),
-                },
-            )
+            rows = self._upsert.rows(conn, _hit(self._db.dialect, key, amount, expiry, utcnow()))
         return int(rows[0][0])
 
     def _live(self, key: str) -> sa.Row[*tuple[Any, ...]] | None:

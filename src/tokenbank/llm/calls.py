@@ -107,7 +107,8 @@ def day_start(now: datetime) -> datetime:
 
 
 def _used_today(conn: Connection, key: LlmKey, now: datetime) -> int:
-    """What the key spent today (UTC) and holds for calls still running."""
+    """What the key spent today (UTC) and holds for calls still running (``_GUARD_KEY``
+    sums the same in SQL)."""
     used = sa.func.coalesce(
         sa.func.sum(
             sa.case(
@@ -165,7 +166,7 @@ async def find_payer(conn: psycopg.AsyncConnection[Any], caller: Caller) -> Paye
 #: wallet's lock (``ledger.Guard``): the key still live, and under its cap for the day
 #: counting what it holds for calls running; the idempotency key not used before by the
 #: user; the rate-limit counter, counted just before in the same transaction, within its
-#: limit.
+#: limit. The key's spending for the day is ``_used_today``'s sum, in SQL: change both.
 _GUARD_KEY = """EXISTS (
            SELECT 1 FROM llm_keys k
             WHERE k.id = CAST(:guard_key_id AS BIGINT) AND k.revoked_at IS NULL
