@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     # Connections per pool, per process (PostgreSQL: one pool for transactions, one for
     # reads and one-operation units). See docs/benchmarks.md for how it was chosen.
     database_pool_size: int = Field(default=16, ge=1, le=512)
+    # Off behind PgBouncer in transaction mode before 1.21 (docs/scaling.md).
+    database_prepared_statements: bool = True
     public_url: str = "http://127.0.0.1:8000"
     secret_key: SecretStr | None = None
     var_dir: Path = DEFAULT_VAR_DIR

@@ -55,7 +55,7 @@ from contextlib import (
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import psycopg
 import psycopg_pool
@@ -67,6 +67,9 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from tokenbank.errors import ConfigurationError, DatabaseUnavailable, SchemaOutOfDate, Unavailable
+
+if TYPE_CHECKING:
+    from tokenbank.config import Settings
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -400,6 +403,8 @@ class Database:
     engine: Engine
     read_engine: Engine
     pool_size: int = 16
+    #: What every PostgreSQL connection is opened with, the asyncio pool's included.
+    connect_args: Mapping[str, Any] = field(default_factory=dict)
     _write_lock: threading.Lock | None = field(default=None, repr=False)
     _gate: WalletGate = field(default_factory=WalletGate, repr=False)
     # PostgreSQL: asyncio pools for the request hot path, one per event loop that opened one.
@@ -478,7 +483,7 @@ class Database:
             min_size=min(4, self.pool_size),  # grows to pool_size under load
             max_size=self.pool_size,
             open=False,
-            kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_SECONDS},
+            kwargs={"autocommit": True, **self.connect_args},
             timeout=POOL_TIMEOUT_SECONDS,
         )
         await pool.open()
@@ -530,25 +535,51 @@ class Database:
 
 
 def connect(
-    url: str, *, pool_size: int = 16, sqlite_busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS
+    url: str,
+    *,
+    pool_size: int = 16,
+    prepared_statements: bool = True,
+    sqlite_busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
 ) -> Database:
     """Open the database named by ``url`` (``sqlite:///path`` or ``postgresql://...``).
 
+    ``prepared_statements``: whether psycopg may prepare a statement it sends often
+    (PostgreSQL). A pooler in transaction mode that does not track them (PgBouncer before
+    1.21) hands the next transaction another server connection, where the statement's name
+    is unknown or already taken; with this off every statement is sent unnamed
+    (docs/scaling.md).
     ``sqlite_busy_timeout_ms``: how long a SQLite writer waits for another process's lock
     before the request is answered "unavailable" (503)."""
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "postgresql":
-        return _connect_postgresql(parsed, pool_size=pool_size)
+        return _connect_postgresql(
+            parsed, pool_size=pool_size, prepared_statements=prepared_statements
+        )
     return _connect_sqlite(parsed, pool_size=pool_size, busy_timeout_ms=sqlite_busy_timeout_ms)
 
 
-def _connect_postgresql(url: sa.URL, *, pool_size: int) -> Database:
+def database_from_settings(settings: Settings, *, pool_size: int | None = None) -> Database:
+    """``connect()`` as the settings say; ``pool_size`` for a process that needs fewer
+    connections than the service (a CLI command)."""
+    return connect(
+        settings.database_url,
+        pool_size=settings.database_pool_size if pool_size is None else pool_size,
+        prepared_statements=settings.database_prepared_statements,
+    )
+
+
+def _connect_postgresql(url: sa.URL, *, pool_size: int, prepared_statements: bool) -> Database:
+    # psycopg's default: a statement is prepared on its sixth use by a connection.
+    connect_args: dict[str, Any] = {
+        "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+        "prepare_threshold": 5 if prepared_statements else None,
+    }
     engine = sa.create_engine(
         url,
         pool_size=pool_size,
         max_overflow=0,
         pool_timeout=POOL_TIMEOUT_SECONDS,
-        connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
+        connect_args=connect_args,
         isolation_level="READ COMMITTED",
         json_serializer=json_dumps,
     )
@@ -559,14 +590,20 @@ def _connect_postgresql(url: sa.URL, *, pool_size: int) -> Database:
         pool_size=pool_size,
         max_overflow=0,
         pool_timeout=POOL_TIMEOUT_SECONDS,
-        connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
+        connect_args=connect_args,
         isolation_level="AUTOCOMMIT",
         pool_reset_on_return=None,  # nothing to roll back: atomic() always ends its transaction
         json_serializer=json_dumps,
     )
     for each in (engine, autocommit_engine):
         event.listen(each, "checkout", _refuse_unready)
-    return Database(url=url, engine=engine, read_engine=autocommit_engine, pool_size=pool_size)
+    return Database(
+        url=url,
+        engine=engine,
+        read_engine=autocommit_engine,
+        pool_size=pool_size,
+        connect_args=connect_args,
+    )
 
 
 def _refuse_unready(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:

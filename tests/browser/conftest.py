@@ -10,13 +10,10 @@ from Playwright's own downloads.
 
 from __future__ import annotations
 
-import fcntl
-import os
 import re
 import secrets
 import shutil
 import subprocess
-import tempfile
 import uuid
 from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -36,6 +33,7 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
+from tests import debian
 from tests.processes import (
     REPO,
     TOKENBANK,
@@ -50,7 +48,6 @@ from tests.smtp import Received, SmtpServer
 SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
 CHROMIUM = Path("/usr/bin/chromium")
 CJK_FONT_PACKAGE = "fonts-noto-cjk"
-INSTALL_LOCK = Path(tempfile.gettempdir()) / "tokenbank-chromium-install.lock"
 CHROMIUM_ARGS = [
     "--no-sandbox",  # the tests run as root, where Chromium's sandbox refuses to start
     "--disable-gpu",
@@ -113,68 +110,10 @@ def _missing_packages() -> list[str]:
     return missing
 
 
-def _apt_install(packages: list[str]) -> str | None:
-    """Install ``packages`` with apt; ``None`` on success, else why not (with apt's output)."""
-    if shutil.which("apt-get") is None:
-        return f"{' '.join(packages)} missing and apt-get is not available"
-    if os.geteuid() != 0:
-        return f"{' '.join(packages)} missing and installing them needs root"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    commands = [
-        ["apt-get", "update"],
-        ["apt-get", "install", "-y", "--no-install-recommends", *packages],
-    ]
-    for command in commands:
-        try:
-            done = subprocess.run(
-                command,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                timeout=BROWSER_TEST_TIMEOUT - 60,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            output = exc.output or b""  # bytes even in text mode
-            if isinstance(output, bytes):
-                output = output.decode(errors="replace")
-            return f"`{' '.join(command)}` timed out:\n{output}"
-        if done.returncode != 0:
-            return f"`{' '.join(command)}` exited {done.returncode}:\n{done.stdout}"
-    return None
-
-
-def _ensure_chromium() -> str | None:
-    """Install what is missing; ``None`` when Chromium and a CJK font are there, else why not.
-
-    The lock keeps two pytest processes (or xdist workers) from running apt at once; the
-    second finds the packages installed when it gets the lock.
-    """
-    if not _missing_packages():
-        return None
-    with INSTALL_LOCK.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        missing = _missing_packages()
-        problem = _apt_install(missing) if missing else None
-        if problem is None and (still := _missing_packages()):
-            problem = f"apt-get reported success but {' '.join(still)} is still missing"
-        return problem
-
-
 @pytest.fixture(scope="session")
 def chromium_executable() -> Path:
-    """Debian's Chromium and a CJK font, installed with apt when missing.
-
-    Without CI a failed install skips the browser tests (a laptop without root or network);
-    in CI it fails them, so they cannot silently stop running.
-    """
-    if (problem := _ensure_chromium()) is not None:
-        reason = f"Chromium for the browser tests could not be installed: {problem}"
-        if os.environ.get("CI"):
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
+    """Debian's Chromium and a CJK font, installed with apt when missing (``tests.debian``)."""
+    debian.require(_missing_packages, "Chromium for the browser tests")
     return CHROMIUM
 
 

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from tokenbank import errors
 from tokenbank.config import Settings
-from tokenbank.db import Database, connect, unavailable
+from tokenbank.db import Database, database_from_settings, unavailable
 from tokenbank.errors import TokenbankError
 
 T = TypeVar("T")
@@ -99,7 +99,7 @@ class Context:
     @property
     def db(self) -> Database:
         if self._db is None:
-            self._db = connect(self.settings.database_url, pool_size=4)
+            self._db = database_from_settings(self.settings, pool_size=4)
         return self._db
 
     def close(self) -> None:

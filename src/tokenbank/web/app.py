@@ -21,7 +21,7 @@ from tokenbank import __version__, identity, migrations
 from tokenbank.billing import Billing, billing_from_settings
 from tokenbank.billing.catalog import features_catalog
 from tokenbank.config import LOCAL_HOSTS, Settings, with_secrets
-from tokenbank.db import Database, connect, unavailable
+from tokenbank.db import Database, database_from_settings, unavailable
 from tokenbank.errors import ConfigurationError, SchemaOutOfDate
 from tokenbank.faults import from_settings as faults_from_settings
 from tokenbank.grants import Trial
@@ -59,7 +59,7 @@ def create_app(
     """
     if settings.secret_key is None:
         raise ConfigurationError("no secret key: pass the settings through with_secrets()")
-    database = db or connect(settings.database_url, pool_size=settings.database_pool_size)
+    database = db or database_from_settings(settings)
     seller = seller or billing_from_settings(settings)
     # Features are priced from the catalog whether or not anything is sold.
     catalog = seller.catalog if seller else features_catalog(settings.catalog)
@@ -273,7 +273,7 @@ def app_from_environment() -> FastAPI:
     """For ``uvicorn --factory`` with several workers: each reads the settings itself."""
     settings = with_secrets(Settings.load())
     configure_logging(settings.log_level)
-    database = connect(settings.database_url, pool_size=settings.database_pool_size)
+    database = database_from_settings(settings)
     check_schema(database)
     app = create_app(settings, db=database)
     settle_process()
