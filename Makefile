@@ -8,10 +8,10 @@ LLM_EMULATOR_PORT ?= 12112
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test check fmt bench soak messages clean
+.PHONY: help install run test check fmt bench bench-scale bench-tools soak messages clean
 
 help: ## Show the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 install: $(STAMP) ## Create .venv and install tokenbank with its dev extra (quick when nothing changed)
 
@@ -41,6 +41,16 @@ bench: install ## Ledger, HTTP and model gateway throughput against baselines ru
 	$(BIN)/python -m bench.http
 	$(BIN)/python -m bench.upstream_client
 	$(BIN)/python -m bench.gateway
+
+bench-tools: ## Install Debian's wrk, the load generator of bench-scale, when it is missing (needs root)
+	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends wrk; }
+
+bench-scale: install bench-tools ## A big ledger, exports, webhook bursts, spends under wrk, many processes, SQLite under load (about 30 minutes)
+	$(BIN)/python -m bench.spends
+	$(BIN)/python -m bench.sqlite_load
+	$(BIN)/python -m bench.webhooks
+	$(BIN)/python -m bench.big_ledger
 
 MINUTES ?= 10
 

@@ -134,7 +134,8 @@ def free_port() -> int:
 
 
 @contextmanager
-def service(command: list[str], env: dict[str, str], port: int) -> Iterator[None]:
+def service(command: list[str], env: dict[str, str], port: int) -> Iterator[int]:
+    """The server ``command`` starts, once it answers on ``port``: its process id."""
     process = subprocess.Popen(
         command, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
@@ -149,18 +150,18 @@ def service(command: list[str], env: dict[str, str], port: int) -> Iterator[None
                     output = process.stderr.read().decode() if process.stderr else ""
                     raise RuntimeError(f"the service did not start: {output}") from None
                 time.sleep(0.1)
-        yield
+        yield process.pid
     finally:
         process.terminate()
         process.wait(timeout=10)
 
 
-def prepare(url: str) -> str:
-    """Migrate, seed the wallets, return a new API key."""
+def prepare(url: str, *, wallets: int = WALLETS) -> str:
+    """Migrate, seed the wallets ``u0`` ... , return a new API key."""
     db = connect(url, pool_size=2)
     migrations.upgrade(db)
     with db.transaction() as conn:
-        for n in range(WALLETS):
+        for n in range(wallets):
             users.create_user(conn, user_id=f"u{n}")
             ledger.credit(
                 conn,
