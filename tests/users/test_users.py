@@ -129,3 +129,20 @@ def test_users_are_found_by_id_or_email(db: Database) -> None:
         assert [u.id for u in users.find_users(conn, query=" ANN@example.com ")] == ["ann"]
         assert [u.id for u in users.find_users(conn, query="an\u200bn@example.com")] == ["ann"]
         assert [u.id for u in users.find_users(conn, query="")] == []
+
+
+@pytest.mark.parametrize("query", ["ca", "carl", "nobody", "x y", "%", "_", "an", "bob"])
+def test_a_search_finds_only_users_it_names(db: Database, query: str) -> None:
+    """Text that is no address has no canonical form (None); compared with ``==`` that
+    would be ``IS NULL``, listing every user without an address as an exact match."""
+    with db.transaction() as conn:
+        for user_id in ("carl", "dee", "eve"):
+            users.create_user(conn, user_id=user_id)
+        users.create_user(conn, user_id="ann", email="ann@example.com")
+    with db.read() as conn:
+        found = users.find_users(conn, query=query)
+    expected = sorted(
+        u for u, email in [("ann", "ann@example.com"), ("carl", ""), ("dee", ""), ("eve", "")]
+        if u.startswith(query) or email.startswith(query)
+    )
+    assert sorted(u.id for u in found) == expected

@@ -131,7 +131,14 @@ def find_users(conn: Connection, *, query: str, limit: int = 20) -> list[User]:
     if not query:
         return []
     prefix = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-    exact = sa.or_(users.c.id == query, users.c.email_canonical == emails.canonical(query))
+    canonical = emails.canonical(query)
+    # Text that is no address has no canonical form, and ``== None`` would be ``IS NULL``:
+    # every user without an address listed first as an exact match, the table scanned.
+    exact = (
+        users.c.id == query
+        if canonical is None
+        else sa.or_(users.c.id == query, users.c.email_canonical == canonical)
+    )
     rows = conn.execute(
         sa.select(users)
         .where(
