@@ -21,32 +21,40 @@ from tokenbank.web.observe import Metrics
 from tokenbank.web.render import Pages
 from tokenbank.web.runtime import Runtime, runtime
 
+# Every dependency here is ``async def``, though none awaits: FastAPI runs a plain ``def``
+# dependency in its thread pool, a thread hand-off each per request for a dictionary read
+# (a tenth of a webhook's CPU, profiled). tests/web/test_deps.py holds them to it.
 
-def _db(request: Request) -> Database:
+
+async def _runtime(request: Request) -> Runtime:
+    return runtime(request)
+
+
+async def _db(request: Request) -> Database:
     return runtime(request).db
 
 
-def _metrics(request: Request) -> Metrics:
+async def _metrics(request: Request) -> Metrics:
     return runtime(request).metrics
 
 
-def _pages(request: Request) -> Pages:
+async def _pages(request: Request) -> Pages:
     return runtime(request).pages
 
 
-def _browsers(request: Request) -> Browsers:
+async def _browsers(request: Request) -> Browsers:
     return runtime(request).browsers
 
 
-def _faults(request: Request) -> Faults:
+async def _faults(request: Request) -> Faults:
     return runtime(request).faults
 
 
-def _billing(request: Request) -> Billing | None:
+async def _billing(request: Request) -> Billing | None:
     return runtime(request).billing
 
 
-def _selling(request: Request) -> Billing:
+async def _selling(request: Request) -> Billing:
     """How tokens are sold, or 503 ``payments_not_configured``."""
     billing = runtime(request).billing
     if billing is None:
@@ -71,7 +79,7 @@ async def _language(request: Request) -> Language:
 
 
 # The service's parts.
-RuntimeDep = Annotated[Runtime, Depends(runtime)]
+RuntimeDep = Annotated[Runtime, Depends(_runtime)]
 DatabaseDep = Annotated[Database, Depends(_db)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 PagesDep = Annotated[Pages, Depends(_pages)]
