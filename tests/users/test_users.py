@@ -142,7 +142,8 @@ def test_a_search_finds_only_users_it_names(db: Database, query: str) -> None:
     with db.read() as conn:
         found = users.find_users(conn, query=query)
     expected = sorted(
-        u for u, email in [("ann", "ann@example.com"), ("carl", ""), ("dee", ""), ("eve", "")]
+        u
+        for u, email in [("ann", "ann@example.com"), ("carl", ""), ("dee", ""), ("eve", "")]
         if u.startswith(query) or email.startswith(query)
     )
     assert sorted(u.id for u in found) == expected
