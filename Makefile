@@ -24,8 +24,12 @@ $(STAMP): pyproject.toml
 run: install ## Start tokenbank at http://127.0.0.1:8000 on SQLite (./var), with the built-in Stripe and model emulators and the worker
 	@BIN=$(BIN) PORT=$(PORT) EMULATOR_PORT=$(EMULATOR_PORT) LLM_EMULATOR_PORT=$(LLM_EMULATOR_PORT) scripts/run-local.sh
 
-test: install ## Run the test suite (SQLite and PostgreSQL)
-	$(BIN)/pytest
+# Two test processes, each taking whole files (module fixtures such as a test's own
+# emulator stay with their tests); each gets its own scratch database and temporary files.
+TEST_PROCESSES ?= 2
+
+test: install ## Run the test suite (SQLite and PostgreSQL), in TEST_PROCESSES processes
+	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadfile
 
 check: install ## Formatting, lint and strict type checks
 	$(BIN)/ruff format --check .

@@ -21,8 +21,9 @@ from tokenbank.apikeys import Scope
 from tokenbank.db import Database
 
 CACHE_SECONDS = 1.0
-#: Time for a request in flight when the cache lapsed, on a busy machine.
-SLACK_SECONDS = 1.0
+#: Time for a request in flight when the cache lapsed, on a busy machine (the tests may
+#: run in several processes at once).
+SLACK_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
