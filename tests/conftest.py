@@ -142,6 +142,13 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """A width the test runner put in the environment (pytest-xdist gives its workers
+    ``COLUMNS=80``) would be read by the command line's consoles when first imported, and
+    fix their width for every test: the tests that print tables set their own."""
+    os.environ.pop("COLUMNS", None)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     skipped = terminalreporter.stats.get("skipped", [])
     if any("PostgreSQL tests NOT RUN" in str(report.longrepr) for report in skipped):
