@@ -10,7 +10,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -118,3 +119,21 @@ def wait_until_up(url: str, processes: Iterable[Process], *, timeout: float) -> 
             last = f"{answer.status_code} {answer.text[:500]}"
         time.sleep(0.05)
     return f"{url} not ready after {timeout:.0f}s (last: {last})"
+
+
+@contextmanager
+def model_emulator(directory: Path, *, instant: bool = True) -> Iterator[str]:
+    """``tokenbank llm-emulator`` as a process of its own; yields its URL. ``instant``: it
+    streams with no delay between tokens, for tests that are not about timing."""
+    (port,) = free_ports(1)
+    args = ["llm-emulator", "--port", str(port)]
+    process = Process.start("llm-emulator", args, env=clean_env({}), directory=directory)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        problem = wait_until_up(f"{url}/_emulator/health", [process], timeout=30)
+        assert problem is None, problem + process.output()
+        if instant:
+            httpx.post(f"{url}/_emulator/config", json={"first_token_ms": 0, "token_ms": 0})
+        yield url
+    finally:
+        process.stop()

@@ -29,7 +29,15 @@ from tests import debian, pgbouncer
 from tests.llm.test_gateway import MODELS, cost
 from tests.pgbouncer import Pooler
 from tests.postgres import scratch_database
-from tests.processes import REPO, TOKENBANK, Process, clean_env, free_ports, wait_until_up
+from tests.processes import (
+    REPO,
+    TOKENBANK,
+    Process,
+    clean_env,
+    free_ports,
+    model_emulator,
+    wait_until_up,
+)
 from tokenbank import apikeys, ledger
 from tokenbank.apikeys import Scope
 from tokenbank.db import BEGIN, COMMIT, Batch, Database, Statement, connect
@@ -52,22 +60,8 @@ def pooler(postgres_url: str) -> Iterator[Pooler]:
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The model emulator, for a model call through the pooler."""
-    directory = tmp_path_factory.mktemp("llm-emulator")
-    (port,) = free_ports(1)
-    process = Process.start(
-        "llm-emulator",
-        ["llm-emulator", "--port", str(port)],
-        env=clean_env({}),
-        directory=directory,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        problem = wait_until_up(f"{url}/_emulator/health", [process], timeout=30)
-        assert problem is None, problem + process.output()
-        httpx.post(f"{url}/_emulator/config", json={"first_token_ms": 0, "token_ms": 0})
+    with model_emulator(tmp_path_factory.mktemp("llm-emulator")) as url:
         yield url
-    finally:
-        process.stop()
 
 
 def _cli(*args: str, url: str) -> subprocess.CompletedProcess[str]:

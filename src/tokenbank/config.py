@@ -126,6 +126,11 @@ class Settings(BaseSettings):
     # The worker (docs/worker.md): how often it reconciles with Stripe, over how many hours.
     reconcile_minutes: int = Field(default=15, ge=1, le=24 * 60)
     reconcile_hours: int = Field(default=72, ge=1, le=24 * 90)
+    # Stripe's webhooks (docs/stripe.md): how many deliveries one process settles in their
+    # own request at once. A delivery past these is stored, answered 200 at once and
+    # settled by ``tokenbank worker``, so a burst costs Stripe no timeouts (0: the worker
+    # settles every event).
+    webhook_settle_slots: int = Field(default=2, ge=0, le=64)
 
     # Mail (docs/pages.md): the SMTP server (smtp://, smtp+starttls:// or smtps://; none in
     # development: mail is kept in the outbox and shown at /_dev/mail), the From address,

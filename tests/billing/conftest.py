@@ -68,10 +68,18 @@ OpenStore = Callable[..., Any]
 
 
 @contextmanager
-def open_store(db: Database, emulator: EmulatorServer, **options: Any) -> Iterator[Store]:
+def open_store(
+    db: Database,
+    emulator: EmulatorServer,
+    *,
+    webhook_settle_slots: int = SETTINGS.webhook_settle_slots,
+    **options: Any,
+) -> Iterator[Store]:
     seller = make_billing(emulator.url, **options)
     # No access log: the server shares this process's stdout with the CLI under test.
-    settings = SETTINGS.model_copy(update={"log_level": "warning"})
+    settings = SETTINGS.model_copy(
+        update={"log_level": "warning", "webhook_settle_slots": webhook_settle_slots}
+    )
     app = create_app(settings, db=db, passwords=PASSWORDS, seller=seller)
     headers = make_key(db, Scope.ADMIN)
     with serving(app) as url, httpx.Client(base_url=url, headers=headers, timeout=20) as api:

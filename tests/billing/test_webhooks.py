@@ -1,13 +1,17 @@
 """The webhook endpoint under attack: what a delivery may look like before anything is
-stored or credited, and what every answer is (never a 500, the connection kept)."""
+stored or credited, and what every answer is (never a 500, the connection kept); and the
+inbox as a queue: every way an event is left stored but not settled ends with the worker
+settling it, once."""
 
 from __future__ import annotations
 
 import json
 import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from structlog.testing import capture_logs
 
@@ -23,6 +27,8 @@ from tests.stripe_emulator import (
 from tests.web.conftest import PASSWORDS, SETTINGS
 from tokenbank import billing
 from tokenbank.billing.models import webhook_events
+from tokenbank.billing.webhooks import FIRST_RETRY, IN_REQUEST_LEASE, LONGEST_RETRY, retry_wait
+from tokenbank.columns import utcnow
 from tokenbank.db import Database
 from tokenbank.payments.stripe import Stripe
 from tokenbank.web.app import create_app
@@ -236,3 +242,131 @@ def test_an_event_naming_no_payment_of_ours_is_acknowledged(store: Store) -> Non
     )
     assert answer.status_code == 200, answer.text
     assert json.loads(answer.text)["duplicate"] is False
+
+
+PLUS = 2200  # the "plus" package's tokens with its bonus
+
+
+def _unsettled(db: Database) -> list[Any]:
+    with db.read() as conn:
+        return list(
+            conn.execute(webhook_events.select().where(webhook_events.c.processed_at.is_(None)))
+        )
+
+
+def _settle_pending(store: Store, *, at: timedelta = timedelta(0)) -> billing.Pending:
+    seller = store.seller
+    return billing.settle_pending(
+        store.db, seller.stripe, policy=seller.policy, catalog=seller.catalog, now=utcnow() + at
+    )
+
+
+def test_a_delivery_that_finds_no_settling_slot_is_answered_and_the_worker_settles_it(
+    db: Database, emulator_server: EmulatorServer
+) -> None:
+    """With no slot free (0 here; a burst past them in production) a delivery is stored
+    and answered 200 ``queued`` at once; the worker's run then credits the purchase once,
+    and a second run, or a copy delivered again, changes nothing."""
+    with open_store(db, emulator_server, webhook_settle_slots=0) as store:
+        store.user()
+        store.paid_checkout("plus")
+        assert {d["state"] for d in store.emulator.deliveries()} == {"delivered"}
+        assert store.balance()["available"] == 0  # stored, not settled
+        waiting = _unsettled(db)
+        assert len(waiting) >= 2 and all(row.settle_after == row.received_at for row in waiting)
+        with db.read() as conn:
+            assert billing.count_unsettled(conn) == {"waiting": len(waiting), "failed": 0}
+        event = store.emulator.events("checkout.session.completed")[0]
+        body = event_bytes(event)
+        again = store.api.post(
+            "/webhooks/stripe", content=body, headers={"Stripe-Signature": signed(body)}
+        )
+        assert again.status_code == 200, again.text
+        assert again.json() == {
+            "received": True,
+            "duplicate": True,
+            "queued": True,
+            "outcome": "queued",
+        }
+        done = _settle_pending(store)
+        assert (done.settled, done.failed) == (len(waiting), 0)
+        assert store.balance()["available"] == PLUS
+        assert _unsettled(db) == []
+        assert _settle_pending(store) == billing.Pending(settled=0, failed=0)
+        assert store.balance()["available"] == PLUS
+        metrics = store.api.get("/metrics").text
+        assert 'tokenbank_webhook_events_total{result="duplicate"} 1.0' in metrics
+        assert 'tokenbank_webhook_events_unsettled{state="waiting"} 0.0' in metrics
+
+
+def test_a_delivery_with_a_slot_free_is_settled_in_its_request(store: Store) -> None:
+    store.paid_checkout("plus")
+    assert store.balance()["available"] == PLUS
+    assert _unsettled(store.db) == []
+    with store.db.read() as conn:
+        rows = conn.execute(webhook_events.select()).all()
+    assert {row.settle_after - row.received_at for row in rows} == {IN_REQUEST_LEASE}
+
+
+@pytest.mark.parametrize("fault", [{"status": 503}, {"status": 500}, {"status": 429}])
+def test_an_event_whose_settling_fails_waits_longer_each_time_then_settles_once(
+    db: Database, emulator_server: EmulatorServer, fault: dict[str, Any]
+) -> None:
+    """Stripe failing while the worker settles: the event keeps the error, counts as
+    failed, is not tried again before its wait is over, and settles once Stripe answers.
+    A run stops once Stripe is found down, so an outage costs few calls."""
+    with open_store(db, emulator_server, webhook_settle_slots=0) as store:
+        store.user()
+        store.paid_checkout("plus")
+        waiting = len(_unsettled(db))
+        answer = store.emulator.http.post(
+            "/_emulator/api_faults",
+            json={"faults": [{"method": "GET", "path": "/v1/*", "times": 100, **fault}]},
+        )
+        assert answer.status_code == 200, answer.text
+        down = _settle_pending(store)  # settles events that need no Stripe call, if any
+        assert down.failed >= 1 and store.balance()["available"] == 0
+        failed = [row for row in _unsettled(db) if row.last_error is not None]
+        assert len(failed) == down.failed
+        assert all(row.attempts == 1 for row in failed)
+        assert all(row.settle_after > utcnow() + FIRST_RETRY / 2 for row in failed)
+        left = waiting - down.settled - down.failed
+        with db.read() as conn:
+            assert billing.count_unsettled(conn) == {"waiting": left, "failed": down.failed}
+        assert store.emulator.http.post("/_emulator/api_faults", json={"faults": []})
+        up = _settle_pending(store)  # the others; the failed ones wait
+        assert (up.settled, up.failed) == (left, 0)
+        assert {row.event_id for row in _unsettled(db)} == {row.event_id for row in failed}
+        later = _settle_pending(store, at=FIRST_RETRY + timedelta(seconds=1))
+        assert (later.settled, later.failed) == (len(failed), 0)
+        assert _unsettled(db) == [] and store.balance()["available"] == PLUS
+
+
+def test_an_event_left_by_a_request_that_died_is_taken_over_after_the_lease(
+    db: Database, emulator_server: EmulatorServer
+) -> None:
+    """A process that stored an event to settle it in its request and then died (killed,
+    restarted) leaves it unprocessed with a lease: the worker leaves it alone until the
+    lease is over, then settles it."""
+    with open_store(db, emulator_server, webhook_settle_slots=0) as store:
+        store.user()
+        store.paid_checkout("plus")
+        with db.transaction() as conn:  # as a request that took a slot leaves it
+            for row in conn.execute(webhook_events.select()).all():
+                conn.execute(
+                    sa.update(webhook_events)
+                    .where(webhook_events.c.id == row.id)
+                    .values(settle_after=row.received_at + IN_REQUEST_LEASE)
+                )
+        assert _settle_pending(store) == billing.Pending(settled=0, failed=0)
+        assert store.balance()["available"] == 0
+        done = _settle_pending(store, at=IN_REQUEST_LEASE + timedelta(seconds=1))
+        assert done.failed == 0 and done.settled >= 2
+        assert store.balance()["available"] == PLUS and _unsettled(db) == []
+
+
+def test_the_wait_after_a_failure_doubles_up_to_an_hour() -> None:
+    waits = [retry_wait(n) for n in range(1, 12)]
+    assert waits[:4] == [FIRST_RETRY * 2**n for n in range(4)]
+    assert waits == sorted(waits) and max(waits) == LONGEST_RETRY
+    assert retry_wait(10**6) == LONGEST_RETRY

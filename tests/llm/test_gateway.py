@@ -25,7 +25,7 @@ import pytest
 import sqlalchemy as sa
 from openai.types.chat import ChatCompletionMessageParam
 
-from tests.processes import REPO, Process, clean_env, free_ports, wait_until_up
+from tests.processes import REPO, Process, clean_env, free_ports, model_emulator, wait_until_up
 from tests.web.test_sweep import HOSTILE_JSON
 from tokenbank import apikeys, ledger
 from tokenbank.apikeys import Scope
@@ -52,21 +52,8 @@ def cost(usage: Any) -> int:
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    directory = tmp_path_factory.mktemp("llm-emulator")
-    (port,) = free_ports(1)
-    process = Process.start(
-        "llm-emulator",
-        ["llm-emulator", "--port", str(port)],
-        env=clean_env({}),
-        directory=directory,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        problem = wait_until_up(f"{url}/_emulator/health", [process], timeout=30)
-        assert problem is None, problem + process.output()
+    with model_emulator(tmp_path_factory.mktemp("llm-emulator"), instant=False) as url:
         yield url
-    finally:
-        process.stop()
 
 
 @dataclass

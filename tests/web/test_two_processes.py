@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.llm.test_gateway import ASK, MODELS
-from tests.processes import REPO, Process, clean_env, free_ports, wait_until_up
+from tests.processes import REPO, Process, clean_env, free_ports, model_emulator, wait_until_up
 from tokenbank import apikeys
 from tokenbank.apikeys import Scope
 from tokenbank.db import Database
@@ -34,22 +34,8 @@ class Processes:
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    directory = tmp_path_factory.mktemp("llm-emulator")
-    (port,) = free_ports(1)
-    process = Process.start(
-        "llm-emulator",
-        ["llm-emulator", "--port", str(port)],
-        env=clean_env({}),
-        directory=directory,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        problem = wait_until_up(f"{url}/_emulator/health", [process], timeout=30)
-        assert problem is None, problem + process.output()
-        httpx.post(f"{url}/_emulator/config", json={"first_token_ms": 0, "token_ms": 0})
+    with model_emulator(tmp_path_factory.mktemp("llm-emulator")) as url:
         yield url
-    finally:
-        process.stop()
 
 
 @contextmanager

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from tests.billing.conftest import Store, store
+from tests.billing.conftest import Store, open_store, store
 from tests.conftest import EPOCH
 from tests.processes import STOP_TIMEOUT, Process, clean_env
+from tests.stripe_emulator import EmulatorServer
 from tests.worker.conftest import LATER, MADE, holds_past_due
 from tokenbank import ledger, worker
 from tokenbank.columns import utcnow
@@ -213,7 +214,24 @@ def test_the_schedule_leaves_reconcile_out_without_payments() -> None:
         "grant_months",
         "sweep",
     ]
-    assert [name for name, _ in plan.skipped] == ["reconcile"]
+    assert [name for name, _ in plan.skipped] == ["reconcile", "settle_webhooks"]
+
+
+def test_the_worker_settles_the_stripe_events_answered_before_they_were_settled(
+    db: Database, emulator_server: EmulatorServer
+) -> None:
+    settings = Settings(database_url="sqlite:///unused.db")
+    with open_store(db, emulator_server, webhook_settle_slots=0) as store:
+        plan = worker.schedule(settings, seller=store.seller)
+        (job,) = [job for job in plan.jobs if job.name == "settle_webhooks"]
+        assert job.every <= timedelta(seconds=5)
+        store.user()
+        store.paid_checkout("plus")
+        assert store.balance()["available"] == 0
+        worker.register(store.db, [job])
+        outcome = worker.run_job(store.db, job)
+        assert outcome.ran and outcome.error is None and outcome.items >= 2
+        assert store.balance()["available"] == 2200
 
 
 def test_reconcile_credits_a_payment_whose_webhook_never_came(store: Store) -> None:

@@ -56,11 +56,14 @@ from tokenbank.billing.unpaid import Resume, cancel_purchase, resume_purchase
 from tokenbank.billing.webhooks import (
     HANDLED_EVENTS,
     InboxEvent,
+    Pending,
     Processed,
+    count_unsettled,
     get_event,
     list_events,
     receive,
     replay,
+    settle_pending,
 )
 from tokenbank.config import Settings
 from tokenbank.errors import (
@@ -151,6 +154,7 @@ __all__ = [
     "PaymentMismatch",
     "PaymentStart",
     "PaymentsNotConfigured",
+    "Pending",
     "PriceBook",
     "Processed",
     "ProcessingFailed",
@@ -174,6 +178,7 @@ __all__ = [
     "cancel_subscription",
     "change_subscription",
     "count_awaiting_review",
+    "count_unsettled",
     "customer_for",
     "fetch_payment",
     "find_purchase",
@@ -195,6 +200,7 @@ __all__ = [
     "sales_by_package",
     "settle",
     "settle_from_stripe",
+    "settle_pending",
     "settle_returning_buyer",
     "start_checkout",
     "start_payment",

@@ -175,8 +175,18 @@ webhook_events = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("last_error", sa.Text, nullable=True),
     sa.Column("outcome", sa.Text, nullable=True),
+    # When ``tokenbank worker`` may (next) try to settle the event while it is unprocessed:
+    # at once for a delivery answered before it was settled, after a lease for one being
+    # settled in its request, after a growing wait for one that failed.
+    sa.Column("settle_after", UtcDateTime, nullable=True),
     sa.CheckConstraint("attempts >= 0", name="attempts"),
     sa.Index("ix_webhook_events_received", "received_at"),
+    sa.Index(
+        "ix_webhook_events_pending",
+        "settle_after",
+        postgresql_where=sa.text("processed_at IS NULL"),
+        sqlite_where=sa.text("processed_at IS NULL"),
+    ),
 )
 
 #: The Stripe customer made for each user who buys, so receipts and the portal find them.

@@ -2,17 +2,28 @@
 
 An event is recorded (unique event id) before anything else, in its own transaction, so a
 delivery that fails later is still on file. Its effects then commit in the same transaction
-as its ``processed_at`` mark: processed means applied. On failure the error is kept on the
-event and the caller answers 500, so Stripe delivers it again; ``replay`` does the same by
-hand. The event is only a hint: what it changes comes from Stripe's current objects
+as its ``processed_at`` mark: processed means applied.
+
+Who settles it: the request that delivered it, when its process has a free settling slot
+(``receive(settle=True)``; on failure the error is kept on the event and the caller answers
+500 or 503, so Stripe delivers it again), or else ``tokenbank worker`` (``settle_pending``),
+which the inbox tells when each unprocessed event is due (``settle_after``): at once for
+one stored without settling, after a lease for one being settled in its request (that
+process may die), after a doubling wait for one that failed. A burst is thus answered at
+the speed of storing it, and settled at the speed of settling. ``replay`` settles by hand.
+The event is only a hint: what it changes comes from Stripe's current objects
 (``settlement.fetch_payment`` for a purchase's payment, ``renewals.fetch_renewal`` for a
 subscription and its invoices), so duplicates, reordering and stale payloads are harmless.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -72,6 +83,22 @@ HANDLED_EVENTS = (
     "invoice.payment_failed",
 )
 MAX_ERROR_LENGTH = 2000
+#: How long the worker leaves an event to the request settling it before taking it over.
+IN_REQUEST_LEASE = timedelta(minutes=1)
+#: The wait before the worker tries a failed event again: doubling from the first to the
+#: longest, so an outage of Stripe costs a few calls an hour per event, not a storm.
+FIRST_RETRY = timedelta(seconds=30)
+LONGEST_RETRY = timedelta(hours=1)
+#: Events the worker reads per look at the inbox.
+PENDING_BATCH = 100
+#: Events the worker settles side by side.
+SETTLING_THREADS = 8
+
+
+def retry_wait(attempts: int) -> timedelta:
+    """The wait after the ``attempts``-th failed attempt at an event."""
+    doublings: int = min(max(attempts - 1, 0), 16)
+    return min(FIRST_RETRY * (1 << doublings), LONGEST_RETRY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,10 +125,14 @@ class Processed:
     duplicate: bool
     #: Whether this delivery changed a purchase (credited it, clawed back, ...).
     changed: bool = False
+    #: Stored but not settled yet: ``tokenbank worker`` settles it.
+    queued: bool = False
 
 
 _insert = {
-    name: dialect.insert(webhook_events).on_conflict_do_nothing(index_elements=["event_id"])
+    name: dialect.insert(webhook_events)
+    .on_conflict_do_nothing(index_elements=["event_id"])
+    .returning(webhook_events.c.id)
     for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
 }
 
@@ -114,14 +145,17 @@ def receive(
     signature: str | None,
     policy: ClawbackPolicy,
     catalog: Catalog | None = None,
+    settle: bool = True,
 ) -> Processed:
-    """Verify a delivery, store it once and settle it; raises ``InvalidSignature``,
-    ``InvalidEvent``, ``WebhooksNotConfigured``, ``ProcessingFailed`` or ``Unavailable``.
-    An event of the other mode than the deployment's key is stored and ignored."""
+    """Verify a delivery, store it once and, with ``settle``, settle it; raises
+    ``InvalidSignature``, ``InvalidEvent``, ``WebhooksNotConfigured``, ``ProcessingFailed``
+    or ``Unavailable``. Without ``settle`` the event is left to ``settle_pending``. An
+    event of the other mode than the deployment's key is stored and ignored."""
     event = stripe.verify_event(payload, signature)
     target_of(event)  # InvalidEvent (400) before anything is stored
+    now = utcnow()
     with db.transaction() as conn:
-        conn.execute(
+        stored = conn.execute(
             _insert[conn.dialect.name],
             {
                 "event_id": event.id,
@@ -130,9 +164,13 @@ def receive(
                 "api_version": event.api_version,
                 "livemode": event.livemode,
                 "created_at": datetime.fromtimestamp(event.created, UTC),
-                "received_at": utcnow(),
+                "received_at": now,
+                "settle_after": now + IN_REQUEST_LEASE if settle else now,
             },
-        )
+        ).first()
+    if not settle:
+        log.info("webhook_queued", event_id=event.id, type=event.type, duplicate=stored is None)
+        return Processed(event_id=event.id, outcome="queued", duplicate=stored is None, queued=True)
     return process(db, stripe, event=event, policy=policy, catalog=catalog)
 
 
@@ -272,9 +310,11 @@ def process(
     which applies only what is still missing)."""
     with db.read() as conn:
         done = conn.execute(
-            sa.select(webhook_events.c.processed_at, webhook_events.c.outcome).where(
-                webhook_events.c.event_id == event.id
-            )
+            sa.select(
+                webhook_events.c.processed_at,
+                webhook_events.c.outcome,
+                webhook_events.c.attempts,
+            ).where(webhook_events.c.event_id == event.id)
         ).first()
     if done is None:
         raise UnknownEvent(event.id)
@@ -317,7 +357,11 @@ def process(
                     conn.execute(
                         sa.update(webhook_events)
                         .where(webhook_events.c.event_id == event.id)
-                        .values(attempts=webhook_events.c.attempts + 1, last_error=error)
+                        .values(
+                            attempts=webhook_events.c.attempts + 1,
+                            last_error=error,
+                            settle_after=utcnow() + retry_wait(done.attempts + 1),
+                        )
                     )
         finally:
             # The code, not the message: the inbox keeps the message, and a message can
@@ -339,6 +383,89 @@ def process(
     log.info("webhook_processed", event_id=event.id, type=event.type, outcome=outcome)
     changed = settled is not None and bool(settled.changes)
     return Processed(event_id=event.id, outcome=outcome, duplicate=False, changed=changed)
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """What one ``settle_pending`` run did."""
+
+    settled: int
+    failed: int
+
+
+def settle_pending(
+    db: Database,
+    stripe: Stripe,
+    *,
+    policy: ClawbackPolicy,
+    catalog: Catalog | None = None,
+    now: datetime,
+    threads: int = SETTLING_THREADS,
+    stopping: Callable[[], bool] = lambda: False,
+) -> Pending:
+    """Settle every stored event due by ``now`` that is not processed yet, oldest due
+    first, each as its delivery would have (``process``), ``threads`` at a time: each
+    waits on 3 or 4 reads from Stripe, which a burst's deliveries did side by side too.
+    One that fails keeps its error and is due again after ``retry_wait``; the run goes on
+    with the others, unless Stripe or the database is unavailable: then it stops, and the
+    next run tries again. Several workers may run this at once: ``process`` settles each
+    event once under its row lock, so the worst a race costs is a second read from
+    Stripe."""
+    results: Counter[str] = Counter()
+    down = threading.Event()
+
+    def attempt(payload: str) -> str:
+        if down.is_set() or stopping():
+            return "skipped"
+        try:
+            process(db, stripe, event=parse_event(payload), policy=policy, catalog=catalog)
+        except Unavailable:
+            down.set()
+            return "failed"
+        except TokenbankError:
+            return "failed"  # kept on the event, logged, and due again later
+        return "settled"
+
+    after: tuple[datetime, int] | None = None
+    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="settle") as pool:
+        while not (down.is_set() or stopping()):
+            query = (
+                sa.select(
+                    webhook_events.c.id, webhook_events.c.settle_after, webhook_events.c.payload
+                )
+                .where(
+                    webhook_events.c.processed_at.is_(None),
+                    webhook_events.c.settle_after <= now,
+                )
+                .order_by(webhook_events.c.settle_after, webhook_events.c.id)
+                .limit(PENDING_BATCH)
+            )
+            if after is not None:  # keyset: an event that failed is not read again
+                query = query.where(
+                    sa.tuple_(webhook_events.c.settle_after, webhook_events.c.id) > after
+                )
+            with db.read() as conn:
+                rows = conn.execute(query).all()
+            results.update(pool.map(attempt, [row.payload for row in rows]))
+            if len(rows) < PENDING_BATCH:
+                break
+            after = (rows[-1].settle_after, rows[-1].id)
+    return Pending(settled=results["settled"], failed=results["failed"])
+
+
+def count_unsettled(conn: Connection) -> dict[str, int]:
+    """Stored events not processed yet: ``waiting`` (never tried, or being settled) and
+    ``failed`` (the last attempt failed; the worker tries again)."""
+    failed = webhook_events.c.last_error.is_not(None)
+    rows = conn.execute(
+        sa.select(failed.label("failed"), sa.func.count())
+        .where(webhook_events.c.processed_at.is_(None))
+        .group_by(failed)
+    ).all()
+    counts = {"waiting": 0, "failed": 0}
+    for is_failed, count in rows:
+        counts["failed" if is_failed else "waiting"] += count
+    return counts
 
 
 def _error_code(exc: Exception, failure: TokenbankError | None) -> str:

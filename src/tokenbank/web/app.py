@@ -36,7 +36,7 @@ from tokenbank.web.browser import Browsers
 from tokenbank.web.letters import mail_sender
 from tokenbank.web.observe import AccessLog, Metrics, Observe
 from tokenbank.web.render import Pages, install_page_errors, unavailable_page
-from tokenbank.web.runtime import Runtime
+from tokenbank.web.runtime import Runtime, SettlingSlots
 from tokenbank.web.security import buying_headers
 
 MAX_BODY_BYTES = 64 * 1024
@@ -159,11 +159,13 @@ def create_app(
         and not settings.secure_cookies,
         warnings=tuple(warnings),
         gateway=gateway,
+        webhook_slots=SettlingSlots(settings.webhook_settle_slots),
     )
     app.state.runtime = parts
     metrics.watch_reviews(database)
     metrics.watch_mail(database)
     metrics.watch_jobs(database)
+    metrics.watch_inbox(database)
     app.add_middleware(
         Observe,
         metrics=metrics,

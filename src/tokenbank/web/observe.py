@@ -18,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from tokenbank.billing.purchases import count_awaiting_review
+from tokenbank.billing.webhooks import count_unsettled
 from tokenbank.db import Database
 from tokenbank.logs import REQUEST_ID
 from tokenbank.mail import retention
@@ -75,7 +76,8 @@ class Metrics:
         )
         self.webhooks = Counter(
             "tokenbank_webhook_events_total",
-            "Stripe events received and settled (processed) or seen before (duplicate).",
+            "Stripe deliveries: settled in their request (processed), stored for the worker"
+            " to settle (queued), or of an event seen before (duplicate).",
             ["result"],
             registry=self.registry,
         )
@@ -156,6 +158,30 @@ class Metrics:
 
         for status in STATUSES:
             gauge.labels(status).set_function(counter(status))
+
+    def watch_inbox(self, db: Database) -> None:
+        """Stripe events stored but not settled, counted when scraped: ``waiting`` that
+        keeps growing means no worker settles them; ``failed`` > 0, that settling fails
+        (``tokenbank webhooks list --failed`` says why)."""
+        gauge = Gauge(
+            "tokenbank_webhook_events_unsettled",
+            "Stripe events stored and not settled yet, by state.",
+            ["state"],
+            registry=self.registry,
+        )
+
+        def counter(state: str) -> Callable[[], float]:
+            def count() -> float:
+                try:
+                    with db.read() as conn:
+                        return float(count_unsettled(conn)[state])
+                except Exception:  # a scrape must not fail because the database does
+                    return float("nan")
+
+            return count
+
+        for state in ("waiting", "failed"):
+            gauge.labels(state).set_function(counter(state))
 
     def watch_jobs(self, db: Database) -> None:
         """The worker's timed jobs as every worker recorded them in the database, read when

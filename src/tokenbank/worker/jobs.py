@@ -15,7 +15,7 @@ import structlog
 from sqlalchemy.engine import Connection
 
 from tokenbank import identity, ledger
-from tokenbank.billing import Billing, grant_due_months, reconcile
+from tokenbank.billing import Billing, grant_due_months, reconcile, settle_pending
 from tokenbank.config import Settings
 from tokenbank.llm import calls
 from tokenbank.mail import retention
@@ -27,6 +27,8 @@ HOLDS_EVERY = timedelta(seconds=30)
 GRANTS_EVERY = timedelta(seconds=60)
 SWEEP_EVERY = timedelta(hours=1)
 MONTHS_EVERY = timedelta(minutes=5)
+#: Stripe events stored but not settled wait at most about this long for the worker.
+WEBHOOKS_EVERY = timedelta(seconds=2)
 #: Rows handled per unit of work: a wallet's lock, or a transaction, is held for one batch.
 BATCH = 500
 #: Reconcile's errors logged one by one, at most (the count is always logged).
@@ -88,6 +90,26 @@ def reconciling(seller: Billing, *, hours: int) -> Callable[[Run], Done]:
     return work
 
 
+def settling_webhooks(seller: Billing) -> Callable[[Run], Done]:
+    """Settle the Stripe events stored but not settled: deliveries answered while their
+    process had no settling slot free, those whose process died settling them, and those
+    whose settling failed, once their wait is over (docs/stripe.md)."""
+
+    def work(run: Run) -> Done:
+        result = settle_pending(
+            run.db,
+            seller.stripe,
+            policy=seller.policy,
+            catalog=seller.catalog,
+            now=run.now,
+            stopping=run.stopping.is_set,
+        )
+        problem = f"{result.failed} events not settled" if result.failed else None
+        return Done(items=result.settled, problem=problem)
+
+    return work
+
+
 def grant_months(run: Run) -> Done:
     """Grant each yearly subscription's next month once it has begun (a yearly invoice
     grants one month at a time, never twelve at once)."""
@@ -121,7 +143,9 @@ def schedule(settings: Settings, *, seller: Billing | None) -> Schedule:
     skipped = []
     if seller is None:
         skipped.append(("reconcile", "payments are not configured (no STRIPE_SECRET_KEY)"))
+        skipped.append(("settle_webhooks", "payments are not configured (no STRIPE_SECRET_KEY)"))
     else:
+        jobs.append(Job("settle_webhooks", WEBHOOKS_EVERY, settling_webhooks(seller)))
         jobs.append(
             Job(
                 "reconcile",
