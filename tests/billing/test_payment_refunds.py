@@ -15,6 +15,7 @@ from tokenbank import billing, ledger
 from tokenbank.billing.models import disputes
 from tokenbank.columns import utcnow
 from tokenbank.db import Database
+from tokenbank.payments.stripe import Dispute, Refund, Stripe
 
 
 def _intent(store: Store, started: dict[str, Any]) -> str:
@@ -267,3 +268,57 @@ def test_a_failed_refund_cancels_the_debt_it_recorded(
             store.emulator.settle()
             balance = store.balance(user)
             assert (balance["available"], balance["debt"]) == (expected, 0), policy
+
+
+class Counting(Stripe):
+    """The real client, counting the lists it reads."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(secret_key=SECRET_KEY, api_base=url, max_network_retries=0)
+        self.lists: list[str] = []
+
+    def refunds_of(self, payment_intent_id: str) -> list[Refund]:
+        self.lists.append("refunds")
+        return super().refunds_of(payment_intent_id)
+
+    def disputes_of(self, payment_intent_id: str) -> list[Dispute]:
+        self.lists.append("disputes")
+        return super().disputes_of(payment_intent_id)
+
+
+def test_the_news_of_a_payment_reads_the_lists_its_charge_shows(store: Store) -> None:
+    """What a payment's event reads (``lists="when_the_charge_shows"``), swept over the
+    states a payment can be in, against what a full read finds: the same refunds and
+    disputes whenever the charge shows any, and no list read when it shows none. The one
+    documented difference: a refund that succeeded and then failed no longer shows on the
+    charge, so only its own events and reconcile (full reads) see it."""
+    sdk = stripe.StripeClient(SECRET_KEY, base_addresses={"api": store.emulator.url})
+    unpaid = store.checkout("plus")  # no charge yet
+    paid = _intent(store, store.paid_checkout("plus"))
+    refunded = _intent(store, store.paid_checkout("plus"))
+    _refund(store, refunded, 500)
+    disputed = _intent(store, store.paid_checkout("plus"))
+    _close(store, _dispute(store, disputed), "won")
+    undone = _intent(store, store.paid_checkout("plus"))
+    refund = sdk.v1.refunds.create({"payment_intent": undone, "amount": 1000})
+    store.emulator.settle()
+    assert store.emulator.http.post(f"/_emulator/refunds/{refund.id}/fail").status_code == 200
+    store.emulator.settle()
+    cases = {
+        "unpaid": ({"session_id": unpaid["checkout_session_id"]}, []),
+        "paid": ({"payment_intent_id": paid}, []),
+        "refunded": ({"payment_intent_id": refunded}, ["refunds"]),
+        "disputed": ({"payment_intent_id": disputed}, ["disputes"]),
+        "refund failed after succeeding": ({"payment_intent_id": undone}, []),
+    }
+    for name, (where, read) in cases.items():
+        counting = Counting(store.emulator.url)
+        brief = billing.fetch_payment(counting, lists="when_the_charge_shows", **where)
+        assert counting.lists == read, name
+        full = billing.fetch_payment(counting, **where)
+        assert brief.intent is not None or name == "unpaid"
+        if name == "refund failed after succeeding":
+            assert brief.refunds == () and [r.status for r in full.refunds] == ["failed"]
+            continue
+        assert (brief.refunds, brief.disputes) == (full.refunds, full.disputes), name
+        assert brief.session == full.session, name

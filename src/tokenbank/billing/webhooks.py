@@ -42,7 +42,7 @@ from tokenbank.billing.renewals import (
     fetch_refunded_invoice,
     fetch_renewal,
 )
-from tokenbank.billing.settlement import Payment, fetch_payment, settle
+from tokenbank.billing.settlement import Lists, Payment, fetch_payment, settle
 from tokenbank.columns import utcnow
 from tokenbank.db import Database, unavailable
 from tokenbank.errors import (
@@ -273,14 +273,18 @@ def _news_for(stripe: Stripe, event: Event, catalog: Catalog | None) -> Payment 
             subscription_id=target.subscription_id,
             session_id=target.session_id if target.subscription_mode else None,
         )
+    # The news of a payment reads its refunds and disputes only when its charge shows
+    # some; the news of a refund or a dispute reads them in full.
+    payment_news = event.type.startswith(("checkout.session.", "payment_intent."))
+    lists: Lists = "when_the_charge_shows" if payment_news else "always"
     if target.session_id is not None:
-        return fetch_payment(stripe, session_id=target.session_id)
+        return fetch_payment(stripe, session_id=target.session_id, lists=lists)
     intent_id = target.intent_id
     if not intent_id and target.charge_id:
         intent_id = stripe.charge_payment_intent_id(target.charge_id)
     if not intent_id:
         return None  # a charge with no PaymentIntent is not one of ours
-    payment = fetch_payment(stripe, payment_intent_id=intent_id)
+    payment = fetch_payment(stripe, payment_intent_id=intent_id, lists=lists)
     if payment.purchase_hint is None and event.type.startswith(("charge.refund", "refund.")):
         return fetch_refunded_invoice(stripe, catalog, intent_id) or payment
     return payment

@@ -18,7 +18,7 @@ import json
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import stripe
@@ -77,6 +77,10 @@ class PaymentIntent:
     failure_code: str | None
     failure_message: str | None
     created: int
+    #: From its latest charge, when read with it (``payment_intent(with_charge=True)``):
+    #: how much of it was refunded, and whether it was ever disputed. None: not read.
+    charge_refunded: int | None = None
+    charge_disputed: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +209,10 @@ def _session(data: dict[str, Any]) -> CheckoutSession:
 
 def _intent(data: dict[str, Any]) -> PaymentIntent:
     error = data.get("last_payment_error") or {}
+    charge = data.get("latest_charge")
+    read = isinstance(charge, dict)
+    if not isinstance(charge, dict):
+        charge = {}
     return PaymentIntent(
         id=data["id"],
         status=data["status"],
@@ -216,6 +224,8 @@ def _intent(data: dict[str, Any]) -> PaymentIntent:
         failure_code=error.get("decline_code") or error.get("code"),
         failure_message=error.get("message"),
         created=int(data.get("created") or 0),
+        charge_refunded=int(charge.get("amount_refunded") or 0) if read else None,
+        charge_disputed=bool(charge.get("disputed")) if read else None,
     )
 
 
@@ -455,11 +465,20 @@ class Stripe:
         )
         return _session(_plain(found))
 
-    def payment_intent(self, payment_intent_id: str) -> PaymentIntent:
+    def payment_intent(self, payment_intent_id: str, *, with_charge: bool = False) -> PaymentIntent:
+        """``with_charge``: its latest charge in the same request, for what it says of
+        refunds and disputes."""
+        params = {"expand": ["latest_charge"]} if with_charge else {}
         found = self._call(
-            "read a PaymentIntent", self._client.v1.payment_intents.retrieve, payment_intent_id
+            "read a PaymentIntent",
+            self._client.v1.payment_intents.retrieve,
+            payment_intent_id,
+            params,
         )
-        return _intent(_plain(found))
+        data = _plain(found)
+        if with_charge and data.get("latest_charge") is None:  # no charge: nothing to show
+            return replace(_intent(data), charge_refunded=0, charge_disputed=False)
+        return _intent(data)
 
     def expire_checkout_session(self, session_id: str) -> CheckoutSession:
         """Close an open session's page, so that nothing can pay it any more. Stripe
