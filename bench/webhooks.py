@@ -52,6 +52,7 @@ import asyncio
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -73,7 +74,7 @@ from bench.http import free_port
 from bench.ledger import postgres_database
 from bench.webhook_baseline_app import INBOX
 from tokenbank import migrations, users
-from tokenbank.billing import Purchase, load_catalog, start_checkout
+from tokenbank.billing import Purchase, count_unsettled, load_catalog, start_checkout
 from tokenbank.billing.models import purchases, webhook_events
 from tokenbank.billing.purchases import to_purchase
 from tokenbank.db import Database, connect
@@ -413,6 +414,20 @@ def queued(conn: Connection, event_ids: set[str]) -> int:
     )
 
 
+def wait_settled(db: Database, timeout: float = 120) -> list[str]:
+    """Wait until the inbox holds no unsettled event (the other event of each purchase
+    may still be settling once it is credited), so a round starts with an idle worker."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with db.read() as conn:
+            left = count_unsettled(conn)
+        if not any(left.values()):
+            return []
+        if time.monotonic() > deadline:
+            return [f"events left unsettled: {left}"]
+        time.sleep(0.2)
+
+
 def inbox_problems(conn: psycopg.Connection[Any], event_ids: set[str]) -> list[str]:
     stored = {
         row[0]
@@ -479,15 +494,25 @@ def run_round(
     tokenbank_first: bool,
     db: Database,
     totals: dict[str, Totals],
+    worker_after: bool,
 ) -> None:
     order = ["tokenbank", "baseline"] if tokenbank_first else ["baseline", "tokenbank"]
+    worker = meters["tokenbank"].worker
     for app in order:
         before = meters[app].read()
         start = time.perf_counter()
-        result = burst(ports[app], this.payloads, senders)
+        if app == "tokenbank" and worker_after and worker is not None:
+            os.kill(worker, signal.SIGSTOP)  # idle: the previous round left nothing unsettled
+            try:
+                result = burst(ports[app], this.payloads, senders)
+            finally:
+                os.kill(worker, signal.SIGCONT)
+        else:
+            result = burst(ports[app], this.payloads, senders)
         if app == "tokenbank":
             problems = wait_credited(db, this.purchases)
             totals[app].drained.append(time.perf_counter() - start)
+            problems += wait_settled(db)
         result.cpu.update({k: v - before.get(k, 0.0) for k, v in meters[app].read().items()})
         if app == "tokenbank":
             with db.read() as conn:
@@ -512,6 +537,12 @@ def main() -> None:
     parser.add_argument("--senders", type=int, default=32, help="concurrent connections")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--worker-after",
+        action="store_true",
+        help="pause tokenbank worker (SIGSTOP) during each burst: the app process alone,"
+        " as with workers on other machines",
+    )
     parser.add_argument(
         "--slots",
         type=int,
@@ -553,7 +584,8 @@ def main() -> None:
         print(
             f"{args.purchases:,} paid purchases a round, {len(CREDITING_EVENTS)} events each,"
             f" each sent {COPIES} times, shuffled; {args.senders} senders; one uvicorn worker"
-            f" each; {args.rounds} rounds"
+            f" each; {args.rounds} rounds; tokenbank worker "
+            + ("paused during each burst" if args.worker_after else "running beside the app")
         )
         with (
             service(emulator_cmd, env, f"{emulator_url}/_emulator/health") as emulator_pid,
@@ -580,6 +612,7 @@ def main() -> None:
                 tokenbank_first=True,
                 db=db,
                 totals={a: Totals() for a in totals},
+                worker_after=args.worker_after,
             )
             checks += warm.checks
             for n in range(args.rounds):
@@ -599,6 +632,7 @@ def main() -> None:
                     tokenbank_first=n % 2 == 0,
                     db=db,
                     totals=totals,
+                    worker_after=args.worker_after,
                 )
                 checks += this.checks
         verified = subprocess.run(
