@@ -9,13 +9,14 @@ import json
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from sqlalchemy.engine import Connection
 
 from tokenbank.billing.purchases import count_awaiting_review
 from tokenbank.billing.webhooks import count_unsettled
@@ -139,48 +140,52 @@ class Metrics:
     def watch_mail(self, db: Database) -> None:
         """Mail in the outbox by state, counted when scraped: alert on ``failed`` > 0, and
         on ``pending`` that keeps growing (the SMTP server is away)."""
-        gauge = Gauge(
-            "tokenbank_mail",
-            "Mails in the outbox, by state.",
-            ["status"],
-            registry=self.registry,
+        self._count_by_state(
+            db,
+            name="tokenbank_mail",
+            documentation="Mails in the outbox, by state.",
+            label="status",
+            states=STATUSES,
+            counts=retention.counts,
         )
-
-        def counter(status: str) -> Callable[[], float]:
-            def count() -> float:
-                try:
-                    with db.read() as conn:
-                        return float(retention.counts(conn)[status])
-                except Exception:  # a scrape must not fail because the database does
-                    return float("nan")
-
-            return count
-
-        for status in STATUSES:
-            gauge.labels(status).set_function(counter(status))
 
     def watch_inbox(self, db: Database) -> None:
         """Stripe events stored but not settled, counted when scraped: ``waiting`` that
         keeps growing means no worker settles them; ``failed`` > 0, that settling fails
         (``tokenbank webhooks list --failed`` says why)."""
-        gauge = Gauge(
-            "tokenbank_webhook_events_unsettled",
-            "Stripe events stored and not settled yet, by state.",
-            ["state"],
-            registry=self.registry,
+        self._count_by_state(
+            db,
+            name="tokenbank_webhook_events_unsettled",
+            documentation="Stripe events stored and not settled yet, by state.",
+            label="state",
+            states=("waiting", "failed"),
+            counts=count_unsettled,
         )
+
+    def _count_by_state(
+        self,
+        db: Database,
+        *,
+        name: str,
+        documentation: str,
+        label: str,
+        states: Iterable[str],
+        counts: Callable[[Connection], Mapping[str, int]],
+    ) -> None:
+        """A gauge with one child per state, each reading ``counts`` when scraped."""
+        gauge = Gauge(name, documentation, [label], registry=self.registry)
 
         def counter(state: str) -> Callable[[], float]:
             def count() -> float:
                 try:
                     with db.read() as conn:
-                        return float(count_unsettled(conn)[state])
+                        return float(counts(conn)[state])
                 except Exception:  # a scrape must not fail because the database does
                     return float("nan")
 
             return count
 
-        for state in ("waiting", "failed"):
+        for state in states:
             gauge.labels(state).set_function(counter(state))
 
     def watch_jobs(self, db: Database) -> None:
