@@ -246,8 +246,14 @@ def verify(conn: Connection) -> VerifyReport:
     checks = []
     for name, description, query, template in _CHECKS:
         # The server counts the breaches and sends only those shown: a ledger broken in
-        # millions of rows is reported in the memory of a sound one.
-        shown = f"SELECT *, COUNT(*) OVER () AS breaches_ FROM ({query}) AS found LIMIT :shown"  # noqa: S608 - the module's own checks
+        # millions of rows is reported in the memory of a sound one. Numbered, not LIMITed:
+        # a LIMIT makes the planner pick plans that find a first row fast, and a sound
+        # ledger has none, so they read everything slowly (4 to 7 times slower at 5M).
+        shown = (
+            "SELECT * FROM (SELECT *, COUNT(*) OVER () AS breaches_,"  # noqa: S608 - its own checks
+            f" ROW_NUMBER() OVER () AS shown_ FROM ({query}) AS found) AS counted"
+            " WHERE shown_ <= :shown"
+        )
         rows = conn.execute(sa.text(shown), {"shown": MAX_PROBLEMS_SHOWN}).mappings().all()
         checks.append(
             Check(
