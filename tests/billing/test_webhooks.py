@@ -27,7 +27,13 @@ from tests.stripe_emulator import (
 from tests.web.conftest import PASSWORDS, SETTINGS
 from tokenbank import billing
 from tokenbank.billing.models import webhook_events
-from tokenbank.billing.webhooks import FIRST_RETRY, IN_REQUEST_LEASE, LONGEST_RETRY, retry_wait
+from tokenbank.billing.webhooks import (
+    FIRST_RETRY,
+    IN_REQUEST_LEASE,
+    LONGEST_RETRY,
+    PENDING_BATCH,
+    retry_wait,
+)
 from tokenbank.columns import utcnow
 from tokenbank.db import Database
 from tokenbank.payments.stripe import Stripe
@@ -370,3 +376,36 @@ def test_the_wait_after_a_failure_doubles_up_to_an_hour() -> None:
     assert waits[:4] == [FIRST_RETRY * 2**n for n in range(4)]
     assert waits == sorted(waits) and max(waits) == LONGEST_RETRY
     assert retry_wait(10**6) == LONGEST_RETRY
+
+
+def test_the_worker_settles_a_backlog_larger_than_one_look_at_the_inbox(store: Store) -> None:
+    """More events than one batch, all due at once: every one is settled exactly once
+    (the keyset walk over the inbox), and a run asked to stop leaves the rest due."""
+    count = PENDING_BATCH + 7
+    seller = store.seller
+    for n in range(count):
+        body = event_bytes(
+            _event(id=f"evt_backlog_{n}", type="customer.created", data={"object": {"id": "cus_x"}})
+        )
+        queued = billing.receive(
+            store.db,
+            seller.stripe,
+            payload=body,
+            signature=signed(body),
+            policy=seller.policy,
+            settle=False,
+        )
+        assert queued.queued and not queued.duplicate
+    stopped = billing.settle_pending(
+        store.db, seller.stripe, policy=seller.policy, now=utcnow(), stopping=lambda: True
+    )
+    assert stopped == billing.Pending(settled=0, failed=0)
+    assert len(_unsettled(store.db)) == count
+    done = _settle_pending(store)
+    assert done == billing.Pending(settled=count, failed=0)
+    assert _unsettled(store.db) == []
+    with store.db.read() as conn:
+        outcomes = conn.execute(sa.select(webhook_events.c.outcome, webhook_events.c.attempts))
+        assert {tuple(row) for row in outcomes} == {
+            ("ignored: tokenbank does not act on customer.created", 1)
+        }
