@@ -18,7 +18,7 @@ import json
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import stripe
@@ -77,8 +77,9 @@ class PaymentIntent:
     failure_code: str | None
     failure_message: str | None
     created: int
-    #: From its latest charge, when read with it (``payment_intent(with_charge=True)``):
-    #: how much of it was refunded, and whether it was ever disputed. None: not read.
+    #: From its latest charge, when read with it (``payment_intent(with_charge=True)``) or
+    #: when there is none: how much of it was refunded, and whether it was ever disputed.
+    #: None: not read.
     charge_refunded: int | None = None
     charge_disputed: bool | None = None
 
@@ -210,9 +211,8 @@ def _session(data: dict[str, Any]) -> CheckoutSession:
 def _intent(data: dict[str, Any]) -> PaymentIntent:
     error = data.get("last_payment_error") or {}
     charge = data.get("latest_charge")
-    read = isinstance(charge, dict)
-    if not isinstance(charge, dict):
-        charge = {}
+    # An id: the charge was not read with it. None: there is no charge, so nothing to show.
+    shown = charge if isinstance(charge, dict) else {} if charge is None else None
     return PaymentIntent(
         id=data["id"],
         status=data["status"],
@@ -224,8 +224,8 @@ def _intent(data: dict[str, Any]) -> PaymentIntent:
         failure_code=error.get("decline_code") or error.get("code"),
         failure_message=error.get("message"),
         created=int(data.get("created") or 0),
-        charge_refunded=int(charge.get("amount_refunded") or 0) if read else None,
-        charge_disputed=bool(charge.get("disputed")) if read else None,
+        charge_refunded=None if shown is None else int(shown.get("amount_refunded") or 0),
+        charge_disputed=None if shown is None else bool(shown.get("disputed")),
     )
 
 
@@ -475,10 +475,7 @@ class Stripe:
             payment_intent_id,
             params,
         )
-        data = _plain(found)
-        if with_charge and data.get("latest_charge") is None:  # no charge: nothing to show
-            return replace(_intent(data), charge_refunded=0, charge_disputed=False)
-        return _intent(data)
+        return _intent(_plain(found))
 
     def expire_checkout_session(self, session_id: str) -> CheckoutSession:
         """Close an open session's page, so that nothing can pay it any more. Stripe

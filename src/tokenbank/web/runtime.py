@@ -3,7 +3,7 @@ settings and reached by every route through ``web/deps.py`` (never through globa
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, cast
 
@@ -83,7 +83,7 @@ class Runtime:
     #: The model gateway; None when no models file is found (its routes answer 503).
     gateway: Gateway | None = None
     #: Stripe deliveries settled in their request at once (``TOKENBANK_WEBHOOK_SETTLE_SLOTS``).
-    webhook_slots: SettlingSlots = field(default_factory=lambda: SettlingSlots(2))
+    webhook_slots: SettlingSlots
 
     @property
     def buy_url(self) -> str:
