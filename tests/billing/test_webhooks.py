@@ -6,7 +6,9 @@ settling it, once."""
 from __future__ import annotations
 
 import json
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
@@ -18,6 +20,7 @@ from structlog.testing import capture_logs
 from tests.billing.conftest import Store, open_store
 from tests.servers import http_request, one_connection
 from tests.stripe_emulator import (
+    SECRET_KEY,
     WEBHOOK_SECRET,
     EmulatorServer,
     event_bytes,
@@ -29,7 +32,7 @@ from tokenbank import billing
 from tokenbank.billing.models import webhook_events
 from tokenbank.billing.webhooks import (
     FIRST_RETRY,
-    IN_REQUEST_LEASE,
+    LEASE,
     LONGEST_RETRY,
     PENDING_BATCH,
     retry_wait,
@@ -311,7 +314,7 @@ def test_a_delivery_with_a_slot_free_is_settled_in_its_request(store: Store) -> 
     assert _unsettled(store.db) == []
     with store.db.read() as conn:
         rows = conn.execute(webhook_events.select()).all()
-    assert {row.settle_after - row.received_at for row in rows} == {IN_REQUEST_LEASE}
+    assert {row.settle_after - row.received_at for row in rows} == {LEASE}
 
 
 @pytest.mark.parametrize("fault", [{"status": 503}, {"status": 500}, {"status": 429}])
@@ -362,11 +365,11 @@ def test_an_event_left_by_a_request_that_died_is_taken_over_after_the_lease(
                 conn.execute(
                     sa.update(webhook_events)
                     .where(webhook_events.c.id == row.id)
-                    .values(settle_after=row.received_at + IN_REQUEST_LEASE)
+                    .values(settle_after=row.received_at + LEASE)
                 )
         assert _settle_pending(store) == billing.Pending(settled=0, failed=0)
         assert store.balance()["available"] == 0
-        done = _settle_pending(store, at=IN_REQUEST_LEASE + timedelta(seconds=1))
+        done = _settle_pending(store, at=LEASE + timedelta(seconds=1))
         assert done.failed == 0 and done.settled >= 2
         assert store.balance()["available"] == PLUS and _unsettled(db) == []
 
@@ -409,3 +412,122 @@ def test_the_worker_settles_a_backlog_larger_than_one_look_at_the_inbox(store: S
         assert {tuple(row) for row in outcomes} == {
             ("ignored: tokenbank does not act on customer.created", 1)
         }
+
+
+class SlowReads(Stripe):
+    """The real client, counting the PaymentIntents it reads, each taking a moment so that
+    runs started together overlap."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(secret_key=SECRET_KEY, api_base=url, max_network_retries=0)
+        self.reads = 0
+        self._counting = threading.Lock()
+
+    def payment_intent(self, payment_intent_id: str, *, with_charge: bool = False) -> Any:
+        with self._counting:
+            self.reads += 1
+        time.sleep(0.02)
+        return super().payment_intent(payment_intent_id, with_charge=with_charge)
+
+
+def test_workers_running_at_once_settle_different_events(
+    db: Database, emulator_server: EmulatorServer
+) -> None:
+    """Each run takes its events before settling them, so two runs started together (two
+    workers, or one whose run outlasted the job's period) read Stripe no more than one:
+    the events are shared out, none settled twice, none left."""
+    with open_store(db, emulator_server, webhook_settle_slots=0) as store:
+        for n in range(6):
+            store.paid_checkout("starter", store.user(f"user-{n}"))
+        waiting = len(_unsettled(db))
+        alone = SlowReads(store.emulator.url)
+        one = billing.settle_pending(
+            db, alone, policy=store.seller.policy, catalog=store.seller.catalog, now=utcnow()
+        )
+        assert one == billing.Pending(settled=waiting, failed=0)
+        single_reads = alone.reads
+        assert single_reads > 0
+        with db.transaction() as conn:  # as they were: all unsettled and due
+            conn.execute(
+                sa.update(webhook_events).values(
+                    processed_at=None, outcome=None, attempts=0, settle_after=utcnow()
+                )
+            )
+        together = SlowReads(store.emulator.url)
+        with ThreadPoolExecutor(2) as pool:
+            runs = list(
+                pool.map(
+                    lambda _: billing.settle_pending(
+                        db,
+                        together,
+                        policy=store.seller.policy,
+                        catalog=store.seller.catalog,
+                        now=utcnow(),
+                        threads=2,
+                    ),
+                    range(2),
+                )
+            )
+        assert sum(run.settled for run in runs) == waiting
+        assert sum(run.failed for run in runs) == 0
+        assert together.reads == single_reads
+        assert _unsettled(db) == []
+        for n in range(6):
+            assert store.balance(f"user-{n}")["available"] == 500
+
+
+def test_an_event_stored_without_a_due_time_is_due_at_once(store: Store) -> None:
+    """A row stored as a process of an earlier version stores it, naming no due time (a
+    rolling deploy): the database's default makes it due now, so the worker settles it,
+    and a redelivery answered as queued does not leave it behind."""
+    body = event_bytes(
+        _event(id="evt_old_version", type="customer.created", data={"object": {"id": "cus_x"}})
+    )
+    with store.db.transaction() as conn:
+        conn.execute(
+            webhook_events.insert().values(
+                event_id="evt_old_version",
+                type="customer.created",
+                payload=body.decode(),
+                livemode=False,
+                created_at=utcnow(),
+                received_at=utcnow(),
+            )
+        )
+    (row,) = _unsettled(store.db)
+    assert row.settle_after is not None and row.settle_after <= utcnow() + timedelta(seconds=5)
+    assert _settle_pending(store, at=timedelta(seconds=5)) == billing.Pending(settled=1, failed=0)
+    assert _unsettled(store.db) == []
+    with store.db.transaction() as conn, pytest.raises(sa.exc.IntegrityError):
+        conn.execute(
+            sa.update(webhook_events)
+            .where(webhook_events.c.event_id == "evt_old_version")
+            .values(settle_after=None)
+        )
+
+
+def test_an_event_that_no_longer_parses_fails_once_and_waits(store: Store) -> None:
+    """A stored payload the code cannot read any more (stored by another version, say) is
+    a failure like any other: its error is kept, it counts as failed, and it waits the
+    longest wait instead of being read again on every run."""
+    body = event_bytes(
+        _event(id="evt_unreadable", type="customer.created", data={"object": {"id": "cus_x"}})
+    )
+    seller = store.seller
+    billing.receive(
+        store.db,
+        seller.stripe,
+        payload=body,
+        signature=signed(body),
+        policy=seller.policy,
+        settle=False,
+    )
+    with store.db.transaction() as conn:
+        conn.execute(sa.update(webhook_events).values(payload='{"id": "evt_unreadable"}'))
+    assert _settle_pending(store) == billing.Pending(settled=0, failed=1)
+    (row,) = _unsettled(store.db)
+    assert row.attempts == 1 and row.last_error.startswith("InvalidEvent")
+    assert row.settle_after > utcnow() + LONGEST_RETRY - timedelta(minutes=1)
+    assert _settle_pending(store) == billing.Pending(settled=0, failed=0)
+    with store.db.read() as conn:
+        assert billing.count_unsettled(conn) == {"waiting": 0, "failed": 1}

@@ -177,13 +177,20 @@ webhook_events = sa.Table(
     sa.Column("outcome", sa.Text, nullable=True),
     # When ``tokenbank worker`` may (next) try to settle the event while it is unprocessed:
     # at once for a delivery answered before it was settled, after a lease for one being
-    # settled in its request, after a growing wait for one that failed.
-    sa.Column("settle_after", UtcDateTime, nullable=True),
+    # settled (in its request or by a worker), after a growing wait for one that failed.
+    # Never NULL, which would never be due (migration 0017).
+    sa.Column(
+        "settle_after",
+        UtcDateTime,
+        nullable=False,
+        server_default=sa.text("CURRENT_TIMESTAMP"),
+    ),
     sa.CheckConstraint("attempts >= 0", name="attempts"),
     sa.Index("ix_webhook_events_received", "received_at"),
     sa.Index(
         "ix_webhook_events_pending",
         "settle_after",
+        "id",
         postgresql_where=sa.text("processed_at IS NULL"),
         sqlite_where=sa.text("processed_at IS NULL"),
     ),

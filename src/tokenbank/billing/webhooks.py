@@ -8,8 +8,9 @@ Who settles it: the request that delivered it, when its process has a free settl
 (``receive(settle=True)``; on failure the error is kept on the event and the caller answers
 500 or 503, so Stripe delivers it again), or else ``tokenbank worker`` (``settle_pending``),
 which the inbox tells when each unprocessed event is due (``settle_after``): at once for
-one stored without settling, after a lease for one being settled in its request (that
-process may die), after a doubling wait for one that failed. A burst is thus answered at
+one stored without settling, after a lease for one being settled (in its request, or by a
+worker's run, which takes its events before it settles them: its process may die), after
+a doubling wait for one that failed. A burst is thus answered at
 the speed of storing it, and settled at the speed of settling. ``replay`` settles by hand.
 The event is only a hint: what it changes comes from Stripe's current objects
 (``settlement.fetch_payment`` for a purchase's payment, ``renewals.fetch_renewal`` for a
@@ -83,8 +84,9 @@ HANDLED_EVENTS = (
     "invoice.payment_failed",
 )
 MAX_ERROR_LENGTH = 2000
-#: How long the worker leaves an event to the request settling it before taking it over.
-IN_REQUEST_LEASE = timedelta(minutes=1)
+#: How long an event is left to whoever took it to settle it (the request that delivered
+#: it, or one worker's run) before another may take it over: the first may have died.
+LEASE = timedelta(minutes=1)
 #: The wait before the worker tries a failed event again: doubling from the first to the
 #: longest, so an outage of Stripe costs a few calls an hour per event, not a storm.
 FIRST_RETRY = timedelta(seconds=30)
@@ -165,7 +167,7 @@ def receive(
                 "livemode": event.livemode,
                 "created_at": datetime.fromtimestamp(event.created, UTC),
                 "received_at": now,
-                "settle_after": now + IN_REQUEST_LEASE if settle else now,
+                "settle_after": now + LEASE if settle else now,
             },
         ).first()
     if not settle:
@@ -360,7 +362,11 @@ def process(
                 with db.transaction() as conn:
                     conn.execute(
                         sa.update(webhook_events)
-                        .where(webhook_events.c.event_id == event.id)
+                        .where(
+                            webhook_events.c.event_id == event.id,
+                            # a racer that settled it meanwhile has the last word
+                            webhook_events.c.processed_at.is_(None),
+                        )
                         .values(
                             attempts=webhook_events.c.attempts + 1,
                             last_error=error,
@@ -412,17 +418,20 @@ def settle_pending(
     waits on 3 or 4 reads from Stripe, which a burst's deliveries did side by side too.
     One that fails keeps its error and is due again after ``retry_wait``; the run goes on
     with the others, unless Stripe or the database is unavailable: then it stops, and the
-    next run tries again. Several workers may run this at once: ``process`` settles each
-    event once under its row lock, so the worst a race costs is a second read from
-    Stripe."""
+    next run tries again. Each batch is taken (``_take``) before it is settled, so runs of
+    several workers at once settle different events; ``process`` settling each event once
+    under its row lock is what keeps the money right whatever happens."""
     results: Counter[str] = Counter()
     down = threading.Event()
 
-    def attempt(payload: str) -> str:
+    def attempt(taken: tuple[int, str]) -> str:
         if down.is_set() or stopping():
             return "skipped"
         try:
-            process(db, stripe, event=parse_event(payload), policy=policy, catalog=catalog)
+            event = _parse_stored(db, *taken, now=now)
+            if event is None:
+                return "failed"
+            process(db, stripe, event=event, policy=policy, catalog=catalog)
         except Unavailable:
             down.set()
             return "failed"
@@ -433,28 +442,74 @@ def settle_pending(
     after: tuple[datetime, int] | None = None
     with ThreadPoolExecutor(max(1, threads), thread_name_prefix="settle") as pool:
         while not (down.is_set() or stopping()):
-            query = (
-                sa.select(
-                    webhook_events.c.id, webhook_events.c.settle_after, webhook_events.c.payload
-                )
-                .where(
-                    webhook_events.c.processed_at.is_(None),
-                    webhook_events.c.settle_after <= now,
-                )
-                .order_by(webhook_events.c.settle_after, webhook_events.c.id)
-                .limit(PENDING_BATCH)
-            )
-            if after is not None:  # keyset: an event that failed is not read again
-                query = query.where(
-                    sa.tuple_(webhook_events.c.settle_after, webhook_events.c.id) > after
-                )
-            with db.read() as conn:
-                rows = conn.execute(query).all()
-            results.update(pool.map(attempt, [row.payload for row in rows]))
-            if len(rows) < PENDING_BATCH:
+            taken, after = _take(db, now=now, after=after)
+            done = list(pool.map(attempt, taken))
+            results.update(done)
+            skipped = [row_id for (row_id, _), d in zip(taken, done, strict=True) if d == "skipped"]
+            if skipped:  # left at once, not after the lease
+                _give_back(db, skipped, now=now)
+            if len(taken) < PENDING_BATCH:
                 break
-            after = (rows[-1].settle_after, rows[-1].id)
     return Pending(settled=results["settled"], failed=results["failed"])
+
+
+def _take(
+    db: Database, *, now: datetime, after: tuple[datetime, int] | None
+) -> tuple[list[tuple[int, str]], tuple[datetime, int] | None]:
+    """The next due events of a run, in order, taken for the lease: their ``settle_after``
+    moves past it, so another worker's run (which skips rows locked meanwhile on
+    PostgreSQL, and waits its turn on SQLite's one writer) passes them by. ``after`` is
+    where the run has got to, in the order it reads (``settle_after``, id, as they were
+    before the taking): an event that failed in this run is not read again by it."""
+    due = (
+        sa.select(webhook_events.c.id, webhook_events.c.settle_after, webhook_events.c.payload)
+        .where(webhook_events.c.processed_at.is_(None), webhook_events.c.settle_after <= now)
+        .order_by(webhook_events.c.settle_after, webhook_events.c.id)
+        .limit(PENDING_BATCH)
+        .with_for_update(skip_locked=True)
+    )
+    if after is not None:
+        due = due.where(sa.tuple_(webhook_events.c.settle_after, webhook_events.c.id) > after)
+    with db.transaction() as conn:
+        rows = conn.execute(due).all()
+        if rows:
+            conn.execute(
+                sa.update(webhook_events)
+                .where(webhook_events.c.id.in_([row.id for row in rows]))
+                .values(settle_after=max(now, utcnow()) + LEASE)
+            )
+    last = (rows[-1].settle_after, rows[-1].id) if rows else after
+    return [(row.id, row.payload) for row in rows], last
+
+
+def _give_back(db: Database, row_ids: list[int], *, now: datetime) -> None:
+    with db.transaction() as conn:
+        conn.execute(
+            sa.update(webhook_events)
+            .where(webhook_events.c.id.in_(row_ids), webhook_events.c.processed_at.is_(None))
+            .values(settle_after=now)
+        )
+
+
+def _parse_stored(db: Database, row_id: int, payload: str, *, now: datetime) -> Event | None:
+    """The stored event, or None when its payload no longer parses (stored by another
+    version, say): that is kept on it as its error, and it waits like any failure rather
+    than being read again on every run."""
+    try:
+        return parse_event(payload)
+    except InvalidEvent as exc:
+        with db.transaction() as conn:
+            conn.execute(
+                sa.update(webhook_events)
+                .where(webhook_events.c.id == row_id, webhook_events.c.processed_at.is_(None))
+                .values(
+                    attempts=webhook_events.c.attempts + 1,
+                    last_error=f"InvalidEvent: {exc}"[:MAX_ERROR_LENGTH],
+                    settle_after=max(now, utcnow()) + LONGEST_RETRY,
+                )
+            )
+        log.warning("webhook_failed", row_id=row_id, error_code=exc.code, error_type="InvalidEvent")
+        return None
 
 
 def count_unsettled(conn: Connection) -> dict[str, int]:
