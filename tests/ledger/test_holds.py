@@ -90,6 +90,18 @@ def test_hold_replay_and_conflict(db: Database) -> None:
     assert _balance(db).held == 70
     with pytest.raises(ledger.IdempotencyConflict):
         _hold(db, 71)
+    with pytest.raises(ledger.IdempotencyConflict):  # as long a hold, asked again later
+        _hold(db, 70, ttl=61)
+    with db.transaction() as conn:  # a retry a while later asks for the same lifetime
+        later = ledger.hold(
+            conn,
+            user_id="alice",
+            amount=70,
+            idempotency_key="h1",
+            ttl_seconds=60,
+            now=T0 + timedelta(seconds=5),
+        )
+    assert later.replayed and later.id == first.id
 
 
 def test_expiry_releases_holds_past_their_deadline(db: Database, unit: Unit) -> None:

@@ -385,6 +385,41 @@ def test_a_retried_call_with_an_idempotency_key_is_charged_once(service: Service
     assert service.balance("hal") == 1_000 - sum(c.charged for c in service.calls("hal"))
 
 
+def test_an_idempotency_key_names_one_request(service: Service) -> None:
+    """The same key with another request is a conflict, not the first call's answer (keys
+    of the body in any order are the same request); an empty key is a 400, not a key that
+    every call shares."""
+    key = service.user("kit", 1_000)
+    with service.sdk(key, max_retries=0) as sdk:
+        sdk.chat.completions.create(
+            model="test-model", messages=ASK, extra_headers={"Idempotency-Key": "k-1"}
+        )
+        with pytest.raises(openai.ConflictError) as conflict:
+            sdk.chat.completions.create(
+                model="test-model",
+                messages=[{"role": "user", "content": "something else"}],
+                extra_headers={"Idempotency-Key": "k-1"},
+            )
+        assert conflict.value.code == "idempotency_conflict"
+        for _ in range(2):
+            with pytest.raises(openai.BadRequestError):
+                sdk.chat.completions.create(
+                    model="test-model", messages=ASK, extra_headers={"Idempotency-Key": ""}
+                )
+    reordered = json.dumps({"messages": ASK, "model": "test-model"})
+    again = httpx.post(
+        f"{service.url}/v1/chat/completions",
+        content=reordered,
+        headers={
+            "Authorization": f"Bearer {key}",
+            "Idempotency-Key": "k-1",
+            "content-type": "application/json",
+        },
+    )
+    assert again.status_code == 200 and again.headers["idempotent-replayed"] == "true"
+    assert len(service.emulated()) == 1 and len(service.calls("kit")) == 1
+
+
 def test_keys_revoked_capped_or_for_another_user_are_refused(service: Service) -> None:
     key = service.user("ivy", 1_000)
     service.user("jon", 1_000)

@@ -271,8 +271,15 @@ def _open_purchase(
         ).one()
     earlier = to_purchase(row)
     if (earlier.user_id, earlier.package_id, earlier.flow) != (user_id, package.id, flow):
+        differs = (
+            "another user's"
+            if earlier.user_id != user_id
+            else "another package's"
+            if earlier.package_id != package.id
+            else "another flow's"
+        )
         raise IdempotencyConflict(
-            cast(str, idempotency_key), f"it started purchase {earlier.id} of another package"
+            cast(str, idempotency_key), f"it started purchase {earlier.id}, {differs}"
         )
     return earlier, True
 

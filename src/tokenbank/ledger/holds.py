@@ -292,15 +292,24 @@ def _reserve(
     if existing is not None:
         # A feature's amount is its price when the key was first used (see ``replay``).
         priced = feature is not None and existing.feature is not None
-        asked = (user_id, amount, kind.value, description, metadata, feature, quantity)
+        # A caller's hold is asked for a lifetime: a retry comes later, and asks for as
+        # long. (A freeze's deadline is fixed, whenever it is asked.)
+        lifetime = kind is HoldKind.HOLD
+        asked = (
+            (user_id, amount, kind.value, description, metadata, feature, quantity),
+            expires_at - now if lifetime else None,
+        )
         stored = (
-            existing.user_id,
-            amount if priced else existing.amount,
-            existing.kind,
-            existing.description,
-            existing.metadata,
-            existing.feature,
-            existing.quantity,
+            (
+                existing.user_id,
+                amount if priced else existing.amount,
+                existing.kind,
+                existing.description,
+                existing.metadata,
+                existing.feature,
+                existing.quantity,
+            ),
+            existing.expires_at - existing.created_at if lifetime else None,
         )
         if asked != stored:
             raise IdempotencyConflict(key, "a hold with other parameters")

@@ -30,6 +30,8 @@ never goes negative. A cost of 0 voids the hold.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, time
@@ -185,9 +187,9 @@ _GUARD_RATE = """(SELECT hits FROM rate_limits WHERE key = :guard_rate_key)
 _RECORD_CALL = Statement(
     sa.text("""
 INSERT INTO llm_calls (user_id, key_id, model, stream, status, request_id, idempotency_key,
-                       hold_id, held, input_estimate, output_cap, created_at)
+                       request_digest, hold_id, held, input_estimate, output_cap, created_at)
 SELECT :user_id, CAST(:key_id AS BIGINT), :model, :stream, 'pending', :request_id,
-       :idempotency_key, h.id, h.amount, CAST(:input_estimate AS BIGINT),
+       :idempotency_key, :request_digest, h.id, h.amount, CAST(:input_estimate AS BIGINT),
        CAST(:output_cap AS BIGINT), :now
   FROM holds h
  WHERE h.idempotency_key = :hold_key AND h.status = 'pending'
@@ -228,6 +230,7 @@ async def try_admit(
     request_id: str,
     stream: bool,
     idempotency_key: str | None = None,
+    request_digest: str | None = None,
     ttl_seconds: int,
     counter: Counter | None = None,
     now: datetime | None = None,
@@ -267,6 +270,7 @@ async def try_admit(
             "stream": stream,
             "request_id": request_id,
             "idempotency_key": idempotency_key,
+            "request_digest": request_digest,
             "input_estimate": bound.input_tokens,
             "output_cap": bound.output_tokens,
             "now": now,
@@ -299,6 +303,7 @@ def admit(
     request_id: str,
     stream: bool,
     idempotency_key: str | None = None,
+    request_digest: str | None = None,
     ttl_seconds: int,
     now: datetime | None = None,
 ) -> Admission:
@@ -319,7 +324,14 @@ def admit(
         wallet_id(conn, user_id, lock=True)  # first, as every unit of a call (see the module)
         earlier = None
         if idempotency_key is not None:
-            earlier, replay = _earlier(conn, user_id, idempotency_key, model, stream)
+            earlier, replay = _earlier(
+                conn,
+                user_id,
+                idempotency_key,
+                model=model,
+                stream=stream,
+                request_digest=request_digest,
+            )
             if replay is not None:
                 return replay
         if key is not None and key.daily_cap is not None:
@@ -359,7 +371,7 @@ def admit(
         if earlier is None:
             call_id = conn.execute(
                 sa.insert(llm_calls)
-                .values(**values, idempotency_key=idempotency_key)
+                .values(**values, idempotency_key=idempotency_key, request_digest=request_digest)
                 .returning(llm_calls.c.id)
             ).scalar_one()
         else:
@@ -383,6 +395,13 @@ def admit(
     )
 
 
+def request_digest(body: dict[str, Any]) -> str:
+    """What identifies a request under an idempotency key: its JSON, keys sorted, so that
+    the same request sent again, however its keys were ordered, is the same one."""
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 #: What a new attempt under an idempotency key clears of the one before.
 _RESET = {
     "input_tokens": None,
@@ -397,11 +416,19 @@ _RESET = {
 
 
 def _earlier(
-    conn: Connection, user_id: str, idempotency_key: str, model: Model, stream: bool
+    conn: Connection,
+    user_id: str,
+    idempotency_key: str,
+    *,
+    model: Model,
+    stream: bool,
+    request_digest: str | None,
 ) -> tuple[Any, Admission | None]:
     """The call an earlier attempt with this key made, locked, and its replay when it
     finished having charged something; one that charged nothing (refused, or failed
-    before any output) is tried again; one still running is ``CallInProgress``."""
+    before any output) is tried again; one still running is ``CallInProgress``. Another
+    request under the key is ``IdempotencyConflict``: replaying the first one's answer
+    to it would answer a question it did not ask."""
     earlier = conn.execute(
         sa.select(llm_calls)
         .where(llm_calls.c.user_id == user_id, llm_calls.c.idempotency_key == idempotency_key)
@@ -411,6 +438,8 @@ def _earlier(
         return None, None
     if earlier.model != model.id or earlier.stream != stream:
         raise IdempotencyConflict(idempotency_key, "it named another model or mode")
+    if earlier.request_digest is not None and earlier.request_digest != request_digest:
+        raise IdempotencyConflict(idempotency_key, "it was used for another request")
     if earlier.status == CallStatus.PENDING.value:
         raise CallInProgress(idempotency_key)
     if earlier.charged > 0 or earlier.status == CallStatus.OK.value:

@@ -204,6 +204,7 @@ class Gateway:
             stream=stream,
             request_id=request_id,
             idempotency_key=idempotency_key,
+            digest=None if idempotency_key is None else calls.request_digest(body),
         )
         if admission.held == 0:
             return _replay(admission, stream)
@@ -237,6 +238,7 @@ class Gateway:
         stream: bool,
         request_id: str,
         idempotency_key: str | None,
+        digest: str | None,
     ) -> Admission:
         """The call admitted, its rate-limit hit counted once.
 
@@ -267,6 +269,7 @@ class Gateway:
                             request_id=request_id,
                             stream=stream,
                             idempotency_key=idempotency_key,
+                            request_digest=digest,
                             ttl_seconds=self.hold_ttl,
                             counter=counter,
                         )
@@ -289,6 +292,7 @@ class Gateway:
                 request_id=request_id,
                 stream=stream,
                 idempotency_key=idempotency_key,
+                request_digest=digest,
                 ttl_seconds=self.hold_ttl,
             )
 

@@ -54,6 +54,9 @@ llm_calls = sa.Table(
     sa.Column("request_id", sa.String(64), nullable=False),
     # The caller's Idempotency-Key: a retried call is charged once.
     sa.Column("idempotency_key", sa.String(255), nullable=True),
+    # The SHA-256 of the request a key was first used with (``calls.request_digest``): the
+    # same key with another request is a conflict, not a replay. NULL without a key.
+    sa.Column("request_digest", sa.String(64), nullable=True),
     # Attempts under one key: a retry after a call that charged nothing tries again.
     sa.Column("attempt", sa.Integer, nullable=False, server_default="1"),
     sa.Column("hold_id", Id, sa.ForeignKey("holds.id"), nullable=True),

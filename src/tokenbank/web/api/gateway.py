@@ -51,6 +51,8 @@ IdempotencyHeader = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
+        # An empty key is no key: it would name every call alike, and keep no reply.
+        min_length=1,
         max_length=255,
         description="A retried call with the same key is charged once.",
     ),
