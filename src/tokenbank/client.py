@@ -772,7 +772,9 @@ class TokenBank:
                 if response.status_code not in RETRY_STATUSES or attempt == retries:
                     return _answer(response)
                 wait = response.headers.get("retry-after", "")
-                if wait.isdigit():  # the service says when: as long as that, up to 5 s
+                if (
+                    wait.isascii() and wait.isdigit()
+                ):  # the service says when: as long as that, up to 5 s
                     time.sleep(min(int(wait), 5))
                     continue
             time.sleep(0.1 * 2**attempt)

@@ -88,6 +88,9 @@ def test_webhooks_list_and_replay_and_reconcile(store: Store, tokenbank: Run) ->
     assert store.balance()["available"] == 2200
     assert "unknown_event" in tokenbank("webhooks", "replay", "evt_nope", code=3)
     assert "use a number and a unit" in tokenbank("reconcile", "--since", "soon", code=2)
+    assert "use a number and a unit" in tokenbank("reconcile", "--since", "\u0663d", code=2)
+    for far in ("36501d", "999999d", "99999999999d", "9" * 40 + "s"):  # no clock goes there
+        assert "at most 36500d" in tokenbank("reconcile", "--since", far, code=2)
 
 
 def test_selling_commands_need_a_stripe_key(store: Store) -> None:

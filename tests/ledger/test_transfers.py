@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -10,6 +11,7 @@ from tests.ledger.factories import wallet
 from tokenbank import ledger
 from tokenbank.db import Database
 from tokenbank.ledger import TransferKind
+from tokenbank.ledger.inputs import MAX_METADATA_DEPTH
 from tokenbank.ledger.models import SystemAccount, entries, transfers
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
@@ -212,6 +214,25 @@ def test_bad_amounts_are_refused_before_touching_the_database(db: Database, amou
     assert bad.value.field == "amount" and bad.value.code == "validation_error"
 
 
+def _nested(depth: int) -> dict[str, Any]:
+    """An object ``depth`` levels deep, lists and objects by turns."""
+    value: Any = 1
+    for level in range(depth - 1):
+        value = [value] if level % 2 else {"k": value}
+    return {"top": value}
+
+
+def test_metadata_nests_up_to_its_limit(db: Database) -> None:
+    """As deep as the limit is kept as given, and read back (every reader of the history
+    writes it out again, so nothing deeper may be kept)."""
+    wallet(db, tokens=100)
+    deep = _nested(MAX_METADATA_DEPTH)
+    with db.transaction() as conn:
+        spent = ledger.spend(conn, user_id="alice", amount=1, idempotency_key="deep", metadata=deep)
+    with db.read() as conn:
+        assert ledger.get_transfer(conn, transfer_id=spent.transfer_id).metadata == deep
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [
@@ -226,6 +247,9 @@ def test_bad_amounts_are_refused_before_touching_the_database(db: Database, amou
         ("metadata", {"n": float("nan")}),
         ("metadata", {"big": "x" * 5000}),
         ("metadata", ["not", "an", "object"]),
+        ("metadata", {"x": "a\x00b"}),
+        ("metadata", _nested(MAX_METADATA_DEPTH + 1)),
+        ("metadata", _nested(5000)),  # deeper than any walk by recursion could go
         ("event_at", datetime(2026, 1, 1)),
     ],
 )

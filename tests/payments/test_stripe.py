@@ -32,6 +32,14 @@ def test_any_signature_header_is_read_or_refused(header: str | None) -> None:
     assert timestamp >= 0 and signatures
 
 
+@pytest.mark.parametrize("digits", ["\u00b2", "\uff11\uff12", "\u0663", "\u00b9\u00b2\u00b3"])
+def test_a_timestamp_of_other_digits_than_ascii_is_refused(digits: str) -> None:
+    """Digits ``str.isdigit`` takes and ``int`` may not (a superscript two arrives as
+    Latin-1 byte 0xB2): refused as malformed, never a ValueError."""
+    with pytest.raises(InvalidSignature):
+        parse_signature(f"t={digits},v1={V1}")
+
+
 @pytest.mark.parametrize(
     ("header", "expected"),
     [

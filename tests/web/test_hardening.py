@@ -194,6 +194,31 @@ def test_a_crash_is_a_500_problem_and_keeps_the_connection(db: Database) -> None
     assert "a bug" not in answer.text  # nothing of the error leaks
 
 
+def test_what_the_middleware_answers_itself_under_v1_has_openai_shape(db: Database) -> None:
+    """A crash, a NUL in the URL, a body over the limit: under the model gateway's paths
+    the answer is an error as OpenAI's SDK reads it, like every other answer there."""
+    app = create_app(SETTINGS, db=db, passwords=PASSWORDS)
+
+    def broken() -> None:
+        raise RuntimeError("a bug")
+
+    app.add_api_route("/v1/broken", broken)
+    with serving(app) as url, httpx.Client(base_url=url) as http:
+        crashed = http.get("/v1/broken")
+        nul = http.get("/v1/models%00")
+        big = http.post("/v1/chat/completions", content=b"x" * (SETTINGS.llm_max_body_bytes + 1))
+    for answer, status, code in (
+        (crashed, 500, "internal_error"),
+        (nul, 400, "invalid_request"),
+        (big, 413, "payload_too_large"),
+    ):
+        assert answer.status_code == status, answer.text
+        assert answer.headers["content-type"] == "application/json"
+        error = answer.json()["error"]
+        assert (error["code"], error["request_id"]) == (code, answer.headers["x-request-id"])
+        assert error["type"] and error["message"] and "a bug" not in answer.text
+
+
 def test_a_nul_in_the_url_is_a_400(client: TestClient, spender: dict[str, str]) -> None:
     for path in (
         "/api/v1/users/a%00b/balance",

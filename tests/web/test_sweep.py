@@ -35,6 +35,14 @@ from tokenbank.web.app import create_app
 from tokenbank.web.problems import MACHINE_PATHS
 from tokenbank.web.routing import UNSAFE_METHODS, PageRoute
 
+
+def _nested(depth: int) -> dict[str, Any]:
+    value: Any = "end"
+    for level in range(depth - 1):
+        value = [value] if level % 2 else {"k": value}
+    return {"deep": value}
+
+
 #: Text an attacker tries everywhere. (Unpaired surrogates are sent percent-encoded.)
 HOSTILE_TEXT = [
     "",
@@ -57,6 +65,16 @@ HOSTILE_TEXT = [
     "NaN",
     "null",
     "[]",
+    # Digits that str.isdigit() takes and int() may not: superscript, full-width, Arabic.
+    "²",
+    "\uff11\uff12",  # full-width 12
+    "٣",
+    # Days at the ends of the calendar, which arithmetic on them overflows.
+    "9999-12-31",
+    "0001-01-01",
+    # JSON inside a field: an escaped lone surrogate, nesting past any parser's patience.
+    '[{"role": "user", "content": "a\\ud800b"}]',
+    "[" * 5000,
 ]
 #: Percent-encoded forms no str can carry: a lone surrogate, invalid UTF-8, a NUL.
 RAW_ENCODED = ["%ED%A0%80", "%FF%FE", "%C0%80", "%00"]
@@ -78,6 +96,9 @@ HOSTILE_JSON: list[Any] = [
     "\ud800",
     "é",
     {"nested": {"deep": [1, 2, {"x": None}]}},
+    # Nesting at the limits: accepted and read back (40), refused (70, 300), and deeper
+    # than code walking it by recursion can go (900).
+    *(_nested(depth) for depth in (40, 70, 300, 900)),
 ]
 HOSTILE_HEADERS: list[dict[str, bytes]] = [
     {"authorization": b"Bearer \xff\xfe\x00"},
@@ -94,6 +115,9 @@ HOSTILE_HEADERS: list[dict[str, bytes]] = [
     {"hx-request": b"\xff"},
     {"accept": b"application/json\xff"},
     {"stripe-signature": b"t=\xff,v1=\x00"},
+    {"stripe-signature": b"t=\xb2,v1=" + b"a" * 64},  # a superscript two, in Latin-1
+    {"idempotency-key": b""},
+    {"idempotency-key": "é中".encode()},
     {"x-forwarded-for": b"\xff, not-an-ip"},
     {"content-type": b"application/json; charset=\xff"},
 ]
@@ -406,6 +430,15 @@ def test_no_input_reaches_a_500(seeded: Seeded) -> None:
         _sweep_route(sweep, route, method)
     for path in ("/openapi.json", "/static/tokenbank.css", "/static/%00", "/static/..%2F.."):
         sweep.send("GET", path, machine=True)
+    # Whatever the sweep got stored, every page and every read still answers: nothing
+    # accepted may break a later read of it (metadata too deep to write back out, say).
+    for route, method in routes:
+        if method == "GET":
+            sweep.send(
+                method,
+                _url(route, seeded.path_values),
+                machine=route.path.startswith(MACHINE_PATHS),
+            )
     assert not sweep.failures, "\n".join(sweep.failures[:30])
     assert sweep.answers > 4000
     # Deep enough: most requests got past authentication and CSRF to the code they aimed at.

@@ -174,7 +174,7 @@ def _locate(conn: Connection, renewal: Renewal) -> int | None:
     for metadata in (seen and seen.metadata, session and session.metadata):
         row_id = (metadata or {}).get("tokenbank_subscription_id", "")
         reference = (metadata or {}).get("tokenbank_reference", "")
-        if row_id.isdigit() and reference:
+        if row_id.isascii() and row_id.isdigit() and reference:
             lookups.append(
                 sa.and_(
                     subscriptions.c.id == int(row_id),

@@ -63,7 +63,7 @@ class Payment:
         ):
             value = (metadata or {}).get("tokenbank_purchase_id", "")
             reference = (metadata or {}).get("tokenbank_reference", "")
-            if value.isdigit() and reference:
+            if value.isascii() and value.isdigit() and reference:
                 return int(value), reference
         return None
 

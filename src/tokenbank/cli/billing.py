@@ -220,11 +220,18 @@ def webhooks_replay(ctx: typer.Context, event_id: str) -> None:
     out.print(f"{processed.event_id}: {processed.outcome}", highlight=False)
 
 
+#: The furthest back a window may reach: further has no payments, and no clock goes there.
+LONGEST_WINDOW = timedelta(days=36500)
+
+
 def parse_duration(text: str) -> timedelta:
     match = _DURATION.match(text.strip())
-    if match is None:
+    if match is None or not match.group(1).isascii():
         raise typer.BadParameter("use a number and a unit: 90m, 24h, 7d")
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    digits = match.group(1).lstrip("0") or "0"
+    if len(digits) > 9 or timedelta(**{_UNITS[match.group(2)]: int(digits)}) > LONGEST_WINDOW:
+        raise typer.BadParameter(f"at most {LONGEST_WINDOW.days}d")
+    return timedelta(**{_UNITS[match.group(2)]: int(digits)})
 
 
 def reconcile(

@@ -131,7 +131,11 @@ def read_card(*, number: str, expiry: str, cvc: str, now: datetime | None = None
     digits = re.sub(r"[\s-]", "", number or "")
     if not digits:
         raise CardInvalid("Your card number is incomplete.")
-    if not digits.isdigit() or not 12 <= len(digits) <= 19 or not luhn_valid(digits):
+    if (
+        not (digits.isascii() and digits.isdigit())
+        or not 12 <= len(digits) <= 19
+        or not luhn_valid(digits)
+    ):
         raise CardInvalid("Your card number is invalid.")
     match = re.fullmatch(r"\s*(\d{1,2})\s*/?\s*(\d{2}|\d{4})\s*", expiry or "")
     if not match:

@@ -67,7 +67,7 @@ def _listify(node: Any) -> Any:
     if isinstance(node, list):
         return [_listify(item) for item in node]
     if isinstance(node, dict):
-        if node and all(k.isdigit() for k in node):
+        if node and all(k.isascii() and k.isdigit() for k in node):
             return [_listify(node[k]) for k in sorted(node, key=int)]
         return {k: _listify(v) for k, v in node.items()}
     return node

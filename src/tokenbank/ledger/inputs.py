@@ -17,6 +17,7 @@ from tokenbank.ledger.models import MAX_FEATURE_LENGTH, MAX_KEY_LENGTH
 #: Per-operation ceiling: far above any real purchase, far below BIGINT overflow in sums.
 MAX_AMOUNT = 10**12
 MAX_METADATA_BYTES = 4096
+MAX_METADATA_DEPTH = 32
 MAX_DESCRIPTION_LENGTH = 1000
 
 
@@ -80,26 +81,34 @@ def check_metadata(metadata: object) -> dict[str, Any] | None:
         return None
     if not isinstance(metadata, Mapping) or not all(isinstance(k, str) for k in metadata):
         raise InvalidArgument("metadata", "must be an object with string keys")
+    _check_shape(metadata)  # before encoding, which would recurse as deep as it nests
     try:
         encoded = json.dumps(metadata, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidArgument("metadata", f"must be plain JSON ({exc})") from None
     if len(encoded.encode()) > MAX_METADATA_BYTES:
         raise InvalidArgument("metadata", f"must encode to at most {MAX_METADATA_BYTES} bytes")
-    if _holds_nul(metadata):  # PostgreSQL's JSONB cannot hold NUL
-        raise InvalidArgument("metadata", "must not contain NUL characters")
     loaded: dict[str, Any] = json.loads(encoded)
     return loaded
 
 
-def _holds_nul(value: object) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, Mapping):
-        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return any(_holds_nul(item) for item in value)
-    return False
+def _check_shape(metadata: Mapping[str, Any]) -> None:
+    """No NUL (PostgreSQL's JSONB cannot hold it) and at most ``MAX_METADATA_DEPTH`` levels
+    (every reader of the history must be able to write it back out), walked without
+    recursion so that no depth can break the walk itself."""
+    stack: list[tuple[object, int]] = [(metadata, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                raise InvalidArgument("metadata", "must not contain NUL characters")
+        elif isinstance(value, Mapping | list | tuple):
+            if depth > MAX_METADATA_DEPTH:
+                raise InvalidArgument(
+                    "metadata", f"must not nest more than {MAX_METADATA_DEPTH} levels"
+                )
+            inside = [*value.keys(), *value.values()] if isinstance(value, Mapping) else value
+            stack.extend((item, depth + 1) for item in inside)
 
 
 def check_event_at(event_at: object) -> datetime | None:

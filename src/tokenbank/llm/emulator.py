@@ -163,7 +163,7 @@ def _fault(state: State, request: Request) -> Fault | None:
     asked = request.headers.get("x-emulator-fault")
     if asked in FAULTS:
         after = request.headers.get("x-emulator-fault-after", "1")
-        return Fault(kind=asked, after=int(after) if after.isdigit() else 1)
+        return Fault(kind=asked, after=int(after) if after.isascii() and after.isdigit() else 1)
     if state.faults:
         fault = state.faults[0]
         fault.times -= 1

@@ -84,7 +84,7 @@ def usage(
         query = query.where(llm_calls.c.user_id == user_id)
     if since is not None:
         query = query.where(llm_calls.c.created_at >= _utc(since))
-    if until is not None:
+    if until is not None and until < date.max:  # the last day there is bounds nothing
         query = query.where(llm_calls.c.created_at < _utc(until + timedelta(days=1)))
     query = query.order_by(charged.desc(), group) if group_by == "user" else query.order_by(group)
     return [

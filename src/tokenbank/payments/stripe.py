@@ -757,7 +757,7 @@ def parse_signature(header: str | None) -> tuple[int, list[str]]:
         if key == "t":
             if timestamp is not None:
                 raise InvalidSignature("the Stripe-Signature header has more than one timestamp")
-            if not value.isdigit() or len(value) > 12:
+            if not (value.isascii() and value.isdigit()) or len(value) > 12:
                 raise InvalidSignature("the Stripe-Signature timestamp is not a number")
             timestamp = int(value)
         elif key == "v1":

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Callable, Iterator, Sequence
+from urllib.parse import quote
 
 from tokenbank import ledger
 from tokenbank.db import Database
@@ -25,6 +27,8 @@ COLUMNS = (
     "quantity",
 )
 BATCH = 500
+#: What a plain quoted filename may hold: printable ASCII but the quote and the backslash.
+_PLAIN = re.compile(r'[^\x20-\x7e]|["\\]')
 #: The first characters with which a spreadsheet program reads a cell as a formula.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -104,3 +108,14 @@ def history_csv_lines(
 def plain_description(item: ledger.HistoryItem) -> str:
     """A line's description as it was written (the API's export)."""
     return item.description or ""
+
+
+def attachment(filename: str) -> str:
+    """A ``Content-Disposition`` naming the download ``filename``, whatever it holds (a
+    user id may be any text): a plain name with every other character as ``_``, for old
+    clients, and the exact name encoded (RFC 6266, ``filename*``). A header must be
+    Latin-1, so the raw name in it would be a 500 for a name in Chinese."""
+    plain = _PLAIN.sub("_", filename)
+    if plain == filename:
+        return f'attachment; filename="{filename}"'
+    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(filename, safe='')}"

@@ -24,6 +24,7 @@ from tokenbank.db import Database
 from tokenbank.logs import REQUEST_ID
 from tokenbank.mail import retention
 from tokenbank.mail.models import STATUSES
+from tokenbank.web.problems import OPENAI_PATHS, openai_body
 from tokenbank.worker import states
 
 Scope = MutableMapping[str, Any]
@@ -286,12 +287,17 @@ _SERIAL = itertools.count()
 
 
 def _problem(
-    status: int, code: str, title: str, detail: str, request_id: str
+    status: int, code: str, title: str, detail: str, request_id: str, *, path: str
 ) -> tuple[Message, Message]:
     """A problem answer (RFC 9457) written by the middleware itself, for what it refuses
-    before the app runs and for the app's own crashes."""
-    body = json.dumps(
-        {
+    before the app runs and for the app's own crashes; under the model gateway's paths, an
+    error in OpenAI's shape, which its SDK reads."""
+    if path.startswith(OPENAI_PATHS):
+        kind = b"application/json"
+        found = openai_body(status, code, detail, request_id=request_id)
+    else:
+        kind = b"application/problem+json"
+        found = {
             "type": f"about:blank#{code}",
             "title": title,
             "status": status,
@@ -299,12 +305,12 @@ def _problem(
             "detail": detail,
             "request_id": request_id,
         }
-    ).encode()
+    body = json.dumps(found).encode()
     start = {
         "type": "http.response.start",
         "status": status,
         "headers": [
-            (b"content-type", b"application/problem+json"),
+            (b"content-type", kind),
             (b"content-length", str(len(body)).encode()),
         ],
     }
@@ -392,8 +398,9 @@ class Observe:
         answered = False  # a response start reached the client
         too_large = False  # the body went over the limit: the app's own answer is dropped
         extra = (*self.headers, (b"x-request-id", request_id.encode()))
-        static = scope["path"].startswith("/static/")
-        max_body = self.gateway_body if scope["path"].startswith("/v1/") else self.max_body
+        path: str = scope["path"]
+        static = path.startswith("/static/")
+        max_body = self.gateway_body if path.startswith(OPENAI_PATHS) else self.max_body
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, answered
@@ -418,13 +425,15 @@ class Observe:
                 await send_with_id(start)
                 await send_with_id(end)
 
-        if length is not None and length.isdigit() and int(length) > max_body:
-            await answer(*self._too_large(request_id, max_body))
+        if length is not None and length.isascii() and length.isdigit() and int(length) > max_body:
+            await answer(*self._too_large(request_id, max_body, path))
             self._record(scope, request_id, 413, started)
             return
         if "\x00" in scope["path"] or b"%00" in scope["query_string"].lower():
             detail = "the URL holds a NUL character"
-            await answer(*_problem(400, "invalid_request", "Bad request", detail, request_id))
+            await answer(
+                *_problem(400, "invalid_request", "Bad request", detail, request_id, path=path)
+            )
             self._record(scope, request_id, 400, started)
             return
         received = 0
@@ -446,24 +455,27 @@ class Observe:
             pass
         except Exception:
             route = getattr(scope.get("route"), "path", None)
-            path = route if route in SECRET_ROUTES else scope["path"]  # no token in the log
-            log.exception("unhandled_error", path=path, method=scope["method"])
+            shown = route if route in SECRET_ROUTES else path  # no token in the log
+            log.exception("unhandled_error", path=shown, method=scope["method"])
             if not too_large:
                 await answer(
-                    *_problem(500, "internal_error", "Internal error", CRASHED, request_id)
+                    *_problem(
+                        500, "internal_error", "Internal error", CRASHED, request_id, path=path
+                    )
                 )
         finally:
             if too_large:
-                await answer(*self._too_large(request_id, max_body))
+                await answer(*self._too_large(request_id, max_body, path))
             self._record(scope, request_id, status, started)
 
-    def _too_large(self, request_id: str, max_body: int) -> tuple[Message, Message]:
+    def _too_large(self, request_id: str, max_body: int, path: str) -> tuple[Message, Message]:
         return _problem(
             413,
             "payload_too_large",
             "Request too large",
             f"the body must be at most {max_body} bytes",
             request_id,
+            path=path,
         )
 
     def _record(self, scope: Scope, request_id: str, status: int, started: float) -> None:

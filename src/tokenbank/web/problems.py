@@ -148,6 +148,15 @@ _OPENAI_TYPES = {
 }
 
 
+def openai_body(
+    status: int, code: str, message: str, *, param: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    """The body of an OpenAI-shaped error with this status (``openai_error``; the request
+    middleware writes it too, for what it answers itself under ``OPENAI_PATHS``)."""
+    kind = _OPENAI_TYPES.get(status, "api_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code, **extra}}
+
+
 def openai_error(
     status: int,
     code: str,
@@ -160,8 +169,7 @@ def openai_error(
     """``{"error": {"message", "type", "param", "code"}}``: an error as OpenAI's API and
     SDK have it. A bad value is a 400 there (OpenAI's own status for one), not a 422."""
     status = 400 if status == 422 else status
-    kind = _OPENAI_TYPES.get(status, "api_error")
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code, **extra}}
+    body = openai_body(status, code, message, param=param, **extra)
     if status == 401:
         headers = {"WWW-Authenticate": "Bearer", **(headers or {})}
     return JSONResponse(body, status_code=status, headers=headers)

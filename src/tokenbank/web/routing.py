@@ -5,8 +5,9 @@
   form.
 - JSON with a repeated key (``{"amount": 1, "amount": 1000}``) is refused: a validator, a
   proxy and the business code must never be able to read different values. So is text that
-  no database can store (NUL, unpaired surrogates), nesting too deep to parse, and numbers
-  too long to read; each is a 422 with a clear message, never a 500.
+  no database can store (NUL, unpaired surrogates), arrays and objects nested more than
+  ``MAX_DEPTH`` levels, and numbers too long to read; each is a 422 with a clear message,
+  never a 500.
 - Form fields get the same text rule.
 
 ``PageRoute`` adds CSRF, checked for every unsafe method of every page.
@@ -33,6 +34,11 @@ JSON_TYPES = ("application/json",)
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+#: How deep a body's arrays and objects may nest. Python's parser stops near 1,000 levels,
+#: but code that walks a document (a validator, an encoder writing it back out) gives up far
+#: sooner, and a body accepted must stay readable wherever it goes. No request of tokenbank's
+#: API, nor of the model gateway (tool schemas included), comes near this.
+MAX_DEPTH = 64
 
 
 def _body_media_type(request: Request) -> str | None:
@@ -64,19 +70,20 @@ def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return found
 
 
-def _check_text(value: Any) -> None:
-    """Walk a parsed document; ``ValueError`` on text no database can store."""
-    stack = [value]
+def _check_document(value: Any) -> None:
+    """Walk a parsed document; ``ValueError`` on text no database can store, or on nesting
+    deeper than ``MAX_DEPTH``."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
-        item = stack.pop()
+        item, depth = stack.pop()
         if isinstance(item, str):
             if UNSTORABLE.search(item):
                 raise ValueError("text must not contain NUL or unpaired surrogate characters")
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
+        elif isinstance(item, dict | list):
+            if depth > MAX_DEPTH:
+                raise ValueError(f"the JSON is nested too deeply (at most {MAX_DEPTH} levels)")
+            inside = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in inside)
 
 
 def loads(body: bytes) -> Any:
@@ -87,7 +94,7 @@ def loads(body: bytes) -> Any:
         raise _invalid("the body is not UTF-8", "") from exc
     try:
         value = json.loads(text, object_pairs_hook=_pairs)
-        _check_text(value)
+        _check_document(value)
     except json.JSONDecodeError:
         raise
     except RecursionError as exc:

@@ -40,7 +40,8 @@ Key = Annotated[
 ]
 Description = Annotated[str | None, Field(default=None, max_length=MAX_DESCRIPTION_LENGTH)]
 Metadata = Annotated[
-    dict[str, Any] | None, Field(default=None, description="Up to 4 KB of JSON, kept as given.")
+    dict[str, Any] | None,
+    Field(default=None, description="Up to 4 KB of JSON, nested at most 32 levels, kept as given."),
 ]
 
 

@@ -7,6 +7,7 @@ import io
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -165,6 +166,24 @@ def test_balance_counts_an_expired_hold_as_released(
     time.sleep(1.1)
     after = client.get("/api/v1/users/alice/balance", headers=spender).json()
     assert (after["available"], after["held"], after["balance"]) == (100, 0, 100)
+
+
+def test_csv_export_of_a_user_with_any_id_names_its_file(
+    client: TestClient, admin: dict[str, str], spender: dict[str, str], reader: dict[str, str]
+) -> None:
+    """A user id is any text; a header is Latin-1. The file's name keeps the id exactly
+    in ``filename*`` (RFC 6266), with a plain fallback, and never fails the export."""
+    for user_id, plain in (("用户", "history-__.csv"), ('a"b', "history-a_b.csv")):
+        url = f"/api/v1/users/{quote(user_id, safe='')}"
+        assert client.put(url, json={}, headers=spender).status_code == 200
+        grant = {"amount": 5, "reason": "welcome", "idempotency_key": f"g-{user_id}"}
+        assert client.post(f"{url}/grants", json=grant, headers=admin).status_code == 201
+        exported = client.get(f"{url}/history.csv", headers=reader)
+        assert exported.status_code == 200, exported.text
+        disposition = exported.headers["content-disposition"]
+        assert f'filename="{plain}"' in disposition
+        assert f"filename*=UTF-8''{quote(f'history-{user_id}.csv', safe='')}" in disposition
+        assert "welcome" in exported.text
 
 
 def test_csv_export_defuses_formulas_as_the_pages_do(

@@ -75,8 +75,38 @@ def test_a_key_is_shown_once_listed_by_prefix_and_revoked(browser: TestClient) -
     assert "revoked" in revoked.text
     refused = browser.get("/v1/models", headers={"Authorization": f"Bearer {secret.group(1)}"})
     assert refused.status_code == 401
-    bad = browser.post("/keys", data={"name": "x", "daily_cap": "lots", "csrf_token": token})
-    assert bad.status_code == 422 and "whole number of tokens" in bad.text
+    for cap in ("lots", "\u00b2", "\uff11\uff12", "\u0663"):  # other digits than 0-9 too
+        bad = browser.post("/keys", data={"name": "x", "daily_cap": cap, "csrf_token": token})
+        assert bad.status_code == 422 and "whole number of tokens" in bad.text, cap
+
+
+@pytest.mark.parametrize(
+    "history",
+    [
+        '[{"role": "user", "content": "a\\ud800b"}]',  # an escaped lone surrogate
+        '[{"role": "user", "content": "a\\u0000b"}]',  # an escaped NUL
+        '[{"role": "user", "role": "assistant", "content": "x"}]',  # a repeated key
+        "[" * 5000,
+        '[{"role": "user", "content": ' + "[" * 100 + "]" * 100 + "}]",
+    ],
+)
+def test_a_conversation_the_page_cannot_read_is_refused_before_any_call(
+    browser: TestClient, db: Database, emulator: str, history: str
+) -> None:
+    """The conversation the chat page keeps comes back in a form field: it is read as
+    strictly as any JSON body, and refused (422, nothing charged, nothing sent) when it is
+    not what the page wrote."""
+    user = new_user(browser)
+    _tokens(db, user, 1_000)
+    token = form_token(browser, "/chat")
+    for path in ("/chat", "/chat/stream"):
+        answer = browser.post(
+            path,
+            data={"model": "chatty", "prompt": "hi", "history": history, "csrf_token": token},
+        )
+        assert answer.status_code == 422, (path, answer.text[:300])
+    with db.read() as conn:
+        assert ledger.balance(conn, user_id=user).balance == 1_000
 
 
 def test_the_chat_page_answers_charges_and_says_so_in_the_history(

@@ -32,7 +32,7 @@ from tokenbank.web.deps import (
     Spender,
     UserId,
 )
-from tokenbank.web.exports import history_csv_lines
+from tokenbank.web.exports import attachment, history_csv_lines
 from tokenbank.web.routing import StrictRoute
 from tokenbank.web.runtime import Runtime, runtime
 from tokenbank.web.schemas import (
@@ -296,9 +296,8 @@ def history_csv(
     """Every transfer of the wallet as CSV (the pages' export's columns), newest first,
     streamed."""
     lines = history_csv_lines(db, user_id=user_id, kinds=kind)
-    filename = f"history-{user_id}.csv".replace('"', "")
     return StreamingResponse(
         lines,
         media_type="text/csv; charset=utf-8",
-        headers={"content-disposition": f'attachment; filename="{filename}"'},
+        headers={"content-disposition": attachment(f"history-{user_id}.csv")},
     )

@@ -9,7 +9,6 @@ streams, then its cost and the new balance.
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 from functools import partial
 from typing import Annotated, Any
@@ -29,7 +28,7 @@ from tokenbank.web.deps import Lang, PageAdmin, PageUser, RowId, RuntimeDep
 from tokenbank.web.i18n import Language
 from tokenbank.web.problems import status_of
 from tokenbank.web.render import redirect
-from tokenbank.web.routing import PageRoute
+from tokenbank.web.routing import PageRoute, loads
 from tokenbank.web.runtime import Runtime
 from tokenbank.web.texts import error_text
 
@@ -104,7 +103,7 @@ async def create_key(
     try:
         cap = None
         if daily_cap.strip():
-            if not daily_cap.strip().isdigit():
+            if not (daily_cap.strip().isascii() and daily_cap.strip().isdigit()):
                 raise InvalidArgument("daily_cap", "a whole number of tokens")
             cap = int(daily_cap.strip())
 
@@ -150,8 +149,8 @@ def _conversation(model: str, prompt: str, history: str) -> dict[str, Any]:
         raise InvalidArgument("prompt", "write a message")
     messages: list[dict[str, str]] = []
     if history.strip():
-        try:
-            earlier = json.loads(history)
+        try:  # as strictly as any body: no repeated keys, no unstorable text, no deep nesting
+            earlier = loads(history.encode("utf-8", "surrogatepass"))
         except ValueError:
             earlier = None
         if not isinstance(earlier, list) or not all(

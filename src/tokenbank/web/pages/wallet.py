@@ -16,7 +16,7 @@ from tokenbank.billing.catalog import Catalog
 from tokenbank.db import Database
 from tokenbank.errors import NoSubscription, UnknownPurchase
 from tokenbank.web.deps import DatabaseDep, Lang, PagesDep, PageUser, QueryRowId, Visitor
-from tokenbank.web.exports import cell, history_csv_lines, history_page
+from tokenbank.web.exports import attachment, cell, history_csv_lines, history_page
 from tokenbank.web.routing import PageRoute
 from tokenbank.web.runtime import runtime
 from tokenbank.web.security import PAGE_HEADERS
@@ -160,7 +160,7 @@ async def history_csv(
     return StreamingResponse(
         lines,
         media_type="text/csv; charset=utf-8",
-        headers={**PAGE_HEADERS, "Content-Disposition": f'attachment; filename="{name}"'},
+        headers={**PAGE_HEADERS, "Content-Disposition": attachment(name)},
     )
 
 
