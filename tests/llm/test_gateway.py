@@ -24,8 +24,13 @@ import openai
 import pytest
 import sqlalchemy as sa
 from openai.types.chat import ChatCompletionMessageParam
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from tests.processes import REPO, Process, clean_env, free_ports, model_emulator, wait_until_up
+from tests.servers import serving
 from tests.web.test_sweep import HOSTILE_JSON
 from tokenbank import apikeys, ledger
 from tokenbank.apikeys import Scope
@@ -663,3 +668,61 @@ def test_a_stream_still_running_at_shutdown_is_cancelled_after_the_grace_and_cha
         assert 3 <= call.output_tokens < 100
         assert call.charged == bound + 2 * call.output_tokens
         assert service.balance("sol") == 1_000 - call.charged
+
+
+def _hostile_upstream(replies: list[tuple[int, bytes, str]]) -> Starlette:
+    """An upstream that answers each call with the next of ``replies`` (status, body,
+    media type), whatever was asked."""
+    waiting = list(replies)
+
+    async def complete(request: Request) -> Response:
+        await request.body()
+        status, body, kind = waiting.pop(0)
+        return Response(body, status_code=status, media_type=kind)
+
+    async def ok(request: Request) -> Response:
+        return Response(b"{}", media_type="application/json")
+
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", complete, methods=["POST"]),
+            Route("/_emulator/reset", ok, methods=["POST"]),
+            Route("/_emulator/config", ok, methods=["POST"]),
+        ]
+    )
+
+
+def test_an_upstream_answering_json_nested_past_reading_costs_no_500(
+    db: Database, tmp_path: Path
+) -> None:
+    """An upstream is read as carefully as a client: a reply, an error or a stream's chunk
+    nested deeper than a parser goes is an unreadable reply (502, nothing charged), an
+    error passed on as text, a chunk dropped; never a 500."""
+    deep = b'{"a":' * 5000 + b"1" + b"}" * 5000
+    usage_chunk = b'{"usage": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    stream = b"data: " + usage_chunk + b"\n\ndata: [DONE]\n\n"
+    upstream = _hostile_upstream(
+        [
+            (200, deep, "application/json"),
+            (400, deep, "application/json"),
+            (200, stream, "text/event-stream"),
+        ]
+    )
+    with serving(upstream) as url, _serve(db, url, tmp_path) as service:
+        key = service.user("oz", 1_000)
+        headers = {"Authorization": f"Bearer {key}"}
+        with httpx.Client(base_url=service.url, headers=headers, timeout=30) as http:
+            whole = http.post("/v1/chat/completions", json={"model": "test-model", "messages": ASK})
+            refused = http.post(
+                "/v1/chat/completions", json={"model": "test-model", "messages": ASK}
+            )
+            streamed = http.post(
+                "/v1/chat/completions",
+                json={"model": "test-model", "messages": ASK, "stream": True},
+            )
+        assert whole.status_code == 502 and whole.json()["error"]["code"], whole.text
+        assert refused.status_code == 400 and refused.json()["error"]["message"], refused.text
+        assert streamed.status_code == 200 and "[DONE]" in streamed.text
+        calls = service.calls("oz")
+        assert all(c.status != "pending" for c in calls)
+        assert service.balance("oz") == 1_000 - sum(c.charged for c in calls) >= 0

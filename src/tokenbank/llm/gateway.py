@@ -447,7 +447,7 @@ class Gateway:
             raise UpstreamError(f"the upstream of {model.id} failed with status {status}")
         try:
             body = json.loads(content)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past reading
             body = {
                 "error": {
                     "message": content.decode("utf-8", "replace")[:500],
@@ -480,7 +480,7 @@ class Gateway:
             return await self._refused_upstream(admission, model, started, status, content)
         try:
             body = json.loads(content)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past reading
             body = None
         if not isinstance(body, dict) or "choices" not in body:
             await self._settle(
@@ -637,7 +637,7 @@ class _Relay:
         if b'"error"' in data or _USAGE.search(data):
             try:
                 chunk = json.loads(data)
-            except ValueError:
+            except (ValueError, RecursionError):
                 return None, False
             if not isinstance(chunk, dict):
                 return None, False
