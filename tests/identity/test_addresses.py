@@ -489,6 +489,28 @@ def test_a_new_password_voids_a_pending_change_of_address(db: Database) -> None:
     assert _user(db, ann).email == ANN
 
 
+def test_a_move_confirmed_voids_the_links_of_every_earlier_request(db: Database) -> None:
+    """A mistyped address asked for, then the right one, and the right link followed: the
+    mistyped one's link, still unused and unexpired, must not move the account to whoever
+    holds that address (nor back and forth between two links)."""
+    ann = _register(db)
+    for address in ("ann@exmaple.com", "ann@right.example"):
+        identity.request_email_change(
+            db,
+            signed_in=_me(db),
+            email=address,
+            password=PASSWORD,
+            passwords=PASSWORDS,
+            language="en",
+        )
+    typo, right = delivered(db, "email_change")
+    assert (typo.to, right.to) == ("ann@exmaple.com", "ann@right.example")
+    assert identity.confirm_email_change(db, token=right.token(CHANGE)) == ann
+    with pytest.raises(InvalidEmailLink):
+        identity.confirm_email_change(db, token=typo.token(CHANGE))
+    assert _user(db, ann).email == "ann@right.example"
+
+
 def test_a_change_of_address_needs_the_password(db: Database) -> None:
     ann = _register(db)
     me = _me(db)

@@ -52,9 +52,7 @@ def link_token(conn: Connection, *, kind: str, user_id: str | None, to: str) -> 
             raise NotNeeded
         stamp = links.password_stamp(row.password_hash)
         return links.issue(conn, purpose="reset", user_id=row.id, email=row.email, stamp=stamp)
-    # Bound to the password too: choosing a new one (what a user does who sees a move
-    # they did not ask for) voids it.
-    stamp = links.password_stamp(row.password_hash)
+    stamp = links.move_stamp(row.password_hash, row.email)
     return links.issue(conn, purpose="email", user_id=row.id, email=to, stamp=stamp)
 
 
@@ -250,9 +248,9 @@ def request_email_change(
 
 def confirm_email_change(db: Database, *, token: str) -> str:
     """Move the account to the address the link was sent to, confirmed, and tell the old
-    address; returns the account's id. ``InvalidEmailLink`` also when the password changed
-    since the link was sent; ``EmailTaken`` if another account took the address
-    meanwhile."""
+    address; returns the account's id. ``InvalidEmailLink`` also when the password or the
+    account's address changed since the link was sent (``links.move_stamp``);
+    ``EmailTaken`` if another account took the address meanwhile."""
     try:
         return _confirm_email_change(db, token)
     except sa.exc.IntegrityError:  # another account took it in the same instant
@@ -263,7 +261,7 @@ def _confirm_email_change(db: Database, token: str) -> str:
     with db.transaction() as conn:
         link = links.use(conn, purpose="email", token=token)
         row = _user(conn, link.user_id)
-        if row is None or links.password_stamp(row.password_hash) != link.password_stamp:
+        if row is None or links.move_stamp(row.password_hash, row.email) != link.password_stamp:
             raise InvalidEmailLink
         address = emails.parse(link.email)
         owner = users.holder(conn, address)

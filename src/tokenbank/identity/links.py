@@ -47,6 +47,15 @@ def password_stamp(password_hash: str | None) -> str:
     return hashlib.sha256((password_hash or "").encode()).hexdigest()
 
 
+def move_stamp(password_hash: str | None, email: str | None) -> str:
+    """What binds an address-change link to the account as it was when the link was sent:
+    a new password (what a user does who sees a move they did not ask for) or any other
+    address since (a later change confirmed first, say) voids it. Otherwise the link of
+    a mistyped address, asked for and corrected, could still move the account there."""
+    bound = f"{password_hash or ''}\n{email or ''}"
+    return hashlib.sha256(bound.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def issue(
     conn: Connection,
     *,

@@ -49,7 +49,8 @@ rate_limits = sa.Table(
 #: Links sent by mail: confirm an address, reset a password, change the address. The link
 #: carries 256 random bits; only their SHA-256 is stored. ``email`` is the address the link
 #: was sent to (it must still be the account's, or the new one for a change);
-#: ``password_stamp`` binds a reset link to the password it replaces.
+#: ``password_stamp`` binds a reset link to the password it replaces, and a change of
+#: address to the password and the address the account had (``links.move_stamp``).
 email_links = sa.Table(
     "email_links",
     metadata,
