@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tokenbank.errors import ConfigurationError
@@ -169,7 +169,17 @@ class Settings(BaseSettings):
         ``var/.env`` that ``make run`` wrote (the emulator's address and keys), so a second
         terminal's commands reach the instance it started. Stripe's settings thus come
         together from one source: a key of yours is never paired with the emulator's
-        address. ``TOKENBANK_ENV_FILE`` names the files instead."""
+        address. ``TOKENBANK_ENV_FILE`` names the files instead. A value that is not valid
+        is a ``ConfigurationError`` naming every such setting."""
+        try:
+            return cls._load(environ)
+        except ValidationError as exc:
+            raise ConfigurationError(_describe(exc)) from None
+        except OSError as exc:  # an env file that is a directory, or not readable
+            raise ConfigurationError(f"{exc.filename}: {exc.strerror or exc}") from None
+
+    @classmethod
+    def _load(cls, environ: Mapping[str, str] | None) -> Settings:
         named = env_files(environ)
         if named is not None:
             return cls(_env_file=named)
@@ -274,3 +284,18 @@ def _kept_secret(var_dir: Path) -> str:
     if len(value) < 32:
         raise ConfigurationError(f"{path} holds fewer than 32 characters")
     return value
+
+
+def _describe(exc: ValidationError) -> str:
+    """Each setting that is not valid, by the name it is set under, and why."""
+    found = []
+    for error in exc.errors():
+        if not error["loc"]:  # about the settings together
+            found.append(error["msg"])
+            continue
+        name = ".".join(str(part) for part in error["loc"])
+        field = Settings.model_fields.get(name)
+        alias = None if field is None else field.validation_alias
+        shown = alias.choices[0] if isinstance(alias, AliasChoices) else f"TOKENBANK_{name}"
+        found.append(f"{str(shown).upper()}: {error['msg']}")
+    return "invalid settings: " + "; ".join(found)

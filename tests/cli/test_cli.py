@@ -227,3 +227,66 @@ def test_a_grant_may_expire_and_be_a_promotion(tokenbank: object, db: Database) 
     assert "expires_in_days" in refused
     refused = run("grant", "alice", "1", "--reason", "r", "--source", "trial", code=2)  # type: ignore[operator]
     assert "--source" in refused
+
+
+#: A row id no 64-bit column holds, and bytes that are not UTF-8 (Python reads them as lone
+#: surrogates, which no database driver encodes).
+TOO_BIG = str(2**63)
+NOT_UTF8 = os.fsdecode(b"\xed\xa0\x80")
+
+#: Every command that takes an id or text given to the database, with each hostile value
+#: where it goes; and settings that are not valid.
+HOSTILE_COMMANDS: list[tuple[list[str], dict[str, str]]] = [
+    (["apikeys", "revoke", TOO_BIG], {}),
+    (["mail", "retry", TOO_BIG], {}),
+    (["refund", TOO_BIG, "--key", "r1"], {}),
+    (["purchases", "resolve", TOO_BIG, "credit", "--reason", "x"], {}),
+    (["history", "alice", "--before", TOO_BIG], {}),
+    (["balance", NOT_UTF8], {}),
+    (["users", "admin", NOT_UTF8], {}),
+    (["users", "sign-out", NOT_UTF8], {}),
+    (["webhooks", "replay", NOT_UTF8], {}),
+    (["mail", "list", "--to", NOT_UTF8], {}),
+    (["refund", "--key", "r9", "--of", NOT_UTF8], {}),
+    (["spend", "alice", "1", "--key", "sd1", "--description", NOT_UTF8], {}),
+    (["grant", "alice", "10", "--reason", "x", "--key", NOT_UTF8], {}),
+    (["reconcile", "--since", "99999999999d"], {}),
+    (["db", "upgrade", "--revision", "bogus"], {}),
+    (["db", "upgrade", "--revision", ""], {}),
+    (["balance", "alice"], {"TOKENBANK_ENV": "staging"}),
+    (["balance", "alice"], {"TOKENBANK_DATABASE_POOL_SIZE": "abc"}),
+    (["serve"], {"TOKENBANK_DATABASE_POOL_SIZE": "0"}),
+    (["serve"], {"TOKENBANK_LOG_LEVEL": "verbose"}),
+    (["packages", "check"], {"TOKENBANK_CATALOG": "/"}),
+    (["models", "check"], {"TOKENBANK_MODELS": "/"}),
+    (["db", "check"], {"TOKENBANK_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none"}),
+]
+
+
+@pytest.mark.parametrize(("args", "env"), HOSTILE_COMMANDS)
+def test_a_hostile_argument_or_setting_is_a_clean_error(
+    db: Database, tmp_path: Path, args: list[str], env: dict[str, str]
+) -> None:
+    """Run as an operator runs it, each command refuses what it cannot take with a line
+    saying why and its exit status (2 bad input, 9 configuration, 10 database), never a
+    traceback, and changes nothing."""
+    environ = {
+        **os.environ,
+        "TOKENBANK_DATABASE_URL": db.url.render_as_string(hide_password=False),
+        "STRIPE_SECRET_KEY": "sk_test_unused",
+        "STRIPE_API_BASE": "http://127.0.0.1:1",
+        **env,
+    }
+    done = subprocess.run(
+        [TOKENBANK, *args],
+        env=environ,
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    output = (done.stdout + done.stderr).decode("utf-8", "replace")
+    assert "Traceback" not in output, output
+    assert done.returncode in (2, 3, 9, 10), (done.returncode, output)
+    with db.read() as conn:
+        assert ledger.verify(conn).ok

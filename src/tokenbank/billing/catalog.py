@@ -145,6 +145,8 @@ def load_catalog(path: Path) -> Catalog:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CatalogError(str(path), ["file not found"]) from None
+    except OSError as exc:  # a directory, no permission...
+        raise CatalogError(str(path), [f"cannot be read: {exc.strerror or exc}"]) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise CatalogError(str(path), [f"not valid TOML: {exc}"]) from None
     return parse_catalog(raw, source=str(path))

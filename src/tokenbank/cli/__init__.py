@@ -11,8 +11,9 @@ import typer
 from tokenbank.cli import billing as billing_cli
 from tokenbank.cli import database, demo, mail, maintenance, models, service, tokens, users
 from tokenbank.cli import worker as worker_cli
-from tokenbank.cli.common import Context
+from tokenbank.cli.common import Context, exit_code, reported, show_error
 from tokenbank.config import Settings
+from tokenbank.errors import InvalidArgument
 from tokenbank.logs import configure_logging
 
 app = typer.Typer(
@@ -50,7 +51,8 @@ app.command("worker")(worker_cli.worker_command)
 
 @app.callback()
 def _main(ctx: typer.Context) -> None:
-    settings = Settings.load()
+    with reported():
+        settings = Settings.load()
     # Money events a command causes are logged on stderr: stdout is the command's output.
     # (A program that configured logging itself, and calls the command line, keeps its own.)
     if not structlog.is_configured():
@@ -60,5 +62,18 @@ def _main(ctx: typer.Context) -> None:
 
 
 def main() -> None:
+    if not all(_text(arg) for arg in sys.argv[1:]):
+        # Bytes that are not UTF-8 reach Python as lone surrogates, which no database takes.
+        unreadable = InvalidArgument("arguments", "must be UTF-8 text")
+        show_error(unreadable)
+        sys.exit(exit_code(unreadable))
     app(prog_name="tokenbank")
     sys.exit(0)
+
+
+def _text(arg: str) -> bool:
+    try:
+        arg.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -20,7 +20,7 @@ from tokenbank.billing import Billing, PaymentsNotConfigured
 from tokenbank.billing.catalog import catalog_warnings, load_catalog
 from tokenbank.billing.money import format_amount
 from tokenbank.billing.plans import Interval
-from tokenbank.cli.common import context, err, out, reported, to_json
+from tokenbank.cli.common import RowId, context, err, out, reported, to_json
 from tokenbank.columns import utcnow
 from tokenbank.emulator import serve
 
@@ -307,7 +307,7 @@ def purchases_review(
 @purchases_app.command("resolve")
 def purchases_resolve(
     ctx: typer.Context,
-    purchase_id: int,
+    purchase_id: RowId,
     decision: Annotated[
         billing.ReviewDecision,
         typer.Argument(

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NoReturn, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -18,6 +18,11 @@ from tokenbank.db import Database, database_from_settings, unavailable
 from tokenbank.errors import TokenbankError
 
 T = TypeVar("T")
+
+#: The largest row id a database holds (a 64-bit integer): a larger one names nothing, and
+#: is refused as an argument rather than sent to the database.
+MAX_ROW_ID = 2**63 - 1
+RowId = Annotated[int, typer.Argument(min=1, max=MAX_ROW_ID)]
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -129,6 +134,11 @@ def reported() -> Iterator[None]:
 
 
 def fail(exc: TokenbankError) -> NoReturn:
+    show_error(exc)
+    raise typer.Exit(exit_code(exc))
+
+
+def show_error(exc: TokenbankError) -> None:
     message = str(exc)
     if isinstance(exc, errors.InsufficientTokens):
         message = (
@@ -136,7 +146,6 @@ def fail(exc: TokenbankError) -> NoReturn:
             f" {exc.requested} needed. Nothing was spent."
         )
     err.print(f"[bold red]error[/] ({exc.code}): {message}", highlight=False)
-    raise typer.Exit(exit_code(exc))
 
 
 def to_json(value: Any) -> str:

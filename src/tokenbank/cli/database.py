@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typer
+from alembic.util import CommandError
 
 from tokenbank import migrations
 from tokenbank.cli.common import context, err, out, reported
@@ -23,9 +24,10 @@ def db_upgrade(ctx: typer.Context, revision: str = "head") -> None:
 def db_check(ctx: typer.Context) -> None:
     """Fail unless the database is at the newest revision and matches the models."""
     db = context(ctx).db
-    try:
-        migrations.check(db)
-    except Exception as exc:  # alembic raises its own CommandError family
-        err.print(f"[bold red]error[/]: {exc}", highlight=False)
-        raise typer.Exit(1) from None
+    with reported():  # a database that is down is database_unavailable, as everywhere
+        try:
+            migrations.check(db)
+        except CommandError as exc:  # behind, or the tables and the migrations differ
+            err.print(f"[bold red]error[/]: {exc}", highlight=False)
+            raise typer.Exit(1) from None
     out.print(f"database at revision {migrations.current_revision(db)}; models match migrations")

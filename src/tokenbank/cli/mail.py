@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from tokenbank import mail
-from tokenbank.cli.common import context, err, out, reported
+from tokenbank.cli.common import RowId, context, err, out, reported
 from tokenbank.config import with_secrets
 from tokenbank.mail.models import STATUSES
 from tokenbank.web.letters import mail_sender
@@ -59,7 +59,7 @@ def mail_send(ctx: typer.Context) -> None:
 
 
 @mail_app.command("retry")
-def mail_retry(ctx: typer.Context, mail_id: int) -> None:
+def mail_retry(ctx: typer.Context, mail_id: RowId) -> None:
     """Send a failed mail again (once its cause, an address or the server, is fixed). A
     mail older than three days is tried once: at its first setback it fails again."""
     with reported():

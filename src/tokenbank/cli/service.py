@@ -11,7 +11,7 @@ from rich.table import Table
 
 from tokenbank import apikeys
 from tokenbank.apikeys import Scope
-from tokenbank.cli.common import context, err, out, reported, run
+from tokenbank.cli.common import RowId, context, err, out, reported, run
 from tokenbank.config import with_secrets
 from tokenbank.logs import configure_logging
 from tokenbank.web.app import check_schema, create_app, settle_process
@@ -91,7 +91,7 @@ def apikeys_list(ctx: typer.Context) -> None:
 
 
 @apikeys_app.command("revoke")
-def apikeys_revoke(ctx: typer.Context, key_id: int) -> None:
+def apikeys_revoke(ctx: typer.Context, key_id: RowId) -> None:
     """Revoke API key KEY_ID; requests with it fail within seconds."""
     key = run(ctx, lambda conn: apikeys.revoke_key(conn, key_id=key_id))
     out.print(f"revoked API key {key.id} ({key.name})")

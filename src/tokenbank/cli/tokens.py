@@ -14,7 +14,7 @@ from rich.table import Table
 from sqlalchemy.engine import Connection
 
 from tokenbank import grants, ledger
-from tokenbank.cli.common import context, out, reported, run, to_json
+from tokenbank.cli.common import MAX_ROW_ID, context, out, reported, run, to_json
 from tokenbank.columns import utcnow
 from tokenbank.errors import InvalidArgument
 
@@ -105,7 +105,8 @@ def refund(
     ctx: typer.Context,
     key: Annotated[str, typer.Option(help="Idempotency key; rerunning with it refunds once.")],
     transfer_id: Annotated[
-        int | None, typer.Argument(help="The spend's transfer id (or --of its key).")
+        int | None,
+        typer.Argument(help="The spend's transfer id (or --of its key).", min=1, max=MAX_ROW_ID),
     ] = None,
     of: Annotated[
         str | None, typer.Option("--of", help="The idempotency key the spend was made with.")
@@ -183,7 +184,8 @@ def history(
         list[ledger.TransferKind] | None, typer.Option(help="Only these kinds (repeatable).")
     ] = None,
     before: Annotated[
-        int | None, typer.Option(help="Cursor from a previous page: older lines only.")
+        int | None,
+        typer.Option(help="Cursor from a previous page: older lines only.", min=1, max=MAX_ROW_ID),
     ] = None,
 ) -> None:
     """Show USER_ID's transfers, newest first."""

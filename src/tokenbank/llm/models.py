@@ -101,6 +101,8 @@ def load_models(path: Path, *, env: Mapping[str, str]) -> ModelCatalog:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CatalogError(str(path), ["no such file"]) from None
+    except OSError as exc:  # a directory, no permission...
+        raise CatalogError(str(path), [f"cannot be read: {exc.strerror or exc}"]) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise CatalogError(str(path), [f"not valid TOML: {exc}"]) from None
     return parse_models(raw, source=str(path), env=env)

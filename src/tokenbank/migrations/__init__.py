@@ -8,9 +8,10 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 
 from tokenbank.db import Database
-from tokenbank.errors import SchemaOutOfDate
+from tokenbank.errors import InvalidArgument, SchemaOutOfDate
 
 
 def alembic_config(db: Database) -> Config:
@@ -21,7 +22,15 @@ def alembic_config(db: Database) -> Config:
 
 
 def upgrade(db: Database, revision: str = "head") -> None:
-    command.upgrade(alembic_config(db), revision)
+    """Apply migrations up to ``revision``; ``InvalidArgument`` for one no migration has."""
+    config = alembic_config(db)
+    if not revision.strip():
+        raise InvalidArgument("revision", "name a revision, or head")
+    try:
+        ScriptDirectory.from_config(config).get_revision(revision)
+    except (CommandError, ValueError) as exc:  # alembic's resolution errors are both kinds
+        raise InvalidArgument("revision", f"no such revision: {exc}") from None
+    command.upgrade(config, revision)
 
 
 def check(db: Database) -> None:
