@@ -228,9 +228,14 @@ def known_time_zone(name: str | None) -> bool:
     return name is not None and name in available_time_zones()
 
 
+#: Names a system's zone database may list that are not zones of a place: "localtime" is
+#: the server's own zone, whatever it is; the others are files of the database itself.
+NOT_ZONES = frozenset({"localtime", "posixrules", "Factory", "leapseconds", "tzdata.zi"})
+
+
 @cache
 def available_time_zones() -> frozenset[str]:
-    return frozenset(zoneinfo.available_timezones())
+    return frozenset(zoneinfo.available_timezones()) - NOT_ZONES
 
 
 @cache
