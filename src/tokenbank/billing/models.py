@@ -178,7 +178,7 @@ webhook_events = sa.Table(
     # When ``tokenbank worker`` may (next) try to settle the event while it is unprocessed:
     # at once for a delivery answered before it was settled, after a lease for one being
     # settled (in its request or by a worker), after a growing wait for one that failed.
-    # Never NULL, which would never be due (migration 0017).
+    # Never NULL, which would never be due (migration 0015).
     sa.Column(
         "settle_after",
         UtcDateTime,
