@@ -296,19 +296,17 @@ def _reserve(
         # long. (A freeze's deadline is fixed, whenever it is asked.)
         lifetime = kind is HoldKind.HOLD
         asked = (
-            (user_id, amount, kind.value, description, metadata, feature, quantity),
+            *(user_id, amount, kind.value, description, metadata, feature, quantity),
             expires_at - now if lifetime else None,
         )
         stored = (
-            (
-                existing.user_id,
-                amount if priced else existing.amount,
-                existing.kind,
-                existing.description,
-                existing.metadata,
-                existing.feature,
-                existing.quantity,
-            ),
+            existing.user_id,
+            amount if priced else existing.amount,
+            existing.kind,
+            existing.description,
+            existing.metadata,
+            existing.feature,
+            existing.quantity,
             existing.expires_at - existing.created_at if lifetime else None,
         )
         if asked != stored:
