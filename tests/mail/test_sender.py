@@ -5,6 +5,7 @@ two senders at once share the work without sending anything twice."""
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from datetime import datetime, timedelta
 from email.message import EmailMessage
@@ -415,6 +416,31 @@ def test_the_sender_thread_wakes_for_new_mail_and_stops(
     assert not thread.is_alive()
     assert smtp_server.message_ids() == [message_id(first), message_id(second)]
     assert [r.status for r in rows(db)] == ["sent", "sent"]
+
+
+def test_a_pass_asked_for_while_the_thread_sends_returns_once_that_mail_is_written(
+    db: Database,
+) -> None:
+    """The development mailbox asks for a pass before it shows what was just committed.
+    If the mail thread has already claimed that mail, the pass waits for the thread's
+    own to end: the mail is written when it returns, not still being composed."""
+    composing = threading.Event()
+
+    def slow(letter: Letter) -> EmailMessage:
+        composing.set()
+        time.sleep(0.3)
+        return compose(letter)
+
+    sender = make_sender(db, None, compose=slow)
+    thread = sender.start(poll=120)
+    try:
+        mail_id = enqueue(db, ALICE)  # wakes the thread, which claims it
+        assert composing.wait(10)
+        sender.send_due()
+        assert row(db, mail_id).status == "sent"
+    finally:
+        sender.stop()
+        thread.join(10)
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])

@@ -75,17 +75,23 @@ class Sender:
     #: with the server, and another sender takes the rest meanwhile.
     batch: int = 1
     _stopping: threading.Event = field(default_factory=threading.Event)
+    _passing: threading.Lock = field(default_factory=threading.Lock)
 
     def send_due(self, *, now: datetime | None = None) -> Outcome:
         """One pass: every mail due now, in batches, until none is left (or ``stop()``
-        was called: the batch in hand is finished, the rest left to the next sender)."""
+        was called: the batch in hand is finished, the rest left to the next sender).
+
+        One pass at a time per sender: a caller asking for one while the mail thread is in
+        its own (the development mailbox, before it shows what was just committed) waits
+        for that pass to end, so the mail it claimed is written when the call returns."""
         totals = Outcome()
-        while not self._stopping.is_set():
-            claimed = self._claim(now or utcnow())
-            if not claimed:
-                return totals
-            for item in claimed:
-                totals = _add(totals, self._send(item, now))
+        with self._passing:
+            while not self._stopping.is_set():
+                claimed = self._claim(now or utcnow())
+                if not claimed:
+                    return totals
+                for item in claimed:
+                    totals = _add(totals, self._send(item, now))
         return totals
 
     def _claim(self, now: datetime) -> list[Letter]:
